@@ -1,0 +1,84 @@
+"""natsagents: a service mesh for distributed agents (actors) over NATS.
+
+Write an agent class once, host it on any number of processes, and talk to it by
+``kind/id`` from anywhere connected to the same NATS::
+
+    class Counter(Agent):
+        @action
+        async def add(self, by: int = 1) -> int:
+            self.state["n"] = self.state.get("n", 0) + by
+            return self.state["n"]
+
+    async with Mesh.embedded() as mesh:
+        await mesh.host(Counter)
+        print(await mesh.ref("Counter/c-1").call("add", by=2))
+"""
+
+from .agent import USE_DEFAULT, Agent, AgentFuture, AgentRef, Context, action, all_of, any_of, current_context
+from .errors import (
+    ActionDefinitionError,
+    AgentError,
+    AgentNotFound,
+    BadRequest,
+    CallTimeout,
+    ConfigurationError,
+    ConnectError,
+    HandlerError,
+    InvalidAddress,
+    InvalidAgentId,
+    MeshClosed,
+    NatsAgentsError,
+    Overloaded,
+    PayloadTooLarge,
+    ProtocolError,
+    ServerBinaryNotFound,
+    ServerError,
+    TransportError,
+    Unauthorized,
+    Unavailable,
+    UnknownAction,
+)
+from .mesh import Mesh, MeshState
+from .observability import CorrelationIdFilter, install_correlation_filter
+from .transport import Auth
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "USE_DEFAULT",
+    "ActionDefinitionError",
+    "Agent",
+    "AgentError",
+    "AgentFuture",
+    "AgentNotFound",
+    "AgentRef",
+    "Auth",
+    "BadRequest",
+    "CallTimeout",
+    "ConfigurationError",
+    "ConnectError",
+    "Context",
+    "CorrelationIdFilter",
+    "HandlerError",
+    "InvalidAddress",
+    "InvalidAgentId",
+    "Mesh",
+    "MeshClosed",
+    "MeshState",
+    "NatsAgentsError",
+    "Overloaded",
+    "PayloadTooLarge",
+    "ProtocolError",
+    "ServerBinaryNotFound",
+    "ServerError",
+    "TransportError",
+    "Unauthorized",
+    "Unavailable",
+    "UnknownAction",
+    "__version__",
+    "action",
+    "all_of",
+    "any_of",
+    "current_context",
+    "install_correlation_filter",
+]

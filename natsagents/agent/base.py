@@ -1,0 +1,164 @@
+"""The ``Agent`` base class and the ``@action`` decorator."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
+
+from ..errors import ActionDefinitionError, ConfigurationError
+from ..wire.ids import validate_kind
+from .context import Context, current_context
+from .schema import ActionSpec, build_action_spec
+
+if TYPE_CHECKING:
+    from .ref import AgentRef, RefFactory
+
+__all__ = ["Agent", "action"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_ACTION_ATTR = "__natsagents_action__"
+_RESERVED_ACTIONS = frozenset({"on_start", "on_stop", "initial_state", "ref", "context"})
+
+
+class _ActionMark:
+    __slots__ = ("name", "idempotent")
+
+    def __init__(self, name: str | None, idempotent: bool) -> None:
+        self.name = name
+        self.idempotent = idempotent
+
+
+@overload
+def action(func: F, /) -> F: ...
+@overload
+def action(*, name: str | None = None, idempotent: bool = False) -> Callable[[F], F]: ...
+
+
+def action(
+    func: F | None = None, /, *, name: str | None = None, idempotent: bool = False
+) -> F | Callable[[F], F]:
+    """Mark an ``async def`` method of an :class:`Agent` as callable over the mesh.
+
+    Parameters are validated against their type hints for every message; the class
+    definition fails with :class:`~natsagents.ActionDefinitionError` (a ``TypeError``)
+    if the method is malformed.
+
+    Args:
+        name: wire name of the action (default: the method name).
+        idempotent: running it twice has the effect of running it once, so callers may
+            retry it automatically.
+    """
+
+    def mark(f: F) -> F:
+        if not callable(f):
+            raise ActionDefinitionError(f"@action applies to methods, not {type(f).__name__}")
+        setattr(f, _ACTION_ATTR, _ActionMark(name, idempotent))
+        return f
+
+    if func is not None:
+        return mark(func)
+    return mark
+
+
+class Agent:
+    """Base class of agents (actors).
+
+    Subclass it, define ``@action`` methods, and host the class on a mesh. One instance
+    exists per ``kind/id`` while the agent is active; it handles its mailbox one message
+    at a time unless ``max_concurrency`` says otherwise.
+
+    Class options:
+        kind: wire name of the kind (default: the class name).
+        mailbox_size: messages that may wait for the agent; beyond it callers get
+            ``Overloaded`` at once.
+        max_concurrency: messages handled at the same time (1 = actor semantics).
+        activate_on_demand: a message to an inactive agent activates it (virtual actor);
+            ``False`` means only ``spawn`` creates it and calls get ``AgentNotFound``.
+    """
+
+    kind: ClassVar[str] = "Agent"
+    mailbox_size: ClassVar[int] = 1024
+    max_concurrency: ClassVar[int] = 1
+    activate_on_demand: ClassVar[bool] = True
+    __actions__: ClassVar[dict[str, ActionSpec]] = {}
+
+    id: str
+    state: Any
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" not in cls.__dict__:
+            cls.kind = cls.__name__
+        try:
+            validate_kind(cls.kind)
+        except ConfigurationError as exc:
+            raise ActionDefinitionError(f"agent class {cls.__qualname__}: {exc}") from None
+        for option in ("mailbox_size", "max_concurrency"):
+            value = getattr(cls, option)
+            if type(value) is not int or value < 1:
+                raise ActionDefinitionError(f"{cls.__qualname__}.{option} must be an int >= 1, not {value!r}")
+        actions: dict[str, ActionSpec] = {}
+        for base in reversed(cls.__mro__[1:]):
+            actions.update(getattr(base, "__actions__", {}))
+        for attr, value in cls.__dict__.items():
+            mark = getattr(value, _ACTION_ATTR, None)
+            if not isinstance(mark, _ActionMark):
+                continue
+            wire_name = mark.name or attr
+            if wire_name in _RESERVED_ACTIONS or wire_name.startswith("_"):
+                raise ActionDefinitionError(f"{cls.__qualname__}.{attr}: action name {wire_name!r} is reserved")
+            try:
+                actions[wire_name] = build_action_spec(wire_name, value, idempotent=mark.idempotent)
+            except TypeError as exc:
+                raise ActionDefinitionError(str(exc)) from None
+        cls.__actions__ = actions
+
+    # Set by the runtime before on_start.
+    _refs: RefFactory
+    _logger: logging.LoggerAdapter[logging.Logger]
+
+    def _bind(self, agent_id: str, refs: RefFactory) -> None:
+        self.id = agent_id
+        self._refs = refs
+        self._logger = logging.LoggerAdapter(
+            logging.getLogger(f"natsagents.agent.{self.kind}"), {"agent": self.address}
+        )
+        self.state = self.initial_state()
+
+    @property
+    def address(self) -> str:
+        """``Kind/id`` of this agent."""
+        return f"{self.kind}/{self.id}"
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger whose records name this agent (and the correlation id, see observability)."""
+        return self._logger
+
+    @property
+    def context(self) -> Context:
+        """The context of the message being handled.
+
+        Raises:
+            RuntimeError: called outside a handler.
+        """
+        ctx = current_context()
+        if ctx is None:
+            raise RuntimeError("no message is being handled in this task")
+        return ctx
+
+    def ref(self, target: str | type[Agent], agent_id: str | None = None) -> AgentRef:
+        """A reference to another agent, calling as this agent (see ``Mesh.ref``)."""
+        return self._refs.ref(target, agent_id)
+
+    def initial_state(self) -> Any:
+        """State of a newly activated agent (default: an empty dict)."""
+        return {}
+
+    async def on_start(self) -> None:
+        """Called after activation, before the first message."""
+
+    async def on_stop(self) -> None:
+        """Called when the agent is deactivated (mesh close, stop), after the last message."""

@@ -1,0 +1,46 @@
+"""The per-message context a handler sees, carried in a context variable."""
+
+from __future__ import annotations
+
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+__all__ = ["Context", "current_context"]
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What the host knows about the message being handled.
+
+    Attributes:
+        agent: address ``Kind/id`` of the agent handling the message.
+        action: the action being run.
+        message_id: the message's unique id (an idempotency key for side effects).
+        correlation_id: shared by every message caused by one external request.
+        deadline: absolute deadline (Unix time, seconds) or ``None``.
+        caller: ``Kind/id`` of the calling agent or the caller's client name, if sent.
+    """
+
+    agent: str
+    action: str
+    message_id: str
+    correlation_id: str
+    deadline: float | None
+    caller: str | None
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (negative once passed), or ``None``."""
+        return None if self.deadline is None else self.deadline - time.time()
+
+    @property
+    def expired(self) -> bool:
+        return self.deadline is not None and time.time() >= self.deadline
+
+
+_current: ContextVar[Context | None] = ContextVar("natsagents_context", default=None)
+
+
+def current_context() -> Context | None:
+    """The context of the message being handled in this task, or ``None`` outside one."""
+    return _current.get()

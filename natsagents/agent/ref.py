@@ -1,0 +1,253 @@
+"""Agent references (frozen values) and request futures."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+from ..errors import ConfigurationError
+from ..wire.ids import encode_id, parse_address, validate_kind
+
+if TYPE_CHECKING:
+    from .base import Agent
+
+__all__ = [
+    "USE_DEFAULT",
+    "AgentFuture",
+    "AgentRef",
+    "Invoker",
+    "RefFactory",
+    "all_of",
+    "any_of",
+    "resolve_target",
+]
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+class _UseDefault:
+    """Sentinel: use the mesh's default timeout."""
+
+    _instance: _UseDefault | None = None
+
+    def __new__(cls) -> _UseDefault:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "USE_DEFAULT"
+
+
+USE_DEFAULT: Any = _UseDefault()
+Timeout = float | None | _UseDefault
+
+
+class Invoker(Protocol):
+    """What a ref needs from the mesh to deliver a message."""
+
+    async def invoke(
+        self, kind: str, agent_id: str, action: str, params: Mapping[str, Any], *, timeout: Timeout, accept_only: bool
+    ) -> Any: ...
+
+    def spawn_task(self, coro: Awaitable[Any]) -> asyncio.Future[Any]: ...
+
+
+class RefFactory(Protocol):
+    def ref(self, target: str | type[Agent], agent_id: str | None = None) -> AgentRef: ...
+
+
+def resolve_target(target: Any, agent_id: str | None) -> tuple[str, str]:
+    """``("Kind/id")``, ``(AgentClass, id)`` or ``("Kind", id)`` → ``(kind, id)``.
+
+    Raises:
+        InvalidAddress, InvalidAgentId: the kind or id is not valid.
+        ConfigurationError: the arguments do not name one agent.
+    """
+    if isinstance(target, type):
+        kind = getattr(target, "kind", None)
+        if kind is None:
+            raise ConfigurationError(f"{target.__name__} is not an Agent class")
+        if agent_id is None:
+            raise ConfigurationError("an agent id is required with an agent class")
+        encode_id(agent_id)
+        return validate_kind(kind), agent_id
+    if not isinstance(target, str):
+        raise ConfigurationError(f"expected 'Kind/id' or an Agent class, not {type(target).__name__}")
+    if agent_id is None:
+        return parse_address(target)
+    encode_id(agent_id)
+    return validate_kind(target), agent_id
+
+
+def _merge_params(params: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    if params is None:
+        return kwargs
+    if not isinstance(params, Mapping):
+        raise ConfigurationError(f"params must be a mapping, not {type(params).__name__}")
+    merged = dict(params)
+    for key in kwargs:
+        if key in merged:
+            raise ConfigurationError(f"parameter {key!r} given twice")
+    merged.update(kwargs)
+    return merged
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRef:
+    """A reference to ``kind/id``: a frozen, hashable value that prints as ``kind/id``.
+
+    Equality and hashing use only the address. Messages go by subject, so a ref works
+    wherever the agent lives (or will be activated). Parameters are passed as keyword
+    arguments, or as ``params={…}`` for names that clash with ``timeout``/``params``.
+    """
+
+    kind: str
+    id: str
+    _invoker: Invoker = field(compare=False, hash=False, repr=False)
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.id}"
+
+    @property
+    def address(self) -> str:
+        return f"{self.kind}/{self.id}"
+
+    async def send(
+        self, action: str, /, *, params: Mapping[str, Any] | None = None, timeout: Timeout = USE_DEFAULT, **kwargs: Any
+    ) -> None:
+        """Fire-and-forget: returns once the agent's mailbox accepted the message.
+
+        The handler runs later; its result and errors are not reported back.
+
+        Raises:
+            Overloaded: the mailbox is full. Unavailable: no host serves the kind.
+            CallTimeout: not accepted within the timeout. PayloadTooLarge, BadRequest.
+        """
+        await self._invoker.invoke(
+            self.kind, self.id, action, _merge_params(params, kwargs), timeout=timeout, accept_only=True
+        )
+
+    def request(
+        self, action: str, /, *, params: Mapping[str, Any] | None = None, timeout: Timeout = USE_DEFAULT, **kwargs: Any
+    ) -> AgentFuture[Any]:
+        """Start a call now and return a future of its result (await it, or ``.then``)."""
+        merged = _merge_params(params, kwargs)
+        coro = self._invoker.invoke(self.kind, self.id, action, merged, timeout=timeout, accept_only=False)
+        return AgentFuture(self._invoker.spawn_task(coro), self._invoker.spawn_task)
+
+    async def call(
+        self, action: str, /, *, params: Mapping[str, Any] | None = None, timeout: Timeout = USE_DEFAULT, **kwargs: Any
+    ) -> Any:
+        """Call ``action`` and wait for its result for at most ``timeout`` seconds.
+
+        ``timeout=None`` waits without limit; the default is the mesh's default.
+
+        Raises:
+            CallTimeout: no reply in time. The other AgentError subclasses for the error
+                reply received (BadRequest, UnknownAction, HandlerError …).
+        """
+        return await self._invoker.invoke(
+            self.kind, self.id, action, _merge_params(params, kwargs), timeout=timeout, accept_only=False
+        )
+
+
+class AgentFuture(Generic[T]):
+    """The pending result of :meth:`AgentRef.request`. Await it for the result.
+
+    ``then(fn)`` chains a function (sync or async) over the result; ``cancel()``
+    abandons the call (the caller stops waiting; the agent may still run it).
+    """
+
+    __slots__ = ("_task", "_spawn")
+
+    def __init__(
+        self, task: asyncio.Future[T], spawn: Callable[[Awaitable[Any]], asyncio.Future[Any]] | None = None
+    ) -> None:
+        self._task = task
+        self._spawn = spawn or asyncio.ensure_future
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._task.__await__()
+
+    def then(self, fn: Callable[[T], U | Awaitable[U]]) -> AgentFuture[U]:
+        """A future of ``fn(result)``; errors of this future pass through unchanged."""
+
+        async def chained() -> U:
+            value = await self._task
+            out = fn(value)
+            if inspect.isawaitable(out):
+                return await out  # type: ignore[no-any-return]
+            return out  # type: ignore[return-value]
+
+        return AgentFuture(self._spawn(chained()), self._spawn)
+
+    def done(self) -> bool:
+        return self._task.done()
+
+    def cancel(self) -> bool:
+        return self._task.cancel()
+
+    def cancelled(self) -> bool:
+        return self._task.cancelled()
+
+    def result(self) -> T:
+        """The result once done. Raises: ``asyncio.InvalidStateError`` if not done yet."""
+        return self._task.result()
+
+    def exception(self) -> BaseException | None:
+        return self._task.exception()
+
+
+async def all_of(*futures: AgentFuture[Any] | Awaitable[Any], return_exceptions: bool = False) -> list[Any]:
+    """Wait for every future; results in order.
+
+    On the first failure the rest are cancelled and the error raised, unless
+    ``return_exceptions`` (then errors take their place in the list).
+    """
+    tasks = [_as_task(f) for f in futures]
+    if return_exceptions:
+        return list(await asyncio.gather(*tasks, return_exceptions=True))
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        raise
+
+
+async def any_of(*futures: AgentFuture[Any] | Awaitable[Any]) -> Any:
+    """The first successful result; the others are cancelled.
+
+    Raises:
+        The last error if every future fails. ValueError: no futures given.
+    """
+    if not futures:
+        raise ValueError("any_of() needs at least one future")
+    pending = {_as_task(f) for f in futures}
+    last_error: BaseException | None = None
+    try:
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t.cancelled():
+                    last_error = asyncio.CancelledError()
+                elif t.exception() is None:
+                    return t.result()
+                else:
+                    last_error = t.exception()
+        assert last_error is not None
+        raise last_error
+    finally:
+        for t in pending:
+            t.cancel()
+
+
+def _as_task(f: AgentFuture[Any] | Awaitable[Any]) -> asyncio.Future[Any]:
+    if isinstance(f, AgentFuture):
+        return f._task
+    return asyncio.ensure_future(f)

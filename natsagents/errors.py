@@ -1,0 +1,258 @@
+"""The natsagents exception tree.
+
+Every error the public API raises derives from :class:`NatsAgentsError`; no nats-py
+exception escapes. Misuse errors also derive from the matching builtin
+(``ValueError`` / ``TypeError``) and timeouts from ``TimeoutError``, so generic
+``except`` clauses keep working::
+
+    NatsAgentsError
+    ├── ConfigurationError (ValueError)        bad settings, bad arguments
+    │   ├── InvalidAddress                     kind or id cannot be used on the wire
+    │   │   └── InvalidAgentId
+    │   └── ActionDefinitionError (TypeError)  a malformed @action, raised at class definition
+    ├── ServerError                            the embedded nats-server failed
+    │   └── ServerBinaryNotFound
+    ├── TransportError                         talking to NATS failed
+    │   ├── ConnectError (ConnectionError)     servers unreachable, auth refused
+    │   └── MeshClosed                         the mesh/connection is closed
+    ├── ProtocolError                          a peer sent something that is not protocol v1
+    └── AgentError                             a call failed; carries code, agent, action
+        ├── BadRequest (ValueError)            bad_request
+        ├── UnknownAction                      unknown_action
+        ├── AgentNotFound                      not_found
+        ├── HandlerError                       handler_error (remote_traceback set)
+        ├── CallTimeout (TimeoutError)         timeout
+        ├── Overloaded                         overloaded
+        ├── Unavailable                        unavailable
+        ├── PayloadTooLarge (ValueError)       payload_too_large
+        └── Unauthorized (PermissionError)     unauthorized
+
+:class:`AgentError` subclasses map one-to-one to the wire error codes of protocol v1
+(``docs/protocol.md``); :func:`error_for_code` builds the right one from a reply.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ActionDefinitionError",
+    "AgentError",
+    "AgentNotFound",
+    "BadRequest",
+    "CallTimeout",
+    "ConfigurationError",
+    "ConnectError",
+    "HandlerError",
+    "InvalidAddress",
+    "InvalidAgentId",
+    "MeshClosed",
+    "NatsAgentsError",
+    "Overloaded",
+    "PayloadTooLarge",
+    "ProtocolError",
+    "ServerBinaryNotFound",
+    "ServerError",
+    "TransportError",
+    "Unauthorized",
+    "Unavailable",
+    "UnknownAction",
+    "error_for_code",
+]
+
+
+class NatsAgentsError(Exception):
+    """Root of every error raised by natsagents."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigurationError(NatsAgentsError, ValueError):
+    """A setting or argument is invalid."""
+
+
+class InvalidAddress(ConfigurationError):
+    """An agent kind or id cannot be turned into a subject token."""
+
+
+class InvalidAgentId(InvalidAddress):
+    """An agent id is empty, too long, not a string, or not encodable."""
+
+
+class ActionDefinitionError(ConfigurationError, TypeError):
+    """An ``@action`` method is malformed; raised when the agent class is defined."""
+
+
+class ServerError(NatsAgentsError):
+    """The embedded nats-server could not be started, reached or stopped."""
+
+
+class ServerBinaryNotFound(ServerError, FileNotFoundError):
+    """No ``nats-server`` binary was found."""
+
+
+class TransportError(NatsAgentsError):
+    """Talking to NATS failed."""
+
+
+class ConnectError(TransportError, ConnectionError):
+    """No server could be reached, or the servers refused the credentials."""
+
+
+class MeshClosed(TransportError):
+    """The mesh (or its connection) is closed or closing."""
+
+
+class ProtocolError(NatsAgentsError):
+    """A message is not valid natsagents protocol v1."""
+
+
+class AgentError(NatsAgentsError):
+    """A call to an agent failed.
+
+    Attributes:
+        code: the protocol v1 error code (``"bad_request"``, ``"timeout"`` …).
+        agent: the address ``"Kind/id"`` of the agent called, when known.
+        action: the action called, when known.
+        remote_traceback: the handler's traceback text (``handler_error`` only, when the
+            host exposes tracebacks).
+        details: extra machine-readable fields sent by the host.
+        remote: ``True`` when the error came in a reply, ``False`` when raised locally.
+    """
+
+    code: str = "handler_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        agent: str | None = None,
+        action: str | None = None,
+        remote_traceback: str | None = None,
+        details: dict[str, Any] | None = None,
+        remote: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.agent = agent
+        self.action = action
+        self.remote_traceback = remote_traceback
+        self.details = dict(details or {})
+        self.remote = remote
+
+    def __str__(self) -> str:
+        where = ""
+        if self.agent:
+            where = f" [{self.agent}" + (f".{self.action}" if self.action else "") + "]"
+        return f"{self.code}: {self.message}{where}"
+
+
+class BadRequest(AgentError, ValueError):
+    """The request was malformed: undecodable body, bad headers, invalid parameters."""
+
+    code = "bad_request"
+
+
+class UnknownAction(AgentError):
+    """The agent kind has no such action."""
+
+    code = "unknown_action"
+
+
+class AgentNotFound(AgentError):
+    """The agent does not exist and cannot be activated."""
+
+    code = "not_found"
+
+
+class HandlerError(AgentError):
+    """The action handler raised; ``remote_traceback`` holds its traceback text."""
+
+    code = "handler_error"
+
+
+class CallTimeout(AgentError, TimeoutError):
+    """The deadline passed before a reply arrived (or before the host ran the message)."""
+
+    code = "timeout"
+
+
+class Overloaded(AgentError):
+    """The agent's mailbox (or a bulkhead) is full; the message was not accepted."""
+
+    code = "overloaded"
+
+
+class Unavailable(AgentError):
+    """No host serves the agent's kind, or the mesh is shutting down."""
+
+    code = "unavailable"
+
+
+class PayloadTooLarge(AgentError, ValueError):
+    """Headers plus payload exceed the server's ``max_payload``."""
+
+    code = "payload_too_large"
+
+
+class Unauthorized(AgentError, PermissionError):
+    """The caller is not allowed to call this agent or action."""
+
+    code = "unauthorized"
+
+
+_BY_CODE: dict[str, type[AgentError]] = {
+    cls.code: cls
+    for cls in (
+        BadRequest,
+        UnknownAction,
+        AgentNotFound,
+        HandlerError,
+        CallTimeout,
+        Overloaded,
+        Unavailable,
+        PayloadTooLarge,
+        Unauthorized,
+    )
+}
+
+#: Every error code of protocol v1.
+ERROR_CODES: frozenset[str] = frozenset(_BY_CODE)
+
+
+def error_for_code(
+    code: str,
+    message: str,
+    *,
+    agent: str | None = None,
+    action: str | None = None,
+    remote_traceback: str | None = None,
+    details: dict[str, Any] | None = None,
+    remote: bool = True,
+) -> AgentError:
+    """Build the :class:`AgentError` subclass for a wire error code.
+
+    An unknown code (from a newer peer) gives a plain :class:`AgentError` whose ``code``
+    is the code received.
+    """
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        err = AgentError(
+            message,
+            agent=agent,
+            action=action,
+            remote_traceback=remote_traceback,
+            details=details,
+            remote=remote,
+        )
+        err.code = code
+        return err
+    return cls(
+        message,
+        agent=agent,
+        action=action,
+        remote_traceback=remote_traceback,
+        details=details,
+        remote=remote,
+    )

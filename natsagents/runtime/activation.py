@@ -1,0 +1,101 @@
+"""One active agent: its instance, bounded mailbox and workers."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections import deque
+from typing import TYPE_CHECKING
+
+from ..agent.base import Agent
+from ..transport import Inbound, Subscription
+from ..wire import headers as h
+
+if TYPE_CHECKING:
+    from .host import Host
+
+__all__ = ["Activation", "ActivationState"]
+
+
+class ActivationState(enum.Enum):
+    STARTING = "starting"
+    ACTIVE = "active"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class Activation:
+    """Mailbox and workers of one agent.
+
+    ``deliver`` runs in the connection's reader task: it only enqueues (or refuses) and
+    makes sure a worker runs. Workers pop messages in FIFO order; with
+    ``max_concurrency == 1`` there is at most one, which gives actor semantics.
+    """
+
+    __slots__ = (
+        "host", "agent", "kind", "agent_id", "capacity", "max_workers", "mailbox", "workers",
+        "state", "subscription", "idle", "busy",
+    )
+
+    def __init__(self, host: Host, agent: Agent) -> None:
+        self.host = host
+        self.agent = agent
+        self.kind = agent.kind
+        self.agent_id = agent.id
+        self.capacity = agent.mailbox_size
+        self.max_workers = agent.max_concurrency
+        self.mailbox: deque[Inbound] = deque()
+        self.workers: set[asyncio.Task[None]] = set()
+        self.state = ActivationState.STARTING
+        self.subscription: Subscription | None = None
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.busy = 0
+
+    @property
+    def address(self) -> str:
+        return f"{self.kind}/{self.agent_id}"
+
+    def deliver(self, msg: Inbound) -> None:
+        if self.state is not ActivationState.ACTIVE:
+            self.host.refuse(self, msg, "unavailable", "the agent is stopping", retry=True)
+            return
+        if len(self.mailbox) + self.busy >= self.capacity:
+            self.host.refuse(self, msg, "overloaded", f"mailbox of {self.address} is full ({self.capacity})")
+            return
+        self.mailbox.append(msg)
+        hdrs = msg.headers
+        if msg.reply and hdrs is not None and hdrs.get(h.REPLY_MODE) == h.REPLY_MODE_ACCEPT:
+            self.host.accepted(msg)
+        self.idle.clear()
+        if len(self.workers) < self.max_workers:
+            task = asyncio.get_running_loop().create_task(self._work())
+            self.workers.add(task)
+
+    async def _work(self) -> None:
+        task = asyncio.current_task()
+        try:
+            mailbox = self.mailbox
+            handle = self.host.handle
+            while mailbox:
+                msg = mailbox.popleft()
+                self.busy += 1
+                try:
+                    await handle(self, msg)
+                finally:
+                    self.busy -= 1
+        finally:
+            self.workers.discard(task)  # type: ignore[arg-type]
+            if not self.workers:
+                if self.mailbox and self.state is not ActivationState.STOPPED:
+                    # A message arrived while this worker was finishing up.
+                    new = asyncio.get_running_loop().create_task(self._work())
+                    self.workers.add(new)
+                else:
+                    self.idle.set()
+
+    def take_pending(self) -> list[Inbound]:
+        """Remove and return the messages still waiting (used when stopping)."""
+        pending = list(self.mailbox)
+        self.mailbox.clear()
+        return pending

@@ -1,0 +1,238 @@
+"""The calling side: envelopes, deadlines, activation on demand, retries of "no responders"."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..agent.context import current_context
+from ..agent.ref import USE_DEFAULT, Timeout
+from ..errors import (
+    AgentError,
+    BadRequest,
+    CallTimeout,
+    ConfigurationError,
+    Unavailable,
+)
+from ..observability import Metrics, Tracing
+from ..transport import NoResponders, Transport
+from ..wire import codec, envelope
+from ..wire import headers as h
+from ..wire.subjects import activate_subject, agent_subject
+
+__all__ = ["Caller", "CallerSettings"]
+
+_ACTIVATE_HEADERS = {h.PROTO: h.PROTO_VERSION}
+
+
+@dataclass(frozen=True, slots=True)
+class CallerSettings:
+    """Settings of the calling side.
+
+    Args:
+        prefix: subject prefix.
+        name: client name sent as ``Na-Caller`` when not calling from an agent.
+        default_timeout: seconds a call waits when no timeout is given (``None``: forever).
+        backoff_initial, backoff_max: retry delays (seconds) while nobody answers.
+    """
+
+    prefix: str
+    name: str
+    default_timeout: float | None = 10.0
+    backoff_initial: float = 0.005
+    backoff_max: float = 0.25
+
+
+class Caller:
+    """Sends requests and sends to agents for one mesh (the refs' :class:`Invoker`)."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        settings: CallerSettings,
+        metrics: Metrics,
+        tracing: Tracing,
+        *,
+        as_agent: str | None = None,
+        tasks: set[asyncio.Future[Any]] | None = None,
+    ) -> None:
+        self._t = transport
+        self.settings = settings
+        self._metrics = metrics
+        self._tracing = tracing
+        self._as_agent = as_agent
+        self._tasks: set[asyncio.Future[Any]] = tasks if tasks is not None else set()
+        self._subjects: dict[tuple[str, str], str] = {}
+
+    def as_agent(self, address: str) -> Caller:
+        """A caller whose messages name ``address`` as ``Na-Caller`` (shares tasks and caches)."""
+        other = Caller(self._t, self.settings, self._metrics, self._tracing, as_agent=address, tasks=self._tasks)
+        other._subjects = self._subjects
+        return other
+
+    def spawn_task(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _subject(self, kind: str, agent_id: str) -> str:
+        key = (kind, agent_id)
+        subject = self._subjects.get(key)
+        if subject is None:
+            subject = agent_subject(self.settings.prefix, kind, agent_id)
+            if len(self._subjects) > 100_000:
+                self._subjects.clear()
+            self._subjects[key] = subject
+        return subject
+
+    async def invoke(
+        self,
+        kind: str,
+        agent_id: str,
+        action: str,
+        params: Mapping[str, Any],
+        *,
+        timeout: Timeout,
+        accept_only: bool,
+    ) -> Any:
+        """Deliver one message and return the result (or ``None`` for an accepted send).
+
+        Raises:
+            CallTimeout, Unavailable, PayloadTooLarge, BadRequest and the other AgentError
+            subclasses; MeshClosed when the mesh closes under the call.
+        """
+        started = time.perf_counter()
+        address = f"{kind}/{agent_id}"
+        if timeout is USE_DEFAULT:
+            timeout = self.settings.default_timeout
+        elif timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise ConfigurationError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
+        ctx = current_context()
+        now = time.time()
+        deadline = None if timeout is None else now + timeout
+        if ctx is not None and ctx.deadline is not None:
+            deadline = ctx.deadline if deadline is None else min(deadline, ctx.deadline)
+        if not isinstance(action, str) or not action:
+            raise ConfigurationError(f"action must be a non-empty str, not {action!r}")
+        subject = self._subject(kind, agent_id)
+        try:
+            body = codec.encode(dict(params))
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(f"cannot encode parameters: {exc}", agent=address, action=action) from None
+        message_id = envelope.new_message_id()
+        span = self._tracing.client_span(subject, kind, action, agent_id, send=accept_only)
+        outcome = "ok"
+        try:
+            hdrs = envelope.request_headers(
+                action=action,
+                message_id=message_id,
+                correlation_id=ctx.correlation_id if ctx is not None else None,
+                deadline_ms=None if deadline is None else int(deadline * 1000),
+                caller=self._as_agent or (ctx.agent if ctx is not None else self.settings.name),
+                reply_mode=h.REPLY_MODE_ACCEPT if accept_only else h.REPLY_MODE_RESULT,
+                trace=self._tracing.inject(span),
+            )
+            self._t.check_size(subject, hdrs, body)
+            msg = await self._deliver(subject, body, hdrs, deadline, kind, agent_id, action)
+            return envelope.parse_reply(msg.headers, msg.data, agent=address, action=action)
+        except AgentError as exc:
+            outcome = exc.code
+            exc.agent = exc.agent or address
+            exc.action = exc.action or action
+            self._tracing.end(span, exc, exc.code)
+            span = None  # type: ignore[assignment]
+            raise
+        except BaseException as exc:
+            outcome = "cancelled" if isinstance(exc, asyncio.CancelledError) else type(exc).__name__
+            self._tracing.end(span, exc)
+            span = None  # type: ignore[assignment]
+            raise
+        finally:
+            if span is not None:
+                self._tracing.end(span)
+            self._metrics.called_one(kind, action, outcome, time.perf_counter() - started)
+
+    async def _deliver(
+        self,
+        subject: str,
+        body: bytes,
+        hdrs: dict[str, str],
+        deadline: float | None,
+        kind: str,
+        agent_id: str,
+        action: str,
+    ) -> Any:
+        """Request with retries: "no responders" activates the agent, then tries again."""
+        delay = self.settings.backoff_initial
+        address = f"{kind}/{agent_id}"
+        last_problem = "no reply"
+        no_host: Unavailable | None = None
+        while True:
+            remaining = None if deadline is None else deadline - time.time()
+            if remaining is not None and remaining <= 0:
+                if no_host is not None:
+                    raise no_host
+                raise CallTimeout(f"deadline passed ({last_problem})", agent=address, action=action)
+            try:
+                msg = await self._t.request(subject, body, headers=hdrs, timeout=remaining)
+            except NoResponders:
+                last_problem = "agent not active"
+                try:
+                    activated = await self.activate(kind, agent_id, deadline)
+                except Unavailable as exc:
+                    last_problem = exc.message
+                    no_host = exc
+                    activated = False
+                else:
+                    no_host = None
+                if activated:
+                    continue
+            except CallTimeout as exc:
+                raise CallTimeout(exc.message, agent=address, action=action) from None
+            else:
+                status = (msg.headers or {}).get(h.STATUS)
+                if status != "unavailable":
+                    return msg
+                try:
+                    envelope.parse_reply(msg.headers, msg.data, agent=address, action=action)
+                except Unavailable as exc:
+                    if not exc.details.get("retry"):
+                        raise
+                    last_problem = exc.message
+            await self._sleep(delay, deadline)
+            delay = min(delay * 2, self.settings.backoff_max)
+
+    async def activate(self, kind: str, agent_id: str, deadline: float | None) -> bool:
+        """Ask a host of ``kind`` to activate the agent.
+
+        Returns ``True`` once activated. Raises: Unavailable (no host of the kind),
+        AgentNotFound, HandlerError (``on_start`` failed), CallTimeout.
+        """
+        remaining = None if deadline is None else deadline - time.time()
+        if remaining is not None and remaining <= 0:
+            return False
+        try:
+            msg = await self._t.request(
+                activate_subject(self.settings.prefix, kind),
+                codec.encode({"id": agent_id}),
+                headers=_ACTIVATE_HEADERS,
+                timeout=remaining,
+            )
+        except NoResponders:
+            raise Unavailable(f"no host serves kind {kind!r}", agent=f"{kind}/{agent_id}") from None
+        except CallTimeout:
+            return False
+        envelope.parse_reply(msg.headers, msg.data, agent=f"{kind}/{agent_id}")
+        return True
+
+    @staticmethod
+    async def _sleep(delay: float, deadline: float | None) -> None:
+        delay = delay * (0.5 + random.random())
+        if deadline is not None:
+            delay = max(0.0, min(delay, deadline - time.time()))
+        await asyncio.sleep(delay)

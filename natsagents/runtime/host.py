@@ -1,0 +1,399 @@
+"""The host: which kinds this process serves, activation, dispatch and replies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from ..agent.base import Agent
+from ..agent.context import Context, _current
+from ..agent.schema import ParamError
+from ..errors import ConfigurationError, MeshClosed, NatsAgentsError, ProtocolError
+from ..observability import Metrics, Tracing
+from ..transport import Inbound, Subscription, Transport
+from ..wire import codec, envelope
+from ..wire import headers as h
+from ..wire.ids import encode_id
+from ..wire.subjects import activate_subject, agent_subject
+from .activation import Activation, ActivationState
+
+__all__ = ["Host", "HostSettings"]
+
+log = logging.getLogger("natsagents.runtime")
+
+
+@dataclass(frozen=True, slots=True)
+class HostSettings:
+    """Settings of the hosting side.
+
+    Args:
+        prefix: subject prefix.
+        node: this node's name (sent in activation replies).
+        expose_tracebacks: include handler tracebacks in ``handler_error`` replies.
+        stop_timeout: seconds an agent gets to finish its mailbox when stopping.
+    """
+
+    prefix: str
+    node: str
+    expose_tracebacks: bool = True
+    stop_timeout: float = 10.0
+
+
+class Host:
+    """Hosts agent kinds for one mesh: activation on demand, mailboxes, dispatch."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        settings: HostSettings,
+        refs_for: Any,
+        metrics: Metrics,
+        tracing: Tracing,
+    ) -> None:
+        self._t = transport
+        self.settings = settings
+        self._refs_for = refs_for  # Callable[[str], RefFactory]: refs calling as an agent
+        self._metrics = metrics
+        self._tracing = tracing
+        self.kinds: dict[str, type[Agent]] = {}
+        self._kind_subs: dict[str, Subscription] = {}
+        self.activations: dict[tuple[str, str], Activation] = {}
+        self._starting: dict[tuple[str, str], asyncio.Future[Activation]] = {}
+        self._outbox: deque[tuple[str, dict[str, str], bytes]] = deque()
+        self._outbox_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    # -- kinds -----------------------------------------------------------------------
+
+    async def host(self, cls: type[Agent]) -> None:
+        """Serve ``cls``: answer activation requests for its kind.
+
+        Raises:
+            ConfigurationError: not an Agent subclass, or another class has the same kind.
+        """
+        if not (isinstance(cls, type) and issubclass(cls, Agent)) or cls is Agent:
+            raise ConfigurationError(f"host() takes Agent subclasses, not {cls!r}")
+        existing = self.kinds.get(cls.kind)
+        if existing is cls:
+            return
+        if existing is not None:
+            raise ConfigurationError(f"kind {cls.kind!r} is already hosted by {existing.__qualname__}")
+        self.kinds[cls.kind] = cls
+        subject = activate_subject(self.settings.prefix, cls.kind)
+        self._kind_subs[cls.kind] = await self._t.subscribe(
+            subject, self._on_activate_request, queue=f"{self.settings.prefix}.hosts.{cls.kind}"
+        )
+
+    # -- activation ------------------------------------------------------------------
+
+    async def activate(self, kind: str, agent_id: str) -> Activation:
+        """Return the activation of ``kind/agent_id``, activating it if needed.
+
+        Raises:
+            ConfigurationError: the kind is not hosted here. MeshClosed: shutting down.
+            Exception: whatever ``on_start`` raised.
+        """
+        key = (kind, agent_id)
+        act = self.activations.get(key)
+        if act is not None and act.state is ActivationState.ACTIVE:
+            return act
+        if self._closing:
+            raise MeshClosed("the mesh is closing")
+        cls = self.kinds.get(kind)
+        if cls is None:
+            raise ConfigurationError(f"kind {kind!r} is not hosted by this mesh")
+        encode_id(agent_id)
+        pending = self._starting.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[Activation] = asyncio.get_running_loop().create_future()
+        self._starting[key] = fut
+        try:
+            act = await self._start(cls, agent_id)
+        except BaseException as exc:
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # mark retrieved
+            raise
+        else:
+            fut.set_result(act)
+            return act
+        finally:
+            del self._starting[key]
+
+    async def _start(self, cls: type[Agent], agent_id: str) -> Activation:
+        agent = cls()
+        agent._bind(agent_id, self._refs_for(f"{cls.kind}/{agent_id}"))
+        act = Activation(self, agent)
+        await agent.on_start()
+        subject = agent_subject(self.settings.prefix, cls.kind, agent_id)
+        try:
+            act.subscription = await self._t.subscribe(subject, act.deliver)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await agent.on_stop()
+            raise
+        act.state = ActivationState.ACTIVE
+        self.activations[(cls.kind, agent_id)] = act
+        self._metrics.active_agents.labels(cls.kind).inc()
+        log.debug("activated %s/%s", cls.kind, agent_id)
+        return act
+
+    async def deactivate(self, kind: str, agent_id: str) -> bool:
+        """Stop one agent: no new messages, finish the mailbox, ``on_stop``. ``False`` if not active."""
+        act = self.activations.get((kind, agent_id))
+        if act is None or act.state is not ActivationState.ACTIVE:
+            return False
+        await self._stop(act)
+        return True
+
+    async def _stop(self, act: Activation) -> None:
+        act.state = ActivationState.STOPPING
+        if act.subscription is not None:
+            with contextlib.suppress(NatsAgentsError):
+                await act.subscription.unsubscribe()
+        try:
+            await asyncio.wait_for(act.idle.wait(), self.settings.stop_timeout)
+        except asyncio.TimeoutError:
+            log.warning("%s did not finish its mailbox within %.1f s", act.address, self.settings.stop_timeout)
+            for task in list(act.workers):
+                task.cancel()
+        for msg in act.take_pending():
+            self.refuse(act, msg, "unavailable", "the agent stopped before handling the message", retry=True)
+        act.state = ActivationState.STOPPED
+        self.activations.pop((act.kind, act.agent_id), None)
+        self._metrics.active_agents.labels(act.kind).dec()
+        try:
+            await act.agent.on_stop()
+        except Exception:
+            log.exception("on_stop of %s failed", act.address)
+
+    async def close(self) -> None:
+        """Stop serving: unsubscribe kinds, stop every agent, flush pending replies."""
+        self._closing = True
+        for sub in self._kind_subs.values():
+            with contextlib.suppress(NatsAgentsError):
+                await sub.unsubscribe()
+        self._kind_subs.clear()
+        acts = [a for a in self.activations.values() if a.state is ActivationState.ACTIVE]
+        if acts:
+            await asyncio.gather(*(self._stop(a) for a in acts), return_exceptions=True)
+        await self._drain_outbox()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- activation requests ---------------------------------------------------------
+
+    def _on_activate_request(self, msg: Inbound) -> None:
+        self._spawn(self._answer_activation(msg))
+
+    async def _answer_activation(self, msg: Inbound) -> None:
+        kind = msg.subject.rsplit(".", 1)[-1]
+        try:
+            body = codec.decode(msg.data)
+            if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+                raise ProtocolError("activation body must be a map with a string 'id'")
+            agent_id = body["id"]
+            encode_id(agent_id)
+        except (ValueError, ProtocolError) as exc:
+            await self._reply(msg.reply, *envelope.error_reply("bad_request", str(exc), agent=kind))
+            return
+        address = f"{kind}/{agent_id}"
+        cls = self.kinds.get(kind)
+        if cls is None or self._closing:
+            await self._reply(msg.reply, *envelope.error_reply("unavailable", "host is closing", agent=address))
+            return
+        if not cls.activate_on_demand and (kind, agent_id) not in self.activations:
+            await self._reply(
+                msg.reply,
+                *envelope.error_reply("not_found", f"{address} is not active and {kind} is not activated on demand",
+                                      agent=address),
+            )
+            return
+        try:
+            await self.activate(kind, agent_id)
+        except MeshClosed as exc:
+            await self._reply(msg.reply, *envelope.error_reply("unavailable", str(exc), agent=address))
+            return
+        except Exception as exc:
+            log.exception("activation of %s failed", address)
+            await self._reply(
+                msg.reply,
+                *envelope.error_reply(
+                    "handler_error", f"activation failed: {type(exc).__name__}: {exc}", agent=address,
+                    action="on_start", traceback=self._tb(exc),
+                ),
+            )
+            return
+        await self._reply(msg.reply, *envelope.ok_reply({"node": self.settings.node}))
+
+    # -- dispatch --------------------------------------------------------------------
+
+    async def handle(self, act: Activation, msg: Inbound) -> None:
+        """Run one message through the agent's handler and reply. Never raises."""
+        started = time.perf_counter()
+        kind, address = act.kind, act.address
+        reply_to = msg.reply
+        try:
+            meta = envelope.parse_request(msg.headers)
+        except ProtocolError as exc:
+            self._metrics.rejected_one(kind, "bad_request")
+            await self._reply(reply_to, *envelope.error_reply("bad_request", str(exc), agent=address))
+            return
+        if meta.reply_mode == h.REPLY_MODE_ACCEPT:
+            reply_to = ""  # accepted already; the result is not wanted
+        action = meta.action
+        if meta.deadline_ms is not None and time.time() * 1000 >= meta.deadline_ms:
+            self._metrics.rejected_one(kind, "expired")
+            await self._reply(
+                reply_to,
+                *envelope.error_reply("timeout", "deadline passed before the agent ran the message",
+                                      agent=address, action=action),
+            )
+            return
+        spec = act.agent.__actions__.get(action)
+        if spec is None:
+            self._metrics.rejected_one(kind, "unknown_action")
+            await self._reply(
+                reply_to,
+                *envelope.error_reply(
+                    "unknown_action", f"{kind} has no action {action!r}", agent=address, action=action,
+                    details={"actions": sorted(act.agent.__actions__)},
+                ),
+            )
+            return
+        try:
+            kwargs = spec.bind(codec.decode(msg.data))
+        except ParamError as exc:
+            self._metrics.rejected_one(kind, "bad_request")
+            await self._reply(
+                reply_to,
+                *envelope.error_reply("bad_request", f"invalid parameters: {exc}", agent=address, action=action,
+                                      details={"param": exc.path, "problem": exc.problem}),
+            )
+            return
+        except ValueError as exc:
+            self._metrics.rejected_one(kind, "bad_request")
+            await self._reply(reply_to, *envelope.error_reply("bad_request", str(exc), agent=address, action=action))
+            return
+        ctx = Context(
+            agent=address,
+            action=action,
+            message_id=meta.message_id,
+            correlation_id=meta.correlation_id,
+            deadline=None if meta.deadline_ms is None else meta.deadline_ms / 1000,
+            caller=meta.caller,
+        )
+        span = self._tracing.server_span(kind, action, act.agent_id, msg.headers)
+        token = _current.set(ctx)
+        try:
+            result = await spec.func(act.agent, **kwargs)
+        except Exception as exc:
+            self._tracing.end(span, exc, "handler_error")
+            self._metrics.handled_one(kind, action, "handler_error", time.perf_counter() - started)
+            act.agent.log.warning("action %s failed: %s: %s", action, type(exc).__name__, exc)
+            await self._reply(
+                reply_to,
+                *envelope.error_reply(
+                    "handler_error", f"{type(exc).__name__}: {exc}", agent=address, action=action,
+                    traceback=self._tb(exc), details={"exception": type(exc).__name__},
+                ),
+            )
+            return
+        finally:
+            _current.reset(token)
+        self._tracing.end(span)
+        self._metrics.handled_one(kind, action, "ok", time.perf_counter() - started)
+        if not reply_to:
+            return
+        try:
+            hdrs, body = envelope.ok_reply(result)
+        except (TypeError, ValueError) as exc:
+            await self._reply(
+                reply_to,
+                *envelope.error_reply("handler_error", f"result cannot be encoded: {exc}", agent=address,
+                                      action=action),
+            )
+            return
+        await self._reply(reply_to, hdrs, body, agent=address, action=action)
+
+    def _tb(self, exc: BaseException) -> str | None:
+        if not self.settings.expose_tracebacks:
+            return None
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+    async def _reply(
+        self, subject: str, headers: dict[str, str], body: bytes, *, agent: str | None = None,
+        action: str | None = None,
+    ) -> None:
+        if not subject:
+            return
+        try:
+            await self._t.publish(subject, body, headers=headers)
+        except NatsAgentsError as exc:
+            if getattr(exc, "code", None) == "payload_too_large":
+                hdrs, data = envelope.error_reply(
+                    "payload_too_large", f"reply is too large for the server ({len(body)} bytes)",
+                    agent=agent, action=action,
+                )
+                with contextlib.suppress(NatsAgentsError):
+                    await self._t.publish(subject, data, headers=hdrs)
+                return
+            log.warning("could not send reply to %s: %s", subject, exc)
+
+    # -- immediate replies from the reader task ---------------------------------------
+
+    def refuse(self, act: Activation, msg: Inbound, code: str, message: str, *, retry: bool = False) -> None:
+        """Answer ``msg`` with an error without running it (mailbox full, stopping)."""
+        self._metrics.rejected_one(act.kind, code)
+        if not msg.reply:
+            log.warning("dropped a send to %s: %s", act.address, message)
+            return
+        action = (msg.headers or {}).get(h.ACTION)
+        hdrs, body = envelope.error_reply(
+            code, message, agent=act.address, action=action, details={"retry": True} if retry else None
+        )
+        self._post(msg.reply, hdrs, body)
+
+    def accepted(self, msg: Inbound) -> None:
+        """Acknowledge a send (reply mode ``accept``) as soon as it is in the mailbox."""
+        self._post(msg.reply, *envelope.ok_reply(None))
+
+    def _post(self, subject: str, headers: dict[str, str], body: bytes) -> None:
+        self._outbox.append((subject, headers, body))
+        if self._outbox_task is None:
+            self._outbox_task = self._spawn(self._drain_outbox())
+
+    async def _drain_outbox(self) -> None:
+        try:
+            while self._outbox:
+                subject, headers, body = self._outbox.popleft()
+                await self._reply(subject, headers, body)
+        finally:
+            self._outbox_task = None
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- introspection ---------------------------------------------------------------
+
+    def active(self) -> list[str]:
+        """Addresses of the active agents hosted here."""
+        return sorted(a.address for a in self.activations.values() if a.state is ActivationState.ACTIVE)
+
+    def agent_instance(self, kind: str, agent_id: str) -> Agent | None:
+        act = self.activations.get((kind, agent_id))
+        return act.agent if act is not None else None
+

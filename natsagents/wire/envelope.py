@@ -1,0 +1,215 @@
+"""Request and reply envelopes of protocol v1: headers plus a msgpack body.
+
+Pure functions: no I/O, no NATS. ``transport`` moves the bytes, ``runtime`` and the
+caller side use these to build and read them.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import AgentError, ProtocolError, error_for_code
+from . import codec
+from . import headers as h
+
+__all__ = [
+    "ERROR_BODY_KEYS",
+    "RequestMeta",
+    "error_reply",
+    "headers_size",
+    "new_message_id",
+    "ok_reply",
+    "parse_reply",
+    "parse_request",
+    "request_headers",
+]
+
+_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_ACTION_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+#: Keys of the map in an error reply's body.
+ERROR_BODY_KEYS = ("code", "message", "agent", "action", "traceback", "details")
+
+_HDR_LINE = len(b"NATS/1.0\r\n") + len(b"\r\n")
+
+
+def new_message_id() -> str:
+    """A fresh message id: 22 random base64url characters (128 bits)."""
+    return secrets.token_urlsafe(16)
+
+
+def headers_size(headers: Mapping[str, str] | None) -> int:
+    """Bytes the header block takes on the wire (counts toward ``max_payload``)."""
+    if not headers:
+        return 0
+    size = _HDR_LINE
+    for key, value in headers.items():
+        size += len(key) + len(value.encode()) + 4  # "k: v\r\n"
+    return size
+
+
+@dataclass(frozen=True, slots=True)
+class RequestMeta:
+    """What the headers of an incoming request say."""
+
+    action: str
+    message_id: str
+    correlation_id: str
+    deadline_ms: int | None
+    caller: str | None
+    reply_mode: str
+    traceparent: str | None
+    tracestate: str | None
+
+
+def request_headers(
+    *,
+    action: str,
+    message_id: str,
+    correlation_id: str | None,
+    deadline_ms: int | None,
+    caller: str | None = None,
+    reply_mode: str = h.REPLY_MODE_RESULT,
+    trace: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Headers of a request; optional headers are left out when they add nothing."""
+    out = {h.PROTO: h.PROTO_VERSION, h.ACTION: action, h.MESSAGE_ID: message_id}
+    if correlation_id and correlation_id != message_id:
+        out[h.CORRELATION_ID] = correlation_id
+    if deadline_ms is not None:
+        out[h.DEADLINE] = str(deadline_ms)
+    if caller:
+        out[h.CALLER] = caller
+    if reply_mode != h.REPLY_MODE_RESULT:
+        out[h.REPLY_MODE] = reply_mode
+    if trace:
+        out.update(trace)
+    return out
+
+
+def parse_request(headers: Mapping[str, str] | None) -> RequestMeta:
+    """Read and check the headers of a request.
+
+    Raises:
+        ProtocolError: a header is missing or malformed (answered with ``bad_request``).
+    """
+    hdrs = headers or {}
+    proto = hdrs.get(h.PROTO, h.PROTO_VERSION)
+    if proto != h.PROTO_VERSION:
+        raise ProtocolError(f"unsupported protocol version {proto!r} (this host speaks {h.PROTO_VERSION})")
+    action = hdrs.get(h.ACTION)
+    if action is None:
+        raise ProtocolError(f"missing {h.ACTION} header")
+    if not _ACTION_RE.fullmatch(action):
+        raise ProtocolError(f"malformed {h.ACTION} header {action[:80]!r}")
+    message_id = hdrs.get(h.MESSAGE_ID)
+    if message_id is None:
+        message_id = new_message_id()
+    elif not _ID_RE.fullmatch(message_id):
+        raise ProtocolError(f"malformed {h.MESSAGE_ID} header {message_id[:80]!r}")
+    correlation_id = hdrs.get(h.CORRELATION_ID, message_id)
+    if not _ID_RE.fullmatch(correlation_id):
+        raise ProtocolError(f"malformed {h.CORRELATION_ID} header {correlation_id[:80]!r}")
+    deadline_ms: int | None = None
+    raw_deadline = hdrs.get(h.DEADLINE)
+    if raw_deadline is not None:
+        if not raw_deadline.isascii() or not raw_deadline.isdigit() or len(raw_deadline) > 15:
+            raise ProtocolError(f"malformed {h.DEADLINE} header {raw_deadline[:80]!r}")
+        deadline_ms = int(raw_deadline)
+    reply_mode = hdrs.get(h.REPLY_MODE, h.REPLY_MODE_RESULT)
+    if reply_mode not in (h.REPLY_MODE_RESULT, h.REPLY_MODE_ACCEPT):
+        raise ProtocolError(f"malformed {h.REPLY_MODE} header {reply_mode[:80]!r}")
+    caller = hdrs.get(h.CALLER)
+    if caller is not None and len(caller) > 256:
+        raise ProtocolError(f"{h.CALLER} header longer than 256 characters")
+    return RequestMeta(
+        action=action,
+        message_id=message_id,
+        correlation_id=correlation_id,
+        deadline_ms=deadline_ms,
+        caller=caller,
+        reply_mode=reply_mode,
+        traceparent=hdrs.get(h.TRACEPARENT),
+        tracestate=hdrs.get(h.TRACESTATE),
+    )
+
+
+_OK_HEADERS: Mapping[str, str] = {h.PROTO: h.PROTO_VERSION, h.STATUS: h.STATUS_OK}
+
+
+def ok_reply(result: Any) -> tuple[dict[str, str], bytes]:
+    """Headers and body of a successful reply.
+
+    Raises:
+        TypeError, ValueError: the result cannot be encoded.
+    """
+    return dict(_OK_HEADERS), codec.encode(result)
+
+
+def error_reply(
+    code: str,
+    message: str,
+    *,
+    agent: str | None = None,
+    action: str | None = None,
+    traceback: str | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, str], bytes]:
+    """Headers and body of an error reply."""
+    body: dict[str, Any] = {"code": code, "message": message, "agent": agent, "action": action}
+    if traceback:
+        body["traceback"] = traceback
+    if details:
+        body["details"] = dict(details)
+    try:
+        data = codec.encode(body)
+    except (TypeError, ValueError):
+        body.pop("details", None)
+        data = codec.encode(body)
+    return {h.PROTO: h.PROTO_VERSION, h.STATUS: code}, data
+
+
+def parse_reply(
+    headers: Mapping[str, str] | None,
+    data: bytes,
+    *,
+    agent: str | None = None,
+    action: str | None = None,
+) -> Any:
+    """Return the result of a reply, or raise the error it carries.
+
+    Raises:
+        AgentError: the reply is an error reply (the subclass for its code).
+        ProtocolError: the reply is not a protocol v1 reply.
+    """
+    hdrs = headers or {}
+    status = hdrs.get(h.STATUS)
+    if status is None:
+        raise ProtocolError(f"reply without {h.STATUS} header from {agent or 'peer'}")
+    if status == h.STATUS_OK:
+        try:
+            return codec.decode(data)
+        except ValueError as exc:
+            raise ProtocolError(f"undecodable reply body from {agent or 'peer'}: {exc}") from exc
+    try:
+        body = codec.decode(data)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {}
+    message = body.get("message")
+    tb = body.get("traceback")
+    details = body.get("details")
+    err: AgentError = error_for_code(
+        status,
+        message if isinstance(message, str) else status,
+        agent=body.get("agent") if isinstance(body.get("agent"), str) else agent,
+        action=body.get("action") if isinstance(body.get("action"), str) else action,
+        remote_traceback=tb if isinstance(tb, str) else None,
+        details=details if isinstance(details, dict) else None,
+        remote=True,
+    )
+    raise err

@@ -1,0 +1,46 @@
+"""Header names and values of protocol v1 (see docs/protocol.md)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ACTION",
+    "CALLER",
+    "CORRELATION_ID",
+    "DEADLINE",
+    "MESSAGE_ID",
+    "PROTO",
+    "PROTO_VERSION",
+    "REPLY_MODE",
+    "REPLY_MODE_ACCEPT",
+    "REPLY_MODE_RESULT",
+    "STATUS",
+    "STATUS_OK",
+    "TRACEPARENT",
+    "TRACESTATE",
+]
+
+#: Protocol version; every request and reply carries ``Na-Proto: 1``.
+PROTO = "Na-Proto"
+PROTO_VERSION = "1"
+#: Unique id of this logical message (22 base62 characters from the SDK; any
+#: 1-64 characters ``[A-Za-z0-9_-]`` from other peers).
+MESSAGE_ID = "Na-Msg-Id"
+#: Id shared by every message caused by one external request.
+CORRELATION_ID = "Na-Corr-Id"
+#: Name of the action to run.
+ACTION = "Na-Action"
+#: Absolute deadline, integer milliseconds since the Unix epoch (UTC).
+DEADLINE = "Na-Deadline"
+#: Who is calling: ``Kind/id`` of a calling agent, or a client name.
+CALLER = "Na-Caller"
+#: ``result`` (default): reply after the handler ran, with its result.
+#: ``accept``: reply as soon as the message is in the agent's mailbox.
+REPLY_MODE = "Na-Reply-Mode"
+REPLY_MODE_RESULT = "result"
+REPLY_MODE_ACCEPT = "accept"
+#: Reply status: ``ok`` or an error code.
+STATUS = "Na-Status"
+STATUS_OK = "ok"
+#: W3C trace context, passed through unchanged.
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"

@@ -1,0 +1,45 @@
+"""Subject names of protocol v1.
+
+``<prefix>.agent.<kind>.<id-token>``  an agent's inbox (requests and sends)
+``<prefix>.activate.<kind>``         activation requests, answered by a host of ``kind``
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import ConfigurationError
+from .ids import encode_id, validate_kind
+
+__all__ = ["DEFAULT_PREFIX", "activate_subject", "agent_subject", "agent_wildcard", "validate_prefix"]
+
+DEFAULT_PREFIX = "na"
+_PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+
+
+def validate_prefix(prefix: object) -> str:
+    """Return ``prefix`` if it is one or more dot-separated safe tokens.
+
+    Raises:
+        ConfigurationError: empty, wildcards, spaces or empty tokens.
+    """
+    if not isinstance(prefix, str) or len(prefix) > 64 or not _PREFIX_RE.fullmatch(prefix):
+        raise ConfigurationError(
+            f"invalid subject prefix {prefix!r}: use dot-separated tokens of [A-Za-z0-9_-]"
+        )
+    return prefix
+
+
+def agent_subject(prefix: str, kind: str, agent_id: str) -> str:
+    """The inbox subject of agent ``kind/agent_id`` (the id is encoded)."""
+    return f"{prefix}.agent.{validate_kind(kind)}.{encode_id(agent_id)}"
+
+
+def agent_wildcard(prefix: str, kind: str) -> str:
+    """Subject matching every agent inbox of ``kind``."""
+    return f"{prefix}.agent.{validate_kind(kind)}.*"
+
+
+def activate_subject(prefix: str, kind: str) -> str:
+    """Subject on which hosts of ``kind`` answer activation requests."""
+    return f"{prefix}.activate.{validate_kind(kind)}"
