@@ -8,7 +8,6 @@ import logging
 import os
 import socket
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -253,8 +252,7 @@ class Mesh:
         if ref.kind in self._host.kinds:
             await self._host.activate(ref.kind, ref.id)
         else:
-            timeout = self._caller.settings.default_timeout
-            await self._caller.activate(ref.kind, ref.id, None if timeout is None else time.time() + timeout)
+            await self._caller.spawn(ref.kind, ref.id, self._caller.settings.default_timeout)
         return ref
 
     async def deactivate(self, target: str | type[Agent], agent_id: str | None = None) -> bool:

@@ -23,6 +23,7 @@ class Metrics:
         ``natsagents_call_seconds{kind,action}`` call latency seen by the caller
         ``natsagents_active_agents{kind}`` active agents hosted here
         ``natsagents_rejected_total{kind,reason}`` messages refused before the handler
+        ``natsagents_call_retries_total{kind,reason}`` call attempts repeated by this mesh
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -42,6 +43,10 @@ class Metrics:
         self.active_agents = Gauge("natsagents_active_agents", "Active agents hosted here", ["kind"], registry=r)
         self.rejected = Counter(
             "natsagents_rejected", "Messages refused before reaching a handler", ["kind", "reason"], registry=r
+        )
+        self.retries = Counter(
+            "natsagents_call_retries", "Call attempts repeated (agent not active, no host, agent stopping)",
+            ["kind", "reason"], registry=r,
         )
         self._children: dict[tuple[object, ...], object] = {}
 

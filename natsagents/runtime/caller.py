@@ -182,12 +182,14 @@ class Caller:
                 msg = await self._t.request(subject, body, headers=hdrs, timeout=remaining)
             except NoResponders:
                 last_problem = "agent not active"
+                self._metrics.retries.labels(kind, "not_active").inc()
                 try:
                     activated = await self.activate(kind, agent_id, deadline)
                 except Unavailable as exc:
                     last_problem = exc.message
                     no_host = exc
                     activated = False
+                    self._metrics.retries.labels(kind, "no_host").inc()
                 else:
                     no_host = None
                 if activated:
@@ -204,10 +206,11 @@ class Caller:
                     if not exc.details.get("retry"):
                         raise
                     last_problem = exc.message
+                    self._metrics.retries.labels(kind, "stopping").inc()
             await self._sleep(delay, deadline)
             delay = min(delay * 2, self.settings.backoff_max)
 
-    async def activate(self, kind: str, agent_id: str, deadline: float | None) -> bool:
+    async def activate(self, kind: str, agent_id: str, deadline: float | None, *, spawn: bool = False) -> bool:
         """Ask a host of ``kind`` to activate the agent.
 
         Returns ``True`` once activated. Raises: Unavailable (no host of the kind),
@@ -219,7 +222,7 @@ class Caller:
         try:
             msg = await self._t.request(
                 activate_subject(self.settings.prefix, kind),
-                codec.encode({"id": agent_id}),
+                codec.encode({"id": agent_id, "spawn": True} if spawn else {"id": agent_id}),
                 headers=_ACTIVATE_HEADERS,
                 timeout=remaining,
             )
@@ -229,6 +232,29 @@ class Caller:
             return False
         envelope.parse_reply(msg.headers, msg.data, agent=f"{kind}/{agent_id}")
         return True
+
+    async def spawn(self, kind: str, agent_id: str, timeout: float | None) -> None:
+        """Activate ``kind/agent_id`` on some host, waiting (with backoff) for a host of the
+        kind to appear until ``timeout``.
+
+        Raises:
+            Unavailable: still no host of the kind at the deadline. AgentNotFound,
+            HandlerError: the host refused or ``on_start`` failed. CallTimeout.
+        """
+        deadline = None if timeout is None else time.time() + timeout
+        delay = self.settings.backoff_initial
+        while True:
+            try:
+                if await self.activate(kind, agent_id, deadline, spawn=True):
+                    return
+            except Unavailable:
+                if deadline is not None and time.time() >= deadline:
+                    raise
+                self._metrics.retries.labels(kind, "no_host").inc()
+            else:
+                raise CallTimeout(f"activation of {kind}/{agent_id} timed out", agent=f"{kind}/{agent_id}")
+            await self._sleep(delay, deadline)
+            delay = min(delay * 2, self.settings.backoff_max)
 
     @staticmethod
     async def _sleep(delay: float, deadline: float | None) -> None:

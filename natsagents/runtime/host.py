@@ -90,6 +90,9 @@ class Host:
         self._kind_subs[cls.kind] = await self._t.subscribe(
             subject, self._on_activate_request, queue=f"{self.settings.prefix}.hosts.{cls.kind}"
         )
+        # Once host() returns, the server knows this host: a caller on the same server
+        # never sees "no host" for the kind.
+        await self._t.flush()
 
     # -- activation ------------------------------------------------------------------
 
@@ -204,6 +207,9 @@ class Host:
                 raise ProtocolError("activation body must be a map with a string 'id'")
             agent_id = body["id"]
             encode_id(agent_id)
+            spawn = body.get("spawn", False)
+            if not isinstance(spawn, bool):
+                raise ProtocolError("activation 'spawn' must be a bool")
         except (ValueError, ProtocolError) as exc:
             await self._reply(msg.reply, *envelope.error_reply("bad_request", str(exc), agent=kind))
             return
@@ -212,7 +218,7 @@ class Host:
         if cls is None or self._closing:
             await self._reply(msg.reply, *envelope.error_reply("unavailable", "host is closing", agent=address))
             return
-        if not cls.activate_on_demand and (kind, agent_id) not in self.activations:
+        if not (spawn or cls.activate_on_demand) and (kind, agent_id) not in self.activations:
             await self._reply(
                 msg.reply,
                 *envelope.error_reply("not_found", f"{address} is not active and {kind} is not activated on demand",
