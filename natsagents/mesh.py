@@ -287,10 +287,13 @@ class Mesh:
                     await self._host.close()
                 finally:
                     await self._transport.close()
+                    # Requests still waiting were failed with MeshClosed by the transport;
+                    # let their tasks finish with it, cancel whatever still hangs.
                     pending = [t for t in self._tasks if not t.done()]
-                    for t in pending:
-                        t.cancel()
                     if pending:
+                        _, stuck = await asyncio.wait(pending, timeout=1.0)
+                        for t in stuck:
+                            t.cancel()
                         await asyncio.gather(*pending, return_exceptions=True)
                     self._state = MeshState.CLOSED
                     if self._server is not None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import socket
 import stat
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import nats
 import nats.errors
@@ -21,6 +24,7 @@ from natsagents.errors import ServerBinaryNotFound, ServerError
 from natsagents.server import NatsCluster, NatsServer, find_server_binary
 from natsagents.server import binary as binary_module
 
+T = TypeVar("T")
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -44,8 +48,11 @@ async def _connect(url: str) -> Client:
     return await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0)
 
 
-async def _retry(what: str, op, budget: float = 15.0):  # type: ignore[no-untyped-def]
-    """Run ``await op()`` until it succeeds; NATS errors are retried for ``budget`` seconds."""
+async def _retry(what: str, op: Callable[[], Awaitable[T]], budget: float = 15.0) -> T:
+    """Run ``await op()`` until it succeeds; NATS errors are retried for ``budget`` seconds.
+
+    During a leader election JetStream fails fast (no responders), hence the backoff.
+    """
     deadline = time.monotonic() + budget
     while True:
         try:
@@ -53,6 +60,7 @@ async def _retry(what: str, op, budget: float = 15.0):  # type: ignore[no-untype
         except nats.errors.Error as exc:  # covers JetStream errors and nats TimeoutError
             if time.monotonic() > deadline:
                 raise AssertionError(f"{what} still failing after {budget}s: {exc!r}") from exc
+        await asyncio.sleep(0.1)
 
 
 @pytest.fixture
@@ -151,6 +159,24 @@ def test_pause_and_resume(server: NatsServer) -> None:
     assert "Server Exiting" in server.log_tail()
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("delay", [0.0, 0.01, 0.2])
+async def test_cancelled_async_context_leaves_nothing_behind(delay: float) -> None:
+    srv = NatsServer()
+
+    async def use() -> None:
+        async with srv:
+            await asyncio.sleep(30)
+
+    task = asyncio.create_task(use())
+    await asyncio.sleep(delay)  # cancel before, during or after the start
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not srv.running
+    assert not srv.config_path.parent.exists()
+
+
 def test_misuse_raises_server_error() -> None:
     srv = NatsServer()
     try:
@@ -217,7 +243,7 @@ async def test_three_node_cluster_survives_a_leader_kill() -> None:
                 await kv.put(f"k{i}", str(i).encode())
             for kv in kvs:
                 for i in range(3):
-                    entry = await _retry("direct get", lambda kv=kv, i=i: kv.get(f"k{i}"))
+                    entry = await _retry("direct get", functools.partial(kv.get, f"k{i}"))
                     assert entry.value == str(i).encode()
 
             info = await js[0].stream_info("KV_cfg")

@@ -21,6 +21,8 @@ def _default(obj: Any) -> Any:
         return list(obj)
     if isinstance(obj, datetime.datetime):
         raise TypeError("cannot encode a naive datetime: give it a timezone")
+    if isinstance(obj, int):
+        raise ValueError(f"integer {obj} is outside msgpack's 64-bit range")
     raise TypeError(f"cannot encode {type(obj).__name__} as msgpack")
 
 

@@ -1,0 +1,10 @@
+"""The ``natsagents`` command line (``python -m natsagents``).
+
+Commands: ``server`` (a local nats-server or cluster), ``demo`` (a guided tour),
+``call`` and ``send`` (talk to an agent by ``Kind/id``). See :mod:`.main` for the
+command registry and the exit codes.
+"""
+
+from .main import Exit, main
+
+__all__ = ["Exit", "main"]
