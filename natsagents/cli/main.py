@@ -320,9 +320,17 @@ def parse_params(json_text: str | None, pairs: Sequence[str]) -> dict[str, Any]:
     return params
 
 
-async def _deliver(args: argparse.Namespace, *, accept_only: bool) -> int:
+def _deliver(args: argparse.Namespace, *, accept_only: bool) -> int:
+    # Check the usage before connecting, so that mistakes are reported at once.
     kind, agent_id = parse_address(args.address)
     params = parse_params(args.json_params, args.params)
+    validate_prefix(args.prefix)
+    return asyncio.run(_deliver_async(args, kind, agent_id, params, accept_only=accept_only))
+
+
+async def _deliver_async(
+    args: argparse.Namespace, kind: str, agent_id: str, params: dict[str, Any], *, accept_only: bool
+) -> int:
     async with open_mesh(args, default_timeout=args.timeout) as mesh:
         ref = mesh.ref(kind, agent_id)
         if accept_only:
@@ -341,7 +349,7 @@ async def _deliver(args: argparse.Namespace, *, accept_only: bool) -> int:
     "Exit codes: 0 ok, 1 error reply, 2 bad usage, 3 NATS unreachable.",
 )
 def _call(args: argparse.Namespace) -> int:
-    return asyncio.run(_deliver(args, accept_only=False))
+    return _deliver(args, accept_only=False)
 
 
 @command(
@@ -352,7 +360,7 @@ def _call(args: argparse.Namespace) -> int:
     "Exit codes: 0 accepted, 1 error reply, 2 bad usage, 3 NATS unreachable.",
 )
 def _send(args: argparse.Namespace) -> int:
-    return asyncio.run(_deliver(args, accept_only=True))
+    return _deliver(args, accept_only=True)
 
 
 # -- server ---------------------------------------------------------------------------

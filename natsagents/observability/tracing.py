@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -50,6 +51,15 @@ class Tracing:
             kind=SpanKind.SERVER,
             attributes={"natsagents.agent": f"{kind}/{agent_id}", "natsagents.action": action},
         )
+
+    @staticmethod
+    def activate(span: Span) -> object:
+        """Make ``span`` current (calls made by the handler become its children)."""
+        return otel_context.attach(trace.set_span_in_context(span))
+
+    @staticmethod
+    def deactivate(token: object) -> None:
+        otel_context.detach(token)  # type: ignore[arg-type]
 
     @staticmethod
     def end(span: Span, error: BaseException | None = None, code: str | None = None) -> None:

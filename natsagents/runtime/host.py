@@ -301,6 +301,7 @@ class Host:
         )
         span = self._tracing.server_span(kind, action, act.agent_id, msg.headers)
         token = _current.set(ctx)
+        span_token = self._tracing.activate(span)
         try:
             result = await spec.func(act.agent, **kwargs)
         except Exception as exc:
@@ -316,6 +317,7 @@ class Host:
             )
             return
         finally:
+            self._tracing.deactivate(span_token)
             _current.reset(token)
         self._tracing.end(span)
         self._metrics.handled_one(kind, action, "ok", time.perf_counter() - started)

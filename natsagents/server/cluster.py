@@ -156,7 +156,7 @@ class NatsCluster(_ContextManaged):
         deadline = time.monotonic() + timeout
         live = [s for s in self.servers if s._should_run and not s.paused]
         for server in live:
-            server.wait_ready(deadline - time.monotonic())
+            server.wait_ready(max(0.0, deadline - time.monotonic()))
         if self.size == 1:
             return
         delay = _POLL_FIRST
