@@ -48,7 +48,7 @@ async def _connect(url: str) -> Client:
     return await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0)
 
 
-async def _retry(what: str, op: Callable[[], Awaitable[T]], budget: float = 15.0) -> T:
+async def _retry(what: str, op: Callable[[], Awaitable[T]], budget: float = 30.0) -> T:
     """Run ``await op()`` until it succeeds; NATS errors are retried for ``budget`` seconds.
 
     During a leader election JetStream fails fast (no responders), hence the backoff.
