@@ -47,7 +47,7 @@ async def test_all_of_and_any_of(mesh: Mesh) -> None:
     with pytest.raises(na.HandlerError):
         await all_of(refs[0].request("fail"), refs[1].request("get"))
     # any_of: the fast one wins, the slow one is cancelled on our side.
-    winner = await any_of(refs[2].request("sleep", seconds=2.0), refs[3].request("get"))
+    winner = await any_of(refs[2].request("sleep", seconds=0.3), refs[3].request("get"))
     assert winner == 3
     with pytest.raises(na.HandlerError):
         await any_of(refs[0].request("fail"), refs[1].request("fail"))

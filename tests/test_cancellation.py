@@ -72,7 +72,7 @@ async def test_close_fails_pending_calls_with_mesh_closed(mesh_factory) -> None:
     host = await mesh_factory(name="host")
     caller = await mesh_factory(name="caller")
     await host.host(Counter)
-    fut = caller.ref("Counter/z").request("sleep", seconds=5.0)
+    fut = caller.ref("Counter/z").request("sleep", seconds=0.5)
     await wait_for(lambda: caller._transport.pending_requests == 1)
     await caller.aclose()
     with pytest.raises(na.MeshClosed):
