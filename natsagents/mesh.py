@@ -312,7 +312,7 @@ class _MeshOpener:
     """Awaitable (``await Mesh.connect(...)``) and async context manager
     (``async with Mesh.connect(...) as mesh``)."""
 
-    __slots__ = ("_open", "_mesh")
+    __slots__ = ("_mesh", "_open")
 
     def __init__(self, open_: Callable[[], Awaitable[Mesh]]) -> None:
         self._open = open_

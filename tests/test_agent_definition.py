@@ -117,8 +117,11 @@ class Outer:
         (Literal["a", 1], 1, 1),
         (Any, {"x": object}, {"x": object}),
         (Outer, {"inner": {"a": 1}, "items": [{"a": 2}]}, Outer(Inner(1), [Inner(2)])),
-        (datetime.datetime, datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
-         datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)),
+        (
+            datetime.datetime,
+            datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+            datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+        ),
     ],
 )
 def test_validators_accept_and_convert(hint: Any, value: Any, expected: Any) -> None:

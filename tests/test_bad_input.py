@@ -23,7 +23,11 @@ header_values = st.one_of(
 )
 headers_strategy = st.dictionaries(st.sampled_from(HEADER_NAMES), header_values, max_size=6)
 msgpack_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=20)
     | st.binary(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
@@ -68,8 +72,7 @@ async def victim(mesh: Mesh) -> Mesh:
 STATUSES: dict[str, int] = {}
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
-          database=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture], database=None)
 @given(target=st.sampled_from(["Counter.victim", "Typed.t"]), body=bodies, headers=headers_strategy)
 async def test_random_bytes_and_headers_are_all_answered(
     victim: Mesh, raw: Any, mesh_prefix: str, target: str, body: bytes, headers: dict[str, str]
@@ -123,8 +126,13 @@ async def test_each_bad_input_gets_its_error_code(
 async def test_bad_activation_requests(mesh: Mesh, raw: Any, mesh_prefix: str) -> None:
     await mesh.host(Counter)
     subject = f"{mesh_prefix}.activate.Counter"
-    for body in (b"\xc1", msgpack.packb([1]), msgpack.packb({"id": 5}), msgpack.packb({"id": ""}),
-                 msgpack.packb({"id": "ok", "spawn": "yes"})):
+    for body in (
+        b"\xc1",
+        msgpack.packb([1]),
+        msgpack.packb({"id": 5}),
+        msgpack.packb({"id": ""}),
+        msgpack.packb({"id": "ok", "spawn": "yes"}),
+    ):
         hdrs = await _answered(raw, subject, body, None)
         assert hdrs[h.STATUS] == "bad_request"
     assert mesh.local_agents() == []
@@ -142,8 +150,9 @@ async def test_sends_without_reply_subject_are_handled_silently(mesh: Mesh, raw:
     await raw.flush()
     from natsagents.testing import wait_for
 
-    await wait_for(lambda: mesh.metrics.value("natsagents_rejected_total", {"kind": "Counter", "reason": "bad_request"})
-                   == 1)
+    await wait_for(
+        lambda: mesh.metrics.value("natsagents_rejected_total", {"kind": "Counter", "reason": "bad_request"}) == 1
+    )
     assert await ref.call("get") == 5
 
 

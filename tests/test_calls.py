@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -92,8 +91,16 @@ async def test_typed_parameters(mesh: Mesh) -> None:
         "shapes", point={"x": 1, "y": 2}, color="blue", tags=["a"], mode="b", scale=3, pair=[1, "z"], meta={"k": 1}
     )
     assert out == {
-        "x": 1, "y": 2, "color": "blue", "tags": ["a"], "mode": "b", "scale": 3.0, "scale_type": "float",
-        "maybe": None, "pair": [1, "z"], "meta": {"k": 1},
+        "x": 1,
+        "y": 2,
+        "color": "blue",
+        "tags": ["a"],
+        "mode": "b",
+        "scale": 3.0,
+        "scale_type": "float",
+        "maybe": None,
+        "pair": [1, "z"],
+        "meta": {"k": 1},
     }
     bad_calls = [
         ({"point": {"x": 1}, "color": "green", "tags": []}, "color"),
@@ -189,8 +196,9 @@ async def test_expired_messages_are_not_executed(mesh: Mesh) -> None:
         await ref.call("add", by=1, timeout=0.1)
     await busy
     assert await ref.call("get") == 0
-    await wait_for(lambda: mesh.metrics.value("natsagents_rejected_total", {"kind": "Counter", "reason": "expired"})
-                   == 1.0)
+    await wait_for(
+        lambda: mesh.metrics.value("natsagents_rejected_total", {"kind": "Counter", "reason": "expired"}) == 1.0
+    )
 
 
 async def test_mailbox_full_gives_overloaded(mesh: Mesh) -> None:

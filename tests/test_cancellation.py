@@ -51,8 +51,9 @@ async def test_cancelled_request_future(mesh: Mesh) -> None:
 async def test_cancelled_while_waiting_for_a_host(mesh: Mesh) -> None:
     """A call retrying "no host" with backoff is cancelled cleanly."""
     task = asyncio.ensure_future(mesh.ref("Nobody/x").call("ping", timeout=10))
-    await wait_for(lambda: mesh.metrics.value("natsagents_call_retries_total", {"kind": "Nobody", "reason": "no_host"})
-                   >= 1)
+    await wait_for(
+        lambda: mesh.metrics.value("natsagents_call_retries_total", {"kind": "Nobody", "reason": "no_host"}) >= 1
+    )
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -83,11 +83,11 @@ async def test_spans_share_one_trace_across_agents(mesh_factory) -> None:  # typ
     client = by_name["request Logger.relay"][0]
     handle_relay = by_name["handle Logger.relay"][0]
     nested_client = by_name["request Logger.note"][0]
-    nested_handle = [s for s in by_name["handle Logger.note"] if s.parent and s.parent.span_id ==
-                     nested_client.context.span_id][0]
+    nested_handle = next(
+        s for s in by_name["handle Logger.note"] if s.parent and s.parent.span_id == nested_client.context.span_id
+    )
     trace_id = client.context.trace_id
-    assert {handle_relay.context.trace_id, nested_client.context.trace_id, nested_handle.context.trace_id} == {
-        trace_id}
+    assert {handle_relay.context.trace_id, nested_client.context.trace_id, nested_handle.context.trace_id} == {trace_id}
     assert handle_relay.parent.span_id == client.context.span_id
     assert nested_client.parent.span_id == handle_relay.context.span_id
     assert client.kind is SpanKind.CLIENT and handle_relay.kind is SpanKind.SERVER

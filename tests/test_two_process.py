@@ -20,8 +20,15 @@ ROOT = Path(__file__).resolve().parent.parent
 async def _start_host(url: str, prefix: str, name: str) -> asyncio.subprocess.Process:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests._host_proc", url, prefix, name,
-        stdout=asyncio.subprocess.PIPE, cwd=str(ROOT), env=env,
+        sys.executable,
+        "-m",
+        "tests._host_proc",
+        url,
+        prefix,
+        name,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=str(ROOT),
+        env=env,
     )
     assert proc.stdout is not None
     line = await asyncio.wait_for(proc.stdout.readline(), 30)

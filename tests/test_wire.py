@@ -49,8 +49,7 @@ def test_subjects() -> None:
 
 
 json_like = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text()
-    | st.binary(),
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text() | st.binary(),
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
     max_leaves=20,
 )
@@ -91,12 +90,23 @@ def test_header_size_matches_the_wire_format() -> None:
 
 def test_request_headers_and_parse_round_trip() -> None:
     hdrs = envelope.request_headers(
-        action="add", message_id="m1", correlation_id="c1", deadline_ms=123, caller="Kind/x",
-        reply_mode=h.REPLY_MODE_ACCEPT, trace={"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"},
+        action="add",
+        message_id="m1",
+        correlation_id="c1",
+        deadline_ms=123,
+        caller="Kind/x",
+        reply_mode=h.REPLY_MODE_ACCEPT,
+        trace={"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"},
     )
     meta = envelope.parse_request(hdrs)
     assert (meta.action, meta.message_id, meta.correlation_id, meta.deadline_ms, meta.caller, meta.reply_mode) == (
-        "add", "m1", "c1", 123, "Kind/x", "accept")
+        "add",
+        "m1",
+        "c1",
+        123,
+        "Kind/x",
+        "accept",
+    )
     assert meta.traceparent is not None
     minimal = envelope.request_headers(action="a", message_id="m", correlation_id="m", deadline_ms=None)
     assert minimal == {h.PROTO: "1", h.ACTION: "a", h.MESSAGE_ID: "m"}
@@ -107,16 +117,30 @@ def test_request_headers_and_parse_round_trip() -> None:
 def test_replies_round_trip_into_typed_errors() -> None:
     hdrs, body = envelope.ok_reply({"n": 1})
     assert envelope.parse_reply(hdrs, body) == {"n": 1}
-    for code, cls in [("bad_request", na.BadRequest), ("timeout", na.CallTimeout), ("overloaded", na.Overloaded),
-                      ("unauthorized", na.Unauthorized), ("not_found", na.AgentNotFound),
-                      ("unavailable", na.Unavailable), ("payload_too_large", na.PayloadTooLarge),
-                      ("unknown_action", na.UnknownAction), ("handler_error", na.HandlerError)]:
+    for code, cls in [
+        ("bad_request", na.BadRequest),
+        ("timeout", na.CallTimeout),
+        ("overloaded", na.Overloaded),
+        ("unauthorized", na.Unauthorized),
+        ("not_found", na.AgentNotFound),
+        ("unavailable", na.Unavailable),
+        ("payload_too_large", na.PayloadTooLarge),
+        ("unknown_action", na.UnknownAction),
+        ("handler_error", na.HandlerError),
+    ]:
         hdrs, body = envelope.error_reply(code, "msg", agent="K/i", action="a", traceback="tb", details={"k": 1})
         with pytest.raises(cls) as info:
             envelope.parse_reply(hdrs, body)
         err = info.value
         assert (err.code, err.message, err.agent, err.action, err.remote_traceback, err.details, err.remote) == (
-            code, "msg", "K/i", "a", "tb", {"k": 1}, True)
+            code,
+            "msg",
+            "K/i",
+            "a",
+            "tb",
+            {"k": 1},
+            True,
+        )
     hdrs, body = envelope.error_reply("from_the_future", "new")
     with pytest.raises(na.AgentError) as info2:
         envelope.parse_reply(hdrs, body)

@@ -23,7 +23,7 @@ _RESERVED_ACTIONS = frozenset({"on_start", "on_stop", "initial_state", "ref", "c
 
 
 class _ActionMark:
-    __slots__ = ("name", "idempotent")
+    __slots__ = ("idempotent", "name")
 
     def __init__(self, name: str | None, idempotent: bool) -> None:
         self.name = name
@@ -36,9 +36,7 @@ def action(func: F, /) -> F: ...
 def action(*, name: str | None = None, idempotent: bool = False) -> Callable[[F], F]: ...
 
 
-def action(
-    func: F | None = None, /, *, name: str | None = None, idempotent: bool = False
-) -> F | Callable[[F], F]:
+def action(func: F | None = None, /, *, name: str | None = None, idempotent: bool = False) -> F | Callable[[F], F]:
     """Mark an ``async def`` method of an :class:`Agent` as callable over the mesh.
 
     Parameters are validated against their type hints for every message; the class

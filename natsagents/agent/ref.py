@@ -163,7 +163,7 @@ class AgentFuture(Generic[T]):
     abandons the call (the caller stops waiting; the agent may still run it).
     """
 
-    __slots__ = ("_task", "_spawn")
+    __slots__ = ("_spawn", "_task")
 
     def __init__(
         self, task: asyncio.Future[T], spawn: Callable[[Awaitable[Any]], asyncio.Future[Any]] | None = None
@@ -181,8 +181,8 @@ class AgentFuture(Generic[T]):
             value = await self._task
             out = fn(value)
             if inspect.isawaitable(out):
-                return await out  # type: ignore[no-any-return]
-            return out  # type: ignore[return-value]
+                return await out
+            return out
 
         return AgentFuture(self._spawn(chained()), self._spawn)
 

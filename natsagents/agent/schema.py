@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ActionSpec", "ParamError", "Param", "build_action_spec", "validator_for"]
+__all__ = ["ActionSpec", "Param", "ParamError", "build_action_spec", "validator_for"]
 
 Validator = Callable[[Any, str], Any]
 
@@ -84,7 +84,7 @@ def _fixed_tuple(items: Sequence[Validator]) -> Validator:
             raise ParamError(path, f"expected array of {len(items)}, got {_type_name(value)}")
         if len(value) != len(items):
             raise ParamError(path, f"expected array of {len(items)}, got {len(value)} items")
-        return tuple(v(x, f"{path}[{i}]") for i, (v, x) in enumerate(zip(items, value)))
+        return tuple(v(x, f"{path}[{i}]") for i, (v, x) in enumerate(zip(items, value, strict=False)))
 
     return check
 

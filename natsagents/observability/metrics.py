@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["Metrics"]
@@ -37,18 +39,23 @@ class Metrics:
         )
         self.calls = Counter("natsagents_calls", "Calls made by this mesh", ["kind", "action", "outcome"], registry=r)
         self.call_seconds = Histogram(
-            "natsagents_call_seconds", "Call latency seen by the caller", ["kind", "action"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "natsagents_call_seconds",
+            "Call latency seen by the caller",
+            ["kind", "action"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.active_agents = Gauge("natsagents_active_agents", "Active agents hosted here", ["kind"], registry=r)
         self.rejected = Counter(
             "natsagents_rejected", "Messages refused before reaching a handler", ["kind", "reason"], registry=r
         )
         self.retries = Counter(
-            "natsagents_call_retries", "Call attempts repeated (agent not active, no host, agent stopping)",
-            ["kind", "reason"], registry=r,
+            "natsagents_call_retries",
+            "Call attempts repeated (agent not active, no host, agent stopping)",
+            ["kind", "reason"],
+            registry=r,
         )
-        self._children: dict[tuple[object, ...], object] = {}
+        self._children: dict[tuple[str, ...], tuple[Any, Any]] = {}
 
     def handled_one(self, kind: str, action: str, outcome: str, seconds: float) -> None:
         key = ("h", kind, action, outcome)
@@ -58,7 +65,7 @@ class Metrics:
                 self.handled.labels(kind, action, outcome),
                 self.handler_seconds.labels(kind, action),
             )
-        counter, hist = child  # type: ignore[misc]
+        counter, hist = child
         counter.inc()
         hist.observe(seconds)
 
@@ -70,7 +77,7 @@ class Metrics:
                 self.calls.labels(kind, action, outcome),
                 self.call_seconds.labels(kind, action),
             )
-        counter, hist = child  # type: ignore[misc]
+        counter, hist = child
         counter.inc()
         hist.observe(seconds)
 

@@ -33,8 +33,18 @@ class Activation:
     """
 
     __slots__ = (
-        "host", "agent", "kind", "agent_id", "capacity", "max_workers", "mailbox", "workers",
-        "state", "subscription", "idle", "busy",
+        "agent",
+        "agent_id",
+        "busy",
+        "capacity",
+        "host",
+        "idle",
+        "kind",
+        "mailbox",
+        "max_workers",
+        "state",
+        "subscription",
+        "workers",
     )
 
     def __init__(self, host: Host, agent: Agent) -> None:
@@ -85,7 +95,7 @@ class Activation:
                 finally:
                     self.busy -= 1
         finally:
-            self.workers.discard(task)  # type: ignore[arg-type]
+            self.workers.discard(task)
             if not self.workers:
                 if self.mailbox and self.state is not ActivationState.STOPPED:
                     # A message arrived while this worker was finishing up.

@@ -164,7 +164,7 @@ class Host:
                 await act.subscription.unsubscribe()
         try:
             await asyncio.wait_for(act.idle.wait(), self.settings.stop_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("%s did not finish its mailbox within %.1f s", act.address, self.settings.stop_timeout)
             for task in list(act.workers):
                 task.cancel()
@@ -221,8 +221,9 @@ class Host:
         if not (spawn or cls.activate_on_demand) and (kind, agent_id) not in self.activations:
             await self._reply(
                 msg.reply,
-                *envelope.error_reply("not_found", f"{address} is not active and {kind} is not activated on demand",
-                                      agent=address),
+                *envelope.error_reply(
+                    "not_found", f"{address} is not active and {kind} is not activated on demand", agent=address
+                ),
             )
             return
         try:
@@ -235,8 +236,11 @@ class Host:
             await self._reply(
                 msg.reply,
                 *envelope.error_reply(
-                    "handler_error", f"activation failed: {type(exc).__name__}: {exc}", agent=address,
-                    action="on_start", traceback=self._tb(exc),
+                    "handler_error",
+                    f"activation failed: {type(exc).__name__}: {exc}",
+                    agent=address,
+                    action="on_start",
+                    traceback=self._tb(exc),
                 ),
             )
             return
@@ -262,8 +266,9 @@ class Host:
             self._metrics.rejected_one(kind, "expired")
             await self._reply(
                 reply_to,
-                *envelope.error_reply("timeout", "deadline passed before the agent ran the message",
-                                      agent=address, action=action),
+                *envelope.error_reply(
+                    "timeout", "deadline passed before the agent ran the message", agent=address, action=action
+                ),
             )
             return
         spec = act.agent.__actions__.get(action)
@@ -272,7 +277,10 @@ class Host:
             await self._reply(
                 reply_to,
                 *envelope.error_reply(
-                    "unknown_action", f"{kind} has no action {action!r}", agent=address, action=action,
+                    "unknown_action",
+                    f"{kind} has no action {action!r}",
+                    agent=address,
+                    action=action,
                     details={"actions": sorted(act.agent.__actions__)},
                 ),
             )
@@ -283,8 +291,13 @@ class Host:
             self._metrics.rejected_one(kind, "bad_request")
             await self._reply(
                 reply_to,
-                *envelope.error_reply("bad_request", f"invalid parameters: {exc}", agent=address, action=action,
-                                      details={"param": exc.path, "problem": exc.problem}),
+                *envelope.error_reply(
+                    "bad_request",
+                    f"invalid parameters: {exc}",
+                    agent=address,
+                    action=action,
+                    details={"param": exc.path, "problem": exc.problem},
+                ),
             )
             return
         except ValueError as exc:
@@ -311,8 +324,12 @@ class Host:
             await self._reply(
                 reply_to,
                 *envelope.error_reply(
-                    "handler_error", f"{type(exc).__name__}: {exc}", agent=address, action=action,
-                    traceback=self._tb(exc), details={"exception": type(exc).__name__},
+                    "handler_error",
+                    f"{type(exc).__name__}: {exc}",
+                    agent=address,
+                    action=action,
+                    traceback=self._tb(exc),
+                    details={"exception": type(exc).__name__},
                 ),
             )
             return
@@ -328,8 +345,9 @@ class Host:
         except (TypeError, ValueError) as exc:
             await self._reply(
                 reply_to,
-                *envelope.error_reply("handler_error", f"result cannot be encoded: {exc}", agent=address,
-                                      action=action),
+                *envelope.error_reply(
+                    "handler_error", f"result cannot be encoded: {exc}", agent=address, action=action
+                ),
             )
             return
         await self._reply(reply_to, hdrs, body, agent=address, action=action)
@@ -340,7 +358,12 @@ class Host:
         return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
     async def _reply(
-        self, subject: str, headers: dict[str, str], body: bytes, *, agent: str | None = None,
+        self,
+        subject: str,
+        headers: dict[str, str],
+        body: bytes,
+        *,
+        agent: str | None = None,
         action: str | None = None,
     ) -> None:
         if not subject:
@@ -350,8 +373,10 @@ class Host:
         except NatsAgentsError as exc:
             if getattr(exc, "code", None) == "payload_too_large":
                 hdrs, data = envelope.error_reply(
-                    "payload_too_large", f"reply is too large for the server ({len(body)} bytes)",
-                    agent=agent, action=action,
+                    "payload_too_large",
+                    f"reply is too large for the server ({len(body)} bytes)",
+                    agent=agent,
+                    action=action,
                 )
                 with contextlib.suppress(NatsAgentsError):
                     await self._t.publish(subject, data, headers=hdrs)
@@ -404,4 +429,3 @@ class Host:
     def agent_instance(self, kind: str, agent_id: str) -> Agent | None:
         act = self.activations.get((kind, agent_id))
         return act.agent if act is not None else None
-

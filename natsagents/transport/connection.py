@@ -84,7 +84,7 @@ class _Sink:
 class Subscription:
     """A live subscription; ``await unsubscribe()`` ends it (idempotent)."""
 
-    __slots__ = ("_sub", "subject", "_done")
+    __slots__ = ("_done", "_sub", "subject")
 
     def __init__(self, sub: Any, subject: str) -> None:
         self._sub = sub
@@ -111,7 +111,7 @@ def _expire(fut: asyncio.Future[Any]) -> None:
 class _ReplyMux:
     """Routes replies arriving on ``<inbox>.<token>`` to the waiting future."""
 
-    __slots__ = ("prefix", "_plen", "_pending", "_tokens")
+    __slots__ = ("_pending", "_plen", "_tokens", "prefix")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -350,7 +350,7 @@ class Transport:
     async def flush(self, timeout: float = 5.0) -> None:
         """Round trip to the server: everything published before is on the server."""
         with map_errors("flush"):
-            await self._nc.flush(timeout=max(timeout, 0.001))
+            await self._nc.flush(timeout=max(timeout, 0.001))  # type: ignore[arg-type]  # float works
 
     # -- subscribing -----------------------------------------------------------------
 

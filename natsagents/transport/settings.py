@@ -44,9 +44,7 @@ class Auth:
             self.creds_file is not None,
         ]
         if sum(methods) != 1:
-            raise ConfigurationError(
-                "Auth takes exactly one of: user+password, token, nkey_seed, creds_file"
-            )
+            raise ConfigurationError("Auth takes exactly one of: user+password, token, nkey_seed, creds_file")
         if (self.user is None) != (self.password is None):
             raise ConfigurationError("Auth needs both user and password")
         if self.creds_file is not None and not Path(self.creds_file).is_file():

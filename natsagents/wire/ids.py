@@ -40,9 +40,7 @@ def validate_kind(kind: object) -> str:
         InvalidAddress: not a string of 1-64 characters ``[A-Za-z][A-Za-z0-9_-]*``.
     """
     if not isinstance(kind, str) or not _KIND_RE.fullmatch(kind):
-        raise InvalidAddress(
-            f"invalid agent kind {kind!r}: use 1-64 characters [A-Za-z0-9_-], starting with a letter"
-        )
+        raise InvalidAddress(f"invalid agent kind {kind!r}: use 1-64 characters [A-Za-z0-9_-], starting with a letter")
     return kind
 
 

@@ -24,9 +24,7 @@ def validate_prefix(prefix: object) -> str:
         ConfigurationError: empty, wildcards, spaces or empty tokens.
     """
     if not isinstance(prefix, str) or len(prefix) > 64 or not _PREFIX_RE.fullmatch(prefix):
-        raise ConfigurationError(
-            f"invalid subject prefix {prefix!r}: use dot-separated tokens of [A-Za-z0-9_-]"
-        )
+        raise ConfigurationError(f"invalid subject prefix {prefix!r}: use dot-separated tokens of [A-Za-z0-9_-]")
     return prefix
 
 
