@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import ssl
 from collections.abc import Sequence
@@ -49,6 +50,8 @@ class Auth:
             raise ConfigurationError("Auth needs both user and password")
         if self.creds_file is not None and not Path(self.creds_file).is_file():
             raise ConfigurationError(f"creds file {self.creds_file} does not exist")
+        if (self.nkey_seed is not None or self.creds_file is not None) and importlib.util.find_spec("nkeys") is None:
+            raise ConfigurationError('NKEY and creds authentication need the nkeys package: pip install "natsagents[nkeys]"')
 
 
 def resolve_servers(servers: str | Sequence[str] | None) -> list[str]:
