@@ -51,7 +51,9 @@ class Auth:
         if self.creds_file is not None and not Path(self.creds_file).is_file():
             raise ConfigurationError(f"creds file {self.creds_file} does not exist")
         if (self.nkey_seed is not None or self.creds_file is not None) and importlib.util.find_spec("nkeys") is None:
-            raise ConfigurationError('NKEY and creds authentication need the nkeys package: pip install "natsagents[nkeys]"')
+            raise ConfigurationError(
+                'NKEY and creds authentication need the nkeys package: pip install "natsagents[nkeys]"'
+            )
 
 
 def resolve_servers(servers: str | Sequence[str] | None) -> list[str]:
