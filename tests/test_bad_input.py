@@ -167,3 +167,11 @@ async def test_errors_are_typed_locally_too(mesh: Mesh) -> None:
         mesh.ref(42)  # type: ignore[arg-type]
     with pytest.raises(na.ConfigurationError):
         await mesh.ref("Counter/x").call("")
+
+
+async def test_failed_sends_are_logged_not_lost_silently(mesh: Mesh, caplog: pytest.LogCaptureFixture) -> None:
+    await mesh.host(Counter)
+    with caplog.at_level("WARNING", logger="natsagents.runtime"):
+        await mesh.ref("Counter/s").send("nope")  # accepted by the mailbox, then unknown
+        await mesh.ref("Counter/s").call("get")  # FIFO: the send was handled before this
+    assert any("dropped a send to Counter/s (action nope): unknown_action" in r.getMessage() for r in caplog.records)

@@ -42,7 +42,7 @@ class CliCounter(Agent):
     async def blob(self) -> dict[str, Any]:
         return {
             "data": b"\x00\x01\xff",
-            "at": datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc),
+            "at": datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
             "pair": (1, 2),
         }
 
@@ -57,14 +57,14 @@ def _env() -> dict[str, str]:
     return env
 
 
-async def run_cli(*args: str, timeout: float = 20.0, cwd: Path | None = None) -> tuple[int, str, str]:
+async def run_cli(*args: str, within: float = 20.0, cwd: Path | None = None) -> tuple[int, str, str]:
     """Run the CLI (or any ``python`` argv when ``args[0]`` ends in .py) and collect its output."""
     argv = (sys.executable, *args) if args[0].endswith(".py") else (*CLI, *args)
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(), cwd=cwd
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        out, err = await asyncio.wait_for(proc.communicate(), within)
     except BaseException:
         proc.kill()
         await proc.wait()
@@ -85,11 +85,11 @@ async def background(*argv: str) -> AsyncIterator[asyncio.subprocess.Process]:
         await proc.wait()
 
 
-async def read_until(proc: asyncio.subprocess.Process, marker: str, timeout: float = 20.0) -> list[str]:
+async def read_until(proc: asyncio.subprocess.Process, marker: str, within: float = 20.0) -> list[str]:
     """Lines of ``proc``'s stdout up to and including the first one starting with ``marker``."""
     assert proc.stdout is not None
     lines: list[str] = []
-    end = time.monotonic() + timeout
+    end = time.monotonic() + within
     while not (lines and lines[-1].startswith(marker)):
         raw = await asyncio.wait_for(proc.stdout.readline(), max(0.1, end - time.monotonic()))
         if not raw:
@@ -130,10 +130,8 @@ async def test_call_prints_the_result_as_json(hosted: tuple[str, ...]) -> None:
     assert (rc, json.loads(out)) == (0, 7)
 
     # --json and --param combine; a value that is not JSON is taken as a string.
-    rc, out, _ = await run_cli(
-        "call", "CliCounter/c-1", "echo", "--json", '{"size": 2}', "-p", "name=plain text", "-p", 'tags=["a", "b"]',
-        *hosted,
-    )
+    params = ("--json", '{"size": 2}', "-p", "name=plain text", "-p", 'tags=["a", "b"]')
+    rc, out, _ = await run_cli("call", "CliCounter/c-1", "echo", *params, *hosted)
     assert (rc, json.loads(out)) == (0, {"name": "plain text", "size": 2, "tags": ["a", "b"]})
 
 
@@ -149,10 +147,11 @@ async def test_call_converts_bytes_and_datetimes(hosted: tuple[str, ...]) -> Non
 
 
 async def test_error_replies_exit_1(hosted: tuple[str, ...]) -> None:
-    unknown, bad, failed = await asyncio.gather(
+    unknown, bad, failed, raised = await asyncio.gather(
         run_cli("call", "CliCounter/c-1", "nope", *hosted),
         run_cli("call", "CliCounter/c-1", "add", "-p", "by=three", *hosted),
         run_cli("send", "CliCounter/c-1", "nope", *hosted),
+        run_cli("call", "CliCounter/c-1", "fail", *hosted),
     )
     rc, out, err = unknown
     assert (rc, out) == (1, "")
@@ -162,6 +161,10 @@ async def test_error_replies_exit_1(hosted: tuple[str, ...]) -> None:
     assert rc == 1 and "error: bad_request: invalid parameters: by: expected int, got str" in err
     rc, out, _ = failed  # accepted into the mailbox: the unknown action is only noticed later
     assert (rc, out.strip()) == (0, "accepted")
+
+    rc, _, err = raised
+    assert rc == 1 and "error: handler_error: RuntimeError: kaput" in err
+    assert "hint: --traceback prints the remote traceback" in err and 'kaput")' not in err
 
     rc, _, err = await run_cli("call", "CliCounter/c-1", "fail", "--traceback", *hosted)
     assert rc == 1
@@ -226,27 +229,36 @@ def test_argparse_errors_version_and_no_command(capsys: pytest.CaptureFixture[st
 
 
 def test_parse_params_and_json_conversion() -> None:
-    assert parse_params(None, ["n=1", "f=1.5", "s=hello", "b=true", "z=null", "l=[1]", "e=", "eq=a=b"]) == {
-        "n": 1, "f": 1.5, "s": "hello", "b": True, "z": None, "l": [1], "e": "", "eq": "a=b",
-    }
+    pairs = ["n=1", "f=1.5", "s=hello", "b=true", "z=null", "l=[1]", "e=", "eq=a=b"]
+    expected = {"n": 1, "f": 1.5, "s": "hello", "b": True, "z": None, "l": [1], "e": "", "eq": "a=b"}
+    assert parse_params(None, pairs) == expected
     with pytest.raises(ConfigurationError, match="given twice"):
         parse_params(None, ["a=1", "a=2"])
     notes: set[str] = set()
-    assert to_jsonable({b"k": {1, 2}, 3: None}, notes) == {"azE=": [1, 2], "3": None}  # base64 of b"k" is azE=
+    assert to_jsonable({b"k": {1, 2}, 3: None}, notes) == {"aw==": [1, 2], "3": None}  # "aw==": base64 of b"k"
     assert notes == {"bytes are shown as base64 strings", "non-string map keys are shown as JSON text"}
 
 
 # -- demo -----------------------------------------------------------------------------
 
-DEMO_SECTIONS = ("send ", "all_of", ".then", "timeout=2.0", "Summer/s-1", "BadRequest", "HandlerError",
-                 "remote traceback ends in divide()", "UnknownAction", "CallTimeout", "done in")
+DEMO_SECTIONS = (
+    "send ",
+    "all_of",
+    ".then",
+    "timeout=2.0",
+    "Summer/s-1",
+    "BadRequest",
+    "HandlerError",
+    "remote traceback ends in divide()",
+    "UnknownAction",
+    "CallTimeout",
+    "done in",
+)
 
 
 async def test_demo_embedded_and_on_given_servers(nats_url: str) -> None:
     started = time.monotonic()
-    (rc1, out1, err1), (rc2, out2, err2) = await asyncio.gather(
-        run_cli("demo"), run_cli("demo", "--servers", nats_url)
-    )
+    (rc1, out1, err1), (rc2, out2, err2) = await asyncio.gather(run_cli("demo"), run_cli("demo", "--servers", nats_url))
     assert time.monotonic() - started < 20
     assert (rc1, err1) == (0, ""), out1
     assert (rc2, err2) == (0, ""), out2
@@ -281,7 +293,7 @@ async def test_server_runs_until_sigint(mesh_prefix: str) -> None:
 
 async def test_server_cluster_stops_on_sigterm(mesh_prefix: str) -> None:
     async with background(*CLI, "server", "--cluster", "3", "--name", mesh_prefix) as proc:
-        lines = await read_until(proc, "NATS_URL=", timeout=40)
+        lines = await read_until(proc, "NATS_URL=", within=40)
         urls = lines[-1].removeprefix("NATS_URL=").split(",")
         assert len(urls) == 3 and len(lines) == 4
         assert [line.split()[0] for line in lines[:3]] == [f"{mesh_prefix}-{i}" for i in range(3)]
@@ -298,7 +310,7 @@ async def test_examples_run(nats_url: str, mesh_prefix: str) -> None:
     async with background(
         sys.executable, str(EXAMPLES / "host.py"), "--servers", nats_url, "--prefix", mesh_prefix
     ) as host:
-        counter, hosting = await asyncio.gather(run_cli(str(EXAMPLES / "counter.py")), read_until(host, "hosting"))
+        counter, _ = await asyncio.gather(run_cli(str(EXAMPLES / "counter.py")), read_until(host, "hosting"))
         assert counter == (0, "1\n42\n", "")
         rc, out, err = await run_cli(str(EXAMPLES / "caller.py"), "--servers", nats_url, "--prefix", mesh_prefix)
         assert (rc, err) == (0, "")

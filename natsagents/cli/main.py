@@ -54,8 +54,6 @@ __all__ = [
     "to_jsonable",
 ]
 
-log = logging.getLogger("natsagents.cli")
-
 
 class Exit(enum.IntEnum):
     """Process exit codes."""
@@ -92,7 +90,9 @@ _COMMANDS: dict[str, Command] = {}
 COMMAND_MODULES: tuple[str, ...] = ("natsagents.cli.demo",)
 
 
-def command(name: str, *, help: str, configure: Configure, description: str | None = None) -> Callable[[Runner], Runner]:
+def command(
+    name: str, *, help: str, configure: Configure, description: str | None = None
+) -> Callable[[Runner], Runner]:
     """Register the decorated function as the runner of subcommand ``name``.
 
     Raises:
@@ -121,12 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="natsagents: a service mesh for distributed agents over NATS.",
     )
     parser.add_argument("--version", action="version", version=f"natsagents {__version__}")
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="log to stderr (-v: info, -vv: debug)"
-    )
+    verbose_help = "log to stderr (-v: info, -vv: debug)"
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=verbose_help)
+    # Also accepted after the command; SUPPRESS keeps the global count when absent there.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=verbose_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for cmd in sorted(_load_commands().values(), key=lambda c: c.name):
-        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description or cmd.help)
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description or cmd.help, parents=[common])
         cmd.configure(p)
         p.set_defaults(_run=cmd.run)
     return parser
@@ -153,8 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         actions = exc.details.get("actions")
         if isinstance(actions, list):
             _error(f"{exc.agent or 'the agent'} has the actions: {', '.join(map(str, actions)) or '(none)'}", "hint")
-        if exc.remote_traceback and getattr(args, "traceback", False):
-            print("remote traceback:\n" + exc.remote_traceback.rstrip(), file=sys.stderr)
+        if exc.remote_traceback and hasattr(args, "traceback"):
+            if args.traceback:
+                print("remote traceback:\n" + exc.remote_traceback.rstrip(), file=sys.stderr)
+            else:
+                _error("--traceback prints the remote traceback", "hint")
         return Exit.FAILED
     except ConfigurationError as exc:
         _error(exc.message)

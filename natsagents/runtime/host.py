@@ -367,6 +367,20 @@ class Host:
         action: str | None = None,
     ) -> None:
         if not subject:
+            status = headers.get(h.STATUS, h.STATUS_OK)
+            if status not in (h.STATUS_OK, "handler_error"):  # handler errors are logged in handle()
+                try:
+                    err = codec.decode(body)
+                except ValueError:
+                    err = None
+                err = err if isinstance(err, dict) else {}
+                log.warning(
+                    "dropped a send to %s (action %s): %s: %s",
+                    err.get("agent"),
+                    err.get("action"),
+                    status,
+                    err.get("message"),
+                )
             return
         try:
             await self._t.publish(subject, body, headers=headers)
