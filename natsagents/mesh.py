@@ -251,6 +251,8 @@ class Mesh:
         ref = self.ref(target, agent_id)
         if ref.kind in self._host.kinds:
             await self._host.activate(ref.kind, ref.id)
+            # Once spawn() returns, callers on other connections of this server find the agent.
+            await self._transport.flush()
         else:
             await self._caller.spawn(ref.kind, ref.id, self._caller.settings.default_timeout)
         return ref

@@ -149,3 +149,11 @@ def test_validators_reject_with_a_path(hint: Any, value: Any, path: str) -> None
     with pytest.raises(ParamError) as info:
         validator_for(hint)(value, "p")
     assert info.value.path == path
+
+
+def test_action_names_must_fit_the_wire() -> None:
+    async def f(self) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    with pytest.raises(na.ActionDefinitionError, match="Na-Action"):
+        define({"f": action(name="do-it")(f)})

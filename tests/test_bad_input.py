@@ -175,3 +175,28 @@ async def test_failed_sends_are_logged_not_lost_silently(mesh: Mesh, caplog: pyt
         await mesh.ref("Counter/s").send("nope")  # accepted by the mailbox, then unknown
         await mesh.ref("Counter/s").call("get")  # FIFO: the send was handled before this
     assert any("dropped a send to Counter/s (action nope): unknown_action" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({h.ACTION: "add", h.REPLY_MODE: "accept", h.PROTO: "9"}, "bad_request"),
+        ({h.ACTION: "add", h.REPLY_MODE: "accept", h.DEADLINE: "1"}, "timeout"),
+    ],
+)
+async def test_accept_mode_sends_get_exactly_one_reply(
+    mesh: Mesh, raw: Any, mesh_prefix: str, headers: dict[str, str], code: str
+) -> None:
+    await mesh.host(Counter)
+    await mesh.spawn(Counter, "once")
+    inbox = raw.new_inbox()
+    sub = await raw.subscribe(inbox)
+    await raw.publish(f"{mesh_prefix}.agent.Counter.once", b"", reply=inbox, headers=headers)
+    first = await sub.next_msg(timeout=5)
+    assert first.headers[h.STATUS] == code
+    # FIFO: once this call returns, any second reply to the send would already be here.
+    assert await mesh.ref("Counter/once").call("get") == 0
+    await raw.flush()
+    with pytest.raises(nats.errors.TimeoutError):
+        await sub.next_msg(timeout=0.05)
+    await sub.unsubscribe()

@@ -151,3 +151,10 @@ def test_replies_round_trip_into_typed_errors() -> None:
         envelope.parse_reply({h.STATUS: "ok"}, b"\xc1")
     with pytest.raises(na.HandlerError):  # an error reply with a garbage body is still that error
         envelope.parse_reply({h.STATUS: "handler_error"}, b"\xc1")
+
+
+def test_long_non_ascii_ids_are_refused_before_the_wire() -> None:
+    with pytest.raises(na.InvalidAgentId, match="once encoded"):
+        ids.encode_id("😀" * 200)
+    token = ids.encode_id("é" * 100)
+    assert ids.decode_id(token) == "é" * 100

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 
 from ..errors import ActionDefinitionError, ConfigurationError
+from ..wire.envelope import ACTION_RE
 from ..wire.ids import validate_kind
 from .context import Context, current_context
 from .schema import ActionSpec, build_action_spec
@@ -107,6 +108,11 @@ class Agent:
             wire_name = mark.name or attr
             if wire_name in _RESERVED_ACTIONS or wire_name.startswith("_"):
                 raise ActionDefinitionError(f"{cls.__qualname__}.{attr}: action name {wire_name!r} is reserved")
+            if not ACTION_RE.fullmatch(wire_name):
+                raise ActionDefinitionError(
+                    f"{cls.__qualname__}.{attr}: action name {wire_name!r} cannot travel in Na-Action: "
+                    "use 1-64 characters [A-Za-z0-9_], starting with a letter"
+                )
             try:
                 actions[wire_name] = build_action_spec(wire_name, value, idempotent=mark.idempotent)
             except TypeError as exc:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
 from ..agent.base import Agent
+from ..errors import ProtocolError
 from ..transport import Inbound, Subscription
+from ..wire import envelope
 from ..wire import headers as h
 
 if TYPE_CHECKING:
@@ -73,10 +76,19 @@ class Activation:
         if len(self.mailbox) + self.busy >= self.capacity:
             self.host.refuse(self, msg, "overloaded", f"mailbox of {self.address} is full ({self.capacity})")
             return
-        self.mailbox.append(msg)
         hdrs = msg.headers
         if msg.reply and hdrs is not None and hdrs.get(h.REPLY_MODE) == h.REPLY_MODE_ACCEPT:
+            # Check what can be checked before acknowledging: an accepted send gets one reply.
+            try:
+                meta = envelope.parse_request(hdrs)
+            except ProtocolError as exc:
+                self.host.refuse(self, msg, "bad_request", str(exc))
+                return
+            if meta.deadline_ms is not None and time.time() * 1000 >= meta.deadline_ms:
+                self.host.refuse(self, msg, "timeout", "deadline passed before the message was accepted")
+                return
             self.host.accepted(msg)
+        self.mailbox.append(msg)
         self.idle.clear()
         if len(self.workers) < self.max_workers:
             task = asyncio.get_running_loop().create_task(self._work())

@@ -48,8 +48,7 @@ def find_server_binary(explicit: str | os.PathLike[str] | None = None) -> str:
         found = _usable(explicit)
         if found is None:
             raise ServerBinaryNotFound(
-                f"nats-server binary {os.fspath(explicit)!r} does not exist or is not "
-                f"executable. {_HINT}"
+                f"nats-server binary {os.fspath(explicit)!r} does not exist or is not executable. {_HINT}"
             )
         return found
     for lookup in (_package_binary, _path_binary, _env_binary):

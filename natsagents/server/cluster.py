@@ -79,11 +79,7 @@ class NatsCluster(_ContextManaged):
                     jetstream=jetstream,
                     cluster_name=name if clustered else None,
                     cluster_port=routing[i] if clustered else None,
-                    routes=[
-                        f"nats-route://127.0.0.1:{port}"
-                        for j, port in enumerate(routing)
-                        if j != i
-                    ],
+                    routes=[f"nats-route://127.0.0.1:{port}" for j, port in enumerate(routing) if j != i],
                     max_payload=max_payload,
                     config_extra=config_extra,
                     binary=binary,
@@ -171,8 +167,7 @@ class NatsCluster(_ContextManaged):
                 return
             if time.monotonic() >= deadline:
                 details = "\n".join(
-                    f"--- {node.name}: {problem}; last lines of {node.log_path} ---\n"
-                    + node.log_tail(10)
+                    f"--- {node.name}: {problem}; last lines of {node.log_path} ---\n" + node.log_tail(10)
                     for node, problem in waiting.items()
                 )
                 raise ServerError(f"cluster {self.name} not formed after {timeout:.1f}s\n{details}")
@@ -254,9 +249,7 @@ class NatsCluster(_ContextManaged):
         for future in futures:
             future.result()
 
-    def _node_problem(
-        self, server: NatsServer, live: list[NatsServer], deadline: float
-    ) -> str | None:
+    def _node_problem(self, server: NatsServer, live: list[NatsServer], deadline: float) -> str | None:
         """Why ``server`` is not ready yet, or ``None`` when it is."""
         timeout = max(0.001, min(_REQUEST_TIMEOUT, deadline - time.monotonic()))
         routez = _get_json(f"{server.monitor_url}/routez", timeout)

@@ -524,9 +524,7 @@ class NatsServer(_ContextManaged):
             raise ServerError(f"nats-server {self.name} is not running")
         code = proc.poll()
         if code is not None:
-            raise ServerError(
-                f"nats-server {self.name} exited with code {code}.\n{self._log_excerpt()}"
-            )
+            raise ServerError(f"nats-server {self.name} exited with code {code}.\n{self._log_excerpt()}")
 
     def _is_ours(self, timeout: float) -> bool:
         """Whether the monitoring port is answered by this server, not a stranger."""

@@ -17,6 +17,7 @@ from . import codec
 from . import headers as h
 
 __all__ = [
+    "ACTION_RE",
     "ERROR_BODY_KEYS",
     "RequestMeta",
     "error_reply",
@@ -29,7 +30,8 @@ __all__ = [
 ]
 
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_ACTION_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+#: What ``Na-Action`` (and so every action name) must match.
+ACTION_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 #: Keys of the map in an error reply's body.
 ERROR_BODY_KEYS = ("code", "message", "agent", "action", "traceback", "details")
 
@@ -103,7 +105,7 @@ def parse_request(headers: Mapping[str, str] | None) -> RequestMeta:
     action = hdrs.get(h.ACTION)
     if action is None:
         raise ProtocolError(f"missing {h.ACTION} header")
-    if not _ACTION_RE.fullmatch(action):
+    if not ACTION_RE.fullmatch(action):
         raise ProtocolError(f"malformed {h.ACTION} header {action[:80]!r}")
     message_id = hdrs.get(h.MESSAGE_ID)
     if message_id is None:

@@ -22,7 +22,7 @@ __all__ = [
 #: Protocol version; every request and reply carries ``Na-Proto: 1``.
 PROTO = "Na-Proto"
 PROTO_VERSION = "1"
-#: Unique id of this logical message (22 base62 characters from the SDK; any
+#: Unique id of this logical message (22 base64url characters from the SDK; any
 #: 1-64 characters ``[A-Za-z0-9_-]`` from other peers).
 MESSAGE_ID = "Na-Msg-Id"
 #: Id shared by every message caused by one external request.

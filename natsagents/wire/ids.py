@@ -62,7 +62,10 @@ def encode_id(agent_id: object) -> str:
         raw = agent_id.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise InvalidAgentId(f"agent id {agent_id!r} is not valid Unicode text") from exc
-    return "=" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    token = "=" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    if len(token) > MAX_TOKEN_BYTES:
+        raise InvalidAgentId(f"agent id too long once encoded ({len(token)} > {MAX_TOKEN_BYTES} bytes)")
+    return token
 
 
 def decode_id(token: str) -> str:
