@@ -6,6 +6,7 @@ import asyncio
 import enum
 import logging
 import os
+import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Generator, Sequence
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["Mesh", "MeshState"]
 
 log = logging.getLogger("natsagents.mesh")
+_NAME_RE = re.compile(r"[\x21-\x7e]{1,128}")
 
 
 class MeshState(enum.Enum):
@@ -136,8 +138,8 @@ class Mesh:
         validate_prefix(prefix)
         if default_timeout is not None and default_timeout <= 0:
             raise ConfigurationError("default_timeout must be > 0 or None")
-        if name is not None and (not isinstance(name, str) or not name or len(name) > 128):
-            raise ConfigurationError(f"invalid mesh name {name!r}")
+        if name is not None and (not isinstance(name, str) or not _NAME_RE.fullmatch(name)):
+            raise ConfigurationError(f"invalid mesh name {name!r}: use 1-128 printable ASCII characters, no spaces")
         mesh_name = name or f"{socket.gethostname()}-{os.getpid()}"
         settings = ConnectSettings(
             servers=tuple(resolve_servers(servers)),

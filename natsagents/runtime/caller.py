@@ -26,7 +26,7 @@ from ..wire.subjects import activate_subject, agent_subject
 
 __all__ = ["Caller", "CallerSettings"]
 
-_ACTIVATE_HEADERS = {h.PROTO: h.PROTO_VERSION}
+_ACTIVATE_HEADERS = envelope.encode_headers({h.PROTO: h.PROTO_VERSION})
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +137,12 @@ class Caller:
                 reply_mode=h.REPLY_MODE_ACCEPT if accept_only else h.REPLY_MODE_RESULT,
                 trace=self._tracing.inject(span),
             )
-            self._t.check_size(subject, hdrs, body)
-            msg = await self._deliver(subject, body, hdrs, deadline, kind, agent_id, action)
+            try:
+                block = envelope.encode_headers(hdrs)
+            except ValueError as exc:
+                raise BadRequest(str(exc), agent=address, action=action) from None
+            self._t.check_size(subject, block, body)
+            msg = await self._deliver(subject, body, block, deadline, kind, agent_id, action)
             return envelope.parse_reply(msg.headers, msg.data, agent=address, action=action)
         except AgentError as exc:
             outcome = exc.code
@@ -161,7 +165,7 @@ class Caller:
         self,
         subject: str,
         body: bytes,
-        hdrs: dict[str, str],
+        hdrs: bytes,
         deadline: float | None,
         kind: str,
         agent_id: str,

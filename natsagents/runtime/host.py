@@ -26,6 +26,7 @@ from .activation import Activation, ActivationState
 __all__ = ["Host", "HostSettings"]
 
 log = logging.getLogger("natsagents.runtime")
+_NIL = codec.encode(None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +66,7 @@ class Host:
         self._kind_subs: dict[str, Subscription] = {}
         self.activations: dict[tuple[str, str], Activation] = {}
         self._starting: dict[tuple[str, str], asyncio.Future[Activation]] = {}
-        self._outbox: deque[tuple[str, dict[str, str], bytes]] = deque()
+        self._outbox: deque[tuple[str, dict[str, str] | bytes, bytes]] = deque()
         self._outbox_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
@@ -341,7 +342,7 @@ class Host:
         if not reply_to:
             return
         try:
-            hdrs, body = envelope.ok_reply(result)
+            body = codec.encode(result)
         except (TypeError, ValueError) as exc:
             await self._reply(
                 reply_to,
@@ -350,7 +351,7 @@ class Host:
                 ),
             )
             return
-        await self._reply(reply_to, hdrs, body, agent=address, action=action)
+        await self._reply(reply_to, envelope.OK_HEADER_BLOCK, body, agent=address, action=action)
 
     def _tb(self, exc: BaseException) -> str | None:
         if not self.settings.expose_tracebacks:
@@ -360,14 +361,14 @@ class Host:
     async def _reply(
         self,
         subject: str,
-        headers: dict[str, str],
+        headers: dict[str, str] | bytes,
         body: bytes,
         *,
         agent: str | None = None,
         action: str | None = None,
     ) -> None:
         if not subject:
-            status = headers.get(h.STATUS, h.STATUS_OK)
+            status = h.STATUS_OK if isinstance(headers, bytes) else headers.get(h.STATUS, h.STATUS_OK)
             if status not in (h.STATUS_OK, "handler_error"):  # handler errors are logged in handle()
                 try:
                     err = codec.decode(body)
@@ -413,9 +414,9 @@ class Host:
 
     def accepted(self, msg: Inbound) -> None:
         """Acknowledge a send (reply mode ``accept``) as soon as it is in the mailbox."""
-        self._post(msg.reply, *envelope.ok_reply(None))
+        self._post(msg.reply, envelope.OK_HEADER_BLOCK, _NIL)
 
-    def _post(self, subject: str, headers: dict[str, str], body: bytes) -> None:
+    def _post(self, subject: str, headers: dict[str, str] | bytes, body: bytes) -> None:
         self._outbox.append((subject, headers, body))
         if self._outbox_task is None:
             self._outbox_task = self._spawn(self._drain_outbox())

@@ -74,6 +74,30 @@ _REGISTRY: set[_Resources] = set()
 _REGISTRY_LOCK = threading.Lock()
 
 
+def _wait_stopped(pid: int, stopped: bool, timeout: float = 2.0) -> None:
+    """Wait until every thread of ``pid`` is (or no longer is) in the stopped state.
+
+    ``kill(SIGSTOP)`` returns before the target's threads on other CPUs have stopped; a
+    chaos test that probes the server right after pause() must not see it answer.
+    """
+    task_dir = f"/proc/{pid}/task"
+    if not os.path.isdir(task_dir):
+        return  # not Linux: best effort
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            states = []
+            for tid in os.listdir(task_dir):
+                with open(f"{task_dir}/{tid}/stat", "rb") as f:
+                    stat = f.read()
+                states.append(stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3])
+        except OSError:
+            return
+        if all((st in (b"T", b"t")) == stopped for st in states):
+            return
+        time.sleep(0.001)
+
+
 def _terminate(proc: subprocess.Popen[bytes]) -> None:
     """Send SIGTERM, and SIGCONT so that a paused server can act on it."""
     if proc.poll() is not None:
@@ -446,6 +470,7 @@ class NatsServer(_ContextManaged):
                 raise ServerError("pause() needs SIGSTOP, which Windows does not have")
             proc.send_signal(signal.SIGSTOP)
             self._paused = True
+            _wait_stopped(proc.pid, True)
 
     def resume(self) -> None:
         """Continue a paused process with SIGCONT.
@@ -459,6 +484,7 @@ class NatsServer(_ContextManaged):
                 raise ServerError("resume() needs SIGCONT, which Windows does not have")
             proc.send_signal(signal.SIGCONT)
             self._paused = False
+            _wait_stopped(proc.pid, False)
 
     def restart(self, timeout: float = 30.0) -> None:
         """Stop (if running) and start again with the same ports, name and store.

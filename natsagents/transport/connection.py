@@ -31,12 +31,31 @@ from ..errors import (
     PayloadTooLarge,
     TransportError,
 )
-from ..wire.envelope import headers_size
+from ..wire.envelope import encode_headers
 from .settings import ConnectSettings
 
 __all__ = ["Inbound", "NoResponders", "Subscription", "Transport"]
 
 log = logging.getLogger("natsagents.transport")
+
+
+class _Client(Client):
+    """nats-py's client with a faster header parser (the stock one tests every character
+    of every header name with a generator; this checks bytes). Same results for valid
+    headers; names with whitespace or non-ASCII bytes are skipped, as nats-py does."""
+
+    @staticmethod
+    def _parse_header_lines(raw: bytes) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for line in raw.split(b"\r\n"):
+            name, sep, value = line.partition(b":")
+            if not sep:
+                continue
+            name = name.strip()
+            if not name or not name.isascii() or b" " in name or b"\t" in name:
+                continue
+            out[name.decode("ascii")] = value.strip().decode("utf-8", "replace")
+        return out
 
 
 class Inbound(Protocol):
@@ -210,7 +229,7 @@ class Transport:
             if holder:
                 holder[0]._on_closed()
 
-        nc = Client()
+        nc = _Client()
         kwargs: dict[str, Any] = {
             "servers": list(settings.servers),
             "name": settings.name,
@@ -318,14 +337,14 @@ class Transport:
 
     # -- publishing ------------------------------------------------------------------
 
-    def check_size(self, subject: str, headers: Mapping[str, str] | None, payload: bytes) -> None:
+    def check_size(self, subject: str, header_block: bytes, payload: bytes) -> None:
         """Raise :class:`PayloadTooLarge` unless headers + payload fit ``max_payload``.
 
         nats-py checks only the payload; the server closes the connection when headers
         push a message over the limit, and nats-py then closes for good.
         """
-        size = headers_size(headers) + len(payload)
-        limit = self.max_payload
+        size = len(header_block) + len(payload)
+        limit = self._nc.max_payload
         if size > limit:
             raise PayloadTooLarge(
                 f"message to {subject} is {size} bytes with headers; the server allows {limit}",
@@ -337,15 +356,36 @@ class Transport:
         subject: str,
         payload: bytes,
         *,
-        headers: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | bytes | None = None,
         reply: str = "",
     ) -> None:
-        """Publish one message (size-checked)."""
-        if self._closed:
+        """Publish one message, size-checked. ``headers`` may be a mapping or a header block
+        from :func:`~natsagents.wire.envelope.encode_headers` (reused across messages)."""
+        block = encode_headers(headers) if isinstance(headers, Mapping) else (headers or b"")
+        self.check_size(subject, block, payload)
+        await self._send(subject, reply, block, payload)
+
+    async def _send(self, subject: str, reply: str, block: bytes, payload: bytes) -> None:
+        """Queue a PUB/HPUB with a prebuilt header block, as nats-py's ``publish`` does
+        (same buffering, stats and flush signalling) minus its per-call header encoding.
+        Subjects come from ``wire.subjects`` or from the server: no spaces or CR/LF."""
+        nc = self._nc
+        if self._closed or nc.is_closed or nc.is_draining_pubs:
             raise MeshClosed("the NATS connection is closed")
-        self.check_size(subject, headers, payload)
-        with map_errors(subject):
-            await self._nc.publish(subject, payload, reply=reply, headers=dict(headers) if headers else None)
+        size = len(payload)
+        if not nc.is_connected and (nc._max_pending_size <= 0 or size + nc._pending_data_size > nc._max_pending_size):
+            raise TransportError("disconnected from NATS and the outbound buffer is full")
+        if block:
+            cmd = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
+                subject.encode(), reply.encode(), len(block), len(block) + size, block, payload
+            )
+        else:
+            cmd = b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), size, payload)
+        nc.stats["out_msgs"] += 1
+        nc.stats["out_bytes"] += size
+        await nc._send_command(cmd)
+        if nc._flush_queue is not None and nc._flush_queue.empty():
+            await nc._flush_pending()
 
     async def flush(self, timeout: float = 5.0) -> None:
         """Round trip to the server: everything published before is on the server."""
@@ -384,7 +424,7 @@ class Transport:
         subject: str,
         payload: bytes,
         *,
-        headers: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | bytes | None = None,
         timeout: float | None,
     ) -> Inbound:
         """Publish a request and wait for its reply.
@@ -396,15 +436,13 @@ class Transport:
         """
         if self._closed:
             raise MeshClosed("the NATS connection is closed")
-        self.check_size(subject, headers, payload)
+        block = encode_headers(headers) if isinstance(headers, Mapping) else (headers or b"")
+        self.check_size(subject, block, payload)
         mux = self._mux or await self._ensure_mux()
         token, fut = mux.register(self._loop)
         timer = self._loop.call_later(timeout, _expire, fut) if timeout is not None else None
         try:
-            with map_errors(subject):
-                await self._nc.publish(
-                    subject, payload, reply=mux.prefix + token, headers=dict(headers) if headers else None
-                )
+            await self._send(subject, mux.prefix + token, block, payload)
             msg = await fut
         except _Expired:
             raise CallTimeout(f"no reply from {subject} within {timeout:g} s") from None

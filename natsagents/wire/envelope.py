@@ -19,7 +19,9 @@ from . import headers as h
 __all__ = [
     "ACTION_RE",
     "ERROR_BODY_KEYS",
+    "OK_HEADER_BLOCK",
     "RequestMeta",
+    "encode_headers",
     "error_reply",
     "headers_size",
     "new_message_id",
@@ -36,11 +38,28 @@ ACTION_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 ERROR_BODY_KEYS = ("code", "message", "agent", "action", "traceback", "details")
 
 _HDR_LINE = len(b"NATS/1.0\r\n") + len(b"\r\n")
+_BAD_KEY = re.compile(r"[\s:]|^$")
+_BAD_VALUE = re.compile(r"[\r\n]")
 
 
 def new_message_id() -> str:
     """A fresh message id: 22 random base64url characters (128 bits)."""
     return secrets.token_urlsafe(16)
+
+
+def encode_headers(headers: Mapping[str, str]) -> bytes:
+    """The NATS header block for ``headers`` (``NATS/1.0\\r\\n`` + ``Key: value\\r\\n``… + ``\\r\\n``).
+
+    Raises:
+        ValueError: a key or value contains CR or LF, or a key contains ``:`` or spaces.
+    """
+    parts = [b"NATS/1.0\r\n"]
+    for key, value in headers.items():
+        if _BAD_KEY.search(key) or _BAD_VALUE.search(value):
+            raise ValueError(f"header {key!r} cannot be sent: CR, LF (or ':', spaces in names) are not allowed")
+        parts.append(f"{key}: {value}\r\n".encode())
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 def headers_size(headers: Mapping[str, str] | None) -> int:
@@ -140,6 +159,8 @@ def parse_request(headers: Mapping[str, str] | None) -> RequestMeta:
 
 
 _OK_HEADERS: Mapping[str, str] = {h.PROTO: h.PROTO_VERSION, h.STATUS: h.STATUS_OK}
+#: The header block of every ok reply, encoded once.
+OK_HEADER_BLOCK = encode_headers(_OK_HEADERS)
 
 
 def ok_reply(result: Any) -> tuple[dict[str, str], bytes]:
