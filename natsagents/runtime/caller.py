@@ -149,16 +149,15 @@ class Caller:
             exc.agent = exc.agent or address
             exc.action = exc.action or action
             self._tracing.end(span, exc, exc.code)
-            span = None  # type: ignore[assignment]
+            span = None
             raise
         except BaseException as exc:
             outcome = "cancelled" if isinstance(exc, asyncio.CancelledError) else type(exc).__name__
             self._tracing.end(span, exc)
-            span = None  # type: ignore[assignment]
+            span = None
             raise
         finally:
-            if span is not None:
-                self._tracing.end(span)
+            self._tracing.end(span)
             self._metrics.called_one(kind, action, outcome, time.perf_counter() - started)
 
     async def _deliver(

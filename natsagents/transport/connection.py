@@ -47,14 +47,14 @@ class _Client(Client):
     @staticmethod
     def _parse_header_lines(raw: bytes) -> dict[str, str]:
         out: dict[str, str] = {}
-        for line in raw.split(b"\r\n"):
-            name, sep, value = line.partition(b":")
+        for line in raw.decode("utf-8", "replace").split("\r\n"):
+            name, sep, value = line.partition(":")
             if not sep:
                 continue
             name = name.strip()
-            if not name or not name.isascii() or b" " in name or b"\t" in name:
+            if not name or not name.isascii() or " " in name or "\t" in name or "\ufffd" in name:
                 continue
-            out[name.decode("ascii")] = value.strip().decode("utf-8", "replace")
+            out[name] = value.strip()
         return out
 
 
@@ -377,7 +377,12 @@ class Transport:
             raise TransportError("disconnected from NATS and the outbound buffer is full")
         if block:
             cmd = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
-                subject.encode(), reply.encode(), len(block), len(block) + size, block, payload
+                subject.encode(),
+                reply.encode(),
+                len(block),
+                len(block) + size,
+                block,
+                payload,
             )
         else:
             cmd = b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), size, payload)
