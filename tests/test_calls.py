@@ -368,3 +368,17 @@ async def test_metrics_count_calls_and_handling(mesh: Mesh) -> None:
     assert m.value("natsagents_handler_seconds_count", {"kind": "Counter", "action": "add"}) == 3
     assert m.value("natsagents_rejected_total", {"kind": "Counter", "reason": "unknown_action"}) == 1
     assert m.value("natsagents_active_agents", {"kind": "Counter"}) == 1
+
+
+async def test_caller_header_cannot_be_injected_through_an_id(mesh: Mesh) -> None:
+    await mesh.host(Counter)
+    evil = "x\r\nNa-Action: fail"
+    info = await mesh.ref("Counter", evil).call("ask_whoami", target="Counter/peer")
+    assert info["caller"] == "Counter/" + na.wire.ids.encode_id(evil)
+    assert await mesh.ref("Counter/peer").call("get") == 0
+
+
+async def test_invalid_action_names_are_refused_locally(mesh: Mesh) -> None:
+    for bad in ("a\r\nb", "has space", "", 5, "x" * 65):
+        with pytest.raises(na.ConfigurationError):
+            await mesh.ref("Counter/x").call(bad)  # type: ignore[arg-type]

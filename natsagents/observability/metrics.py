@@ -1,14 +1,86 @@
-"""Prometheus metrics, registered in an injectable registry."""
+"""Prometheus metrics, registered in an injectable registry.
+
+The per-message series (calls and handled messages, with their latency histograms) are
+kept in plain dicts and lists by a custom collector: recording one is a dict lookup and
+two additions, without the lock and label machinery of ``prometheus_client``'s metric
+objects (which cost several microseconds per message on the hot path). The registry
+reads them when scraped. Rare events use ordinary ``prometheus_client`` metrics.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import bisect
+from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 __all__ = ["Metrics"]
 
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_LABELS = ("kind", "action", "outcome")
+
+
+class _Cell:
+    __slots__ = ("buckets", "count", "total")
+
+    def __init__(self, size: int) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.buckets = [0] * size  # non-cumulative; the last one is +Inf
+
+
+class _Series:
+    """Counts and a latency histogram per (kind, action, outcome)."""
+
+    __slots__ = ("buckets", "data")
+
+    def __init__(self, buckets: Sequence[float]) -> None:
+        self.buckets = tuple(buckets)
+        self.data: dict[tuple[str, str, str], _Cell] = {}
+
+    def record(self, kind: str, action: str, outcome: str, seconds: float) -> None:
+        key = (kind, action, outcome)
+        cell = self.data.get(key)
+        if cell is None:
+            cell = self.data[key] = _Cell(len(self.buckets) + 1)
+        cell.count += 1
+        cell.total += seconds
+        cell.buckets[bisect.bisect_left(self.buckets, seconds)] += 1
+
+    def families(self, counter: str, counter_help: str, histogram: str, histogram_help: str) -> Iterator[Metric]:
+        counts = CounterMetricFamily(counter, counter_help, labels=_LABELS)
+        # Latency per (kind, action), all outcomes together.
+        merged: dict[tuple[str, str], tuple[list[int], float]] = {}
+        for (kind, action, outcome), cell in list(self.data.items()):
+            counts.add_metric([kind, action, outcome], float(cell.count))
+            buckets, s = merged.get((kind, action), ([0] * (len(self.buckets) + 1), 0.0))
+            merged[(kind, action)] = ([a + b for a, b in zip(buckets, cell.buckets, strict=True)], s + cell.total)
+        yield counts
+        hist = HistogramMetricFamily(histogram, histogram_help, labels=("kind", "action"))
+        bounds = [*(str(b) for b in self.buckets), "+Inf"]
+        for (kind, action), (per_bucket, total) in merged.items():
+            cumulative, running = [], 0
+            for bound, n in zip(bounds, per_bucket, strict=True):
+                running += n
+                cumulative.append((bound, float(running)))
+            hist.add_metric([kind, action], cumulative, total)
+        yield hist
+
+
+class _HotCollector(Collector):
+    def __init__(self, calls: _Series, handled: _Series) -> None:
+        self._calls = calls
+        self._handled = handled
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._calls.families(
+            "natsagents_calls", "Calls made by this mesh", "natsagents_call_seconds", "Call latency seen by the caller"
+        )
+        yield from self._handled.families(
+            "natsagents_handled", "Messages handled by hosted agents", "natsagents_handler_seconds", "Handler latency"
+        )
 
 
 class Metrics:
@@ -31,20 +103,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.handled = Counter(
-            "natsagents_handled", "Messages handled by hosted agents", ["kind", "action", "outcome"], registry=r
-        )
-        self.handler_seconds = Histogram(
-            "natsagents_handler_seconds", "Handler latency", ["kind", "action"], buckets=_LATENCY_BUCKETS, registry=r
-        )
-        self.calls = Counter("natsagents_calls", "Calls made by this mesh", ["kind", "action", "outcome"], registry=r)
-        self.call_seconds = Histogram(
-            "natsagents_call_seconds",
-            "Call latency seen by the caller",
-            ["kind", "action"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
+        self._calls = _Series(_LATENCY_BUCKETS)
+        self._handled = _Series(_LATENCY_BUCKETS)
+        r.register(_HotCollector(self._calls, self._handled))
         self.active_agents = Gauge("natsagents_active_agents", "Active agents hosted here", ["kind"], registry=r)
         self.rejected = Counter(
             "natsagents_rejected", "Messages refused before reaching a handler", ["kind", "reason"], registry=r
@@ -55,31 +116,8 @@ class Metrics:
             ["kind", "reason"],
             registry=r,
         )
-        self._children: dict[tuple[str, ...], tuple[Any, Any]] = {}
-
-    def handled_one(self, kind: str, action: str, outcome: str, seconds: float) -> None:
-        key = ("h", kind, action, outcome)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = (
-                self.handled.labels(kind, action, outcome),
-                self.handler_seconds.labels(kind, action),
-            )
-        counter, hist = child
-        counter.inc()
-        hist.observe(seconds)
-
-    def called_one(self, kind: str, action: str, outcome: str, seconds: float) -> None:
-        key = ("c", kind, action, outcome)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = (
-                self.calls.labels(kind, action, outcome),
-                self.call_seconds.labels(kind, action),
-            )
-        counter, hist = child
-        counter.inc()
-        hist.observe(seconds)
+        self.handled_one = self._handled.record
+        self.called_one = self._calls.record
 
     def rejected_one(self, kind: str, reason: str) -> None:
         self.rejected.labels(kind, reason).inc()

@@ -22,11 +22,19 @@ from ..observability import Metrics, Tracing
 from ..transport import NoResponders, Transport
 from ..wire import codec, envelope
 from ..wire import headers as h
+from ..wire.ids import encode_id
 from ..wire.subjects import activate_subject, agent_subject
 
 __all__ = ["Caller", "CallerSettings"]
 
 _ACTIVATE_HEADERS = envelope.encode_headers({h.PROTO: h.PROTO_VERSION})
+
+
+def _caller_name(address: str) -> str:
+    """``Kind/<id token>``: an agent's address as it may travel in a header (ids can hold
+    any character, tokens only safe ones)."""
+    kind, _, agent_id = address.partition("/")
+    return f"{kind}/{encode_id(agent_id)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +75,16 @@ class Caller:
         self._as_agent = as_agent
         self._tasks: set[asyncio.Future[Any]] = tasks if tasks is not None else set()
         self._subjects: dict[tuple[str, str], str] = {}
+        self._actions_seen: set[str] = set()
 
     def as_agent(self, address: str) -> Caller:
-        """A caller whose messages name ``address`` as ``Na-Caller`` (shares tasks and caches)."""
-        other = Caller(self._t, self.settings, self._metrics, self._tracing, as_agent=address, tasks=self._tasks)
+        """A caller whose messages name the agent ``address`` as ``Na-Caller`` (shares tasks
+        and caches)."""
+        other = Caller(
+            self._t, self.settings, self._metrics, self._tracing, as_agent=_caller_name(address), tasks=self._tasks
+        )
         other._subjects = self._subjects
+        other._actions_seen = self._actions_seen
         return other
 
     def spawn_task(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
@@ -117,8 +130,13 @@ class Caller:
         deadline = None if timeout is None else now + timeout
         if ctx is not None and ctx.deadline is not None:
             deadline = ctx.deadline if deadline is None else min(deadline, ctx.deadline)
-        if not isinstance(action, str) or not action:
-            raise ConfigurationError(f"action must be a non-empty str, not {action!r}")
+        if action not in self._actions_seen:
+            if not isinstance(action, str) or not envelope.ACTION_RE.fullmatch(action):
+                raise ConfigurationError(
+                    f"invalid action {action!r}: use 1-64 characters [A-Za-z0-9_], starting with a letter"
+                )
+            if len(self._actions_seen) < 10_000:
+                self._actions_seen.add(action)
         subject = self._subject(kind, agent_id)
         try:
             body = codec.encode(dict(params))
@@ -133,14 +151,13 @@ class Caller:
                 message_id=message_id,
                 correlation_id=ctx.correlation_id if ctx is not None else None,
                 deadline_ms=None if deadline is None else int(deadline * 1000),
-                caller=self._as_agent or (ctx.agent if ctx is not None else self.settings.name),
+                caller=self._as_agent or (_caller_name(ctx.agent) if ctx is not None else self.settings.name),
                 reply_mode=h.REPLY_MODE_ACCEPT if accept_only else h.REPLY_MODE_RESULT,
                 trace=self._tracing.inject(span),
             )
-            try:
-                block = envelope.encode_headers(hdrs)
-            except ValueError as exc:
-                raise BadRequest(str(exc), agent=address, action=action) from None
+            # Every value is either generated here or checked (action below, names at
+            # connect, ids by the host's regexes), so the block needs no per-call checks.
+            block = envelope.encode_headers_unchecked(hdrs)
             self._t.check_size(subject, block, body)
             msg = await self._deliver(subject, body, block, deadline, kind, agent_id, action)
             return envelope.parse_reply(msg.headers, msg.data, agent=address, action=action)

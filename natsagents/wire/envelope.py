@@ -22,6 +22,7 @@ __all__ = [
     "OK_HEADER_BLOCK",
     "RequestMeta",
     "encode_headers",
+    "encode_headers_unchecked",
     "error_reply",
     "headers_size",
     "new_message_id",
@@ -60,6 +61,11 @@ def encode_headers(headers: Mapping[str, str]) -> bytes:
         parts.append(f"{key}: {value}\r\n".encode())
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+def encode_headers_unchecked(headers: Mapping[str, str]) -> bytes:
+    """:func:`encode_headers` for values already known to be safe (no CR/LF, plain names)."""
+    return ("NATS/1.0\r\n" + "".join([f"{k}: {v}\r\n" for k, v in headers.items()]) + "\r\n").encode()
 
 
 def headers_size(headers: Mapping[str, str] | None) -> int:
