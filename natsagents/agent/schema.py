@@ -70,6 +70,9 @@ def _none(value: Any, path: str) -> Any:
 
 
 def _sequence(item: Validator, build: Callable[[list[Any]], Any], name: str) -> Validator:
+    if item is _any and build is list:
+        return _any_list
+
     def check(value: Any, path: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ParamError(path, f"expected {name}, got {_type_name(value)}")
@@ -89,7 +92,22 @@ def _fixed_tuple(items: Sequence[Validator]) -> Validator:
     return check
 
 
+def _any_map(value: Any, path: str) -> Any:
+    if not isinstance(value, dict):
+        raise ParamError(path, f"expected map, got {_type_name(value)}")
+    return value
+
+
+def _any_list(value: Any, path: str) -> Any:
+    if not isinstance(value, (list, tuple)):
+        raise ParamError(path, f"expected array, got {_type_name(value)}")
+    return list(value)
+
+
 def _mapping(key: Validator, val: Validator) -> Validator:
+    if key is _any and val is _any:
+        return _any_map
+
     def check(value: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise ParamError(path, f"expected map, got {_type_name(value)}")

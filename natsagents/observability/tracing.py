@@ -7,6 +7,7 @@ Setting a global provider later switches tracing on for meshes that did not inje
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,11 +36,19 @@ class Tracing:
     def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
         self._provider = tracer_provider
         self._tracer = trace.get_tracer("natsagents", tracer_provider=tracer_provider)
+        self._enabled = tracer_provider is not None and not isinstance(tracer_provider, _NO_TRACING)
+        self._recheck_at = 0.0 if tracer_provider is None else float("inf")
 
     @property
     def enabled(self) -> bool:
-        provider = self._provider if self._provider is not None else trace.get_tracer_provider()
-        return not isinstance(provider, _NO_TRACING)
+        """Whether spans are made. With the global provider this is re-read at most once a
+        second until a real provider appears (OpenTelemetry sets it only once)."""
+        if not self._enabled:
+            now = time.monotonic()
+            if now >= self._recheck_at:
+                self._enabled = not isinstance(trace.get_tracer_provider(), _NO_TRACING)
+                self._recheck_at = now + 1.0
+        return self._enabled
 
     def client_span(self, subject: str, kind: str, action: str, agent_id: str, *, send: bool) -> Span | None:
         if not self.enabled:
