@@ -9,8 +9,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import AgentError, ProtocolError, error_for_code
 from . import codec
@@ -78,8 +77,7 @@ def headers_size(headers: Mapping[str, str] | None) -> int:
     return size
 
 
-@dataclass(frozen=True, slots=True)
-class RequestMeta:
+class RequestMeta(NamedTuple):
     """What the headers of an incoming request say."""
 
     action: str
@@ -123,47 +121,43 @@ def parse_request(headers: Mapping[str, str] | None) -> RequestMeta:
     Raises:
         ProtocolError: a header is missing or malformed (answered with ``bad_request``).
     """
-    hdrs = headers or {}
-    proto = hdrs.get(h.PROTO, h.PROTO_VERSION)
-    if proto != h.PROTO_VERSION:
+    get = (headers or _EMPTY).get
+    proto = get(h.PROTO)
+    if proto is not None and proto != h.PROTO_VERSION:
         raise ProtocolError(f"unsupported protocol version {proto!r} (this host speaks {h.PROTO_VERSION})")
-    action = hdrs.get(h.ACTION)
+    action = get(h.ACTION)
     if action is None:
         raise ProtocolError(f"missing {h.ACTION} header")
     if not ACTION_RE.fullmatch(action):
         raise ProtocolError(f"malformed {h.ACTION} header {action[:80]!r}")
-    message_id = hdrs.get(h.MESSAGE_ID)
+    message_id = get(h.MESSAGE_ID)
     if message_id is None:
         message_id = new_message_id()
     elif not _ID_RE.fullmatch(message_id):
         raise ProtocolError(f"malformed {h.MESSAGE_ID} header {message_id[:80]!r}")
-    correlation_id = hdrs.get(h.CORRELATION_ID, message_id)
-    if not _ID_RE.fullmatch(correlation_id):
+    correlation_id = get(h.CORRELATION_ID)
+    if correlation_id is None:
+        correlation_id = message_id
+    elif not _ID_RE.fullmatch(correlation_id):
         raise ProtocolError(f"malformed {h.CORRELATION_ID} header {correlation_id[:80]!r}")
     deadline_ms: int | None = None
-    raw_deadline = hdrs.get(h.DEADLINE)
+    raw_deadline = get(h.DEADLINE)
     if raw_deadline is not None:
         if not raw_deadline.isascii() or not raw_deadline.isdigit() or len(raw_deadline) > 15:
             raise ProtocolError(f"malformed {h.DEADLINE} header {raw_deadline[:80]!r}")
         deadline_ms = int(raw_deadline)
-    reply_mode = hdrs.get(h.REPLY_MODE, h.REPLY_MODE_RESULT)
-    if reply_mode not in (h.REPLY_MODE_RESULT, h.REPLY_MODE_ACCEPT):
+    reply_mode = get(h.REPLY_MODE, h.REPLY_MODE_RESULT)
+    if reply_mode != h.REPLY_MODE_RESULT and reply_mode != h.REPLY_MODE_ACCEPT:
         raise ProtocolError(f"malformed {h.REPLY_MODE} header {reply_mode[:80]!r}")
-    caller = hdrs.get(h.CALLER)
+    caller = get(h.CALLER)
     if caller is not None and len(caller) > 256:
         raise ProtocolError(f"{h.CALLER} header longer than 256 characters")
     return RequestMeta(
-        action=action,
-        message_id=message_id,
-        correlation_id=correlation_id,
-        deadline_ms=deadline_ms,
-        caller=caller,
-        reply_mode=reply_mode,
-        traceparent=hdrs.get(h.TRACEPARENT),
-        tracestate=hdrs.get(h.TRACESTATE),
+        action, message_id, correlation_id, deadline_ms, caller, reply_mode, get(h.TRACEPARENT), get(h.TRACESTATE)
     )
 
 
+_EMPTY: Mapping[str, str] = {}
 _OK_HEADERS: Mapping[str, str] = {h.PROTO: h.PROTO_VERSION, h.STATUS: h.STATUS_OK}
 #: The header block of every ok reply, encoded once.
 OK_HEADER_BLOCK = encode_headers(_OK_HEADERS)
