@@ -210,9 +210,8 @@ class Caller:
                     no_host = exc
                     activated = False
                     self._metrics.retries.labels(kind, "no_host").inc()
-                else:
-                    no_host = None
                 if activated:
+                    no_host = None
                     continue
             except CallTimeout as exc:
                 raise CallTimeout(exc.message, agent=address, action=action) from None
