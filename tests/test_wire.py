@@ -158,3 +158,20 @@ def test_long_non_ascii_ids_are_refused_before_the_wire() -> None:
         ids.encode_id("😀" * 200)
     token = ids.encode_id("é" * 100)
     assert ids.decode_id(token) == "é" * 100
+
+
+def test_message_ids_are_unique_and_differ_after_fork() -> None:
+    import os
+
+    ids_here = {envelope.new_message_id() for _ in range(10_000)}
+    assert len(ids_here) == 10_000
+    assert all(len(i) == 22 and set(i) <= KV_KEY_CHARS for i in list(ids_here)[:100])
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report one id and leave at once
+        os.write(w, envelope.new_message_id().encode())
+        os._exit(0)
+    os.close(w)
+    child_id = os.read(r, 64).decode()
+    os.waitpid(pid, 0)
+    assert child_id not in ids_here and child_id[:12] != envelope.new_message_id()[:12]

@@ -158,7 +158,6 @@ class Caller:
             # Every value is either generated here or checked (action below, names at
             # connect, ids by the host's regexes), so the block needs no per-call checks.
             block = envelope.encode_headers_unchecked(hdrs)
-            self._t.check_size(subject, block, body)
             msg = await self._deliver(subject, body, block, deadline, kind, agent_id, action)
             return envelope.parse_reply(msg.headers, msg.data, agent=address, action=action)
         except AgentError as exc:

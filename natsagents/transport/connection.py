@@ -7,8 +7,8 @@ Two things here go beyond a thin wrapper:
   reader task hands each message straight to our (synchronous, non-blocking) handler:
   no task per subscription (cheap idle agents) and one scheduling hop less per message.
 * **A lean request multiplexer.** One wildcard inbox subscription for every reply, a
-  dict of futures keyed by a counter token, and ``loop.call_later`` for the timeout
-  instead of ``asyncio.wait_for`` (which costs a task per request).
+  dict of futures keyed by a counter token, and timeouts checked in 5 ms slots (one loop
+  timer per slot) instead of ``asyncio.wait_for`` (a task per request) or a timer each.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
@@ -122,27 +123,43 @@ class _Expired(Exception):
     """Set on a reply future when its timer fires."""
 
 
-def _expire(fut: asyncio.Future[Any]) -> None:
-    if not fut.done():
-        fut.set_exception(_Expired())
-
-
 class _ReplyMux:
     """Routes replies arriving on ``<inbox>.<token>`` to the waiting future."""
 
-    __slots__ = ("_pending", "_plen", "_tokens", "prefix")
+    __slots__ = ("_loop", "_pending", "_plen", "_slots", "_tokens", "prefix")
 
-    def __init__(self, prefix: str) -> None:
+    #: Timeouts are checked in slots of this many seconds: one loop timer per slot instead
+    #: of one per request (each costs a heap push and pop). A timeout fires up to one slot late.
+    TICK = 0.005
+
+    def __init__(self, prefix: str, loop: asyncio.AbstractEventLoop) -> None:
         self.prefix = prefix
         self._plen = len(prefix)
+        self._loop = loop
         self._pending: dict[str, asyncio.Future[Inbound]] = {}
         self._tokens = itertools.count(1)
+        self._slots: dict[int, list[int]] = {}
 
-    def register(self, loop: asyncio.AbstractEventLoop) -> tuple[str, asyncio.Future[Inbound]]:
-        token = str(next(self._tokens))
-        fut: asyncio.Future[Inbound] = loop.create_future()
+    def register(self, timeout: float | None) -> tuple[str, asyncio.Future[Inbound]]:
+        n = next(self._tokens)
+        token = str(n)
+        fut: asyncio.Future[Inbound] = self._loop.create_future()
         self._pending[token] = fut
+        if timeout is not None:
+            key = math.ceil((self._loop.time() + timeout) / self.TICK)
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = self._slots[key] = []
+                self._loop.call_at(key * self.TICK, self._expire_slot, key)
+            slot.append(n)
         return token, fut
+
+    def _expire_slot(self, key: int) -> None:
+        pending = self._pending
+        for n in self._slots.pop(key, ()):
+            fut = pending.get(str(n))
+            if fut is not None and not fut.done():
+                fut.set_exception(_Expired())
 
     def discard(self, token: str) -> None:
         self._pending.pop(token, None)
@@ -419,7 +436,7 @@ class Transport:
         async with self._mux_lock:
             if self._mux is None:
                 prefix = f"{self.settings.inbox_prefix}.{self._nc._nuid.next().decode()}."
-                mux = _ReplyMux(prefix)
+                mux = _ReplyMux(prefix, self._loop)
                 await self.subscribe(prefix + "*", mux)
                 self._mux = mux
         return self._mux
@@ -444,16 +461,13 @@ class Transport:
         block = encode_headers(headers) if isinstance(headers, Mapping) else (headers or b"")
         self.check_size(subject, block, payload)
         mux = self._mux or await self._ensure_mux()
-        token, fut = mux.register(self._loop)
-        timer = self._loop.call_later(timeout, _expire, fut) if timeout is not None else None
+        token, fut = mux.register(timeout)
         try:
             await self._send(subject, mux.prefix + token, block, payload)
             msg = await fut
         except _Expired:
             raise CallTimeout(f"no reply from {subject} within {timeout:g} s") from None
         finally:
-            if timer is not None:
-                timer.cancel()
             mux.discard(token)
         hdrs = msg.headers
         if hdrs is not None and hdrs.get("Status") == "503" and not msg.data:
