@@ -138,14 +138,17 @@ class Host:
         act = Activation(self, agent)
         await agent.on_start()
         subject = agent_subject(self.settings.prefix, cls.kind, agent_id)
+        # Active before subscribing: a message may arrive while subscribe() is awaited.
+        act.state = ActivationState.ACTIVE
+        self.activations[(cls.kind, agent_id)] = act
         try:
             act.subscription = await self._t.subscribe(subject, act.deliver)
         except BaseException:
+            act.state = ActivationState.STOPPED
+            self.activations.pop((cls.kind, agent_id), None)
             with contextlib.suppress(Exception):
                 await agent.on_stop()
             raise
-        act.state = ActivationState.ACTIVE
-        self.activations[(cls.kind, agent_id)] = act
         self._metrics.active_agents.labels(cls.kind).inc()
         log.debug("activated %s/%s", cls.kind, agent_id)
         return act
