@@ -36,6 +36,7 @@ class Activation:
     """
 
     __slots__ = (
+        "address",
         "agent",
         "agent_id",
         "busy",
@@ -55,6 +56,7 @@ class Activation:
         self.agent = agent
         self.kind = agent.kind
         self.agent_id = agent.id
+        self.address = f"{self.kind}/{self.agent_id}"
         self.capacity = agent.mailbox_size
         self.max_workers = agent.max_concurrency
         self.mailbox: deque[Inbound] = deque()
@@ -64,10 +66,6 @@ class Activation:
         self.idle = asyncio.Event()
         self.idle.set()
         self.busy = 0
-
-    @property
-    def address(self) -> str:
-        return f"{self.kind}/{self.agent_id}"
 
     def deliver(self, msg: Inbound) -> None:
         if self.state is not ActivationState.ACTIVE:

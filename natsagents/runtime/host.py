@@ -316,13 +316,14 @@ class Host:
             deadline=None if meta.deadline_ms is None else meta.deadline_ms / 1000,
             caller=meta.caller,
         )
-        span = self._tracing.server_span(kind, action, act.agent_id, msg.headers)
+        tracing = self._tracing
+        span = tracing.server_span(kind, action, act.agent_id, msg.headers) if tracing.enabled else None
         token = _current.set(ctx)
-        span_token = self._tracing.activate(span)
+        span_token = tracing.activate(span) if span is not None else None
         try:
             result = await spec.func(act.agent, **kwargs)
         except Exception as exc:
-            self._tracing.end(span, exc, "handler_error")
+            tracing.end(span, exc, "handler_error")
             self._metrics.handled_one(kind, action, "handler_error", time.perf_counter() - started)
             act.agent.log.warning("action %s failed: %s: %s", action, type(exc).__name__, exc)
             await self._reply(
@@ -338,9 +339,11 @@ class Host:
             )
             return
         finally:
-            self._tracing.deactivate(span_token)
+            if span_token is not None:
+                tracing.deactivate(span_token)
             _current.reset(token)
-        self._tracing.end(span)
+        if span is not None:
+            tracing.end(span)
         self._metrics.handled_one(kind, action, "ok", time.perf_counter() - started)
         if not reply_to:
             return
