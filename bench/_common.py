@@ -195,7 +195,6 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(terse=True),
     }
     with contextlib.suppress(Exception):
-        import nats.aio.client  # noqa: F401
         from importlib.metadata import version
 
         info["nats_py"] = version("nats-py")
@@ -213,7 +212,8 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = []
     for n, row in enumerate(cells):
-        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        cols = enumerate(zip(row, widths, strict=True))
+        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in cols))
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)

@@ -44,8 +44,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import msgpack  # noqa: E402
-from _common import (  # noqa: E402
+import msgpack
+from _common import (
     Child,
     CpuMeter,
     format_table,
@@ -57,7 +57,7 @@ from _common import (  # noqa: E402
     wait_for_stdin_eof,
 )
 
-from natsagents import Agent, Mesh, action  # noqa: E402
+from natsagents import Agent, Mesh, action
 
 RAW_SUBJECT = "bench.echo"
 PREFIX = "bench"
@@ -143,9 +143,14 @@ async def throughput(call: Call, concurrency: int, duration: float) -> tuple[int
 
     started = time.perf_counter()
     tasks = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
-    await asyncio.sleep(duration)
-    stop = True
-    counts = await asyncio.gather(*tasks)
+    try:
+        await asyncio.sleep(duration)
+        stop = True
+        counts = await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     return sum(counts), time.perf_counter() - started
 
 
@@ -346,6 +351,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg.serial_warmup = max(200, cfg.serial // 5)
     cfg.warmup_duration = 0.3 if cfg.quick else 1.0
 
+    try:
+        return run(cfg)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def run(cfg: argparse.Namespace) -> int:
     started = time.perf_counter()
     with nats_server(cfg.servers) as (url, server_pid):
         children: dict[str, Child] = {}
@@ -356,14 +369,12 @@ def main(argv: list[str] | None = None) -> int:
                 argv_child = [sys.executable, str(Path(__file__).resolve()), "--responder", side, "--url", url]
                 children[side] = Child(f"{side} responder", argv_child)
             print(
-                f"server {url} (pid {server_pid}); "
-                + ", ".join(f"{c.name} pid {c.pid}" for c in children.values()),
+                f"server {url} (pid {server_pid}); " + ", ".join(f"{c.name} pid {c.pid}" for c in children.values()),
                 file=sys.stderr,
                 flush=True,
             )
             pids = {
-                side: {"caller": os.getpid(), "responder": c.pid, "server": server_pid}
-                for side, c in children.items()
+                side: {"caller": os.getpid(), "responder": c.pid, "server": server_pid} for side, c in children.items()
             }
             results = asyncio.run(run_caller(url, cfg, pids))
         finally:
