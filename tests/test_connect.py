@@ -130,3 +130,25 @@ async def test_embedded_mesh_starts_and_stops_its_server() -> None:
     assert not server.running
     with pytest.raises(na.ConfigurationError):
         Mesh.embedded(servers="nats://x:1")
+
+
+async def test_agents_keep_working_after_the_server_restarts() -> None:
+    """Direct subscriptions and the reply mux are re-established by nats-py's reconnect."""
+    import anyio
+
+    from natsagents.testing import wait_for
+
+    server = NatsServer().start()
+    try:
+        async with Mesh.connect(server.url, name="host") as host, Mesh.connect(server.url, name="caller") as caller:
+            await host.host(Counter)
+            ref = caller.ref("Counter/survivor")
+            assert await ref.call("add") == 1
+            await anyio.to_thread.run_sync(server.kill)
+            await wait_for(lambda: not caller._transport.is_connected, timeout=10)
+            await anyio.to_thread.run_sync(server.restart)
+            await wait_for(lambda: caller._transport.is_connected and host._transport.is_connected, timeout=15)
+            # Same agent instance, same subscription: in-memory state survived the outage.
+            assert await ref.call("add", timeout=10) == 2
+    finally:
+        server.stop()
