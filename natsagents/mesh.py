@@ -113,6 +113,7 @@ class Mesh:
         default_timeout: float | None = 10.0,
         expose_tracebacks: bool = True,
         stop_timeout: float = 10.0,
+        drain_timeout: float = 5.0,
         metrics_registry: CollectorRegistry | None = None,
         tracer_provider: TracerProvider | None = None,
     ) -> _MeshOpener:
@@ -128,6 +129,8 @@ class Mesh:
             default_timeout: call timeout when a call gives none (``None``: wait forever).
             expose_tracebacks: send handler tracebacks in ``handler_error`` replies.
             stop_timeout: seconds each agent gets to finish its mailbox on close.
+            drain_timeout: seconds closing may wait for the server to take what was
+                published before the connection closes.
             metrics_registry: Prometheus registry (default: a private one, ``mesh.metrics``).
             tracer_provider: OpenTelemetry tracer provider (default: the global one).
 
@@ -148,6 +151,7 @@ class Mesh:
             tls=tls,
             tls_hostname=tls_hostname,
             connect_timeout=connect_timeout,
+            drain_timeout=drain_timeout,
         )
 
         async def open_() -> Mesh:

@@ -152,3 +152,19 @@ async def test_agents_keep_working_after_the_server_restarts() -> None:
             assert await ref.call("add", timeout=10) == 2
     finally:
         server.stop()
+
+
+async def test_close_is_bounded_when_the_server_dies_while_closing() -> None:
+    server = NatsServer().start()
+    try:
+        mesh = await Mesh.connect(server.url, name="doomed", drain_timeout=1.0)
+        await mesh.host(Counter)
+        await mesh.ref("Counter/x").call("add")
+        server.pause()  # the server stops answering: drain cannot complete
+        started = time.perf_counter()
+        await mesh.aclose()
+        assert time.perf_counter() - started < 4
+        assert mesh.state is na.MeshState.CLOSED
+    finally:
+        server.resume()
+        server.stop()

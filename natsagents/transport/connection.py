@@ -260,6 +260,7 @@ class Transport:
             "tls": settings.tls,
             "tls_hostname": settings.tls_hostname,
             "inbox_prefix": settings.inbox_prefix,
+            "drain_timeout": max(1, int(settings.drain_timeout)),
         }
         auth = settings.auth
         if auth is not None:
@@ -336,15 +337,23 @@ class Transport:
         return len(self._nc._subs)
 
     async def close(self, *, drain: bool = True) -> None:
-        """Flush, drain subscriptions (if ``drain``) and close. Idempotent."""
+        """Unsubscribe everything, flush what was published (if ``drain``) and close.
+
+        Idempotent. Bounded by ``drain_timeout``: nats-py's own ``drain()`` can wait far
+        longer (or swallow cancellation) when the server stops answering mid-way. The
+        host has already drained the agents' mailboxes before the mesh closes this.
+        """
         if self._nc.is_closed:
             self._closed = True
             return
         self._closed = True
         try:
             if drain and self._nc.is_connected:
+                for sub in list(self._nc._subs.values()):
+                    with contextlib.suppress(nats.errors.Error):
+                        await sub.unsubscribe()
                 with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
-                    await self._nc.drain()
+                    await self._nc.flush(timeout=max(1, int(self.settings.drain_timeout)))
         finally:
             if not self._nc.is_closed:
                 with contextlib.suppress(nats.errors.Error):

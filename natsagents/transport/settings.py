@@ -96,6 +96,7 @@ class ConnectSettings:
         reconnect_wait: seconds between reconnect attempts to one server.
         max_reconnect_attempts: attempts per server after a disconnect; ``-1`` forever.
         inbox_prefix: prefix of reply subjects (change it where permissions require).
+        drain_timeout: seconds closing may spend draining subscriptions before it closes.
     """
 
     servers: tuple[str, ...]
@@ -107,9 +108,12 @@ class ConnectSettings:
     reconnect_wait: float = 0.5
     max_reconnect_attempts: int = -1
     inbox_prefix: str = "_INBOX"
+    drain_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         if self.connect_timeout <= 0:
             raise ConfigurationError("connect_timeout must be > 0")
         if self.reconnect_wait < 0:
             raise ConfigurationError("reconnect_wait must be >= 0")
+        if self.drain_timeout <= 0:
+            raise ConfigurationError("drain_timeout must be > 0")
