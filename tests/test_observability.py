@@ -106,3 +106,24 @@ async def test_metrics_registry_is_injectable(mesh_factory) -> None:  # type: ig
     assert 'natsagents_handled_total{action="note",kind="Logger",outcome="ok"} 1.0' in text
     assert "natsagents_call_seconds_bucket" in text and "natsagents_handler_seconds_bucket" in text
     assert mesh.metrics.registry is registry
+
+
+async def test_trace_context_passes_through_an_untraced_host(mesh_factory) -> None:  # type: ignore[no-untyped-def]
+    """caller (traced) -> Logger/a on a host without tracing -> Logger/b: b's span joins the trace."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    untraced = await mesh_factory(name="untraced")  # no provider: records nothing itself
+    traced_host = await mesh_factory(name="traced-host", tracer_provider=provider, prefix=untraced.prefix)
+    caller = await mesh_factory(name="caller", tracer_provider=provider)
+
+    class Middle(Logger):
+        kind = "Middle"
+
+    await untraced.host(Middle)
+    await traced_host.host(Logger)
+    await caller.ref("Middle/m").call("relay", target="Logger/b")
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    client, far = spans["request Middle.relay"], spans["handle Logger.note"]
+    assert far.context.trace_id == client.context.trace_id
+    assert "handle Middle.relay" not in spans

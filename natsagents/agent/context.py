@@ -19,6 +19,8 @@ class Context(NamedTuple):
         correlation_id: shared by every message caused by one external request.
         deadline: absolute deadline (Unix time, seconds) or ``None``.
         caller: ``Kind/id`` of the calling agent or the caller's client name, if sent.
+        traceparent, tracestate: the W3C trace context received, passed on by calls the
+            handler makes when this process records no spans of its own.
     """
 
     agent: str
@@ -27,6 +29,8 @@ class Context(NamedTuple):
     correlation_id: str
     deadline: float | None
     caller: str | None
+    traceparent: str | None = None
+    tracestate: str | None = None
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (negative once passed), or ``None``."""

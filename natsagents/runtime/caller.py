@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..agent.context import current_context
+from ..agent.context import Context, current_context
 from ..agent.ref import USE_DEFAULT, Timeout
 from ..errors import (
     AgentError,
@@ -35,6 +35,17 @@ def _caller_name(address: str) -> str:
     any character, tokens only safe ones)."""
     kind, _, agent_id = address.partition("/")
     return f"{kind}/{encode_id(agent_id)}"
+
+
+def _passthrough(ctx: Context | None) -> dict[str, str] | None:
+    """Without a tracer here, a call made while handling a traced message carries the
+    received trace context on unchanged, so the trace survives untraced hops."""
+    if ctx is None or ctx.traceparent is None:
+        return None
+    out = {h.TRACEPARENT: ctx.traceparent}
+    if ctx.tracestate:
+        out[h.TRACESTATE] = ctx.tracestate
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +164,7 @@ class Caller:
                 deadline_ms=None if deadline is None else int(deadline * 1000),
                 caller=self._as_agent or (_caller_name(ctx.agent) if ctx is not None else self.settings.name),
                 reply_mode=h.REPLY_MODE_ACCEPT if accept_only else h.REPLY_MODE_RESULT,
-                trace=self._tracing.inject(span),
+                trace=self._tracing.inject(span) if span is not None else _passthrough(ctx),
             )
             # Every value is either generated here or checked (action below, names at
             # connect, ids by the host's regexes), so the block needs no per-call checks.

@@ -315,6 +315,8 @@ class Host:
             correlation_id=meta.correlation_id,
             deadline=None if meta.deadline_ms is None else meta.deadline_ms / 1000,
             caller=meta.caller,
+            traceparent=meta.traceparent,
+            tracestate=meta.tracestate,
         )
         tracing = self._tracing
         span = tracing.server_span(kind, action, act.agent_id, msg.headers) if tracing.enabled else None
