@@ -12,7 +12,19 @@ import natsagents.errors as errors
 PACKAGE = Path(natsagents.__file__).parent
 
 # Lower layers never import higher ones (ARCHITECTURE: "Layers").
-LAYER_ORDER = ["errors", "wire", "transport", "server", "agent", "observability", "runtime", "mesh", "cli", "testing"]
+LAYER_ORDER = [
+    "errors",
+    "wire",
+    "transport",
+    "server",
+    "agent",
+    "observability",
+    "runtime",
+    "cluster",
+    "mesh",
+    "cli",
+    "testing",
+]
 
 
 def _imports(path: Path) -> set[str]:
@@ -83,8 +95,15 @@ def test_exception_tree() -> None:
     assert issubclass(errors.ConnectError, ConnectionError)
     codes = {errors.error_for_code(code, "m").code for code in errors.ERROR_CODES}
     assert codes == {
-        "bad_request", "unknown_action", "not_found", "handler_error", "timeout", "overloaded",
-        "unavailable", "payload_too_large", "unauthorized",
+        "bad_request",
+        "unknown_action",
+        "not_found",
+        "handler_error",
+        "timeout",
+        "overloaded",
+        "unavailable",
+        "payload_too_large",
+        "unauthorized",
     }
 
 
