@@ -237,16 +237,17 @@ async def test_three_node_cluster_survives_a_leader_kill() -> None:
         clients = [await _connect(url) for url in cluster.urls]
         try:
             js = [nc.jetstream(timeout=2) for nc in clients]
-            await js[0].create_key_value(bucket="cfg", replicas=3, direct=True)
-            kvs: list[KeyValue] = [await j.key_value("cfg") for j in js]
+            # A fresh cluster can still be electing stream leaders: retry NATS errors.
+            await _retry("create bucket", lambda: js[0].create_key_value(bucket="cfg", replicas=3, direct=True))
+            kvs: list[KeyValue] = [await _retry("bind bucket", functools.partial(j.key_value, "cfg")) for j in js]
             for i, kv in enumerate(kvs):
-                await kv.put(f"k{i}", str(i).encode())
+                await _retry("initial put", functools.partial(kv.put, f"k{i}", str(i).encode()))
             for kv in kvs:
                 for i in range(3):
                     entry = await _retry("direct get", functools.partial(kv.get, f"k{i}"))
                     assert entry.value == str(i).encode()
 
-            info = await js[0].stream_info("KV_cfg")
+            info = await _retry("stream info", functools.partial(js[0].stream_info, "KV_cfg"))
             assert info.cluster is not None and info.cluster.leader is not None
             victim = [s.name for s in cluster.servers].index(info.cluster.leader)
             survivor = (victim + 1) % 3
@@ -261,7 +262,9 @@ async def test_three_node_cluster_survives_a_leader_kill() -> None:
 
             cluster.restart(victim)
             clients[victim] = await _connect(cluster.urls[victim])
-            kv = await clients[victim].jetstream(timeout=2).key_value("cfg")
+            kv = await _retry(
+                "bind on restarted node", functools.partial(clients[victim].jetstream(timeout=2).key_value, "cfg")
+            )
 
             async def caught_up() -> bytes | None:
                 entry = await kv.get("after")
