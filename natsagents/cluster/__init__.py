@@ -1,9 +1,10 @@
-"""Cluster layer: placement (hash ring with bounded loads, resource-aware scoring).
+"""Cluster layer: placement (hash ring with bounded loads, resource-aware scoring) and
+membership (heartbeats in a KV bucket, leases judged on the observer's clock).
 
-Pure placement code lives in :mod:`.ring` and :mod:`.placement`; membership, the
-directory, migration and rebalancing build on it.
+The directory, single activation, migration and rebalancing build on these.
 """
 
+from .membership import MemberRecord, Membership
 from .placement import ClusterAtCapacity, Hints, NodeInfo, NodeLoad, Placer, Resources, ScoreWeights
 from .ring import HashRing, NoNodes
 
@@ -11,6 +12,8 @@ __all__ = [
     "ClusterAtCapacity",
     "HashRing",
     "Hints",
+    "MemberRecord",
+    "Membership",
     "NoNodes",
     "NodeInfo",
     "NodeLoad",

@@ -1,0 +1,225 @@
+"""Membership: every node heartbeats a record into a KV bucket; everyone watches it.
+
+A node is *live* while heartbeats keep arriving. Liveness is judged on the observer's own
+monotonic clock (when did I last see this node's record change?), never by comparing
+wall clocks across machines; only records already present when the watch starts fall
+back to the record's own ``heartbeat_at`` (bounded by clock skew). A graceful stop
+deletes the record, so others see the node leave at once; a crashed node's lease lapses
+after ``lease`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigurationError, NatsAgentsError
+from ..transport import Transport
+from ..transport.kv import Bucket, Entry, open_bucket, validate_key
+from ..wire import codec
+
+__all__ = ["MemberRecord", "Membership", "members_bucket_name"]
+
+log = logging.getLogger("natsagents.cluster.membership")
+
+
+def members_bucket_name(prefix: str) -> str:
+    """KV bucket holding the membership records of the mesh with subject ``prefix``."""
+    return f"{prefix.replace('.', '_')}_members"
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRecord:
+    """What a node says about itself in each heartbeat."""
+
+    node_id: str
+    kinds: tuple[str, ...] = ()
+    capacity: Mapping[str, Any] = field(default_factory=dict)
+    load: Mapping[str, Any] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    version: str = ""
+    started_at: float = 0.0
+    heartbeat_at: float = 0.0
+    lease: float = 3.0
+
+    def to_wire(self) -> bytes:
+        return codec.encode(
+            {
+                "node": self.node_id,
+                "kinds": list(self.kinds),
+                "capacity": dict(self.capacity),
+                "load": dict(self.load),
+                "tags": list(self.tags),
+                "version": self.version,
+                "started_at": self.started_at,
+                "heartbeat_at": self.heartbeat_at,
+                "lease": self.lease,
+            }
+        )
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> MemberRecord:
+        """Raises: ValueError for anything that is not a membership record."""
+        body = codec.decode(data)
+        if not isinstance(body, dict) or not isinstance(body.get("node"), str):
+            raise ValueError("not a membership record")
+        try:
+            return cls(
+                node_id=body["node"],
+                kinds=tuple(str(k) for k in body.get("kinds", ())),
+                capacity=dict(body.get("capacity") or {}),
+                load=dict(body.get("load") or {}),
+                tags=tuple(str(t) for t in body.get("tags", ())),
+                version=str(body.get("version", "")),
+                started_at=float(body.get("started_at", 0.0)),
+                heartbeat_at=float(body.get("heartbeat_at", 0.0)),
+                lease=float(body.get("lease", 3.0)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"malformed membership record: {exc}") from exc
+
+
+class Membership:
+    """This node's heartbeat plus a live view of every member.
+
+    Args:
+        transport: the mesh's connection.
+        prefix: subject prefix of the mesh (names the bucket).
+        node_id: this node's id (a KV key: ``[-_=A-Za-z0-9]``…).
+        describe: returns this node's current record fields (kinds, load …); called for
+            every heartbeat so the load it reports is fresh.
+        lease: seconds without a heartbeat after which a node counts as gone.
+        interval: seconds between heartbeats (default ``lease / 3``).
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        prefix: str,
+        node_id: str,
+        *,
+        describe: Callable[[], Mapping[str, Any]] | None = None,
+        lease: float = 3.0,
+        interval: float | None = None,
+    ) -> None:
+        validate_key(node_id)
+        if lease <= 0:
+            raise ConfigurationError("lease must be > 0")
+        self._t = transport
+        self.prefix = prefix
+        self.node_id = node_id
+        self.lease = lease
+        self.interval = interval if interval is not None else lease / 3
+        if not 0 < self.interval < lease:
+            raise ConfigurationError("interval must be > 0 and shorter than the lease")
+        self._describe = describe or dict
+        self._started_at = time.time()
+        self._bucket: Bucket | None = None
+        self._records: dict[str, MemberRecord] = {}
+        self._seen: dict[str, float] = {}  # node -> loop.time() of the last change seen
+        self._tasks: list[asyncio.Task[None]] = []
+        self._changed = asyncio.Condition()
+        self._ready = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the bucket, write the first heartbeat and start watching."""
+        self._bucket = await open_bucket(self._t, members_bucket_name(self.prefix), history=1)
+        await self._beat()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._heartbeats()), loop.create_task(self._watch())]
+        await asyncio.wait_for(self._ready.wait(), max(5.0, self.lease))
+
+    async def stop(self, *, leave: bool = True) -> None:
+        """Stop heartbeating; with ``leave`` delete the record so others see us go at once."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if leave and self._bucket is not None:
+            with contextlib.suppress(NatsAgentsError):
+                await self._bucket.delete(self.node_id)
+
+    # -- view ------------------------------------------------------------------------
+
+    def members(self) -> dict[str, MemberRecord]:
+        """Live members (this node included while it heartbeats), by node id."""
+        now = asyncio.get_running_loop().time()
+        return {
+            node: rec for node, rec in self._records.items() if now - self._seen.get(node, float("-inf")) <= rec.lease
+        }
+
+    def is_live(self, node_id: str) -> bool:
+        return node_id in self.members()
+
+    async def wait_until(self, predicate: Callable[[dict[str, MemberRecord]], bool], timeout: float) -> None:
+        """Wait until ``predicate(members())`` holds (re-checked on every change and every
+        ``interval``, so lapsed leases are noticed). Raises: TimeoutError."""
+        async with asyncio.timeout(timeout):
+            while not predicate(self.members()):
+                async with self._changed:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), self.interval)
+
+    # -- internals -------------------------------------------------------------------
+
+    def _record(self) -> MemberRecord:
+        fields = dict(self._describe())
+        return MemberRecord(
+            node_id=self.node_id,
+            kinds=tuple(fields.get("kinds", ())),
+            capacity=fields.get("capacity", {}),
+            load=fields.get("load", {}),
+            tags=tuple(fields.get("tags", ())),
+            version=str(fields.get("version", "")),
+            started_at=self._started_at,
+            heartbeat_at=time.time(),
+            lease=self.lease,
+        )
+
+    async def _beat(self) -> None:
+        assert self._bucket is not None
+        await self._bucket.put(self.node_id, self._record().to_wire(), timeout=self.interval)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self._beat()
+            except NatsAgentsError as exc:  # keep trying: a lapse is the others' call
+                log.warning("heartbeat of %s failed: %s", self.node_id, exc)
+
+    async def _watch(self) -> None:
+        assert self._bucket is not None
+        loop = asyncio.get_running_loop()
+        async with self._bucket.watch() as watch:
+            async for entry in watch:
+                if entry is None:
+                    self._ready.set()
+                else:
+                    self._apply(entry, loop.time(), initial=not self._ready.is_set())
+                async with self._changed:
+                    self._changed.notify_all()
+
+    def _apply(self, entry: Entry, now: float, *, initial: bool) -> None:
+        if entry.operation != "put":
+            self._records.pop(entry.key, None)
+            self._seen.pop(entry.key, None)
+            return
+        try:
+            rec = MemberRecord.from_wire(entry.value)
+        except ValueError:
+            log.warning("ignoring a malformed membership record under %r", entry.key)
+            return
+        self._records[entry.key] = rec
+        # Records present before we started: trust their age (wall clocks, bounded skew).
+        age = max(0.0, time.time() - rec.heartbeat_at) if initial else 0.0
+        self._seen[entry.key] = now - age
