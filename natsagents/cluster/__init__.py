@@ -4,12 +4,17 @@ membership (heartbeats in a KV bucket, leases judged on the observer's clock).
 The directory, single activation, migration and rebalancing build on these.
 """
 
+from .directory import AgentActiveElsewhere, Claim, Directory, DirectoryRecord, Status
 from .membership import MemberRecord, Membership
 from .placement import ClusterAtCapacity, Hints, NodeInfo, NodeLoad, Placer, Resources, ScoreWeights
 from .ring import HashRing, NoNodes
 
 __all__ = [
+    "AgentActiveElsewhere",
+    "Claim",
     "ClusterAtCapacity",
+    "Directory",
+    "DirectoryRecord",
     "HashRing",
     "Hints",
     "MemberRecord",
@@ -20,4 +25,5 @@ __all__ = [
     "Placer",
     "Resources",
     "ScoreWeights",
+    "Status",
 ]

@@ -1,0 +1,239 @@
+"""The directory: one KV record per active agent, claimed by compare-and-set.
+
+A record says which node owns ``kind/id``, under which *epoch*, and in which status.
+Claims use create-if-absent; taking over from another owner is a compare-and-set on the
+record's revision and is allowed only when the caller says that owner is no longer live
+(its membership lease lapsed). Every takeover increments the epoch, the fencing token: an
+owner that was paused or partitioned and comes back finds a different revision/epoch and
+must stop its copy (state writes fenced by the same revision arrive with the state layer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import NatsAgentsError
+from ..transport import Transport
+from ..transport.kv import Bucket, CasConflict, Entry, open_bucket
+from ..wire import codec
+from ..wire.ids import decode_id, encode_id, validate_kind
+
+__all__ = ["AgentActiveElsewhere", "Claim", "Directory", "DirectoryRecord", "Status", "directory_bucket_name"]
+
+
+def directory_bucket_name(prefix: str) -> str:
+    return f"{prefix.replace('.', '_')}_directory"
+
+
+class Status(enum.Enum):
+    ACTIVATING = "activating"
+    ACTIVE = "active"
+    MIGRATING = "migrating"
+    STOPPING = "stopping"
+
+
+class AgentActiveElsewhere(NatsAgentsError):
+    """The agent is owned by another live node."""
+
+    def __init__(self, message: str, *, agent: str, owner: str, epoch: int) -> None:
+        super().__init__(message)
+        self.agent = agent
+        self.owner = owner
+        self.epoch = epoch
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryRecord:
+    kind: str
+    agent_id: str
+    node: str
+    epoch: int
+    status: Status
+    since: float
+
+    def to_wire(self) -> bytes:
+        return codec.encode(
+            {
+                "kind": self.kind,
+                "id": self.agent_id,
+                "node": self.node,
+                "epoch": self.epoch,
+                "status": self.status.value,
+                "since": self.since,
+            }
+        )
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> DirectoryRecord:
+        """Raises: ValueError for anything that is not a directory record."""
+        body = codec.decode(data)
+        if not isinstance(body, dict):
+            raise ValueError("not a directory record")
+        try:
+            return cls(
+                kind=validate_kind(body["kind"]),
+                agent_id=str(body["id"]),
+                node=str(body["node"]),
+                epoch=int(body["epoch"]),
+                status=Status(body["status"]),
+                since=float(body.get("since", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError, NatsAgentsError) as exc:
+            raise ValueError(f"malformed directory record: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Proof of ownership: the record as written and its KV revision (the fencing token)."""
+
+    record: DirectoryRecord
+    revision: int
+
+
+def _key(kind: str, agent_id: str) -> str:
+    return f"{validate_kind(kind)}.{encode_id(agent_id)}"
+
+
+class Directory:
+    """Claims, releases and a watch-fed cache of the directory bucket.
+
+    Args:
+        transport: the mesh's connection.
+        prefix: subject prefix of the mesh (names the bucket).
+    """
+
+    def __init__(self, transport: Transport, prefix: str) -> None:
+        self._t = transport
+        self.prefix = prefix
+        self._bucket: Bucket | None = None
+        self._cache: dict[tuple[str, str], tuple[DirectoryRecord, int]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self, *, watch: bool = True) -> None:
+        self._bucket = await open_bucket(self._t, directory_bucket_name(self.prefix), history=1)
+        if watch:
+            self._task = asyncio.get_running_loop().create_task(self._watch())
+            await asyncio.wait_for(self._ready.wait(), 10)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+    @property
+    def bucket(self) -> Bucket:
+        if self._bucket is None:
+            raise NatsAgentsError("the directory is not started")
+        return self._bucket
+
+    # -- claims ----------------------------------------------------------------------
+
+    async def claim(
+        self,
+        kind: str,
+        agent_id: str,
+        node: str,
+        *,
+        is_live: Callable[[str], bool],
+        status: Status = Status.ACTIVE,
+        attempts: int = 5,
+    ) -> Claim:
+        """Make ``node`` the owner of ``kind/agent_id``.
+
+        Idempotent for the current owner (returns its claim unchanged). Takes over, with
+        ``epoch + 1``, only when ``is_live(owner)`` is false.
+
+        Raises:
+            AgentActiveElsewhere: a live node owns the agent.
+            CasConflict: the record kept changing under us for ``attempts`` rounds.
+        """
+        key = _key(kind, agent_id)
+        last: CasConflict | None = None
+        for _ in range(attempts):
+            entry = await self.bucket.get(key)
+            try:
+                if entry is None:
+                    rec = DirectoryRecord(kind, agent_id, node, 1, status, time.time())
+                    return Claim(rec, await self.bucket.create(key, rec.to_wire()))
+                current = DirectoryRecord.from_wire(entry.value)
+                if current.node == node:
+                    return Claim(current, entry.revision)
+                if is_live(current.node):
+                    raise AgentActiveElsewhere(
+                        f"{kind}/{agent_id} is active on live node {current.node}",
+                        agent=f"{kind}/{agent_id}",
+                        owner=current.node,
+                        epoch=current.epoch,
+                    )
+                rec = DirectoryRecord(kind, agent_id, node, current.epoch + 1, status, time.time())
+                return Claim(rec, await self.bucket.update(key, rec.to_wire(), revision=entry.revision))
+            except CasConflict as exc:
+                last = exc  # someone else wrote first: look again
+        assert last is not None
+        raise last
+
+    async def verify(self, claim: Claim) -> bool:
+        """Whether ``claim`` still holds (nobody took over since). A stale owner that gets
+        ``False`` must stop its copy of the agent."""
+        entry = await self.bucket.get(_key(claim.record.kind, claim.record.agent_id))
+        return entry is not None and entry.revision == claim.revision
+
+    async def set_status(self, claim: Claim, status: Status) -> Claim:
+        """Change the status under the claim (CAS). Raises: CasConflict when fenced off."""
+        rec = DirectoryRecord(
+            claim.record.kind, claim.record.agent_id, claim.record.node, claim.record.epoch, status, time.time()
+        )
+        revision = await self.bucket.update(_key(rec.kind, rec.agent_id), rec.to_wire(), revision=claim.revision)
+        return Claim(rec, revision)
+
+    async def release(self, claim: Claim) -> bool:
+        """Remove the record if ``claim`` still holds; ``False`` if another node took over
+        (its record is left alone)."""
+        try:
+            await self.bucket.delete(_key(claim.record.kind, claim.record.agent_id), revision=claim.revision)
+        except CasConflict:
+            return False
+        return True
+
+    # -- cache -----------------------------------------------------------------------
+
+    def lookup(self, kind: str, agent_id: str) -> DirectoryRecord | None:
+        """O(1) from the watch-fed cache (may lag the bucket by a moment)."""
+        hit = self._cache.get((kind, agent_id))
+        return hit[0] if hit is not None else None
+
+    def agents_on(self, node: str) -> list[DirectoryRecord]:
+        return [rec for rec, _ in self._cache.values() if rec.node == node]
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    async def _watch(self) -> None:
+        async with self.bucket.watch() as watch:
+            async for entry in watch:
+                if entry is None:
+                    self._ready.set()
+                    continue
+                self._apply(entry)
+
+    def _apply(self, entry: Entry) -> None:
+        kind, _, token = entry.key.partition(".")
+        try:
+            key = (kind, decode_id(token))
+        except NatsAgentsError:
+            return
+        if entry.operation != "put":
+            self._cache.pop(key, None)
+            return
+        try:
+            self._cache[key] = (DirectoryRecord.from_wire(entry.value), entry.revision)
+        except ValueError:
+            return
