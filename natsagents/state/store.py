@@ -1,0 +1,143 @@
+"""Strongly consistent agent state in a KV bucket, fenced by compare-and-set.
+
+Each agent's state is one key, ``<kind>.<id token>``, holding ``{"epoch", "data"}``. The
+owner remembers the revision it last wrote and every save is a compare-and-set on it, so
+exactly one writer can win. Fencing: a node that takes an agent over first *adopts* the
+state — rewrites it unchanged under its new epoch with a CAS — which moves the revision on;
+the previous owner's next save then fails with :class:`FencedOff` and that owner must stop
+its copy. A paused or partitioned owner can therefore never overwrite newer state.
+
+This is the "strong" consistency level; other levels (eventual, session, CRDT) and event
+sourcing are meant to sit beside it behind the same ``load``/``save`` shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import NatsAgentsError, PayloadTooLarge
+from ..transport import Transport
+from ..transport.kv import Bucket, CasConflict, open_bucket
+from ..wire import codec
+from ..wire.ids import encode_id, validate_kind
+
+__all__ = ["FencedOff", "StateStore", "StoredState", "state_bucket_name"]
+
+
+def state_bucket_name(prefix: str) -> str:
+    return f"{prefix.replace('.', '_')}_state"
+
+
+class FencedOff(NatsAgentsError):
+    """Another owner wrote this agent's state since we last did: stop serving it."""
+
+    def __init__(self, message: str, *, agent: str, expected_revision: int | None) -> None:
+        super().__init__(message)
+        self.agent = agent
+        self.expected_revision = expected_revision
+
+
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    """A loaded or saved state: the data, the writer's epoch and the KV revision (0 = none)."""
+
+    data: Any
+    epoch: int
+    revision: int
+
+
+def _key(kind: str, agent_id: str) -> str:
+    return f"{validate_kind(kind)}.{encode_id(agent_id)}"
+
+
+class StateStore:
+    """Loads and saves agent state with CAS fencing.
+
+    Args:
+        transport: the mesh's connection.
+        prefix: subject prefix of the mesh (names the bucket).
+        max_size: largest encoded state accepted, in bytes (default: what the server
+            allows for one message, minus headroom for headers).
+    """
+
+    def __init__(self, transport: Transport, prefix: str, *, max_size: int | None = None) -> None:
+        self._t = transport
+        self.prefix = prefix
+        self._max_size = max_size
+        self._bucket: Bucket | None = None
+
+    async def start(self) -> None:
+        self._bucket = await open_bucket(self._t, state_bucket_name(self.prefix), history=1)
+
+    @property
+    def bucket(self) -> Bucket:
+        if self._bucket is None:
+            raise NatsAgentsError("the state store is not started")
+        return self._bucket
+
+    @property
+    def max_size(self) -> int:
+        return self._max_size if self._max_size is not None else self._t.max_payload - 1024
+
+    async def load(self, kind: str, agent_id: str) -> StoredState:
+        """The stored state, or ``StoredState(None, 0, 0)`` when there is none.
+
+        Raises:
+            NatsAgentsError: the stored bytes are not a state record.
+        """
+        entry = await self.bucket.get(_key(kind, agent_id))
+        if entry is None:
+            return StoredState(None, 0, 0)
+        try:
+            body = codec.decode(entry.value)
+            if not isinstance(body, dict) or not isinstance(body.get("epoch"), int):
+                raise ValueError("not a state record")
+        except ValueError as exc:
+            raise NatsAgentsError(f"state of {kind}/{agent_id} is corrupt: {exc}") from exc
+        return StoredState(body.get("data"), body["epoch"], entry.revision)
+
+    async def adopt(self, kind: str, agent_id: str, epoch: int) -> StoredState:
+        """Take the state over for a new owner ``epoch``: rewrite it unchanged under the
+        new epoch, moving the revision on so the previous owner's saves are fenced off.
+
+        Raises:
+            FencedOff: an owner with a higher epoch adopted it first.
+        """
+        current = await self.load(kind, agent_id)
+        if current.epoch > epoch:
+            raise FencedOff(
+                f"state of {kind}/{agent_id} belongs to epoch {current.epoch} > {epoch}",
+                agent=f"{kind}/{agent_id}",
+                expected_revision=current.revision,
+            )
+        return await self.save(kind, agent_id, current.data, epoch=epoch, revision=current.revision)
+
+    async def save(self, kind: str, agent_id: str, data: Any, *, epoch: int, revision: int) -> StoredState:
+        """Write ``data`` if the stored revision is still ``revision`` (0: no state yet).
+
+        Raises:
+            FencedOff: someone else wrote since (the caller must stop its copy).
+            PayloadTooLarge: the encoded state exceeds ``max_size``.
+            TypeError, ValueError: ``data`` cannot be encoded as msgpack.
+        """
+        value = codec.encode({"epoch": epoch, "data": data})
+        if len(value) > self.max_size:
+            raise PayloadTooLarge(
+                f"state of {kind}/{agent_id} is {len(value)} bytes; the limit is {self.max_size}",
+                agent=f"{kind}/{agent_id}",
+                details={"size": len(value), "max_size": self.max_size},
+            )
+        key = _key(kind, agent_id)
+        try:
+            if revision == 0:
+                new_revision = await self.bucket.create(key, value)
+            else:
+                new_revision = await self.bucket.update(key, value, revision=revision)
+        except CasConflict as exc:
+            raise FencedOff(
+                f"state of {kind}/{agent_id} changed since revision {revision}: another owner wrote it",
+                agent=f"{kind}/{agent_id}",
+                expected_revision=revision,
+            ) from exc
+        return StoredState(data, epoch, new_revision)
