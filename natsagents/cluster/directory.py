@@ -21,13 +21,10 @@ from ..errors import NatsAgentsError
 from ..transport import Transport
 from ..transport.kv import Bucket, CasConflict, Entry, open_bucket
 from ..wire import codec
-from ..wire.ids import decode_id, encode_id, validate_kind
+from ..wire.ids import agent_key, parse_agent_key, validate_kind
+from ..wire.subjects import bucket_name
 
-__all__ = ["AgentActiveElsewhere", "Claim", "Directory", "DirectoryRecord", "Status", "directory_bucket_name"]
-
-
-def directory_bucket_name(prefix: str) -> str:
-    return f"{prefix.replace('.', '_')}_directory"
+__all__ = ["AgentActiveElsewhere", "Claim", "Directory", "DirectoryRecord", "Status"]
 
 
 class Status(enum.Enum):
@@ -95,10 +92,6 @@ class Claim:
     revision: int
 
 
-def _key(kind: str, agent_id: str) -> str:
-    return f"{validate_kind(kind)}.{encode_id(agent_id)}"
-
-
 class Directory:
     """Claims, releases and a watch-fed cache of the directory bucket.
 
@@ -116,7 +109,7 @@ class Directory:
         self._ready = asyncio.Event()
 
     async def start(self, *, watch: bool = True) -> None:
-        self._bucket = await open_bucket(self._t, directory_bucket_name(self.prefix), history=1)
+        self._bucket = await open_bucket(self._t, bucket_name(self.prefix, "directory"), history=1)
         if watch:
             self._task = asyncio.get_running_loop().create_task(self._watch())
             await asyncio.wait_for(self._ready.wait(), 10)
@@ -155,7 +148,7 @@ class Directory:
             AgentActiveElsewhere: a live node owns the agent.
             CasConflict: the record kept changing under us for ``attempts`` rounds.
         """
-        key = _key(kind, agent_id)
+        key = agent_key(kind, agent_id)
         last: CasConflict | None = None
         for _ in range(attempts):
             entry = await self.bucket.get(key)
@@ -183,7 +176,7 @@ class Directory:
     async def verify(self, claim: Claim) -> bool:
         """Whether ``claim`` still holds (nobody took over since). A stale owner that gets
         ``False`` must stop its copy of the agent."""
-        entry = await self.bucket.get(_key(claim.record.kind, claim.record.agent_id))
+        entry = await self.bucket.get(agent_key(claim.record.kind, claim.record.agent_id))
         return entry is not None and entry.revision == claim.revision
 
     async def set_status(self, claim: Claim, status: Status) -> Claim:
@@ -191,14 +184,14 @@ class Directory:
         rec = DirectoryRecord(
             claim.record.kind, claim.record.agent_id, claim.record.node, claim.record.epoch, status, time.time()
         )
-        revision = await self.bucket.update(_key(rec.kind, rec.agent_id), rec.to_wire(), revision=claim.revision)
+        revision = await self.bucket.update(agent_key(rec.kind, rec.agent_id), rec.to_wire(), revision=claim.revision)
         return Claim(rec, revision)
 
     async def release(self, claim: Claim) -> bool:
         """Remove the record if ``claim`` still holds; ``False`` if another node took over
         (its record is left alone)."""
         try:
-            await self.bucket.delete(_key(claim.record.kind, claim.record.agent_id), revision=claim.revision)
+            await self.bucket.delete(agent_key(claim.record.kind, claim.record.agent_id), revision=claim.revision)
         except CasConflict:
             return False
         return True
@@ -225,9 +218,8 @@ class Directory:
                 self._apply(entry)
 
     def _apply(self, entry: Entry) -> None:
-        kind, _, token = entry.key.partition(".")
         try:
-            key = (kind, decode_id(token))
+            key = parse_agent_key(entry.key)
         except NatsAgentsError:
             return
         if entry.operation != "put":

@@ -22,15 +22,11 @@ from ..errors import ConfigurationError, NatsAgentsError
 from ..transport import Transport
 from ..transport.kv import Bucket, Entry, open_bucket, validate_key
 from ..wire import codec
+from ..wire.subjects import bucket_name
 
-__all__ = ["MemberRecord", "Membership", "members_bucket_name"]
+__all__ = ["MemberRecord", "Membership"]
 
 log = logging.getLogger("natsagents.cluster.membership")
-
-
-def members_bucket_name(prefix: str) -> str:
-    """KV bucket holding the membership records of the mesh with subject ``prefix``."""
-    return f"{prefix.replace('.', '_')}_members"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +126,7 @@ class Membership:
 
     async def start(self) -> None:
         """Open the bucket, write the first heartbeat and start watching."""
-        self._bucket = await open_bucket(self._t, members_bucket_name(self.prefix), history=1)
+        self._bucket = await open_bucket(self._t, bucket_name(self.prefix, "members"), history=1)
         await self._beat()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._heartbeats()), loop.create_task(self._watch())]

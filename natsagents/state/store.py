@@ -20,13 +20,10 @@ from ..errors import NatsAgentsError, PayloadTooLarge
 from ..transport import Transport
 from ..transport.kv import Bucket, CasConflict, open_bucket
 from ..wire import codec
-from ..wire.ids import encode_id, validate_kind
+from ..wire.ids import agent_key
+from ..wire.subjects import bucket_name
 
-__all__ = ["FencedOff", "StateStore", "StoredState", "state_bucket_name"]
-
-
-def state_bucket_name(prefix: str) -> str:
-    return f"{prefix.replace('.', '_')}_state"
+__all__ = ["FencedOff", "StateStore", "StoredState"]
 
 
 class FencedOff(NatsAgentsError):
@@ -47,10 +44,6 @@ class StoredState:
     revision: int
 
 
-def _key(kind: str, agent_id: str) -> str:
-    return f"{validate_kind(kind)}.{encode_id(agent_id)}"
-
-
 class StateStore:
     """Loads and saves agent state with CAS fencing.
 
@@ -68,7 +61,7 @@ class StateStore:
         self._bucket: Bucket | None = None
 
     async def start(self) -> None:
-        self._bucket = await open_bucket(self._t, state_bucket_name(self.prefix), history=1)
+        self._bucket = await open_bucket(self._t, bucket_name(self.prefix, "state"), history=1)
 
     @property
     def bucket(self) -> Bucket:
@@ -86,7 +79,7 @@ class StateStore:
         Raises:
             NatsAgentsError: the stored bytes are not a state record.
         """
-        entry = await self.bucket.get(_key(kind, agent_id))
+        entry = await self.bucket.get(agent_key(kind, agent_id))
         if entry is None:
             return StoredState(None, 0, 0)
         try:
@@ -128,7 +121,7 @@ class StateStore:
                 agent=f"{kind}/{agent_id}",
                 details={"size": len(value), "max_size": self.max_size},
             )
-        key = _key(kind, agent_id)
+        key = agent_key(kind, agent_id)
         try:
             if revision == 0:
                 new_revision = await self.bucket.create(key, value)

@@ -18,9 +18,11 @@ from ..errors import InvalidAddress, InvalidAgentId
 __all__ = [
     "MAX_ID_CHARS",
     "MAX_TOKEN_BYTES",
+    "agent_key",
     "decode_id",
     "encode_id",
     "parse_address",
+    "parse_agent_key",
     "validate_kind",
 ]
 
@@ -90,6 +92,21 @@ def decode_id(token: str) -> str:
         # Non-canonical encodings would give one agent two addresses.
         raise InvalidAgentId(f"non-canonical encoded agent id {token!r}")
     return agent_id
+
+
+def agent_key(kind: str, agent_id: str) -> str:
+    """``<kind>.<id token>``: the JetStream KV key of one agent (directory, state …).
+
+    Raises:
+        InvalidAddress, InvalidAgentId: the kind or id is not valid.
+    """
+    return f"{validate_kind(kind)}.{encode_id(agent_id)}"
+
+
+def parse_agent_key(key: str) -> tuple[str, str]:
+    """Inverse of :func:`agent_key`. Raises: InvalidAddress, InvalidAgentId."""
+    kind, _, token = key.partition(".")
+    return validate_kind(kind), decode_id(token)
 
 
 def parse_address(address: str) -> tuple[str, str]:

@@ -11,7 +11,7 @@ import re
 from ..errors import ConfigurationError
 from .ids import encode_id, validate_kind
 
-__all__ = ["DEFAULT_PREFIX", "activate_subject", "agent_subject", "agent_wildcard", "validate_prefix"]
+__all__ = ["DEFAULT_PREFIX", "activate_subject", "agent_subject", "agent_wildcard", "bucket_name", "validate_prefix"]
 
 DEFAULT_PREFIX = "na"
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
@@ -26,6 +26,12 @@ def validate_prefix(prefix: object) -> str:
     if not isinstance(prefix, str) or len(prefix) > 64 or not _PREFIX_RE.fullmatch(prefix):
         raise ConfigurationError(f"invalid subject prefix {prefix!r}: use dot-separated tokens of [A-Za-z0-9_-]")
     return prefix
+
+
+def bucket_name(prefix: str, purpose: str) -> str:
+    """Name of the mesh's KV bucket for ``purpose`` (``members``, ``directory``, ``state`` …):
+    ``<prefix>_<purpose>`` with the prefix's dots made underscores (bucket names have none)."""
+    return f"{prefix.replace('.', '_')}_{purpose}"
 
 
 def agent_subject(prefix: str, kind: str, agent_id: str) -> str:
