@@ -15,12 +15,14 @@ Write an agent class once, host it on any number of processes, and talk to it by
 """
 
 from .agent import USE_DEFAULT, Agent, AgentFuture, AgentRef, Context, action, all_of, any_of, current_context
+from .cluster import ClusterSettings, Hints, Resources
 from .errors import (
     ActionDefinitionError,
     AgentError,
     AgentNotFound,
     BadRequest,
     CallTimeout,
+    ClusterAtCapacity,
     ConfigurationError,
     ConnectError,
     HandlerError,
@@ -55,11 +57,14 @@ __all__ = [
     "Auth",
     "BadRequest",
     "CallTimeout",
+    "ClusterAtCapacity",
+    "ClusterSettings",
     "ConfigurationError",
     "ConnectError",
     "Context",
     "CorrelationIdFilter",
     "HandlerError",
+    "Hints",
     "InvalidAddress",
     "InvalidAgentId",
     "Mesh",
@@ -69,6 +74,7 @@ __all__ = [
     "Overloaded",
     "PayloadTooLarge",
     "ProtocolError",
+    "Resources",
     "ServerBinaryNotFound",
     "ServerError",
     "TransportError",

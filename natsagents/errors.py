@@ -25,7 +25,8 @@ exception escapes. Misuse errors also derive from the matching builtin
         ├── Overloaded                         overloaded
         ├── Unavailable                        unavailable
         ├── PayloadTooLarge (ValueError)       payload_too_large
-        └── Unauthorized (PermissionError)     unauthorized
+        ├── Unauthorized (PermissionError)     unauthorized
+        └── ClusterAtCapacity                  at_capacity (no node can host the agent)
 
 :class:`AgentError` subclasses map one-to-one to the wire error codes of protocol v1
 (``docs/protocol.md``); :func:`error_for_code` builds the right one from a reply.
@@ -33,6 +34,8 @@ exception escapes. Misuse errors also derive from the matching builtin
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "AgentNotFound",
     "BadRequest",
     "CallTimeout",
+    "ClusterAtCapacity",
     "ConfigurationError",
     "ConnectError",
     "HandlerError",
@@ -202,6 +206,50 @@ class Unauthorized(AgentError, PermissionError):
     code = "unauthorized"
 
 
+class ClusterAtCapacity(AgentError):
+    """No live node can host the agent (kind, resources, tags, hints, load bounds).
+
+    Attributes:
+        kind: the agent kind, when known.
+        needs: the resources asked for (a mapping, or the placer's ``Resources``).
+        rejected: node id → why it was not chosen (read-only).
+    """
+
+    code = "at_capacity"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        agent: str | None = None,
+        action: str | None = None,
+        remote_traceback: str | None = None,
+        details: dict[str, Any] | None = None,
+        remote: bool = False,
+        kind: str | None = None,
+        needs: Any = None,
+        rejected: Mapping[str, str] | None = None,
+    ) -> None:
+        details = dict(details or {})
+        if rejected is None:
+            raw = details.get("rejected")
+            rejected = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+        else:
+            details.setdefault("rejected", dict(rejected))
+        if kind is None and isinstance(details.get("kind"), str):
+            kind = details["kind"]
+        elif kind is not None:
+            details.setdefault("kind", kind)
+        if needs is None:
+            needs = details.get("needs")
+        super().__init__(
+            message, agent=agent, action=action, remote_traceback=remote_traceback, details=details, remote=remote
+        )
+        self.kind = kind
+        self.needs = needs
+        self.rejected: Mapping[str, str] = MappingProxyType(dict(rejected))
+
+
 _BY_CODE: dict[str, type[AgentError]] = {
     cls.code: cls
     for cls in (
@@ -214,6 +262,7 @@ _BY_CODE: dict[str, type[AgentError]] = {
         Unavailable,
         PayloadTooLarge,
         Unauthorized,
+        ClusterAtCapacity,
     )
 }
 

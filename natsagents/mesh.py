@@ -9,7 +9,8 @@ import os
 import re
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Generator, Sequence
+import time
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,11 @@ import anyio
 from prometheus_client import CollectorRegistry
 
 from .agent.base import Agent
-from .agent.ref import AgentRef, resolve_target
+from .agent.ref import USE_DEFAULT, AgentRef, resolve_target
+from .cluster.directory import DirectoryRecord
+from .cluster.node import STRATEGIES, ClusterNode, ClusterSettings, _Ask, node_id_from_name
+from .cluster.placement import Hints, Resources
+from .cluster.view import ClusterView, NodeStatus
 from .errors import ConfigurationError, MeshClosed
 from .observability import Metrics, Tracing
 from .runtime import Caller, CallerSettings, Host, HostSettings
@@ -74,6 +79,8 @@ class Mesh:
         metrics: Metrics,
         tracing: Tracing,
     ) -> None:
+        self._node: ClusterNode | None = None
+        self._view: ClusterView | None = None
         self._transport = transport
         self.name = name
         self.prefix = prefix
@@ -116,6 +123,7 @@ class Mesh:
         drain_timeout: float = 5.0,
         metrics_registry: CollectorRegistry | None = None,
         tracer_provider: TracerProvider | None = None,
+        cluster: ClusterSettings | bool | None = None,
     ) -> _MeshOpener:
         """Connect to NATS. Await the result, or use it with ``async with``.
 
@@ -133,6 +141,10 @@ class Mesh:
                 published before the connection closes.
             metrics_registry: Prometheus registry (default: a private one, ``mesh.metrics``).
             tracer_provider: OpenTelemetry tracer provider (default: the global one).
+            cluster: run this mesh as a cluster node (``True`` or a
+                :class:`~natsagents.ClusterSettings`): membership heartbeats, placement,
+                single activation with fencing, persisted agent state, supervision,
+                migration and rebalancing. Needs JetStream. Callers need nothing.
 
         Raises:
             ConfigurationError: invalid arguments. ConnectError: no server reachable or
@@ -144,6 +156,15 @@ class Mesh:
         if name is not None and (not isinstance(name, str) or not _NAME_RE.fullmatch(name)):
             raise ConfigurationError(f"invalid mesh name {name!r}: use 1-128 printable ASCII characters, no spaces")
         mesh_name = name or f"{socket.gethostname()}-{os.getpid()}"
+        cluster_settings: ClusterSettings | None
+        if cluster is True:
+            cluster_settings = ClusterSettings()
+        elif cluster is None or cluster is False:
+            cluster_settings = None
+        elif isinstance(cluster, ClusterSettings):
+            cluster_settings = cluster
+        else:
+            raise ConfigurationError(f"cluster must be a ClusterSettings, True or None, not {cluster!r}")
         settings = ConnectSettings(
             servers=tuple(resolve_servers(servers)),
             name=mesh_name,
@@ -156,7 +177,7 @@ class Mesh:
 
         async def open_() -> Mesh:
             transport = await Transport.connect(settings)
-            return cls(
+            mesh = cls(
                 transport,
                 name=mesh_name,
                 prefix=prefix,
@@ -166,6 +187,14 @@ class Mesh:
                 metrics=Metrics(metrics_registry),
                 tracing=Tracing(tracer_provider),
             )
+            if cluster_settings is not None:
+                try:
+                    await mesh._join(cluster_settings)
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await mesh.aclose()
+                    raise
+            return mesh
 
         return _MeshOpener(open_)
 
@@ -198,6 +227,14 @@ class Mesh:
             return mesh
 
         return _MeshOpener(open_)
+
+    async def _join(self, settings: ClusterSettings) -> None:
+        node_id = settings.node_id or node_id_from_name(self.name)
+        node = ClusterNode(
+            self._transport, self._host, settings, prefix=self.prefix, node_id=node_id, metrics=self.metrics
+        )
+        await node.start()
+        self._node = node
 
     # -- public API ------------------------------------------------------------------
 
@@ -234,7 +271,12 @@ class Mesh:
         if not agent_classes:
             raise ConfigurationError("host() needs at least one Agent class")
         for cls in agent_classes:
+            if self._node is not None:
+                self._node.kind_added(cls)
             await self._host.host(cls)
+        if self._node is not None:
+            # Announce the kinds now: once host() returns, placement elsewhere sees them.
+            await self._node.membership.beat_now()
 
     def ref(self, target: str | type[Agent], agent_id: str | None = None) -> AgentRef:
         """A reference to an agent: ``ref("Kind/id")``, ``ref(Kind, "id")`` or ``ref("Kind", "id")``.
@@ -245,23 +287,130 @@ class Mesh:
         kind, aid = resolve_target(target, agent_id)
         return AgentRef(kind, aid, self._caller)
 
-    async def spawn(self, target: str | type[Agent], agent_id: str | None = None) -> AgentRef:
+    async def spawn(
+        self,
+        target: str | type[Agent],
+        agent_id: str | None = None,
+        *,
+        resources: Resources | Mapping[str, Any] | None = None,
+        hints: Hints | None = None,
+        queue: bool = True,
+        timeout: float | object | None = USE_DEFAULT,
+    ) -> AgentRef:
         """Activate an agent now (idempotent) and return its ref.
 
-        A kind hosted here is activated here; otherwise a host of the kind is asked.
+        Standalone: a kind hosted here is activated here; otherwise a host of the kind is
+        asked. In a cluster, placement chooses the node (consistent hashing with bounded
+        loads, resources, tags and ``hints``) wherever this mesh runs.
+
+        Args:
+            resources: what the agent reserves on its node (default: its kind's
+                ``resources``); ``Resources`` or ``{"cpu", "memory", "custom"}``.
+            hints: placement hints (prefer, avoid, colocate_with, pin, tags).
+            queue: when no node fits, wait for capacity until the timeout (``True``) or
+                fail at once with :class:`ClusterAtCapacity` (``False``).
+            timeout: seconds (default: the mesh's ``default_timeout``).
 
         Raises:
             Unavailable: no host serves the kind. HandlerError: ``on_start`` failed.
+            ClusterAtCapacity: no node can host it. CallTimeout.
         """
         self._check_open()
         ref = self.ref(target, agent_id)
-        if ref.kind in self._host.kinds:
+        wait = self._caller.settings.default_timeout if timeout is USE_DEFAULT else timeout
+        if wait is not None and (not isinstance(wait, (int, float)) or wait <= 0):
+            raise ConfigurationError(f"timeout must be a positive number of seconds or None, not {wait!r}")
+        needs = None
+        if resources is not None:
+            needs = resources if isinstance(resources, Resources) else Resources.from_wire(resources)
+        if hints is not None and not isinstance(hints, Hints):
+            raise ConfigurationError(f"hints must be a Hints, not {type(hints).__name__}")
+        if self._node is not None:
+            ask = _Ask(ref.id, spawn=True, needs=needs, hints=hints or Hints(), queue=queue)
+            ask.deadline = time.time() + (wait if wait is not None else self._node.settings.queue_timeout)
+            await self._node.place_and_activate(ref.kind, ask)
+            await self._transport.flush()
+        elif ref.kind in self._host.kinds:
             await self._host.activate(ref.kind, ref.id)
             # Once spawn() returns, callers on other connections of this server find the agent.
             await self._transport.flush()
         else:
-            await self._caller.spawn(ref.kind, ref.id, self._caller.settings.default_timeout)
+            placement: dict[str, Any] = {}
+            if needs is not None:
+                placement["needs"] = needs.to_wire()
+            if hints is not None and hints.to_wire():
+                placement["hints"] = hints.to_wire()
+            if not queue:
+                placement["queue"] = False
+            await self._caller.spawn(ref.kind, ref.id, wait, placement)
         return ref
+
+    # -- cluster ---------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> str | None:
+        """This mesh's cluster node id (``None`` unless opened with ``cluster=``)."""
+        return self._node.node_id if self._node is not None else None
+
+    @property
+    def cluster_node(self) -> ClusterNode | None:
+        """The cluster node runtime (for tests, tools and the CLI)."""
+        return self._node
+
+    def _cluster_view(self) -> ClusterView:
+        if self._view is None:
+            self._view = ClusterView(self._transport, self.prefix)
+        return self._view
+
+    async def nodes(self) -> list[NodeStatus]:
+        """The cluster's members (from the membership bucket)."""
+        self._check_open()
+        return await self._cluster_view().nodes()
+
+    async def agents(self) -> list[DirectoryRecord]:
+        """Every active agent in the cluster (from the directory bucket)."""
+        self._check_open()
+        return await self._cluster_view().agents()
+
+    async def migrate(
+        self,
+        target: str | type[Agent],
+        agent_id: str | None = None,
+        *,
+        to: str,
+        strategy: str = "checkpoint_restore",
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
+        """Move an active agent to node ``to``; callers keep working (they retry "no
+        responders" inside their deadline). Returns ``{"agent", "from", "to", "pause_ms",
+        "moved"}``.
+
+        Strategies: ``checkpoint_restore`` (drain, save, restore on the target from the
+        store), ``state_transfer`` (ship the in-memory checkpoint node to node) and
+        ``cold_start`` (the target starts from whatever was last persisted).
+
+        Raises:
+            AgentNotFound: the agent is not active. Unavailable: the target is not a live
+            node of the kind, or the move failed (the agent stays). BadRequest: strategy.
+        """
+        self._check_open()
+        ref = self.ref(target, agent_id)
+        if strategy not in STRATEGIES:
+            raise ConfigurationError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
+        if self._node is not None and (ref.kind, ref.id) in self._host.activations:
+            return await self._node.migrate_out(ref.kind, ref.id, to, strategy)
+        return await self._cluster_view().migrate(ref.kind, ref.id, to, strategy, timeout)
+
+    async def drain(self, node: str | None = None, *, timeout: float = 300.0) -> dict[str, Any]:
+        """Move every agent off ``node`` (default: this node) and stop it taking new ones.
+        Returns ``{"node", "moved", "stopped"}``."""
+        self._check_open()
+        if node is None or (self._node is not None and node == self._node.node_id):
+            if self._node is None:
+                raise ConfigurationError("this mesh is not a cluster node: name the node to drain")
+            return await self._node.drain()
+        return await self._cluster_view().drain(node, timeout)
+
 
     async def deactivate(self, target: str | type[Agent], agent_id: str | None = None) -> bool:
         """Stop a locally hosted agent (finish its mailbox, ``on_stop``). ``False`` if not active here."""
@@ -292,7 +441,11 @@ class Mesh:
             self._state = MeshState.CLOSING
             with anyio.CancelScope(shield=True):
                 try:
+                    if self._node is not None:
+                        await self._node.close()
                     await self._host.close()
+                    if self._node is not None:
+                        await self._node.after_host_closed()
                 finally:
                     await self._transport.close()
                     # Requests still waiting were failed with MeshClosed by the transport;

@@ -104,7 +104,10 @@ def test_exception_tree() -> None:
         "unavailable",
         "payload_too_large",
         "unauthorized",
+        "at_capacity",
     }
+    err = errors.error_for_code("at_capacity", "full", details={"kind": "K", "rejected": {"n1": "no gpu"}})
+    assert isinstance(err, errors.ClusterAtCapacity) and err.kind == "K" and dict(err.rejected) == {"n1": "no gpu"}
 
 
 def test_py_typed_marker_is_shipped() -> None:

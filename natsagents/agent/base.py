@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 
 from ..errors import ActionDefinitionError, ConfigurationError
@@ -20,7 +20,11 @@ __all__ = ["Agent", "action"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 _ACTION_ATTR = "__natsagents_action__"
-_RESERVED_ACTIONS = frozenset({"on_start", "on_stop", "initial_state", "ref", "context"})
+_RESERVED_ACTIONS = frozenset(
+    {"on_start", "on_stop", "initial_state", "ref", "context", "checkpoint", "restore", "save_state"}
+)
+PERSISTENCE_MODES = ("action", "manual", "none")
+RESTART_POLICIES = ("permanent", "transient", "temporary")
 
 
 class _ActionMark:
@@ -61,6 +65,26 @@ def action(func: F | None = None, /, *, name: str | None = None, idempotent: boo
     return mark
 
 
+def _check_cluster_options(cls: type[Agent]) -> None:
+    name = cls.__qualname__
+    if cls.persistence not in PERSISTENCE_MODES:
+        raise ActionDefinitionError(f"{name}.persistence must be one of {PERSISTENCE_MODES}, not {cls.persistence!r}")
+    if cls.restart not in RESTART_POLICIES:
+        raise ActionDefinitionError(f"{name}.restart must be one of {RESTART_POLICIES}, not {cls.restart!r}")
+    for option in ("max_restarts", "restart_after_errors"):
+        value = getattr(cls, option)
+        if type(value) is not int or value < 0:
+            raise ActionDefinitionError(f"{name}.{option} must be an int >= 0, not {value!r}")
+    for option, allow_none in (("restart_window", False), ("handler_timeout", True), ("max_state_bytes", True)):
+        value = getattr(cls, option)
+        if value is None and allow_none:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ActionDefinitionError(f"{name}.{option} must be a positive number, not {value!r}")
+    if not isinstance(cls.resources, Mapping):
+        raise ActionDefinitionError(f"{name}.resources must be a mapping, not {cls.resources!r}")
+
+
 class Agent:
     """Base class of agents (actors).
 
@@ -75,12 +99,40 @@ class Agent:
         max_concurrency: messages handled at the same time (1 = actor semantics).
         activate_on_demand: a message to an inactive agent activates it (virtual actor);
             ``False`` means only ``spawn`` creates it and calls get ``AgentNotFound``.
+
+    Cluster options (used when the mesh runs as a cluster node, ``Mesh.connect(cluster=…)``):
+        persistence: when ``self.state`` is saved to the replicated store: ``"action"``
+            (after every action that changed it, before the reply; default), ``"manual"``
+            (only ``await self.save_state()``, on stop and on migration) or ``"none"``
+            (never: the state lives and dies with the activation).
+        max_state_bytes: largest encoded state; a bigger one fails the action with
+            ``PayloadTooLarge`` and the state rolls back (default: the store's limit).
+        restart: ``"permanent"`` (re-activated at once elsewhere when its node dies, and
+            restarted when unhealthy), ``"transient"`` (re-activated by its next message,
+            restarted when unhealthy; default) or ``"temporary"`` (never restarted: when
+            its node dies its directory record is removed).
+        max_restarts, restart_window: at most this many supervised restarts in this many
+            seconds; beyond it the agent is stopped and refused until the window passes.
+        restart_after_errors: consecutive handler errors that count as unhealthy
+            (0: errors never restart the agent).
+        handler_timeout: seconds a handler may run before the agent counts as hung and is
+            restarted (``None``: no limit).
+        resources: what one agent reserves on its node, ``{"cpu": cores, "memory": bytes,
+            "custom": {name: amount}}``; placement only picks nodes with that much free.
     """
 
     kind: ClassVar[str] = "Agent"
     mailbox_size: ClassVar[int] = 1024
     max_concurrency: ClassVar[int] = 1
     activate_on_demand: ClassVar[bool] = True
+    persistence: ClassVar[str] = "action"
+    max_state_bytes: ClassVar[int | None] = None
+    restart: ClassVar[str] = "transient"
+    max_restarts: ClassVar[int] = 3
+    restart_window: ClassVar[float] = 60.0
+    restart_after_errors: ClassVar[int] = 0
+    handler_timeout: ClassVar[float | None] = None
+    resources: ClassVar[Mapping[str, Any]] = {}
     __actions__: ClassVar[dict[str, ActionSpec]] = {}
 
     id: str
@@ -98,6 +150,7 @@ class Agent:
             value = getattr(cls, option)
             if type(value) is not int or value < 1:
                 raise ActionDefinitionError(f"{cls.__qualname__}.{option} must be an int >= 1, not {value!r}")
+        _check_cluster_options(cls)
         actions: dict[str, ActionSpec] = {}
         for base in reversed(cls.__mro__[1:]):
             actions.update(getattr(base, "__actions__", {}))
@@ -122,6 +175,7 @@ class Agent:
     # Set by the runtime before on_start.
     _refs: RefFactory
     _logger: logging.LoggerAdapter[logging.Logger]
+    _saver: Callable[[], Awaitable[None]] | None = None
 
     def _bind(self, agent_id: str, refs: RefFactory) -> None:
         self.id = agent_id
@@ -160,6 +214,26 @@ class Agent:
     def initial_state(self) -> Any:
         """State of a newly activated agent (default: an empty dict)."""
         return {}
+
+    def checkpoint(self) -> Any:
+        """What to persist and to ship on migration (default: ``self.state``). Override for
+        state that is not plain data; return anything msgpack can encode."""
+        return self.state
+
+    def restore(self, data: Any) -> None:
+        """Rebuild the agent from what :meth:`checkpoint` returned (default: it becomes
+        ``self.state``). Called before ``on_start`` when persisted or shipped state exists."""
+        self.state = data
+
+    async def save_state(self) -> None:
+        """Persist the state now (with ``persistence = "manual"``; harmless otherwise).
+
+        Raises:
+            PayloadTooLarge: the state exceeds the size limit (nothing is written).
+            Unavailable: this copy was fenced off (another node owns the agent now).
+        """
+        if self._saver is not None:
+            await self._saver()
 
     async def on_start(self) -> None:
         """Called after activation, before the first message."""

@@ -1,22 +1,29 @@
 """Cluster layer: placement (hash ring with bounded loads, resource-aware scoring) and
-membership (heartbeats in a KV bucket, leases judged on the observer's clock).
-
-The directory, single activation, migration and rebalancing build on these.
+membership (heartbeats in a KV bucket, leases judged on the observer's clock), the
+directory (single activation with epoch fencing), leader election, rebalancing plans and
+the node runtime that wires them into activation (``node.py``).
 """
 
+from ..errors import ClusterAtCapacity
 from .directory import AgentActiveElsewhere, Claim, Directory, DirectoryRecord, Status
+from .leader import LeaderLease
 from .membership import MemberRecord, Membership
-from .placement import ClusterAtCapacity, Hints, NodeInfo, NodeLoad, Placer, Resources, ScoreWeights
+from .node import STRATEGIES, ClusterNode, ClusterSettings
+from .placement import Hints, NodeInfo, NodeLoad, Placer, Resources, ScoreWeights
 from .ring import HashRing, NoNodes
 
 __all__ = [
+    "STRATEGIES",
     "AgentActiveElsewhere",
     "Claim",
     "ClusterAtCapacity",
+    "ClusterNode",
+    "ClusterSettings",
     "Directory",
     "DirectoryRecord",
     "HashRing",
     "Hints",
+    "LeaderLease",
     "MemberRecord",
     "Membership",
     "NoNodes",

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..errors import NatsAgentsError
 from ..transport import Transport
@@ -25,6 +27,8 @@ from ..wire.ids import agent_key, parse_agent_key, validate_kind
 from ..wire.subjects import bucket_name
 
 __all__ = ["AgentActiveElsewhere", "Claim", "Directory", "DirectoryRecord", "Status"]
+
+log = logging.getLogger("natsagents.cluster.directory")
 
 
 class Status(enum.Enum):
@@ -46,24 +50,41 @@ class AgentActiveElsewhere(NatsAgentsError):
 
 @dataclass(frozen=True, slots=True)
 class DirectoryRecord:
+    """One active agent: its owner node, the owner's epoch and status, plus what a
+    re-placement needs (restart policy, reserved resources and hints, as wire maps)."""
+
     kind: str
     agent_id: str
     node: str
     epoch: int
     status: Status
     since: float
+    restart: str = "transient"
+    needs: Mapping[str, Any] = field(default_factory=dict)
+    hints: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"{self.kind}/{self.agent_id}"
 
     def to_wire(self) -> bytes:
-        return codec.encode(
-            {
-                "kind": self.kind,
-                "id": self.agent_id,
-                "node": self.node,
-                "epoch": self.epoch,
-                "status": self.status.value,
-                "since": self.since,
-            }
-        )
+        body: dict[str, Any] = {
+            "kind": self.kind,
+            "id": self.agent_id,
+            "node": self.node,
+            "epoch": self.epoch,
+            "status": self.status.value,
+            "since": self.since,
+            "restart": self.restart,
+        }
+        if self.needs:
+            body["needs"] = dict(self.needs)
+        if self.hints:
+            body["hints"] = dict(self.hints)
+        return codec.encode(body)
+
+    def with_(self, **changes: Any) -> DirectoryRecord:
+        return replace(self, **changes)
 
     @classmethod
     def from_wire(cls, data: bytes) -> DirectoryRecord:
@@ -79,6 +100,9 @@ class DirectoryRecord:
                 epoch=int(body["epoch"]),
                 status=Status(body["status"]),
                 since=float(body.get("since", 0.0)),
+                restart=str(body.get("restart", "transient")),
+                needs=dict(body.get("needs") or {}),
+                hints=dict(body.get("hints") or {}),
             )
         except (KeyError, TypeError, ValueError, NatsAgentsError) as exc:
             raise ValueError(f"malformed directory record: {exc}") from exc
@@ -90,6 +114,7 @@ class Claim:
 
     record: DirectoryRecord
     revision: int
+    taken_over: bool = False  # this claim replaced a lapsed owner: fence its state writes
 
 
 class Directory:
@@ -107,6 +132,7 @@ class Directory:
         self._cache: dict[tuple[str, str], tuple[DirectoryRecord, int]] = {}
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._listeners: list[Callable[[tuple[str, str], Claim | None], None]] = []
 
     async def start(self, *, watch: bool = True) -> None:
         self._bucket = await open_bucket(self._t, bucket_name(self.prefix, "directory"), history=1)
@@ -138,11 +164,17 @@ class Directory:
         is_live: Callable[[str], bool],
         status: Status = Status.ACTIVE,
         attempts: int = 5,
+        min_epoch: int = 1,
+        restart: str = "transient",
+        needs: Mapping[str, Any] | None = None,
+        hints: Mapping[str, Any] | None = None,
     ) -> Claim:
         """Make ``node`` the owner of ``kind/agent_id``.
 
         Idempotent for the current owner (returns its claim unchanged). Takes over, with
-        ``epoch + 1``, only when ``is_live(owner)`` is false.
+        ``epoch + 1``, only when ``is_live(owner)`` is false. A new record starts at
+        ``min_epoch`` (pass the stored state's epoch + 1 so epochs never go back after a
+        record was released).
 
         Raises:
             AgentActiveElsewhere: a live node owns the agent.
@@ -153,8 +185,9 @@ class Directory:
         for _ in range(attempts):
             entry = await self.bucket.get(key)
             try:
+                extra: dict[str, Any] = {"restart": restart, "needs": dict(needs or {}), "hints": dict(hints or {})}
                 if entry is None:
-                    rec = DirectoryRecord(kind, agent_id, node, 1, status, time.time())
+                    rec = DirectoryRecord(kind, agent_id, node, max(1, min_epoch), status, time.time(), **extra)
                     return Claim(rec, await self.bucket.create(key, rec.to_wire()))
                 current = DirectoryRecord.from_wire(entry.value)
                 if current.node == node:
@@ -166,8 +199,9 @@ class Directory:
                         owner=current.node,
                         epoch=current.epoch,
                     )
-                rec = DirectoryRecord(kind, agent_id, node, current.epoch + 1, status, time.time())
-                return Claim(rec, await self.bucket.update(key, rec.to_wire(), revision=entry.revision))
+                epoch = max(current.epoch + 1, min_epoch)
+                rec = DirectoryRecord(kind, agent_id, node, epoch, status, time.time(), **extra)
+                return Claim(rec, await self.bucket.update(key, rec.to_wire(), revision=entry.revision), True)
             except CasConflict as exc:
                 last = exc  # someone else wrote first: look again
         assert last is not None
@@ -181,11 +215,31 @@ class Directory:
 
     async def set_status(self, claim: Claim, status: Status) -> Claim:
         """Change the status under the claim (CAS). Raises: CasConflict when fenced off."""
-        rec = DirectoryRecord(
-            claim.record.kind, claim.record.agent_id, claim.record.node, claim.record.epoch, status, time.time()
-        )
+        rec = claim.record.with_(status=status, since=time.time())
         revision = await self.bucket.update(agent_key(rec.kind, rec.agent_id), rec.to_wire(), revision=claim.revision)
         return Claim(rec, revision)
+
+    async def handover(self, claim: Claim, node: str, status: Status = Status.ACTIVE) -> Claim:
+        """Give the agent to ``node`` under ``epoch + 1`` (CAS on the claim): the
+        migration switch. Raises: CasConflict when the claim no longer holds."""
+        rec = claim.record.with_(node=node, epoch=claim.record.epoch + 1, status=status, since=time.time())
+        revision = await self.bucket.update(agent_key(rec.kind, rec.agent_id), rec.to_wire(), revision=claim.revision)
+        return Claim(rec, revision)
+
+    async def get(self, kind: str, agent_id: str) -> Claim | None:
+        """The record as stored now (one read), or ``None``."""
+        entry = await self.bucket.get(agent_key(kind, agent_id))
+        if entry is None:
+            return None
+        try:
+            return Claim(DirectoryRecord.from_wire(entry.value), entry.revision)
+        except ValueError:
+            return None
+
+    async def remove(self, claim: Claim) -> bool:
+        """Delete a record someone else owns (a lapsed owner's temporary agent), if it is
+        still at ``claim.revision``."""
+        return await self.release(claim)
 
     async def release(self, claim: Claim) -> bool:
         """Remove the record if ``claim`` still holds; ``False`` if another node took over
@@ -203,8 +257,21 @@ class Directory:
         hit = self._cache.get((kind, agent_id))
         return hit[0] if hit is not None else None
 
+    def lookup_claim(self, kind: str, agent_id: str) -> Claim | None:
+        hit = self._cache.get((kind, agent_id))
+        return Claim(hit[0], hit[1]) if hit is not None else None
+
     def agents_on(self, node: str) -> list[DirectoryRecord]:
         return [rec for rec, _ in self._cache.values() if rec.node == node]
+
+    def claims(self) -> list[Claim]:
+        """Every cached record with its revision."""
+        return [Claim(rec, rev) for rec, rev in self._cache.values()]
+
+    def add_listener(self, listener: Callable[[tuple[str, str], Claim | None], None]) -> None:
+        """Call ``listener((kind, id), claim or None)`` for every change the watch sees
+        (``None``: the record was removed). Runs in the watch task: do not block."""
+        self._listeners.append(listener)
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -222,10 +289,17 @@ class Directory:
             key = parse_agent_key(entry.key)
         except NatsAgentsError:
             return
+        claim: Claim | None = None
         if entry.operation != "put":
             self._cache.pop(key, None)
-            return
-        try:
-            self._cache[key] = (DirectoryRecord.from_wire(entry.value), entry.revision)
-        except ValueError:
-            return
+        else:
+            try:
+                claim = Claim(DirectoryRecord.from_wire(entry.value), entry.revision)
+            except ValueError:
+                return
+            self._cache[key] = (claim.record, claim.revision)
+        for listener in self._listeners:
+            try:
+                listener(key, claim)
+            except Exception:
+                log.exception("directory listener failed")

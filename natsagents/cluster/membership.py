@@ -42,6 +42,8 @@ class MemberRecord:
     started_at: float = 0.0
     heartbeat_at: float = 0.0
     lease: float = 3.0
+    draining: bool = False
+    weight: float = 1.0
 
     def to_wire(self) -> bytes:
         return codec.encode(
@@ -55,6 +57,8 @@ class MemberRecord:
                 "started_at": self.started_at,
                 "heartbeat_at": self.heartbeat_at,
                 "lease": self.lease,
+                "draining": self.draining,
+                "weight": self.weight,
             }
         )
 
@@ -75,6 +79,8 @@ class MemberRecord:
                 started_at=float(body.get("started_at", 0.0)),
                 heartbeat_at=float(body.get("heartbeat_at", 0.0)),
                 lease=float(body.get("lease", 3.0)),
+                draining=bool(body.get("draining", False)),
+                weight=float(body.get("weight", 1.0)),
             )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"malformed membership record: {exc}") from exc
@@ -121,6 +127,7 @@ class Membership:
         self._tasks: list[asyncio.Task[None]] = []
         self._changed = asyncio.Condition()
         self._ready = asyncio.Event()
+        self._last_ok = 0.0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -165,6 +172,22 @@ class Membership:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._changed.wait(), self.interval)
 
+    async def changed(self, timeout: float) -> None:
+        """Wait until the next membership event (a heartbeat, join or leave) or ``timeout``."""
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+
+    async def beat_now(self) -> None:
+        """Publish a heartbeat at once (after a change others must see soon: draining,
+        new kinds)."""
+        await self._beat()
+
+    @property
+    def last_beat_ok(self) -> float:
+        """``loop.time()`` of the last heartbeat the server accepted."""
+        return self._last_ok
+
     # -- internals -------------------------------------------------------------------
 
     def _record(self) -> MemberRecord:
@@ -179,11 +202,14 @@ class Membership:
             started_at=self._started_at,
             heartbeat_at=time.time(),
             lease=self.lease,
+            draining=bool(fields.get("draining", False)),
+            weight=float(fields.get("weight", 1.0)),
         )
 
     async def _beat(self) -> None:
         assert self._bucket is not None
         await self._bucket.put(self.node_id, self._record().to_wire(), timeout=self.interval)
+        self._last_ok = asyncio.get_running_loop().time()
 
     async def _heartbeats(self) -> None:
         while True:

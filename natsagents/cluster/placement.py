@@ -14,8 +14,9 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
-from natsagents.errors import ConfigurationError, NatsAgentsError
+from natsagents.errors import ClusterAtCapacity, ConfigurationError
 
 from .ring import DEFAULT_LOAD_FACTOR, DEFAULT_VNODES, HashRing, bounded_capacities, check_load_factor
 
@@ -93,6 +94,36 @@ class Resources:
 
     def __repr__(self) -> str:
         return f"Resources(cpu={self.cpu!r}, memory={self.memory!r}, custom={dict(self.custom)!r})"
+
+    def to_wire(self) -> dict[str, Any]:
+        """A msgpack-ready map (zero dimensions left out)."""
+        out: dict[str, Any] = {}
+        if self.cpu:
+            out["cpu"] = self.cpu
+        if self.memory:
+            out["memory"] = self.memory
+        if self.custom:
+            out["custom"] = dict(self.custom)
+        return out
+
+    @classmethod
+    def from_wire(cls, value: object) -> Resources:
+        """Parse ``{"cpu", "memory", "custom"}`` (every key optional).
+
+        Raises:
+            ConfigurationError: not a map, unknown keys, or invalid amounts.
+        """
+        if value is None:
+            return cls()
+        if not isinstance(value, Mapping):
+            raise ConfigurationError(f"resources must be a map, not {type(value).__name__}")
+        unknown = set(value) - {"cpu", "memory", "custom"}
+        if unknown:
+            raise ConfigurationError(f"unknown resource fields {sorted(map(str, unknown))}")
+        memory = value.get("memory", 0)
+        if isinstance(memory, float) and memory.is_integer():
+            memory = int(memory)
+        return cls(cpu=value.get("cpu", 0.0), memory=memory, custom=value.get("custom") or {})
 
     def within(self, other: Resources) -> bool:
         """Whether these amounts fit inside ``other``, in every dimension."""
@@ -224,6 +255,46 @@ class Hints:
         if self.pin is not None and self.pin in self.avoid:
             raise ConfigurationError(f"Hints: node {self.pin!r} is both pinned and avoided")
 
+    def to_wire(self) -> dict[str, Any]:
+        """A msgpack-ready map (empty fields left out)."""
+        out: dict[str, Any] = {}
+        if self.prefer:
+            out["prefer"] = list(self.prefer)
+        if self.avoid:
+            out["avoid"] = list(self.avoid)
+        if self.colocate_with is not None:
+            out["colocate_with"] = self.colocate_with
+        if self.pin is not None:
+            out["pin"] = self.pin
+        if self.tags:
+            out["tags"] = sorted(self.tags)
+        return out
+
+    @classmethod
+    def from_wire(cls, value: object) -> Hints:
+        """Parse the map written by :meth:`to_wire`.
+
+        Raises:
+            ConfigurationError: not a map, unknown keys, or invalid values.
+        """
+        if value is None:
+            return cls()
+        if not isinstance(value, Mapping):
+            raise ConfigurationError(f"hints must be a map, not {type(value).__name__}")
+        unknown = set(value) - {"prefer", "avoid", "colocate_with", "pin", "tags"}
+        if unknown:
+            raise ConfigurationError(f"unknown hint fields {sorted(map(str, unknown))}")
+        for name in ("prefer", "avoid", "tags"):
+            if not isinstance(value.get(name, ()), (list, tuple)):
+                raise ConfigurationError(f"hints.{name} must be a list of strings")
+        return cls(
+            prefer=tuple(value.get("prefer", ())),
+            avoid=tuple(value.get("avoid", ())),
+            colocate_with=value.get("colocate_with"),
+            pin=value.get("pin"),
+            tags=frozenset(value.get("tags", ())),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ScoreWeights:
@@ -244,32 +315,6 @@ class ScoreWeights:
         if whole == 0:
             return 0.0
         return (self.cpu * load.cpu + self.memory * load.memory + self.network * load.network) / whole
-
-
-class ClusterAtCapacity(NatsAgentsError):
-    """No node can host the agent.
-
-    Attributes:
-        kind: the agent kind.
-        agent: the agent address.
-        needs: the resources asked for.
-        rejected: node id → why it was not chosen (read-only).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        kind: str,
-        agent: str,
-        needs: Resources,
-        rejected: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.agent = agent
-        self.needs = needs
-        self.rejected: Mapping[str, str] = MappingProxyType(dict(rejected or {}))
 
 
 class Placer:

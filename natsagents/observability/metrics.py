@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -118,6 +118,29 @@ class Metrics:
         )
         self.handled_one = self._handled.record
         self.called_one = self._calls.record
+        # Cluster node series (zero unless the mesh runs as a cluster node).
+        self.migrations = Counter(
+            "natsagents_migrations", "Agents migrated away from this node", ["kind", "strategy", "outcome"], registry=r
+        )
+        self.migration_pause = Histogram(
+            "natsagents_migration_pause_seconds",
+            "Time an agent took no messages while migrating (source unsubscribed → target subscribed)",
+            ["kind"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.restarts = Counter(
+            "natsagents_restarts", "Supervised agent restarts", ["kind", "reason"], registry=r
+        )
+        self.fenced = Counter(
+            "natsagents_fenced", "Stale agent copies stopped because another node owns the agent", ["kind"], registry=r
+        )
+        self.state_saves = Counter(
+            "natsagents_state_saves", "Agent state writes to the store", ["kind", "outcome"], registry=r
+        )
+        self.queued_placements = Gauge(
+            "natsagents_queued_placements", "Activations waiting for a node with capacity", registry=r
+        )
 
     def rejected_one(self, kind: str, reason: str) -> None:
         self.rejected.labels(kind, reason).inc()

@@ -6,7 +6,7 @@ import asyncio
 import enum
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..agent.base import Agent
 from ..errors import ProtocolError
@@ -40,7 +40,10 @@ class Activation:
         "agent",
         "agent_id",
         "busy",
+        "busy_since",
         "capacity",
+        "cluster",
+        "errors_in_row",
         "host",
         "idle",
         "kind",
@@ -66,6 +69,9 @@ class Activation:
         self.idle = asyncio.Event()
         self.idle.set()
         self.busy = 0
+        self.busy_since = 0.0  # monotonic start of the oldest running handler (0: none)
+        self.errors_in_row = 0
+        self.cluster: Any = None  # the cluster node's per-activation record (claim, revision …)
 
     def deliver(self, msg: Inbound) -> None:
         if self.state is not ActivationState.ACTIVE:
@@ -99,11 +105,15 @@ class Activation:
             handle = self.host.handle
             while mailbox:
                 msg = mailbox.popleft()
+                if not self.busy:
+                    self.busy_since = time.monotonic()
                 self.busy += 1
                 try:
                     await handle(self, msg)
                 finally:
                     self.busy -= 1
+                    if not self.busy:
+                        self.busy_since = 0.0
         finally:
             self.workers.discard(task)
             if not self.workers:

@@ -239,19 +239,36 @@ class Caller:
             await self._sleep(delay, deadline)
             delay = min(delay * 2, self.settings.backoff_max)
 
-    async def activate(self, kind: str, agent_id: str, deadline: float | None, *, spawn: bool = False) -> bool:
+    async def activate(
+        self,
+        kind: str,
+        agent_id: str,
+        deadline: float | None,
+        *,
+        spawn: bool = False,
+        placement: Mapping[str, Any] | None = None,
+    ) -> bool:
         """Ask a host of ``kind`` to activate the agent.
 
+        ``placement`` adds ``needs``, ``hints`` and ``queue`` to the request (cluster hosts).
+
         Returns ``True`` once activated. Raises: Unavailable (no host of the kind),
-        AgentNotFound, HandlerError (``on_start`` failed), CallTimeout.
+        AgentNotFound, HandlerError (``on_start`` failed), ClusterAtCapacity, CallTimeout.
         """
         remaining = None if deadline is None else deadline - time.time()
         if remaining is not None and remaining <= 0:
             return False
+        body: dict[str, Any] = {"id": agent_id}
+        if spawn:
+            body["spawn"] = True
+        if deadline is not None:
+            body["deadline"] = int(deadline * 1000)
+        if placement:
+            body.update(placement)
         try:
             msg = await self._t.request(
                 activate_subject(self.settings.prefix, kind),
-                codec.encode({"id": agent_id, "spawn": True} if spawn else {"id": agent_id}),
+                codec.encode(body),
                 headers=_ACTIVATE_HEADERS,
                 timeout=remaining,
             )
@@ -262,7 +279,9 @@ class Caller:
         envelope.parse_reply(msg.headers, msg.data, agent=f"{kind}/{agent_id}")
         return True
 
-    async def spawn(self, kind: str, agent_id: str, timeout: float | None) -> None:
+    async def spawn(
+        self, kind: str, agent_id: str, timeout: float | None, placement: Mapping[str, Any] | None = None
+    ) -> None:
         """Activate ``kind/agent_id`` on some host, waiting (with backoff) for a host of the
         kind to appear until ``timeout``.
 
@@ -274,7 +293,7 @@ class Caller:
         delay = self.settings.backoff_initial
         while True:
             try:
-                if await self.activate(kind, agent_id, deadline, spawn=True):
+                if await self.activate(kind, agent_id, deadline, spawn=True, placement=placement):
                     return
             except Unavailable:
                 if deadline is not None and time.time() >= deadline:

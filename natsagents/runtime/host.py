@@ -9,21 +9,21 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..agent.base import Agent
 from ..agent.context import Context, _current
 from ..agent.schema import ParamError
-from ..errors import ConfigurationError, MeshClosed, NatsAgentsError, ProtocolError
+from ..errors import AgentError, ConfigurationError, MeshClosed, NatsAgentsError, ProtocolError
 from ..observability import Metrics, Tracing
 from ..transport import Inbound, Subscription, Transport
 from ..wire import codec, envelope
 from ..wire import headers as h
 from ..wire.ids import encode_id
-from ..wire.subjects import activate_subject, agent_subject
+from ..wire.subjects import activate_subject, agent_queue, agent_subject
 from .activation import Activation, ActivationState
 
-__all__ = ["Host", "HostSettings"]
+__all__ = ["Host", "HostSettings", "NodeHooks"]
 
 log = logging.getLogger("natsagents.runtime")
 _NIL = codec.encode(None)
@@ -44,6 +44,22 @@ class HostSettings:
     node: str
     expose_tracebacks: bool = True
     stop_timeout: float = 10.0
+
+
+class NodeHooks(Protocol):
+    """What a cluster node plugs into the host (``natsagents.cluster.node``): activation
+    requests go through placement, activations are claimed and restored, state is
+    persisted after actions, stops release the claim. A host without a node is standalone."""
+
+    async def answer_activation(self, msg: Inbound) -> None: ...
+
+    async def starting(self, act: Activation, options: Any) -> None: ...
+
+    async def after_action(self, act: Activation) -> None: ...
+
+    def action_failed(self, act: Activation, exc: BaseException) -> None: ...
+
+    async def stopped(self, act: Activation, *, discard: bool) -> None: ...
 
 
 class Host:
@@ -70,6 +86,8 @@ class Host:
         self._outbox_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self.node: NodeHooks | None = None
+        self._queue = agent_queue(settings.prefix)
 
     # -- kinds -----------------------------------------------------------------------
 
@@ -97,12 +115,14 @@ class Host:
 
     # -- activation ------------------------------------------------------------------
 
-    async def activate(self, kind: str, agent_id: str) -> Activation:
+    async def activate(self, kind: str, agent_id: str, options: Any = None) -> Activation:
         """Return the activation of ``kind/agent_id``, activating it if needed.
+
+        ``options`` go to the cluster node's ``starting`` hook (placement, shipped state).
 
         Raises:
             ConfigurationError: the kind is not hosted here. MeshClosed: shutting down.
-            Exception: whatever ``on_start`` raised.
+            Exception: whatever ``on_start`` (or the node's claim) raised.
         """
         key = (kind, agent_id)
         act = self.activations.get(key)
@@ -120,7 +140,7 @@ class Host:
         fut: asyncio.Future[Activation] = asyncio.get_running_loop().create_future()
         self._starting[key] = fut
         try:
-            act = await self._start(cls, agent_id)
+            act = await self._start(cls, agent_id, options)
         except BaseException as exc:
             if not fut.done():
                 fut.set_exception(exc)
@@ -132,22 +152,34 @@ class Host:
         finally:
             del self._starting[key]
 
-    async def _start(self, cls: type[Agent], agent_id: str) -> Activation:
+    async def _start(self, cls: type[Agent], agent_id: str, options: Any = None) -> Activation:
         agent = cls()
         agent._bind(agent_id, self._refs_for(f"{cls.kind}/{agent_id}"))
         act = Activation(self, agent)
-        await agent.on_start()
+        node = self.node
+        if node is not None:
+            await node.starting(act, options)  # claim, restore state
+        try:
+            await agent.on_start()
+        except BaseException:
+            if node is not None:
+                with contextlib.suppress(Exception):
+                    await node.stopped(act, discard=True)
+            raise
         subject = agent_subject(self.settings.prefix, cls.kind, agent_id)
         # Active before subscribing: a message may arrive while subscribe() is awaited.
         act.state = ActivationState.ACTIVE
         self.activations[(cls.kind, agent_id)] = act
         try:
-            act.subscription = await self._t.subscribe(subject, act.deliver)
+            act.subscription = await self._t.subscribe(subject, act.deliver, queue=self._queue)
         except BaseException:
             act.state = ActivationState.STOPPED
             self.activations.pop((cls.kind, agent_id), None)
             with contextlib.suppress(Exception):
                 await agent.on_stop()
+            if node is not None:
+                with contextlib.suppress(Exception):
+                    await node.stopped(act, discard=True)
             raise
         self._metrics.active_agents.labels(cls.kind).inc()
         log.debug("activated %s/%s", cls.kind, agent_id)
@@ -161,11 +193,32 @@ class Host:
         await self._stop(act)
         return True
 
-    async def _stop(self, act: Activation) -> None:
+    async def _stop(self, act: Activation, *, discard: bool = False) -> None:
+        await self.quiesce(act, discard=discard)
+        if self.node is not None:
+            try:
+                await self.node.stopped(act, discard=discard)
+            except Exception:
+                log.exception("releasing %s failed", act.address)
+
+    async def discard(self, act: Activation) -> None:
+        """Stop a copy that is no longer the owner (fenced off): no final save; messages
+        still waiting are refused with ``unavailable`` + retry so callers reach the owner."""
+        if act.state in (ActivationState.STOPPING, ActivationState.STOPPED):
+            return
+        log.warning("stopping the stale copy of %s: another node owns it now", act.address)
+        await self._stop(act, discard=True)
+
+    async def quiesce(self, act: Activation, *, discard: bool = False) -> None:
+        """Stop taking messages, finish the mailbox (or refuse it when ``discard``), run
+        ``on_stop``. The cluster node then saves, releases or hands the agent over."""
         act.state = ActivationState.STOPPING
         if act.subscription is not None:
             with contextlib.suppress(NatsAgentsError):
                 await act.subscription.unsubscribe()
+        if discard:
+            for msg in act.take_pending():
+                self.refuse(act, msg, "unavailable", "this copy of the agent was superseded", retry=True)
         try:
             await asyncio.wait_for(act.idle.wait(), self.settings.stop_timeout)
         except TimeoutError:
@@ -201,7 +254,8 @@ class Host:
     # -- activation requests ---------------------------------------------------------
 
     def _on_activate_request(self, msg: Inbound) -> None:
-        self._spawn(self._answer_activation(msg))
+        node = self.node
+        self._spawn(node.answer_activation(msg) if node is not None else self._answer_activation(msg))
 
     async def _answer_activation(self, msg: Inbound) -> None:
         kind = msg.subject.rsplit(".", 1)[-1]
@@ -325,6 +379,8 @@ class Host:
         try:
             result = await spec.func(act.agent, **kwargs)
         except Exception as exc:
+            if act.cluster is not None and self.node is not None:
+                self.node.action_failed(act, exc)
             tracing.end(span, exc, "handler_error")
             self._metrics.handled_one(kind, action, "handler_error", time.perf_counter() - started)
             act.agent.log.warning("action %s failed: %s: %s", action, type(exc).__name__, exc)
@@ -344,6 +400,17 @@ class Host:
             if span_token is not None:
                 tracing.deactivate(span_token)
             _current.reset(token)
+        if act.cluster is not None and self.node is not None:
+            try:
+                await self.node.after_action(act)  # persist before answering
+            except AgentError as exc:
+                tracing.end(span, exc, exc.code)
+                self._metrics.handled_one(kind, action, exc.code, time.perf_counter() - started)
+                await self._reply(
+                    reply_to,
+                    *envelope.error_reply(exc.code, exc.message, agent=address, action=action, details=exc.details),
+                )
+                return
         if span is not None:
             tracing.end(span)
         self._metrics.handled_one(kind, action, "ok", time.perf_counter() - started)

@@ -106,6 +106,11 @@ class StateStore:
             )
         return await self.save(kind, agent_id, current.data, epoch=epoch, revision=current.revision)
 
+    @staticmethod
+    def encode(data: Any, epoch: int) -> bytes:
+        """The stored form of ``data`` under ``epoch``. Raises: TypeError, ValueError."""
+        return codec.encode({"epoch": epoch, "data": data})
+
     async def save(self, kind: str, agent_id: str, data: Any, *, epoch: int, revision: int) -> StoredState:
         """Write ``data`` if the stored revision is still ``revision`` (0: no state yet).
 
@@ -114,12 +119,20 @@ class StateStore:
             PayloadTooLarge: the encoded state exceeds ``max_size``.
             TypeError, ValueError: ``data`` cannot be encoded as msgpack.
         """
-        value = codec.encode({"epoch": epoch, "data": data})
-        if len(value) > self.max_size:
+        value = self.encode(data, epoch)
+        return StoredState(data, epoch, await self.save_encoded(kind, agent_id, value, revision=revision))
+
+    async def save_encoded(
+        self, kind: str, agent_id: str, value: bytes, *, revision: int, max_size: int | None = None
+    ) -> int:
+        """Write a value made by :meth:`encode` if the stored revision is still
+        ``revision``; return the new revision. Raises: as :meth:`save`."""
+        limit = self.max_size if max_size is None else min(max_size, self.max_size)
+        if len(value) > limit:
             raise PayloadTooLarge(
-                f"state of {kind}/{agent_id} is {len(value)} bytes; the limit is {self.max_size}",
+                f"state of {kind}/{agent_id} is {len(value)} bytes; the limit is {limit}",
                 agent=f"{kind}/{agent_id}",
-                details={"size": len(value), "max_size": self.max_size},
+                details={"size": len(value), "max_size": limit},
             )
         key = agent_key(kind, agent_id)
         try:
@@ -133,4 +146,4 @@ class StateStore:
                 agent=f"{kind}/{agent_id}",
                 expected_revision=revision,
             ) from exc
-        return StoredState(data, epoch, new_revision)
+        return new_revision

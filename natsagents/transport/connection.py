@@ -326,6 +326,11 @@ class Transport:
         url = self._nc.connected_url
         return url.geturl() if url is not None else None
 
+    def message_counts(self) -> tuple[int, int]:
+        """Messages received and sent on this connection so far."""
+        stats = self._nc.stats
+        return int(stats.get("in_msgs", 0)), int(stats.get("out_msgs", 0))
+
     @property
     def pending_requests(self) -> int:
         """Requests waiting for a reply (for tests and metrics)."""

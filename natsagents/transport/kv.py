@@ -454,13 +454,16 @@ class Bucket:
             headers[_EXPECTED] = str(last.revision if last is not None else 0)
         raise conflict
 
-    async def update(self, key: str, value: bytes, *, revision: int, timeout: float | None = None) -> int:
+    async def update(
+        self, key: str, value: bytes, *, revision: int, ttl: float | None = None, timeout: float | None = None
+    ) -> int:
         """Write ``key`` only if its last revision is ``revision`` (compare-and-set).
 
         Args:
             key: the key.
             value: the value.
             revision: the revision the caller last read (``Entry.revision``).
+            ttl: seconds (≥ 1) after which the server removes the key (a lease renewal).
             timeout: seconds; ``None`` for the bucket's default. On timeout, read the key:
                 if its revision holds your value, the update landed; otherwise retry.
 
@@ -472,7 +475,12 @@ class Bucket:
             CasConflict: another revision was written since ``revision``.
             ConfigurationError, PayloadTooLarge, CallTimeout, KvError, MeshClosed.
         """
-        return await self._cas("update", key, value, {_EXPECTED: str(_revision(revision))}, timeout)
+        headers = {_EXPECTED: str(_revision(revision))}
+        if ttl is not None:
+            if not ttl >= 1:
+                raise ConfigurationError(f"a key's ttl must be at least 1 second, not {ttl}")
+            headers["Nats-TTL"] = f"{round(ttl * 1000)}ms"
+        return await self._cas("update", key, value, headers, timeout)
 
     async def _cas(self, what: str, key: str, value: bytes, headers: dict[str, str], timeout: float | None) -> int:
         limit = self._timeout(timeout)

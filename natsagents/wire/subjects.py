@@ -2,6 +2,12 @@
 
 ``<prefix>.agent.<kind>.<id-token>``  an agent's inbox (requests and sends)
 ``<prefix>.activate.<kind>``         activation requests, answered by a host of ``kind``
+``<prefix>.node.<node>.<op>``        a cluster node's control requests (activate, adopt,
+                                     migrate, drain, info)
+
+Hosts subscribe agent inboxes in the queue group ``<prefix>.agents``: should two copies of
+one agent ever overlap (a stale owner resuming after a partition), each message still
+reaches only one of them.
 """
 
 from __future__ import annotations
@@ -11,7 +17,16 @@ import re
 from ..errors import ConfigurationError
 from .ids import encode_id, validate_kind
 
-__all__ = ["DEFAULT_PREFIX", "activate_subject", "agent_subject", "agent_wildcard", "bucket_name", "validate_prefix"]
+__all__ = [
+    "DEFAULT_PREFIX",
+    "activate_subject",
+    "agent_queue",
+    "agent_subject",
+    "agent_wildcard",
+    "bucket_name",
+    "node_subject",
+    "validate_prefix",
+]
 
 DEFAULT_PREFIX = "na"
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
@@ -47,3 +62,13 @@ def agent_wildcard(prefix: str, kind: str) -> str:
 def activate_subject(prefix: str, kind: str) -> str:
     """Subject on which hosts of ``kind`` answer activation requests."""
     return f"{prefix}.activate.{validate_kind(kind)}"
+
+
+def agent_queue(prefix: str) -> str:
+    """Queue group of every agent inbox subscription."""
+    return f"{prefix}.agents"
+
+
+def node_subject(prefix: str, node: str, op: str) -> str:
+    """Control subject ``op`` of cluster node ``node`` (a KV-key-safe id without dots)."""
+    return f"{prefix}.node.{node}.{op}"

@@ -1,0 +1,1301 @@
+"""The cluster node: membership, placement, the directory and persistent state wired into
+the host's activation, plus supervision, migration, drain and the rebalancer.
+
+A mesh opened with ``cluster=`` runs one :class:`ClusterNode`. It plugs into the host
+(``runtime.host.NodeHooks``):
+
+* **activation requests** (``<prefix>.activate.<kind>``, queue group) are answered by
+  placement: the directory decides whether the agent already has a live owner (then the
+  request goes to that node), otherwise the placer picks a node and the request is sent
+  to it (``<prefix>.node.<node>.activate``). Callers are unchanged: they retry their
+  request once the activation is answered.
+* **starting** an activation claims the directory record (create-if-absent, or a CAS
+  takeover from a lapsed owner with ``epoch + 1``), loads the agent's state and calls
+  ``restore``; a takeover first *adopts* the state, which fences the previous owner.
+* **after each action** the checkpoint is saved with a CAS on the revision this copy last
+  wrote (when it changed), before the reply. A CAS failure means another node owns the
+  agent: the reply is ``unavailable`` + retry and this copy stops.
+* **stopping** saves a final checkpoint and releases the record (CAS).
+
+Control requests (``<prefix>.node.<id>.<op>``): ``activate`` (placement decided),
+``adopt`` (migration target), ``migrate`` (move one agent away), ``drain``, ``info``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..agent.base import Agent
+from ..errors import (
+    AgentError,
+    AgentNotFound,
+    BadRequest,
+    CallTimeout,
+    ClusterAtCapacity,
+    ConfigurationError,
+    HandlerError,
+    MeshClosed,
+    NatsAgentsError,
+    PayloadTooLarge,
+    ProtocolError,
+    TransportError,
+    Unavailable,
+)
+from ..observability import Metrics
+from ..runtime.activation import Activation, ActivationState
+from ..runtime.host import Host
+from ..state.store import FencedOff, StateStore
+from ..transport import Inbound, NoResponders, Subscription, Transport
+from ..transport.kv import CasConflict, open_bucket
+from ..wire import codec, envelope
+from ..wire import headers as h
+from ..wire.ids import agent_key, encode_id, validate_kind
+from ..wire.subjects import bucket_name, node_subject
+from .directory import AgentActiveElsewhere, Claim, Directory
+from .leader import LeaderLease
+from .membership import MemberRecord, Membership
+from .placement import Hints, NodeInfo, NodeLoad, Placer, Resources, ScoreWeights
+from .rebalance import plan_moves
+
+__all__ = ["STRATEGIES", "ClusterNode", "ClusterSettings", "validate_node_id"]
+
+log = logging.getLogger("natsagents.cluster.node")
+
+STRATEGIES = ("checkpoint_restore", "state_transfer", "cold_start")
+_NODE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_PROTO = envelope.encode_headers({h.PROTO: h.PROTO_VERSION})
+_UNLIMITED_CPU = 1e9
+_UNLIMITED_MEMORY = 2**62
+
+
+def validate_node_id(node_id: object) -> str:
+    """Raises: ConfigurationError unless ``node_id`` is 1-64 of ``[A-Za-z0-9_-]``."""
+    if not isinstance(node_id, str) or not _NODE_ID_RE.fullmatch(node_id):
+        raise ConfigurationError(f"invalid node id {node_id!r}: use 1-64 characters [A-Za-z0-9_-]")
+    return node_id
+
+
+def node_id_from_name(name: str) -> str:
+    """A valid node id derived from a mesh name (invalid characters become ``-``)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", name)[:64] or "node"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """How a mesh takes part in the cluster.
+
+    Args:
+        node_id: this node's id (``[A-Za-z0-9_-]``, default: derived from the mesh name).
+        lease: seconds without a heartbeat after which the node counts as gone and its
+            agents may be taken over (also the rebalancer's leader lease, at least 1 s).
+        heartbeat: seconds between heartbeats (default ``lease / 3``).
+        capacity: what this node offers (``Resources`` or ``{"cpu", "memory", "custom"}``);
+            cpu and memory left out are unlimited, custom resources left out are zero.
+        tags: labels placement hints can require.
+        weight: relative size of the node (share of the ring and of the agents).
+        score_weights: load-score weights (cpu 0.4, memory 0.4, network 0.2).
+        load_factor: bounded-load ``c``: no node above ``c`` x its share of agents.
+        rebalance: run the leader-elected rebalancer (moves agents to new nodes).
+        rebalance_rate: agents the rebalancer moves per second at most.
+        rebalance_strategy: migration strategy the rebalancer and drain use.
+        imbalance: the rebalancer acts once a node is this fraction off its share.
+        queue_timeout: seconds a placement may wait for capacity when the request has
+            no deadline.
+        handoff_on_close: on close, migrate ``permanent`` agents to other nodes instead
+            of only stopping them.
+        max_state_bytes: largest encoded agent state (default: what one message allows).
+    """
+
+    node_id: str | None = None
+    lease: float = 3.0
+    heartbeat: float | None = None
+    capacity: Resources | Mapping[str, Any] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    weight: float = 1.0
+    score_weights: ScoreWeights = field(default_factory=ScoreWeights)
+    load_factor: float = 1.25
+    rebalance: bool = True
+    rebalance_rate: float = 50.0
+    rebalance_strategy: str = "checkpoint_restore"
+    imbalance: float = 0.1
+    queue_timeout: float = 30.0
+    handoff_on_close: bool = True
+    max_state_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.node_id is not None:
+            validate_node_id(self.node_id)
+        if not self.lease >= 1:
+            raise ConfigurationError(f"lease must be at least 1 second, not {self.lease}")
+        if self.heartbeat is not None and not 0 < self.heartbeat < self.lease:
+            raise ConfigurationError("heartbeat must be > 0 and shorter than the lease")
+        if not self.weight > 0:
+            raise ConfigurationError("weight must be > 0")
+        if not self.rebalance_rate > 0:
+            raise ConfigurationError("rebalance_rate must be > 0")
+        if self.rebalance_strategy not in STRATEGIES:
+            raise ConfigurationError(f"rebalance_strategy must be one of {STRATEGIES}")
+        if not self.queue_timeout > 0:
+            raise ConfigurationError("queue_timeout must be > 0")
+        if not 0 <= self.imbalance < 1:
+            raise ConfigurationError("imbalance must be within [0, 1)")
+        capacity = self.capacity
+        if not isinstance(capacity, Resources):
+            object.__setattr__(self, "capacity", _capacity_from_wire(capacity))
+        object.__setattr__(self, "tags", tuple(self.tags))
+
+    @property
+    def capacity_resources(self) -> Resources:
+        assert isinstance(self.capacity, Resources)
+        return self.capacity
+
+
+def _capacity_from_wire(value: object) -> Resources:
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"capacity must be a map, not {type(value).__name__}")
+    filled = dict(value)
+    filled.setdefault("cpu", _UNLIMITED_CPU)
+    filled.setdefault("memory", _UNLIMITED_MEMORY)
+    return Resources.from_wire(filled)
+
+
+@dataclass(slots=True)
+class _Transfer:
+    """State shipped node to node (``state_transfer``), or kept in memory for a rollback."""
+
+    data: Any
+    revision: int
+    epoch: int
+
+
+@dataclass(slots=True)
+class _Ask:
+    """One activation request as the node understands it."""
+
+    agent_id: str
+    spawn: bool = False
+    needs: Resources | None = None
+    hints: Hints = field(default_factory=Hints)
+    queue: bool = True
+    deadline: float = 0.0  # wall clock seconds
+    transfer: _Transfer | None = None
+    min_revision: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"id": self.agent_id, "deadline": int(self.deadline * 1000)}
+        if self.spawn:
+            body["spawn"] = True
+        if self.needs is not None:
+            body["needs"] = self.needs.to_wire()
+        hints = self.hints.to_wire()
+        if hints:
+            body["hints"] = hints
+        if not self.queue:
+            body["queue"] = False
+        return body
+
+
+class _Owned:
+    """The node's record of one activation it owns (``Activation.cluster``)."""
+
+    __slots__ = ("claim", "epoch", "handed_over", "lock", "needs", "persistence", "revision", "saved")
+
+    def __init__(self, claim: Claim, revision: int, needs: Resources, persistence: str, saved: bytes | None) -> None:
+        self.claim = claim
+        self.epoch = claim.record.epoch
+        self.revision = revision
+        self.needs = needs
+        self.persistence = persistence
+        self.saved = saved
+        self.lock = asyncio.Lock()
+        self.handed_over = False
+
+
+def parse_ask(body: object, *, default_timeout: float) -> _Ask:
+    """Parse an activation request body. Raises: ProtocolError, ConfigurationError."""
+    if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+        raise ProtocolError("activation body must be a map with a string 'id'")
+    agent_id = body["id"]
+    encode_id(agent_id)
+    for flag in ("spawn", "queue"):
+        if flag in body and not isinstance(body[flag], bool):
+            raise ProtocolError(f"activation {flag!r} must be a bool")
+    deadline_ms = body.get("deadline")
+    now = time.time()
+    if deadline_ms is None:
+        deadline = now + default_timeout
+    elif isinstance(deadline_ms, int) and not isinstance(deadline_ms, bool):
+        deadline = deadline_ms / 1000
+    else:
+        raise ProtocolError("activation 'deadline' must be an integer (unix ms)")
+    needs = Resources.from_wire(body["needs"]) if "needs" in body else None
+    return _Ask(
+        agent_id=agent_id,
+        spawn=body.get("spawn", False),
+        needs=needs,
+        hints=Hints.from_wire(body.get("hints")),
+        queue=body.get("queue", True),
+        deadline=deadline,
+    )
+
+
+class ClusterNode:
+    """One node of the cluster (see the module docstring). Built and started by ``Mesh``."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        host: Host,
+        settings: ClusterSettings,
+        *,
+        prefix: str,
+        node_id: str,
+        metrics: Metrics,
+        activate_remote: Callable[[str, str, _Ask], Awaitable[str]] | None = None,
+    ) -> None:
+        self._t = transport
+        self._host = host
+        self.settings = settings
+        self.prefix = prefix
+        self.node_id = validate_node_id(node_id)
+        self._metrics = metrics
+        self.capacity = settings.capacity_resources
+        self.reserved = Resources()
+        self.placer = Placer(weights=settings.score_weights)
+        self.membership = Membership(
+            transport, prefix, self.node_id, describe=self.describe, lease=settings.lease, interval=settings.heartbeat
+        )
+        self.directory = Directory(transport, prefix)
+        self.state = StateStore(transport, prefix, max_size=settings.max_state_bytes)
+        self._leader: LeaderLease | None = None
+        self._ctl: Subscription | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._migrating: dict[tuple[str, str], asyncio.Event] = {}
+        self._restarts: dict[tuple[str, str], deque[float]] = {}
+        self._failed: dict[tuple[str, str], float] = {}
+        self._queued: dict[str, float] = {}
+        self._placed: dict[str, tuple[float, int]] = {}
+        self._kind_needs: dict[str, Resources] = {}
+        self.draining = False
+        self._closing = False
+        self._cpu_mark = (time.monotonic(), time.process_time())
+        self._net_mark = (time.monotonic(), 0)
+        self._load_cache: dict[str, float] = {"cpu": 0.0, "memory": 0.0, "network": 0.0}
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the buckets, join the membership, serve control requests, campaign."""
+        await self.state.start()
+        await self.directory.start()
+        self.directory.add_listener(self._on_directory_change)
+        await self.membership.start()
+        self._ctl = await self._t.subscribe(node_subject(self.prefix, self.node_id, "*"), self._on_control)
+        control = await open_bucket(self._t, bucket_name(self.prefix, "control"), history=1)
+        self._leader = LeaderLease(
+            control, "rebalancer", self.node_id, ttl=max(1.0, self.settings.lease), lead=self._lead
+        )
+        self._leader.start()
+        self._spawn(self._supervise())
+        self._host.node = self
+        await self._t.flush()
+
+    async def close(self) -> None:
+        """Leave the cluster: hand permanent agents off (if set), stop the rest (each saves
+        and releases), stop heartbeating and delete the membership record."""
+        if self._closing:
+            return
+        if self.settings.handoff_on_close and not self.draining:
+            permanent = [
+                a
+                for a in list(self._host.activations.values())
+                if a.state is ActivationState.ACTIVE and type(a.agent).restart == "permanent"
+            ]
+            if permanent:
+                self.draining = True
+                with contextlib.suppress(NatsAgentsError):
+                    await self.membership.beat_now()
+                await self._move_all(permanent, self.settings.rebalance_strategy)
+        self._closing = True
+        if self._leader is not None:
+            await self._leader.stop()
+        if self._ctl is not None:
+            with contextlib.suppress(NatsAgentsError):
+                await self._ctl.unsubscribe()
+
+    async def after_host_closed(self) -> None:
+        """Called once the host stopped every agent (saves and releases done)."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.membership.stop(leave=True)
+        await self.directory.stop()
+
+    def kind_added(self, cls: type[Agent]) -> None:
+        """Validate the kind's cluster options; the next heartbeat announces it.
+
+        Raises:
+            ConfigurationError: the kind's ``resources`` are malformed.
+        """
+        try:
+            self._kind_needs[cls.kind] = Resources.from_wire(cls.resources)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{cls.__qualname__}.resources: {exc}") from None
+        self._spawn(self._beat_soon())
+
+    async def _beat_soon(self) -> None:
+        with contextlib.suppress(NatsAgentsError):
+            await self.membership.beat_now()
+
+    # -- membership record -----------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        acts = self._host.activations
+        backlog = sum(len(a.mailbox) for a in acts.values())
+        self._refresh_load()
+        capacity = self.capacity.to_wire()
+        if capacity.get("cpu") == _UNLIMITED_CPU:
+            del capacity["cpu"]
+        if capacity.get("memory") == _UNLIMITED_MEMORY:
+            del capacity["memory"]
+        return {
+            "kinds": sorted(self._host.kinds),
+            "capacity": capacity,
+            "load": {
+                "agents": len(acts),
+                "mailbox_backlog": backlog,
+                "reserved": self.reserved.to_wire(),
+                "queued": len(self._queued),
+                **self._load_cache,
+            },
+            "tags": list(self.settings.tags),
+            "version": _version(),
+            "draining": self.draining,
+            "weight": self.settings.weight,
+        }
+
+    def _refresh_load(self) -> None:
+        now = time.monotonic()
+        then, cpu_then = self._cpu_mark
+        cpu_now = time.process_time()
+        if now - then >= 0.2:
+            cores = self.capacity.cpu if self.capacity.cpu < _UNLIMITED_CPU else float(os.cpu_count() or 1)
+            self._load_cache["cpu"] = min(1.0, max(0.0, (cpu_now - cpu_then) / (now - then) / max(cores, 0.01)))
+            self._cpu_mark = (now, cpu_now)
+            net_then, msgs_then = self._net_mark
+            received, sent = self._t.message_counts()
+            rate = (received + sent - msgs_then) / max(now - net_then, 1e-3)
+            self._load_cache["network"] = min(1.0, rate / 100_000.0)  # 100k msg/s = a busy node
+            self._net_mark = (now, received + sent)
+            rss = _rss_bytes()
+            limit = self.capacity.memory if self.capacity.memory < _UNLIMITED_MEMORY else _total_memory()
+            self._load_cache["memory"] = min(1.0, rss / limit) if limit else 0.0
+
+    def nodes(self) -> list[NodeInfo]:
+        """The placement view of the live members (this node with fresh local figures)."""
+        out: list[NodeInfo] = []
+        for rec in self.membership.members().values():
+            try:
+                out.append(self._node_info(rec))
+            except (ConfigurationError, TypeError, ValueError) as exc:
+                log.warning("ignoring member %s: %s", rec.node_id, exc)
+        return out
+
+    def _node_info(self, rec: MemberRecord) -> NodeInfo:
+        load = rec.load
+        agents = int(load.get("agents", 0))
+        reserved = Resources.from_wire(load.get("reserved"))
+        if rec.node_id == self.node_id:
+            agents = len(self._host.activations)
+            reserved = self.reserved
+            draining = self.draining
+        else:
+            seen, placed = self._placed.get(rec.node_id, (0.0, 0))
+            if seen == rec.heartbeat_at:
+                agents += placed  # placements since its last heartbeat
+            draining = rec.draining
+        return NodeInfo(
+            node_id=rec.node_id,
+            kinds=frozenset(rec.kinds),
+            capacity=_capacity_from_wire(rec.capacity),
+            reserved=reserved,
+            load=NodeLoad(
+                agents=agents,
+                mailbox_backlog=int(load.get("mailbox_backlog", 0)),
+                cpu=_fraction(load.get("cpu")),
+                memory=_fraction(load.get("memory")),
+                network=_fraction(load.get("network")),
+            ),
+            tags=frozenset(rec.tags),
+            weight=rec.weight if rec.weight > 0 else 1.0,
+            live=not draining,
+        )
+
+    def _note_placed(self, node: str) -> None:
+        rec = self.membership.members().get(node)
+        if rec is None:
+            return
+        seen, placed = self._placed.get(node, (0.0, 0))
+        self._placed[node] = (rec.heartbeat_at, placed + 1 if seen == rec.heartbeat_at else 1)
+
+    def is_live(self, node: str) -> bool:
+        return node == self.node_id or self.membership.is_live(node)
+
+    # -- activation requests ---------------------------------------------------------
+
+    async def answer_activation(self, msg: Inbound) -> None:
+        """An activation request from a caller (``<prefix>.activate.<kind>``)."""
+        kind = msg.subject.rsplit(".", 1)[-1]
+        try:
+            ask = parse_ask(codec.decode(msg.data), default_timeout=self.settings.queue_timeout)
+        except (ValueError, ProtocolError) as exc:
+            await self._answer(msg, error=BadRequest(str(exc), agent=kind))
+            return
+        address = f"{kind}/{ask.agent_id}"
+        try:
+            cls = self._host.kinds.get(kind)
+            if cls is None or self._closing:
+                raise Unavailable("host is closing", agent=address, details={"retry": True})
+            if not (ask.spawn or cls.activate_on_demand) and (kind, ask.agent_id) not in self._host.activations:
+                current = await self.directory.get(kind, ask.agent_id)
+                if current is None or not self.is_live(current.record.node):
+                    raise AgentNotFound(f"{address} is not active and {kind} is not activated on demand", agent=address)
+            node = await self.place_and_activate(kind, ask)
+        except AgentError as exc:
+            await self._answer(msg, error=exc)
+            return
+        except Exception as exc:  # on_start or restore failed
+            await self._answer(msg, error=self._start_error(address, exc))
+            return
+        await self._answer(msg, result={"node": node})
+
+    async def place_and_activate(self, kind: str, ask: _Ask) -> str:
+        """Find or choose the agent's node and have it activated there; return the node.
+
+        Raises:
+            ClusterAtCapacity: nothing fits and ``ask.queue`` is false.
+            CallTimeout: the deadline passed (queued, or the owner's lease never lapsed).
+            AgentError: the chosen node refused (e.g. ``on_start`` failed).
+        """
+        address = f"{kind}/{ask.agent_id}"
+        avoid: set[str] = set()
+        delay = 0.005
+        problem = "no node answered"
+        try:
+            while True:
+                remaining = ask.deadline - time.time()
+                if remaining <= 0:
+                    raise CallTimeout(f"could not activate {address} in time: {problem}", agent=address)
+                current = await self.directory.get(kind, ask.agent_id)
+                owner = current.record.node if current is not None else None
+                if owner == self.node_id:
+                    return await self.activate_here(kind, ask)
+                if owner is not None and self.is_live(owner) and owner not in avoid:
+                    try:
+                        return await self._ask_node(owner, kind, ask, remaining)
+                    except NoResponders:
+                        # Its process is gone but its lease has not lapsed yet: wait for it.
+                        problem = f"owner {owner} does not answer; waiting for its lease to lapse"
+                        await self._wait_lapse(owner, ask.deadline)
+                        continue
+                    except Unavailable as exc:
+                        if not exc.details.get("retry"):
+                            raise
+                        problem = exc.message
+                        await _sleep(delay, ask.deadline)
+                        delay = min(delay * 2, 0.25)
+                        continue
+                    except CallTimeout:
+                        problem = f"owner {owner} did not answer in time"
+                        continue
+                try:
+                    target = self.placer.choose(
+                        kind,
+                        address,
+                        [n for n in self.nodes() if n.node_id not in avoid],
+                        needs=ask.needs if ask.needs is not None else self._needs(kind),
+                        hints=ask.hints,
+                        locate=self._locate,
+                        load_factor=self.settings.load_factor,
+                    )
+                except ClusterAtCapacity as exc:
+                    if not ask.queue:
+                        raise
+                    problem = exc.message
+                    if address not in self._queued:
+                        self._queued[address] = time.time()
+                        self._metrics.queued_placements.set(len(self._queued))
+                        log.info("queued %s: %s", address, exc.message)
+                    avoid.clear()
+                    await self.membership.changed(min(remaining, self.membership.interval))
+                    continue
+                if target == self.node_id:
+                    try:
+                        return await self.activate_here(kind, ask)
+                    except ClusterAtCapacity as exc:
+                        problem = exc.message
+                        avoid.add(target)
+                        continue
+                try:
+                    node = await self._ask_node(target, kind, ask, remaining)
+                except (NoResponders, ClusterAtCapacity, CallTimeout) as exc:
+                    problem = f"node {target}: {exc}"
+                    avoid.add(target)
+                    continue
+                except Unavailable as exc:
+                    if not exc.details.get("retry"):
+                        raise
+                    problem = f"node {target}: {exc.message}"
+                    avoid.add(target)
+                    continue
+                self._note_placed(target)
+                return node
+        finally:
+            if self._queued.pop(address, None) is not None:
+                self._metrics.queued_placements.set(len(self._queued))
+
+    async def activate_here(self, kind: str, ask: _Ask) -> str:
+        """Activate on this node (placement already chose it); return the owner's id,
+        which is another node if someone else got the agent first."""
+        key = (kind, ask.agent_id)
+        address = f"{kind}/{ask.agent_id}"
+        if self._closing or (self.draining and ask.transfer is None):
+            raise Unavailable(f"node {self.node_id} is draining", agent=address, details={"retry": True})
+        if kind not in self._host.kinds:
+            raise Unavailable(f"node {self.node_id} does not host {kind}", agent=address, details={"retry": True})
+        until = self._failed.get(key)
+        if until is not None:
+            if time.monotonic() < until:
+                raise Unavailable(
+                    f"{address} failed too often and is stopped for {until - time.monotonic():.0f} s more",
+                    agent=address,
+                    details={"failed": True},
+                )
+            del self._failed[key]
+        waiter = self._migrating.get(key)
+        if waiter is not None:  # it is moving away: answer once it landed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.wait(), max(0.0, ask.deadline - time.time()))
+            current = self.directory.lookup(kind, ask.agent_id)
+            return current.node if current is not None else self.node_id
+        act = self._host.activations.get(key)
+        if act is not None and act.state is ActivationState.ACTIVE:
+            return self.node_id
+        try:
+            await self._host.activate(kind, ask.agent_id, ask)
+        except AgentActiveElsewhere as exc:
+            return exc.owner
+        return self.node_id
+
+    def _start_error(self, address: str, exc: BaseException) -> AgentError:
+        if isinstance(exc, MeshClosed):
+            return Unavailable(str(exc), agent=address, details={"retry": True})
+        if isinstance(exc, FencedOff):
+            return Unavailable(str(exc), agent=address, details={"retry": True})
+        if isinstance(exc, AgentError):
+            return exc
+        if isinstance(exc, NatsAgentsError):
+            return Unavailable(f"activation failed: {exc}", agent=address, details={"retry": True})
+        log.exception("activation of %s failed", address, exc_info=exc)
+        return HandlerError(
+            f"activation failed: {type(exc).__name__}: {exc}",
+            agent=address,
+            action="on_start",
+            remote_traceback=self._host._tb(exc),
+        )
+
+    async def _wait_lapse(self, node: str, deadline: float) -> None:
+        while self.membership.is_live(node) and time.time() < deadline:
+            # Lapses make no event: re-check often (the lease is judged on our clock).
+            await self.membership.changed(min(0.05, max(0.001, deadline - time.time())))
+
+    def _locate(self, address: str) -> str | None:
+        kind, _, agent_id = address.partition("/")
+        rec = self.directory.lookup(kind, agent_id)
+        return rec.node if rec is not None else None
+
+    def _needs(self, kind: str) -> Resources:
+        return self._kind_needs.get(kind, Resources())
+
+    async def _ask_node(self, node: str, kind: str, ask: _Ask, timeout: float) -> str:
+        result = await self.request_node(node, "activate", {**ask.to_wire(), "kind": kind}, timeout)
+        return str(result.get("node", node)) if isinstance(result, dict) else node
+
+    async def request_node(self, node: str, op: str, body: dict[str, Any], timeout: float) -> Any:
+        """One control request to ``node``. Raises: NoResponders, AgentError subclasses."""
+        msg = await self._t.request(
+            node_subject(self.prefix, node, op), codec.encode(body), headers=_PROTO, timeout=max(timeout, 0.001)
+        )
+        return envelope.parse_reply(msg.headers, msg.data)
+
+    # -- host hooks ------------------------------------------------------------------
+
+    async def starting(self, act: Activation, options: Any) -> None:
+        """Claim the directory record, adopt/load the state and restore the agent."""
+        if self._closing:
+            raise MeshClosed("the node is closing")
+        ask = options if isinstance(options, _Ask) else _Ask(act.agent_id)
+        agent = act.agent
+        cls = type(agent)
+        kind, agent_id = act.kind, act.agent_id
+        needs = ask.needs if ask.needs is not None else self._needs(kind)
+        free = self.capacity.remaining(self.reserved)
+        if not needs.within(free):
+            raise ClusterAtCapacity(
+                f"node {self.node_id} has not enough free resources for {act.address} (free {free}, needs {needs})",
+                agent=act.address,
+                kind=kind,
+                needs=needs.to_wire(),
+                rejected={self.node_id: "not enough free resources"},
+            )
+        self.reserved = self.reserved + needs
+        try:
+            transfer = ask.transfer
+            persist = cls.persistence != "none"
+            stored_data: Any = None
+            stored_epoch = 0
+            revision = 0
+            if transfer is None and persist:
+                stored = await self._load(kind, agent_id, ask.min_revision)
+                stored_data, stored_epoch, revision = stored.data, stored.epoch, stored.revision
+            elif transfer is not None:
+                stored_data, stored_epoch, revision = transfer.data, transfer.epoch, transfer.revision
+            claim = await self.directory.claim(
+                kind,
+                agent_id,
+                self.node_id,
+                is_live=self.is_live,
+                min_epoch=stored_epoch + 1,
+                restart=cls.restart,
+                needs=needs.to_wire(),
+                hints=ask.hints.to_wire(),
+            )
+            if claim.taken_over and persist:
+                # Fence the lapsed owner: rewrite the state under our epoch (CAS).
+                adopted = await self._adopt(kind, agent_id, claim.record.epoch)
+                stored_data, revision = adopted.data, adopted.revision
+            if revision or transfer is not None:
+                agent.restore(stored_data)
+            saved = None
+            if cls.persistence == "action":
+                saved = StateStore.encode(agent.checkpoint(), claim.record.epoch) if revision else None
+            act.cluster = _Owned(claim, revision, needs, cls.persistence, saved)
+            agent._saver = lambda: self.save_now(act)
+        except BaseException:
+            self.reserved = self.reserved.remaining(needs)
+            raise
+
+    async def _load(self, kind: str, agent_id: str, min_revision: int) -> Any:
+        deadline = time.monotonic() + 2.0
+        while True:
+            stored = await self.state.load(kind, agent_id)
+            # A replica may lag a write another node just made; wait for it to catch up.
+            if stored.revision >= min_revision or time.monotonic() > deadline:
+                return stored
+            await asyncio.sleep(0.005)
+
+    async def _adopt(self, kind: str, agent_id: str, epoch: int) -> Any:
+        for attempt in range(5):
+            try:
+                return await self.state.adopt(kind, agent_id, epoch)
+            except FencedOff:
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.01 * (attempt + 1))  # a stale replica read: look again
+        raise AssertionError("unreachable")
+
+    async def after_action(self, act: Activation) -> None:
+        """Persist the checkpoint if it changed (``persistence = "action"``)."""
+        act.errors_in_row = 0
+        own: _Owned = act.cluster
+        if own.persistence != "action":
+            return
+        try:
+            value = StateStore.encode(act.agent.checkpoint(), own.epoch)
+        except (TypeError, ValueError) as exc:
+            self._rollback(act)
+            raise HandlerError(
+                f"state cannot be stored: {exc}", agent=act.address, details={"state": "rolled back"}
+            ) from None
+        if value == own.saved:
+            return
+        await self._save(act, value)
+
+    async def save_now(self, act: Activation) -> None:
+        """``Agent.save_state()``: persist now whatever the persistence mode says."""
+        own: _Owned | None = act.cluster
+        if own is None or own.persistence == "none" or own.handed_over:
+            return
+        try:
+            value = StateStore.encode(act.agent.checkpoint(), own.epoch)
+        except (TypeError, ValueError) as exc:
+            raise HandlerError(f"state cannot be stored: {exc}", agent=act.address) from None
+        if value != own.saved:
+            await self._save(act, value)
+
+    async def _save(self, act: Activation, value: bytes) -> None:
+        own: _Owned = act.cluster
+        kind = act.kind
+        limit = type(act.agent).max_state_bytes
+        async with own.lock:
+            deadline = time.monotonic() + 10.0
+            delay = 0.01
+            while True:
+                try:
+                    own.revision = await self.state.save_encoded(
+                        kind, act.agent_id, value, revision=own.revision, max_size=limit
+                    )
+                    break
+                except PayloadTooLarge:
+                    self._metrics.state_saves.labels(kind, "too_large").inc()
+                    self._rollback(act)
+                    raise
+                except FencedOff:
+                    landed = await self._read_back(act, value)
+                    if landed:
+                        own.revision = landed
+                        break
+                    self._metrics.state_saves.labels(kind, "fenced").inc()
+                    self._fenced(act)
+                    raise Unavailable(
+                        f"{act.address} moved to another node; this copy stopped",
+                        agent=act.address,
+                        details={"retry": True},
+                    ) from None
+                except (CallTimeout, TransportError) as exc:
+                    if isinstance(exc, MeshClosed) or time.monotonic() > deadline:
+                        self._metrics.state_saves.labels(kind, "failed").inc()
+                        self._rollback(act)
+                        raise Unavailable(
+                            f"state of {act.address} could not be saved: {exc}",
+                            agent=act.address,
+                            details={"retry": True},
+                        ) from None
+                    landed = await self._read_back(act, value)  # outcome unknown: did it land?
+                    if landed:
+                        own.revision = landed
+                        break
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+            own.saved = value
+            self._metrics.state_saves.labels(kind, "ok").inc()
+
+    async def _read_back(self, act: Activation, value: bytes) -> int:
+        """The revision holding ``value`` if our write landed, else 0."""
+        for _ in range(3):
+            try:
+                entry = await self.state.bucket.get(agent_key(act.kind, act.agent_id), timeout=1.0)
+            except NatsAgentsError:
+                await asyncio.sleep(0.05)
+                continue
+            return entry.revision if entry is not None and entry.value == value else 0
+        return 0
+
+    def _rollback(self, act: Activation) -> None:
+        """Put the agent back to its last saved state (an action failed or could not be saved)."""
+        own: _Owned = act.cluster
+        agent = act.agent
+        if type(agent).max_concurrency != 1:
+            return  # other handlers may be mid-flight on the same state
+        try:
+            if own.saved is not None:
+                agent.restore(codec.decode(own.saved)["data"])
+            elif own.revision == 0:
+                agent.state = agent.initial_state()
+        except Exception:
+            log.exception("rolling back the state of %s failed", act.address)
+
+    def action_failed(self, act: Activation, exc: BaseException) -> None:
+        own: _Owned = act.cluster
+        if own.persistence == "action":
+            self._rollback(act)
+        act.errors_in_row += 1
+        limit = type(act.agent).restart_after_errors
+        if limit and act.errors_in_row >= limit:
+            act.errors_in_row = 0
+            self._spawn(self._restart(act, "errors"))
+
+    async def stopped(self, act: Activation, *, discard: bool) -> None:
+        """Final save (unless discarded) and release of the claim."""
+        own: _Owned | None = act.cluster
+        if own is None:
+            return
+        self.reserved = self.reserved.remaining(own.needs)
+        if own.handed_over:
+            return
+        if not discard and own.persistence != "none":
+            try:
+                value = StateStore.encode(act.agent.checkpoint(), own.epoch)
+                if value != own.saved:
+                    await self._save(act, value)
+            except (AgentError, TypeError, ValueError) as exc:
+                log.warning("final save of %s failed: %s", act.address, exc)
+                if isinstance(exc, Unavailable) and exc.details.get("retry") and own.handed_over:
+                    return
+        with contextlib.suppress(NatsAgentsError):
+            await self.directory.release(own.claim)
+
+    def _fenced(self, act: Activation) -> None:
+        own: _Owned = act.cluster
+        if own.handed_over:
+            return
+        own.handed_over = True  # not ours any more: no final save, no release
+        self._metrics.fenced.labels(act.kind).inc()
+        self._spawn(self._host.discard(act))
+
+    def _on_directory_change(self, key: tuple[str, str], claim: Claim | None) -> None:
+        act = self._host.activations.get(key)
+        if act is None or act.cluster is None or key in self._migrating:
+            return
+        own: _Owned = act.cluster
+        if claim is None:
+            return  # our own release, or a removal we will notice on the next save
+        if claim.revision <= own.claim.revision:
+            return
+        if claim.record.node != self.node_id:
+            log.warning("%s was taken over by %s (epoch %d)", act.address, claim.record.node, claim.record.epoch)
+            self._fenced(act)
+        else:
+            own.claim = claim
+
+    # -- supervision -----------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        """Every tick: restart hung handlers; after a heartbeat gap longer than the lease
+        (paused process, lost connection), verify every claim and stop stale copies."""
+        loop = asyncio.get_running_loop()
+        tick = min(0.25, self.membership.interval)
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for act in list(self._host.activations.values()):
+                limit = type(act.agent).handler_timeout
+                if limit and act.busy_since and now - act.busy_since > limit and act.state is ActivationState.ACTIVE:
+                    self._spawn(self._restart(act, "hung"))
+            last = self.membership.last_beat_ok
+            if last and loop.time() - last > self.settings.lease:
+                await self._verify_claims()
+
+    async def _verify_claims(self) -> None:
+        for key, act in list(self._host.activations.items()):
+            own: _Owned | None = act.cluster
+            if own is None or key in self._migrating:
+                continue
+            try:
+                current = await self.directory.get(*key)
+            except NatsAgentsError:
+                return  # still cut off: try again next tick
+            if current is None or current.revision != own.claim.revision:
+                if current is not None and current.record.node == self.node_id:
+                    own.claim = current
+                    continue
+                self._fenced(act)
+
+    async def _restart(self, act: Activation, reason: str) -> None:
+        cls = type(act.agent)
+        key = (act.kind, act.agent_id)
+        if act.state is not ActivationState.ACTIVE:
+            return
+        log.warning("restarting %s (%s)", act.address, reason)
+        if reason == "hung":
+            for task in list(act.workers):
+                task.cancel()
+        await self._host._stop(act)
+        if cls.restart == "temporary":
+            return
+        now = time.monotonic()
+        history = self._restarts.setdefault(key, deque())
+        while history and now - history[0] > cls.restart_window:
+            history.popleft()
+        if len(history) >= cls.max_restarts:
+            self._failed[key] = now + cls.restart_window
+            log.error("%s exceeded %d restarts in %.0f s: stopped", act.address, cls.max_restarts, cls.restart_window)
+            return
+        history.append(now)
+        self._metrics.restarts.labels(act.kind, reason).inc()
+        try:
+            await self._host.activate(act.kind, act.agent_id)
+        except Exception as exc:
+            log.warning("restart of %s failed: %s", act.address, exc)
+
+    # -- migration -------------------------------------------------------------------
+
+    async def migrate_out(self, kind: str, agent_id: str, target: str, strategy: str) -> dict[str, Any]:
+        """Move one agent from this node to ``target``; return ``{from, to, pause_ms}``.
+
+        The agent stops taking messages (callers get "no responders", ask for activation
+        and are answered once the move is done), finishes its mailbox, runs ``on_stop``,
+        is checkpointed per ``strategy``, the directory switches to ``target`` (CAS,
+        ``epoch + 1``) and ``target`` restores and subscribes. If the target fails, the
+        switch is undone and the agent restarts here.
+
+        Raises:
+            AgentNotFound: not active here. Unavailable: target not live, does not host
+            the kind, or the move failed (the agent stays here). BadRequest: strategy.
+        """
+        address = f"{kind}/{agent_id}"
+        if strategy not in STRATEGIES:
+            raise BadRequest(f"unknown migration strategy {strategy!r}; use one of {STRATEGIES}", agent=address)
+        key = (kind, agent_id)
+        act = self._host.activations.get(key)
+        if act is None or act.state is not ActivationState.ACTIVE or act.cluster is None:
+            raise AgentNotFound(f"{address} is not active on {self.node_id}", agent=address)
+        if target == self.node_id:
+            return {"agent": address, "from": self.node_id, "to": target, "pause_ms": 0.0, "moved": False}
+        rec = self.membership.members().get(target)
+        if rec is None:
+            raise Unavailable(f"node {target} is not a live member", agent=address)
+        if kind not in rec.kinds:
+            raise Unavailable(f"node {target} does not host kind {kind}", agent=address)
+        if key in self._migrating:
+            raise Unavailable(f"{address} is already migrating", agent=address, details={"retry": True})
+        done = asyncio.Event()
+        self._migrating[key] = done
+        own: _Owned = act.cluster
+        agent = act.agent
+        try:
+            started = time.perf_counter()
+            await self._host.quiesce(act)
+            transfer: _Transfer | None = None
+            if strategy == "state_transfer" or (strategy == "checkpoint_restore" and own.persistence == "none"):
+                transfer = _Transfer(agent.checkpoint(), own.revision, own.epoch)
+            elif strategy == "checkpoint_restore":
+                value = StateStore.encode(agent.checkpoint(), own.epoch)
+                if value != own.saved:
+                    await self._save(act, value)
+            try:
+                new_claim = await self.directory.handover(own.claim, target)
+            except CasConflict:
+                own.handed_over = True
+                self.reserved = self.reserved.remaining(own.needs)
+                raise Unavailable(f"{address} was taken over by another node during the move", agent=address) from None
+            own.handed_over = True
+            body: dict[str, Any] = {
+                "kind": kind,
+                "id": agent_id,
+                "strategy": strategy,
+                "min_revision": own.revision,
+                "needs": own.needs.to_wire(),
+            }
+            if transfer is not None:
+                body["transfer"] = {"data": transfer.data, "revision": transfer.revision, "epoch": transfer.epoch}
+            try:
+                await self.request_node(target, "adopt", body, 10.0)
+            except Exception as exc:
+                await self._take_back(act, new_claim, own, exc)
+                self._metrics.migrations.labels(kind, strategy, "failed").inc()
+                raise Unavailable(f"migration of {address} to {target} failed: {exc}", agent=address) from None
+            pause = time.perf_counter() - started
+            self.reserved = self.reserved.remaining(own.needs)
+            self._metrics.migrations.labels(kind, strategy, "ok").inc()
+            self._metrics.migration_pause.labels(kind).observe(pause)
+            return {"agent": address, "from": self.node_id, "to": target, "pause_ms": pause * 1000, "moved": True}
+        finally:
+            done.set()
+            self._migrating.pop(key, None)
+
+    async def _take_back(self, act: Activation, handed: Claim, own: _Owned, why: BaseException) -> None:
+        log.warning("migration of %s failed (%s): taking it back", act.address, why)
+        try:
+            back = await self.directory.handover(handed, self.node_id)
+        except CasConflict:
+            self.reserved = self.reserved.remaining(own.needs)
+            return  # the target did take it (its answer was lost)
+        self.reserved = self.reserved.remaining(own.needs)
+        ask = _Ask(act.agent_id, spawn=True, needs=own.needs)
+        ask.transfer = _Transfer(act.agent.checkpoint(), own.revision, back.record.epoch)
+        await self._host.activate(act.kind, act.agent_id, ask)
+
+    async def adopt(self, body: object) -> dict[str, Any]:
+        """Migration target: restore the agent handed over to this node."""
+        if not isinstance(body, dict):
+            raise BadRequest("adopt body must be a map")
+        try:
+            kind = validate_kind(body.get("kind"))
+            agent_id = body.get("id")
+            if not isinstance(agent_id, str):
+                raise ProtocolError("adopt 'id' must be a string")
+            encode_id(agent_id)
+            ask = _Ask(agent_id, spawn=True, needs=Resources.from_wire(body.get("needs")))
+            ask.deadline = time.time() + 10.0
+            min_revision = body.get("min_revision", 0)
+            ask.min_revision = min_revision if isinstance(min_revision, int) else 0
+            transfer = body.get("transfer")
+            if transfer is not None:
+                if not isinstance(transfer, dict):
+                    raise ProtocolError("adopt 'transfer' must be a map")
+                ask.transfer = _Transfer(transfer.get("data"), int(transfer["revision"]), int(transfer["epoch"]))
+        except (ProtocolError, ConfigurationError, KeyError, TypeError, ValueError) as exc:
+            raise BadRequest(f"malformed adopt request: {exc}") from None
+        if kind not in self._host.kinds:
+            raise Unavailable(f"node {self.node_id} does not host {kind}")
+        await self._host.activate(kind, agent_id, ask)
+        return {"node": self.node_id}
+
+    async def drain(self) -> dict[str, Any]:
+        """Stop taking new agents and move every agent here to other nodes (stop those
+        no node can take). Returns counts."""
+        self.draining = True
+        with contextlib.suppress(NatsAgentsError):
+            await self.membership.beat_now()
+        acts = [a for a in self._host.activations.values() if a.state is ActivationState.ACTIVE]
+        moved, stopped = await self._move_all(acts, self.settings.rebalance_strategy)
+        return {"node": self.node_id, "moved": moved, "stopped": stopped}
+
+    async def _move_all(self, acts: list[Activation], strategy: str) -> tuple[int, int]:
+        moved = stopped = 0
+        gate = asyncio.Semaphore(8)
+
+        async def one(act: Activation) -> None:
+            nonlocal moved, stopped
+            async with gate:
+                if act.state is not ActivationState.ACTIVE:
+                    return
+                target = None
+                with contextlib.suppress(ClusterAtCapacity):
+                    target = self.placer.choose(
+                        act.kind,
+                        act.address,
+                        [n for n in self.nodes() if n.node_id != self.node_id],
+                        needs=act.cluster.needs if act.cluster is not None else self._needs(act.kind),
+                        load_factor=self.settings.load_factor,
+                    )
+                if target is not None:
+                    try:
+                        await self.migrate_out(act.kind, act.agent_id, target, strategy)
+                        moved += 1
+                        return
+                    except AgentError as exc:
+                        log.warning("could not move %s to %s: %s", act.address, target, exc)
+                if act.state is ActivationState.ACTIVE:
+                    await self._host._stop(act)
+                    stopped += 1
+
+        await asyncio.gather(*(one(a) for a in acts))
+        return moved, stopped
+
+    # -- control requests ------------------------------------------------------------
+
+    def _on_control(self, msg: Inbound) -> None:
+        self._spawn(self._control(msg))
+
+    async def _control(self, msg: Inbound) -> None:
+        op = msg.subject.rsplit(".", 1)[-1]
+        result: Any
+        try:
+            body = codec.decode(msg.data) if msg.data else {}
+            if op == "activate":
+                if not isinstance(body, dict):
+                    raise BadRequest("activate body must be a map")
+                kind = validate_kind(body.get("kind"))
+                ask = parse_ask(body, default_timeout=self.settings.queue_timeout)
+                try:
+                    result = {"node": await self.activate_here(kind, ask)}
+                except AgentError:
+                    raise
+                except Exception as exc:
+                    raise self._start_error(f"{kind}/{ask.agent_id}", exc) from None
+            elif op == "info":
+                result = self.info()
+            elif op == "migrate":
+                if not isinstance(body, dict):
+                    raise BadRequest("migrate body must be a map")
+                result = await self.migrate_out(
+                    _str(body, "kind"), _str(body, "id"), _str(body, "to"), body.get("strategy", "checkpoint_restore")
+                )
+            elif op == "adopt":
+                result = await self.adopt(body)
+            elif op == "drain":
+                result = await self.drain()
+            else:
+                raise BadRequest(f"unknown node operation {op!r}")
+        except AgentError as exc:
+            await self._answer(msg, error=exc)
+            return
+        except (ValueError, ProtocolError, ConfigurationError) as exc:
+            await self._answer(msg, error=BadRequest(str(exc)))
+            return
+        except Exception as exc:
+            log.exception("node operation %s failed", op)
+            await self._answer(msg, error=self._start_error("", exc))
+            return
+        await self._answer(msg, result=result)
+
+    def info(self) -> dict[str, Any]:
+        """This node's own view: record fields, agents, queued placements, leadership."""
+        out = self.describe()
+        out["node"] = self.node_id
+        out["leader"] = self._leader.is_leader if self._leader is not None else False
+        out["queued"] = sorted(self._queued)
+        out["agents"] = self._host.active()
+        return out
+
+    async def _answer(self, msg: Inbound, *, result: Any = None, error: AgentError | None = None) -> None:
+        if not msg.reply:
+            return
+        if error is not None:
+            details = dict(error.details)
+            if isinstance(error, ClusterAtCapacity):
+                needs = error.needs
+                details["needs"] = needs.to_wire() if isinstance(needs, Resources) else needs
+                details["rejected"] = dict(error.rejected)
+            hdrs, data = envelope.error_reply(
+                error.code, error.message, agent=error.agent, action=error.action, details=details
+            )
+        else:
+            hdrs, data = envelope.ok_reply(result)
+        with contextlib.suppress(NatsAgentsError):
+            await self._t.publish(msg.reply, data, headers=hdrs)
+
+    # -- the leader's controller -----------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leader is not None and self._leader.is_leader
+
+    async def _lead(self) -> None:
+        """While leading: re-place permanent agents of dead nodes at once, drop temporary
+        ones, and rebalance when the topology changes (at ``rebalance_rate``)."""
+        tick = min(0.25, self.membership.interval)
+        last_topology: frozenset[str] = frozenset()
+        settled_at = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            live = self.membership.members()
+            await self._replace_orphans(live)
+            topology = frozenset(n for n, r in live.items() if not r.draining)
+            if topology != last_topology:
+                last_topology = topology
+                settled_at = loop.time() + self.membership.interval  # let heartbeats settle
+            if self.settings.rebalance and loop.time() >= settled_at:
+                await self._rebalance_round(live)
+            await self.membership.changed(tick)
+
+    async def _replace_orphans(self, live: Mapping[str, MemberRecord]) -> None:
+        work = []
+        for claim in self.directory.claims():
+            rec = claim.record
+            if rec.node in live or rec.node == self.node_id:
+                continue
+            if rec.restart == "permanent":
+                work.append(self._respawn(claim))
+            elif rec.restart == "temporary":
+                work.append(self._drop(claim))
+        if work:
+            await asyncio.gather(*work)
+
+    async def _respawn(self, claim: Claim) -> None:
+        rec = claim.record
+        ask = _Ask(rec.agent_id, spawn=True, deadline=time.time() + 10.0)
+        with contextlib.suppress(ConfigurationError):
+            ask.needs = Resources.from_wire(rec.needs) if rec.needs else None
+            ask.hints = Hints.from_wire(rec.hints)
+        try:
+            node = await self.place_and_activate(rec.kind, ask)
+            log.info("re-placed permanent %s on %s", rec.address, node)
+        except (AgentError, NatsAgentsError) as exc:
+            log.warning("could not re-place %s: %s", rec.address, exc)
+
+    async def _drop(self, claim: Claim) -> None:
+        with contextlib.suppress(NatsAgentsError):
+            await self.directory.remove(claim)
+
+    async def _rebalance_round(self, live: Mapping[str, MemberRecord]) -> None:
+        by_kind: dict[str, dict[str, str]] = {}
+        pinned: set[str] = set()
+        for claim in self.directory.claims():
+            rec = claim.record
+            by_kind.setdefault(rec.kind, {})[rec.address] = rec.node
+            if rec.hints.get("pin"):
+                pinned.add(rec.address)
+        budget = max(1, math.ceil(self.settings.rebalance_rate * min(0.25, self.membership.interval)))
+        moves = []
+        for kind, assignment in sorted(by_kind.items()):
+            weights = {n: r.weight for n, r in live.items() if kind in r.kinds and not r.draining and r.weight > 0}
+            moves.extend(plan_moves(assignment, weights, pinned=pinned, imbalance=self.settings.imbalance))
+        if not moves:
+            return
+        gate = asyncio.Semaphore(4)
+
+        async def one(move: Any) -> None:
+            kind, _, agent_id = move.agent.partition("/")
+            async with gate:
+                try:
+                    await self.request_node(
+                        move.source,
+                        "migrate",
+                        {"kind": kind, "id": agent_id, "to": move.target, "strategy": self.settings.rebalance_strategy},
+                        15.0,
+                    )
+                except (AgentError, NatsAgentsError) as exc:
+                    log.info("rebalance move %s %s→%s skipped: %s", move.agent, move.source, move.target, exc)
+
+        started = asyncio.get_running_loop().time()
+        await asyncio.gather(*(one(m) for m in moves[:budget]))
+        # At most `rebalance_rate` moves per second.
+        spent = asyncio.get_running_loop().time() - started
+        await asyncio.sleep(max(0.0, budget / self.settings.rebalance_rate - spent))
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+def _str(body: Mapping[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"{name!r} must be a non-empty string")
+    return value
+
+
+def _fraction(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return 0.0
+    return min(1.0, max(0.0, float(value)))
+
+
+async def _sleep(delay: float, deadline: float) -> None:
+    await asyncio.sleep(max(0.0, min(delay, deadline - time.time())))
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _total_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):
+        return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("natsagents")
+    except PackageNotFoundError:
+        return "0"
+

@@ -1,0 +1,133 @@
+"""A read-and-operate view of the cluster for any mesh (node or plain client) and the CLI:
+members, the directory, and the control operations ``migrate`` and ``drain``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import AgentNotFound, NatsAgentsError, Unavailable
+from ..transport import NoResponders, Transport
+from ..transport.kv import Bucket, open_bucket
+from ..wire import codec, envelope
+from ..wire import headers as h
+from ..wire.ids import parse_agent_key
+from ..wire.subjects import bucket_name, node_subject
+from .directory import DirectoryRecord
+from .membership import MemberRecord
+
+__all__ = ["ClusterView", "NodeStatus"]
+
+_PROTO = envelope.encode_headers({h.PROTO: h.PROTO_VERSION})
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """A member as read from the membership bucket; ``live`` compares its last heartbeat
+    with this machine's clock (good enough for listing; nodes judge leases themselves)."""
+
+    record: MemberRecord
+    live: bool
+    age: float
+
+
+class ClusterView:
+    """Reads the membership and directory buckets and sends node control requests."""
+
+    def __init__(self, transport: Transport, prefix: str) -> None:
+        self._t = transport
+        self.prefix = prefix
+        self._members: Bucket | None = None
+        self._directory: Bucket | None = None
+        self._lock = asyncio.Lock()
+
+    async def _open(self) -> tuple[Bucket, Bucket]:
+        async with self._lock:
+            if self._members is None or self._directory is None:
+                self._members = await open_bucket(self._t, bucket_name(self.prefix, "members"), history=1)
+                self._directory = await open_bucket(self._t, bucket_name(self.prefix, "directory"), history=1)
+        return self._members, self._directory
+
+    async def nodes(self) -> list[NodeStatus]:
+        """Every member record, by node id; lapsed ones have ``live=False``."""
+        members, _ = await self._open()
+        out = []
+        now = time.time()
+        for key in await members.keys():
+            entry = await members.get(key)
+            if entry is None:
+                continue
+            try:
+                rec = MemberRecord.from_wire(entry.value)
+            except ValueError:
+                continue
+            age = max(0.0, now - rec.heartbeat_at)
+            out.append(NodeStatus(rec, age <= rec.lease, age))
+        return sorted(out, key=lambda s: s.record.node_id)
+
+    async def agents(self) -> list[DirectoryRecord]:
+        """Every directory record, sorted by kind and id."""
+        _, directory = await self._open()
+        out = []
+        for key in await directory.keys():
+            try:
+                parse_agent_key(key)
+            except NatsAgentsError:
+                continue
+            entry = await directory.get(key)
+            if entry is None:
+                continue
+            try:
+                out.append(DirectoryRecord.from_wire(entry.value))
+            except ValueError:
+                continue
+        return sorted(out, key=lambda r: (r.kind, r.agent_id))
+
+    async def owner(self, kind: str, agent_id: str) -> DirectoryRecord | None:
+        from ..wire.ids import agent_key
+
+        _, directory = await self._open()
+        entry = await directory.get(agent_key(kind, agent_id))
+        if entry is None:
+            return None
+        try:
+            return DirectoryRecord.from_wire(entry.value)
+        except ValueError:
+            return None
+
+    async def request(self, node: str, op: str, body: Any, timeout: float) -> Any:
+        """A control request to ``node``.
+
+        Raises:
+            Unavailable: no such node is running. AgentError subclasses from the node.
+        """
+        try:
+            msg = await self._t.request(
+                node_subject(self.prefix, node, op), codec.encode(body), headers=_PROTO, timeout=timeout
+            )
+        except NoResponders:
+            raise Unavailable(f"node {node} is not running") from None
+        return envelope.parse_reply(msg.headers, msg.data)
+
+    async def migrate(self, kind: str, agent_id: str, to: str, strategy: str, timeout: float) -> dict[str, Any]:
+        """Ask the agent's owner to move it to ``to``.
+
+        Raises:
+            AgentNotFound: the agent is not active anywhere. Unavailable, BadRequest.
+        """
+        rec = await self.owner(kind, agent_id)
+        if rec is None:
+            raise AgentNotFound(f"{kind}/{agent_id} is not active", agent=f"{kind}/{agent_id}")
+        result = await self.request(
+            rec.node, "migrate", {"kind": kind, "id": agent_id, "to": to, "strategy": strategy}, timeout
+        )
+        return dict(result)
+
+    async def drain(self, node: str, timeout: float) -> dict[str, Any]:
+        """Ask ``node`` to move all its agents away and take no new ones."""
+        return dict(await self.request(node, "drain", {}, timeout))
+
+    async def info(self, node: str, timeout: float = 5.0) -> dict[str, Any]:
+        return dict(await self.request(node, "info", {}, timeout))
