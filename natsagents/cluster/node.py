@@ -288,6 +288,7 @@ class ClusterNode:
         self._kind_needs: dict[str, Resources] = {}
         self.draining = False
         self._closing = False
+        self._announcing = False
         self._cpu_mark = (time.monotonic(), time.process_time())
         self._net_mark = (time.monotonic(), 0)
         self._load_cache: dict[str, float] = {"cpu": 0.0, "memory": 0.0, "network": 0.0}
@@ -358,6 +359,19 @@ class ClusterNode:
     async def _beat_soon(self) -> None:
         with contextlib.suppress(NatsAgentsError):
             await self.membership.beat_now()
+
+    def _announce(self) -> None:
+        """A heartbeat soon (coalesced): reservations and draining changed."""
+        if self._announcing:
+            return
+        self._announcing = True
+
+        async def beat() -> None:
+            await asyncio.sleep(0.01)
+            self._announcing = False
+            await self._beat_soon()
+
+        self._spawn(beat())
 
     # -- membership record -----------------------------------------------------------
 
@@ -491,6 +505,7 @@ class ClusterNode:
         """
         address = f"{kind}/{ask.agent_id}"
         avoid: set[str] = set()
+        refused: dict[str, str] = {}  # node -> why it refused what placement chose
         delay = 0.005
         problem = "no node answered"
         try:
@@ -532,6 +547,14 @@ class ClusterNode:
                     )
                 except ClusterAtCapacity as exc:
                     if not ask.queue:
+                        if refused:
+                            raise ClusterAtCapacity(
+                                exc.message,
+                                agent=address,
+                                kind=kind,
+                                needs=exc.needs,
+                                rejected={**refused, **exc.rejected},
+                            ) from None
                         raise
                     problem = exc.message
                     if address not in self._queued:
@@ -546,11 +569,17 @@ class ClusterNode:
                         return await self.activate_here(kind, ask)
                     except ClusterAtCapacity as exc:
                         problem = exc.message
+                        refused[target] = exc.rejected.get(target, exc.message)
                         avoid.add(target)
                         continue
                 try:
                     node = await self._ask_node(target, kind, ask, remaining)
-                except (NoResponders, ClusterAtCapacity, CallTimeout) as exc:
+                except ClusterAtCapacity as exc:
+                    problem = exc.message
+                    refused[target] = exc.rejected.get(target, exc.message)
+                    avoid.add(target)
+                    continue
+                except (NoResponders, CallTimeout) as exc:
                     problem = f"node {target}: {exc}"
                     avoid.add(target)
                     continue
@@ -661,6 +690,8 @@ class ClusterNode:
                 rejected={self.node_id: "not enough free resources"},
             )
         self.reserved = self.reserved + needs
+        if needs != Resources():
+            self._announce()  # others place by our reservations: tell them soon
         try:
             transfer = ask.transfer
             persist = cls.persistence != "none"
@@ -832,7 +863,7 @@ class ClusterNode:
         own: _Owned | None = act.cluster
         if own is None:
             return
-        self.reserved = self.reserved.remaining(own.needs)
+        self._release(own)
         if own.handed_over:
             return
         if not discard and own.persistence != "none":
@@ -846,6 +877,13 @@ class ClusterNode:
                     return
         with contextlib.suppress(NatsAgentsError):
             await self.directory.release(own.claim)
+
+    def _release(self, own: _Owned) -> None:
+        """Give back the resources reserved for one activation (once)."""
+        if own.needs != Resources():
+            self.reserved = self.reserved.remaining(own.needs)
+            own.needs = Resources()
+            self._announce()
 
     def _fenced(self, act: Activation) -> None:
         own: _Owned = act.cluster
@@ -965,6 +1003,12 @@ class ClusterNode:
         self._migrating[key] = done
         own: _Owned = act.cluster
         agent = act.agent
+        # The inbox stays subscribed until the target subscribed (the stopping copy
+        # answers "unavailable, retry"): a queue subscription that goes away while a
+        # request is on its way over a route loses that request unless another member
+        # of the group exists to take it; the target's reply to "adopt" comes after its
+        # subscription, so once it is here the servers know the target.
+        inbox, act.subscription = act.subscription, None
         try:
             started = time.perf_counter()
             await self._host.quiesce(act)
@@ -979,7 +1023,7 @@ class ClusterNode:
                 new_claim = await self.directory.handover(own.claim, target)
             except CasConflict:
                 own.handed_over = True
-                self.reserved = self.reserved.remaining(own.needs)
+                self._release(own)
                 raise Unavailable(f"{address} was taken over by another node during the move", agent=address) from None
             own.handed_over = True
             body: dict[str, Any] = {
@@ -998,23 +1042,26 @@ class ClusterNode:
                 self._metrics.migrations.labels(kind, strategy, "failed").inc()
                 raise Unavailable(f"migration of {address} to {target} failed: {exc}", agent=address) from None
             pause = time.perf_counter() - started
-            self.reserved = self.reserved.remaining(own.needs)
+            self._release(own)
             self._metrics.migrations.labels(kind, strategy, "ok").inc()
             self._metrics.migration_pause.labels(kind).observe(pause)
             return {"agent": address, "from": self.node_id, "to": target, "pause_ms": pause * 1000, "moved": True}
         finally:
+            if inbox is not None:
+                with contextlib.suppress(NatsAgentsError):
+                    await inbox.drain()
             done.set()
             self._migrating.pop(key, None)
 
     async def _take_back(self, act: Activation, handed: Claim, own: _Owned, why: BaseException) -> None:
         log.warning("migration of %s failed (%s): taking it back", act.address, why)
+        needs = own.needs
+        self._release(own)
         try:
             back = await self.directory.handover(handed, self.node_id)
         except CasConflict:
-            self.reserved = self.reserved.remaining(own.needs)
             return  # the target did take it (its answer was lost)
-        self.reserved = self.reserved.remaining(own.needs)
-        ask = _Ask(act.agent_id, spawn=True, needs=own.needs)
+        ask = _Ask(act.agent_id, spawn=True, needs=needs)
         ask.transfer = _Transfer(act.agent.checkpoint(), own.revision, back.record.epoch)
         await self._host.activate(act.kind, act.agent_id, ask)
 

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from ..agent.base import Agent
 from ..agent.context import Context, _current
 from ..agent.schema import ParamError
-from ..errors import AgentError, ConfigurationError, MeshClosed, NatsAgentsError, ProtocolError
+from ..errors import AgentError, ConfigurationError, MeshClosed, NatsAgentsError, ProtocolError, Unavailable
 from ..observability import Metrics, Tracing
 from ..transport import Inbound, Subscription, Transport
 from ..wire import codec, envelope
@@ -214,8 +214,9 @@ class Host:
         ``on_stop``. The cluster node then saves, releases or hands the agent over."""
         act.state = ActivationState.STOPPING
         if act.subscription is not None:
+            # Messages still in flight reach deliver(), which answers "unavailable, retry".
             with contextlib.suppress(NatsAgentsError):
-                await act.subscription.unsubscribe()
+                await act.subscription.drain()
         if discard:
             for msg in act.take_pending():
                 self.refuse(act, msg, "unavailable", "this copy of the agent was superseded", retry=True)
@@ -403,7 +404,10 @@ class Host:
         if act.cluster is not None and self.node is not None:
             try:
                 await self.node.after_action(act)  # persist before answering
-            except AgentError as exc:
+            except Exception as exc:
+                if not isinstance(exc, AgentError):
+                    log.exception("persisting %s after %s failed", address, action)
+                    exc = Unavailable(f"state could not be saved: {exc}", details={"retry": True})
                 tracing.end(span, exc, exc.code)
                 self._metrics.handled_one(kind, action, exc.code, time.perf_counter() - started)
                 await self._reply(

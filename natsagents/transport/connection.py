@@ -118,6 +118,20 @@ class Subscription:
         with contextlib.suppress(nats.errors.Error):
             await self._sub.unsubscribe()
 
+    async def drain(self, timeout: float = 2.0) -> None:
+        """Unsubscribe without dropping messages already on their way: the server is told
+        first, and the handler keeps receiving until a round trip proves nothing more
+        can arrive (a plain unsubscribe drops them, and their requesters wait in vain).
+        Falls back to a plain unsubscribe after ``timeout`` (e.g. while disconnected)."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            await asyncio.wait_for(self._sub.drain(), timeout)
+        except (TimeoutError, nats.errors.Error):
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+
 
 class _Expired(Exception):
     """Set on a reply future when its timer fires."""
