@@ -10,7 +10,6 @@ its rebalancer. Multi-process chaos (kill -9, SIGSTOP, server loss) is in
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter as Tally
 from typing import Any
 
@@ -43,7 +42,9 @@ def settings(node: str, **extra: Any) -> ClusterSettings:
     return ClusterSettings(node_id=node, lease=LEASE, **extra)
 
 
-async def nodes(mesh_factory: Any, *names: str, kinds: tuple[type[Agent], ...] = (Counter,), **extra: Any) -> list[Mesh]:
+async def nodes(
+    mesh_factory: Any, *names: str, kinds: tuple[type[Agent], ...] = (Counter,), **extra: Any
+) -> list[Mesh]:
     out = []
     for name in names:
         m = await mesh_factory(name=name, cluster=settings(name, **extra))
@@ -107,7 +108,7 @@ async def test_on_demand_activation_is_placed_across_nodes(mesh_factory: Any) ->
 
 class Starts(Agent):
     kind = "Starts"
-    started: list[str] = []  # noqa: RUF012  (test bookkeeping across instances)
+    started: list[str] = []
 
     async def on_start(self) -> None:
         Starts.started.append(self.id)
@@ -398,7 +399,7 @@ async def test_a_hung_handler_is_restarted(mesh_factory: Any) -> None:
 
 class Gpu(Agent):
     kind = "Gpu"
-    resources = {"custom": {"gpu": 1}}  # noqa: RUF012
+    resources = {"custom": {"gpu": 1}}
 
     @action
     async def ping(self) -> str:
