@@ -549,3 +549,44 @@ async def test_a_joining_node_receives_its_share(mesh_factory: Any) -> None:
     assert all(after[a] == "n4" for a in moved)  # only to the newcomer
     for i in range(total):
         assert await client.ref(f"Counter/r{i}").call("get") == i
+
+
+# -- bad input on the cluster subjects --------------------------------------------------
+
+
+async def test_malformed_control_and_activation_requests_get_bad_request(mesh_factory: Any, mesh_prefix: str) -> None:
+    from natsagents.errors import BadRequest
+    from natsagents.wire import envelope
+
+    (n1,) = await nodes(mesh_factory, "n1")
+    node = node_of(n1)
+    transport = n1._transport
+
+    async def raw(subject: str, data: bytes) -> Any:
+        msg = await transport.request(subject, data, timeout=5)
+        return envelope.parse_reply(msg.headers, msg.data)
+
+    for op in ("migrate", "adopt", "activate", "bogus"):
+        with pytest.raises(BadRequest):
+            await raw(f"{mesh_prefix}.node.n1.{op}", b"\xc1")  # not msgpack
+    bad_bodies: list[tuple[str, Any]] = [
+        ("migrate", {"kind": "Counter"}),
+        ("migrate", ["not", "a", "map"]),
+        ("adopt", {"kind": "Counter", "id": "x", "transfer": "nope"}),
+        ("adopt", {"kind": "no such kind!", "id": "x"}),
+        ("activate", {"kind": "Counter", "id": 5}),
+        ("activate", {"kind": "Counter", "id": "x", "needs": {"cpu": "lots"}}),
+        ("activate", {"kind": "Counter", "id": "x", "hints": {"pin": 3}}),
+        ("activate", {"kind": "Counter", "id": "x", "deadline": "soon"}),
+        ("bogus", {}),
+    ]
+    for op, body in bad_bodies:
+        with pytest.raises(BadRequest):
+            await node.request_node("n1", op, body, 5)
+    for body in ({"id": "x", "needs": {"disk": 1}}, {"id": "x", "hints": []}, {"id": "x", "queue": "no"}):
+        with pytest.raises(BadRequest):
+            await raw(f"{mesh_prefix}.activate.Counter", codec.encode(body))
+    # Nothing was activated or claimed by any of it, and the node still works.
+    assert n1.local_agents() == []
+    assert await n1.agents() == []
+    assert await n1.ref("Counter/ok").call("add") == 1
