@@ -162,3 +162,18 @@ class BrokenStart(Agent):
     @action
     async def ping(self) -> str:
         return "pong"
+
+
+class Keeper(Agent):
+    """A permanent agent: re-placed at once when its node dies."""
+
+    restart = "permanent"
+
+    @action
+    async def add(self, by: int = 1) -> int:
+        self.state["n"] = self.state.get("n", 0) + by
+        return int(self.state["n"])
+
+    @action
+    async def get(self) -> int:
+        return int(self.state.get("n", 0))
