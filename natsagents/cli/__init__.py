@@ -1,7 +1,8 @@
 """The ``natsagents`` command line (``python -m natsagents``).
 
 Commands: ``server`` (a local nats-server or cluster), ``demo`` (a guided tour),
-``call`` and ``send`` (talk to an agent by ``Kind/id``). See :mod:`.main` for the
+``call`` and ``send`` (talk to an agent by ``Kind/id``), and the cluster commands
+``node`` (run a cluster node), ``ls``, ``nodes``, ``migrate`` and ``drain``. See :mod:`.main` for the
 command registry and the exit codes.
 """
 

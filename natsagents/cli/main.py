@@ -87,7 +87,7 @@ class Command:
 _COMMANDS: dict[str, Command] = {}
 
 #: Modules whose import registers commands (this one registers server, call and send).
-COMMAND_MODULES: tuple[str, ...] = ("natsagents.cli.demo",)
+COMMAND_MODULES: tuple[str, ...] = ("natsagents.cli.demo", "natsagents.cli.cluster")
 
 
 def command(

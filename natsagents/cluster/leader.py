@@ -131,8 +131,12 @@ class LeaderLease:
         self._revision = 0
         if was:
             self.changed.set()
-        if self._leading is not None:
-            self._leading.cancel()
+        task, self._leading = self._leading, None
+        if task is not None:
+            # Cancel until it is really done: a cancellation can be swallowed by a wait
+            # that completes at the same moment (asyncio.wait_for on Python 3.11).
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.5)
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._leading
-            self._leading = None
+                task.result()

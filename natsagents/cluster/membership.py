@@ -168,15 +168,15 @@ class Membership:
         ``interval``, so lapsed leases are noticed). Raises: TimeoutError."""
         async with asyncio.timeout(timeout):
             while not predicate(self.members()):
-                async with self._changed:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), self.interval)
+                await self.changed(self.interval)
 
     async def changed(self, timeout: float) -> None:
         """Wait until the next membership event (a heartbeat, join or leave) or ``timeout``."""
-        async with self._changed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+        # arrives as the inner wait completes, and the cancelled task would loop on.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait()
 
     async def beat_now(self) -> None:
         """Publish a heartbeat at once (after a change others must see soon: draining,

@@ -616,7 +616,8 @@ class ClusterNode:
         waiter = self._migrating.get(key)
         if waiter is not None:  # it is moving away: answer once it landed
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter.wait(), max(0.0, ask.deadline - time.time()))
+                async with asyncio.timeout(max(0.0, ask.deadline - time.time())):
+                    await waiter.wait()
             current = self.directory.lookup(kind, ask.agent_id)
             return current.node if current is not None else self.node_id
         act = self._host.activations.get(key)

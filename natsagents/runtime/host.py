@@ -221,7 +221,8 @@ class Host:
             for msg in act.take_pending():
                 self.refuse(act, msg, "unavailable", "this copy of the agent was superseded", retry=True)
         try:
-            await asyncio.wait_for(act.idle.wait(), self.settings.stop_timeout)
+            async with asyncio.timeout(self.settings.stop_timeout):
+                await act.idle.wait()
         except TimeoutError:
             log.warning("%s did not finish its mailbox within %.1f s", act.address, self.settings.stop_timeout)
             for task in list(act.workers):
