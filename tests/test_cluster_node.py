@@ -10,6 +10,7 @@ its rebalancer. Multi-process chaos (kill -9, SIGSTOP, server loss) is in
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter as Tally
 from typing import Any
 
@@ -590,3 +591,12 @@ async def test_malformed_control_and_activation_requests_get_bad_request(mesh_fa
     assert n1.local_agents() == []
     assert await n1.agents() == []
     assert await n1.ref("Counter/ok").call("add") == 1
+
+
+async def test_spawning_a_kind_no_node_serves_is_unavailable(mesh_factory: Any) -> None:
+    (n1,) = await nodes(mesh_factory, "n1")
+    started = time.monotonic()
+    with pytest.raises(Unavailable) as info:
+        await n1.spawn("Nobody/x", timeout=5)
+    assert "no node serves" in info.value.message
+    assert time.monotonic() - started < 1  # at once, not after queueing to the deadline

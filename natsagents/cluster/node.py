@@ -535,11 +535,14 @@ class ClusterNode:
                     except CallTimeout:
                         problem = f"owner {owner} did not answer in time"
                         continue
+                members = self.nodes()
+                if not any(kind in n.kinds for n in members):
+                    raise Unavailable(f"no node serves kind {kind!r}", agent=address)
                 try:
                     target = self.placer.choose(
                         kind,
                         address,
-                        [n for n in self.nodes() if n.node_id not in avoid],
+                        [n for n in members if n.node_id not in avoid],
                         needs=ask.needs if ask.needs is not None else self._needs(kind),
                         hints=ask.hints,
                         locate=self._locate,
