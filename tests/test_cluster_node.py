@@ -427,7 +427,6 @@ async def test_resources_reserve_release_and_at_capacity(mesh_factory: Any) -> N
     await wait_for(queued_somewhere, timeout=5, what="placement queued")
     holder = next(m for m in (n1, n2) if "Gpu/a" in m.local_agents())
     await holder.deactivate("Gpu/a")
-    assert node_of(holder).reserved.custom.get("gpu", 0) == 0 or "Gpu/c" in holder.local_agents()
     await asyncio.wait_for(waiting, 10)
     assert "Gpu/c" in holder.local_agents()
     assert node_of(holder).reserved.custom["gpu"] == 1

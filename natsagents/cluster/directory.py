@@ -168,13 +168,16 @@ class Directory:
         restart: str = "transient",
         needs: Mapping[str, Any] | None = None,
         hints: Mapping[str, Any] | None = None,
+        min_revision: int = 0,
     ) -> Claim:
         """Make ``node`` the owner of ``kind/agent_id``.
 
         Idempotent for the current owner (returns its claim unchanged). Takes over, with
         ``epoch + 1``, only when ``is_live(owner)`` is false. A new record starts at
         ``min_epoch`` (pass the stored state's epoch + 1 so epochs never go back after a
-        record was released).
+        record was released). ``min_revision``: a revision the record is known to have
+        reached (a migration's handover to ``node``); a read older than that came from a
+        lagging replica and is repeated (for up to 2 s).
 
         Raises:
             AgentActiveElsewhere: a live node owns the agent.
@@ -183,7 +186,7 @@ class Directory:
         key = agent_key(kind, agent_id)
         last: CasConflict | None = None
         for _ in range(attempts):
-            entry = await self.bucket.get(key)
+            entry = await self._read_at_least(key, min_revision)
             try:
                 extra: dict[str, Any] = {"restart": restart, "needs": dict(needs or {}), "hints": dict(hints or {})}
                 if entry is None:
@@ -206,6 +209,16 @@ class Directory:
                 last = exc  # someone else wrote first: look again
         assert last is not None
         raise last
+
+    async def _read_at_least(self, key: str, revision: int) -> Entry | None:
+        """The record, read again while a replica answers with one older than ``revision``
+        (replicas may lag a write just acknowledged); the last read after 2 s."""
+        deadline = time.monotonic() + 2.0
+        while True:
+            entry = await self.bucket.get(key)
+            if revision <= 0 or (entry is not None and entry.revision >= revision) or time.monotonic() > deadline:
+                return entry
+            await asyncio.sleep(0.005)
 
     async def verify(self, claim: Claim) -> bool:
         """Whether ``claim`` still holds (nobody took over since). A stale owner that gets

@@ -170,6 +170,10 @@ class Membership:
             while not predicate(self.members()):
                 await self.changed(self.interval)
 
+    def own_record(self) -> MemberRecord:
+        """This node's record as its next heartbeat would write it."""
+        return self._record()
+
     async def changed(self, timeout: float) -> None:
         """Wait until the next membership event (a heartbeat, join or leave) or ``timeout``."""
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that

@@ -76,6 +76,7 @@ _NODE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _PROTO = envelope.encode_headers({h.PROTO: h.PROTO_VERSION})
 _UNLIMITED_CPU = 1e9
 _UNLIMITED_MEMORY = 2**62
+_RECHECK = 30.0  # seconds between the leader's drift checks when nothing changes
 
 
 def validate_node_id(node_id: object) -> str:
@@ -190,6 +191,7 @@ class _Ask:
     deadline: float = 0.0  # wall clock seconds
     transfer: _Transfer | None = None
     min_revision: int = 0
+    claim_revision: int = 0  # the directory handover to this node (migration, take-back)
 
     def to_wire(self) -> dict[str, Any]:
         body: dict[str, Any] = {"id": self.agent_id, "deadline": int(self.deadline * 1000)}
@@ -420,7 +422,11 @@ class ClusterNode:
     def nodes(self) -> list[NodeInfo]:
         """The placement view of the live members (this node with fresh local figures)."""
         out: list[NodeInfo] = []
-        for rec in self.membership.members().values():
+        members = self.membership.members()
+        if self.node_id not in members and not self._closing:
+            # Our own record lapsed in our view (a long stall): we are still here.
+            members = {**members, self.node_id: self.membership.own_record()}
+        for rec in members.values():
             try:
                 out.append(self._node_info(rec))
             except (ConfigurationError, TypeError, ValueError) as exc:
@@ -716,6 +722,7 @@ class ClusterNode:
                 restart=cls.restart,
                 needs=needs.to_wire(),
                 hints=ask.hints.to_wire(),
+                min_revision=ask.claim_revision,
             )
             if claim.taken_over and persist:
                 # Fence the lapsed owner: rewrite the state under our epoch (CAS).
@@ -724,8 +731,9 @@ class ClusterNode:
             if revision or transfer is not None:
                 agent.restore(stored_data)
             saved = None
-            if cls.persistence == "action":
-                saved = StateStore.encode(agent.checkpoint(), claim.record.epoch) if revision else None
+            if cls.persistence != "none":
+                # What the store holds (or the initial state, which needs no write).
+                saved = StateStore.encode(agent.checkpoint(), claim.record.epoch)
             act.cluster = _Owned(claim, revision, needs, cls.persistence, saved)
             agent._saver = lambda: self.save_now(act)
         except BaseException:
@@ -922,10 +930,16 @@ class ClusterNode:
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()
-            for act in list(self._host.activations.values()):
-                limit = type(act.agent).handler_timeout
-                if limit and act.busy_since and now - act.busy_since > limit and act.state is ActivationState.ACTIVE:
-                    self._spawn(self._restart(act, "hung"))
+            if any(cls.handler_timeout for cls in self._host.kinds.values()):
+                for act in list(self._host.activations.values()):
+                    limit = type(act.agent).handler_timeout
+                    if (
+                        limit
+                        and act.busy_since
+                        and now - act.busy_since > limit
+                        and act.state is ActivationState.ACTIVE
+                    ):
+                        self._spawn(self._restart(act, "hung"))
             last = self.membership.last_beat_ok
             if last and loop.time() - last > self.settings.lease:
                 await self._verify_claims()
@@ -1035,6 +1049,7 @@ class ClusterNode:
                 "id": agent_id,
                 "strategy": strategy,
                 "min_revision": own.revision,
+                "claim_revision": new_claim.revision,
                 "needs": own.needs.to_wire(),
             }
             if transfer is not None:
@@ -1067,6 +1082,7 @@ class ClusterNode:
             return  # the target did take it (its answer was lost)
         ask = _Ask(act.agent_id, spawn=True, needs=needs)
         ask.transfer = _Transfer(act.agent.checkpoint(), own.revision, back.record.epoch)
+        ask.claim_revision = back.revision
         await self._host.activate(act.kind, act.agent_id, ask)
 
     async def adopt(self, body: object) -> dict[str, Any]:
@@ -1083,6 +1099,8 @@ class ClusterNode:
             ask.deadline = time.time() + 10.0
             min_revision = body.get("min_revision", 0)
             ask.min_revision = min_revision if isinstance(min_revision, int) else 0
+            claim_revision = body.get("claim_revision", 0)
+            ask.claim_revision = claim_revision if isinstance(claim_revision, int) else 0
             transfer = body.get("transfer")
             if transfer is not None:
                 if not isinstance(transfer, dict):
@@ -1219,22 +1237,35 @@ class ClusterNode:
     async def _lead(self) -> None:
         """While leading: re-place permanent agents of dead nodes at once, drop temporary
         ones, and rebalance when the topology changes (at ``rebalance_rate``)."""
+        # Scans are O(agents): run them when membership changes, after moves, and every
+        # `_RECHECK` seconds for drift, not on every tick.
         tick = min(0.25, self.membership.interval)
-        last_topology: frozenset[str] = frozenset()
-        settled_at = 0.0
+        last_live: frozenset[str] | None = None
+        last_topology: frozenset[str] | None = None
+        orphans_at = settled_at = rebalance_at = 0.0
+        pending = True
         loop = asyncio.get_running_loop()
         while True:
             live = self.membership.members()
-            await self._replace_orphans(live)
+            now = loop.time()
+            live_ids = frozenset(live)
+            if live_ids != last_live or now >= orphans_at:
+                last_live = live_ids
+                found = await self._replace_orphans(live)
+                orphans_at = now + (2.0 if found else _RECHECK)
             topology = frozenset(n for n, r in live.items() if not r.draining)
             if topology != last_topology:
                 last_topology = topology
-                settled_at = loop.time() + self.membership.interval  # let heartbeats settle
-            if self.settings.rebalance and loop.time() >= settled_at:
-                await self._rebalance_round(live)
+                settled_at = now + self.membership.interval  # let heartbeats settle
+                pending = True
+            if now >= rebalance_at:
+                pending = True
+                rebalance_at = now + _RECHECK
+            if self.settings.rebalance and pending and now >= settled_at:
+                pending = await self._rebalance_round(live) > 0
             await self.membership.changed(tick)
 
-    async def _replace_orphans(self, live: Mapping[str, MemberRecord]) -> None:
+    async def _replace_orphans(self, live: Mapping[str, MemberRecord]) -> int:
         work = []
         for claim in self.directory.claims():
             rec = claim.record
@@ -1246,6 +1277,7 @@ class ClusterNode:
                 work.append(self._drop(claim))
         if work:
             await asyncio.gather(*work)
+        return len(work)
 
     async def _respawn(self, claim: Claim) -> None:
         rec = claim.record
@@ -1263,7 +1295,8 @@ class ClusterNode:
         with contextlib.suppress(NatsAgentsError):
             await self.directory.remove(claim)
 
-    async def _rebalance_round(self, live: Mapping[str, MemberRecord]) -> None:
+    async def _rebalance_round(self, live: Mapping[str, MemberRecord]) -> int:
+        """One batch of moves (at most ``rebalance_rate`` per second); returns how many."""
         by_kind: dict[str, dict[str, str]] = {}
         pinned: set[str] = set()
         for claim in self.directory.claims():
@@ -1277,7 +1310,7 @@ class ClusterNode:
             weights = {n: r.weight for n, r in live.items() if kind in r.kinds and not r.draining and r.weight > 0}
             moves.extend(plan_moves(assignment, weights, pinned=pinned, imbalance=self.settings.imbalance))
         if not moves:
-            return
+            return 0
         gate = asyncio.Semaphore(4)
 
         async def one(move: Any) -> None:
@@ -1298,6 +1331,7 @@ class ClusterNode:
         # At most `rebalance_rate` moves per second.
         spent = asyncio.get_running_loop().time() - started
         await asyncio.sleep(max(0.0, budget / self.settings.rebalance_rate - spent))
+        return len(moves[:budget])
 
     # -- helpers ---------------------------------------------------------------------
 

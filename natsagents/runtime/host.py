@@ -27,6 +27,7 @@ __all__ = ["Host", "HostSettings", "NodeHooks"]
 
 log = logging.getLogger("natsagents.runtime")
 _NIL = codec.encode(None)
+_CLOSE_CONCURRENCY = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +231,9 @@ class Host:
         for msg in act.take_pending():
             self.refuse(act, msg, "unavailable", "the agent stopped before handling the message", retry=True)
         act.state = ActivationState.STOPPED
-        self.activations.pop((act.kind, act.agent_id), None)
+        key = (act.kind, act.agent_id)
+        if self.activations.get(key) is act:  # not a newer activation started meanwhile
+            del self.activations[key]
         self._metrics.active_agents.labels(act.kind).dec()
         try:
             await act.agent.on_stop()
@@ -246,7 +249,15 @@ class Host:
         self._kind_subs.clear()
         acts = [a for a in self.activations.values() if a.state is ActivationState.ACTIVE]
         if acts:
-            await asyncio.gather(*(self._stop(a) for a in acts), return_exceptions=True)
+            # Bounded: each stop of a cluster agent is a save and a release; thousands at
+            # once would swamp the server and time out.
+            gate = asyncio.Semaphore(_CLOSE_CONCURRENCY)
+
+            async def stop(act: Activation) -> None:
+                async with gate:
+                    await self._stop(act)
+
+            await asyncio.gather(*(stop(a) for a in acts), return_exceptions=True)
         await self._drain_outbox()
         for task in list(self._tasks):
             task.cancel()
