@@ -77,6 +77,7 @@ _PROTO = envelope.encode_headers({h.PROTO: h.PROTO_VERSION})
 _UNLIMITED_CPU = 1e9
 _UNLIMITED_MEMORY = 2**62
 _RECHECK = 30.0  # seconds between the leader's drift checks when nothing changes
+_RETIRE_GRACE = 0.25  # seconds a moved agent's old inbox keeps answering "retry"
 
 
 def validate_node_id(node_id: object) -> str:
@@ -1027,6 +1028,7 @@ class ClusterNode:
         # of the group exists to take it; the target's reply to "adopt" comes after its
         # subscription, so once it is here the servers know the target.
         inbox, act.subscription = act.subscription, None
+        moved = False
         try:
             started = time.perf_counter()
             await self._host.quiesce(act)
@@ -1064,11 +1066,18 @@ class ClusterNode:
             self._release(own)
             self._metrics.migrations.labels(kind, strategy, "ok").inc()
             self._metrics.migration_pause.labels(kind).observe(pause)
+            moved = True
             return {"agent": address, "from": self.node_id, "to": target, "pause_ms": pause * 1000, "moved": True}
         finally:
             if inbox is not None:
-                with contextlib.suppress(NatsAgentsError):
-                    await inbox.drain()
+                if moved:
+                    # Keep answering "unavailable, retry" a moment longer: a request the
+                    # servers routed here before they learnt of the target is still on
+                    # its way, and would be dropped if the subscription went first.
+                    self._spawn(_retire(inbox, _RETIRE_GRACE))
+                else:
+                    with contextlib.suppress(NatsAgentsError):
+                        await inbox.drain()
             done.set()
             self._migrating.pop(key, None)
 
@@ -1340,6 +1349,12 @@ class ClusterNode:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+async def _retire(inbox: Subscription, grace: float) -> None:
+    await asyncio.sleep(grace)
+    with contextlib.suppress(NatsAgentsError):
+        await inbox.drain()
 
 
 def _str(body: Mapping[str, Any], name: str) -> str:
