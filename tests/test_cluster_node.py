@@ -599,3 +599,32 @@ async def test_spawning_a_kind_no_node_serves_is_unavailable(mesh_factory: Any) 
         await n1.spawn("Nobody/x", timeout=5)
     assert "no node serves" in info.value.message
     assert time.monotonic() - started < 1  # at once, not after queueing to the deadline
+
+
+async def test_concurrent_placements_keep_the_load_bound(mesh_factory: Any) -> None:
+    meshes = await nodes(mesh_factory, "n1", "n2", "n3")
+    clients = [await mesh_factory(name=f"c{i}") for i in range(3)]
+    # 90 first calls at once through three callers: activation requests land on all three
+    # nodes, which place concurrently from views that lag each other's placements.
+    await asyncio.gather(
+        *(clients[i % 3].ref(f"Counter/b{i}").call("add", timeout=10) for i in range(90))
+    )
+    load = Tally(owners(meshes).values())
+    assert sum(load.values()) == 90
+    assert max(load.values()) <= 38, load  # ceil(1.25 x 90 / 3) = 38
+
+
+async def test_a_placed_activation_over_the_load_bound_is_refused(mesh_factory: Any) -> None:
+    n1, n2 = await nodes(mesh_factory, "n1", "n2")
+    for i in range(10):
+        await n1.spawn(f"Counter/pinned{i}", hints=Hints(pin="n1"))  # pins ignore the bound
+    await wait_for(lambda: node_of(n2).directory.count_on("n1") == 10, what="n2's directory view")
+    body = {"kind": "Counter", "id": "extra", "placed": True}
+    # From a placer's stale view n1 looked fine; n1 knows better: ceil(1.25 x 11 / 2) = 7 < 10.
+    with pytest.raises(ClusterAtCapacity) as info:
+        await node_of(n2).request_node("n1", "activate", body, 5)
+    assert "load bound" in info.value.rejected["n1"]
+    # The owner path (no "placed") is never refused for load, and placement goes to n2.
+    assert await node_of(n2).request_node("n1", "activate", {"kind": "Counter", "id": "extra"}, 5) == {"node": "n1"}
+    await n2.spawn("Counter/next")
+    assert "Counter/next" in n2.local_agents()

@@ -130,6 +130,7 @@ class Directory:
         self.prefix = prefix
         self._bucket: Bucket | None = None
         self._cache: dict[tuple[str, str], tuple[DirectoryRecord, int]] = {}
+        self._per_node: dict[str, int] = {}  # records per owner node, kept with the cache
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._listeners: list[Callable[[tuple[str, str], Claim | None], None]] = []
@@ -277,6 +278,17 @@ class Directory:
     def agents_on(self, node: str) -> list[DirectoryRecord]:
         return [rec for rec, _ in self._cache.values() if rec.node == node]
 
+    def count_on(self, node: str) -> int:
+        """Agents the cache says ``node`` owns (O(1); as fresh as the watch)."""
+        return self._per_node.get(node, 0)
+
+    def _count(self, node: str, delta: int) -> None:
+        n = self._per_node.get(node, 0) + delta
+        if n > 0:
+            self._per_node[node] = n
+        else:
+            self._per_node.pop(node, None)
+
     def claims(self) -> list[Claim]:
         """Every cached record with its revision."""
         return [Claim(rec, rev) for rec, rev in self._cache.values()]
@@ -304,13 +316,19 @@ class Directory:
             return
         claim: Claim | None = None
         if entry.operation != "put":
-            self._cache.pop(key, None)
+            gone = self._cache.pop(key, None)
+            if gone is not None:
+                self._count(gone[0].node, -1)
         else:
             try:
                 claim = Claim(DirectoryRecord.from_wire(entry.value), entry.revision)
             except ValueError:
                 return
+            before = self._cache.get(key)
+            if before is not None:
+                self._count(before[0].node, -1)
             self._cache[key] = (claim.record, claim.revision)
+            self._count(claim.record.node, 1)
         for listener in self._listeners:
             try:
                 listener(key, claim)

@@ -192,6 +192,7 @@ class _Ask:
     deadline: float = 0.0  # wall clock seconds
     transfer: _Transfer | None = None
     min_revision: int = 0
+    placed: bool = False  # chosen by the placer (not the known owner): re-check the load bound
     claim_revision: int = 0  # the directory handover to this node (migration, take-back)
 
     def to_wire(self) -> dict[str, Any]:
@@ -205,6 +206,8 @@ class _Ask:
             body["hints"] = hints
         if not self.queue:
             body["queue"] = False
+        if self.placed:
+            body["placed"] = True
         return body
 
 
@@ -436,10 +439,12 @@ class ClusterNode:
 
     def _node_info(self, rec: MemberRecord) -> NodeInfo:
         load = rec.load
-        agents = int(load.get("agents", 0))
+        # The directory watch counts owners within milliseconds; heartbeats lag by up to
+        # an interval, so take whichever is higher.
+        agents = max(int(load.get("agents", 0)), self.directory.count_on(rec.node_id))
         reserved = Resources.from_wire(load.get("reserved"))
         if rec.node_id == self.node_id:
-            agents = len(self._host.activations)
+            agents = max(len(self._host.activations) + len(self._host._starting), self.directory.count_on(self.node_id))
             reserved = self.reserved
             draining = self.draining
         else:
@@ -522,6 +527,7 @@ class ClusterNode:
                     raise CallTimeout(f"could not activate {address} in time: {problem}", agent=address)
                 current = await self.directory.get(kind, ask.agent_id)
                 owner = current.record.node if current is not None else None
+                ask.placed = False
                 if owner == self.node_id:
                     return await self.activate_here(kind, ask)
                 if owner is not None and self.is_live(owner) and owner not in avoid:
@@ -574,6 +580,7 @@ class ClusterNode:
                     avoid.clear()
                     await self.membership.changed(min(remaining, self.membership.interval))
                     continue
+                ask.placed = True
                 if target == self.node_id:
                     try:
                         return await self.activate_here(kind, ask)
@@ -633,11 +640,34 @@ class ClusterNode:
         act = self._host.activations.get(key)
         if act is not None and act.state is ActivationState.ACTIVE:
             return self.node_id
+        if ask.placed and ask.transfer is None and ask.hints.pin is None:
+            self._check_load_bound(kind, address)
         try:
             await self._host.activate(kind, ask.agent_id, ask)
         except AgentActiveElsewhere as exc:
             return exc.owner
         return self.node_id
+
+    def _check_load_bound(self, kind: str, address: str) -> None:
+        """Refuse a placement that would put this node over ``c`` x its share of agents.
+
+        Nodes place concurrently from slightly stale views; the chosen node knows its own
+        count exactly, so it re-checks the bounded-load rule and the placer moves on.
+        """
+        infos = [n for n in self.nodes() if n.live and kind in n.kinds]
+        me = next((n for n in infos if n.node_id == self.node_id), None)
+        if me is None or len(infos) < 2:
+            return
+        total = sum(n.load.agents for n in infos) + 1
+        whole = sum(n.weight for n in infos)
+        bound = math.ceil(self.settings.load_factor * total * me.weight / whole)
+        if me.load.agents >= bound:
+            raise ClusterAtCapacity(
+                f"node {self.node_id} is at its load bound ({me.load.agents} agents, bound {bound})",
+                agent=address,
+                kind=kind,
+                rejected={self.node_id: f"at load bound ({me.load.agents} agents, bound {bound})"},
+            )
 
     def _start_error(self, address: str, exc: BaseException) -> AgentError:
         if isinstance(exc, MeshClosed):
@@ -1179,6 +1209,7 @@ class ClusterNode:
                     raise BadRequest("activate body must be a map")
                 kind = validate_kind(body.get("kind"))
                 ask = parse_ask(body, default_timeout=self.settings.queue_timeout)
+                ask.placed = body.get("placed") is True
                 try:
                     result = {"node": await self.activate_here(kind, ask)}
                 except AgentError:
