@@ -77,7 +77,6 @@ _PROTO = envelope.encode_headers({h.PROTO: h.PROTO_VERSION})
 _UNLIMITED_CPU = 1e9
 _UNLIMITED_MEMORY = 2**62
 _RECHECK = 30.0  # seconds between the leader's drift checks when nothing changes
-_RETIRE_GRACE = 0.25  # seconds a moved agent's old inbox keeps answering "retry"
 
 
 def validate_node_id(node_id: object) -> str:
@@ -1058,7 +1057,6 @@ class ClusterNode:
         # of the group exists to take it; the target's reply to "adopt" comes after its
         # subscription, so once it is here the servers know the target.
         inbox, act.subscription = act.subscription, None
-        moved = False
         try:
             started = time.perf_counter()
             await self._host.quiesce(act)
@@ -1096,18 +1094,11 @@ class ClusterNode:
             self._release(own)
             self._metrics.migrations.labels(kind, strategy, "ok").inc()
             self._metrics.migration_pause.labels(kind).observe(pause)
-            moved = True
             return {"agent": address, "from": self.node_id, "to": target, "pause_ms": pause * 1000, "moved": True}
         finally:
             if inbox is not None:
-                if moved:
-                    # Keep answering "unavailable, retry" a moment longer: a request the
-                    # servers routed here before they learnt of the target is still on
-                    # its way, and would be dropped if the subscription went first.
-                    self._spawn(_retire(inbox, _RETIRE_GRACE))
-                else:
-                    with contextlib.suppress(NatsAgentsError):
-                        await inbox.drain()
+                with contextlib.suppress(NatsAgentsError):
+                    await inbox.drain()
             done.set()
             self._migrating.pop(key, None)
 
@@ -1282,7 +1273,8 @@ class ClusterNode:
         tick = min(0.25, self.membership.interval)
         last_live: frozenset[str] | None = None
         last_topology: frozenset[str] | None = None
-        orphans_at = settled_at = rebalance_at = 0.0
+        orphans_at = settled_at = rebalance_at = size_checked_at = 0.0
+        last_size = -1
         pending = True
         loop = asyncio.get_running_loop()
         while True:
@@ -1298,9 +1290,13 @@ class ClusterNode:
                 last_topology = topology
                 settled_at = now + self.membership.interval  # let heartbeats settle
                 pending = True
-            if now >= rebalance_at:
+            size = len(self.directory)
+            if now >= rebalance_at or (size != last_size and now >= size_checked_at):
+                # Periodically, and (at most once a second) when agents came or went.
                 pending = True
-                rebalance_at = now + _RECHECK
+                last_size, size_checked_at = size, now + 1.0
+                if now >= rebalance_at:
+                    rebalance_at = now + _RECHECK
             if self.settings.rebalance and pending and now >= settled_at:
                 pending = await self._rebalance_round(live) > 0
             await self.membership.changed(tick)
@@ -1380,12 +1376,6 @@ class ClusterNode:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-
-async def _retire(inbox: Subscription, grace: float) -> None:
-    await asyncio.sleep(grace)
-    with contextlib.suppress(NatsAgentsError):
-        await inbox.drain()
 
 
 def _str(body: Mapping[str, Any], name: str) -> str:
