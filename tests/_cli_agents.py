@@ -8,19 +8,12 @@ from __future__ import annotations
 import asyncio
 
 from natsagents import Agent, action
+from tests import agents as shared
 
 
-class Tally(Agent):
-    """One number per id (persisted after every action, as by default)."""
-
-    @action
-    async def add(self, by: int = 1) -> int:
-        self.state["n"] = self.state.get("n", 0) + by
-        return int(self.state["n"])
-
-    @action
-    async def get(self) -> int:
-        return int(self.state.get("n", 0))
+class Tally(shared.Counter):
+    """One number per id (persisted after every action, as by default); ``Counter``'s
+    actions under this module's own kind."""
 
 
 class Echo(Agent):

@@ -20,20 +20,8 @@ import signal
 import sys
 from typing import Any
 
-from natsagents import Agent, ClusterSettings, Mesh, action
-
-
-class Counter(Agent):
-    """A persisted counter: ``add`` returns the new total."""
-
-    @action
-    async def add(self, by: int = 1) -> int:
-        self.state["n"] = self.state.get("n", 0) + by
-        return int(self.state["n"])
-
-    @action
-    async def get(self) -> int:
-        return int(self.state.get("n", 0))
+from natsagents import ClusterSettings, Mesh
+from tests.agents import Counter  # a persisted counter: ``add`` returns the new total
 
 
 class PermCounter(Counter):
