@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import socket
@@ -31,31 +30,17 @@ from natsagents.errors import ConfigurationError
 from natsagents.testing import wait_for
 from natsagents.testing.plugin import MeshFactory
 from tests._cli_agents import Echo, Greeter, Sticky, Tally
+from tests.test_cli import _env
+from tests.test_cli import run_cli as _run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = (sys.executable, "-m", "natsagents")
 LEASE = "1.5"
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("NATS_URL", None)  # the tests always say which servers
-    return env
-
-
 async def run_cli(*args: str, within: float = 20.0) -> tuple[int, str, str]:
-    """Run one CLI command to its end; returns (exit code, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(), cwd=ROOT
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), within)
-    except BaseException:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    """Run one CLI command to its end, from the repository root; (exit code, stdout, stderr)."""
+    return await _run_cli(*args, within=within, cwd=ROOT)
 
 
 @dataclass
