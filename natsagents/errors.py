@@ -26,7 +26,8 @@ exception escapes. Misuse errors also derive from the matching builtin
         ├── Unavailable                        unavailable
         ├── PayloadTooLarge (ValueError)       payload_too_large
         ├── Unauthorized (PermissionError)     unauthorized
-        └── ClusterAtCapacity                  at_capacity (no node can host the agent)
+        ├── ClusterAtCapacity                  at_capacity (no node can host the agent)
+        └── AlreadyApplied                     already_applied (a resent request whose result is lost)
 
 :class:`AgentError` subclasses map one-to-one to the wire error codes of protocol v1
 (``docs/protocol.md``); :func:`error_for_code` builds the right one from a reply.
@@ -42,6 +43,7 @@ __all__ = [
     "ActionDefinitionError",
     "AgentError",
     "AgentNotFound",
+    "AlreadyApplied",
     "BadRequest",
     "CallTimeout",
     "ClusterAtCapacity",
@@ -250,6 +252,14 @@ class ClusterAtCapacity(AgentError):
         self.rejected: Mapping[str, str] = MappingProxyType(dict(rejected))
 
 
+class AlreadyApplied(AgentError):
+    """A copy of a request (same message id, resent because no reply came) reached an
+    activation that knows the request was applied by an earlier activation of the agent,
+    which stopped before answering. The effect happened once; the result is lost."""
+
+    code = "already_applied"
+
+
 _BY_CODE: dict[str, type[AgentError]] = {
     cls.code: cls
     for cls in (
@@ -263,6 +273,7 @@ _BY_CODE: dict[str, type[AgentError]] = {
         PayloadTooLarge,
         Unauthorized,
         ClusterAtCapacity,
+        AlreadyApplied,
     )
 }
 

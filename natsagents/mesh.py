@@ -74,6 +74,7 @@ class Mesh:
         name: str,
         prefix: str,
         default_timeout: float | None,
+        resend_after: float | None = 2.0,
         expose_tracebacks: bool,
         stop_timeout: float,
         metrics: Metrics,
@@ -88,7 +89,7 @@ class Mesh:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._caller = Caller(
             transport,
-            CallerSettings(prefix=prefix, name=name, default_timeout=default_timeout),
+            CallerSettings(prefix=prefix, name=name, default_timeout=default_timeout, resend_after=resend_after),
             metrics,
             tracing,
             tasks=self._tasks,
@@ -100,6 +101,7 @@ class Mesh:
             metrics,
             tracing,
         )
+        transport.on_resend = metrics.resends.inc
         self._state = MeshState.OPEN
         self._server: NatsServer | None = None
         self._close_lock = asyncio.Lock()
@@ -118,6 +120,7 @@ class Mesh:
         tls_hostname: str | None = None,
         connect_timeout: float = 5.0,
         default_timeout: float | None = 10.0,
+        resend_after: float | None = 2.0,
         expose_tracebacks: bool = True,
         stop_timeout: float = 10.0,
         drain_timeout: float = 5.0,
@@ -135,6 +138,10 @@ class Mesh:
             auth: credentials (:class:`~natsagents.Auth`); tls: an ``ssl.SSLContext``.
             connect_timeout: seconds to reach a server before :class:`ConnectError`.
             default_timeout: call timeout when a call gives none (``None``: wait forever).
+            resend_after: a request that got no reply within this many seconds is
+                published again, unchanged (NATS can drop a message in transit, e.g. while
+                an agent moves); hosts recognise the copy by its message id and never run
+                it twice. ``None``: never resend.
             expose_tracebacks: send handler tracebacks in ``handler_error`` replies.
             stop_timeout: seconds each agent gets to finish its mailbox on close.
             drain_timeout: seconds closing may wait for the server to take what was
@@ -153,6 +160,8 @@ class Mesh:
         validate_prefix(prefix)
         if default_timeout is not None and default_timeout <= 0:
             raise ConfigurationError("default_timeout must be > 0 or None")
+        if resend_after is not None and (not isinstance(resend_after, (int, float)) or resend_after <= 0):
+            raise ConfigurationError("resend_after must be > 0 seconds or None")
         if name is not None and (not isinstance(name, str) or not _NAME_RE.fullmatch(name)):
             raise ConfigurationError(f"invalid mesh name {name!r}: use 1-128 printable ASCII characters, no spaces")
         mesh_name = name or f"{socket.gethostname()}-{os.getpid()}"
@@ -182,6 +191,7 @@ class Mesh:
                 name=mesh_name,
                 prefix=prefix,
                 default_timeout=default_timeout,
+                resend_after=resend_after,
                 expose_tracebacks=expose_tracebacks,
                 stop_timeout=stop_timeout,
                 metrics=Metrics(metrics_registry),
@@ -410,7 +420,6 @@ class Mesh:
                 raise ConfigurationError("this mesh is not a cluster node: name the node to drain")
             return await self._node.drain()
         return await self._cluster_view().drain(node, timeout)
-
 
     async def deactivate(self, target: str | type[Agent], agent_id: str | None = None) -> bool:
         """Stop a locally hosted agent (finish its mailbox, ``on_stop``). ``False`` if not active here."""

@@ -361,9 +361,11 @@ async def test_raw_call_activates_on_demand(nc: Client, sdk_host: natsagents.Mes
     # Minimal request: only Na-Action, empty body (no parameters), no Na-Proto (taken as 1).
     reply = await raw_request(nc, subject, b"", {"Na-Action": "get"})
     assert (reply.status, reply.body) == ("ok", 5)
-    who = await raw_request(nc, subject, b"", hdrs | {"Na-Action": "whoami"})
+    # A new message needs a new Na-Msg-Id (a reused one is taken as a resend, §7.3).
+    who_hdrs = request_headers("whoami", **{"Na-Caller": "raw-peer"})
+    who = await raw_request(nc, subject, b"", who_hdrs)
     assert who.body["caller"] == "raw-peer"
-    assert who.body["message_id"] == hdrs["Na-Msg-Id"]
+    assert who.body["message_id"] == who_hdrs["Na-Msg-Id"]
 
 
 async def test_activation_errors(nc: Client, sdk_host: natsagents.Mesh, mesh_prefix: str) -> None:

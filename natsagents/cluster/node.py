@@ -54,11 +54,12 @@ from ..errors import (
 from ..observability import Metrics
 from ..runtime.activation import Activation, ActivationState
 from ..runtime.host import Host
-from ..state.store import FencedOff, StateStore
+from ..state.store import FencedOff, StateStore, parse_applied
 from ..transport import Inbound, NoResponders, Subscription, Transport
 from ..transport.kv import CasConflict, open_bucket
 from ..wire import codec, envelope
 from ..wire import headers as h
+from ..wire.envelope import RequestMeta
 from ..wire.ids import agent_key, encode_id, validate_kind
 from ..wire.subjects import bucket_name, node_subject
 from .directory import AgentActiveElsewhere, Claim, Directory
@@ -77,6 +78,12 @@ _PROTO = envelope.encode_headers({h.PROTO: h.PROTO_VERSION})
 _UNLIMITED_CPU = 1e9
 _UNLIMITED_MEMORY = 2**62
 _RECHECK = 30.0  # seconds between the leader's drift checks when nothing changes
+# Applied message ids persisted with an agent's state (see runtime.dedup): at most this
+# many, each until its request's deadline (+1 s), at most _APPLIED_MAX_MS, or
+# _APPLIED_DEFAULT_MS for a request without a deadline.
+_MAX_APPLIED = 32
+_APPLIED_MAX_MS = 60_000
+_APPLIED_DEFAULT_MS = 10_000
 
 
 def validate_node_id(node_id: object) -> str:
@@ -193,6 +200,8 @@ class _Ask:
     min_revision: int = 0
     placed: bool = False  # chosen by the placer (not the known owner): re-check the load bound
     claim_revision: int = 0  # the directory handover to this node (migration, take-back)
+    recent: Any = None  # the previous activation's answered requests (runtime.dedup export)
+    applied: tuple[tuple[str, int], ...] = ()  # its persisted applied message ids
 
     def to_wire(self) -> dict[str, Any]:
         body: dict[str, Any] = {"id": self.agent_id, "deadline": int(self.deadline * 1000)}
@@ -213,7 +222,7 @@ class _Ask:
 class _Owned:
     """The node's record of one activation it owns (``Activation.cluster``)."""
 
-    __slots__ = ("claim", "epoch", "handed_over", "lock", "needs", "persistence", "revision", "saved")
+    __slots__ = ("applied", "claim", "epoch", "handed_over", "lock", "needs", "persistence", "revision", "saved")
 
     def __init__(self, claim: Claim, revision: int, needs: Resources, persistence: str, saved: bytes | None) -> None:
         self.claim = claim
@@ -221,9 +230,21 @@ class _Owned:
         self.revision = revision
         self.needs = needs
         self.persistence = persistence
-        self.saved = saved
+        self.saved = saved  # the last stored value without "applied" (StateStore.encode)
         self.lock = asyncio.Lock()
         self.handed_over = False
+        # Requests whose effect is in the state and that may still be resent: (id, expires ms).
+        self.applied: list[tuple[str, int]] | None = None
+
+    def applied_now(self) -> list[tuple[str, int]]:
+        """The applied ids still worth persisting (expired ones dropped)."""
+        applied = self.applied
+        if not applied:
+            return []
+        now_ms = int(time.time() * 1000)
+        if applied[0][1] <= now_ms:
+            applied[:] = [a for a in applied if a[1] > now_ms]
+        return applied
 
 
 def parse_ask(body: object, *, default_timeout: float) -> _Ask:
@@ -292,6 +313,7 @@ class ClusterNode:
         self._placed: dict[str, tuple[float, int]] = {}
         self._kind_needs: dict[str, Resources] = {}
         self.draining = False
+        self.moves_in_flight = 0  # rebalancing moves the leader has asked for and not seen end
         self._closing = False
         self._announcing = False
         self._cpu_mark = (time.monotonic(), time.process_time())
@@ -738,9 +760,11 @@ class ClusterNode:
             stored_data: Any = None
             stored_epoch = 0
             revision = 0
+            applied = list(ask.applied)
             if transfer is None and persist:
                 stored = await self._load(kind, agent_id, ask.min_revision)
                 stored_data, stored_epoch, revision = stored.data, stored.epoch, stored.revision
+                applied.extend(a for a in stored.applied if a not in applied)
             elif transfer is not None:
                 stored_data, stored_epoch, revision = transfer.data, transfer.epoch, transfer.revision
             claim = await self.directory.claim(
@@ -758,14 +782,23 @@ class ClusterNode:
                 # Fence the lapsed owner: rewrite the state under our epoch (CAS).
                 adopted = await self._adopt(kind, agent_id, claim.record.epoch)
                 stored_data, revision = adopted.data, adopted.revision
+                applied.extend(a for a in adopted.applied if a not in applied)
             if revision or transfer is not None:
                 agent.restore(stored_data)
             saved = None
             if cls.persistence != "none":
                 # What the store holds (or the initial state, which needs no write).
                 saved = StateStore.encode(agent.checkpoint(), claim.record.epoch)
-            act.cluster = _Owned(claim, revision, needs, cls.persistence, saved)
+            own = act.cluster = _Owned(claim, revision, needs, cls.persistence, saved)
             agent._saver = lambda: self.save_now(act)
+            # Copies of requests the previous activation answered or applied are not run again.
+            dedup = self._host.dedup
+            if ask.recent is not None:
+                dedup.load(act, ask.recent)
+            if applied:
+                applied.sort(key=lambda a: a[1])
+                own.applied = applied[-_MAX_APPLIED:]
+                dedup.remember_applied(act, own.applied)
         except BaseException:
             self.reserved = self.reserved.remaining(needs)
             raise
@@ -789,8 +822,10 @@ class ClusterNode:
                 await asyncio.sleep(0.01 * (attempt + 1))  # a stale replica read: look again
         raise AssertionError("unreachable")
 
-    async def after_action(self, act: Activation) -> None:
-        """Persist the checkpoint if it changed (``persistence = "action"``)."""
+    async def after_action(self, act: Activation, meta: RequestMeta, answered: bool) -> None:
+        """Persist the checkpoint if it changed (``persistence = "action"``), with the
+        request's id when it will be answered (a resent copy is then never applied again,
+        here or by a successor)."""
         act.errors_in_row = 0
         own: _Owned = act.cluster
         if own.persistence != "action":
@@ -804,7 +839,25 @@ class ClusterNode:
             ) from None
         if value == own.saved:
             return
-        await self._save(act, value)
+        entry = None
+        if answered:
+            now_ms = int(time.time() * 1000)
+            # Kept while the requester may still resend: until its deadline (bounded).
+            expires = now_ms + _APPLIED_DEFAULT_MS
+            if meta.deadline_ms is not None:
+                expires = min(max(meta.deadline_ms + 1000, now_ms + 1000), now_ms + _APPLIED_MAX_MS)
+            entry = (meta.message_id, expires)
+            applied = own.applied_now()
+            applied.append(entry)
+            if len(applied) > _MAX_APPLIED:
+                del applied[: len(applied) - _MAX_APPLIED]
+            own.applied = applied
+        try:
+            await self._save(act, value)
+        except BaseException:
+            if entry is not None and own.applied and entry in own.applied:
+                own.applied.remove(entry)  # not stored: a copy may run
+            raise
 
     async def save_now(self, act: Activation) -> None:
         """``Agent.save_state()``: persist now whatever the persistence mode says."""
@@ -822,6 +875,8 @@ class ClusterNode:
         own: _Owned = act.cluster
         kind = act.kind
         limit = type(act.agent).max_state_bytes
+        plain = value
+        value = StateStore.with_applied(plain, own.applied_now())
         async with own.lock:
             deadline = time.monotonic() + 10.0
             delay = 0.01
@@ -862,7 +917,7 @@ class ClusterNode:
                         break
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 0.5)
-            own.saved = value
+            own.saved = plain
             self._metrics.state_saves.labels(kind, "ok").inc()
 
     async def _read_back(self, act: Activation, value: bytes) -> int:
@@ -1081,7 +1136,10 @@ class ClusterNode:
                 "min_revision": own.revision,
                 "claim_revision": new_claim.revision,
                 "needs": own.needs.to_wire(),
+                "recent": self._host.dedup.export(act),
             }
+            if own.applied:
+                body["applied"] = [list(a) for a in own.applied_now()]
             if transfer is not None:
                 body["transfer"] = {"data": transfer.data, "revision": transfer.revision, "epoch": transfer.epoch}
             try:
@@ -1113,6 +1171,8 @@ class ClusterNode:
         ask = _Ask(act.agent_id, spawn=True, needs=needs)
         ask.transfer = _Transfer(act.agent.checkpoint(), own.revision, back.record.epoch)
         ask.claim_revision = back.revision
+        ask.recent = self._host.dedup.export(act)
+        ask.applied = tuple(own.applied_now())
         await self._host.activate(act.kind, act.agent_id, ask)
 
     async def adopt(self, body: object) -> dict[str, Any]:
@@ -1136,6 +1196,8 @@ class ClusterNode:
                 if not isinstance(transfer, dict):
                     raise ProtocolError("adopt 'transfer' must be a map")
                 ask.transfer = _Transfer(transfer.get("data"), int(transfer["revision"]), int(transfer["epoch"]))
+            ask.recent = body.get("recent")
+            ask.applied = parse_applied(body.get("applied"))
         except (ProtocolError, ConfigurationError, KeyError, TypeError, ValueError) as exc:
             raise BadRequest(f"malformed adopt request: {exc}") from None
         if kind not in self._host.kinds:
@@ -1361,8 +1423,11 @@ class ClusterNode:
                     )
                 except (AgentError, NatsAgentsError) as exc:
                     log.info("rebalance move %s %s→%s skipped: %s", move.agent, move.source, move.target, exc)
+                finally:
+                    self.moves_in_flight -= 1
 
         started = asyncio.get_running_loop().time()
+        self.moves_in_flight += len(moves[:budget])
         await asyncio.gather(*(one(m) for m in moves[:budget]))
         # At most `rebalance_rate` moves per second.
         spent = asyncio.get_running_loop().time() - started
@@ -1419,4 +1484,3 @@ def _version() -> str:
         return version("natsagents")
     except PackageNotFoundError:
         return "0"
-

@@ -129,14 +129,21 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=r,
         )
-        self.restarts = Counter(
-            "natsagents_restarts", "Supervised agent restarts", ["kind", "reason"], registry=r
-        )
+        self.restarts = Counter("natsagents_restarts", "Supervised agent restarts", ["kind", "reason"], registry=r)
         self.fenced = Counter(
             "natsagents_fenced", "Stale agent copies stopped because another node owns the agent", ["kind"], registry=r
         )
         self.state_saves = Counter(
             "natsagents_state_saves", "Agent state writes to the store", ["kind", "outcome"], registry=r
+        )
+        self.duplicates = Counter(
+            "natsagents_duplicates",
+            "Copies of a request already seen (a resend): in_progress, replayed or applied",
+            ["kind", "entry"],
+            registry=r,
+        )
+        self.resends = Counter(
+            "natsagents_resends", "Requests published again after no reply for resend_after seconds", registry=r
         )
         self.queued_placements = Gauge(
             "natsagents_queued_placements", "Activations waiting for a node with capacity", registry=r

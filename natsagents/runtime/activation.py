@@ -13,6 +13,7 @@ from ..errors import ProtocolError
 from ..transport import Inbound, Subscription
 from ..wire import envelope
 from ..wire import headers as h
+from .dedup import IN_PROGRESS
 
 if TYPE_CHECKING:
     from .host import Host
@@ -49,6 +50,7 @@ class Activation:
         "kind",
         "mailbox",
         "max_workers",
+        "recent",
         "state",
         "subscription",
         "workers",
@@ -72,6 +74,7 @@ class Activation:
         self.busy_since = 0.0  # monotonic start of the oldest running handler (0: none)
         self.errors_in_row = 0
         self.cluster: Any = None  # the cluster node's per-activation record (claim, revision …)
+        self.recent: dict[str, Any] | None = None  # message id → dedup entry (runtime.dedup)
 
     def deliver(self, msg: Inbound) -> None:
         if self.state is not ActivationState.ACTIVE:
@@ -81,6 +84,13 @@ class Activation:
             self.host.refuse(self, msg, "overloaded", f"mailbox of {self.address} is full ({self.capacity})")
             return
         hdrs = msg.headers
+        message_id = None
+        if msg.reply and hdrs is not None:
+            message_id = hdrs.get(h.MESSAGE_ID)
+            recent = self.recent
+            if recent is not None and message_id in recent:
+                self.host.duplicate(self, msg, recent[message_id])  # a resend: never run twice
+                return
         if msg.reply and hdrs is not None and hdrs.get(h.REPLY_MODE) == h.REPLY_MODE_ACCEPT:
             # Check what can be checked before acknowledging: an accepted send gets one reply.
             try:
@@ -92,6 +102,11 @@ class Activation:
                 self.host.refuse(self, msg, "timeout", "deadline passed before the message was accepted")
                 return
             self.host.accepted(msg)
+        if message_id is not None:
+            recent = self.recent
+            if recent is None:
+                recent = self.recent = {}
+            recent[message_id] = IN_PROGRESS
         self.mailbox.append(msg)
         self.idle.clear()
         if len(self.workers) < self.max_workers:

@@ -57,6 +57,9 @@ class CallerSettings:
         name: client name sent as ``Na-Caller`` when not calling from an agent.
         default_timeout: seconds a call waits when no timeout is given (``None``: forever).
         backoff_initial, backoff_max: retry delays (seconds) while nobody answers.
+        resend_after: publish a request again, unchanged, when no reply came within this
+            many seconds (NATS can drop a request in transit; hosts recognise the copy by
+            its ``Na-Msg-Id`` and never run it twice). ``None``: never.
     """
 
     prefix: str
@@ -64,6 +67,7 @@ class CallerSettings:
     default_timeout: float | None = 10.0
     backoff_initial: float = 0.005
     backoff_max: float = 0.25
+    resend_after: float | None = 2.0
 
 
 class Caller:
@@ -209,7 +213,9 @@ class Caller:
                     raise no_host
                 raise CallTimeout(f"deadline passed ({last_problem})", agent=address, action=action)
             try:
-                msg = await self._t.request(subject, body, headers=hdrs, timeout=remaining)
+                msg = await self._t.request(
+                    subject, body, headers=hdrs, timeout=remaining, resend=self.settings.resend_after
+                )
             except NoResponders:
                 last_problem = "agent not active"
                 self._metrics.retries.labels(kind, "not_active").inc()

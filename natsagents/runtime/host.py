@@ -19,9 +19,11 @@ from ..observability import Metrics, Tracing
 from ..transport import Inbound, Subscription, Transport
 from ..wire import codec, envelope
 from ..wire import headers as h
+from ..wire.envelope import RequestMeta
 from ..wire.ids import encode_id
 from ..wire.subjects import activate_subject, agent_queue, agent_subject
 from .activation import Activation, ActivationState
+from .dedup import APPLIED, IN_PROGRESS, Dedup, Reply
 
 __all__ = ["Host", "HostSettings", "NodeHooks"]
 
@@ -39,12 +41,15 @@ class HostSettings:
         node: this node's name (sent in activation replies).
         expose_tracebacks: include handler tracebacks in ``handler_error`` replies.
         stop_timeout: seconds an agent gets to finish its mailbox when stopping.
+        dedup_ttl: seconds the reply of a request is kept for copies of it (a requester
+            that heard nothing publishes the same request again).
     """
 
     prefix: str
     node: str
     expose_tracebacks: bool = True
     stop_timeout: float = 10.0
+    dedup_ttl: float = 10.0
 
 
 class NodeHooks(Protocol):
@@ -56,7 +61,7 @@ class NodeHooks(Protocol):
 
     async def starting(self, act: Activation, options: Any) -> None: ...
 
-    async def after_action(self, act: Activation) -> None: ...
+    async def after_action(self, act: Activation, meta: RequestMeta, answered: bool) -> None: ...
 
     def action_failed(self, act: Activation, exc: BaseException) -> None: ...
 
@@ -88,6 +93,7 @@ class Host:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         self.node: NodeHooks | None = None
+        self.dedup = Dedup(settings.dedup_ttl)
         self._queue = agent_queue(settings.prefix)
 
     # -- kinds -----------------------------------------------------------------------
@@ -321,6 +327,18 @@ class Host:
 
     async def handle(self, act: Activation, msg: Inbound) -> None:
         """Run one message through the agent's handler and reply. Never raises."""
+        kept: Reply | None = None
+        try:
+            kept = await self._run(act, msg)
+        finally:
+            if act.recent is not None and msg.reply and msg.headers is not None:
+                message_id = msg.headers.get(h.MESSAGE_ID)
+                if message_id is not None:
+                    self.dedup.finish(act, message_id, kept)
+
+    async def _run(self, act: Activation, msg: Inbound) -> Reply | None:
+        """Run the handler and reply; return the reply worth giving again to a copy of
+        the request (``None``: a copy may run: refused, or the state was not saved)."""
         started = time.perf_counter()
         kind, address = act.kind, act.address
         reply_to = msg.reply
@@ -329,9 +347,11 @@ class Host:
         except ProtocolError as exc:
             self._metrics.rejected_one(kind, "bad_request")
             await self._reply(reply_to, *envelope.error_reply("bad_request", str(exc), agent=address))
-            return
+            return None
+        kept: Reply | None = None
         if meta.reply_mode == h.REPLY_MODE_ACCEPT:
             reply_to = ""  # accepted already; the result is not wanted
+            kept = (envelope.OK_HEADER_BLOCK, _NIL)  # a copy is acknowledged again
         action = meta.action
         if meta.deadline_ms is not None and time.time() * 1000 >= meta.deadline_ms:
             self._metrics.rejected_one(kind, "expired")
@@ -341,7 +361,7 @@ class Host:
                     "timeout", "deadline passed before the agent ran the message", agent=address, action=action
                 ),
             )
-            return
+            return None
         spec = act.agent.__actions__.get(action)
         if spec is None:
             self._metrics.rejected_one(kind, "unknown_action")
@@ -355,7 +375,7 @@ class Host:
                     details={"actions": sorted(act.agent.__actions__)},
                 ),
             )
-            return
+            return None
         try:
             kwargs = spec.bind(codec.decode(msg.data))
         except ParamError as exc:
@@ -370,11 +390,11 @@ class Host:
                     details={"param": exc.path, "problem": exc.problem},
                 ),
             )
-            return
+            return None
         except ValueError as exc:
             self._metrics.rejected_one(kind, "bad_request")
             await self._reply(reply_to, *envelope.error_reply("bad_request", str(exc), agent=address, action=action))
-            return
+            return None
         ctx = Context(
             agent=address,
             action=action,
@@ -397,25 +417,23 @@ class Host:
             tracing.end(span, exc, "handler_error")
             self._metrics.handled_one(kind, action, "handler_error", time.perf_counter() - started)
             act.agent.log.warning("action %s failed: %s: %s", action, type(exc).__name__, exc)
-            await self._reply(
-                reply_to,
-                *envelope.error_reply(
-                    "handler_error",
-                    f"{type(exc).__name__}: {exc}",
-                    agent=address,
-                    action=action,
-                    traceback=self._tb(exc),
-                    details={"exception": type(exc).__name__},
-                ),
+            failed = envelope.error_reply(
+                "handler_error",
+                f"{type(exc).__name__}: {exc}",
+                agent=address,
+                action=action,
+                traceback=self._tb(exc),
+                details={"exception": type(exc).__name__},
             )
-            return
+            await self._reply(reply_to, *failed)
+            return kept or failed
         finally:
             if span_token is not None:
                 tracing.deactivate(span_token)
             _current.reset(token)
         if act.cluster is not None and self.node is not None:
             try:
-                await self.node.after_action(act)  # persist before answering
+                await self.node.after_action(act, meta, bool(msg.reply))  # persist before answering
             except Exception as exc:
                 if not isinstance(exc, AgentError):
                     log.exception("persisting %s after %s failed", address, action)
@@ -426,23 +444,22 @@ class Host:
                     reply_to,
                     *envelope.error_reply(exc.code, exc.message, agent=address, action=action, details=exc.details),
                 )
-                return
+                return None
         if span is not None:
             tracing.end(span)
         self._metrics.handled_one(kind, action, "ok", time.perf_counter() - started)
         if not reply_to:
-            return
+            return kept
         try:
             body = codec.encode(result)
         except (TypeError, ValueError) as exc:
-            await self._reply(
-                reply_to,
-                *envelope.error_reply(
-                    "handler_error", f"result cannot be encoded: {exc}", agent=address, action=action
-                ),
+            failed = envelope.error_reply(
+                "handler_error", f"result cannot be encoded: {exc}", agent=address, action=action
             )
-            return
+            await self._reply(reply_to, *failed)
+            return failed
         await self._reply(reply_to, envelope.OK_HEADER_BLOCK, body, agent=address, action=action)
+        return (envelope.OK_HEADER_BLOCK, body)
 
     def _tb(self, exc: BaseException) -> str | None:
         if not self.settings.expose_tracebacks:
@@ -502,6 +519,32 @@ class Host:
             code, message, agent=act.address, action=action, details={"retry": True} if retry else None
         )
         self._post(msg.reply, hdrs, body)
+
+    def duplicate(self, act: Activation, msg: Inbound, entry: Any) -> None:
+        """A copy of a request this agent has seen (same ``Na-Msg-Id``): never run it again.
+        In progress: the one reply is on its way (an accepted send is acknowledged again);
+        answered: the stored reply again; applied by an earlier activation: ``already_applied``."""
+        hdrs = msg.headers or {}
+        if entry is IN_PROGRESS:
+            self._metrics.duplicates.labels(act.kind, "in_progress").inc()
+            if hdrs.get(h.REPLY_MODE) == h.REPLY_MODE_ACCEPT:
+                self.accepted(msg)
+            return
+        if entry is APPLIED:
+            self._metrics.duplicates.labels(act.kind, "applied").inc()
+            if hdrs.get(h.REPLY_MODE) == h.REPLY_MODE_ACCEPT:
+                self.accepted(msg)
+                return
+            self.refuse(
+                act,
+                msg,
+                "already_applied",
+                "an earlier activation of the agent applied this message and stopped before answering;"
+                " its result is lost",
+            )
+            return
+        self._metrics.duplicates.labels(act.kind, "replayed").inc()
+        self._post(msg.reply, *entry)
 
     def accepted(self, msg: Inbound) -> None:
         """Acknowledge a send (reply mode ``accept``) as soon as it is in the mailbox."""

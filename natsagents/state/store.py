@@ -1,6 +1,9 @@
 """Strongly consistent agent state in a KV bucket, fenced by compare-and-set.
 
-Each agent's state is one key, ``<kind>.<id token>``, holding ``{"epoch", "data"}``. The
+Each agent's state is one key, ``<kind>.<id token>``, holding ``{"epoch", "data"}`` and,
+optionally, ``"applied"``: ``[[message id, expires ms], …]``, the requests whose effect is in
+``data`` and that a requester may still send again (so a successor never applies them twice;
+see runtime.dedup). The
 owner remembers the revision it last wrote and every save is a compare-and-set on it, so
 exactly one writer can win. Fencing: a node that takes an agent over first *adopts* the
 state — rewrites it unchanged under its new epoch with a CAS — which moves the revision on;
@@ -13,6 +16,7 @@ sourcing are meant to sit beside it behind the same ``load``/``save`` shape.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +27,7 @@ from ..wire import codec
 from ..wire.ids import agent_key
 from ..wire.subjects import bucket_name
 
-__all__ = ["FencedOff", "StateStore", "StoredState"]
+__all__ = ["FencedOff", "StateStore", "StoredState", "parse_applied"]
 
 
 class FencedOff(NatsAgentsError):
@@ -37,11 +41,13 @@ class FencedOff(NatsAgentsError):
 
 @dataclass(frozen=True, slots=True)
 class StoredState:
-    """A loaded or saved state: the data, the writer's epoch and the KV revision (0 = none)."""
+    """A loaded or saved state: the data, the writer's epoch, the KV revision (0 = none)
+    and the recently applied message ids (``(id, expires_ms)``)."""
 
     data: Any
     epoch: int
     revision: int
+    applied: tuple[tuple[str, int], ...] = ()
 
 
 class StateStore:
@@ -88,7 +94,7 @@ class StateStore:
                 raise ValueError("not a state record")
         except ValueError as exc:
             raise NatsAgentsError(f"state of {kind}/{agent_id} is corrupt: {exc}") from exc
-        return StoredState(body.get("data"), body["epoch"], entry.revision)
+        return StoredState(body.get("data"), body["epoch"], entry.revision, parse_applied(body.get("applied")))
 
     async def adopt(self, kind: str, agent_id: str, epoch: int) -> StoredState:
         """Take the state over for a new owner ``epoch``: rewrite it unchanged under the
@@ -104,12 +110,23 @@ class StateStore:
                 agent=f"{kind}/{agent_id}",
                 expected_revision=current.revision,
             )
-        return await self.save(kind, agent_id, current.data, epoch=epoch, revision=current.revision)
+        value = self.with_applied(self.encode(current.data, epoch), current.applied)
+        revision = await self.save_encoded(kind, agent_id, value, revision=current.revision)
+        return StoredState(current.data, epoch, revision, current.applied)
 
     @staticmethod
     def encode(data: Any, epoch: int) -> bytes:
         """The stored form of ``data`` under ``epoch``. Raises: TypeError, ValueError."""
         return codec.encode({"epoch": epoch, "data": data})
+
+    @staticmethod
+    def with_applied(value: bytes, applied: Sequence[tuple[str, int]]) -> bytes:
+        """``value`` (from :meth:`encode`) with the ``applied`` message ids added."""
+        if not applied:
+            return value
+        if value[0] != 0x82:  # a msgpack map of two entries, as encode() makes it
+            raise ValueError("not a value made by StateStore.encode")
+        return b"\x83" + value[1:] + codec.encode("applied") + codec.encode([list(a) for a in applied])
 
     async def save(self, kind: str, agent_id: str, data: Any, *, epoch: int, revision: int) -> StoredState:
         """Write ``data`` if the stored revision is still ``revision`` (0: no state yet).
@@ -147,3 +164,14 @@ class StateStore:
                 expected_revision=revision,
             ) from exc
         return new_revision
+
+
+def parse_applied(raw: object) -> tuple[tuple[str, int], ...]:
+    if not isinstance(raw, list):
+        return ()
+    """``[[id, expires_ms], …]`` from the wire or the store; malformed items are skipped."""
+    return tuple(
+        (item[0], item[1])
+        for item in raw
+        if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], int)
+    )

@@ -137,22 +137,42 @@ class _Expired(Exception):
     """Set on a reply future when its timer fires."""
 
 
+class _Resend:
+    """A request to publish again, unchanged, while its reply has not come."""
+
+    __slots__ = ("block", "interval", "payload", "reply", "subject", "token")
+
+    def __init__(self, token: str, interval: float, subject: str, reply: str, block: bytes, payload: bytes) -> None:
+        self.token = token
+        self.interval = interval
+        self.subject = subject
+        self.reply = reply
+        self.block = block
+        self.payload = payload
+
+
 class _ReplyMux:
     """Routes replies arriving on ``<inbox>.<token>`` to the waiting future."""
 
-    __slots__ = ("_loop", "_pending", "_plen", "_slots", "_tokens", "prefix")
+    __slots__ = ("_loop", "_pending", "_plen", "_resend_slots", "_slots", "_tokens", "prefix", "republish")
 
     #: Timeouts are checked in slots of this many seconds: one loop timer per slot instead
     #: of one per request (each costs a heap push and pop). A timeout fires up to one slot late.
     TICK = 0.005
+    #: Resends are due in coarser slots.
+    RESEND_TICK = 0.05
 
-    def __init__(self, prefix: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, prefix: str, loop: asyncio.AbstractEventLoop, republish: Callable[[_Resend], None] | None = None
+    ) -> None:
         self.prefix = prefix
         self._plen = len(prefix)
         self._loop = loop
         self._pending: dict[str, asyncio.Future[Inbound]] = {}
         self._tokens = itertools.count(1)
         self._slots: dict[int, list[int]] = {}
+        self._resend_slots: dict[int, list[_Resend]] = {}
+        self.republish = republish
 
     def register(self, timeout: float | None) -> tuple[str, asyncio.Future[Inbound]]:
         n = next(self._tokens)
@@ -167,6 +187,24 @@ class _ReplyMux:
                 self._loop.call_at(key * self.TICK, self._expire_slot, key)
             slot.append(n)
         return token, fut
+
+    def resend_later(self, resend: _Resend) -> None:
+        """Publish ``resend`` again after its interval unless its reply came."""
+        key = math.ceil((self._loop.time() + resend.interval) / self.RESEND_TICK)
+        slot = self._resend_slots.get(key)
+        if slot is None:
+            slot = self._resend_slots[key] = []
+            self._loop.call_at(key * self.RESEND_TICK, self._resend_slot, key)
+        slot.append(resend)
+
+    def _resend_slot(self, key: int) -> None:
+        pending = self._pending
+        for resend in self._resend_slots.pop(key, ()):
+            fut = pending.get(resend.token)
+            if fut is None or fut.done() or self.republish is None:
+                continue
+            self.republish(resend)
+            self.resend_later(resend)
 
     def _expire_slot(self, key: int) -> None:
         pending = self._pending
@@ -226,6 +264,9 @@ class Transport:
         self._mux_lock = asyncio.Lock()
         self._closed = False
         self.last_error: BaseException | None = None
+        self.resends = 0  # requests published again for want of a reply
+        self.on_resend: Callable[[], None] | None = None
+        self._resend_tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -464,10 +505,23 @@ class Transport:
         async with self._mux_lock:
             if self._mux is None:
                 prefix = f"{self.settings.inbox_prefix}.{self._nc._nuid.next().decode()}."
-                mux = _ReplyMux(prefix, self._loop)
+                mux = _ReplyMux(prefix, self._loop, self._republish)
                 await self.subscribe(prefix + "*", mux)
                 self._mux = mux
         return self._mux
+
+    def _republish(self, resend: _Resend) -> None:
+        self.resends += 1
+        if self.on_resend is not None:
+            self.on_resend()
+        task = self._loop.create_task(self._send(resend.subject, resend.reply, resend.block, resend.payload))
+        self._resend_tasks.add(task)
+        task.add_done_callback(self._resend_done)
+
+    def _resend_done(self, task: asyncio.Task[None]) -> None:
+        self._resend_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("resending a request failed: %s", task.exception())
 
     async def request(
         self,
@@ -476,8 +530,14 @@ class Transport:
         *,
         headers: Mapping[str, str] | bytes | None = None,
         timeout: float | None,
+        resend: float | None = None,
     ) -> Inbound:
         """Publish a request and wait for its reply.
+
+        ``resend``: publish the identical request again (same reply subject) every
+        ``resend`` seconds while no reply came. NATS may drop a request in transit (a
+        queue subscription leaving as the request crosses a route); the receiving side
+        must recognise copies (``Na-Msg-Id``, see runtime.dedup).
 
         Raises:
             NoResponders: nobody subscribes to ``subject``.
@@ -490,8 +550,11 @@ class Transport:
         self.check_size(subject, block, payload)
         mux = self._mux or await self._ensure_mux()
         token, fut = mux.register(timeout)
+        reply = mux.prefix + token
         try:
-            await self._send(subject, mux.prefix + token, block, payload)
+            await self._send(subject, reply, block, payload)
+            if resend is not None and (timeout is None or resend < timeout):
+                mux.resend_later(_Resend(token, resend, subject, reply, block, payload))
             msg = await fut
         except _Expired:
             raise CallTimeout(f"no reply from {subject} within {timeout:g} s") from None
