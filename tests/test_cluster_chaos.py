@@ -9,13 +9,12 @@ applied). A total below that range is a lost acknowledged write, above it a writ
 applied twice or by a stale copy. The final ``get`` must lie in the same range; with no
 failed call that is exactly the number of acknowledged increments.
 
-Known limit (see ``IN_TRANSIT_ALLOWANCE``): core NATS delivers at most once, and when a
-queue subscriber leaves a server, a request already on its way to that server over a
-route is dropped if the only other member of the group sits on the server the request
-came from (routes never echo a message back). The moving agent's old copy keeps its
-subscription until the new copy is subscribed, which closes every other case, but a
-request published on the target's server at the instant the source unsubscribes can
-still vanish: its caller sees a timeout (no reply), never a lost acknowledged write.
+Core NATS can drop a request in transit: when a queue subscriber leaves a server, a
+request already on its way to that server over a route is dropped if the only other
+member of the group sits on the server the request came from (routes never echo a
+message back). The caller resends a request that got no reply after ``resend_after``
+(2 s) with the same message id, and hosts never run a copy twice, so no call may fail:
+every test asserts 0 failed calls, and reports how many requests were resent.
 """
 
 from __future__ import annotations
@@ -51,9 +50,6 @@ from natsagents.wire.subjects import bucket_name
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE = 1.5
-#: Requests a test that moves agents under load may lose in transit (a timeout without
-#: any reply, see the module docstring); every other failed call fails the test.
-IN_TRANSIT_ALLOWANCE = 1
 _SUBJECT = re.compile(r"\S+\.agent\.\S+")
 _NUMBER = re.compile(r"\d+(\.\d+)?")
 
@@ -256,11 +252,11 @@ class Load:
         """Failed calls that got no reply at all (the request or its reply was lost)."""
         return sum(n for e, n in self.errors.items() if e.startswith("CallTimeout: no reply"))
 
-    def assert_no_failed_call(self, allowance: int = IN_TRANSIT_ALLOWANCE) -> None:
-        """No call failed, but for ``allowance`` requests lost in transit (no reply)."""
+    def assert_no_failed_call(self) -> None:
+        """No call failed: neither an error reply nor a timeout without any reply."""
         answered = self.failed - self.unanswered
         assert answered == 0, f"{answered} calls failed with an error reply: {dict(self.errors)}"
-        assert self.unanswered <= allowance, f"{self.unanswered} calls got no reply: {dict(self.errors)}"
+        assert self.unanswered == 0, f"{self.unanswered} calls got no reply: {dict(self.errors)}"
 
     async def wait_ok(self, at_least: int, timeout: float = 30.0, ids: Iterable[str] | None = None) -> None:
         """Wait until every agent (of ``ids``) has ``at_least`` more acknowledged calls than now."""
@@ -437,7 +433,7 @@ async def test_a_joining_node_gets_its_share(start_host: StartHost, client: Mesh
 
 
 async def _migrations_under_load(
-    start_host: StartHost, client: Mesh, *, agents: int, rounds: int, allowance: int
+    start_host: StartHost, client: Mesh, *, agents: int, rounds: int
 ) -> dict[str, list[float]]:
     """Move every agent ``rounds`` times per strategy (to the next node) while each one
     is called continuously; check every call and the final values; return the pauses."""
@@ -474,22 +470,22 @@ async def _migrations_under_load(
                 )
         figures = await load.verify()
         print(load.report(figures))
-        load.assert_no_failed_call(allowance)
+        print(f"requests resent for want of a reply: {client.metrics.value('natsagents_resends_total', {}):.0f}")
+        load.assert_no_failed_call()
     finally:
         await load.stop()
     return pauses
 
 
 async def test_migration_under_load_loses_nothing(start_host: StartHost, client: Mesh) -> None:
-    pauses = await _migrations_under_load(start_host, client, agents=30, rounds=1, allowance=IN_TRANSIT_ALLOWANCE)
+    pauses = await _migrations_under_load(start_host, client, agents=30, rounds=1)
     assert all(len(p) == 30 for p in pauses.values())
 
 
 @pytest.mark.slow
 async def test_migration_soak(start_host: StartHost, client: Mesh) -> None:
-    """Many more moves (a meaningful p99), and a bound on requests lost in transit."""
-    moves = 60 * 5 * len(STRATEGIES)
-    pauses = await _migrations_under_load(start_host, client, agents=60, rounds=5, allowance=max(1, moves // 100))
+    """Many more moves (a meaningful p99); still no failed call."""
+    pauses = await _migrations_under_load(start_host, client, agents=60, rounds=5)
     assert all(len(p) == 300 for p in pauses.values())
 
 

@@ -1,6 +1,6 @@
 """A request that got no reply is resent unchanged, and a host never runs a copy twice.
 
-The copies are published with nats-py exactly as docs/protocol.md §7.3 describes (same
+The copies are published with nats-py exactly as docs/protocol.md §7.4 describes (same
 ``Na-Msg-Id``, same reply subject); the lost-request case uses a real subscriber that
 swallows the first copy, as a queue subscription leaving mid-route does.
 """
@@ -56,7 +56,7 @@ class Inbox:
         await self.nc.flush()
 
     async def exchange(self, subject: str, body: dict[str, Any], hdrs: dict[str, str], *, timeout: float = 5) -> Msg:
-        """Publish, and publish the same again every 0.5 s until a reply comes (§7.3)."""
+        """Publish, and publish the same again every 0.5 s until a reply comes (§7.4)."""
         count = len(self.replies)
         deadline = time.monotonic() + timeout
         while len(self.replies) == count:

@@ -1,7 +1,7 @@
 """Answer each logical message once.
 
 A requester that hears nothing may publish the *same* request again (same ``Na-Msg-Id``,
-same reply subject; see docs/protocol.md §7.3): NATS can lose a request in transit, for
+same reply subject; see docs/protocol.md §7.4): NATS can lose a request in transit, for
 instance when the queue subscription it was routed to goes away as an agent moves. The
 host must then not run the message twice. Per activation it remembers the ids of recent
 requests:
@@ -113,11 +113,15 @@ class Dedup:
                 recent[message_id] = APPLIED
                 self._expiry.append((now + min(left, self.ttl), act, message_id))
 
-    def export(self, act: Activation) -> list[list[Any]]:
-        """The answered and applied ids of ``act`` for its next activation (msgpack-able):
-        ``[id, reply headers (map) or None, reply body or None]``."""
+    def export(self, act: Activation, limit: int = 256) -> list[list[Any]]:
+        """The ``limit`` newest answered and applied ids of ``act`` for its next activation
+        (msgpack-able): ``[id, reply headers (map) or None, reply body or None]``. Copies
+        come within a resend interval or two of the answer, so the newest are the ones that
+        matter, and a busy agent's move stays small."""
         out: list[list[Any]] = []
-        for message_id, entry in (act.recent or {}).items():
+        for message_id, entry in reversed((act.recent or {}).items()):
+            if len(out) >= limit:
+                break
             if entry is IN_PROGRESS:
                 continue
             if entry is APPLIED:
@@ -127,6 +131,7 @@ class Dedup:
                 if isinstance(hdrs, bytes):  # only the prebuilt "ok" block is stored as bytes
                     hdrs = envelope.ok_reply(None)[0]
                 out.append([message_id, hdrs, body])
+        out.reverse()
         return out
 
     def load(self, act: Activation, entries: object) -> None:
