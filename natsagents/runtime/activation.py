@@ -13,7 +13,7 @@ from ..errors import ProtocolError
 from ..transport import Inbound, Subscription
 from ..wire import envelope
 from ..wire import headers as h
-from .dedup import IN_PROGRESS
+from .dedup import IN_PROGRESS, Recent
 
 if TYPE_CHECKING:
     from .host import Host
@@ -74,7 +74,7 @@ class Activation:
         self.busy_since = 0.0  # monotonic start of the oldest running handler (0: none)
         self.errors_in_row = 0
         self.cluster: Any = None  # the cluster node's per-activation record (claim, revision …)
-        self.recent: dict[str, Any] | None = None  # message id → dedup entry (runtime.dedup)
+        self.recent: Recent | None = None  # message id → dedup entry (runtime.dedup)
 
     def deliver(self, msg: Inbound) -> None:
         if self.state is not ActivationState.ACTIVE:
@@ -88,9 +88,11 @@ class Activation:
         if msg.reply and hdrs is not None:
             message_id = hdrs.get(h.MESSAGE_ID)
             recent = self.recent
-            if recent is not None and message_id in recent:
-                self.host.duplicate(self, msg, recent[message_id])  # a resend: never run twice
-                return
+            if recent is not None and message_id is not None:
+                entry = recent.get(message_id)
+                if entry is not None:
+                    self.host.duplicate(self, msg, entry)  # a resend: never run twice
+                    return
         if msg.reply and hdrs is not None and hdrs.get(h.REPLY_MODE) == h.REPLY_MODE_ACCEPT:
             # Check what can be checked before acknowledging: an accepted send gets one reply.
             try:
@@ -105,7 +107,7 @@ class Activation:
         if message_id is not None:
             recent = self.recent
             if recent is None:
-                recent = self.recent = {}
+                recent = self.recent = Recent()
             recent[message_id] = IN_PROGRESS
         self.mailbox.append(msg)
         self.idle.clear()
@@ -124,11 +126,15 @@ class Activation:
                     self.busy_since = time.monotonic()
                 self.busy += 1
                 try:
-                    await handle(self, msg)
+                    kept = await handle(self, msg)
                 finally:
                     self.busy -= 1
                     if not self.busy:
                         self.busy_since = 0.0
+                if self.recent is not None and msg.reply:
+                    message_id = msg.headers.get(h.MESSAGE_ID) if msg.headers is not None else None
+                    if message_id is not None:
+                        self.host.dedup.finish(self, message_id, kept)
         finally:
             self.workers.discard(task)
             if not self.workers:

@@ -14,14 +14,17 @@ requests:
   ``already_applied`` instead of running the action a second time.
 
 Entries move with the agent when it migrates (:meth:`Dedup.export` / :meth:`Dedup.load`).
-Memory is bounded: entries expire after ``ttl`` and the host keeps at most
-``max_entries`` answered ones (the oldest go first).
+Memory is bounded: entries expire ``ttl`` seconds after the answer, and an agent keeps at
+most ``max_per_agent`` of them (the oldest go first). The cost per request is one dict
+entry holding the reply's bytes; expiry visits each agent with entries about once a
+``ttl``, not each entry.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 from ..wire import envelope
@@ -29,36 +32,49 @@ from ..wire import envelope
 if TYPE_CHECKING:
     from .activation import Activation
 
-__all__ = ["APPLIED", "IN_PROGRESS", "Dedup"]
+__all__ = ["IN_PROGRESS", "Dedup", "Entry", "Recent", "Reply"]
 
 #: Marks a request in the mailbox or running.
 IN_PROGRESS: Final = "in_progress"
-#: Marks a request a previous activation applied and persisted, reply unknown.
-APPLIED: Final = "applied"
 
 Reply = tuple[dict[str, str] | bytes, bytes]
+#: An answered entry: reply headers, reply body, expiry (``time.time()``). Headers and body
+#: are ``None`` for an id an earlier activation applied and whose reply is gone.
+Entry = tuple[dict[str, str] | bytes | None, bytes | None, float]
+
+
+class Recent(dict[str, Any]):
+    """One agent's recent request ids → ``IN_PROGRESS`` or an :data:`Entry`, plus
+    ``order``: the answered ids, oldest first (answers expire in that order)."""
+
+    __slots__ = ("order",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: deque[str] = deque()
 
 
 class Dedup:
-    """Recent request ids of a host's activations (each activation holds its own map in
-    ``act.recent``; this object expires them).
+    """Recent request ids of a host's activations (each activation holds its own
+    :class:`Recent` in ``act.recent``; this object expires them).
 
     Args:
         ttl: seconds an answered request's reply is kept for copies of it.
-        max_entries: answered requests kept at most, over all agents of the host.
+        max_per_agent: answered requests kept at most per agent.
     """
 
-    __slots__ = ("_expiry", "max_entries", "ttl")
+    __slots__ = ("_due", "_scheduled", "max_per_agent", "ttl")
 
-    def __init__(self, ttl: float = 10.0, max_entries: int = 100_000) -> None:
+    def __init__(self, ttl: float = 10.0, max_per_agent: int = 10_000) -> None:
         self.ttl = ttl
-        self.max_entries = max_entries
-        # (expires at, activation, message id), in the order the entries were finished.
-        self._expiry: deque[tuple[float, Activation, str]] = deque()
+        self.max_per_agent = max_per_agent
+        # (when to look, activation): at most one per activation with answered entries.
+        self._due: deque[tuple[float, Activation]] = deque()
+        self._scheduled: set[Activation] = set()
 
     @staticmethod
     def lookup(act: Activation, message_id: str) -> Any:
-        """``None`` for a new id, else ``IN_PROGRESS``, ``APPLIED`` or the stored reply."""
+        """``None`` for a new id, else ``IN_PROGRESS`` or an :data:`Entry`."""
         recent = act.recent
         return None if recent is None else recent.get(message_id)
 
@@ -66,12 +82,12 @@ class Dedup:
     def begin(act: Activation, message_id: str) -> None:
         recent = act.recent
         if recent is None:
-            recent = act.recent = {}
+            recent = act.recent = Recent()
         recent[message_id] = IN_PROGRESS
 
     def finish(self, act: Activation, message_id: str, reply: Reply | None) -> None:
         """The request was answered with ``reply`` (``None``: nothing worth keeping, e.g.
-        refused before running; a copy may run it)."""
+        refused before running, or its state not stored; a copy may run it)."""
         recent = act.recent
         if recent is None:
             return
@@ -81,37 +97,61 @@ class Dedup:
                 if not recent:
                     act.recent = None
             return
-        recent[message_id] = reply
         now = time.time()
-        expiry = self._expiry
-        expiry.append((now + self.ttl, act, message_id))
-        self._expire(now)
+        recent[message_id] = (reply[0], reply[1], now + self.ttl)
+        order = recent.order
+        order.append(message_id)
+        if len(order) > self.max_per_agent:  # the oldest answer goes
+            recent.pop(order.popleft(), None)
+        if act not in self._scheduled:
+            self._scheduled.add(act)
+            self._due.append((now + self.ttl, act))
+        if self._due[0][0] <= now:
+            self._expire(now)
 
     def _expire(self, now: float) -> None:
-        expiry = self._expiry
-        over = len(expiry) - self.max_entries
-        while expiry and (over > 0 or expiry[0][0] <= now):
-            _, act, message_id = expiry.popleft()
-            over -= 1
+        due = self._due
+        while due and due[0][0] <= now:
+            _, act = due.popleft()
             recent = act.recent
-            if recent is not None and recent.get(message_id) is not IN_PROGRESS:
-                recent.pop(message_id, None)
+            next_due = 0.0
+            if recent is not None:
+                order = recent.order
+                while order:
+                    entry = recent.get(order[0])
+                    if entry is not None and entry is not IN_PROGRESS and entry[2] > now:
+                        next_due = entry[2]
+                        break
+                    if entry is not IN_PROGRESS:
+                        recent.pop(order[0], None)
+                    order.popleft()
                 if not recent:
                     act.recent = None
+            if next_due:
+                due.append((next_due, act))
+            else:
+                self._scheduled.discard(act)
 
-    def remember_applied(self, act: Activation, entries: list[tuple[str, int]]) -> None:
-        """Ids a previous activation applied (``(id, expires_ms)``), reply unknown."""
+    def _keep(self, act: Activation, entries: Iterable[tuple[str, Entry]]) -> None:
+        """Add answered entries (oldest first) that came from elsewhere."""
+        recent = act.recent
         now = time.time()
-        for message_id, expires_ms in entries:
-            left = expires_ms / 1000 - now
-            if left <= 0:
+        for message_id, entry in entries:
+            if entry[2] <= now:
                 continue
-            recent = act.recent
             if recent is None:
-                recent = act.recent = {}
+                recent = act.recent = Recent()
             if message_id not in recent:
-                recent[message_id] = APPLIED
-                self._expiry.append((now + min(left, self.ttl), act, message_id))
+                recent[message_id] = entry
+                recent.order.append(message_id)
+        if recent is not None and recent.order and act not in self._scheduled:
+            self._scheduled.add(act)
+            self._due.append((now + self.ttl, act))
+
+    def remember_applied(self, act: Activation, entries: Iterable[tuple[str, int]]) -> None:
+        """Ids a previous activation applied (``(id, expires_ms)``), reply unknown."""
+        cap = time.time() + self.ttl
+        self._keep(act, ((mid, (None, None, min(ms / 1000, cap))) for mid, ms in sorted(entries, key=lambda e: e[1])))
 
     def export(self, act: Activation, limit: int = 256) -> list[list[Any]]:
         """The ``limit`` newest answered and applied ids of ``act`` for its next activation
@@ -119,18 +159,16 @@ class Dedup:
         come within a resend interval or two of the answer, so the newest are the ones that
         matter, and a busy agent's move stays small."""
         out: list[list[Any]] = []
+        now = time.time()
         for message_id, entry in reversed((act.recent or {}).items()):
             if len(out) >= limit:
                 break
-            if entry is IN_PROGRESS:
+            if entry is IN_PROGRESS or entry[2] <= now:
                 continue
-            if entry is APPLIED:
-                out.append([message_id, None, None])
-            else:
-                hdrs, body = entry
-                if isinstance(hdrs, bytes):  # only the prebuilt "ok" block is stored as bytes
-                    hdrs = envelope.ok_reply(None)[0]
-                out.append([message_id, hdrs, body])
+            hdrs, body, _ = entry
+            if isinstance(hdrs, bytes):  # only the prebuilt "ok" block is stored as bytes
+                hdrs = envelope.ok_reply(None)[0]
+            out.append([message_id, hdrs, body])
         out.reverse()
         return out
 
@@ -138,21 +176,18 @@ class Dedup:
         """Take over what :meth:`export` gave (malformed entries are skipped)."""
         if not isinstance(entries, list):
             return
-        now = time.time()
+        expires = time.time() + self.ttl
+        good: list[tuple[str, Entry]] = []
         for item in entries:
             if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)):
                 continue
             message_id, hdrs, body = item
-            recent = act.recent
-            if recent is None:
-                recent = act.recent = {}
             if hdrs is None:
-                recent[message_id] = APPLIED
+                good.append((message_id, (None, None, expires)))
             elif isinstance(hdrs, dict) and isinstance(body, bytes):
-                recent[message_id] = ({str(k): str(v) for k, v in hdrs.items()}, body)
-            else:
-                continue
-            self._expiry.append((now + self.ttl, act, message_id))
+                good.append((message_id, ({str(k): str(v) for k, v in hdrs.items()}, body, expires)))
+        self._keep(act, good)
 
     def __len__(self) -> int:
-        return len(self._expiry)
+        """Agents with answered entries."""
+        return len(self._scheduled)

@@ -23,7 +23,7 @@ from ..wire.envelope import RequestMeta
 from ..wire.ids import encode_id
 from ..wire.subjects import activate_subject, agent_queue, agent_subject
 from .activation import Activation, ActivationState
-from .dedup import APPLIED, IN_PROGRESS, Dedup, Reply
+from .dedup import IN_PROGRESS, Dedup, Reply
 
 __all__ = ["Host", "HostSettings", "NodeHooks"]
 
@@ -325,20 +325,10 @@ class Host:
 
     # -- dispatch --------------------------------------------------------------------
 
-    async def handle(self, act: Activation, msg: Inbound) -> None:
-        """Run one message through the agent's handler and reply. Never raises."""
-        kept: Reply | None = None
-        try:
-            kept = await self._run(act, msg)
-        finally:
-            if act.recent is not None and msg.reply and msg.headers is not None:
-                message_id = msg.headers.get(h.MESSAGE_ID)
-                if message_id is not None:
-                    self.dedup.finish(act, message_id, kept)
-
-    async def _run(self, act: Activation, msg: Inbound) -> Reply | None:
-        """Run the handler and reply; return the reply worth giving again to a copy of
-        the request (``None``: a copy may run: refused, or the state was not saved)."""
+    async def handle(self, act: Activation, msg: Inbound) -> Reply | None:
+        """Run one message through the agent's handler and reply. Never raises. Returns
+        the reply worth giving again to a copy of the request (``None``: a copy may run:
+        refused, or its state not stored); the activation records it (runtime.dedup)."""
         started = time.perf_counter()
         kind, address = act.kind, act.address
         reply_to = msg.reply
@@ -530,7 +520,8 @@ class Host:
             if hdrs.get(h.REPLY_MODE) == h.REPLY_MODE_ACCEPT:
                 self.accepted(msg)
             return
-        if entry is APPLIED:
+        hdrs_kept, body_kept, _ = entry
+        if hdrs_kept is None:  # applied by an earlier activation; the reply is gone
             self._metrics.duplicates.labels(act.kind, "applied").inc()
             if hdrs.get(h.REPLY_MODE) == h.REPLY_MODE_ACCEPT:
                 self.accepted(msg)
@@ -544,7 +535,7 @@ class Host:
             )
             return
         self._metrics.duplicates.labels(act.kind, "replayed").inc()
-        self._post(msg.reply, *entry)
+        self._post(msg.reply, hdrs_kept, body_kept or b"")
 
     def accepted(self, msg: Inbound) -> None:
         """Acknowledge a send (reply mode ``accept``) as soon as it is in the mailbox."""

@@ -137,18 +137,9 @@ class _Expired(Exception):
     """Set on a reply future when its timer fires."""
 
 
-class _Resend:
-    """A request to publish again, unchanged, while its reply has not come."""
-
-    __slots__ = ("block", "interval", "payload", "reply", "subject", "token")
-
-    def __init__(self, token: str, interval: float, subject: str, reply: str, block: bytes, payload: bytes) -> None:
-        self.token = token
-        self.interval = interval
-        self.subject = subject
-        self.reply = reply
-        self.block = block
-        self.payload = payload
+#: A request to publish again, unchanged, while its reply has not come:
+#: (token, interval, subject, reply subject, header block, payload).
+_Resend = tuple[str, float, str, str, bytes, bytes]
 
 
 class _ReplyMux:
@@ -190,7 +181,7 @@ class _ReplyMux:
 
     def resend_later(self, resend: _Resend) -> None:
         """Publish ``resend`` again after its interval unless its reply came."""
-        key = math.ceil((self._loop.time() + resend.interval) / self.RESEND_TICK)
+        key = math.ceil((self._loop.time() + resend[1]) / self.RESEND_TICK)
         slot = self._resend_slots.get(key)
         if slot is None:
             slot = self._resend_slots[key] = []
@@ -200,7 +191,7 @@ class _ReplyMux:
     def _resend_slot(self, key: int) -> None:
         pending = self._pending
         for resend in self._resend_slots.pop(key, ()):
-            fut = pending.get(resend.token)
+            fut = pending.get(resend[0])
             if fut is None or fut.done() or self.republish is None:
                 continue
             self.republish(resend)
@@ -514,7 +505,8 @@ class Transport:
         self.resends += 1
         if self.on_resend is not None:
             self.on_resend()
-        task = self._loop.create_task(self._send(resend.subject, resend.reply, resend.block, resend.payload))
+        _, _, subject, reply, block, payload = resend
+        task = self._loop.create_task(self._send(subject, reply, block, payload))
         self._resend_tasks.add(task)
         task.add_done_callback(self._resend_done)
 
@@ -554,7 +546,7 @@ class Transport:
         try:
             await self._send(subject, reply, block, payload)
             if resend is not None and (timeout is None or resend < timeout):
-                mux.resend_later(_Resend(token, resend, subject, reply, block, payload))
+                mux.resend_later((token, resend, subject, reply, block, payload))
             msg = await fut
         except _Expired:
             raise CallTimeout(f"no reply from {subject} within {timeout:g} s") from None
