@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 
 from ..errors import ActionDefinitionError, ConfigurationError
@@ -172,17 +172,17 @@ class Agent:
                 raise ActionDefinitionError(str(exc)) from None
         cls.__actions__ = actions
 
-    # Set by the runtime before on_start.
-    _refs: RefFactory
-    _logger: logging.LoggerAdapter[logging.Logger]
-    _saver: Callable[[], Awaitable[None]] | None = None
+    # Set by the runtime before on_start. The ref factory and the logger are made on first
+    # use: a node may hold 100k agents, most of which never log or call anyone.
+    _refs_for: Callable[[str], RefFactory]
+    _refs: RefFactory | None = None
+    _logger: logging.LoggerAdapter[logging.Logger] | None = None
+    _activation: Any = None  # the runtime's Activation (save_state goes through it)
 
-    def _bind(self, agent_id: str, refs: RefFactory) -> None:
+    def _bind(self, agent_id: str, refs_for: Callable[[str], RefFactory], activation: Any = None) -> None:
         self.id = agent_id
-        self._refs = refs
-        self._logger = logging.LoggerAdapter(
-            logging.getLogger(f"natsagents.agent.{self.kind}"), {"agent": self.address}
-        )
+        self._refs_for = refs_for
+        self._activation = activation
         self.state = self.initial_state()
 
     @property
@@ -193,7 +193,12 @@ class Agent:
     @property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
         """A logger whose records name this agent (and the correlation id, see observability)."""
-        return self._logger
+        logger = self._logger
+        if logger is None:
+            logger = self._logger = logging.LoggerAdapter(
+                logging.getLogger(f"natsagents.agent.{self.kind}"), {"agent": self.address}
+            )
+        return logger
 
     @property
     def context(self) -> Context:
@@ -209,7 +214,10 @@ class Agent:
 
     def ref(self, target: str | type[Agent], agent_id: str | None = None) -> AgentRef:
         """A reference to another agent, calling as this agent (see ``Mesh.ref``)."""
-        return self._refs.ref(target, agent_id)
+        refs = self._refs
+        if refs is None:
+            refs = self._refs = self._refs_for(self.address)
+        return refs.ref(target, agent_id)
 
     def initial_state(self) -> Any:
         """State of a newly activated agent (default: an empty dict)."""
@@ -232,8 +240,8 @@ class Agent:
             PayloadTooLarge: the state exceeds the size limit (nothing is written).
             Unavailable: this copy was fenced off (another node owns the agent now).
         """
-        if self._saver is not None:
-            await self._saver()
+        if self._activation is not None:
+            await self._activation.save_state()
 
     async def on_start(self) -> None:
         """Called after activation, before the first message."""

@@ -231,7 +231,7 @@ class _Owned:
         self.needs = needs
         self.persistence = persistence
         self.saved = saved  # the last stored value without "applied" (StateStore.encode)
-        self.lock = asyncio.Lock()
+        self.lock: asyncio.Lock | None = None  # made on the first save
         self.handed_over = False
         # Requests whose effect is in the state and that may still be resent: (id, expires ms).
         self.applied: list[tuple[str, int]] | None = None
@@ -790,7 +790,6 @@ class ClusterNode:
                 # What the store holds (or the initial state, which needs no write).
                 saved = StateStore.encode(agent.checkpoint(), claim.record.epoch)
             own = act.cluster = _Owned(claim, revision, needs, cls.persistence, saved)
-            agent._saver = lambda: self.save_now(act)
             # Copies of requests the previous activation answered or applied are not run again.
             dedup = self._host.dedup
             if ask.recent is not None:
@@ -877,6 +876,8 @@ class ClusterNode:
         limit = type(act.agent).max_state_bytes
         plain = value
         value = StateStore.with_applied(plain, own.applied_now())
+        if own.lock is None:
+            own.lock = asyncio.Lock()
         async with own.lock:
             deadline = time.monotonic() + 10.0
             delay = 0.01
@@ -998,6 +999,8 @@ class ClusterNode:
         if claim is None:
             return  # our own release, or a removal we will notice on the next save
         if claim.revision <= own.claim.revision:
+            if claim.revision == own.claim.revision:
+                own.claim = claim  # the directory cache's copy of our own write: share it
             return
         if claim.record.node != self.node_id:
             log.warning("%s was taken over by %s (epoch %d)", act.address, claim.record.node, claim.record.epoch)

@@ -21,6 +21,17 @@ if TYPE_CHECKING:
 __all__ = ["Activation", "ActivationState"]
 
 
+class _Empty(deque):  # type: ignore[type-arg]
+    """The shared mailbox of every idle agent: empty, and refuses to be filled."""
+
+    def append(self, _: object) -> None:
+        raise AssertionError("the shared empty mailbox must be replaced before use")
+
+
+_NO_MAIL: deque[Any] = _Empty(maxlen=0)
+_NO_WORKERS: set[Any] = frozenset()  # type: ignore[assignment]
+
+
 class ActivationState(enum.Enum):
     STARTING = "starting"
     ACTIVE = "active"
@@ -37,6 +48,7 @@ class Activation:
     """
 
     __slots__ = (
+        "_idle",
         "address",
         "agent",
         "agent_id",
@@ -46,7 +58,6 @@ class Activation:
         "cluster",
         "errors_in_row",
         "host",
-        "idle",
         "kind",
         "mailbox",
         "max_workers",
@@ -56,20 +67,20 @@ class Activation:
         "workers",
     )
 
-    def __init__(self, host: Host, agent: Agent) -> None:
+    def __init__(self, host: Host, agent: Agent, agent_id: str) -> None:
         self.host = host
         self.agent = agent
         self.kind = agent.kind
-        self.agent_id = agent.id
-        self.address = f"{self.kind}/{self.agent_id}"
+        self.agent_id = agent_id
+        self.address = f"{self.kind}/{agent_id}"
         self.capacity = agent.mailbox_size
         self.max_workers = agent.max_concurrency
-        self.mailbox: deque[Inbound] = deque()
-        self.workers: set[asyncio.Task[None]] = set()
+        # An idle agent holds no deque and no set (760 + 216 bytes): shared empties until used.
+        self.mailbox: deque[Inbound] = _NO_MAIL
+        self.workers: set[asyncio.Task[None]] = _NO_WORKERS
         self.state = ActivationState.STARTING
         self.subscription: Subscription | None = None
-        self.idle = asyncio.Event()
-        self.idle.set()
+        self._idle: asyncio.Event | None = None  # made only when someone waits (wait_idle)
         self.busy = 0
         self.busy_since = 0.0  # monotonic start of the oldest running handler (0: none)
         self.errors_in_row = 0
@@ -109,11 +120,15 @@ class Activation:
             if recent is None:
                 recent = self.recent = Recent()
             recent[message_id] = IN_PROGRESS
-        self.mailbox.append(msg)
-        self.idle.clear()
-        if len(self.workers) < self.max_workers:
-            task = asyncio.get_running_loop().create_task(self._work())
-            self.workers.add(task)
+        mailbox = self.mailbox
+        if mailbox is _NO_MAIL:
+            mailbox = self.mailbox = deque()
+        mailbox.append(msg)
+        workers = self.workers
+        if len(workers) < self.max_workers:
+            if workers is _NO_WORKERS:
+                workers = self.workers = set()
+            workers.add(asyncio.get_running_loop().create_task(self._work()))
 
     async def _work(self) -> None:
         task = asyncio.current_task()
@@ -136,17 +151,36 @@ class Activation:
                     if message_id is not None:
                         self.host.dedup.finish(self, message_id, kept)
         finally:
-            self.workers.discard(task)
-            if not self.workers:
+            workers = self.workers
+            workers.discard(task)
+            if not workers:
                 if self.mailbox and self.state is not ActivationState.STOPPED:
                     # A message arrived while this worker was finishing up.
-                    new = asyncio.get_running_loop().create_task(self._work())
-                    self.workers.add(new)
+                    workers.add(asyncio.get_running_loop().create_task(self._work()))
                 else:
-                    self.idle.set()
+                    self.workers = _NO_WORKERS
+                    if not self.mailbox:
+                        self.mailbox = _NO_MAIL
+                    if self._idle is not None:
+                        self._idle.set()
+                        self._idle = None
+
+    async def wait_idle(self) -> None:
+        """Return once no worker runs (the mailbox is empty or refused)."""
+        while self.workers:
+            idle = self._idle
+            if idle is None:
+                idle = self._idle = asyncio.Event()
+            await idle.wait()
+
+    async def save_state(self) -> None:
+        """``Agent.save_state()``: a cluster node persists the state now."""
+        node = self.host.node
+        if node is not None and self.cluster is not None:
+            await node.save_now(self)
 
     def take_pending(self) -> list[Inbound]:
         """Remove and return the messages still waiting (used when stopping)."""
         pending = list(self.mailbox)
-        self.mailbox.clear()
+        self.mailbox = _NO_MAIL
         return pending

@@ -65,6 +65,8 @@ class NodeHooks(Protocol):
 
     def action_failed(self, act: Activation, exc: BaseException) -> None: ...
 
+    async def save_now(self, act: Activation) -> None: ...
+
     async def stopped(self, act: Activation, *, discard: bool) -> None: ...
 
 
@@ -161,8 +163,8 @@ class Host:
 
     async def _start(self, cls: type[Agent], agent_id: str, options: Any = None) -> Activation:
         agent = cls()
-        agent._bind(agent_id, self._refs_for(f"{cls.kind}/{agent_id}"))
-        act = Activation(self, agent)
+        act = Activation(self, agent, agent_id)
+        agent._bind(agent_id, self._refs_for, act)
         node = self.node
         if node is not None:
             await node.starting(act, options)  # claim, restore state
@@ -229,7 +231,7 @@ class Host:
                 self.refuse(act, msg, "unavailable", "this copy of the agent was superseded", retry=True)
         try:
             async with asyncio.timeout(self.settings.stop_timeout):
-                await act.idle.wait()
+                await act.wait_idle()
         except TimeoutError:
             log.warning("%s did not finish its mailbox within %.1f s", act.address, self.settings.stop_timeout)
             for task in list(act.workers):
