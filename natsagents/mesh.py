@@ -430,6 +430,11 @@ class Mesh:
         """Addresses of the agents active in this process."""
         return self._host.active()
 
+    def unhealthy_agents(self) -> dict[str, str]:
+        """Agents of this process throttled now (``Kind/id`` → ``"backlog"`` or
+        ``"latency"``; see the ``throttle_*`` options of :class:`Agent`)."""
+        return self._host.unhealthy()
+
     def local_agent(self, target: str | type[Agent], agent_id: str | None = None) -> Agent | None:
         """The instance of a locally active agent (for tests and debugging), or ``None``."""
         ref = self.ref(target, agent_id)

@@ -25,6 +25,7 @@ _RESERVED_ACTIONS = frozenset(
 )
 PERSISTENCE_MODES = ("action", "manual", "none")
 RESTART_POLICIES = ("permanent", "transient", "temporary")
+UNHEALTHY_POLICIES = ("throttle", "restart")
 
 
 class _ActionMark:
@@ -75,7 +76,15 @@ def _check_cluster_options(cls: type[Agent]) -> None:
         value = getattr(cls, option)
         if type(value) is not int or value < 0:
             raise ActionDefinitionError(f"{name}.{option} must be an int >= 0, not {value!r}")
-    for option, allow_none in (("restart_window", False), ("handler_timeout", True), ("max_state_bytes", True)):
+    if cls.unhealthy not in UNHEALTHY_POLICIES:
+        raise ActionDefinitionError(f"{name}.unhealthy must be one of {UNHEALTHY_POLICIES}, not {cls.unhealthy!r}")
+    for option, allow_none in (
+        ("restart_window", False),
+        ("handler_timeout", True),
+        ("max_state_bytes", True),
+        ("throttle_latency", True),
+        ("unhealthy_grace", False),
+    ):
         value = getattr(cls, option)
         if value is None and allow_none:
             continue
@@ -99,6 +108,12 @@ class Agent:
         max_concurrency: messages handled at the same time (1 = actor semantics).
         activate_on_demand: a message to an inactive agent activates it (virtual actor);
             ``False`` means only ``spawn`` creates it and calls get ``AgentNotFound``.
+        throttle_backlog: waiting messages at which the agent counts as congested and new
+            ones are refused with ``Overloaded`` (reason ``backlog``) until half have run
+            (``None``: only ``mailbox_size`` limits). See ``runtime.health``.
+        throttle_latency: seconds of average handler time above which the agent counts
+            as slow and admits a message only when a worker is free (``Overloaded``,
+            reason ``latency``); ``None``: off.
 
     Cluster options (used when the mesh runs as a cluster node, ``Mesh.connect(cluster=…)``):
         persistence: when ``self.state`` is saved to the replicated store: ``"action"``
@@ -117,6 +132,9 @@ class Agent:
             (0: errors never restart the agent).
         handler_timeout: seconds a handler may run before the agent counts as hung and is
             restarted (``None``: no limit).
+        unhealthy: what a node does with an agent congested or slow (see the throttle
+            options) for ``unhealthy_grace`` seconds: ``"throttle"`` (keep throttling;
+            default) or ``"restart"`` (a supervised restart, counted in ``max_restarts``).
         resources: what one agent reserves on its node, ``{"cpu": cores, "memory": bytes,
             "custom": {name: amount}}``; placement only picks nodes with that much free.
     """
@@ -132,6 +150,10 @@ class Agent:
     restart_window: ClassVar[float] = 60.0
     restart_after_errors: ClassVar[int] = 0
     handler_timeout: ClassVar[float | None] = None
+    throttle_backlog: ClassVar[int | None] = None
+    throttle_latency: ClassVar[float | None] = None
+    unhealthy: ClassVar[str] = "throttle"
+    unhealthy_grace: ClassVar[float] = 10.0
     resources: ClassVar[Mapping[str, Any]] = {}
     __actions__: ClassVar[dict[str, ActionSpec]] = {}
 
@@ -150,6 +172,11 @@ class Agent:
             value = getattr(cls, option)
             if type(value) is not int or value < 1:
                 raise ActionDefinitionError(f"{cls.__qualname__}.{option} must be an int >= 1, not {value!r}")
+        backlog = cls.throttle_backlog
+        if backlog is not None and (type(backlog) is not int or backlog < 1):
+            raise ActionDefinitionError(
+                f"{cls.__qualname__}.throttle_backlog must be an int >= 1 or None, not {backlog!r}"
+            )
         _check_cluster_options(cls)
         actions: dict[str, ActionSpec] = {}
         for base in reversed(cls.__mro__[1:]):

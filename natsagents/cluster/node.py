@@ -1018,16 +1018,25 @@ class ClusterNode:
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()
-            if any(cls.handler_timeout for cls in self._host.kinds.values()):
+            kinds = self._host.kinds.values()
+            if any(cls.handler_timeout or cls.unhealthy == "restart" for cls in kinds):
                 for act in list(self._host.activations.values()):
-                    limit = type(act.agent).handler_timeout
-                    if (
-                        limit
-                        and act.busy_since
-                        and now - act.busy_since > limit
-                        and act.state is ActivationState.ACTIVE
-                    ):
+                    if act.state is not ActivationState.ACTIVE:
+                        continue
+                    cls = type(act.agent)
+                    limit = cls.handler_timeout
+                    if limit and act.busy_since and now - act.busy_since > limit:
                         self._spawn(self._restart(act, "hung"))
+                        continue
+                    health = act.health
+                    if (
+                        cls.unhealthy == "restart"
+                        and health is not None
+                        and health.unhealthy_since
+                        and now - health.unhealthy_since > cls.unhealthy_grace
+                    ):
+                        health.unhealthy_since = now  # once per grace period, while it restarts
+                        self._spawn(self._restart(act, "unhealthy"))
             last = self.membership.last_beat_ok
             if last and loop.time() - last > self.settings.lease:
                 await self._verify_claims()
@@ -1299,12 +1308,14 @@ class ClusterNode:
         await self._answer(msg, result=result)
 
     def info(self) -> dict[str, Any]:
-        """This node's own view: record fields, agents, queued placements, leadership."""
+        """This node's own view: record fields, agents, queued placements, leadership,
+        and the agents throttled now (``unhealthy``: address → ``backlog``/``latency``)."""
         out = self.describe()
         out["node"] = self.node_id
         out["leader"] = self._leader.is_leader if self._leader is not None else False
         out["queued"] = sorted(self._queued)
         out["agents"] = self._host.active()
+        out["unhealthy"] = self._host.unhealthy()
         return out
 
     async def _answer(self, msg: Inbound, *, result: Any = None, error: AgentError | None = None) -> None:

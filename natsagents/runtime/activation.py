@@ -14,6 +14,7 @@ from ..transport import Inbound, Subscription
 from ..wire import envelope
 from ..wire import headers as h
 from .dedup import IN_PROGRESS, Recent
+from .health import Health
 
 if TYPE_CHECKING:
     from .host import Host
@@ -57,6 +58,7 @@ class Activation:
         "capacity",
         "cluster",
         "errors_in_row",
+        "health",
         "host",
         "kind",
         "mailbox",
@@ -86,6 +88,10 @@ class Activation:
         self.errors_in_row = 0
         self.cluster: Any = None  # the cluster node's per-activation record (claim, revision …)
         self.recent: Recent | None = None  # message id → dedup entry (runtime.dedup)
+        cls = type(agent)
+        self.health: Health | None = None
+        if cls.throttle_backlog is not None or cls.throttle_latency is not None:
+            self.health = Health(cls.throttle_backlog, cls.throttle_latency)
 
     def deliver(self, msg: Inbound) -> None:
         if self.state is not ActivationState.ACTIVE:
@@ -94,6 +100,12 @@ class Activation:
         if len(self.mailbox) + self.busy >= self.capacity:
             self.host.refuse(self, msg, "overloaded", f"mailbox of {self.address} is full ({self.capacity})")
             return
+        health = self.health
+        if health is not None:
+            reason = health.admit(len(self.mailbox), self.busy, self.max_workers)
+            if reason is not None:
+                self.host.throttle(self, msg, reason)
+                return
         hdrs = msg.headers
         message_id = None
         if msg.reply and hdrs is not None:
@@ -137,8 +149,9 @@ class Activation:
             handle = self.host.handle
             while mailbox:
                 msg = mailbox.popleft()
+                started = time.monotonic()
                 if not self.busy:
-                    self.busy_since = time.monotonic()
+                    self.busy_since = started
                 self.busy += 1
                 try:
                     kept = await handle(self, msg)
@@ -146,6 +159,8 @@ class Activation:
                     self.busy -= 1
                     if not self.busy:
                         self.busy_since = 0.0
+                    if self.health is not None:
+                        self.health.handled(time.monotonic() - started, len(mailbox))
                 if self.recent is not None and msg.reply:
                     message_id = msg.headers.get(h.MESSAGE_ID) if msg.headers is not None else None
                     if message_id is not None:

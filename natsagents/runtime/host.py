@@ -512,6 +512,32 @@ class Host:
         )
         self._post(msg.reply, hdrs, body)
 
+    def throttle(self, act: Activation, msg: Inbound, reason: str) -> None:
+        """Refuse a message to an unhealthy agent (runtime.health): ``overloaded`` with
+        ``details.reason`` and ``details.retry_after`` (seconds)."""
+        health = act.health
+        assert health is not None
+        self._metrics.rejected_one(act.kind, f"throttled_{reason}")
+        if not msg.reply:
+            log.warning("dropped a send to %s: throttled (%s)", act.address, reason)
+            return
+        waiting = len(act.mailbox)
+        if reason == "backlog":
+            text = f"{act.address} is congested: {waiting} messages waiting (limit {health.backlog_limit})"
+        else:
+            text = (
+                f"{act.address} is slow: handlers take {health.latency:.3f} s on average (limit {health.latency_limit})"
+            )
+        retry_after = round(health.retry_after(waiting, act.max_workers), 3)
+        hdrs, body = envelope.error_reply(
+            "overloaded",
+            text,
+            agent=act.address,
+            action=(msg.headers or {}).get(h.ACTION),
+            details={"reason": reason, "retry_after": retry_after},
+        )
+        self._post(msg.reply, hdrs, body)
+
     def duplicate(self, act: Activation, msg: Inbound, entry: Any) -> None:
         """A copy of a request this agent has seen (same ``Na-Msg-Id``): never run it again.
         In progress: the one reply is on its way (an accepted send is acknowledged again);
@@ -567,6 +593,15 @@ class Host:
     def active(self) -> list[str]:
         """Addresses of the active agents hosted here."""
         return sorted(a.address for a in self.activations.values() if a.state is ActivationState.ACTIVE)
+
+    def unhealthy(self) -> dict[str, str]:
+        """Address → ``"backlog"`` or ``"latency"`` for the agents throttled now."""
+        out: dict[str, str] = {}
+        for act in self.activations.values():
+            health = act.health
+            if health is not None and health.reason is not None:
+                out[act.address] = health.reason
+        return out
 
     def agent_instance(self, kind: str, agent_id: str) -> Agent | None:
         act = self.activations.get((kind, agent_id))
