@@ -23,6 +23,7 @@ from .errors import (
     AlreadyApplied,
     BadRequest,
     CallTimeout,
+    CircuitOpen,
     ClusterAtCapacity,
     ConfigurationError,
     ConnectError,
@@ -43,6 +44,7 @@ from .errors import (
 )
 from .mesh import Mesh, MeshState
 from .observability import CorrelationIdFilter, install_correlation_filter
+from .resilience import BreakerSettings, CircuitState, RetryPolicy
 from .transport import Auth
 
 __version__ = "0.1.0"
@@ -58,7 +60,10 @@ __all__ = [
     "AlreadyApplied",
     "Auth",
     "BadRequest",
+    "BreakerSettings",
     "CallTimeout",
+    "CircuitOpen",
+    "CircuitState",
     "ClusterAtCapacity",
     "ClusterSettings",
     "ConfigurationError",
@@ -77,6 +82,7 @@ __all__ = [
     "PayloadTooLarge",
     "ProtocolError",
     "Resources",
+    "RetryPolicy",
     "ServerBinaryNotFound",
     "ServerError",
     "TransportError",

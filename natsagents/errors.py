@@ -27,6 +27,7 @@ exception escapes. Misuse errors also derive from the matching builtin
         ├── PayloadTooLarge (ValueError)       payload_too_large
         ├── Unauthorized (PermissionError)     unauthorized
         ├── ClusterAtCapacity                  at_capacity (no node can host the agent)
+        ├── CircuitOpen                        circuit_open (the caller's breaker fails fast; nothing sent)
         └── AlreadyApplied                     already_applied (a resent request whose result is lost)
 
 :class:`AgentError` subclasses map one-to-one to the wire error codes of protocol v1
@@ -46,6 +47,7 @@ __all__ = [
     "AlreadyApplied",
     "BadRequest",
     "CallTimeout",
+    "CircuitOpen",
     "ClusterAtCapacity",
     "ConfigurationError",
     "ConnectError",
@@ -252,6 +254,13 @@ class ClusterAtCapacity(AgentError):
         self.rejected: Mapping[str, str] = MappingProxyType(dict(rejected))
 
 
+class CircuitOpen(AgentError):
+    """The caller's circuit breaker for this destination is open: the call failed at once
+    and nothing was sent. ``details``: ``destination``, ``retry_after`` (seconds)."""
+
+    code = "circuit_open"
+
+
 class AlreadyApplied(AgentError):
     """A copy of a request (same message id, resent because no reply came) reached an
     activation that knows the request was applied by an earlier activation of the agent,
@@ -274,6 +283,7 @@ _BY_CODE: dict[str, type[AgentError]] = {
         Unauthorized,
         ClusterAtCapacity,
         AlreadyApplied,
+        CircuitOpen,
     )
 }
 

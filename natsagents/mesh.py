@@ -25,6 +25,7 @@ from .cluster.placement import Hints, Resources
 from .cluster.view import ClusterView, NodeStatus
 from .errors import ConfigurationError, MeshClosed
 from .observability import Metrics, Tracing
+from .resilience import BreakerSettings, CircuitState, RetryPolicy
 from .runtime import Caller, CallerSettings, Host, HostSettings
 from .transport import Auth, ConnectSettings, Transport, resolve_servers
 from .wire.subjects import DEFAULT_PREFIX, validate_prefix
@@ -49,14 +50,16 @@ class MeshState(enum.Enum):
 class _AgentRefs:
     """Ref factory handed to agents: refs whose calls name the agent as caller."""
 
-    __slots__ = ("_caller",)
+    __slots__ = ("_caller", "_kinds")
 
-    def __init__(self, caller: Caller) -> None:
+    def __init__(self, caller: Caller, kinds: Mapping[str, type[Agent]]) -> None:
         self._caller = caller
+        self._kinds = kinds  # classes hosted here: their actions say what is idempotent
 
     def ref(self, target: str | type[Agent], agent_id: str | None = None) -> AgentRef:
         kind, aid = resolve_target(target, agent_id)
-        return AgentRef(kind, aid, self._caller)
+        cls = target if isinstance(target, type) else self._kinds.get(kind)
+        return AgentRef(kind, aid, self._caller, None, cls)
 
 
 class Mesh:
@@ -75,6 +78,8 @@ class Mesh:
         prefix: str,
         default_timeout: float | None,
         resend_after: float | None = 2.0,
+        retry: RetryPolicy | None = None,
+        circuit_breaker: BreakerSettings | None = None,
         expose_tracebacks: bool,
         stop_timeout: float,
         metrics: Metrics,
@@ -89,18 +94,27 @@ class Mesh:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._caller = Caller(
             transport,
-            CallerSettings(prefix=prefix, name=name, default_timeout=default_timeout, resend_after=resend_after),
+            CallerSettings(
+                prefix=prefix,
+                name=name,
+                default_timeout=default_timeout,
+                resend_after=resend_after,
+                retry=retry,
+                breaker=circuit_breaker,
+            ),
             metrics,
             tracing,
             tasks=self._tasks,
         )
-        self._host = Host(
+        kinds: dict[str, type[Agent]] = {}
+        self._host: Host = Host(
             transport,
             HostSettings(prefix=prefix, node=name, expose_tracebacks=expose_tracebacks, stop_timeout=stop_timeout),
-            lambda address: _AgentRefs(self._caller.as_agent(address)),
+            lambda address: _AgentRefs(self._caller.as_agent(address), kinds),
             metrics,
             tracing,
         )
+        self._host.kinds = kinds
         transport.on_resend = metrics.resends.inc
         self._state = MeshState.OPEN
         self._server: NatsServer | None = None
@@ -121,6 +135,8 @@ class Mesh:
         connect_timeout: float = 5.0,
         default_timeout: float | None = 10.0,
         resend_after: float | None = 2.0,
+        retry: RetryPolicy | None = None,
+        circuit_breaker: BreakerSettings | None = None,
         expose_tracebacks: bool = True,
         stop_timeout: float = 10.0,
         drain_timeout: float = 5.0,
@@ -142,6 +158,10 @@ class Mesh:
                 published again, unchanged (NATS can drop a message in transit, e.g. while
                 an agent moves); hosts recognise the copy by its message id and never run
                 it twice. ``None``: never resend.
+            retry: the default :class:`~natsagents.RetryPolicy` of calls (``None``: none);
+                ``ref.with_options(retry=…)`` overrides it per ref.
+            circuit_breaker: :class:`~natsagents.BreakerSettings` to fail fast with
+                :class:`~natsagents.CircuitOpen` while a destination keeps failing (``None``: off).
             expose_tracebacks: send handler tracebacks in ``handler_error`` replies.
             stop_timeout: seconds each agent gets to finish its mailbox on close.
             drain_timeout: seconds closing may wait for the server to take what was
@@ -162,6 +182,12 @@ class Mesh:
             raise ConfigurationError("default_timeout must be > 0 or None")
         if resend_after is not None and (not isinstance(resend_after, (int, float)) or resend_after <= 0):
             raise ConfigurationError("resend_after must be > 0 seconds or None")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigurationError(f"retry must be a RetryPolicy or None, not {type(retry).__name__}")
+        if circuit_breaker is not None and not isinstance(circuit_breaker, BreakerSettings):
+            raise ConfigurationError(
+                f"circuit_breaker must be a BreakerSettings or None, not {type(circuit_breaker).__name__}"
+            )
         if name is not None and (not isinstance(name, str) or not _NAME_RE.fullmatch(name)):
             raise ConfigurationError(f"invalid mesh name {name!r}: use 1-128 printable ASCII characters, no spaces")
         mesh_name = name or f"{socket.gethostname()}-{os.getpid()}"
@@ -192,6 +218,8 @@ class Mesh:
                 prefix=prefix,
                 default_timeout=default_timeout,
                 resend_after=resend_after,
+                retry=retry,
+                circuit_breaker=circuit_breaker,
                 expose_tracebacks=expose_tracebacks,
                 stop_timeout=stop_timeout,
                 metrics=Metrics(metrics_registry),
@@ -295,7 +323,8 @@ class Mesh:
             InvalidAddress, InvalidAgentId: the kind or id is not valid.
         """
         kind, aid = resolve_target(target, agent_id)
-        return AgentRef(kind, aid, self._caller)
+        cls = target if isinstance(target, type) else self._host.kinds.get(kind)
+        return AgentRef(kind, aid, self._caller, None, cls)
 
     async def spawn(
         self,
@@ -429,6 +458,13 @@ class Mesh:
     def local_agents(self) -> list[str]:
         """Addresses of the agents active in this process."""
         return self._host.active()
+
+    def circuit(self, target: str | type[Agent], agent_id: str | None = None) -> CircuitState:
+        """The state of this mesh's circuit breaker for an agent (``CLOSED`` when breakers
+        are off or the destination never failed)."""
+        ref = self.ref(target, agent_id)
+        breakers = self._caller.breakers
+        return CircuitState.CLOSED if breakers is None else breakers.state(ref.kind, ref.address)
 
     def unhealthy_agents(self) -> dict[str, str]:
         """Agents of this process throttled now (``Kind/id`` → ``"backlog"`` or

@@ -15,6 +15,7 @@ PACKAGE = Path(natsagents.__file__).parent
 LAYER_ORDER = [
     "errors",
     "wire",
+    "resilience",
     "transport",
     "server",
     "agent",
@@ -106,6 +107,7 @@ def test_exception_tree() -> None:
         "unauthorized",
         "at_capacity",
         "already_applied",
+        "circuit_open",
     }
     err = errors.error_for_code("at_capacity", "full", details={"kind": "K", "rejected": {"n1": "no gpu"}})
     assert isinstance(err, errors.ClusterAtCapacity) and err.kind == "K" and dict(err.rejected) == {"n1": "no gpu"}

@@ -29,20 +29,23 @@ UNHEALTHY_POLICIES = ("throttle", "restart")
 
 
 class _ActionMark:
-    __slots__ = ("idempotent", "name")
+    __slots__ = ("bulkhead", "idempotent", "name")
 
-    def __init__(self, name: str | None, idempotent: bool) -> None:
+    def __init__(self, name: str | None, idempotent: bool, bulkhead: int | None) -> None:
         self.name = name
         self.idempotent = idempotent
+        self.bulkhead = bulkhead
 
 
 @overload
 def action(func: F, /) -> F: ...
 @overload
-def action(*, name: str | None = None, idempotent: bool = False) -> Callable[[F], F]: ...
+def action(*, name: str | None = None, idempotent: bool = False, bulkhead: int | None = None) -> Callable[[F], F]: ...
 
 
-def action(func: F | None = None, /, *, name: str | None = None, idempotent: bool = False) -> F | Callable[[F], F]:
+def action(
+    func: F | None = None, /, *, name: str | None = None, idempotent: bool = False, bulkhead: int | None = None
+) -> F | Callable[[F], F]:
     """Mark an ``async def`` method of an :class:`Agent` as callable over the mesh.
 
     Parameters are validated against their type hints for every message; the class
@@ -53,12 +56,17 @@ def action(func: F | None = None, /, *, name: str | None = None, idempotent: boo
         name: wire name of the action (default: the method name).
         idempotent: running it twice has the effect of running it once, so callers may
             retry it automatically.
+        bulkhead: at most this many handlers of this action run at once on one host,
+            over all agents of the kind (beyond it: ``Overloaded``, or a wait when the
+            kind sets ``bulkhead_wait``); ``None``: no own limit.
     """
+    if bulkhead is not None and (type(bulkhead) is not int or bulkhead < 1):
+        raise ActionDefinitionError(f"@action(bulkhead=...) must be an int >= 1 or None, not {bulkhead!r}")
 
     def mark(f: F) -> F:
         if not callable(f):
             raise ActionDefinitionError(f"@action applies to methods, not {type(f).__name__}")
-        setattr(f, _ACTION_ATTR, _ActionMark(name, idempotent))
+        setattr(f, _ACTION_ATTR, _ActionMark(name, idempotent, bulkhead))
         return f
 
     if func is not None:
@@ -108,6 +116,10 @@ class Agent:
         max_concurrency: messages handled at the same time (1 = actor semantics).
         activate_on_demand: a message to an inactive agent activates it (virtual actor);
             ``False`` means only ``spawn`` creates it and calls get ``AgentNotFound``.
+        bulkhead: at most this many handlers of this kind run at once on one host, over
+            all its agents, so one hot kind cannot take every worker (``None``: no limit).
+            Beyond it a message is refused with ``Overloaded`` (reason ``bulkhead``), or
+            waits for a slot until its deadline when ``bulkhead_wait`` is true.
         throttle_backlog: waiting messages at which the agent counts as congested and new
             ones are refused with ``Overloaded`` (reason ``backlog``) until half have run
             (``None``: only ``mailbox_size`` limits). See ``runtime.health``.
@@ -150,6 +162,8 @@ class Agent:
     restart_window: ClassVar[float] = 60.0
     restart_after_errors: ClassVar[int] = 0
     handler_timeout: ClassVar[float | None] = None
+    bulkhead: ClassVar[int | None] = None
+    bulkhead_wait: ClassVar[bool] = False
     throttle_backlog: ClassVar[int | None] = None
     throttle_latency: ClassVar[float | None] = None
     unhealthy: ClassVar[str] = "throttle"
@@ -172,6 +186,12 @@ class Agent:
             value = getattr(cls, option)
             if type(value) is not int or value < 1:
                 raise ActionDefinitionError(f"{cls.__qualname__}.{option} must be an int >= 1, not {value!r}")
+        for option in ("bulkhead", "throttle_backlog"):
+            value = getattr(cls, option)
+            if value is not None and (type(value) is not int or value < 1):
+                raise ActionDefinitionError(f"{cls.__qualname__}.{option} must be an int >= 1 or None, not {value!r}")
+        if not isinstance(cls.bulkhead_wait, bool):
+            raise ActionDefinitionError(f"{cls.__qualname__}.bulkhead_wait must be a bool, not {cls.bulkhead_wait!r}")
         backlog = cls.throttle_backlog
         if backlog is not None and (type(backlog) is not int or backlog < 1):
             raise ActionDefinitionError(
@@ -194,7 +214,9 @@ class Agent:
                     "use 1-64 characters [A-Za-z0-9_], starting with a letter"
                 )
             try:
-                actions[wire_name] = build_action_spec(wire_name, value, idempotent=mark.idempotent)
+                actions[wire_name] = build_action_spec(
+                    wire_name, value, idempotent=mark.idempotent, bulkhead=mark.bulkhead
+                )
             except TypeError as exc:
                 raise ActionDefinitionError(str(exc)) from None
         cls.__actions__ = actions

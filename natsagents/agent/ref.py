@@ -18,6 +18,7 @@ __all__ = [
     "USE_DEFAULT",
     "AgentFuture",
     "AgentRef",
+    "CallOptions",
     "Invoker",
     "RefFactory",
     "all_of",
@@ -47,11 +48,34 @@ USE_DEFAULT: Any = _UseDefault()
 Timeout = float | None | _UseDefault
 
 
+@dataclass(frozen=True, slots=True)
+class CallOptions:
+    """Per-ref call options (``ref.with_options(...)``); ``USE_DEFAULT`` takes the mesh's.
+
+    Args:
+        retry: a :class:`~natsagents.RetryPolicy`, ``None`` for no retries, or the mesh's.
+        idempotent: whether running the action twice is harmless (allows retries after
+            no reply or a handler error); default: the action's ``@action(idempotent=…)``
+            when the ref knows the agent class, else ``False``.
+    """
+
+    retry: Any = USE_DEFAULT
+    idempotent: bool | None = None
+
+
 class Invoker(Protocol):
     """What a ref needs from the mesh to deliver a message."""
 
     async def invoke(
-        self, kind: str, agent_id: str, action: str, params: Mapping[str, Any], *, timeout: Timeout, accept_only: bool
+        self,
+        kind: str,
+        agent_id: str,
+        action: str,
+        params: Mapping[str, Any],
+        *,
+        timeout: Timeout,
+        accept_only: bool,
+        options: CallOptions | None = None,
     ) -> Any: ...
 
     def spawn_task(self, coro: Awaitable[Any]) -> asyncio.Future[Any]: ...
@@ -109,6 +133,30 @@ class AgentRef:
     kind: str
     id: str
     _invoker: Invoker = field(compare=False, hash=False, repr=False)
+    _options: CallOptions | None = field(default=None, compare=False, hash=False, repr=False)
+    _cls: Any = field(default=None, compare=False, hash=False, repr=False)
+
+    def with_options(self, *, retry: Any = USE_DEFAULT, idempotent: bool | None = None) -> AgentRef:
+        """The same agent, called with these options (see :class:`CallOptions`).
+
+        Raises:
+            ConfigurationError: ``retry`` is not a RetryPolicy, None or USE_DEFAULT.
+        """
+        from ..resilience import RetryPolicy
+
+        if retry is not USE_DEFAULT and retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigurationError(f"retry must be a RetryPolicy or None, not {type(retry).__name__}")
+        if idempotent is not None and not isinstance(idempotent, bool):
+            raise ConfigurationError(f"idempotent must be a bool or None, not {idempotent!r}")
+        return AgentRef(self.kind, self.id, self._invoker, CallOptions(retry, idempotent), self._cls)
+
+    def _opts(self, action: str) -> CallOptions | None:
+        options = self._options
+        if self._cls is not None and (options is None or options.idempotent is None):
+            spec = self._cls.__actions__.get(action)
+            if spec is not None and spec.idempotent:
+                return CallOptions(options.retry if options is not None else USE_DEFAULT, True)
+        return options
 
     def __str__(self) -> str:
         return f"{self.kind}/{self.id}"
@@ -129,7 +177,13 @@ class AgentRef:
             CallTimeout: not accepted within the timeout. PayloadTooLarge, BadRequest.
         """
         await self._invoker.invoke(
-            self.kind, self.id, action, _merge_params(params, kwargs), timeout=timeout, accept_only=True
+            self.kind,
+            self.id,
+            action,
+            _merge_params(params, kwargs),
+            timeout=timeout,
+            accept_only=True,
+            options=self._opts(action),
         )
 
     def request(
@@ -137,7 +191,9 @@ class AgentRef:
     ) -> AgentFuture[Any]:
         """Start a call now and return a future of its result (await it, or ``.then``)."""
         merged = _merge_params(params, kwargs)
-        coro = self._invoker.invoke(self.kind, self.id, action, merged, timeout=timeout, accept_only=False)
+        coro = self._invoker.invoke(
+            self.kind, self.id, action, merged, timeout=timeout, accept_only=False, options=self._opts(action)
+        )
         return AgentFuture(self._invoker.spawn_task(coro), self._invoker.spawn_task)
 
     async def call(
@@ -152,7 +208,13 @@ class AgentRef:
                 reply received (BadRequest, UnknownAction, HandlerError …).
         """
         return await self._invoker.invoke(
-            self.kind, self.id, action, _merge_params(params, kwargs), timeout=timeout, accept_only=False
+            self.kind,
+            self.id,
+            action,
+            _merge_params(params, kwargs),
+            timeout=timeout,
+            accept_only=False,
+            options=self._opts(action),
         )
 
 

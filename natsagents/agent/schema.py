@@ -257,6 +257,7 @@ class ActionSpec:
     params: tuple[Param, ...]
     idempotent: bool
     names: frozenset[str]
+    bulkhead: int | None = None  # handlers of this action running at once per host
 
     def bind(self, body: Any) -> dict[str, Any]:
         """Check a decoded request body against the parameters; return the kwargs.
@@ -281,7 +282,9 @@ class ActionSpec:
         return kwargs
 
 
-def build_action_spec(name: str, func: Callable[..., Any], *, idempotent: bool) -> ActionSpec:
+def build_action_spec(
+    name: str, func: Callable[..., Any], *, idempotent: bool, bulkhead: int | None = None
+) -> ActionSpec:
     """Check an action method and build its spec.
 
     Raises:
@@ -322,4 +325,5 @@ def build_action_spec(name: str, func: Callable[..., Any], *, idempotent: bool) 
         params=tuple(params),
         idempotent=idempotent,
         names=frozenset(p.name for p in params),
+        bulkhead=bulkhead,
     )

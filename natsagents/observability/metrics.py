@@ -112,7 +112,7 @@ class Metrics:
         )
         self.retries = Counter(
             "natsagents_call_retries",
-            "Call attempts repeated (agent not active, no host, agent stopping)",
+            "Call attempts repeated (agent not active, no host, agent stopping, policy_<code>: the retry policy)",
             ["kind", "reason"],
             registry=r,
         )
@@ -140,6 +140,12 @@ class Metrics:
             "natsagents_duplicates",
             "Copies of a request already seen (a resend): in_progress, replayed or applied",
             ["kind", "entry"],
+            registry=r,
+        )
+        self.circuit_transitions = Counter(
+            "natsagents_circuit_transitions",
+            "Circuit breaker state changes of this mesh's calls, by the new state",
+            ["kind", "state"],
             registry=r,
         )
         self.resends = Counter(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Awaitable, Mapping
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..agent.context import Context, current_context
-from ..agent.ref import USE_DEFAULT, Timeout
+from ..agent.ref import USE_DEFAULT, CallOptions, Timeout
 from ..errors import (
     AgentError,
     BadRequest,
@@ -19,11 +20,14 @@ from ..errors import (
     Unavailable,
 )
 from ..observability import Metrics, Tracing
+from ..resilience import Breakers, BreakerSettings, CircuitState, RetryPolicy
 from ..transport import NoResponders, Transport
 from ..wire import codec, envelope
 from ..wire import headers as h
 from ..wire.ids import encode_id
 from ..wire.subjects import activate_subject, agent_subject
+
+log = logging.getLogger("natsagents.runtime")
 
 __all__ = ["Caller", "CallerSettings"]
 
@@ -60,6 +64,9 @@ class CallerSettings:
         resend_after: publish a request again, unchanged, when no reply came within this
             many seconds (NATS can drop a request in transit; hosts recognise the copy by
             its ``Na-Msg-Id`` and never run it twice). ``None``: never.
+        retry: the default :class:`~natsagents.RetryPolicy` of calls (``None``: no retries
+            beyond activation and "retry" answers).
+        breaker: circuit breakers per destination (``None``: off).
     """
 
     prefix: str
@@ -68,6 +75,8 @@ class CallerSettings:
     backoff_initial: float = 0.005
     backoff_max: float = 0.25
     resend_after: float | None = 2.0
+    retry: RetryPolicy | None = None
+    breaker: BreakerSettings | None = None
 
 
 class Caller:
@@ -91,6 +100,16 @@ class Caller:
         self._tasks: set[asyncio.Future[Any]] = tasks if tasks is not None else set()
         self._subjects: dict[tuple[str, str], str] = {}
         self._actions_seen: set[str] = set()
+        self.breakers: Breakers | None = None
+        if settings.breaker is not None:
+            self.breakers = Breakers(settings.breaker, self._breaker_changed)
+
+    def _breaker_changed(self, kind: str, destination: str, state: CircuitState) -> None:
+        self._metrics.circuit_transitions.labels(kind, state.value).inc()
+        if state is CircuitState.OPEN:
+            log.warning("circuit to %s opened", destination)
+        elif state is CircuitState.CLOSED:
+            log.info("circuit to %s closed", destination)
 
     def as_agent(self, address: str) -> Caller:
         """A caller whose messages name the agent ``address`` as ``Na-Caller`` (shares tasks
@@ -100,6 +119,7 @@ class Caller:
         )
         other._subjects = self._subjects
         other._actions_seen = self._actions_seen
+        other.breakers = self.breakers
         return other
 
     def spawn_task(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
@@ -127,12 +147,14 @@ class Caller:
         *,
         timeout: Timeout,
         accept_only: bool,
+        options: CallOptions | None = None,
     ) -> Any:
         """Deliver one message and return the result (or ``None`` for an accepted send).
 
         Raises:
             CallTimeout, Unavailable, PayloadTooLarge, BadRequest and the other AgentError
-            subclasses; MeshClosed when the mesh closes under the call.
+            subclasses; CircuitOpen (the destination's breaker is open); MeshClosed when
+            the mesh closes under the call.
         """
         started = time.perf_counter()
         address = f"{kind}/{agent_id}"
@@ -173,8 +195,16 @@ class Caller:
             # Every value is either generated here or checked (action below, names at
             # connect, ids by the host's regexes), so the block needs no per-call checks.
             block = envelope.encode_headers_unchecked(hdrs)
-            msg = await self._deliver(subject, body, block, deadline, kind, agent_id, action)
-            return envelope.parse_reply(msg.headers, msg.data, agent=address, action=action)
+            policy = self.settings.retry
+            if options is not None and options.retry is not USE_DEFAULT:
+                policy = options.retry
+            if policy is None and self.breakers is None:  # the common case: one attempt
+                msg = await self._deliver(subject, body, block, deadline, kind, agent_id, action)
+                return envelope.parse_reply(msg.headers, msg.data, agent=address, action=action)
+            idempotent = bool(options is not None and options.idempotent)
+            return await self._attempts(
+                subject, body, block, hdrs, deadline, kind, agent_id, action, policy, idempotent
+            )
         except AgentError as exc:
             outcome = exc.code
             exc.agent = exc.agent or address
@@ -190,6 +220,63 @@ class Caller:
         finally:
             self._tracing.end(span)
             self._metrics.called_one(kind, action, outcome, time.perf_counter() - started)
+
+    async def _attempts(
+        self,
+        subject: str,
+        body: bytes,
+        block: bytes,
+        hdrs: dict[str, str],
+        deadline: float | None,
+        kind: str,
+        agent_id: str,
+        action: str,
+        policy: RetryPolicy | None,
+        idempotent: bool,
+    ) -> Any:
+        """Deliver with the circuit breaker and the retry policy (see ``resilience``)."""
+        address = f"{kind}/{agent_id}"
+        breakers = self.breakers
+        attempt = 1
+        while True:
+            answered = True
+            try:
+                if breakers is not None:
+                    breakers.before(kind, address)
+                try:
+                    until = deadline
+                    if policy is not None and policy.attempt_timeout is not None:
+                        cap = time.time() + policy.attempt_timeout
+                        until = cap if until is None else min(until, cap)
+                    msg = await self._deliver(subject, body, block, until, kind, agent_id, action)
+                    result = envelope.parse_reply(msg.headers, msg.data, agent=address, action=action)
+                except AgentError as exc:
+                    # Only a local timeout (no reply) leaves open whether the message ran.
+                    answered = exc.remote or exc.code != "timeout"
+                    if breakers is not None:
+                        breakers.after(kind, address, exc.code)
+                    raise
+                if breakers is not None:
+                    breakers.after(kind, address, None)
+                return result
+            except AgentError as exc:
+                if policy is None or attempt >= policy.max_attempts:
+                    raise
+                if not policy.allows(exc.code, idempotent=idempotent, answered=answered):
+                    raise
+                wait = policy.backoff(attempt)
+                retry_after = exc.details.get("retry_after") if isinstance(exc.details, dict) else None
+                if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool):
+                    wait = max(wait, float(retry_after))
+                if deadline is not None and time.time() + wait >= deadline:
+                    raise
+                self._metrics.retries.labels(kind, f"policy_{exc.code}").inc()
+                await asyncio.sleep(wait)
+                attempt += 1
+                if exc.code == "handler_error":
+                    # The copy would get the stored error again: a new logical message.
+                    hdrs = dict(hdrs, **{h.MESSAGE_ID: envelope.new_message_id()})
+                    block = envelope.encode_headers_unchecked(hdrs)
 
     async def _deliver(
         self,

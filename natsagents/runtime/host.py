@@ -23,6 +23,7 @@ from ..wire.envelope import RequestMeta
 from ..wire.ids import encode_id
 from ..wire.subjects import activate_subject, agent_queue, agent_subject
 from .activation import Activation, ActivationState
+from .bulkhead import Bulkhead
 from .dedup import IN_PROGRESS, Dedup, Reply
 
 __all__ = ["Host", "HostSettings", "NodeHooks"]
@@ -96,6 +97,7 @@ class Host:
         self._closing = False
         self.node: NodeHooks | None = None
         self.dedup = Dedup(settings.dedup_ttl)
+        self._bulkheads: dict[str, Bulkhead] = {}
         self._queue = agent_queue(settings.prefix)
 
     # -- kinds -----------------------------------------------------------------------
@@ -387,6 +389,23 @@ class Host:
             self._metrics.rejected_one(kind, "bad_request")
             await self._reply(reply_to, *envelope.error_reply("bad_request", str(exc), agent=address, action=action))
             return None
+        held: tuple[Bulkhead, ...] = ()
+        if spec.bulkhead is not None or act.agent.bulkhead is not None:
+            taken = await self._enter_bulkheads(act, spec, meta.deadline_ms)
+            if taken is None:
+                self._metrics.rejected_one(kind, "bulkhead")
+                await self._reply(
+                    reply_to,
+                    *envelope.error_reply(
+                        "overloaded",
+                        f"bulkhead of {kind}{'.' + action if spec.bulkhead else ''} is full on {self.settings.node}",
+                        agent=address,
+                        action=action,
+                        details={"reason": "bulkhead", "retry_after": 0.05},
+                    ),
+                )
+                return None
+            held = taken
         ctx = Context(
             agent=address,
             action=action,
@@ -420,6 +439,8 @@ class Host:
             await self._reply(reply_to, *failed)
             return kept or failed
         finally:
+            for pool in held:
+                pool.release()
             if span_token is not None:
                 tracing.deactivate(span_token)
             _current.reset(token)
@@ -452,6 +473,30 @@ class Host:
             return failed
         await self._reply(reply_to, envelope.OK_HEADER_BLOCK, body, agent=address, action=action)
         return (envelope.OK_HEADER_BLOCK, body)
+
+    async def _enter_bulkheads(
+        self, act: Activation, spec: Any, deadline_ms: int | None
+    ) -> tuple[Bulkhead, ...] | None:
+        """Take a slot in the kind's and the action's bulkheads (``None``: refused)."""
+        cls = type(act.agent)
+        wanted = []
+        if cls.bulkhead is not None:
+            wanted.append((act.kind, cls.bulkhead))
+        if spec.bulkhead is not None:
+            wanted.append((f"{act.kind}.{spec.name}", spec.bulkhead))
+        held: list[Bulkhead] = []
+        deadline = None if deadline_ms is None else deadline_ms / 1000
+        for name, limit in wanted:
+            pool = self._bulkheads.get(name)
+            if pool is None or pool.limit != limit:
+                pool = self._bulkheads[name] = Bulkhead(name, limit)
+            ok = await pool.acquire(deadline) if cls.bulkhead_wait else pool.try_acquire()
+            if not ok:
+                for taken in held:
+                    taken.release()
+                return None
+            held.append(pool)
+        return tuple(held)
 
     def _tb(self, exc: BaseException) -> str | None:
         if not self.settings.expose_tracebacks:
