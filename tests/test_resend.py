@@ -289,7 +289,7 @@ def test_dedup_export_and_load_skip_malformed_entries() -> None:
     Dedup.begin(src, "a")
     dedup.finish(src, "a", (envelope.OK_HEADER_BLOCK, codec.encode(1)))
     Dedup.begin(src, "running")
-    dedup.remember_applied(src, [("b", int(time.time() * 1000) + 5000), ("old", 1)])
+    dedup.remember_applied(src, [("b", int(time.time() * 1000) + 5000, None), ("old", 1, None)])
     exported = dedup.export(src)
     assert [e[0] for e in exported] == ["a", "b"]
     wire = codec.decode(codec.encode(exported))
@@ -304,10 +304,19 @@ def test_dedup_export_and_load_skip_malformed_entries() -> None:
 
 def test_stored_state_carries_applied_ids_and_tolerates_bad_ones() -> None:
     plain = StateStore.encode({"n": 1}, 3)
-    assert StateStore.with_applied(plain, []) == plain
-    value = StateStore.with_applied(plain, [("m1", 123), ("m2", 456)])
-    assert codec.decode(value) == {"epoch": 3, "data": {"n": 1}, "applied": [["m1", 123], ["m2", 456]]}
-    assert parse_applied([["m1", 123], ["bad"], [1, 2], ["m2", "x"], "junk"]) == (("m1", 123),)
+    assert StateStore.with_extras(plain, []) == plain
+    value = StateStore.with_extras(plain, [("m1", 123, None), ("m2", 456, b"\x05")], seq=42)
+    assert codec.decode(value) == {
+        "epoch": 3,
+        "data": {"n": 1},
+        "applied": [["m1", 123], ["m2", 456, b"\x05"]],
+        "seq": 42,
+    }
+    assert codec.decode(StateStore.with_extras(plain, [], seq=7)) == {"epoch": 3, "data": {"n": 1}, "seq": 7}
+    assert parse_applied([["m1", 123], ["m3", 5, b"r"], ["bad"], [1, 2], ["m2", "x"], ["m4", 1, "str"], "junk"]) == (
+        ("m1", 123, None),
+        ("m3", 5, b"r"),
+    )
     assert parse_applied(None) == ()
     with pytest.raises(ValueError):
-        StateStore.with_applied(codec.encode([1, 2]), [("m", 1)])
+        StateStore.with_extras(codec.encode([1, 2]), [("m", 1, None)])

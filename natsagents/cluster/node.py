@@ -54,7 +54,7 @@ from ..errors import (
 from ..observability import Metrics
 from ..runtime.activation import Activation, ActivationState
 from ..runtime.host import Host
-from ..state.store import FencedOff, StateStore, parse_applied
+from ..state.store import Applied, FencedOff, StateStore, applied_wire, parse_applied
 from ..transport import Inbound, NoResponders, Subscription, Transport
 from ..transport.kv import CasConflict, open_bucket
 from ..wire import codec, envelope
@@ -201,7 +201,8 @@ class _Ask:
     placed: bool = False  # chosen by the placer (not the known owner): re-check the load bound
     claim_revision: int = 0  # the directory handover to this node (migration, take-back)
     recent: Any = None  # the previous activation's answered requests (runtime.dedup export)
-    applied: tuple[tuple[str, int], ...] = ()  # its persisted applied message ids
+    applied: tuple[Applied, ...] = ()  # its persisted applied messages
+    seq: int = 0  # its last exactly-once stream sequence
 
     def to_wire(self) -> dict[str, Any]:
         body: dict[str, Any] = {"id": self.agent_id, "deadline": int(self.deadline * 1000)}
@@ -222,7 +223,18 @@ class _Ask:
 class _Owned:
     """The node's record of one activation it owns (``Activation.cluster``)."""
 
-    __slots__ = ("applied", "claim", "epoch", "handed_over", "lock", "needs", "persistence", "revision", "saved")
+    __slots__ = (
+        "applied",
+        "claim",
+        "epoch",
+        "handed_over",
+        "lock",
+        "needs",
+        "persistence",
+        "revision",
+        "saved",
+        "seq",
+    )
 
     def __init__(self, claim: Claim, revision: int, needs: Resources, persistence: str, saved: bytes | None) -> None:
         self.claim = claim
@@ -234,9 +246,10 @@ class _Owned:
         self.lock: asyncio.Lock | None = None  # made on the first save
         self.handed_over = False
         # Requests whose effect is in the state and that may still be resent: (id, expires ms).
-        self.applied: list[tuple[str, int]] | None = None
+        self.applied: list[Applied] | None = None
+        self.seq = 0  # the inbox stream sequence of the last exactly-once message applied
 
-    def applied_now(self) -> list[tuple[str, int]]:
+    def applied_now(self) -> list[Applied]:
         """The applied ids still worth persisting (expired ones dropped)."""
         applied = self.applied
         if not applied:
@@ -761,10 +774,12 @@ class ClusterNode:
             stored_epoch = 0
             revision = 0
             applied = list(ask.applied)
+            seq = ask.seq
             if transfer is None and persist:
                 stored = await self._load(kind, agent_id, ask.min_revision)
                 stored_data, stored_epoch, revision = stored.data, stored.epoch, stored.revision
                 applied.extend(a for a in stored.applied if a not in applied)
+                seq = max(seq, stored.seq)
             elif transfer is not None:
                 stored_data, stored_epoch, revision = transfer.data, transfer.epoch, transfer.revision
             claim = await self.directory.claim(
@@ -783,6 +798,7 @@ class ClusterNode:
                 adopted = await self._adopt(kind, agent_id, claim.record.epoch)
                 stored_data, revision = adopted.data, adopted.revision
                 applied.extend(a for a in adopted.applied if a not in applied)
+                seq = max(seq, adopted.seq)
             if revision or transfer is not None:
                 agent.restore(stored_data)
             saved = None
@@ -790,6 +806,7 @@ class ClusterNode:
                 # What the store holds (or the initial state, which needs no write).
                 saved = StateStore.encode(agent.checkpoint(), claim.record.epoch)
             own = act.cluster = _Owned(claim, revision, needs, cls.persistence, saved)
+            own.seq = seq
             # Copies of requests the previous activation answered or applied are not run again.
             dedup = self._host.dedup
             if ask.recent is not None:
@@ -821,10 +838,13 @@ class ClusterNode:
                 await asyncio.sleep(0.01 * (attempt + 1))  # a stale replica read: look again
         raise AssertionError("unreachable")
 
-    async def after_action(self, act: Activation, meta: RequestMeta, answered: bool) -> None:
+    async def after_action(
+        self, act: Activation, meta: RequestMeta, answered: bool, seq: int = 0, reply: bytes | None = None
+    ) -> None:
         """Persist the checkpoint if it changed (``persistence = "action"``), with the
         request's id when it will be answered (a resent copy is then never applied again,
-        here or by a successor)."""
+        here or by a successor). An exactly-once message (``seq``: its inbox stream
+        sequence) also stores its sequence and its ``reply`` body in the same write."""
         act.errors_in_row = 0
         own: _Owned = act.cluster
         if own.persistence != "action":
@@ -838,25 +858,36 @@ class ClusterNode:
             ) from None
         if value == own.saved:
             return
-        entry = None
-        if answered:
+        entry: Applied | None = None
+        if answered or seq:
             now_ms = int(time.time() * 1000)
             # Kept while the requester may still resend: until its deadline (bounded).
             expires = now_ms + _APPLIED_DEFAULT_MS
-            if meta.deadline_ms is not None:
+            if seq:
+                expires = now_ms + _APPLIED_MAX_MS  # a redelivery may come later
+            elif meta.deadline_ms is not None:
                 expires = min(max(meta.deadline_ms + 1000, now_ms + 1000), now_ms + _APPLIED_MAX_MS)
-            entry = (meta.message_id, expires)
+            entry = (meta.message_id, expires, reply if seq else None)
             applied = own.applied_now()
             applied.append(entry)
             if len(applied) > _MAX_APPLIED:
                 del applied[: len(applied) - _MAX_APPLIED]
             own.applied = applied
+        before = own.seq
+        if seq:
+            own.seq = seq
         try:
             await self._save(act, value)
         except BaseException:
+            own.seq = before
             if entry is not None and own.applied and entry in own.applied:
                 own.applied.remove(entry)  # not stored: a copy may run
             raise
+
+    def applied_seq(self, act: Activation) -> int:
+        """The inbox stream sequence of the last exactly-once message ``act`` applied."""
+        own: _Owned | None = act.cluster
+        return 0 if own is None else own.seq
 
     async def save_now(self, act: Activation) -> None:
         """``Agent.save_state()``: persist now whatever the persistence mode says."""
@@ -875,7 +906,7 @@ class ClusterNode:
         kind = act.kind
         limit = type(act.agent).max_state_bytes
         plain = value
-        value = StateStore.with_applied(plain, own.applied_now())
+        value = StateStore.with_extras(plain, own.applied_now(), own.seq)
         if own.lock is None:
             own.lock = asyncio.Lock()
         async with own.lock:
@@ -1151,7 +1182,9 @@ class ClusterNode:
                 "recent": self._host.dedup.export(act),
             }
             if own.applied:
-                body["applied"] = [list(a) for a in own.applied_now()]
+                body["applied"] = [applied_wire(a) for a in own.applied_now()]
+            if own.seq:
+                body["seq"] = own.seq
             if transfer is not None:
                 body["transfer"] = {"data": transfer.data, "revision": transfer.revision, "epoch": transfer.epoch}
             try:
@@ -1185,6 +1218,7 @@ class ClusterNode:
         ask.claim_revision = back.revision
         ask.recent = self._host.dedup.export(act)
         ask.applied = tuple(own.applied_now())
+        ask.seq = own.seq
         await self._host.activate(act.kind, act.agent_id, ask)
 
     async def adopt(self, body: object) -> dict[str, Any]:
@@ -1210,6 +1244,8 @@ class ClusterNode:
                 ask.transfer = _Transfer(transfer.get("data"), int(transfer["revision"]), int(transfer["epoch"]))
             ask.recent = body.get("recent")
             ask.applied = parse_applied(body.get("applied"))
+            seq = body.get("seq", 0)
+            ask.seq = seq if type(seq) is int and seq > 0 else 0
         except (ProtocolError, ConfigurationError, KeyError, TypeError, ValueError) as exc:
             raise BadRequest(f"malformed adopt request: {exc}") from None
         if kind not in self._host.kinds:

@@ -148,10 +148,16 @@ class Dedup:
             self._scheduled.add(act)
             self._due.append((now + self.ttl, act))
 
-    def remember_applied(self, act: Activation, entries: Iterable[tuple[str, int]]) -> None:
-        """Ids a previous activation applied (``(id, expires_ms)``), reply unknown."""
-        cap = time.time() + self.ttl
-        self._keep(act, ((mid, (None, None, min(ms / 1000, cap))) for mid, ms in sorted(entries, key=lambda e: e[1])))
+    def remember_applied(self, act: Activation, entries: Iterable[tuple[str, int, bytes | None]]) -> None:
+        """Messages a previous activation applied (``(id, expires_ms, ok reply body or
+        None)``): a copy gets the reply again, or ``already_applied`` without one."""
+        self._keep(
+            act,
+            (
+                (mid, (None, None, ms / 1000) if body is None else (envelope.OK_HEADER_BLOCK, body, ms / 1000))
+                for mid, ms, body in sorted(entries, key=lambda e: e[1])
+            ),
+        )
 
     def export(self, act: Activation, limit: int = 256) -> list[list[Any]]:
         """The ``limit`` newest answered and applied ids of ``act`` for its next activation

@@ -62,7 +62,11 @@ class NodeHooks(Protocol):
 
     async def starting(self, act: Activation, options: Any) -> None: ...
 
-    async def after_action(self, act: Activation, meta: RequestMeta, answered: bool) -> None: ...
+    async def after_action(
+        self, act: Activation, meta: RequestMeta, answered: bool, seq: int = 0, reply: bytes | None = None
+    ) -> None: ...
+
+    def applied_seq(self, act: Activation) -> int: ...
 
     def action_failed(self, act: Activation, exc: BaseException) -> None: ...
 
@@ -389,6 +393,15 @@ class Host:
             self._metrics.rejected_one(kind, "bad_request")
             await self._reply(reply_to, *envelope.error_reply("bad_request", str(exc), agent=address, action=action))
             return None
+        seq = 0
+        if msg.headers is not None and h.STREAM_SEQ in msg.headers:
+            refusal = self._exactly_once(act, msg.headers)
+            if isinstance(refusal, int):
+                seq = refusal
+            else:
+                self._metrics.rejected_one(kind, refusal[0])
+                await self._reply(reply_to, *envelope.error_reply(*refusal, agent=address, action=action))
+                return None
         held: tuple[Bulkhead, ...] = ()
         if spec.bulkhead is not None or act.agent.bulkhead is not None:
             taken = await self._enter_bulkheads(act, spec, meta.deadline_ms)
@@ -444,9 +457,15 @@ class Host:
             if span_token is not None:
                 tracing.deactivate(span_token)
             _current.reset(token)
+        body: bytes | None = None
+        if seq:
+            try:
+                body = codec.encode(result)  # stored with the state: a redelivery gets it back
+            except (TypeError, ValueError):
+                body = None
         if act.cluster is not None and self.node is not None:
             try:
-                await self.node.after_action(act, meta, bool(msg.reply))  # persist before answering
+                await self.node.after_action(act, meta, bool(msg.reply), seq, body)  # persist before answering
             except Exception as exc:
                 if not isinstance(exc, AgentError):
                     log.exception("persisting %s after %s failed", address, action)
@@ -464,7 +483,8 @@ class Host:
         if not reply_to:
             return kept
         try:
-            body = codec.encode(result)
+            if body is None:
+                body = codec.encode(result)
         except (TypeError, ValueError) as exc:
             failed = envelope.error_reply(
                 "handler_error", f"result cannot be encoded: {exc}", agent=address, action=action
@@ -473,6 +493,29 @@ class Host:
             return failed
         await self._reply(reply_to, envelope.OK_HEADER_BLOCK, body, agent=address, action=action)
         return (envelope.OK_HEADER_BLOCK, body)
+
+    def _exactly_once(self, act: Activation, hdrs: dict[str, str]) -> int | tuple[str, str]:
+        """For a durable message: its stream sequence to store with the state (0 for
+        at-least-once), or ``(code, message)`` to answer instead of running it."""
+        raw = hdrs.get(h.STREAM_SEQ, "")
+        if not raw.isdigit() or len(raw) > 19:
+            return ("bad_request", f"{h.STREAM_SEQ} must be a positive integer, not {raw!r}")
+        if hdrs.get(h.DELIVERY) != h.DELIVERY_EXACTLY_ONCE:
+            return 0
+        node = self.node
+        if node is None or act.cluster is None or type(act.agent).persistence != "action":
+            return (
+                "bad_request",
+                f"exactly_once delivery to {act.kind} needs a cluster node and persistence = 'action'",
+            )
+        seq = int(raw)
+        if seq <= node.applied_seq(act):
+            self._metrics.duplicates.labels(act.kind, "seq").inc()
+            return (
+                "already_applied",
+                f"stream message {seq} was applied to {act.address} already (its reply is no longer kept)",
+            )
+        return seq
 
     async def _enter_bulkheads(
         self, act: Activation, spec: Any, deadline_ms: int | None

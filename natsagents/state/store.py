@@ -1,9 +1,10 @@
 """Strongly consistent agent state in a KV bucket, fenced by compare-and-set.
 
 Each agent's state is one key, ``<kind>.<id token>``, holding ``{"epoch", "data"}`` and,
-optionally, ``"applied"``: ``[[message id, expires ms], …]``, the requests whose effect is in
-``data`` and that a requester may still send again (so a successor never applies them twice;
-see runtime.dedup). The
+optionally, ``"applied"``: ``[[message id, expires ms(, reply body)], …]``, the requests whose
+effect is in ``data`` and that a requester may still send again (so a successor never
+applies them twice; see runtime.dedup; the reply body is kept for exactly-once messages),
+and ``"seq"``: the inbox stream sequence of the last exactly-once message applied. The
 owner remembers the revision it last wrote and every save is a compare-and-set on it, so
 exactly one writer can win. Fencing: a node that takes an agent over first *adopts* the
 state — rewrites it unchanged under its new epoch with a CAS — which moves the revision on;
@@ -27,7 +28,10 @@ from ..wire import codec
 from ..wire.ids import agent_key
 from ..wire.subjects import bucket_name
 
-__all__ = ["FencedOff", "StateStore", "StoredState", "parse_applied"]
+__all__ = ["Applied", "FencedOff", "StateStore", "StoredState", "applied_wire", "parse_applied"]
+
+#: An applied message: id, expiry (Unix ms) and, for exactly-once messages, the ok reply body.
+Applied = tuple[str, int, bytes | None]
 
 
 class FencedOff(NatsAgentsError):
@@ -42,12 +46,13 @@ class FencedOff(NatsAgentsError):
 @dataclass(frozen=True, slots=True)
 class StoredState:
     """A loaded or saved state: the data, the writer's epoch, the KV revision (0 = none)
-    and the recently applied message ids (``(id, expires_ms)``)."""
+    the recently applied messages and the last exactly-once stream sequence applied."""
 
     data: Any
     epoch: int
     revision: int
-    applied: tuple[tuple[str, int], ...] = ()
+    applied: tuple[Applied, ...] = ()
+    seq: int = 0
 
 
 class StateStore:
@@ -94,7 +99,14 @@ class StateStore:
                 raise ValueError("not a state record")
         except ValueError as exc:
             raise NatsAgentsError(f"state of {kind}/{agent_id} is corrupt: {exc}") from exc
-        return StoredState(body.get("data"), body["epoch"], entry.revision, parse_applied(body.get("applied")))
+        seq = body.get("seq", 0)
+        return StoredState(
+            body.get("data"),
+            body["epoch"],
+            entry.revision,
+            parse_applied(body.get("applied")),
+            seq if type(seq) is int and seq > 0 else 0,
+        )
 
     async def adopt(self, kind: str, agent_id: str, epoch: int) -> StoredState:
         """Take the state over for a new owner ``epoch``: rewrite it unchanged under the
@@ -110,9 +122,9 @@ class StateStore:
                 agent=f"{kind}/{agent_id}",
                 expected_revision=current.revision,
             )
-        value = self.with_applied(self.encode(current.data, epoch), current.applied)
+        value = self.with_extras(self.encode(current.data, epoch), current.applied, current.seq)
         revision = await self.save_encoded(kind, agent_id, value, revision=current.revision)
-        return StoredState(current.data, epoch, revision, current.applied)
+        return StoredState(current.data, epoch, revision, current.applied, current.seq)
 
     @staticmethod
     def encode(data: Any, epoch: int) -> bytes:
@@ -120,13 +132,21 @@ class StateStore:
         return codec.encode({"epoch": epoch, "data": data})
 
     @staticmethod
-    def with_applied(value: bytes, applied: Sequence[tuple[str, int]]) -> bytes:
-        """``value`` (from :meth:`encode`) with the ``applied`` message ids added."""
-        if not applied:
+    def with_extras(value: bytes, applied: Sequence[Applied], seq: int = 0) -> bytes:
+        """``value`` (from :meth:`encode`) with the ``applied`` messages and ``seq`` added."""
+        if not applied and not seq:
             return value
         if value[0] != 0x82:  # a msgpack map of two entries, as encode() makes it
             raise ValueError("not a value made by StateStore.encode")
-        return b"\x83" + value[1:] + codec.encode("applied") + codec.encode([list(a) for a in applied])
+        extra = b""
+        entries = 2
+        if applied:
+            entries += 1
+            extra += codec.encode("applied") + codec.encode([applied_wire(a) for a in applied])
+        if seq:
+            entries += 1
+            extra += codec.encode("seq") + codec.encode(seq)
+        return bytes([0x80 | entries]) + value[1:] + extra
 
     async def save(self, kind: str, agent_id: str, data: Any, *, epoch: int, revision: int) -> StoredState:
         """Write ``data`` if the stored revision is still ``revision`` (0: no state yet).
@@ -166,12 +186,24 @@ class StateStore:
         return new_revision
 
 
-def parse_applied(raw: object) -> tuple[tuple[str, int], ...]:
+def applied_wire(a: Applied) -> list[Any]:
+    """The stored/wire form of one applied message: ``[id, expires_ms]`` or with the reply."""
+    return [a[0], a[1]] if a[2] is None else [a[0], a[1], a[2]]
+
+
+def parse_applied(raw: object) -> tuple[Applied, ...]:
+    """``[[id, expires_ms(, reply body)], …]`` from the wire or the store; malformed items
+    are skipped."""
     if not isinstance(raw, list):
         return ()
-    """``[[id, expires_ms], …]`` from the wire or the store; malformed items are skipped."""
-    return tuple(
-        (item[0], item[1])
-        for item in raw
-        if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], int)
-    )
+    out: list[Applied] = []
+    for item in raw:
+        if not (isinstance(item, list) and 2 <= len(item) <= 3):
+            continue
+        if not (isinstance(item[0], str) and type(item[1]) is int):
+            continue
+        body = item[2] if len(item) == 3 else None
+        if body is not None and not isinstance(body, bytes):
+            continue
+        out.append((item[0], item[1], body))
+    return tuple(out)

@@ -7,14 +7,19 @@ __all__ = [
     "CALLER",
     "CORRELATION_ID",
     "DEADLINE",
+    "DELIVERY",
+    "DELIVERY_AT_LEAST_ONCE",
+    "DELIVERY_EXACTLY_ONCE",
     "MESSAGE_ID",
     "PROTO",
     "PROTO_VERSION",
     "REPLY_MODE",
     "REPLY_MODE_ACCEPT",
     "REPLY_MODE_RESULT",
+    "REPLY_TO",
     "STATUS",
     "STATUS_OK",
+    "STREAM_SEQ",
     "TRACEPARENT",
     "TRACESTATE",
 ]
@@ -41,6 +46,14 @@ REPLY_MODE_ACCEPT = "accept"
 #: Reply status: ``ok`` or an error code.
 STATUS = "Na-Status"
 STATUS_OK = "ok"
+#: Durable delivery (docs/delivery.md): ``at_least_once`` or ``exactly_once``.
+DELIVERY = "Na-Delivery"
+DELIVERY_AT_LEAST_ONCE = "at_least_once"
+DELIVERY_EXACTLY_ONCE = "exactly_once"
+#: The inbox stream sequence of a durable message, set by the partition owner.
+STREAM_SEQ = "Na-Stream-Seq"
+#: Where the result of a durable request goes (the caller's inbox).
+REPLY_TO = "Na-Reply-To"
 #: W3C trace context, passed through unchanged.
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
