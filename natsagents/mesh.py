@@ -23,6 +23,7 @@ from .cluster.directory import DirectoryRecord
 from .cluster.node import STRATEGIES, ClusterNode, ClusterSettings, _Ask, node_id_from_name
 from .cluster.placement import Hints, Resources
 from .cluster.view import ClusterView, NodeStatus
+from .delivery import PartitionOwners
 from .errors import ConfigurationError, MeshClosed
 from .observability import Metrics, Tracing
 from .resilience import BreakerSettings, CircuitState, RetryPolicy
@@ -86,6 +87,7 @@ class Mesh:
         tracing: Tracing,
     ) -> None:
         self._node: ClusterNode | None = None
+        self._owners: PartitionOwners | None = None
         self._view: ClusterView | None = None
         self._transport = transport
         self.name = name
@@ -273,6 +275,21 @@ class Mesh:
         )
         await node.start()
         self._node = node
+        if settings.delivery is not None:
+            owners = PartitionOwners(
+                self._transport,
+                self._caller,
+                node.control,
+                node.membership.members,
+                node.membership.changed,
+                node_id,
+                self.prefix,
+                settings.delivery,
+                settings.lease,
+                self.metrics,
+            )
+            await owners.start()
+            self._owners = owners
 
     # -- public API ------------------------------------------------------------------
 
@@ -491,6 +508,8 @@ class Mesh:
             self._state = MeshState.CLOSING
             with anyio.CancelScope(shield=True):
                 try:
+                    if self._owners is not None:
+                        await self._owners.close()  # running messages finish, the rest go back
                     if self._node is not None:
                         await self._node.close()
                     await self._host.close()

@@ -22,6 +22,7 @@ LAYER_ORDER = [
     "observability",
     "runtime",
     "cluster",
+    "delivery",
     "mesh",
     "cli",
     "testing",

@@ -26,6 +26,9 @@ __all__ = [
     "resolve_target",
 ]
 
+#: Delivery guarantees a call may ask for (docs/delivery.md).
+DELIVERY_MODES = ("at_most_once", "at_least_once", "exactly_once")
+
 T = TypeVar("T")
 U = TypeVar("U")
 
@@ -57,10 +60,13 @@ class CallOptions:
         idempotent: whether running the action twice is harmless (allows retries after
             no reply or a handler error); default: the action's ``@action(idempotent=…)``
             when the ref knows the agent class, else ``False``.
+        delivery: ``"at_most_once"`` (core NATS, the default), ``"at_least_once"`` or
+            ``"exactly_once"`` (through the durable inbox stream; docs/delivery.md).
     """
 
     retry: Any = USE_DEFAULT
     idempotent: bool | None = None
+    delivery: str = "at_most_once"
 
 
 class Invoker(Protocol):
@@ -136,11 +142,15 @@ class AgentRef:
     _options: CallOptions | None = field(default=None, compare=False, hash=False, repr=False)
     _cls: Any = field(default=None, compare=False, hash=False, repr=False)
 
-    def with_options(self, *, retry: Any = USE_DEFAULT, idempotent: bool | None = None) -> AgentRef:
-        """The same agent, called with these options (see :class:`CallOptions`).
+    def with_options(
+        self, *, retry: Any = USE_DEFAULT, idempotent: bool | None = None, delivery: str | None = None
+    ) -> AgentRef:
+        """The same agent, called with these options (see :class:`CallOptions`); options
+        not given keep this ref's.
 
         Raises:
-            ConfigurationError: ``retry`` is not a RetryPolicy, None or USE_DEFAULT.
+            ConfigurationError: ``retry`` is not a RetryPolicy, None or USE_DEFAULT; an
+                unknown ``delivery``.
         """
         from ..resilience import RetryPolicy
 
@@ -148,14 +158,23 @@ class AgentRef:
             raise ConfigurationError(f"retry must be a RetryPolicy or None, not {type(retry).__name__}")
         if idempotent is not None and not isinstance(idempotent, bool):
             raise ConfigurationError(f"idempotent must be a bool or None, not {idempotent!r}")
-        return AgentRef(self.kind, self.id, self._invoker, CallOptions(retry, idempotent), self._cls)
+        if delivery is not None and delivery not in DELIVERY_MODES:
+            raise ConfigurationError(f"delivery must be one of {DELIVERY_MODES}, not {delivery!r}")
+        old = self._options or CallOptions()
+        options = CallOptions(
+            old.retry if retry is USE_DEFAULT else retry,
+            old.idempotent if idempotent is None else idempotent,
+            old.delivery if delivery is None else delivery,
+        )
+        return AgentRef(self.kind, self.id, self._invoker, options, self._cls)
 
     def _opts(self, action: str) -> CallOptions | None:
         options = self._options
         if self._cls is not None and (options is None or options.idempotent is None):
             spec = self._cls.__actions__.get(action)
             if spec is not None and spec.idempotent:
-                return CallOptions(options.retry if options is not None else USE_DEFAULT, True)
+                base = options or CallOptions()
+                return CallOptions(base.retry, True, base.delivery)
         return options
 
     def __str__(self) -> str:

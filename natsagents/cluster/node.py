@@ -53,6 +53,7 @@ from ..errors import (
 )
 from ..observability import Metrics
 from ..runtime.activation import Activation, ActivationState
+from ..runtime.durable import DeliverySettings
 from ..runtime.host import Host
 from ..state.store import Applied, FencedOff, StateStore, applied_wire, parse_applied
 from ..transport import Inbound, NoResponders, Subscription, Transport
@@ -122,6 +123,8 @@ class ClusterSettings:
         handoff_on_close: on close, migrate ``permanent`` agents to other nodes instead
             of only stopping them.
         max_state_bytes: largest encoded agent state (default: what one message allows).
+        delivery: durable delivery settings; the node consumes its share of the inbox
+            stream's partitions (``None``: it consumes none).
     """
 
     node_id: str | None = None
@@ -139,6 +142,7 @@ class ClusterSettings:
     queue_timeout: float = 30.0
     handoff_on_close: bool = True
     max_state_bytes: int | None = None
+    delivery: DeliverySettings | None = field(default_factory=DeliverySettings)
 
     def __post_init__(self) -> None:
         if self.node_id is not None:
@@ -342,7 +346,7 @@ class ClusterNode:
         self.directory.add_listener(self._on_directory_change)
         await self.membership.start()
         self._ctl = await self._t.subscribe(node_subject(self.prefix, self.node_id, "*"), self._on_control)
-        control = await open_bucket(self._t, bucket_name(self.prefix, "control"), history=1)
+        control = self.control = await open_bucket(self._t, bucket_name(self.prefix, "control"), history=1)
         self._leader = LeaderLease(
             control, "rebalancer", self.node_id, ttl=max(1.0, self.settings.lease), lead=self._lead
         )

@@ -148,6 +148,15 @@ class Metrics:
             ["kind", "state"],
             registry=r,
         )
+        self.durable = Counter(
+            "natsagents_durable_messages",
+            "Durable messages handled by this node's partitions: ok, already_applied, retried, dead_letter",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.partitions_owned = Gauge(
+            "natsagents_partitions_owned", "Inbox stream partitions this node consumes", registry=r
+        )
         self.resends = Counter(
             "natsagents_resends", "Requests published again after no reply for resend_after seconds", registry=r
         )

@@ -21,11 +21,12 @@ from ..errors import (
 )
 from ..observability import Metrics, Tracing
 from ..resilience import Breakers, BreakerSettings, CircuitState, RetryPolicy
-from ..transport import NoResponders, Transport
+from ..transport import NoResponders, Transport, jetstream
 from ..wire import codec, envelope
 from ..wire import headers as h
 from ..wire.ids import encode_id
-from ..wire.subjects import activate_subject, agent_subject
+from ..wire.subjects import activate_subject, agent_subject, durable_subject
+from .durable import ensure_delivery_streams
 
 log = logging.getLogger("natsagents.runtime")
 
@@ -192,6 +193,8 @@ class Caller:
                 reply_mode=h.REPLY_MODE_ACCEPT if accept_only else h.REPLY_MODE_RESULT,
                 trace=self._tracing.inject(span) if span is not None else _passthrough(ctx),
             )
+            if options is not None and options.delivery != "at_most_once":
+                return await self._durable(kind, agent_id, action, body, hdrs, deadline, accept_only, options.delivery)
             # Every value is either generated here or checked (action below, names at
             # connect, ids by the host's regexes), so the block needs no per-call checks.
             block = envelope.encode_headers_unchecked(hdrs)
@@ -220,6 +223,66 @@ class Caller:
         finally:
             self._tracing.end(span)
             self._metrics.called_one(kind, action, outcome, time.perf_counter() - started)
+
+    async def _durable(
+        self,
+        kind: str,
+        agent_id: str,
+        action: str,
+        body: bytes,
+        hdrs: dict[str, str],
+        deadline: float | None,
+        accept_only: bool,
+        delivery: str,
+    ) -> Any:
+        """Store the message in the durable inbox stream (``Nats-Msg-Id`` = the message id,
+        so a retried publish is stored once), then wait for its result when one is wanted.
+        The caller's deadline bounds only its wait: the stored message runs whenever an
+        agent can take it, and carries no ``Na-Deadline``."""
+        address = f"{kind}/{agent_id}"
+        hdrs = dict(hdrs)
+        hdrs.pop(h.DEADLINE, None)
+        hdrs.pop(h.REPLY_MODE, None)
+        hdrs[h.DELIVERY] = delivery
+        remaining = None if deadline is None else max(0.001, deadline - time.time())
+        wait = None
+        if not accept_only:
+            reply_to, wait = await self._t.expect_reply(remaining)
+            hdrs[h.REPLY_TO] = reply_to
+        subject = durable_subject(self.settings.prefix, kind, agent_id)
+        publish_timeout = 30.0 if remaining is None else remaining
+        try:
+            try:
+                ack = await jetstream.publish(
+                    self._t, subject, body, msg_id=hdrs[h.MESSAGE_ID], headers=hdrs, timeout=publish_timeout
+                )
+            except jetstream.StreamNotFound:
+                await ensure_delivery_streams(self._t, self.settings.prefix, timeout=publish_timeout)
+                ack = await jetstream.publish(
+                    self._t, subject, body, msg_id=hdrs[h.MESSAGE_ID], headers=hdrs, timeout=publish_timeout
+                )
+        except jetstream.JetStreamError as exc:
+            raise Unavailable(
+                f"the durable inbox did not store the message: {exc}", agent=address, action=action
+            ) from exc
+        except CallTimeout as exc:
+            raise CallTimeout(
+                f"storing the message timed out; it may or may not be stored ({exc.message})",
+                agent=address,
+                action=action,
+            ) from None
+        if wait is None:
+            return None
+        try:
+            msg = await wait()
+        except CallTimeout:
+            raise CallTimeout(
+                f"no result within the timeout; the message is stored (stream sequence {ack.seq}) and will run",
+                agent=address,
+                action=action,
+                details={"stored": True, "stream_seq": ack.seq},
+            ) from None
+        return envelope.parse_reply(msg.headers, msg.data, agent=address, action=action)
 
     async def _attempts(
         self,
@@ -277,6 +340,24 @@ class Caller:
                     # The copy would get the stored error again: a new logical message.
                     hdrs = dict(hdrs, **{h.MESSAGE_ID: envelope.new_message_id()})
                     block = envelope.encode_headers_unchecked(hdrs)
+
+    async def forward(
+        self,
+        subject: str,
+        body: bytes,
+        block: bytes,
+        deadline: float | None,
+        kind: str,
+        agent_id: str,
+        action: str,
+    ) -> Any:
+        """One request with a prebuilt header block, activating the agent on demand and
+        retrying "no responders" and "retry" answers until ``deadline``: how a partition
+        owner hands a durable message to its agent. Returns the reply message (any status).
+
+        Raises:
+            CallTimeout, Unavailable (no host of the kind), MeshClosed."""
+        return await self._deliver(subject, body, block, deadline, kind, agent_id, action)
 
     async def _deliver(
         self,

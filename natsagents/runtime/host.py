@@ -450,6 +450,8 @@ class Host:
                 details={"exception": type(exc).__name__},
             )
             await self._reply(reply_to, *failed)
+            if seq or (msg.headers is not None and h.STREAM_SEQ in msg.headers):
+                return None  # a durable message is tried again by its partition owner: let it run
             return kept or failed
         finally:
             for pool in held:

@@ -18,7 +18,7 @@ import contextlib
 import itertools
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import nats
@@ -505,6 +505,26 @@ class Transport:
                 await self.subscribe(prefix + "*", mux)
                 self._mux = mux
         return self._mux
+
+    async def expect_reply(self, timeout: float | None) -> tuple[str, Callable[[], Awaitable[Inbound]]]:
+        """A reply subject of ours and a coroutine function that waits for the one message
+        sent to it (for replies that come another way than a request: a durable message
+        names it in a header).
+
+        The wait raises CallTimeout after ``timeout`` seconds; MeshClosed when closed."""
+        mux = self._mux or await self._ensure_mux()
+        token, fut = mux.register(timeout)
+        subject = mux.prefix + token
+
+        async def wait() -> Inbound:
+            try:
+                return await fut
+            except _Expired:
+                raise CallTimeout(f"no reply on {subject} within {timeout:g} s") from None
+            finally:
+                mux.discard(token)
+
+        return subject, wait
 
     def _republish(self, resend: _Resend) -> None:
         self.resends += 1

@@ -24,7 +24,10 @@ __all__ = [
     "agent_subject",
     "agent_wildcard",
     "bucket_name",
+    "dead_letter_subject",
+    "durable_subject",
     "node_subject",
+    "partition_subject",
     "validate_prefix",
 ]
 
@@ -72,3 +75,18 @@ def agent_queue(prefix: str) -> str:
 def node_subject(prefix: str, node: str, op: str) -> str:
     """Control subject ``op`` of cluster node ``node`` (a KV-key-safe id without dots)."""
     return f"{prefix}.node.{node}.{op}"
+
+
+def durable_subject(prefix: str, kind: str, agent_id: str) -> str:
+    """Where a durable message to ``kind/agent_id`` is published (the inbox stream)."""
+    return f"{prefix}.inbox.{validate_kind(kind)}.{encode_id(agent_id)}"
+
+
+def partition_subject(prefix: str, partition: int | str) -> str:
+    """The stored subjects of one inbox partition (``<prefix>.inboxp.<n>.<kind>.<token>``)."""
+    return f"{prefix}.inboxp.{partition}.>"
+
+
+def dead_letter_subject(prefix: str, kind: str, token: str) -> str:
+    """Where a dead letter of ``kind``/``token`` (the encoded id) is kept."""
+    return f"{prefix}.dlq.{validate_kind(kind)}.{token}"

@@ -1,0 +1,377 @@
+"""Partition owners: cluster nodes consume the durable inbox and hand messages to agents.
+
+Each node holds a KV lease (``<prefix>_control``, key ``partition.<n>``) on its share of the
+inbox partitions: partition ``n`` belongs to the live node with the highest
+``hash64("n:node")`` (rendezvous hashing, so a joining or leaving node moves only its own
+share). Only the lease holder consumes a partition, through one durable pull consumer
+(``p<n>``), so each partition — and each agent, all of whose messages land in one
+partition — has one reader at a time.
+
+Per partition the owner keeps a FIFO per agent: an agent's messages run one after the
+other, in stream order, while different agents proceed concurrently. A message is handed
+to its agent by a core request to the agent's subject (activation on demand, resends and
+"retry" answers as for any call), with ``Na-Stream-Seq`` added. Then:
+
+* ok (or ``already_applied``: an exactly-once message that ran before): the reply goes to
+  the requester's ``Na-Reply-To``, if any, and the message is acknowledged (double ack);
+* a failure that may pass (``handler_error``, ``timeout``, ``unavailable``, ``overloaded``,
+  ``at_capacity``): tried again after ``DeliverySettings.backoff`` — in process, holding the
+  agent's later messages back so their order holds — up to ``max_deliver`` attempts
+  (counting deliveries before a crash of an earlier owner);
+* a permanent failure (``bad_request``, ``unknown_action``, ``not_found``,
+  ``payload_too_large``, ``unauthorized``) or the last attempt: the message goes to the
+  dead-letter stream with its headers, the error and the attempt count, the requester gets
+  the error, and the message is acknowledged.
+
+While a message waits or runs, the owner renews its ack deadline (``+WPI``). An owner that
+gives a partition up stops fetching, lets running messages finish and hands the waiting
+ones back (``-NAK``) so the next owner gets them at once and in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..cluster.leader import LeaderLease
+from ..cluster.ring import hash64
+from ..errors import AgentError, NatsAgentsError
+from ..observability import Metrics
+from ..runtime.caller import Caller
+from ..runtime.durable import DeliverySettings, dlq_stream, ensure_delivery_streams, inbox_stream
+from ..transport import Transport
+from ..transport import jetstream as js
+from ..transport.kv import Bucket
+from ..wire import envelope
+from ..wire import headers as h
+from ..wire.ids import decode_id
+from ..wire.subjects import agent_subject, dead_letter_subject, partition_subject
+
+__all__ = ["PERMANENT", "PartitionOwners"]
+
+log = logging.getLogger("natsagents.delivery")
+
+#: Error codes a new attempt cannot fix: the message goes to the dead-letter stream at once.
+PERMANENT = frozenset({"bad_request", "unknown_action", "not_found", "payload_too_large", "unauthorized"})
+#: Headers of a dead letter (besides the original ones).
+DLQ_ERROR = "Na-Dlq-Error"
+DLQ_REASON = "Na-Dlq-Reason"
+DLQ_DELIVERIES = "Na-Dlq-Deliveries"
+DLQ_STREAM_SEQ = "Na-Dlq-Stream-Seq"
+DLQ_SUBJECT = "Na-Dlq-Subject"
+DLQ_TIME = "Na-Dlq-Time"
+
+
+class PartitionOwners:
+    """The durable-inbox consumer of one cluster node.
+
+    Args:
+        transport: the node's connection.
+        caller: the mesh's caller (forwards messages to agents).
+        control: the ``<prefix>_control`` bucket (partition leases).
+        members: live members now (node id → record with ``kinds`` and ``draining``).
+        changed: waits up to the given seconds for a membership change.
+        node_id: this node.
+        prefix: the mesh's subject prefix.
+        settings: partitions, attempts, backoff…
+        lease: seconds of a partition lease.
+        metrics: the mesh's metrics.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        caller: Caller,
+        control: Bucket,
+        members: Callable[[], Mapping[str, Any]],
+        changed: Callable[[float], Any],
+        node_id: str,
+        prefix: str,
+        settings: DeliverySettings,
+        lease: float,
+        metrics: Metrics,
+    ) -> None:
+        self._t = transport
+        self._caller = caller
+        self._control = control
+        self._members = members
+        self._changed = changed
+        self.node_id = node_id
+        self.prefix = prefix
+        self.settings = settings
+        self._lease = max(1.0, lease)
+        self._metrics = metrics
+        self.partitions = settings.partitions
+        self._leases: dict[int, LeaderLease] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.partitions = await ensure_delivery_streams(self._t, self.prefix, self.settings)
+        self._task = asyncio.get_running_loop().create_task(self._assign())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        leases, self._leases = self._leases, {}
+        await asyncio.gather(*(lease.stop() for lease in leases.values()), return_exceptions=True)
+
+    def owned(self) -> list[int]:
+        """Partitions this node consumes now."""
+        return sorted(n for n, lease in self._leases.items() if lease.is_leader)
+
+    def desired(self) -> set[int]:
+        """Partitions this node should own: rendezvous hashing over live nodes."""
+        live = [
+            n for n, r in self._members().items() if getattr(r, "kinds", None) and not getattr(r, "draining", False)
+        ]
+        if self.node_id not in live:
+            live.append(self.node_id)
+        return {p for p in range(self.partitions) if max(live, key=lambda n: hash64(f"{p}:{n}")) == self.node_id}
+
+    async def _assign(self) -> None:
+        while True:
+            want = self.desired()
+            for p in sorted(want - set(self._leases)):
+                lease = LeaderLease(
+                    self._control, f"partition.{p}", self.node_id, ttl=self._lease, lead=_Partition(self, p).run
+                )
+                lease.start()
+                self._leases[p] = lease
+            for p in sorted(set(self._leases) - want):
+                lease = self._leases.pop(p)
+                await lease.stop()  # graceful: the running partition hands its messages back
+            self._metrics.partitions_owned.set(len(self.owned()))
+            await self._changed(1.0)
+
+
+class _Partition:
+    """Consumes one partition while its lease is held (``run`` is the lease's task)."""
+
+    def __init__(self, owners: PartitionOwners, n: int) -> None:
+        self.o = owners
+        self.n = n
+        self.queues: dict[str, deque[js.JsMsg]] = {}
+        self.workers: dict[str, asyncio.Task[None]] = {}
+        self.held: set[js.JsMsg] = set()  # fetched and not yet acknowledged
+        self.room = asyncio.Event()
+        self.room.set()
+
+    async def run(self) -> None:
+        o = self.o
+        s = o.settings
+        stream = inbox_stream(o.prefix)
+        durable = f"p{self.n}"
+        config = js.ConsumerConfig(
+            durable=durable,
+            filter_subject=partition_subject(o.prefix, self.n),
+            ack_wait=s.ack_wait,
+            max_deliver=-1,
+            max_ack_pending=s.max_pending,
+        )
+        await js.ensure_consumer(o._t, stream, config)
+        consumer = js.PullConsumer(o._t, stream, durable)
+        keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
+        log.info("%s consumes inbox partition %d", o.node_id, self.n)
+        try:
+            while True:
+                await self.room.wait()
+                try:
+                    msgs = await consumer.fetch(min(s.batch, s.max_pending - len(self.held)), expires=1.0)
+                except (js.JetStreamError, AgentError) as exc:
+                    log.debug("partition %d: fetch failed: %s", self.n, exc)
+                    await asyncio.sleep(0.2)
+                    continue
+                for msg in msgs:
+                    self._enqueue(msg)
+        finally:
+            keepalive.cancel()
+            await self._hand_back()
+            with contextlib.suppress(Exception):
+                await consumer.close()
+            log.info("%s gave up inbox partition %d", o.node_id, self.n)
+
+    def _enqueue(self, msg: js.JsMsg) -> None:
+        # Stored subject: <prefix>.inboxp.<n>.<kind>.<token>
+        key = msg.subject.rsplit(".", 2)
+        agent = f"{key[-2]}.{key[-1]}" if len(key) == 3 else msg.subject
+        self.held.add(msg)
+        if len(self.held) >= self.o.settings.max_pending:
+            self.room.clear()
+        queue = self.queues.get(agent)
+        if queue is None:
+            queue = self.queues[agent] = deque()
+        queue.append(msg)
+        if agent not in self.workers:
+            self.workers[agent] = asyncio.get_running_loop().create_task(self._work(agent, queue))
+
+    async def _work(self, agent: str, queue: deque[js.JsMsg]) -> None:
+        try:
+            while queue:
+                msg = queue[0]
+                try:
+                    await self._process(msg)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("partition %d: handling stream message %d failed", self.n, msg.stream_seq)
+                queue.popleft()
+                self.held.discard(msg)
+                self.room.set()
+        finally:
+            self.workers.pop(agent, None)
+            if not queue:
+                self.queues.pop(agent, None)
+
+    async def _keep_alive(self) -> None:
+        """Renew the ack deadline of every message waiting or running here."""
+        interval = self.o.settings.ack_wait / 3
+        while True:
+            await asyncio.sleep(interval)
+            for msg in list(self.held):
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
+
+    async def _hand_back(self) -> None:
+        """Stop: let each agent's running message finish (bounded), give the rest back."""
+        waiting: list[js.JsMsg] = []
+        for queue in self.queues.values():
+            waiting.extend(list(queue)[1:])
+            while len(queue) > 1:
+                queue.pop()
+        workers = list(self.workers.values())
+        if workers:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.o.settings.attempt_timeout):
+                    await asyncio.gather(*workers, return_exceptions=True)
+        for task in workers:
+            task.cancel()
+        for msg in sorted(waiting, key=lambda m: m.stream_seq):
+            with contextlib.suppress(Exception):
+                await msg.nak()
+        self.held.clear()
+
+    async def _process(self, msg: js.JsMsg) -> None:
+        o = self.o
+        s = o.settings
+        hdrs = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
+        reply_to = hdrs.pop(h.REPLY_TO, "")
+        parts = msg.subject.split(".")
+        kind, token = parts[-2], parts[-1]
+        action = hdrs.get(h.ACTION, "")
+        try:
+            agent_id = decode_id(token)
+        except NatsAgentsError as exc:
+            await self._dead(msg, hdrs, reply_to, "bad_request", str(exc), 1, None)
+            return
+        hdrs[h.STREAM_SEQ] = str(msg.stream_seq)
+        block = envelope.encode_headers(hdrs)
+        subject = agent_subject(o.prefix, kind, agent_id)
+        attempt = max(0, msg.num_delivered - 1)  # deliveries an earlier owner made
+        while True:
+            attempt += 1
+            reply: Any = None
+            try:
+                reply = await o._caller.forward(
+                    subject, msg.data, block, time.time() + s.attempt_timeout, kind, agent_id, action
+                )
+                code = (reply.headers or {}).get(h.STATUS, h.STATUS_OK)
+                text = ""
+            except AgentError as exc:
+                code, text = exc.code, exc.message
+            except NatsAgentsError as exc:
+                code, text = "unavailable", str(exc)
+            if code in (h.STATUS_OK, "already_applied"):
+                if reply_to:
+                    await self._answer(reply_to, reply.headers, reply.data)
+                await self._ack(msg)
+                o._metrics.durable.labels(kind, "ok" if code == h.STATUS_OK else "already_applied").inc()
+                return
+            if code in PERMANENT or attempt >= s.max_deliver:
+                await self._dead(msg, hdrs, reply_to, code, text or _error_text(reply), attempt, reply)
+                return
+            o._metrics.durable.labels(kind, "retried").inc()
+            await asyncio.sleep(s.delay(attempt))
+
+    async def _ack(self, msg: js.JsMsg) -> None:
+        try:
+            await msg.ack_sync()
+        except Exception as exc:
+            # The outcome stays in the agent's state (exactly-once) or the message will run
+            # once more (at-least-once): both within the guarantee.
+            log.warning("partition %d: ack of stream message %d failed: %s", self.n, msg.stream_seq, exc)
+
+    async def _answer(self, reply_to: str, headers: Any, data: bytes) -> None:
+        with contextlib.suppress(NatsAgentsError):
+            await self.o._t.publish(reply_to, data, headers=headers)
+
+    async def _dead(
+        self,
+        msg: js.JsMsg,
+        hdrs: dict[str, str],
+        reply_to: str,
+        code: str,
+        text: str,
+        attempts: int,
+        reply: Any,
+    ) -> None:
+        o = self.o
+        parts = msg.subject.split(".")
+        kind, token = parts[-2], parts[-1]
+        letter = dict(hdrs)
+        letter.pop(h.STREAM_SEQ, None)
+        letter[DLQ_ERROR] = code
+        letter[DLQ_REASON] = " ".join(text.split())[:512] or code
+        letter[DLQ_DELIVERIES] = str(attempts)
+        letter[DLQ_STREAM_SEQ] = str(msg.stream_seq)
+        letter[DLQ_SUBJECT] = f"{o.prefix}.inbox.{kind}.{token}"
+        letter[DLQ_TIME] = str(int(time.time() * 1000))
+        try:
+            await js.publish(
+                o._t,
+                dead_letter_subject(o.prefix, kind, token),
+                msg.data,
+                msg_id=f"dlq-{msg.stream_seq}",
+                headers=letter,
+                timeout=10.0,
+                expected_stream=dlq_stream(o.prefix),
+            )
+        except Exception as exc:
+            log.error("partition %d: dead letter of stream message %d not stored: %s", self.n, msg.stream_seq, exc)
+            return  # not acknowledged: it comes back after ack_wait
+        log.warning(
+            "stream message %d to %s/%s dead-lettered after %d attempts: %s: %s",
+            msg.stream_seq,
+            kind,
+            token,
+            attempts,
+            code,
+            letter[DLQ_REASON],
+        )
+        if reply_to:
+            if reply is not None:
+                await self._answer(reply_to, reply.headers, reply.data)
+            else:
+                hdrs_out, body = envelope.error_reply(
+                    code, text, agent=f"{kind}/{token}", details={"dead_letter": True, "stream_seq": msg.stream_seq}
+                )
+                await self._answer(reply_to, hdrs_out, body)
+        await self._ack(msg)
+        o._metrics.durable.labels(kind, "dead_letter").inc()
+
+
+def _error_text(reply: Any) -> str:
+    if reply is None:
+        return ""
+    try:
+        envelope.parse_reply(reply.headers, reply.data)
+    except AgentError as exc:
+        return exc.message
+    return ""
