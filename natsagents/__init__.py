@@ -16,6 +16,7 @@ Write an agent class once, host it on any number of processes, and talk to it by
 
 from .agent import USE_DEFAULT, Agent, AgentFuture, AgentRef, Context, action, all_of, any_of, current_context
 from .cluster import ClusterSettings, Hints, Resources
+from .delivery import DeadLetter
 from .errors import (
     ActionDefinitionError,
     AgentError,
@@ -45,6 +46,7 @@ from .errors import (
 from .mesh import Mesh, MeshState
 from .observability import CorrelationIdFilter, install_correlation_filter
 from .resilience import BreakerSettings, CircuitState, RetryPolicy
+from .runtime.durable import DeliverySettings
 from .transport import Auth
 
 __version__ = "0.1.0"
@@ -70,6 +72,8 @@ __all__ = [
     "ConnectError",
     "Context",
     "CorrelationIdFilter",
+    "DeadLetter",
+    "DeliverySettings",
     "HandlerError",
     "Hints",
     "InvalidAddress",

@@ -23,7 +23,7 @@ from .cluster.directory import DirectoryRecord
 from .cluster.node import STRATEGIES, ClusterNode, ClusterSettings, _Ask, node_id_from_name
 from .cluster.placement import Hints, Resources
 from .cluster.view import ClusterView, NodeStatus
-from .delivery import PartitionOwners
+from .delivery import DeadLetter, PartitionOwners, delete_dead_letter, list_dead_letters, replay_dead_letter
 from .errors import ConfigurationError, MeshClosed
 from .observability import Metrics, Tracing
 from .resilience import BreakerSettings, CircuitState, RetryPolicy
@@ -475,6 +475,30 @@ class Mesh:
     def local_agents(self) -> list[str]:
         """Addresses of the agents active in this process."""
         return self._host.active()
+
+    async def dead_letters(self, *, limit: int = 100) -> list[DeadLetter]:
+        """The oldest ``limit`` messages of the dead-letter stream (docs/delivery.md).
+
+        Raises:
+            JetStreamError: no dead-letter stream yet. CallTimeout, MeshClosed.
+        """
+        self._check_open()
+        return await list_dead_letters(self._transport, self.prefix, limit=limit)
+
+    async def replay_dead_letter(self, seq: int) -> int:
+        """Publish dead letter ``seq`` to its agent's inbox again (then delete it); returns
+        its new inbox stream sequence.
+
+        Raises:
+            AgentNotFound: no such dead letter. JetStreamError, CallTimeout, MeshClosed.
+        """
+        self._check_open()
+        return (await replay_dead_letter(self._transport, self.prefix, seq)).seq
+
+    async def delete_dead_letter(self, seq: int) -> bool:
+        """Drop dead letter ``seq``; ``False`` if there was none."""
+        self._check_open()
+        return await delete_dead_letter(self._transport, self.prefix, seq)
 
     def circuit(self, target: str | type[Agent], agent_id: str | None = None) -> CircuitState:
         """The state of this mesh's circuit breaker for an agent (``CLOSED`` when breakers

@@ -23,7 +23,6 @@ from natsagents import (
     UnknownAction,
     action,
 )
-from natsagents.delivery import list_dead_letters, replay_dead_letter
 from natsagents.runtime.durable import DeliverySettings, inbox_stream
 from natsagents.testing import wait_for
 from natsagents.transport.jetstream import stream_info
@@ -115,7 +114,7 @@ async def test_a_poison_message_is_dead_lettered_and_replayed(mesh_factory: Any,
     ref = client.ref("Ledger/p").with_options(delivery="at_least_once")
     with pytest.raises(HandlerError, match="cannot digest"):
         await ref.call("poison", timeout=10)
-    letters = await list_dead_letters(client._transport, mesh_prefix)
+    letters = await client.dead_letters()
     assert len(letters) == 1
     letter = letters[0]
     assert (letter.agent, letter.action, letter.error, letter.deliveries) == ("Ledger/p", "poison", "handler_error", 3)
@@ -124,7 +123,7 @@ async def test_a_poison_message_is_dead_lettered_and_replayed(mesh_factory: Any,
     assert await stored_messages(client, mesh_prefix) == 0  # not looping in the inbox
     Ledger.broken = False
     try:
-        await replay_dead_letter(client._transport, mesh_prefix, letter.seq)
+        await client.replay_dead_letter(letter.seq)
         await wait_for(
             lambda: node.metrics.value("natsagents_durable_messages_total", {"kind": "Ledger", "outcome": "ok"}) >= 1,
             timeout=10,
@@ -133,7 +132,7 @@ async def test_a_poison_message_is_dead_lettered_and_replayed(mesh_factory: Any,
     finally:
         Ledger.broken = True
     assert (await client.ref("Ledger/p").call("get"))["items"] == ["digested"]
-    assert await list_dead_letters(client._transport, mesh_prefix) == []
+    assert await client.dead_letters() == []
 
 
 async def test_permanent_errors_are_dead_lettered_at_once(mesh_factory: Any, mesh_prefix: str) -> None:
@@ -143,7 +142,7 @@ async def test_permanent_errors_are_dead_lettered_at_once(mesh_factory: Any, mes
         await client.ref("Ledger/u").with_options(delivery="at_least_once").call("nope", timeout=10)
     with pytest.raises(BadRequest, match="exactly_once"):  # needs persisted state
         await client.ref("Volatile/v").with_options(delivery="exactly_once").call("ping", timeout=10)
-    letters = await list_dead_letters(client._transport, mesh_prefix)
+    letters = await client.dead_letters()
     assert sorted((letter.error, letter.deliveries) for letter in letters) == [
         ("bad_request", 1),
         ("unknown_action", 1),
