@@ -10,7 +10,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,7 @@ from .cluster.node import STRATEGIES, ClusterNode, ClusterSettings, _Ask, node_i
 from .cluster.placement import Hints, Resources
 from .cluster.view import ClusterView, NodeStatus
 from .delivery import DeadLetter, PartitionOwners, delete_dead_letter, list_dead_letters, replay_dead_letter
-from .errors import ConfigurationError, MeshClosed
+from .errors import AgentError, ConfigurationError, MeshClosed
 from .observability import Metrics, Tracing
 from .resilience import BreakerSettings, CircuitState, RetryPolicy
 from .runtime import Caller, CallerSettings, Host, HostSettings
@@ -81,6 +81,7 @@ class Mesh:
         resend_after: float | None = 2.0,
         retry: RetryPolicy | None = None,
         circuit_breaker: BreakerSettings | None = None,
+        compress_above: int | None = 64 * 1024,
         expose_tracebacks: bool,
         stop_timeout: float,
         metrics: Metrics,
@@ -103,6 +104,7 @@ class Mesh:
                 resend_after=resend_after,
                 retry=retry,
                 breaker=circuit_breaker,
+                compress_above=compress_above,
             ),
             metrics,
             tracing,
@@ -111,7 +113,13 @@ class Mesh:
         kinds: dict[str, type[Agent]] = {}
         self._host: Host = Host(
             transport,
-            HostSettings(prefix=prefix, node=name, expose_tracebacks=expose_tracebacks, stop_timeout=stop_timeout),
+            HostSettings(
+                prefix=prefix,
+                node=name,
+                expose_tracebacks=expose_tracebacks,
+                stop_timeout=stop_timeout,
+                compress_above=compress_above,
+            ),
             lambda address: _AgentRefs(self._caller.as_agent(address), kinds),
             metrics,
             tracing,
@@ -139,6 +147,7 @@ class Mesh:
         resend_after: float | None = 2.0,
         retry: RetryPolicy | None = None,
         circuit_breaker: BreakerSettings | None = None,
+        compress_above: int | None = 64 * 1024,
         expose_tracebacks: bool = True,
         stop_timeout: float = 10.0,
         drain_timeout: float = 5.0,
@@ -164,6 +173,8 @@ class Mesh:
                 ``ref.with_options(retry=…)`` overrides it per ref.
             circuit_breaker: :class:`~natsagents.BreakerSettings` to fail fast with
                 :class:`~natsagents.CircuitOpen` while a destination keeps failing (``None``: off).
+            compress_above: bodies (requests and replies) larger than this many bytes
+                travel compressed (``Na-Encoding: deflate``); ``None``: never.
             expose_tracebacks: send handler tracebacks in ``handler_error`` replies.
             stop_timeout: seconds each agent gets to finish its mailbox on close.
             drain_timeout: seconds closing may wait for the server to take what was
@@ -184,6 +195,8 @@ class Mesh:
             raise ConfigurationError("default_timeout must be > 0 or None")
         if resend_after is not None and (not isinstance(resend_after, (int, float)) or resend_after <= 0):
             raise ConfigurationError("resend_after must be > 0 seconds or None")
+        if compress_above is not None and (type(compress_above) is not int or compress_above < 0):
+            raise ConfigurationError(f"compress_above must be an int >= 0 or None, not {compress_above!r}")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigurationError(f"retry must be a RetryPolicy or None, not {type(retry).__name__}")
         if circuit_breaker is not None and not isinstance(circuit_breaker, BreakerSettings):
@@ -222,6 +235,7 @@ class Mesh:
                 resend_after=resend_after,
                 retry=retry,
                 circuit_breaker=circuit_breaker,
+                compress_above=compress_above,
                 expose_tracebacks=expose_tracebacks,
                 stop_timeout=stop_timeout,
                 metrics=Metrics(metrics_registry),
@@ -475,6 +489,57 @@ class Mesh:
     def local_agents(self) -> list[str]:
         """Addresses of the agents active in this process."""
         return self._host.active()
+
+    async def send_many(
+        self,
+        messages: Iterable[tuple[str | AgentRef, str, Mapping[str, Any]]],
+        *,
+        delivery: str = "at_most_once",
+        timeout: Any = USE_DEFAULT,
+        in_flight: int = 256,
+    ) -> list[AgentError | None]:
+        """Send many messages at once: ``(agent, action, params)`` each, published in a
+        pipeline (up to ``in_flight`` awaiting their acknowledgement at a time).
+
+        Returns, in order, ``None`` for every message accepted (at-most-once: in the
+        agent's mailbox; durable: stored in the stream) or the error it met; per agent the
+        messages keep their order (each waits for the previous one to the same agent).
+
+        Raises:
+            ConfigurationError: a malformed entry or option (nothing is sent).
+        """
+        self._check_open()
+        if type(in_flight) is not int or in_flight < 1:
+            raise ConfigurationError(f"in_flight must be an int >= 1, not {in_flight!r}")
+        items: list[tuple[AgentRef, str, Mapping[str, Any]]] = []
+        for entry in messages:
+            if not (isinstance(entry, tuple) and len(entry) == 3):
+                raise ConfigurationError(f"each message must be (agent, action, params), not {entry!r}")
+            target, action_name, params = entry
+            ref = target if isinstance(target, AgentRef) else self.ref(target)
+            if not isinstance(params, Mapping):
+                raise ConfigurationError(f"params must be a mapping, not {type(params).__name__}")
+            items.append((ref.with_options(delivery=delivery), action_name, params))
+        gate = asyncio.Semaphore(in_flight)
+        chains: dict[str, asyncio.Future[Any]] = {}
+        results: list[AgentError | None] = [None] * len(items)
+
+        async def one(i: int, ref: AgentRef, action_name: str, params: Mapping[str, Any], before: Any) -> None:
+            if before is not None:
+                await asyncio.wait({before})  # the previous message to this agent first
+            async with gate:
+                try:
+                    await ref.send(action_name, params=params, timeout=timeout)
+                except AgentError as exc:
+                    results[i] = exc
+
+        tasks = []
+        for i, (ref, action_name, params) in enumerate(items):
+            task = asyncio.ensure_future(one(i, ref, action_name, params, chains.get(ref.address)))
+            chains[ref.address] = task
+            tasks.append(task)
+        await asyncio.gather(*tasks)
+        return results
 
     async def dead_letters(self, *, limit: int = 100) -> list[DeadLetter]:
         """The oldest ``limit`` messages of the dead-letter stream (docs/delivery.md).

@@ -14,6 +14,7 @@ import pytest
 
 from natsagents import (
     Agent,
+    AgentNotFound,
     AlreadyApplied,
     BadRequest,
     ClusterSettings,
@@ -25,7 +26,7 @@ from natsagents import (
 )
 from natsagents.runtime.durable import DeliverySettings, inbox_stream
 from natsagents.testing import wait_for
-from natsagents.transport.jetstream import stream_info
+from natsagents.transport.jetstream import StreamNotFound, stream_info
 from natsagents.wire import envelope
 from natsagents.wire.subjects import agent_subject
 
@@ -133,6 +134,15 @@ async def test_a_poison_message_is_dead_lettered_and_replayed(mesh_factory: Any,
         Ledger.broken = True
     assert (await client.ref("Ledger/p").call("get"))["items"] == ["digested"]
     assert await client.dead_letters() == []
+    assert await client.delete_dead_letter(letter.seq) is False  # replay deleted it
+    assert await client.delete_dead_letter(10_000) is False
+    with pytest.raises(AgentNotFound):
+        await client.replay_dead_letter(10_000)
+
+
+async def test_dead_letters_before_any_stream_exists(mesh: Mesh) -> None:
+    with pytest.raises(StreamNotFound):
+        await mesh.dead_letters()
 
 
 async def test_permanent_errors_are_dead_lettered_at_once(mesh_factory: Any, mesh_prefix: str) -> None:
@@ -235,3 +245,26 @@ async def test_a_durable_call_that_outlives_its_timeout_still_runs(mesh_factory:
         what="the stored message ran",
     )
     assert (await client.ref("Ledger/late").call("get"))["items"] == [7]
+
+
+async def test_an_expired_durable_message_is_dead_lettered_unrun(mesh_factory: Any) -> None:
+    client = await mesh_factory(name="client")
+    ref = client.ref("Ledger/ttl").with_options(delivery="at_least_once", message_ttl=0.2)
+    await ref.send("add", value=1)  # stored; no node consumes yet
+    await asyncio.sleep(0.3)  # the message's time to live is what is tested
+    node = await a_node(mesh_factory)
+    dead = {"kind": "Ledger", "outcome": "dead_letter"}
+    await wait_for(lambda: node.metrics.value("natsagents_durable_messages_total", dead) == 1, timeout=10)
+    letters = await client.dead_letters()
+    assert [(letter.agent, letter.error) for letter in letters] == [("Ledger/ttl", "timeout")]
+    assert (await client.ref("Ledger/ttl").call("get"))["items"] == []
+
+
+async def test_durable_send_many_stores_every_message_once_in_order(mesh_factory: Any) -> None:
+    await a_node(mesh_factory)
+    client = await mesh_factory(name="client")
+    messages = [(f"Ledger/b{i % 4}", "add", {"value": i}) for i in range(40)]
+    assert await client.send_many(messages, delivery="exactly_once", in_flight=8) == [None] * 40
+    for k in range(4):
+        state = await client.ref(f"Ledger/b{k}").with_options(delivery="exactly_once").call("get", timeout=20)
+        assert state["items"] == list(range(k, 40, 4))

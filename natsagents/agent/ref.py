@@ -62,11 +62,19 @@ class CallOptions:
             when the ref knows the agent class, else ``False``.
         delivery: ``"at_most_once"`` (core NATS, the default), ``"at_least_once"`` or
             ``"exactly_once"`` (through the durable inbox stream; docs/delivery.md).
+        priority: ``"high"`` messages go ahead of ``"normal"`` ones in the agent's
+            mailbox, ``"low"`` ones after them (at-most-once messages; a durable message
+            keeps its stream order).
+        message_ttl: seconds a durable message stays deliverable; later it goes to the
+            dead-letter stream unrun (``None``: no limit; the call's timeout bounds only
+            the caller's wait).
     """
 
     retry: Any = USE_DEFAULT
     idempotent: bool | None = None
     delivery: str = "at_most_once"
+    priority: str = "normal"
+    message_ttl: float | None = None
 
 
 class Invoker(Protocol):
@@ -143,7 +151,13 @@ class AgentRef:
     _cls: Any = field(default=None, compare=False, hash=False, repr=False)
 
     def with_options(
-        self, *, retry: Any = USE_DEFAULT, idempotent: bool | None = None, delivery: str | None = None
+        self,
+        *,
+        retry: Any = USE_DEFAULT,
+        idempotent: bool | None = None,
+        delivery: str | None = None,
+        priority: str | None = None,
+        message_ttl: float | None = None,
     ) -> AgentRef:
         """The same agent, called with these options (see :class:`CallOptions`); options
         not given keep this ref's.
@@ -160,11 +174,19 @@ class AgentRef:
             raise ConfigurationError(f"idempotent must be a bool or None, not {idempotent!r}")
         if delivery is not None and delivery not in DELIVERY_MODES:
             raise ConfigurationError(f"delivery must be one of {DELIVERY_MODES}, not {delivery!r}")
+        if priority is not None and priority not in ("high", "normal", "low"):
+            raise ConfigurationError(f"priority must be 'high', 'normal' or 'low', not {priority!r}")
+        if message_ttl is not None and (
+            isinstance(message_ttl, bool) or not isinstance(message_ttl, (int, float)) or message_ttl <= 0
+        ):
+            raise ConfigurationError(f"message_ttl must be > 0 seconds or None, not {message_ttl!r}")
         old = self._options or CallOptions()
         options = CallOptions(
             old.retry if retry is USE_DEFAULT else retry,
             old.idempotent if idempotent is None else idempotent,
             old.delivery if delivery is None else delivery,
+            old.priority if priority is None else priority,
+            old.message_ttl if message_ttl is None else message_ttl,
         )
         return AgentRef(self.kind, self.id, self._invoker, options, self._cls)
 
@@ -174,7 +196,7 @@ class AgentRef:
             spec = self._cls.__actions__.get(action)
             if spec is not None and spec.idempotent:
                 base = options or CallOptions()
-                return CallOptions(base.retry, True, base.delivery)
+                return CallOptions(base.retry, True, base.delivery, base.priority, base.message_ttl)
         return options
 
     def __str__(self) -> str:

@@ -32,6 +32,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from ..agent.ref import DELIVERY_MODES
 from ..errors import AgentError, ConfigurationError, ServerError, TransportError
 from ..wire.ids import parse_address
 from ..wire.subjects import DEFAULT_PREFIX, validate_prefix
@@ -87,7 +88,7 @@ class Command:
 _COMMANDS: dict[str, Command] = {}
 
 #: Modules whose import registers commands (this one registers server, call and send).
-COMMAND_MODULES: tuple[str, ...] = ("natsagents.cli.demo", "natsagents.cli.cluster")
+COMMAND_MODULES: tuple[str, ...] = ("natsagents.cli.demo", "natsagents.cli.cluster", "natsagents.cli.delivery")
 
 
 def command(
@@ -276,7 +277,7 @@ def print_json(value: Any) -> None:
 # -- call / send ----------------------------------------------------------------------
 
 
-def _message_options(parser: argparse.ArgumentParser) -> None:
+def _message_options(parser: argparse.ArgumentParser, *, wait: bool = False) -> None:
     parser.add_argument("address", metavar="KIND/ID", help="the agent, e.g. Counter/c-1")
     parser.add_argument("action", metavar="ACTION", help="the action to run")
     parser.add_argument(
@@ -292,8 +293,21 @@ def _message_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", metavar="SECONDS", type=_positive_float, default=5.0, help="seconds to wait (default: 5)"
     )
+    parser.add_argument(
+        "--delivery",
+        choices=DELIVERY_MODES,
+        default="at_most_once",
+        help="at_most_once: straight to the agent (default); at_least_once, exactly_once: through the durable "
+        "inbox stream, run by a cluster node (failures are retried, then dead-lettered: see 'dlq')",
+    )
+    if wait:
+        parser.add_argument("--wait", action="store_true", help="wait for the result and print it, as 'call' does")
     parser.add_argument("--traceback", action="store_true", help="print the remote traceback of a handler error")
     add_connection_options(parser)
+
+
+def _send_options(parser: argparse.ArgumentParser) -> None:
+    _message_options(parser, wait=True)
 
 
 def parse_params(json_text: str | None, pairs: Sequence[str]) -> dict[str, Any]:
@@ -338,9 +352,12 @@ async def _deliver_async(
 ) -> int:
     async with open_mesh(args, default_timeout=args.timeout) as mesh:
         ref = mesh.ref(kind, agent_id)
-        if accept_only:
+        if args.delivery != "at_most_once":
+            ref = ref.with_options(delivery=args.delivery)
+        if accept_only and not getattr(args, "wait", False):
             await ref.send(args.action, params=params, timeout=args.timeout)
-            print("accepted", flush=True)
+            # A durable send returns once the inbox stream stored the message.
+            print("accepted" if args.delivery == "at_most_once" else "stored", flush=True)
         else:
             print_json(await ref.call(args.action, params=params, timeout=args.timeout))
     return Exit.OK
@@ -350,7 +367,8 @@ async def _deliver_async(
     "call",
     help="call an agent's action and print the result as JSON",
     configure=_message_options,
-    description="Call ACTION of agent KIND/ID and print its result as JSON. "
+    description="Call ACTION of agent KIND/ID and print its result as JSON. With --delivery at_least_once or "
+    "exactly_once the message goes through the durable inbox stream and a cluster node runs it. "
     "Exit codes: 0 ok, 1 error reply, 2 bad usage, 3 NATS unreachable.",
 )
 def _call(args: argparse.Namespace) -> int:
@@ -359,9 +377,11 @@ def _call(args: argparse.Namespace) -> int:
 
 @command(
     "send",
-    help="send a message to an agent (fire-and-forget) and print 'accepted'",
-    configure=_message_options,
-    description="Send ACTION to agent KIND/ID; returns once the agent's mailbox accepted it. "
+    help="send a message to an agent (fire-and-forget) and print 'accepted' (durable: 'stored')",
+    configure=_send_options,
+    description="Send ACTION to agent KIND/ID; returns once the agent's mailbox accepted it and prints "
+    "'accepted', or, with --delivery at_least_once or exactly_once, once the durable inbox stream stored it "
+    "and prints 'stored' (a cluster node runs it later). With --wait it is a call: it prints the result as JSON. "
     "Exit codes: 0 accepted, 1 error reply, 2 bad usage, 3 NATS unreachable.",
 )
 def _send(args: argparse.Namespace) -> int:

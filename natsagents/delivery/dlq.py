@@ -25,7 +25,16 @@ from .owners import DLQ_DELIVERIES, DLQ_ERROR, DLQ_REASON, DLQ_STREAM_SEQ, DLQ_S
 
 __all__ = ["DeadLetter", "delete_dead_letter", "list_dead_letters", "replay_dead_letter"]
 
-_NOT_FOUND = (10037,)  # no message found
+# "no message found" (10037), "sequence not found" (10043); a delete of a sequence outside
+# the stream answers the general "delete failed" (10057) with one of these texts.
+_NOT_FOUND = (10037, 10043)
+_NOT_FOUND_TEXTS = ("no message found", "stream store eof", "not found")
+
+
+def _missing(exc: KvError) -> bool:
+    if exc.err_code in _NOT_FOUND:
+        return True
+    return exc.err_code == 10057 and any(t in str(exc).lower() for t in _NOT_FOUND_TEXTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +123,9 @@ async def _get(transport: Transport, prefix: str, body: dict[str, Any], timeout:
     try:
         raw = await api_request(transport, f"$JS.API.STREAM.MSG.GET.{dlq_stream(prefix)}", body, timeout)
     except KvError as exc:
-        if exc.err_code in _NOT_FOUND:
+        if _missing(exc):
             return None
-        raise
+        raise js.translate(exc, "dead letters") from None
     return _letter(raw)
 
 
@@ -126,8 +135,8 @@ async def list_dead_letters(
     """The oldest ``limit`` dead letters.
 
     Raises:
-        JetStreamError: no dead-letter stream (nothing was ever dead-lettered with
-            delivery on). CallTimeout, MeshClosed.
+        StreamNotFound: no dead-letter stream (no node with durable delivery ran yet).
+        JetStreamError, CallTimeout, MeshClosed.
     """
     out: list[DeadLetter] = []
     seq = 1
@@ -147,9 +156,9 @@ async def delete_dead_letter(transport: Transport, prefix: str, seq: int, *, tim
             transport, f"$JS.API.STREAM.MSG.DELETE.{dlq_stream(prefix)}", {"seq": seq, "no_erase": True}, timeout
         )
     except KvError as exc:
-        if exc.err_code in _NOT_FOUND:
+        if _missing(exc):
             return False
-        raise
+        raise js.translate(exc, "dead letters") from None
     return True
 
 

@@ -176,6 +176,7 @@ class _Partition:
             max_deliver=-1,
             max_ack_pending=s.max_pending,
         )
+        await js.delete_consumer(o._t, stream, durable)  # what the last owner held comes first, in order
         await js.ensure_consumer(o._t, stream, config)
         consumer = js.PullConsumer(o._t, stream, durable)
         keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
@@ -184,7 +185,9 @@ class _Partition:
             while True:
                 await self.room.wait()
                 try:
-                    msgs = await consumer.fetch(min(s.batch, s.max_pending - len(self.held)), expires=1.0)
+                    # no_wait: return what is there now (or the first to come within
+                    # expires) instead of holding messages until a whole batch came.
+                    msgs = await consumer.fetch(min(s.batch, s.max_pending - len(self.held)), expires=1.0, no_wait=True)
                 except (js.JetStreamError, AgentError) as exc:
                     log.debug("partition %d: fetch failed: %s", self.n, exc)
                     await asyncio.sleep(0.2)
@@ -275,7 +278,13 @@ class _Partition:
         block = envelope.encode_headers(hdrs)
         subject = agent_subject(o.prefix, kind, agent_id)
         attempt = max(0, msg.num_delivered - 1)  # deliveries an earlier owner made
+        expires = hdrs.get(h.DEADLINE, "")
         while True:
+            if expires.isdigit() and time.time() * 1000 >= int(expires):
+                await self._dead(
+                    msg, hdrs, reply_to, "timeout", "its message_ttl passed before it could run", attempt, None
+                )
+                return
             attempt += 1
             reply: Any = None
             try:
@@ -347,7 +356,7 @@ class _Partition:
             log.error("partition %d: dead letter of stream message %d not stored: %s", self.n, msg.stream_seq, exc)
             return  # not acknowledged: it comes back after ack_wait
         log.warning(
-            "stream message %d to %s/%s dead-lettered after %d attempts: %s: %s",
+            "stream message %d to %s/%s dead-lettered after %d attempt(s): %s: %s",
             msg.stream_seq,
             kind,
             token,

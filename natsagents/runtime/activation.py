@@ -59,8 +59,10 @@ class Activation:
         "cluster",
         "errors_in_row",
         "health",
+        "highs",
         "host",
         "kind",
+        "lows",
         "mailbox",
         "max_workers",
         "recent",
@@ -79,6 +81,8 @@ class Activation:
         self.max_workers = agent.max_concurrency
         # An idle agent holds no deque and no set (760 + 216 bytes): shared empties until used.
         self.mailbox: deque[Inbound] = _NO_MAIL
+        self.highs = 0  # high-priority messages at the front of the mailbox
+        self.lows = 0  # low-priority messages at its back
         self.workers: set[asyncio.Task[None]] = _NO_WORKERS
         self.state = ActivationState.STARTING
         self.subscription: Subscription | None = None
@@ -99,6 +103,10 @@ class Activation:
             return
         if len(self.mailbox) + self.busy >= self.capacity:
             self.host.refuse(self, msg, "overloaded", f"mailbox of {self.address} is full ({self.capacity})")
+            return
+        priority = msg.headers.get(h.PRIORITY) if msg.headers is not None else None
+        if priority is not None and priority not in h.PRIORITIES:
+            self.host.refuse(self, msg, "bad_request", f"{h.PRIORITY} must be one of {h.PRIORITIES}")
             return
         health = self.health
         if health is not None:
@@ -135,7 +143,17 @@ class Activation:
         mailbox = self.mailbox
         if mailbox is _NO_MAIL:
             mailbox = self.mailbox = deque()
-        mailbox.append(msg)
+        if priority is None or priority == "normal":
+            if self.lows:
+                mailbox.insert(len(mailbox) - self.lows, msg)
+            else:
+                mailbox.append(msg)
+        elif priority == "high":
+            mailbox.insert(self.highs, msg)
+            self.highs += 1
+        else:  # "low" (checked above)
+            mailbox.append(msg)
+            self.lows += 1
         workers = self.workers
         if len(workers) < self.max_workers:
             if workers is _NO_WORKERS:
@@ -149,6 +167,10 @@ class Activation:
             handle = self.host.handle
             while mailbox:
                 msg = mailbox.popleft()
+                if self.highs:
+                    self.highs -= 1
+                elif len(mailbox) < self.lows:
+                    self.lows -= 1
                 started = time.monotonic()
                 if not self.busy:
                     self.busy_since = started
@@ -198,4 +220,5 @@ class Activation:
         """Remove and return the messages still waiting (used when stopping)."""
         pending = list(self.mailbox)
         self.mailbox = _NO_MAIL
+        self.highs = self.lows = 0
         return pending

@@ -68,6 +68,8 @@ class CallerSettings:
         retry: the default :class:`~natsagents.RetryPolicy` of calls (``None``: no retries
             beyond activation and "retry" answers).
         breaker: circuit breakers per destination (``None``: off).
+        compress_above: request bodies larger than this many bytes are compressed
+            (``Na-Encoding: deflate``), and replies may come compressed; ``None``: never.
     """
 
     prefix: str
@@ -78,6 +80,7 @@ class CallerSettings:
     resend_after: float | None = 2.0
     retry: RetryPolicy | None = None
     breaker: BreakerSettings | None = None
+    compress_above: int | None = 64 * 1024
 
 
 class Caller:
@@ -193,8 +196,21 @@ class Caller:
                 reply_mode=h.REPLY_MODE_ACCEPT if accept_only else h.REPLY_MODE_RESULT,
                 trace=self._tracing.inject(span) if span is not None else _passthrough(ctx),
             )
-            if options is not None and options.delivery != "at_most_once":
-                return await self._durable(kind, agent_id, action, body, hdrs, deadline, accept_only, options.delivery)
+            threshold = self.settings.compress_above
+            if threshold is not None:
+                hdrs[h.ACCEPT_ENCODING] = h.ENCODING_DEFLATE
+                if len(body) > threshold:
+                    packed = envelope.deflate(body)
+                    if packed is not None:
+                        body = packed
+                        hdrs[h.ENCODING] = h.ENCODING_DEFLATE
+            if options is not None:
+                if options.priority != "normal":
+                    hdrs[h.PRIORITY] = options.priority
+                if options.delivery != "at_most_once":
+                    return await self._durable(
+                        kind, agent_id, action, body, hdrs, deadline, accept_only, options.delivery, options.message_ttl
+                    )
             # Every value is either generated here or checked (action below, names at
             # connect, ids by the host's regexes), so the block needs no per-call checks.
             block = envelope.encode_headers_unchecked(hdrs)
@@ -234,6 +250,7 @@ class Caller:
         deadline: float | None,
         accept_only: bool,
         delivery: str,
+        message_ttl: float | None = None,
     ) -> Any:
         """Store the message in the durable inbox stream (``Nats-Msg-Id`` = the message id,
         so a retried publish is stored once), then wait for its result when one is wanted.
@@ -243,6 +260,9 @@ class Caller:
         hdrs = dict(hdrs)
         hdrs.pop(h.DEADLINE, None)
         hdrs.pop(h.REPLY_MODE, None)
+        hdrs.pop(h.PRIORITY, None)  # the stream's order is the agent's order
+        if message_ttl is not None:
+            hdrs[h.DEADLINE] = str(int((time.time() + message_ttl) * 1000))
         hdrs[h.DELIVERY] = delivery
         remaining = None if deadline is None else max(0.001, deadline - time.time())
         wait = None

@@ -44,6 +44,8 @@ class HostSettings:
         stop_timeout: seconds an agent gets to finish its mailbox when stopping.
         dedup_ttl: seconds the reply of a request is kept for copies of it (a requester
             that heard nothing publishes the same request again).
+        compress_above: replies larger than this many bytes are compressed (``deflate``)
+            for callers that accept it; ``None``: never.
     """
 
     prefix: str
@@ -51,6 +53,7 @@ class HostSettings:
     expose_tracebacks: bool = True
     stop_timeout: float = 10.0
     dedup_ttl: float = 10.0
+    compress_above: int | None = 64 * 1024
 
 
 class NodeHooks(Protocol):
@@ -374,8 +377,18 @@ class Host:
                 ),
             )
             return None
+        data = msg.data
         try:
-            kwargs = spec.bind(codec.decode(msg.data))
+            encoding = msg.headers.get(h.ENCODING) if msg.headers is not None else None
+            if encoding is not None:
+                if encoding != h.ENCODING_DEFLATE:
+                    raise ValueError(f"unknown {h.ENCODING} {encoding!r}: use {h.ENCODING_DEFLATE!r}")
+                data = envelope.inflate(data)
+            kwargs = spec.bind(codec.decode(data))
+        except ProtocolError as exc:
+            self._metrics.rejected_one(kind, "bad_request")
+            await self._reply(reply_to, *envelope.error_reply("bad_request", str(exc), agent=address, action=action))
+            return None
         except ParamError as exc:
             self._metrics.rejected_one(kind, "bad_request")
             await self._reply(
@@ -493,8 +506,19 @@ class Host:
             )
             await self._reply(reply_to, *failed)
             return failed
-        await self._reply(reply_to, envelope.OK_HEADER_BLOCK, body, agent=address, action=action)
-        return (envelope.OK_HEADER_BLOCK, body)
+        block = envelope.OK_HEADER_BLOCK
+        threshold = self.settings.compress_above
+        if (
+            threshold is not None
+            and len(body) > threshold
+            and msg.headers is not None
+            and msg.headers.get(h.ACCEPT_ENCODING) == h.ENCODING_DEFLATE
+        ):
+            packed = envelope.deflate(body)
+            if packed is not None:
+                block, body = envelope.OK_DEFLATE_BLOCK, packed
+        await self._reply(reply_to, block, body, agent=address, action=action)
+        return (block, body)
 
     def _exactly_once(self, act: Activation, hdrs: dict[str, str]) -> int | tuple[str, str]:
         """For a durable message: its stream sequence to store with the state (0 for

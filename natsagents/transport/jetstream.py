@@ -77,6 +77,7 @@ __all__ = [
     "publish",
     "publish_many",
     "stream_info",
+    "translate",
 ]
 
 log = logging.getLogger("natsagents.transport.jetstream")
@@ -161,7 +162,7 @@ class PublishBatchError(JetStreamError):
         return {i: r for i, r in enumerate(self.results) if isinstance(r, Exception)}
 
 
-def _translate(exc: KvError, what: str = "") -> JetStreamError:
+def translate(exc: KvError, what: str = "") -> JetStreamError:
     """The :class:`JetStreamError` for an API error decoded by ``kv.py``."""
     text = f"{what}: {exc}" if what and not str(exc).startswith(what) else str(exc)
     cls: type[JetStreamError] = JetStreamError
@@ -178,7 +179,7 @@ def _boundary(what: str) -> Iterator[None]:
     try:
         yield
     except KvError as exc:
-        raise _translate(exc, what) from exc
+        raise translate(exc, what) from exc
 
 
 def _name(kind: str, value: object) -> str:
@@ -595,7 +596,7 @@ def _pub_ack(what: str, msg: Inbound) -> PubAck:
     try:
         doc = _decode(what, msg)
     except KvError as exc:
-        raise _translate(exc, what) from exc
+        raise translate(exc, what) from exc
     stream, seq = doc.get("stream"), doc.get("seq")
     if not isinstance(stream, str) or not isinstance(seq, int) or isinstance(seq, bool):
         raise JetStreamError(f"{what}: the reply is not a JetStream PubAck (a core subscriber answered?)")

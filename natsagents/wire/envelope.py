@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import zlib
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -193,6 +194,32 @@ _EMPTY: Mapping[str, str] = {}
 _OK_HEADERS: Mapping[str, str] = {h.PROTO: h.PROTO_VERSION, h.STATUS: h.STATUS_OK}
 #: The header block of every ok reply, encoded once.
 OK_HEADER_BLOCK = encode_headers(_OK_HEADERS)
+#: The same for an ok reply whose body is compressed.
+OK_DEFLATE_BLOCK = encode_headers({**_OK_HEADERS, h.ENCODING: h.ENCODING_DEFLATE})
+#: Largest body a compressed message may expand to (a bound against zip bombs).
+MAX_INFLATED = 64 * 1024 * 1024
+
+
+def deflate(data: bytes) -> bytes | None:
+    """``data`` compressed (zlib, fast level), or ``None`` when that is not smaller."""
+    packed = zlib.compress(data, 1)
+    return packed if len(packed) < len(data) else None
+
+
+def inflate(data: bytes, limit: int = MAX_INFLATED) -> bytes:
+    """Undo :func:`deflate`.
+
+    Raises:
+        ProtocolError: not a zlib stream, or it expands beyond ``limit`` bytes.
+    """
+    engine = zlib.decompressobj()
+    try:
+        out = engine.decompress(data, limit)
+    except zlib.error as exc:
+        raise ProtocolError(f"compressed body is not a valid deflate (zlib) stream: {exc}") from None
+    if engine.unconsumed_tail or not engine.eof:
+        raise ProtocolError(f"compressed body expands beyond {limit} bytes or is truncated")
+    return out
 
 
 def ok_reply(result: Any) -> tuple[dict[str, str], bytes]:
@@ -244,6 +271,11 @@ def parse_reply(
     status = hdrs.get(h.STATUS)
     if status is None:
         raise ProtocolError(f"reply without {h.STATUS} header from {agent or 'peer'}")
+    encoding = hdrs.get(h.ENCODING)
+    if encoding is not None:
+        if encoding != h.ENCODING_DEFLATE:
+            raise ProtocolError(f"reply from {agent or 'peer'} uses unknown {h.ENCODING} {encoding!r}")
+        data = inflate(data)
     if status == h.STATUS_OK:
         try:
             return codec.decode(data)

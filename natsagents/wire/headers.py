@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "ACCEPT_ENCODING",
     "ACTION",
     "CALLER",
     "CORRELATION_ID",
@@ -10,7 +11,11 @@ __all__ = [
     "DELIVERY",
     "DELIVERY_AT_LEAST_ONCE",
     "DELIVERY_EXACTLY_ONCE",
+    "ENCODING",
+    "ENCODING_DEFLATE",
     "MESSAGE_ID",
+    "PRIORITIES",
+    "PRIORITY",
     "PROTO",
     "PROTO_VERSION",
     "REPLY_MODE",
@@ -54,6 +59,14 @@ DELIVERY_EXACTLY_ONCE = "exactly_once"
 STREAM_SEQ = "Na-Stream-Seq"
 #: Where the result of a durable request goes (the caller's inbox).
 REPLY_TO = "Na-Reply-To"
+#: Mailbox priority of a message: ``high``, ``normal`` (default) or ``low``.
+PRIORITY = "Na-Priority"
+PRIORITIES = ("high", "normal", "low")
+#: The body is compressed: ``deflate`` (zlib stream). On requests and on replies.
+ENCODING = "Na-Encoding"
+ENCODING_DEFLATE = "deflate"
+#: The caller takes compressed replies (``deflate``).
+ACCEPT_ENCODING = "Na-Accept-Encoding"
 #: W3C trace context, passed through unchanged.
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
