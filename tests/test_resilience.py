@@ -193,6 +193,7 @@ async def test_a_circuit_opens_fails_fast_half_opens_and_closes(mesh: Mesh, mesh
     assert err.value.remote is False
     opened = {"kind": "Cold", "state": "open"}
     assert client.metrics.value("natsagents_circuit_transitions_total", opened) == 1
+    assert client.metrics.value("natsagents_circuits_open", {"kind": "Cold"}) == 1
     await asyncio.sleep(0.35)  # the reset timeout itself is what is tested
     with pytest.raises(Unavailable):  # the half-open trial fails: open again
         await ref.call("ping", timeout=0.1)
@@ -203,6 +204,7 @@ async def test_a_circuit_opens_fails_fast_half_opens_and_closes(mesh: Mesh, mesh
     assert await ref.call("ping") == "pong"  # the trial succeeds: closed
     assert client.circuit("Cold/c") is CircuitState.CLOSED
     assert client.metrics.value("natsagents_circuit_transitions_total", {"kind": "Cold", "state": "closed"}) == 1
+    assert client.metrics.value("natsagents_circuits_open", {"kind": "Cold"}) == 0
     # Other destinations were never affected.
     assert client.circuit("Cold/other") is CircuitState.CLOSED
 

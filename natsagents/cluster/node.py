@@ -85,6 +85,7 @@ _RECHECK = 30.0  # seconds between the leader's drift checks when nothing change
 _MAX_APPLIED = 32
 _APPLIED_MAX_MS = 60_000
 _APPLIED_DEFAULT_MS = 10_000
+_APPLIED_DURABLE_MS = 120_000  # an exactly-once reply: the inbox stream's duplicate window
 
 
 def validate_node_id(node_id: object) -> str:
@@ -868,7 +869,7 @@ class ClusterNode:
             # Kept while the requester may still resend: until its deadline (bounded).
             expires = now_ms + _APPLIED_DEFAULT_MS
             if seq:
-                expires = now_ms + _APPLIED_MAX_MS  # a redelivery may come later
+                expires = now_ms + _APPLIED_DURABLE_MS  # a redelivery may come later
             elif meta.deadline_ms is not None:
                 expires = min(max(meta.deadline_ms + 1000, now_ms + 1000), now_ms + _APPLIED_MAX_MS)
             entry = (meta.message_id, expires, reply if seq else None)

@@ -157,6 +157,12 @@ class Metrics:
         self.partitions_owned = Gauge(
             "natsagents_partitions_owned", "Inbox stream partitions this node consumes", registry=r
         )
+        self.circuits_open = Gauge(
+            "natsagents_circuits_open",
+            "Circuit breakers of this mesh's calls open or half-open now",
+            ["kind"],
+            registry=r,
+        )
         self.resends = Counter(
             "natsagents_resends", "Requests published again after no reply for resend_after seconds", registry=r
         )

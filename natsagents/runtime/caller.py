@@ -110,6 +110,8 @@ class Caller:
 
     def _breaker_changed(self, kind: str, destination: str, state: CircuitState) -> None:
         self._metrics.circuit_transitions.labels(kind, state.value).inc()
+        if self.breakers is not None:
+            self._metrics.circuits_open.labels(kind).set(self.breakers.open_count(kind))
         if state is CircuitState.OPEN:
             log.warning("circuit to %s opened", destination)
         elif state is CircuitState.CLOSED:
