@@ -1,4 +1,4 @@
-"""JetStream streams, publishes and pull consumers (transport/jetstream.py) against real servers."""
+"""JetStream streams, publishes and pull consumers (transport/jetstream/) against real servers."""
 
 from __future__ import annotations
 
