@@ -636,3 +636,39 @@ async def test_a_placed_activation_over_the_load_bound_is_refused(mesh_factory: 
     assert await node_of(n2).request_node("n1", "activate", {"kind": "Counter", "id": "extra"}, 5) == {"node": "n1"}
     await n2.spawn("Counter/next")
     assert "Counter/next" in n2.local_agents()
+
+
+async def test_a_takeover_of_an_agent_that_never_saved_starts_from_its_initial_state(mesh_factory: Any) -> None:
+    n1, n2 = await nodes(mesh_factory, "n1", "n2")
+    client = await mesh_factory(name="client")
+    await client.spawn("Counter/fresh", hints=Hints(pin="n1"))
+    assert await client.ref("Counter/fresh").call("get") == 0  # active on n1, nothing saved
+    # n2 takes it over as if n1 had died; the adoption fences a state that never existed.
+    claim = await node_of(n2).directory.claim("Counter", "fresh", "n2", is_live=lambda node: False)
+    adopted = await node_of(n2).state.adopt("Counter", "fresh", claim.record.epoch)
+    assert adopted.empty and adopted.revision > 0
+    await wait_for(lambda: n1.local_agents() == [], timeout=5, what="stale copy stopped")
+    assert await client.ref("Counter/fresh").call("add", by=2) == 2  # not restored from None
+    stored = await node_of(n2).state.load("Counter", "fresh")
+    assert not stored.empty and stored.data == {"n": 2}
+
+
+async def test_a_leader_whose_task_fails_steps_down_and_tries_again(mesh_factory: Any) -> None:
+    from natsagents.cluster.leader import LeaderLease
+
+    n1 = (await nodes(mesh_factory, "n1"))[0]
+    control = node_of(n1).control
+    runs: list[int] = []
+
+    async def lead() -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise RuntimeError("setup failed")
+        await asyncio.Event().wait()
+
+    lease = LeaderLease(control, "flaky-role", "n1", ttl=1.0, interval=0.1, lead=lead)
+    lease.start()
+    try:
+        await wait_for(lambda: len(runs) >= 2 and lease.is_leader, timeout=10, what="led again")
+    finally:
+        await lease.stop()

@@ -56,6 +56,7 @@ class LeaderLease:
         if not 0 < self.interval < ttl:
             raise ConfigurationError("interval must be > 0 and shorter than the ttl")
         self._lead = lead
+        self._lead_failed = False
         self._revision = 0
         self._task: asyncio.Task[None] | None = None
         self._leading: asyncio.Task[None] | None = None
@@ -95,6 +96,16 @@ class LeaderLease:
     async def _campaign(self) -> None:
         value = codec.encode(self.node_id)
         while True:
+            if self._lead_failed and self._revision:
+                # The leader task failed: give the role up, so that it starts afresh (here
+                # or on another node) instead of being held by a node that does nothing.
+                self._lead_failed = False
+                revision = self._revision
+                await self._step_down()
+                with contextlib.suppress(NatsAgentsError):
+                    await self.bucket.delete(self.key, revision=revision, timeout=self.interval)
+                await asyncio.sleep(self.interval)
+                continue
             try:
                 if self._revision:
                     self._revision = await self.bucket.update(
@@ -124,7 +135,8 @@ class LeaderLease:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("leader task of %s failed", self.key)
+            log.exception("leader task of %s failed; stepping down", self.key)
+            self._lead_failed = True
 
     async def _step_down(self) -> None:
         was = self._revision

@@ -780,9 +780,11 @@ class ClusterNode:
             revision = 0
             applied = list(ask.applied)
             seq = ask.seq
+            empty = False  # the stored record only fences a takeover (no state saved yet)
             if transfer is None and persist:
                 stored = await self._load(kind, agent_id, ask.min_revision)
                 stored_data, stored_epoch, revision = stored.data, stored.epoch, stored.revision
+                empty = stored.empty
                 applied.extend(a for a in stored.applied if a not in applied)
                 seq = max(seq, stored.seq)
             elif transfer is not None:
@@ -801,10 +803,10 @@ class ClusterNode:
             if claim.taken_over and persist:
                 # Fence the lapsed owner: rewrite the state under our epoch (CAS).
                 adopted = await self._adopt(kind, agent_id, claim.record.epoch)
-                stored_data, revision = adopted.data, adopted.revision
+                stored_data, revision, empty = adopted.data, adopted.revision, adopted.empty
                 applied.extend(a for a in adopted.applied if a not in applied)
                 seq = max(seq, adopted.seq)
-            if revision or transfer is not None:
+            if (revision and not empty) or transfer is not None:
                 agent.restore(stored_data)
             saved = None
             if cls.persistence != "none":

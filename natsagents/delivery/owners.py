@@ -176,8 +176,9 @@ class _Partition:
             max_deliver=-1,
             max_ack_pending=s.max_pending,
         )
-        await js.delete_consumer(o._t, stream, durable)  # what the last owner held comes first, in order
-        await js.ensure_consumer(o._t, stream, config)
+        # A fresh consumer: what the last owner held comes first, in order; both calls retry for as long as we own it.
+        await js.delete_consumer(o._t, stream, durable, timeout=float("inf"))
+        await js.ensure_consumer(o._t, stream, config, timeout=float("inf"))
         consumer = js.PullConsumer(o._t, stream, durable)
         keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
         log.info("%s consumes inbox partition %d", o.node_id, self.n)

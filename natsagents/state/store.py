@@ -53,6 +53,7 @@ class StoredState:
     revision: int
     applied: tuple[Applied, ...] = ()
     seq: int = 0
+    empty: bool = False  # a record only fencing a takeover: no agent state was ever saved
 
 
 class StateStore:
@@ -106,6 +107,7 @@ class StateStore:
             entry.revision,
             parse_applied(body.get("applied")),
             seq if type(seq) is int and seq > 0 else 0,
+            body.get("empty") is True,
         )
 
     async def adopt(self, kind: str, agent_id: str, epoch: int) -> StoredState:
@@ -122,6 +124,12 @@ class StateStore:
                 agent=f"{kind}/{agent_id}",
                 expected_revision=current.revision,
             )
+        if current.revision == 0 or current.empty:
+            # Nothing was ever saved: fence with a record that says so, so that the new
+            # owner starts from the agent's initial state, not from ``None``.
+            value = codec.encode({"epoch": epoch, "data": None, "empty": True})
+            revision = await self.save_encoded(kind, agent_id, value, revision=current.revision)
+            return StoredState(None, epoch, revision, (), 0, True)
         value = self.with_extras(self.encode(current.data, epoch), current.applied, current.seq)
         revision = await self.save_encoded(kind, agent_id, value, revision=current.revision)
         return StoredState(current.data, epoch, revision, current.applied, current.seq)
