@@ -268,3 +268,20 @@ async def test_durable_send_many_stores_every_message_once_in_order(mesh_factory
     for k in range(4):
         state = await client.ref(f"Ledger/b{k}").with_options(delivery="exactly_once").call("get", timeout=20)
         assert state["items"] == list(range(k, 40, 4))
+
+
+async def test_sending_again_with_the_same_message_id_is_the_same_message(mesh_factory: Any) -> None:
+    await a_node(mesh_factory)
+    client = await mesh_factory(name="client")
+    for delivery in ("exactly_once", "at_least_once"):
+        ref = client.ref(f"Ledger/same-{delivery}").with_options(delivery=delivery, message_id=f"order-{delivery}")
+        await ref.send("add", value=3)
+        await ref.send("add", value=3)  # a retry after an unknown outcome: stored once
+        state = await client.ref(ref.address).with_options(delivery=delivery).call("get", timeout=20)
+        assert state["items"] == [3]
+    plain = client.ref("Ledger/same-core").with_options(message_id="order-core")
+    assert await plain.call("add", value=4) == 4
+    assert await plain.call("add", value=4) == 4  # the host answers the copy from its reply cache
+    assert (await client.ref("Ledger/same-core").call("get"))["items"] == [4]
+    with pytest.raises(ConfigurationError):
+        client.ref("Ledger/x").with_options(message_id="has space")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ..errors import ConfigurationError
+from ..wire.envelope import is_message_id
 from ..wire.ids import encode_id, parse_address, validate_kind
 
 if TYPE_CHECKING:
@@ -68,6 +69,9 @@ class CallOptions:
         message_ttl: seconds a durable message stays deliverable; later it goes to the
             dead-letter stream unrun (``None``: no limit; the call's timeout bounds only
             the caller's wait).
+        message_id: the ``Na-Msg-Id`` of the message sent through this ref (default: a
+            new one per send). Sending again with the same id is a retry of the same
+            logical message: a durable inbox stores it once and a host runs it once.
     """
 
     retry: Any = USE_DEFAULT
@@ -75,6 +79,7 @@ class CallOptions:
     delivery: str = "at_most_once"
     priority: str = "normal"
     message_ttl: float | None = None
+    message_id: str | None = None
 
 
 class Invoker(Protocol):
@@ -158,6 +163,7 @@ class AgentRef:
         delivery: str | None = None,
         priority: str | None = None,
         message_ttl: float | None = None,
+        message_id: str | None = None,
     ) -> AgentRef:
         """The same agent, called with these options (see :class:`CallOptions`); options
         not given keep this ref's.
@@ -180,6 +186,8 @@ class AgentRef:
             isinstance(message_ttl, bool) or not isinstance(message_ttl, (int, float)) or message_ttl <= 0
         ):
             raise ConfigurationError(f"message_ttl must be > 0 seconds or None, not {message_ttl!r}")
+        if message_id is not None and not is_message_id(message_id):
+            raise ConfigurationError(f"message_id must be 1-64 characters [A-Za-z0-9_-], not {message_id!r}")
         old = self._options or CallOptions()
         options = CallOptions(
             old.retry if retry is USE_DEFAULT else retry,
@@ -187,6 +195,7 @@ class AgentRef:
             old.delivery if delivery is None else delivery,
             old.priority if priority is None else priority,
             old.message_ttl if message_ttl is None else message_ttl,
+            old.message_id if message_id is None else message_id,
         )
         return AgentRef(self.kind, self.id, self._invoker, options, self._cls)
 
@@ -196,7 +205,7 @@ class AgentRef:
             spec = self._cls.__actions__.get(action)
             if spec is not None and spec.idempotent:
                 base = options or CallOptions()
-                return CallOptions(base.retry, True, base.delivery, base.priority, base.message_ttl)
+                return CallOptions(base.retry, True, base.delivery, base.priority, base.message_ttl, base.message_id)
         return options
 
     def __str__(self) -> str:

@@ -185,7 +185,7 @@ class Caller:
             body = codec.encode(dict(params))
         except (TypeError, ValueError) as exc:
             raise BadRequest(f"cannot encode parameters: {exc}", agent=address, action=action) from None
-        message_id = envelope.new_message_id()
+        message_id = (options.message_id if options is not None else None) or envelope.new_message_id()
         span = self._tracing.client_span(subject, kind, action, agent_id, send=accept_only)
         outcome = "ok"
         try:

@@ -34,6 +34,13 @@ __all__ = [
 ]
 
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def is_message_id(value: object) -> bool:
+    """Whether ``value`` can be a ``Na-Msg-Id`` (1-64 of ``[A-Za-z0-9_-]``)."""
+    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
+
+
 #: What ``Na-Action`` (and so every action name) must match.
 ACTION_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 #: Keys of the map in an error reply's body.
