@@ -55,6 +55,7 @@ async def main(urls: str, prefix: str, node_id: str, options: dict[str, Any]) ->
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     options.setdefault("lease", 1.5)
+    options.setdefault("delivery", None)  # these chaos tests are about the cluster core
     settings = ClusterSettings(node_id=node_id, **options)
     mesh = await Mesh.connect(urls.split(","), prefix=prefix, name=node_id, cluster=settings, stop_timeout=5.0)
     try:

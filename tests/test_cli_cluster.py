@@ -112,7 +112,9 @@ def conn(nats_url: str, mesh_prefix: str) -> tuple[str, ...]:
 
 
 async def _cluster_node(mesh_factory: MeshFactory, name: str) -> Mesh:
-    node = await mesh_factory(name=name, cluster=ClusterSettings(node_id=name, lease=1.5, rebalance=False))
+    node = await mesh_factory(
+        name=name, cluster=ClusterSettings(node_id=name, lease=1.5, rebalance=False, delivery=None)
+    )
     await node.host(Tally, Echo, Greeter)
     return node
 

@@ -60,7 +60,7 @@ async def test_killed_node_agents_come_back_within_lease(
             nats_url,
             prefix=mesh_prefix,
             name="survivor",
-            cluster=ClusterSettings(node_id="survivor", lease=LEASE, rebalance=False),
+            cluster=ClusterSettings(node_id="survivor", lease=LEASE, rebalance=False, delivery=None),
         )
         await survivor.host(Counter, Keeper)
         node = survivor.cluster_node

@@ -41,6 +41,7 @@ LEASE = 1.5
 
 def settings(node: str, **extra: Any) -> ClusterSettings:
     extra.setdefault("rebalance", False)
+    extra.setdefault("delivery", None)  # durable delivery has its own tests (test_delivery*)
     return ClusterSettings(node_id=node, lease=LEASE, **extra)
 
 

@@ -106,7 +106,9 @@ async def test_a_slow_agent_admits_only_what_a_free_worker_can_take(mesh: Mesh) 
 
 
 async def test_a_node_restarts_an_agent_unhealthy_past_its_grace(mesh_factory: Any) -> None:
-    node = await mesh_factory(name="n1", cluster=ClusterSettings(node_id="n1", lease=1.5, rebalance=False))
+    node = await mesh_factory(
+        name="n1", cluster=ClusterSettings(node_id="n1", lease=1.5, rebalance=False, delivery=None)
+    )
     await node.host(Restarting)
     ref = node.ref("Restarting/r")
     for _ in range(2):

@@ -189,7 +189,7 @@ async def test_resend_after_must_be_positive(nats_url: str) -> None:
 
 
 def _node(name: str) -> ClusterSettings:
-    return ClusterSettings(node_id=name, lease=1.5, rebalance=False)
+    return ClusterSettings(node_id=name, lease=1.5, rebalance=False, delivery=None)
 
 
 async def _two_nodes(mesh_factory: Any) -> tuple[Mesh, Mesh]:

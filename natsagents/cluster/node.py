@@ -83,6 +83,7 @@ _RECHECK = 30.0  # seconds between the leader's drift checks when nothing change
 # many, each until its request's deadline (+1 s), at most _APPLIED_MAX_MS, or
 # _APPLIED_DEFAULT_MS for a request without a deadline.
 _MAX_APPLIED = 32
+_MAX_APPLIED_DURABLE = 4  # exactly-once entries (with their reply) kept per agent
 _APPLIED_MAX_MS = 60_000
 _APPLIED_DEFAULT_MS = 10_000
 _APPLIED_DURABLE_MS = 120_000  # an exactly-once reply: the inbox stream's duplicate window
@@ -879,6 +880,12 @@ class ClusterNode:
             applied.append(entry)
             if len(applied) > _MAX_APPLIED:
                 del applied[: len(applied) - _MAX_APPLIED]
+            if seq:
+                # Exactly-once entries (the ones with a reply) are kept only for the reply of
+                # the newest few: the stored sequence already refuses older redeliveries.
+                with_reply = [i for i, a in enumerate(applied) if a[2] is not None]
+                for i in reversed(with_reply[:-_MAX_APPLIED_DURABLE]):
+                    del applied[i]
             own.applied = applied
         before = own.seq
         if seq:

@@ -311,11 +311,13 @@ class _Partition:
             await asyncio.sleep(s.delay(attempt))
 
     async def _ack(self, msg: js.JsMsg) -> None:
+        # A plain ack (no round trip): the agent's next message need not wait for the
+        # server's confirmation. An ack that is lost brings the message back after
+        # ack_wait: the agent's state refuses it (exactly-once) or it runs once more
+        # (at-least-once): both within the guarantee.
         try:
-            await msg.ack_sync()
+            await msg.ack()
         except Exception as exc:
-            # The outcome stays in the agent's state (exactly-once) or the message will run
-            # once more (at-least-once): both within the guarantee.
             log.warning("partition %d: ack of stream message %d failed: %s", self.n, msg.stream_seq, exc)
 
     async def _answer(self, reply_to: str, headers: Any, data: bytes) -> None:

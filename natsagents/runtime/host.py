@@ -480,7 +480,10 @@ class Host:
                 body = None
         if act.cluster is not None and self.node is not None:
             try:
-                await self.node.after_action(act, meta, bool(msg.reply), seq, body)  # persist before answering
+                # Persist before answering. A durable at-least-once message may run again
+                # anyway, so its id is not stored for copies (its partition owner retries it).
+                answered = bool(msg.reply) and not (msg.headers is not None and h.STREAM_SEQ in msg.headers)
+                await self.node.after_action(act, meta, answered, seq, body)
             except Exception as exc:
                 if not isinstance(exc, AgentError):
                     log.exception("persisting %s after %s failed", address, action)
