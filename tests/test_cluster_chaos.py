@@ -113,21 +113,25 @@ class HostProc:
 StartHost = Callable[..., Awaitable[HostProc]]
 
 
-@pytest.fixture
-async def start_host(nats_cluster: NatsCluster, mesh_prefix: str, tmp_path: Path) -> AsyncIterator[StartHost]:
-    """Starts host processes on the cluster under the test's prefix; stops them all."""
+Launch = Callable[[str, dict[str, Any]], Awaitable[HostProc]]
+
+
+@contextlib.asynccontextmanager
+async def host_processes(url: str, prefix: str, tmp_path: Path, module: str) -> AsyncIterator[Launch]:
+    """Starts ``python -m <module> URL PREFIX NODE_ID OPTIONS_JSON`` host processes (each
+    prints ``READY`` when serving); kills every one still running at the end."""
     started: list[HostProc] = []
 
-    async def start(node_id: str, **options: Any) -> HostProc:
-        log_path = tmp_path / f"{node_id}.log"
+    async def launch(node_id: str, options: dict[str, Any]) -> HostProc:
+        log_path = tmp_path / f"{node_id}-{len(started)}.log"
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         with log_path.open("wb") as log:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "tests._cluster_host",
-                nats_cluster.url,
-                mesh_prefix,
+                module,
+                url,
+                prefix,
                 node_id,
                 json.dumps(options),
                 stdout=asyncio.subprocess.PIPE,
@@ -146,7 +150,7 @@ async def start_host(nats_cluster: NatsCluster, mesh_prefix: str, tmp_path: Path
         return host
 
     try:
-        yield start
+        yield launch
     finally:
         for host in started:
             if host.running:
@@ -157,6 +161,17 @@ async def start_host(nats_cluster: NatsCluster, mesh_prefix: str, tmp_path: Path
             tail = host.log_tail(15)
             if tail:
                 print(f"--- {host.node_id} log tail ---\n{tail}")
+
+
+@pytest.fixture
+async def start_host(nats_cluster: NatsCluster, mesh_prefix: str, tmp_path: Path) -> AsyncIterator[StartHost]:
+    """Starts host processes on the cluster under the test's prefix; stops them all."""
+    async with host_processes(nats_cluster.url, mesh_prefix, tmp_path, "tests._cluster_host") as launch:
+
+        async def start(node_id: str, **options: Any) -> HostProc:
+            return await launch(node_id, options)
+
+        yield start
 
 
 async def start_hosts(start: StartHost, count: int, **options: Any) -> list[HostProc]:

@@ -29,10 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import statistics
-import sys
 import time
 from collections import Counter as Tally
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -51,7 +48,7 @@ from natsagents.transport.jetstream import consumer_info, stream_info
 from natsagents.transport.kv import open_bucket
 from natsagents.wire import codec
 from natsagents.wire.subjects import bucket_name
-from tests.test_cluster_chaos import HostProc, percentile
+from tests.test_cluster_chaos import HostProc, host_processes, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 KIND = "Counter"
@@ -80,47 +77,12 @@ StartHost = Callable[[str], Awaitable[HostProc]]
 @pytest.fixture
 async def start_host(nats_cluster: NatsCluster, mesh_prefix: str, tmp_path: Path) -> AsyncIterator[StartHost]:
     """Starts ``tests._delivery_host`` processes under the test's prefix; stops them all."""
-    started: list[HostProc] = []
+    async with host_processes(nats_cluster.url, mesh_prefix, tmp_path, "tests._delivery_host") as launch:
 
-    async def start(node_id: str) -> HostProc:
-        log_path = tmp_path / f"{node_id}-{len(started)}.log"
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        with log_path.open("wb") as log:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "tests._delivery_host",
-                nats_cluster.url,
-                mesh_prefix,
-                node_id,
-                json.dumps({"delivery": DELIVERY}),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log,
-                cwd=str(ROOT),
-                env=env,
-            )
-        host = HostProc(node_id, proc, log_path)
-        started.append(host)
-        assert proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        except TimeoutError:
-            raise AssertionError(f"{node_id} did not start:\n{host.log_tail()}") from None
-        assert line.strip() == b"READY", f"{node_id}: {line!r}\n{host.log_tail()}"
-        return host
+        async def start(node_id: str) -> HostProc:
+            return await launch(node_id, {"delivery": DELIVERY})
 
-    try:
         yield start
-    finally:
-        for host in started:
-            if host.running:
-                host.resume()  # a paused process must run to die cleanly
-                host.kill()
-            await host.proc.wait()
-        for host in started:
-            tail = host.log_tail(15)
-            if tail:
-                print(f"--- {host.node_id} log tail ---\n{tail}")
 
 
 @pytest.fixture

@@ -18,13 +18,26 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from natsagents import AlreadyApplied, CallTimeout, ClusterSettings, ConfigurationError, Hints, Mesh
+from natsagents import Agent, AlreadyApplied, CallTimeout, ClusterSettings, ConfigurationError, Hints, Mesh, action
 from natsagents.runtime.dedup import IN_PROGRESS, Dedup
 from natsagents.state.store import StateStore, parse_applied
 from natsagents.testing import wait_for
 from natsagents.wire import codec, envelope
 from natsagents.wire.subjects import agent_queue, agent_subject
 from tests.agents import Counter, WideGate
+
+
+class Loud(Agent):
+    """Counts its shouts; answers with a reply too big to keep with the state."""
+
+    @action
+    async def shout(self, text: str) -> str:
+        self.state["n"] = self.state.get("n", 0) + 1
+        return text * 100
+
+    @action
+    async def count(self) -> int:
+        return int(self.state.get("n", 0))
 
 
 class Inbox:
@@ -196,7 +209,7 @@ async def _two_nodes(mesh_factory: Any) -> tuple[Mesh, Mesh]:
     n1 = await mesh_factory(name="n1", cluster=_node("n1"))
     n2 = await mesh_factory(name="n2", cluster=_node("n2"))
     for m in (n1, n2):
-        await m.host(Counter)
+        await m.host(Counter, Loud)
     await wait_for(lambda: {n.node_id for n in n1.cluster_node.nodes()} >= {"n1", "n2"}, timeout=5, what="n1 sees n2")
     return n1, n2
 
@@ -219,29 +232,38 @@ async def test_answered_requests_move_with_the_agent(
     assert n2.metrics.value("natsagents_duplicates_total", {"kind": "Counter", "entry": "replayed"}) >= 1
 
 
-async def test_a_successor_refuses_a_copy_of_an_applied_request(
+async def test_a_successor_answers_a_copy_of_an_applied_request_without_applying_it(
     mesh_factory: Any, nc: Client, mesh_prefix: str
 ) -> None:
-    """The first activation applies and persists the request, then goes away without a
-    hand-over of its replies; the successor knows the id from the stored state."""
+    """The first activation applies and persists the requests, then goes away without a
+    hand-over of its replies; the successor knows them from the stored state: it answers a
+    copy with the stored reply (a small one) or with ``already_applied``."""
     n1, n2 = await _two_nodes(mesh_factory)
     client = await mesh_factory(name="client")
     await client.spawn("Counter/s", hints=Hints(pin="n1"))
+    await client.spawn("Loud/s", hints=Hints(pin="n1"))
     box = await Inbox.open(nc)
     subject = agent_subject(mesh_prefix, "Counter", "s")
     hdrs = headers("add")
     await box.exchange(subject, {"by": 7}, hdrs)
+    loud_subject = agent_subject(mesh_prefix, "Loud", "s")
+    loud = headers("shout")
+    await box.exchange(loud_subject, {"text": "x" * 20}, loud)  # a 2 KB reply: not kept
     stored = await n1.cluster_node.state.load("Counter", "s")
-    assert [a[0] for a in stored.applied] == [hdrs["Na-Msg-Id"]]
+    assert [(a[0], a[2]) for a in stored.applied] == [(hdrs["Na-Msg-Id"], codec.encode(7))]
     await n1.aclose()
     await wait_for(lambda: "n1" not in {n.node_id for n in n2.cluster_node.nodes()}, timeout=5, what="n1 gone")
     assert await client.ref("Counter/s").call("get") == 7  # re-activated on n2
     second = await box.exchange(subject, {"by": 7}, hdrs)
-    assert second.headers is not None and second.headers["Na-Status"] == "already_applied"
-    err = envelope.parse_reply
+    assert second.headers is not None and second.headers["Na-Status"] == "ok"
+    assert msgpack.unpackb(second.data) == 7  # the original answer, not a second add
+    assert await client.ref("Counter/s").call("get") == 7
+    assert await client.ref("Loud/s").call("count") == 1  # re-activated on n2
+    third = await box.exchange(loud_subject, {"text": "x" * 20}, loud)
+    assert third.headers is not None and third.headers["Na-Status"] == "already_applied"
     with pytest.raises(AlreadyApplied):
-        err(second.headers, second.data)
-    assert await client.ref("Counter/s").call("get") == 7  # not applied twice
+        envelope.parse_reply(third.headers, third.data)
+    assert await client.ref("Loud/s").call("count") == 1  # not applied twice
 
 
 # -- the pieces ------------------------------------------------------------------------

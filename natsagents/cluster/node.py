@@ -83,7 +83,8 @@ _RECHECK = 30.0  # seconds between the leader's drift checks when nothing change
 # many, each until its request's deadline (+1 s), at most _APPLIED_MAX_MS, or
 # _APPLIED_DEFAULT_MS for a request without a deadline.
 _MAX_APPLIED = 32
-_MAX_APPLIED_DURABLE = 4  # exactly-once entries (with their reply) kept per agent
+_MAX_APPLIED_DURABLE = 4  # entries that keep their reply, per agent
+_MAX_KEPT_REPLY = 1024  # bytes of an at-most-once reply worth keeping with the state
 _APPLIED_MAX_MS = 60_000
 _APPLIED_DEFAULT_MS = 10_000
 _APPLIED_DURABLE_MS = 120_000  # an exactly-once reply: the inbox stream's duplicate window
@@ -875,17 +876,18 @@ class ClusterNode:
                 expires = now_ms + _APPLIED_DURABLE_MS  # a redelivery may come later
             elif meta.deadline_ms is not None:
                 expires = min(max(meta.deadline_ms + 1000, now_ms + 1000), now_ms + _APPLIED_MAX_MS)
-            entry = (meta.message_id, expires, reply if seq else None)
+            # The reply too (a small one, or an exactly-once one), so that a successor can
+            # answer a copy with it rather than with ``already_applied``.
+            kept = reply if reply is not None and (seq or len(reply) <= _MAX_KEPT_REPLY) else None
+            entry = (meta.message_id, expires, kept)
             applied = own.applied_now()
             applied.append(entry)
             if len(applied) > _MAX_APPLIED:
                 del applied[: len(applied) - _MAX_APPLIED]
-            if seq:
-                # Exactly-once entries (the ones with a reply) are kept only for the reply of
-                # the newest few: the stored sequence already refuses older redeliveries.
-                with_reply = [i for i, a in enumerate(applied) if a[2] is not None]
-                for i in reversed(with_reply[:-_MAX_APPLIED_DURABLE]):
-                    del applied[i]
+            # Only the newest few keep their reply; older entries keep just their id.
+            with_reply = [i for i, a in enumerate(applied) if a[2] is not None]
+            for i in with_reply[:-_MAX_APPLIED_DURABLE]:
+                applied[i] = (applied[i][0], applied[i][1], None)
             own.applied = applied
         before = own.seq
         if seq:

@@ -473,9 +473,9 @@ class Host:
                 tracing.deactivate(span_token)
             _current.reset(token)
         body: bytes | None = None
-        if seq:
+        if seq or (reply_to and act.cluster is not None):
             try:
-                body = codec.encode(result)  # stored with the state: a redelivery gets it back
+                body = codec.encode(result)  # stored with the state: a copy gets it back
             except (TypeError, ValueError):
                 body = None
         if act.cluster is not None and self.node is not None:
