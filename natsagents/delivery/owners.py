@@ -176,12 +176,10 @@ class _Partition:
             max_deliver=-1,
             max_ack_pending=s.max_pending,
         )
-        # A fresh consumer: what the last owner held comes first, in order; both calls retry for as long as we own it.
-        await js.delete_consumer(o._t, stream, durable, timeout=float("inf"))
-        await js.ensure_consumer(o._t, stream, config, timeout=float("inf"))
-        consumer = js.PullConsumer(o._t, stream, durable)
+        consumer = await self._fresh_consumer(stream, config)
         keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
         log.info("%s consumes inbox partition %d", o.node_id, self.n)
+        expected = 0  # the next consumer (delivery) sequence
         try:
             while True:
                 await self.room.wait()
@@ -194,6 +192,25 @@ class _Partition:
                     await asyncio.sleep(0.2)
                     continue
                 for msg in msgs:
+                    cseq = msg.metadata.consumer_seq
+                    if expected and cseq != expected:
+                        # A delivery never reached us (a server died with it on the way):
+                        # the server hands it out again only after ack_wait, behind newer
+                        # messages of the same agent, and exactly-once would then refuse it.
+                        # Start over from the oldest unacknowledged message, in order.
+                        log.warning(
+                            "partition %d: delivery %d missing (got %d): restarting from the ack floor",
+                            self.n,
+                            expected,
+                            cseq,
+                        )
+                        await self._drop_waiting()
+                        with contextlib.suppress(Exception):
+                            await consumer.close()
+                        consumer = await self._fresh_consumer(stream, config)
+                        expected = 0
+                        break
+                    expected = cseq + 1
                     self._enqueue(msg)
         finally:
             keepalive.cancel()
@@ -201,6 +218,26 @@ class _Partition:
             with contextlib.suppress(Exception):
                 await consumer.close()
             log.info("%s gave up inbox partition %d", o.node_id, self.n)
+
+    async def _fresh_consumer(self, stream: str, config: js.ConsumerConfig) -> js.PullConsumer:
+        """A new consumer that starts at the oldest unacknowledged message: what an earlier
+        owner (or an earlier consumer of ours) held comes first, in stream order. Both calls
+        retry for as long as this node owns the partition."""
+        t = self.o._t
+        await js.delete_consumer(t, stream, config.durable, timeout=float("inf"))
+        await js.ensure_consumer(t, stream, config, timeout=float("inf"))
+        return js.PullConsumer(t, stream, config.durable)
+
+    async def _drop_waiting(self) -> None:
+        """Forget the messages waiting behind each agent's running one (a fresh consumer
+        delivers them again) and let the running ones finish."""
+        for queue in self.queues.values():
+            while len(queue) > 1:
+                self.held.discard(queue.pop())
+        workers = list(self.workers.values())
+        if workers:
+            await asyncio.gather(*workers, return_exceptions=True)
+        self.room.set()
 
     def _enqueue(self, msg: js.JsMsg) -> None:
         # Stored subject: <prefix>.inboxp.<n>.<kind>.<token>
