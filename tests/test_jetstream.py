@@ -13,7 +13,7 @@ import pytest
 from natsagents.errors import ConfigurationError, PayloadTooLarge, ProtocolError, TransportError
 from natsagents.server import NatsCluster
 from natsagents.testing import wait_for
-from natsagents.transport import ConnectSettings, Inbound, Transport
+from natsagents.transport import Inbound, Transport
 from natsagents.transport.jetstream import (
     PARTITIONS_KEY,
     ConsumerConfig,
@@ -39,25 +39,9 @@ from natsagents.transport.jetstream import (
     publish_many,
     stream_info,
 )
+from tests.conftest import Connect
 
-Connect = Callable[..., Awaitable[Transport]]
 Make = Callable[..., Awaitable[dict[str, object]]]
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    opened: list[Transport] = []
-
-    async def factory(*urls: str) -> Transport:
-        transport = await Transport.connect(ConnectSettings(servers=urls, reconnect_wait=0.1))
-        opened.append(transport)
-        return transport
-
-    try:
-        yield factory
-    finally:
-        for transport in opened:
-            await transport.close()
 
 
 @pytest.fixture

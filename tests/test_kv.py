@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable
 
 import pytest
 
 from natsagents.errors import CallTimeout, ConfigurationError, MeshClosed, PayloadTooLarge, TransportError
 from natsagents.server import NatsCluster, NatsServer
 from natsagents.testing import wait_for
-from natsagents.transport import ConnectSettings, Transport
+from natsagents.transport import Transport
 from natsagents.transport.kv import (
     Bucket,
     CasConflict,
@@ -22,24 +22,7 @@ from natsagents.transport.kv import (
     open_bucket,
 )
 from natsagents.transport.kv_watch import Watch
-
-Connect = Callable[..., Awaitable[Transport]]
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    opened: list[Transport] = []
-
-    async def factory(*urls: str) -> Transport:
-        transport = await Transport.connect(ConnectSettings(servers=urls, reconnect_wait=0.1))
-        opened.append(transport)
-        return transport
-
-    try:
-        yield factory
-    finally:
-        for transport in opened:
-            await transport.close()
+from tests.conftest import Connect
 
 
 @pytest.fixture
