@@ -309,6 +309,15 @@ async def run_node(cfg: argparse.Namespace) -> None:
                 "desired": sorted(owners.desired()) if owners is not None else [],
                 "local": len(mesh.local_agents()),
                 "instrumented": instrumented,
+                # handed over in batches (DeliverySettings.forward_batch): messages and requests
+                "batched": sum(
+                    mesh.metrics.value("natsagents_durable_batch_messages_sum", {"kind": kind})
+                    for kind in ("Counter", "Scratch")
+                ),
+                "batches": sum(
+                    mesh.metrics.value("natsagents_durable_batch_messages_count", {"kind": kind})
+                    for kind in ("Counter", "Scratch")
+                ),
             }
 
         def count() -> int:

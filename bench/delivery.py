@@ -566,7 +566,13 @@ async def part_sdk(servers: Any, ctl: Control, cfg: argparse.Namespace) -> dict[
 
                 hook = window_hook(ctl, names, cfg, part)
                 load = Load(send, cfg.concurrency, cfg.max_backlog, counter(ctl, names, base))
+                infos0 = await ctl.all(names, "info")
                 out = await measure(ctl, names, load, pids, cfg, part, base, hook)
+                infos1 = await ctl.all(names, "info")
+                requests = sum(i["batches"] for i in infos1) - sum(i["batches"] for i in infos0)
+                handed = sum(i["batched"] for i in infos1) - sum(i["batched"] for i in infos0)
+                out["messages_per_request"] = handed / requests if requests else float("nan")
+                log(f"  {part}: {out['messages_per_request']:.2f} messages per request to an agent (batching)")
                 if "window" in out:
                     print_timings(part, out["window"], out["applied"])
                 after = await asyncio.gather(*(r.call("get", timeout=30.0) for r in plain))

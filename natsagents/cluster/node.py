@@ -232,11 +232,13 @@ class _Owned:
 
     __slots__ = (
         "applied",
+        "batch",
         "claim",
         "epoch",
         "handed_over",
         "lock",
         "needs",
+        "pending",
         "persistence",
         "revision",
         "saved",
@@ -255,6 +257,10 @@ class _Owned:
         # Requests whose effect is in the state and that may still be resent: (id, expires ms).
         self.applied: list[Applied] | None = None
         self.seq = 0  # the inbox stream sequence of the last exactly-once message applied
+        # While a batch of durable messages runs (Host._handle_batch): the seq and applied
+        # ids to go back to if its one write fails, and the state to write (not yet stored).
+        self.batch: tuple[int, list[Applied] | None] | None = None
+        self.pending: bytes | None = None
 
     def applied_now(self) -> list[Applied]:
         """The applied ids still worth persisting (expired ones dropped)."""
@@ -865,7 +871,8 @@ class ClusterNode:
             raise HandlerError(
                 f"state cannot be stored: {exc}", agent=act.address, details={"state": "rolled back"}
             ) from None
-        if value == own.saved:
+        batch = own.batch is not None
+        if value == (own.pending if batch and own.pending is not None else own.saved):
             return
         entry: Applied | None = None
         if answered or seq:
@@ -892,12 +899,38 @@ class ClusterNode:
         before = own.seq
         if seq:
             own.seq = seq
+        if batch:
+            own.pending = value  # stored by end_batch, with the whole batch
+            return
         try:
             await self._save(act, value)
         except BaseException:
             own.seq = before
             if entry is not None and own.applied and entry in own.applied:
                 own.applied.remove(entry)  # not stored: a copy may run
+            raise
+
+    def begin_batch(self, act: Activation) -> None:
+        """A batch of durable messages starts: their state changes are stored together."""
+        own: _Owned = act.cluster
+        if own.persistence != "action":
+            return
+        own.batch = (own.seq, None if own.applied is None else list(own.applied))
+        own.pending = None
+
+    async def end_batch(self, act: Activation) -> None:
+        """Store the state the batch's messages left (one CAS). On failure the state,
+        sequence and applied ids go back to what was stored, and the error is raised."""
+        own: _Owned = act.cluster
+        base, own.batch = own.batch, None
+        value, own.pending = own.pending, None
+        if base is None or value is None:
+            return
+        try:
+            await self._save(act, value)
+        except BaseException:
+            own.seq, own.applied = base
+            self._rollback(act)
             raise
 
     def applied_seq(self, act: Activation) -> int:
@@ -986,8 +1019,10 @@ class ClusterNode:
         if type(agent).max_concurrency != 1:
             return  # other handlers may be mid-flight on the same state
         try:
-            if own.saved is not None:
-                agent.restore(codec.decode(own.saved)["data"])
+            # Within a batch: back to the state its earlier messages left (not yet stored).
+            snapshot = own.pending if own.pending is not None else own.saved
+            if snapshot is not None:
+                agent.restore(codec.decode(snapshot)["data"])
             elif own.revision == 0:
                 agent.state = agent.initial_state()
         except Exception:

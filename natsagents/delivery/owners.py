@@ -40,13 +40,14 @@ from typing import Any
 
 from ..cluster.leader import LeaderLease
 from ..cluster.ring import hash64
-from ..errors import AgentError, NatsAgentsError
+from ..errors import AgentError, NatsAgentsError, ProtocolError
 from ..observability import Metrics
 from ..runtime.caller import Caller
 from ..runtime.durable import DeliverySettings, dlq_stream, ensure_delivery_streams, inbox_stream
 from ..transport import Transport
 from ..transport import jetstream as js
 from ..transport.kv import Bucket
+from ..wire import batch as wire_batch
 from ..wire import envelope
 from ..wire import headers as h
 from ..wire.ids import decode_id
@@ -65,6 +66,10 @@ DLQ_DELIVERIES = "Na-Dlq-Deliveries"
 DLQ_STREAM_SEQ = "Na-Dlq-Stream-Seq"
 DLQ_SUBJECT = "Na-Dlq-Subject"
 DLQ_TIME = "Na-Dlq-Time"
+#: Answers to a whole batch request that mean its host does not take batches.
+_NO_BATCHES = frozenset({"bad_request", "unknown_action"})
+#: Most bytes (bodies and headers) of the messages one batch request carries.
+_BATCH_BYTES = 256 * 1024
 
 
 class PartitionOwners:
@@ -108,6 +113,9 @@ class PartitionOwners:
         self._metrics = metrics
         self.partitions = settings.partitions
         self._leases: dict[int, LeaderLease] = {}
+        #: Kinds whose host refused a batch request: their messages go one by one.
+        self.unbatched: set[str] = set()
+        self._running: dict[int, _Partition] = {}  # partitions consuming now
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -122,6 +130,10 @@ class PartitionOwners:
             self._task = None
         leases, self._leases = self._leases, {}
         await asyncio.gather(*(lease.stop() for lease in leases.values()), return_exceptions=True)
+
+    def held(self) -> int:
+        """Messages fetched by this node's partitions and not yet acknowledged."""
+        return sum(len(part.held) for part in self._running.values())
 
     def owned(self) -> list[int]:
         """Partitions this node consumes now."""
@@ -177,6 +189,7 @@ class _Partition:
             max_ack_pending=s.max_pending,
         )
         consumer = await self._fresh_consumer(stream, config)
+        o._running[self.n] = self
         keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
         log.info("%s consumes inbox partition %d", o.node_id, self.n)
         expected = 0  # the next consumer (delivery) sequence
@@ -213,6 +226,8 @@ class _Partition:
                     expected = cseq + 1
                     self._enqueue(msg)
         finally:
+            if o._running.get(self.n) is self:
+                del o._running[self.n]
             keepalive.cancel()
             await self._hand_back()
             with contextlib.suppress(Exception):
@@ -254,17 +269,23 @@ class _Partition:
             self.workers[agent] = asyncio.get_running_loop().create_task(self._work(agent, queue))
 
     async def _work(self, agent: str, queue: deque[js.JsMsg]) -> None:
+        limit = self.o.settings.forward_batch
         try:
             while queue:
                 msg = queue[0]
+                done = 1
                 try:
-                    await self._process(msg)
+                    if limit > 1 and len(queue) > 1 and agent.split(".", 1)[0] not in self.o.unbatched:
+                        done = await self._process_batch(self._take(queue, limit))
+                    else:
+                        self.o._metrics.durable_batches.labels(agent.split(".", 1)[0]).observe(1)
+                        await self._process(msg)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     log.exception("partition %d: handling stream message %d failed", self.n, msg.stream_seq)
-                queue.popleft()
-                self.held.discard(msg)
+                for _ in range(min(done, len(queue))):
+                    self.held.discard(queue.popleft())
                 self.room.set()
         finally:
             self.workers.pop(agent, None)
@@ -299,42 +320,146 @@ class _Partition:
                 await msg.nak()
         self.held.clear()
 
-    async def _process(self, msg: js.JsMsg) -> None:
-        o = self.o
-        s = o.settings
+    def _take(self, queue: deque[js.JsMsg], limit: int) -> list[js.JsMsg]:
+        """The messages at the head of an agent's queue that go in one batch: at most
+        ``limit``, within ``_BATCH_BYTES``, none whose ``message_ttl`` has passed."""
+        out: list[js.JsMsg] = []
+        size = 0
+        now_ms = time.time() * 1000
+        for msg in queue:
+            size += len(msg.data) + 256 + sum(len(k) + len(v) for k, v in (msg.headers or {}).items())
+            if out and (len(out) >= limit or size > _BATCH_BYTES):
+                break
+            expires = (msg.headers or {}).get(h.DEADLINE, "")
+            if out and expires.isdigit() and now_ms >= int(expires):
+                break  # it goes to the dead letters on its own
+            out.append(msg)
+        return out
+
+    @staticmethod
+    def _prepare(msg: js.JsMsg) -> tuple[dict[str, str], str, str, str, str]:
+        """The headers to forward (``Nats-*``, ``Na-Reply-To``, priority and reply mode
+        removed; ``Na-Stream-Seq`` added), the reply subject, kind, token and action."""
         hdrs = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
         reply_to = hdrs.pop(h.REPLY_TO, "")
+        hdrs.pop(h.REPLY_MODE, None)  # the owner waits for the result
+        hdrs.pop(h.PRIORITY, None)  # the stream's order is the agent's order
         parts = msg.subject.split(".")
-        kind, token = parts[-2], parts[-1]
-        action = hdrs.get(h.ACTION, "")
+        hdrs[h.STREAM_SEQ] = str(msg.stream_seq)
+        return hdrs, reply_to, parts[-2], parts[-1], hdrs.get(h.ACTION, "")
+
+    async def _process_batch(self, msgs: list[js.JsMsg]) -> int:
+        """Hand ``msgs`` (one agent's, in stream order) to the agent in one batch request
+        (wire.batch). Each message the agent applied is answered and acknowledged; the
+        first that failed goes on as a single message (retries, dead letters). Returns
+        how many of ``msgs``, from the first, are finished: the rest stay queued."""
+        o = self.o
+        s = o.settings
+        head = msgs[0]
+        expires = (head.headers or {}).get(h.DEADLINE, "")
+        if expires.isdigit() and time.time() * 1000 >= int(expires):
+            await self._process(head)  # dead-lettered unrun
+            return 1
+        prepared = [self._prepare(m) for m in msgs]
+        _, _, kind, token, _ = prepared[0]
+        try:
+            agent_id = decode_id(token)
+        except NatsAgentsError:
+            await self._process(head)  # dead-lettered as bad_request
+            return 1
+        o._metrics.durable_batches.labels(kind).observe(len(msgs))
+        block, body = wire_batch.batch_request([(p[0], m.data) for p, m in zip(prepared, msgs, strict=True)])
+        attempt_first = max(0, head.num_delivered - 1) + 1
+        try:
+            reply = await o._caller.forward(
+                agent_subject(o.prefix, kind, agent_id),
+                body,
+                block,
+                time.time() + s.attempt_timeout,
+                kind,
+                agent_id,
+                prepared[0][4],
+            )
+        except AgentError as exc:
+            await self._process(head, first=(exc.code, exc.message, None), attempt=attempt_first)
+            return 1
+        except NatsAgentsError as exc:
+            await self._process(head, first=("unavailable", str(exc), None), attempt=attempt_first)
+            return 1
+        code = (reply.headers or {}).get(h.STATUS, h.STATUS_OK)
+        if code in _NO_BATCHES:
+            # A host that does not take batches (a peer without §15.4): one by one from now.
+            log.warning("partition %d: %s refused a batch (%s): sending its messages one by one", self.n, kind, code)
+            o.unbatched.add(kind)
+            return 0
+        if code != h.STATUS_OK:  # the batch as a whole was refused: the head's outcome
+            await self._process(head, first=(code, "", reply), attempt=attempt_first)
+            return 1
+        try:
+            answers = wire_batch.parse_batch_reply(reply.headers, reply.data, len(msgs))
+            if not answers:
+                raise ProtocolError("no item answered")
+        except ProtocolError as exc:
+            text = f"malformed batch reply: {exc}"
+            await self._process(head, first=("unavailable", text, None), attempt=attempt_first)
+            return 1
+        for i, (rh, rb) in enumerate(answers):
+            msg = msgs[i]
+            item_code = rh.get(h.STATUS, h.STATUS_OK)
+            if item_code in (h.STATUS_OK, "already_applied"):
+                reply_to = prepared[i][1]
+                if reply_to:
+                    await self._answer(reply_to, rh, rb)
+                await self._ack(msg)
+                o._metrics.durable.labels(kind, "ok" if item_code == h.STATUS_OK else "already_applied").inc()
+                continue
+            await self._process(msg, first=(item_code, "", _Reply(rh, rb)), attempt=max(0, msg.num_delivered - 1) + 1)
+            return i + 1
+        return len(answers)
+
+    async def _process(
+        self, msg: js.JsMsg, first: tuple[str, str, Any] | None = None, attempt: int | None = None
+    ) -> None:
+        """Hand one message to its agent until it is applied, dead-lettered or this owner
+        stops. ``first``: the outcome ``(code, text, reply)`` of an attempt already made
+        (in a batch), counted as attempt number ``attempt``."""
+        o = self.o
+        s = o.settings
+        hdrs, reply_to, kind, token, action = self._prepare(msg)
         try:
             agent_id = decode_id(token)
         except NatsAgentsError as exc:
             await self._dead(msg, hdrs, reply_to, "bad_request", str(exc), 1, None)
             return
-        hdrs[h.STREAM_SEQ] = str(msg.stream_seq)
         block = envelope.encode_headers(hdrs)
         subject = agent_subject(o.prefix, kind, agent_id)
-        attempt = max(0, msg.num_delivered - 1)  # deliveries an earlier owner made
+        if first is not None and attempt is not None:
+            attempt -= 1
+        else:
+            attempt = max(0, msg.num_delivered - 1)  # deliveries an earlier owner made
         expires = hdrs.get(h.DEADLINE, "")
         while True:
-            if expires.isdigit() and time.time() * 1000 >= int(expires):
+            if first is None and expires.isdigit() and time.time() * 1000 >= int(expires):
                 await self._dead(
                     msg, hdrs, reply_to, "timeout", "its message_ttl passed before it could run", attempt, None
                 )
                 return
             attempt += 1
             reply: Any = None
-            try:
-                reply = await o._caller.forward(
-                    subject, msg.data, block, time.time() + s.attempt_timeout, kind, agent_id, action
-                )
-                code = (reply.headers or {}).get(h.STATUS, h.STATUS_OK)
-                text = ""
-            except AgentError as exc:
-                code, text = exc.code, exc.message
-            except NatsAgentsError as exc:
-                code, text = "unavailable", str(exc)
+            if first is not None:
+                code, text, reply = first
+                first = None
+            else:
+                try:
+                    reply = await o._caller.forward(
+                        subject, msg.data, block, time.time() + s.attempt_timeout, kind, agent_id, action
+                    )
+                    code = (reply.headers or {}).get(h.STATUS, h.STATUS_OK)
+                    text = ""
+                except AgentError as exc:
+                    code, text = exc.code, exc.message
+                except NatsAgentsError as exc:
+                    code, text = "unavailable", str(exc)
             if code in (h.STATUS_OK, "already_applied"):
                 if reply_to:
                     await self._answer(reply_to, reply.headers, reply.data)
@@ -414,6 +539,16 @@ class _Partition:
                 await self._answer(reply_to, hdrs_out, body)
         await self._ack(msg)
         o._metrics.durable.labels(kind, "dead_letter").inc()
+
+
+class _Reply:
+    """An item of a batch reply, shaped like a reply message."""
+
+    __slots__ = ("data", "headers")
+
+    def __init__(self, headers: dict[str, str], data: bytes) -> None:
+        self.headers = headers
+        self.data = data
 
 
 def _error_text(reply: Any) -> str:

@@ -154,6 +154,13 @@ class Metrics:
             ["kind", "outcome"],
             registry=r,
         )
+        self.durable_batches = Histogram(
+            "natsagents_durable_batch_messages",
+            "Durable messages of one agent handed over in one request (a batch) by this node's partitions",
+            ["kind"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
         self.partitions_owned = Gauge(
             "natsagents_partitions_owned", "Inbox stream partitions this node consumes", registry=r
         )

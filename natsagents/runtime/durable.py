@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from ..errors import ConfigurationError
 from ..transport import Transport
 from ..transport.jetstream import StreamConfig, ensure_stream
+from ..wire.batch import MAX_BATCH
 from ..wire.subjects import bucket_name
 
 __all__ = ["DeliverySettings", "dlq_stream", "ensure_delivery_streams", "inbox_stream"]
@@ -37,6 +38,8 @@ class DeliverySettings:
         attempt_timeout: seconds one forwarded attempt waits for the agent's reply.
         duplicate_window: seconds within which a re-published ``Nats-Msg-Id`` is dropped.
         batch: messages fetched at once per partition.
+        forward_batch: most messages of one agent handed to it in one request (their
+            state changes stored in one write); 1 sends each message alone.
         max_pending: unacknowledged messages per partition (the consumer's
             ``max_ack_pending``).
         dlq_max_age: seconds dead letters are kept.
@@ -50,6 +53,7 @@ class DeliverySettings:
     attempt_timeout: float = 30.0
     duplicate_window: float = 120.0
     batch: int = 64
+    forward_batch: int = 32
     max_pending: int = 1024
     dlq_max_age: float = 7 * 24 * 3600.0
     replicas: int | None = None
@@ -57,10 +61,12 @@ class DeliverySettings:
     def __post_init__(self) -> None:
         if type(self.partitions) is not int or not 1 <= self.partitions <= 1024:
             raise ConfigurationError(f"partitions must be an int within 1..1024, not {self.partitions!r}")
-        for name in ("max_deliver", "batch", "max_pending"):
+        for name in ("max_deliver", "batch", "max_pending", "forward_batch"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ConfigurationError(f"{name} must be an int >= 1, not {value!r}")
+        if self.forward_batch > MAX_BATCH:
+            raise ConfigurationError(f"forward_batch must be at most {MAX_BATCH}, not {self.forward_batch}")
         if not self.backoff or any(not isinstance(b, (int, float)) or b < 0 for b in self.backoff):
             raise ConfigurationError("backoff must be a non-empty sequence of seconds >= 0")
         for name in ("ack_wait", "attempt_timeout", "duplicate_window", "dlq_max_age"):

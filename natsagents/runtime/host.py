@@ -8,6 +8,7 @@ import logging
 import time
 import traceback
 from collections import deque
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,6 +18,7 @@ from ..agent.schema import ParamError
 from ..errors import AgentError, ConfigurationError, MeshClosed, NatsAgentsError, ProtocolError, Unavailable
 from ..observability import Metrics, Tracing
 from ..transport import Inbound, Subscription, Transport
+from ..wire import batch as wire_batch
 from ..wire import codec, envelope
 from ..wire import headers as h
 from ..wire.envelope import RequestMeta
@@ -31,6 +33,14 @@ __all__ = ["Host", "HostSettings", "NodeHooks"]
 log = logging.getLogger("natsagents.runtime")
 _NIL = codec.encode(None)
 _CLOSE_CONCURRENCY = 128
+#: The reply subject of a batch item: its reply is collected into the batch reply.
+_BATCH_ITEM = "\x00batch"
+#: Replies collected by the batch running in this task (Host._handle_batch).
+_collected: ContextVar[list[tuple[dict[str, str] | bytes, bytes]] | None] = ContextVar(
+    "natsagents_batch_replies", default=None
+)
+#: Outcomes after which a batch goes on with its next item.
+_BATCH_GOES_ON = frozenset({h.STATUS_OK, "already_applied"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +74,10 @@ class NodeHooks(Protocol):
     async def answer_activation(self, msg: Inbound) -> None: ...
 
     async def starting(self, act: Activation, options: Any) -> None: ...
+
+    def begin_batch(self, act: Activation) -> None: ...
+
+    async def end_batch(self, act: Activation) -> None: ...
 
     async def after_action(
         self, act: Activation, meta: RequestMeta, answered: bool, seq: int = 0, reply: bytes | None = None
@@ -340,6 +354,8 @@ class Host:
         """Run one message through the agent's handler and reply. Never raises. Returns
         the reply worth giving again to a copy of the request (``None``: a copy may run:
         refused, or its state not stored); the activation records it (runtime.dedup)."""
+        if msg.headers is not None and h.BATCH in msg.headers:
+            return await self._handle_batch(act, msg)
         started = time.perf_counter()
         kind, address = act.kind, act.address
         reply_to = msg.reply
@@ -523,6 +539,54 @@ class Host:
         await self._reply(reply_to, block, body, agent=address, action=action)
         return (block, body)
 
+    async def _handle_batch(self, act: Activation, msg: Inbound) -> Reply | None:
+        """Run the durable messages of a batch request (wire.batch) in order, each as
+        :meth:`handle` would, stopping at the first that does not succeed; a cluster node
+        stores their state changes in one write before the batch is answered. Replies are
+        ``[headers, body]`` per item tried; a failed write answers the first item with the
+        error and nothing else (none of them is applied)."""
+        address = act.address
+        try:
+            items = wire_batch.parse_batch_request(msg.headers or {}, msg.data)
+            for i, (hdrs, _) in enumerate(items):
+                if h.STREAM_SEQ not in hdrs:
+                    raise ProtocolError(f"batch item {i} has no {h.STREAM_SEQ}: only durable messages are batched")
+        except ProtocolError as exc:
+            self._metrics.rejected_one(act.kind, "bad_request")
+            await self._reply(msg.reply, *envelope.error_reply("bad_request", str(exc), agent=address))
+            return None
+        replies: list[tuple[dict[str, str] | bytes, bytes]] = []
+        node = self.node if act.cluster is not None else None
+        token = _collected.set(replies)
+        try:
+            if node is not None:
+                node.begin_batch(act)
+            for hdrs, data in items:
+                hdrs.pop(h.REPLY_MODE, None)  # each item is answered with its result
+                before = len(replies)
+                await self.handle(act, _BatchItem(msg.subject, hdrs, data))
+                if len(replies) == before:  # cannot happen: handle() answers every message
+                    replies.append(envelope.error_reply("handler_error", "no reply", agent=address))
+                status = replies[-1][0]
+                if not isinstance(status, bytes) and status.get(h.STATUS) not in _BATCH_GOES_ON:
+                    break
+            if node is not None:
+                try:
+                    await node.end_batch(act)
+                except Exception as exc:
+                    if not isinstance(exc, AgentError):
+                        log.exception("persisting %s after a batch failed", address)
+                        exc = Unavailable(f"state could not be saved: {exc}", details={"retry": True})
+                    first = items[0][0].get(h.ACTION)
+                    replies[:] = [
+                        envelope.error_reply(exc.code, exc.message, agent=address, action=first, details=exc.details)
+                    ]
+        finally:
+            _collected.reset(token)
+        hdrs_out, body = wire_batch.batch_reply(replies)
+        await self._reply(msg.reply, hdrs_out, body)
+        return (hdrs_out, body)
+
     def _exactly_once(self, act: Activation, hdrs: dict[str, str]) -> int | tuple[str, str]:
         """For a durable message: its stream sequence to store with the state (0 for
         at-least-once), or ``(code, message)`` to answer instead of running it."""
@@ -584,6 +648,11 @@ class Host:
         agent: str | None = None,
         action: str | None = None,
     ) -> None:
+        if subject is _BATCH_ITEM:
+            collected = _collected.get()
+            if collected is not None:
+                collected.append((headers, body))
+            return
         if not subject:
             status = h.STATUS_OK if isinstance(headers, bytes) else headers.get(h.STATUS, h.STATUS_OK)
             if status not in (h.STATUS_OK, "handler_error"):  # handler errors are logged in handle()
@@ -723,3 +792,15 @@ class Host:
     def agent_instance(self, kind: str, agent_id: str) -> Agent | None:
         act = self.activations.get((kind, agent_id))
         return act.agent if act is not None else None
+
+
+class _BatchItem:
+    """One message of a batch request, run as if it had come alone (its reply is collected)."""
+
+    __slots__ = ("data", "headers", "reply", "subject")
+
+    def __init__(self, subject: str, headers: dict[str, str], data: bytes) -> None:
+        self.subject = subject
+        self.reply = _BATCH_ITEM
+        self.headers: dict[str, str] | None = headers
+        self.data = data

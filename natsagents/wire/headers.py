@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ACCEPT_ENCODING",
     "ACTION",
+    "BATCH",
     "CALLER",
     "CORRELATION_ID",
     "DEADLINE",
@@ -57,6 +58,8 @@ DELIVERY_AT_LEAST_ONCE = "at_least_once"
 DELIVERY_EXACTLY_ONCE = "exactly_once"
 #: The inbox stream sequence of a durable message, set by the partition owner.
 STREAM_SEQ = "Na-Stream-Seq"
+#: A batch request or reply: the number of durable messages its body carries.
+BATCH = "Na-Batch"
 #: Where the result of a durable request goes (the caller's inbox).
 REPLY_TO = "Na-Reply-To"
 #: Mailbox priority of a message: ``high``, ``normal`` (default) or ``low``.

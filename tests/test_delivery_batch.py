@@ -1,0 +1,353 @@
+"""Batches (protocol §15.4): a partition owner hands several durable messages of one agent
+over in one request, and the host stores their state changes in one write.
+
+The wire format and the host's answers are checked with batch requests published by raw
+nats-py; the owner's batching, its handling of a failure inside a batch and its fallback
+for a host that refuses batches run through a real node and stream."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgpack
+import nats
+import pytest
+
+from natsagents import Agent, ClusterSettings, ConfigurationError, Mesh, ProtocolError, action
+from natsagents.runtime.durable import DeliverySettings, inbox_stream
+from natsagents.testing import wait_for
+from natsagents.transport.jetstream import stream_info
+from natsagents.wire import batch as wire_batch
+from natsagents.wire import envelope
+from natsagents.wire.subjects import agent_subject, agent_wildcard
+
+FAST = DeliverySettings(partitions=2, max_deliver=3, backoff=(0.02,), ack_wait=5.0, attempt_timeout=5.0)
+
+
+class Tally(Agent):
+    """Appends what it is given; ``hold`` waits for the test's gate; ``fail`` raises."""
+
+    max_state_bytes = 4096
+    gate: asyncio.Event | None = None
+
+    def initial_state(self) -> dict[str, Any]:
+        return {"items": []}
+
+    @action
+    async def add(self, value: Any) -> int:
+        self.state["items"].append(value)
+        return len(self.state["items"])
+
+    @action
+    async def hold(self) -> None:
+        self.state["items"].append("held")
+        if Tally.gate is not None:
+            await Tally.gate.wait()
+
+    @action
+    async def fail(self) -> None:
+        self.state["items"].append("never stored")
+        raise RuntimeError("refused")
+
+    @action
+    async def get(self) -> list[Any]:
+        return list(self.state["items"])
+
+
+def saves(node: Mesh) -> float:
+    return node.metrics.value("natsagents_state_saves_total", {"kind": "Tally", "outcome": "ok"})
+
+
+async def a_node(mesh_factory: Any, name: str = "n1", delivery: DeliverySettings = FAST) -> Mesh:
+    node = await mesh_factory(
+        name=name, cluster=ClusterSettings(node_id=name, lease=1.5, rebalance=False, delivery=delivery)
+    )
+    await node.host(Tally)
+    return node
+
+
+def item(action: str, seq: int, delivery: str = "exactly_once", **params: Any) -> tuple[dict[str, str], bytes]:
+    hdrs = {
+        "Na-Proto": "1",
+        "Na-Action": action,
+        "Na-Msg-Id": envelope.new_message_id(),
+        "Na-Delivery": delivery,
+        "Na-Stream-Seq": str(seq),
+    }
+    return hdrs, msgpack.packb(params)
+
+
+class RawPeer:
+    """Batch requests to one agent from raw nats-py (what a partition owner sends)."""
+
+    def __init__(self, nc: Any, subject: str) -> None:
+        self.nc = nc
+        self.subject = subject
+
+    async def request(self, headers: dict[str, str], body: bytes) -> Any:
+        for _ in range(100):
+            try:
+                return await self.nc.request(self.subject, body, timeout=5, headers=headers)
+            except nats.errors.NoRespondersError:
+                await asyncio.sleep(0.02)  # the server's early no-responders (protocol §7.2)
+        raise AssertionError("no responder")
+
+    async def batch(self, *items: tuple[dict[str, str], bytes]) -> list[tuple[str, Any]]:
+        block, body = wire_batch.batch_request(list(items))
+        headers = dict(line.split(": ", 1) for line in block.decode().split("\r\n")[1:] if line)
+        reply = await self.request(headers, body)
+        assert reply.headers["Na-Status"] == "ok", msgpack.unpackb(reply.data)
+        answers = wire_batch.parse_batch_reply(reply.headers, reply.data, len(items))
+        return [(hdrs["Na-Status"], msgpack.unpackb(data)) for hdrs, data in answers]
+
+
+@pytest.fixture
+async def peer(nats_url: str, mesh_prefix: str) -> Any:
+    nc = await nats.connect(nats_url)
+    yield lambda agent_id: RawPeer(nc, agent_subject(mesh_prefix, "Tally", agent_id))
+    await nc.close()
+
+
+# -- the wire -------------------------------------------------------------------------------
+
+
+def test_a_batch_request_and_reply_round_trip() -> None:
+    items = [item("add", 1, value=1), item("add", 2, value=[1, 2])]
+    block, body = wire_batch.batch_request(items)
+    assert block.startswith(b"NATS/1.0\r\n") and b"Na-Batch: 2\r\n" in block and b"Na-Msg-Id: " in block
+    assert wire_batch.parse_batch_request({"Na-Batch": "2"}, body) == items
+    headers, data = wire_batch.batch_reply([(envelope.OK_HEADER_BLOCK, b"\x01"), ({"Na-Status": "bad_request"}, b"")])
+    assert headers["Na-Batch"] == "2" and headers["Na-Status"] == "ok"
+    assert wire_batch.parse_batch_reply(headers, data, 2) == [
+        ({"Na-Proto": "1", "Na-Status": "ok"}, b"\x01"),
+        ({"Na-Status": "bad_request"}, b""),
+    ]
+    with pytest.raises(ValueError):
+        wire_batch.batch_request([])
+    with pytest.raises(ValueError):
+        wire_batch.batch_request([item("add", 1)] * (wire_batch.MAX_BATCH + 1))
+
+
+@pytest.mark.parametrize(
+    ("count", "body"),
+    [
+        ("", msgpack.packb([])),
+        ("0", msgpack.packb([])),
+        ("x", msgpack.packb([])),
+        (str(wire_batch.MAX_BATCH + 1), msgpack.packb([])),
+        ("1", b"\xc1"),  # not msgpack
+        ("1", msgpack.packb({"a": 1})),  # not an array
+        ("2", msgpack.packb([[{}, b""]])),  # fewer items than announced
+        ("1", msgpack.packb([[{}, b"", 1]])),  # an item is not a pair
+        ("1", msgpack.packb([[{"a": 1}, b""]])),  # a header value is not a string
+        ("1", msgpack.packb([[{}, "text"]])),  # a body is not binary
+    ],
+)
+def test_a_malformed_batch_is_a_protocol_error(count: str, body: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        wire_batch.parse_batch_request({"Na-Batch": count}, body)
+
+
+def test_a_batch_reply_with_more_answers_than_messages_is_refused() -> None:
+    headers, data = wire_batch.batch_reply([({"Na-Status": "ok"}, b"")] * 3)
+    with pytest.raises(ProtocolError):
+        wire_batch.parse_batch_reply(headers, data, 2)
+    with pytest.raises(ProtocolError):
+        wire_batch.parse_batch_reply({"Na-Status": "ok"}, data, 3)  # no Na-Batch
+
+
+def test_forward_batch_is_checked() -> None:
+    for bad in (0, wire_batch.MAX_BATCH + 1, 2.5):
+        with pytest.raises(ConfigurationError):
+            DeliverySettings(forward_batch=bad)  # type: ignore[arg-type]
+
+
+# -- the host -------------------------------------------------------------------------------
+
+
+async def test_a_batch_runs_in_order_and_is_stored_in_one_write(mesh_factory: Any, peer: Any) -> None:
+    node = await a_node(mesh_factory)
+    await node.spawn("Tally/a")
+    raw = peer("a")
+    before = saves(node)
+    answers = await raw.batch(item("add", 5, value="x"), item("add", 6, value="y"), item("add", 7, value="z"))
+    assert answers == [("ok", 1), ("ok", 2), ("ok", 3)]
+    assert saves(node) == before + 1  # three messages, one write
+    stored = await node.cluster_node.state.load("Tally", "a")
+    assert stored.data["items"] == ["x", "y", "z"] and stored.seq == 7
+    # Applied sequences are refused inside a later batch; the batch goes on after them.
+    answers = await raw.batch(item("add", 6, value="again"), item("add", 8, value="w"))
+    assert [a[0] for a in answers] == ["already_applied", "ok"]
+    assert (await node.ref("Tally/a").call("get")) == ["x", "y", "z", "w"]
+
+
+async def test_a_batch_stops_at_the_first_failure_and_stores_what_ran_before_it(mesh_factory: Any, peer: Any) -> None:
+    node = await a_node(mesh_factory)
+    await node.spawn("Tally/f")
+    raw = peer("f")
+    answers = await raw.batch(item("add", 1, value=1), item("fail", 2), item("add", 3, value=3))
+    assert [a[0] for a in answers] == ["ok", "handler_error"]  # the third did not run
+    assert "refused" in answers[1][1]["message"]
+    stored = await node.cluster_node.state.load("Tally", "f")
+    assert stored.data["items"] == [1] and stored.seq == 1  # the failed message's change rolled back
+    # Unknown actions and bad parameters stop it too, before running.
+    answers = await raw.batch(item("add", 2, value=2), item("nope", 3), item("add", 4, value=4))
+    assert [a[0] for a in answers] == ["ok", "unknown_action"]
+    assert (await node.ref("Tally/f").call("get")) == [1, 2]
+
+
+async def test_a_batch_whose_write_fails_applies_none_of_it(mesh_factory: Any, peer: Any) -> None:
+    node = await a_node(mesh_factory)
+    await node.spawn("Tally/big")
+    raw = peer("big")
+    assert await raw.batch(item("add", 1, value="a")) == [("ok", 1)]
+    # Each message fits; together they exceed max_state_bytes (4096): the one write fails.
+    chunk = "b" * 1500
+    answers = await raw.batch(item("add", 2, value=chunk), item("add", 3, value=chunk), item("add", 4, value=chunk))
+    assert [a[0] for a in answers] == ["payload_too_large"]  # the first message's answer; none applied
+    stored = await node.cluster_node.state.load("Tally", "big")
+    assert stored.data["items"] == ["a"] and stored.seq == 1
+    assert (await node.ref("Tally/big").call("get")) == ["a"]  # the live state went back too
+    assert await raw.batch(item("add", 2, value="c")) == [("ok", 2)]  # sequence 2 was not recorded
+
+
+async def test_malformed_batches_are_refused_whole(mesh_factory: Any, peer: Any) -> None:
+    node = await a_node(mesh_factory)
+    await node.spawn("Tally/m")
+    raw = peer("m")
+    base = {"Na-Proto": "1", "Na-Batch": "2", "Na-Msg-Id": envelope.new_message_id()}
+    reply = await raw.request(base, msgpack.packb([[{}, b""]]))  # one item, two announced
+    assert reply.headers["Na-Status"] == "bad_request"
+    no_seq = {"Na-Proto": "1", "Na-Action": "add"}  # a core message cannot be batched
+    _, body = wire_batch.batch_request([(no_seq, msgpack.packb({"value": 1}))])
+    reply = await raw.request({"Na-Batch": "1"}, body)
+    assert reply.headers["Na-Status"] == "bad_request" and b"Na-Stream-Seq" in reply.data
+    assert (await node.ref("Tally/m").call("get")) == []
+
+
+async def test_a_resent_batch_is_answered_again_not_run_again(mesh_factory: Any, peer: Any) -> None:
+    node = await a_node(mesh_factory)
+    await node.spawn("Tally/r")
+    raw = peer("r")
+    items = [item("add", 1, "at_least_once", value=1), item("add", 2, "at_least_once", value=2)]
+    block, body = wire_batch.batch_request(items)
+    headers = dict(line.split(": ", 1) for line in block.decode().split("\r\n")[1:] if line)
+    first = await raw.request(headers, body)
+    again = await raw.request(headers, body)  # the same Na-Msg-Id: a resend
+    assert first.data == again.data and first.headers["Na-Batch"] == "2"
+    assert (await node.ref("Tally/r").call("get")) == [1, 2]
+
+
+# -- the partition owner --------------------------------------------------------------------
+
+
+async def held_messages(node: Mesh, count: int) -> None:
+    owners = node._owners
+    assert owners is not None
+    await wait_for(lambda: owners.held() >= count, timeout=10, what=f"{count} messages held by the owner")
+
+
+def batch_histogram(node: Mesh) -> tuple[float, float]:
+    labels = {"kind": "Tally"}
+    return (
+        node.metrics.value("natsagents_durable_batch_messages_sum", labels),
+        node.metrics.value("natsagents_durable_batch_messages_count", labels),
+    )
+
+
+async def test_messages_queued_for_an_agent_go_in_one_batch_and_one_write(mesh_factory: Any, mesh_prefix: str) -> None:
+    node = await a_node(mesh_factory)
+    client = await mesh_factory(name="client")
+    ref = client.ref("Tally/q").with_options(delivery="exactly_once")
+    Tally.gate = asyncio.Event()
+    try:
+        await ref.send("hold")
+        await wait_for(lambda: batch_histogram(node)[1] == 1, timeout=10, what="the first message handed over")
+        for value in range(20):
+            await ref.send("add", value=value)
+        await held_messages(node, 21)
+        before = saves(node)
+        Tally.gate.set()
+        await wait_for(lambda: batch_histogram(node)[0] == 21, timeout=10, what="all handed over")
+    finally:
+        Tally.gate = None
+    assert batch_histogram(node) == (21, 2)  # the held one alone, the 20 behind it in one request
+    await wait_for(lambda: node._owners is not None and node._owners.held() == 0, timeout=10, what="all acked")
+    assert saves(node) - before == 2  # "hold", then the batch
+    assert await client.ref("Tally/q").call("get") == ["held", *range(20)]
+    info = await stream_info(client._transport, inbox_stream(mesh_prefix))
+    assert info["state"]["messages"] == 0
+
+
+async def test_a_failure_inside_a_batch_is_retried_alone_and_the_rest_keep_their_order(
+    mesh_factory: Any,
+) -> None:
+    node = await a_node(mesh_factory)
+    client = await mesh_factory(name="client")
+    ref = client.ref("Tally/p").with_options(delivery="at_least_once")
+    Tally.gate = asyncio.Event()
+    try:
+        await ref.send("hold")
+        await wait_for(lambda: batch_histogram(node)[1] == 1, timeout=10, what="the first message handed over")
+        await ref.send("add", value=1)
+        await ref.send("fail")
+        await ref.send("add", value=2)
+        await held_messages(node, 4)
+        Tally.gate.set()
+        letters: list[Any] = []
+
+        async def dead_lettered() -> bool:
+            letters[:] = await client.dead_letters()
+            return len(letters) == 1
+
+        await wait_for(dead_lettered, timeout=15, what="the failing message dead-lettered")
+    finally:
+        Tally.gate = None
+    assert (letters[0].action, letters[0].error, letters[0].deliveries) == ("fail", "handler_error", 3)
+    assert await ref.call("get", timeout=10) == ["held", 1, 2]
+    ok = node.metrics.value("natsagents_durable_messages_total", {"kind": "Tally", "outcome": "ok"})
+    assert ok == 4  # hold, add 1, add 2, get
+
+
+async def test_a_host_that_refuses_batches_gets_the_messages_one_by_one(
+    mesh_factory: Any, mesh_prefix: str, nats_url: str
+) -> None:
+    """A peer host (raw nats-py) that answers batch requests with bad_request, as a
+    host without §15.4 would: the owner falls back to single messages, none is lost."""
+    node = await a_node(mesh_factory)
+    client = await mesh_factory(name="client")
+    nc = await nats.connect(nats_url)
+    seen: list[int] = []
+    batches = 0
+    gate = asyncio.Event()
+
+    async def host(msg: Any) -> None:
+        nonlocal batches
+        hdrs = msg.headers or {}
+        if "Na-Batch" in hdrs:
+            batches += 1
+            out, body = envelope.error_reply("bad_request", f"missing Na-Action header (batch {batches})")
+            await nc.publish(msg.reply, body, headers=out)
+            return
+        if not seen:
+            await gate.wait()  # hold the first so that the others queue behind it
+        seen.append(msgpack.unpackb(msg.data)["value"])
+        out, body = envelope.ok_reply(len(seen))
+        await nc.publish(msg.reply, body, headers=out)
+
+    await nc.subscribe(agent_wildcard(mesh_prefix, "Peer"), cb=host)
+    await nc.flush()
+    try:
+        ref = client.ref("Peer/one").with_options(delivery="at_least_once")
+        for value in range(6):
+            await ref.send("put", value=value)
+        await held_messages(node, 6)
+        gate.set()
+        await wait_for(lambda: len(seen) == 6, timeout=15, what="all six delivered")
+        assert seen == list(range(6))
+        assert batches == 1 and node._owners is not None and node._owners.unbatched == {"Peer"}
+        await wait_for(lambda: node._owners is not None and node._owners.held() == 0, timeout=10, what="acked")
+        assert await client.dead_letters() == []
+    finally:
+        await nc.close()
