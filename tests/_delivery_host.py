@@ -5,10 +5,10 @@ Usage: ``python -m tests._delivery_host URLS PREFIX NODE_ID [OPTIONS_JSON]``
 Joins the cluster as ``NODE_ID`` with ``ClusterSettings`` built from ``OPTIONS_JSON``
 (lease 1.5 s and no rebalancer unless given; its ``"delivery"`` object becomes the
 :class:`DeliverySettings`), so it consumes its share of the durable inbox partitions.
-Hosts ``Counter``, prints ``READY`` and serves until SIGTERM; then prints
-``STATS {json}`` (its ``natsagents_*_total`` counters: durable outcomes, duplicates …),
-closes and prints ``STOPPED``. Logs go to stderr at ``$CLUSTER_HOST_LOG`` (default
-``WARNING``).
+Hosts ``Counter`` and ``Crasher`` (whose ``boom`` kills the process), prints ``READY``
+and serves until SIGTERM; then prints ``STATS {json}`` (its ``natsagents_*_total``
+counters: durable outcomes, duplicates …), closes and prints ``STOPPED``. Logs go to
+stderr at ``$CLUSTER_HOST_LOG`` (default ``WARNING``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,17 @@ import signal
 import sys
 from typing import Any
 
-from natsagents import ClusterSettings, DeliverySettings, Mesh
+from natsagents import Agent, ClusterSettings, DeliverySettings, Mesh, action
 from tests.agents import Counter  # a persisted counter: ``add`` returns the new total
+
+
+class Crasher(Agent):
+    """``boom`` kills the process that runs it: a poison message that crashes its host."""
+
+    @action
+    async def boom(self) -> None:
+        sys.stderr.flush()
+        os._exit(3)
 
 
 def counters(mesh: Mesh) -> dict[str, float]:
@@ -61,7 +70,7 @@ async def main(urls: str, prefix: str, node_id: str, options: dict[str, Any]) ->
         urls.split(","), prefix=prefix, name=node_id, cluster=settings(node_id, options), stop_timeout=5.0
     )
     try:
-        await mesh.host(Counter)
+        await mesh.host(Counter, Crasher)
         print("READY", flush=True)
         await stop.wait()
         print("STATS " + json.dumps(counters(mesh)), flush=True)

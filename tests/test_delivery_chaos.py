@@ -71,7 +71,7 @@ SEND_TIMEOUT = 30.0  # generous: a send retries the publish (same Nats-Msg-Id) w
 # -- host processes ----------------------------------------------------------------------
 
 
-StartHost = Callable[[str], Awaitable[HostProc]]
+StartHost = Callable[..., Awaitable[HostProc]]
 
 
 @pytest.fixture
@@ -79,8 +79,8 @@ async def start_host(nats_cluster: NatsCluster, mesh_prefix: str, tmp_path: Path
     """Starts ``tests._delivery_host`` processes under the test's prefix; stops them all."""
     async with host_processes(nats_cluster.url, mesh_prefix, tmp_path, "tests._delivery_host") as launch:
 
-        async def start(node_id: str) -> HostProc:
-            return await launch(node_id, {"delivery": DELIVERY})
+        async def start(node_id: str, delivery: dict[str, Any] | None = None) -> HostProc:
+            return await launch(node_id, {"delivery": delivery or DELIVERY})
 
         yield start
 
@@ -475,3 +475,34 @@ async def test_exactly_once_soak(cluster: NatsCluster, start_host: StartHost, cl
     beside them) under two rounds of chaos."""
     plan = {EXACTLY_ONCE: (10_000, 100), AT_LEAST_ONCE: (2000, 30)}
     check(await chaos_run(cluster, start_host, client, plan, rate=150, rounds=2))
+
+
+async def test_a_message_that_kills_its_host_is_dead_lettered_after_max_deliver(
+    cluster: NatsCluster, start_host: StartHost, client: Mesh
+) -> None:
+    """A poison message whose handler kills the process running it. With one node, the
+    node that dies is also the partition owner each time, so JetStream's delivery count
+    starts again with every new owner's consumer; the owners' own counts (recorded before
+    each attempt of a message an earlier owner had) still stop it after ``max_deliver``."""
+    delivery = {"partitions": 4, "max_deliver": 3, "backoff": [0.05], "ack_wait": 3.0, "attempt_timeout": 5.0}
+    host = await start_host("k0", delivery)
+    await client.ref("Crasher/x").with_options(delivery="at_least_once").send("boom")
+    deaths = 0
+    while True:
+
+        async def died_or_dead_lettered(host: HostProc = host) -> bool:
+            return host.proc.returncode is not None or bool(await client.dead_letters())
+
+        await wait_for(died_or_dead_lettered, timeout=30, what="the host died or the message was dead-lettered")
+        if host.proc.returncode is None:
+            break  # dead-lettered by the owner that did not run it
+        assert host.proc.returncode == 3, host.log_tail()
+        deaths += 1
+        assert deaths <= 3, "the message kept killing its hosts beyond max_deliver"
+        host = await start_host(f"k{deaths}", delivery)
+    letters = await client.dead_letters()
+    assert [(letter.agent, letter.action, letter.error) for letter in letters] == [("Crasher/x", "boom", "unavailable")]
+    assert letters[0].deliveries == 3 and "crashing its host" in letters[0].reason
+    assert deaths == 3
+    info = await stream_info(client._transport, inbox_stream(client.prefix))
+    assert info["state"]["messages"] == 0

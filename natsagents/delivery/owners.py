@@ -8,7 +8,8 @@ share). Only the lease holder consumes a partition, through one durable pull con
 partition — has one reader at a time.
 
 Per partition the owner keeps a FIFO per agent: an agent's messages run one after the
-other, in stream order, while different agents proceed concurrently. A message is handed
+other, in stream order, while different agents proceed concurrently; several waiting for
+one agent are handed over in one batch request (``wire.batch``). A message is handed
 to its agent by a core request to the agent's subject (activation on demand, resends and
 "retry" answers as for any call), with ``Na-Stream-Seq`` added. Then:
 
@@ -17,7 +18,7 @@ to its agent by a core request to the agent's subject (activation on demand, res
 * a failure that may pass (``handler_error``, ``timeout``, ``unavailable``, ``overloaded``,
   ``at_capacity``): tried again after ``DeliverySettings.backoff`` — in process, holding the
   agent's later messages back so their order holds — up to ``max_deliver`` attempts
-  (counting deliveries before a crash of an earlier owner);
+  (counting those of earlier owners: see ``_learn_suspects``);
 * a permanent failure (``bad_request``, ``unknown_action``, ``not_found``,
   ``payload_too_large``, ``unauthorized``) or the last attempt: the message goes to the
   dead-letter stream with its headers, the error and the attempt count, the requester gets
@@ -46,9 +47,9 @@ from ..runtime.caller import Caller
 from ..runtime.durable import DeliverySettings, dlq_stream, ensure_delivery_streams, inbox_stream
 from ..transport import Transport
 from ..transport import jetstream as js
-from ..transport.kv import Bucket
+from ..transport.kv import Bucket, CasConflict, KeyNotFound
 from ..wire import batch as wire_batch
-from ..wire import envelope
+from ..wire import codec, envelope
 from ..wire import headers as h
 from ..wire.ids import decode_id
 from ..wire.subjects import agent_subject, dead_letter_subject, partition_subject
@@ -68,6 +69,8 @@ DLQ_SUBJECT = "Na-Dlq-Subject"
 DLQ_TIME = "Na-Dlq-Time"
 #: Answers to a whole batch request that mean its host does not take batches.
 _NO_BATCHES = frozenset({"bad_request", "unknown_action"})
+#: Seconds the attempt counts of a partition's suspect messages are kept after their last change.
+_ATTEMPTS_TTL = 24 * 3600.0
 #: Most bytes (bodies and headers) of the messages one batch request carries.
 _BATCH_BYTES = 256 * 1024
 
@@ -173,6 +176,12 @@ class _Partition:
         self.queues: dict[str, deque[js.JsMsg]] = {}
         self.workers: dict[str, asyncio.Task[None]] = {}
         self.held: set[js.JsMsg] = set()  # fetched and not yet acknowledged
+        # Attempts of earlier owners (see _learn_suspects): stream seq → attempts so far.
+        self.attempts_key = f"attempts.{n}"
+        self.attempts: dict[int, int] = {}
+        self.attempts_revision = 0
+        self.attempts_dirty = False
+        self.suspect_upto = 0
         self.room = asyncio.Event()
         self.room.set()
 
@@ -188,6 +197,7 @@ class _Partition:
             max_deliver=-1,
             max_ack_pending=s.max_pending,
         )
+        await self._learn_suspects(stream, durable)
         consumer = await self._fresh_consumer(stream, config)
         o._running[self.n] = self
         keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
@@ -234,6 +244,84 @@ class _Partition:
                 await consumer.close()
             log.info("%s gave up inbox partition %d", o.node_id, self.n)
 
+    async def _learn_suspects(self, stream: str, durable: str) -> None:
+        """Before a takeover's fresh consumer: which messages an earlier owner may have been
+        running when it went away (up to its consumer's last delivered sequence), and the
+        attempts earlier owners recorded for them (``attempts.<n>`` in the control bucket).
+        JetStream's delivery count starts again with the fresh consumer; these carry on."""
+        o = self.o
+        try:
+            info = await js.consumer_info(o._t, stream, durable, timeout=5.0)
+        except js.ConsumerNotFound:
+            info = {}
+        except NatsAgentsError as exc:
+            log.warning("partition %d: reading the earlier consumer failed (%s): counting afresh", self.n, exc)
+            info = {}
+        floor = _stream_seq(info.get("ack_floor"))
+        self.suspect_upto = _stream_seq(info.get("delivered"))
+        try:
+            entry = await o._control.get(self.attempts_key, timeout=5.0)
+        except NatsAgentsError as exc:
+            log.warning("partition %d: reading attempt counts failed (%s)", self.n, exc)
+            entry = None
+        counts: dict[int, int] = {}
+        self.attempts_revision = 0
+        if entry is not None:
+            self.attempts_revision = entry.revision
+            counts = {seq: n for seq, n in _counts(entry.value).items() if seq > floor}
+        self.attempts = counts
+        if counts:
+            self.suspect_upto = max(self.suspect_upto, max(counts))
+
+    def _suspect(self, msg: js.JsMsg) -> bool:
+        """Delivered before this owner's consumer existed: an earlier owner may have run it."""
+        return msg.stream_seq <= self.suspect_upto
+
+    async def _count_attempt(self, msg: js.JsMsg, before: int) -> None:
+        """Record, before running it, that a suspect message gets attempt ``before + 1``: if
+        this node dies during it, the next owner counts it."""
+        self.attempts[msg.stream_seq] = before + 1
+        await self._store_attempts()
+
+    def _forget_attempts(self, msg: js.JsMsg) -> None:
+        if self.attempts.pop(msg.stream_seq, None) is not None:
+            self.attempts_dirty = True
+
+    async def _store_attempts(self) -> None:
+        """Write the attempt counts (CAS on the key's revision). A conflict (an earlier
+        owner still wrote after this one read) merges the two, keeping the higher count."""
+        control = self.o._control
+        for _ in range(3):
+            value = codec.encode(self.attempts)
+            try:
+                if self.attempts_revision:
+                    self.attempts_revision = await control.update(
+                        self.attempts_key, value, revision=self.attempts_revision, ttl=_ATTEMPTS_TTL, timeout=5.0
+                    )
+                else:
+                    self.attempts_revision = await control.create(
+                        self.attempts_key, value, ttl=_ATTEMPTS_TTL, timeout=5.0
+                    )
+                self.attempts_dirty = False
+                return
+            except KeyNotFound:
+                self.attempts_revision = 0  # expired or deleted: create it again
+            except CasConflict:
+                try:
+                    entry = await control.get(self.attempts_key, timeout=5.0)
+                except NatsAgentsError:
+                    break
+                self.attempts_revision = 0 if entry is None else entry.revision
+                other = _counts(entry.value) if entry is not None else {}
+                for seq, count in other.items():
+                    if seq in self.attempts:
+                        self.attempts[seq] = max(self.attempts[seq], count)
+            except NatsAgentsError as exc:
+                log.warning("partition %d: storing attempt counts failed: %s", self.n, exc)
+                break
+        # Not stored: a count may be one short; the message's handling is not held up for it.
+        self.attempts_dirty = True
+
     async def _fresh_consumer(self, stream: str, config: js.ConsumerConfig) -> js.PullConsumer:
         """A new consumer that starts at the oldest unacknowledged message: what an earlier
         owner (or an earlier consumer of ours) held comes first, in stream order. Both calls
@@ -275,7 +363,12 @@ class _Partition:
                 msg = queue[0]
                 done = 1
                 try:
-                    if limit > 1 and len(queue) > 1 and agent.split(".", 1)[0] not in self.o.unbatched:
+                    if (
+                        limit > 1
+                        and len(queue) > 1
+                        and not self._suspect(msg)
+                        and agent.split(".", 1)[0] not in self.o.unbatched
+                    ):
                         done = await self._process_batch(self._take(queue, limit))
                     else:
                         self.o._metrics.durable_batches.labels(agent.split(".", 1)[0]).observe(1)
@@ -300,6 +393,8 @@ class _Partition:
             for msg in list(self.held):
                 with contextlib.suppress(Exception):
                     await msg.in_progress()
+            if self.attempts_dirty:
+                await self._store_attempts()
 
     async def _hand_back(self) -> None:
         """Stop: let each agent's running message finish (bounded), give the rest back."""
@@ -333,6 +428,8 @@ class _Partition:
             expires = (msg.headers or {}).get(h.DEADLINE, "")
             if out and expires.isdigit() and now_ms >= int(expires):
                 break  # it goes to the dead letters on its own
+            if out and self._suspect(msg):
+                break  # its attempt is recorded first, on its own
             out.append(msg)
         return out
 
@@ -433,10 +530,26 @@ class _Partition:
             return
         block = envelope.encode_headers(hdrs)
         subject = agent_subject(o.prefix, kind, agent_id)
+        suspect = self._suspect(msg)
         if first is not None and attempt is not None:
             attempt -= 1
+        elif suspect:
+            # An earlier owner delivered it (and may have died running it): its recorded
+            # attempts, or one. Counted before each attempt, so a crash is counted too.
+            attempt = max(self.attempts.get(msg.stream_seq, 1), msg.num_delivered - 1)
+            if attempt >= s.max_deliver:
+                await self._dead(
+                    msg,
+                    hdrs,
+                    reply_to,
+                    "unavailable",
+                    f"delivered {attempt} times without an answer: its handler may be crashing its host",
+                    attempt,
+                    None,
+                )
+                return
         else:
-            attempt = max(0, msg.num_delivered - 1)  # deliveries an earlier owner made
+            attempt = max(0, msg.num_delivered - 1)  # deliveries of this owner's consumer
         expires = hdrs.get(h.DEADLINE, "")
         while True:
             if first is None and expires.isdigit() and time.time() * 1000 >= int(expires):
@@ -450,6 +563,8 @@ class _Partition:
                 code, text, reply = first
                 first = None
             else:
+                if suspect:
+                    await self._count_attempt(msg, attempt - 1)
                 try:
                     reply = await o._caller.forward(
                         subject, msg.data, block, time.time() + s.attempt_timeout, kind, agent_id, action
@@ -473,6 +588,8 @@ class _Partition:
             await asyncio.sleep(s.delay(attempt))
 
     async def _ack(self, msg: js.JsMsg) -> None:
+        if self.attempts:
+            self._forget_attempts(msg)
         # A plain ack (no round trip): the agent's next message need not wait for the
         # server's confirmation. An ack that is lost brings the message back after
         # ack_wait: the agent's state refuses it (exactly-once) or it runs once more
@@ -549,6 +666,23 @@ class _Reply:
     def __init__(self, headers: dict[str, str], data: bytes) -> None:
         self.headers = headers
         self.data = data
+
+
+def _counts(value: bytes) -> dict[int, int]:
+    """The stored attempt counts (``{stream seq: attempts}``); malformed entries are skipped."""
+    try:
+        raw = codec.decode(value)
+    except ValueError:
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    return {k: v for k, v in raw.items() if type(k) is int and type(v) is int and k > 0 and v > 0}
+
+
+def _stream_seq(position: Any) -> int:
+    """``stream_seq`` of a consumer info's ``delivered`` or ``ack_floor`` (0 if absent)."""
+    seq = position.get("stream_seq") if isinstance(position, dict) else None
+    return seq if type(seq) is int and seq > 0 else 0
 
 
 def _error_text(reply: Any) -> str:
