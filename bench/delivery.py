@@ -836,6 +836,11 @@ def report(results: dict[str, Any], cfg: argparse.Namespace) -> dict[str, Any]:
     for label, side in sides[1:]:
         if side is None:
             continue
+        rows.append([f"{label}: messages per request to an agent (batches)", f"{side['messages_per_request']:.2f}"])
+        rows[-1] += ["", "", "", ""]
+    for label, side in sides[1:]:
+        if side is None:
+            continue
         rows.append(
             [
                 f"{label}: counters lost / doubled",
@@ -860,6 +865,7 @@ def report(results: dict[str, Any], cfg: argparse.Namespace) -> dict[str, Any]:
         if key != "raw":
             flat[f"{key}_serial_call_p50_ms"] = r(side["serial"]["observed_p50_ms"], 2)
             flat[f"{key}_serial_call_p99_ms"] = r(side["serial"]["observed_p99_ms"], 2)
+            flat[f"{key}_messages_per_request"] = r(side["messages_per_request"], 2)
             flat[f"{key}_lost"] = side["lost"]
             flat[f"{key}_doubled"] = side["duplicates"]
         flat[f"{key}_cpu_us_per_msg"] = {k: r(v) for k, v in side["cpu_us_per_msg"].items()}
