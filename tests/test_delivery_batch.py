@@ -55,15 +55,21 @@ class Tally(Agent):
         return list(self.state["items"])
 
 
-def saves(node: Mesh) -> float:
-    return node.metrics.value("natsagents_state_saves_total", {"kind": "Tally", "outcome": "ok"})
+class Wide(Tally):
+    """Runs two handlers at once: a batch must not hold another message's write back."""
+
+    max_concurrency = 2
+
+
+def saves(node: Mesh, kind: str = "Tally") -> float:
+    return node.metrics.value("natsagents_state_saves_total", {"kind": kind, "outcome": "ok"})
 
 
 async def a_node(mesh_factory: Any, name: str = "n1", delivery: DeliverySettings = FAST) -> Mesh:
     node = await mesh_factory(
         name=name, cluster=ClusterSettings(node_id=name, lease=1.5, rebalance=False, delivery=delivery)
     )
-    await node.host(Tally)
+    await node.host(Tally, Wide)
     return node
 
 
@@ -105,7 +111,7 @@ class RawPeer:
 @pytest.fixture
 async def peer(nats_url: str, mesh_prefix: str) -> Any:
     nc = await nats.connect(nats_url)
-    yield lambda agent_id: RawPeer(nc, agent_subject(mesh_prefix, "Tally", agent_id))
+    yield lambda agent_id, kind="Tally": RawPeer(nc, agent_subject(mesh_prefix, kind, agent_id))
     await nc.close()
 
 
@@ -180,6 +186,17 @@ async def test_a_batch_runs_in_order_and_is_stored_in_one_write(mesh_factory: An
     answers = await raw.batch(item("add", 6, value="again"), item("add", 8, value="w"))
     assert [a[0] for a in answers] == ["already_applied", "ok"]
     assert (await node.ref("Tally/a").call("get")) == ["x", "y", "z", "w"]
+
+
+async def test_an_agent_with_concurrent_handlers_writes_each_batch_item(mesh_factory: Any, peer: Any) -> None:
+    node = await a_node(mesh_factory)
+    await node.spawn("Wide/w")
+    before = saves(node, "Wide")
+    answers = await peer("w", "Wide").batch(item("add", 1, value=1), item("add", 2, value=2))
+    assert answers == [("ok", 1), ("ok", 2)]
+    assert saves(node, "Wide") == before + 2
+    stored = await node.cluster_node.state.load("Wide", "w")
+    assert stored.data["items"] == [1, 2] and stored.seq == 2
 
 
 async def test_a_batch_stops_at_the_first_failure_and_stores_what_ran_before_it(mesh_factory: Any, peer: Any) -> None:

@@ -913,7 +913,9 @@ class ClusterNode:
     def begin_batch(self, act: Activation) -> None:
         """A batch of durable messages starts: their state changes are stored together."""
         own: _Owned = act.cluster
-        if own.persistence != "action":
+        if own.persistence != "action" or type(act.agent).max_concurrency != 1:
+            # With several handlers at once, another message's write must not wait for the
+            # batch (its reply would go out before its state is stored): each item writes.
             return
         own.batch = (own.seq, None if own.applied is None else list(own.applied))
         own.pending = None
