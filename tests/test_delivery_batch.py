@@ -61,6 +61,16 @@ class Wide(Tally):
     max_concurrency = 2
 
 
+class Careful(Tally):
+    """Throttled when its handlers take more than 30 ms on average (runtime.health)."""
+
+    throttle_latency = 0.03
+
+    @action
+    async def work(self) -> None:
+        await asyncio.sleep(0.01)  # the handler's own work (10 ms), not a synchronisation
+
+
 def saves(node: Mesh, kind: str = "Tally") -> float:
     return node.metrics.value("natsagents_state_saves_total", {"kind": kind, "outcome": "ok"})
 
@@ -69,7 +79,7 @@ async def a_node(mesh_factory: Any, name: str = "n1", delivery: DeliverySettings
     node = await mesh_factory(
         name=name, cluster=ClusterSettings(node_id=name, lease=1.5, rebalance=False, delivery=delivery)
     )
-    await node.host(Tally, Wide)
+    await node.host(Tally, Wide, Careful)
     return node
 
 
@@ -197,6 +207,15 @@ async def test_an_agent_with_concurrent_handlers_writes_each_batch_item(mesh_fac
     assert saves(node, "Wide") == before + 2
     stored = await node.cluster_node.state.load("Wide", "w")
     assert stored.data["items"] == [1, 2] and stored.seq == 2
+
+
+async def test_a_batch_counts_as_its_messages_for_latency_throttling(mesh_factory: Any, peer: Any) -> None:
+    """25 messages of 10 ms in one batch are 25 handlers of 10 ms, not one of 250 ms."""
+    node = await a_node(mesh_factory)
+    await node.spawn("Careful/c")
+    items = [item("work", seq, "at_least_once") for seq in range(1, 26)]
+    assert [a[0] for a in await peer("c", "Careful").batch(*items)] == ["ok"] * 25
+    assert node.unhealthy_agents() == {}
 
 
 async def test_a_batch_stops_at_the_first_failure_and_stores_what_ran_before_it(mesh_factory: Any, peer: Any) -> None:

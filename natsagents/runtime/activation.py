@@ -182,7 +182,11 @@ class Activation:
                     if not self.busy:
                         self.busy_since = 0.0
                     if self.health is not None:
-                        self.health.handled(time.monotonic() - started, len(mailbox))
+                        took = time.monotonic() - started
+                        count = msg.headers.get(h.BATCH) if msg.headers is not None else None
+                        if count is not None and count.isdigit() and int(count) > 1:
+                            took /= int(count)  # a batch (wire.batch): the time per message
+                        self.health.handled(took, len(mailbox))
                 if self.recent is not None and msg.reply:
                     message_id = msg.headers.get(h.MESSAGE_ID) if msg.headers is not None else None
                     if message_id is not None:
