@@ -285,3 +285,55 @@ async def test_sending_again_with_the_same_message_id_is_the_same_message(mesh_f
     assert (await client.ref("Ledger/same-core").call("get"))["items"] == [4]
     with pytest.raises(ConfigurationError):
         client.ref("Ledger/x").with_options(message_id="has space")
+
+
+async def test_a_durable_call_retried_with_its_message_id_gets_the_first_result(mesh_factory: Any) -> None:
+    """The stream refuses the copy (same Nats-Msg-Id); the caller gets the first call's
+    result from the agent (a replay request) instead of waiting for a reply that went to
+    the first call's reply subject."""
+    await a_node(mesh_factory)
+    client = await mesh_factory(name="client")
+    for delivery in ("exactly_once", "at_least_once"):
+        ref = client.ref(f"Ledger/r-{delivery}").with_options(delivery=delivery, message_id=f"pay-{delivery}")
+        assert await ref.call("add", value=5, timeout=10) == 5
+        assert await ref.call("add", value=5, timeout=10) == 5  # the same answer, not applied again
+        state = await client.ref(ref.address).with_options(delivery=delivery).call("get", timeout=10)
+        assert state["items"] == [5]
+
+
+async def test_a_retry_before_the_message_ran_waits_for_it_then_gets_its_result(mesh_factory: Any) -> None:
+    client = await mesh_factory(name="client")
+    ref = client.ref("Ledger/early").with_options(delivery="at_least_once", message_id="early-1")
+    await ref.send("add", value=2)  # stored; no node consumes yet
+    with pytest.raises(Exception) as err:
+        await ref.call("add", value=2, timeout=0.5)
+    assert type(err.value).__name__ == "CallTimeout"
+    assert err.value.details["stored"] is True and err.value.details["duplicate"] is True
+    node = await a_node(mesh_factory)
+    ok = {"kind": "Ledger", "outcome": "ok"}
+    await wait_for(lambda: node.metrics.value("natsagents_durable_messages_total", ok) == 1, timeout=10)
+    assert await ref.call("add", value=2, timeout=10) == 2  # the stored message's result
+    assert (await client.ref("Ledger/early").call("get"))["items"] == [2]
+
+
+async def test_replay_requests_answer_from_what_the_agent_knows_and_run_nothing(
+    mesh_factory: Any, mesh_prefix: str, nats_url: str
+) -> None:
+    node = await a_node(mesh_factory)
+    assert await node.ref("Ledger/q").with_options(message_id="known-1").call("add", value=4) == 4
+    nc = await nats.connect(nats_url)
+    try:
+        subject = agent_subject(mesh_prefix, "Ledger", "q")
+
+        async def replay(headers: dict[str, str]) -> tuple[str, Any]:
+            reply = await nc.request(subject, b"", timeout=5, headers={"Na-Reply-Mode": "replay", **headers})
+            return (reply.headers or {}).get("Na-Status", ""), msgpack.unpackb(reply.data)
+
+        assert await replay({"Na-Action": "add", "Na-Msg-Id": "known-1"}) == ("ok", 4)
+        status, body = await replay({"Na-Action": "add", "Na-Msg-Id": "never-sent"})
+        assert status == "unavailable" and body["details"] == {"retry": True, "result": "unknown"}
+        status, body = await replay({"Na-Action": "add"})  # which message?
+        assert status == "bad_request"
+    finally:
+        await nc.close()
+    assert (await node.ref("Ledger/q").call("get"))["items"] == [4]  # nothing ran again

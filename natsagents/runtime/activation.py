@@ -101,6 +101,9 @@ class Activation:
         if self.state is not ActivationState.ACTIVE:
             self.host.refuse(self, msg, "unavailable", "the agent is stopping", retry=True)
             return
+        if msg.headers is not None and msg.headers.get(h.REPLY_MODE) == h.REPLY_MODE_REPLAY:
+            self.host.replay(self, msg)  # a question about an earlier message: nothing runs
+            return
         if len(self.mailbox) + self.busy >= self.capacity:
             self.host.refuse(self, msg, "overloaded", f"mailbox of {self.address} is full ({self.capacity})")
             return

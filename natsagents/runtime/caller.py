@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -295,6 +295,12 @@ class Caller:
             ) from None
         if wait is None:
             return None
+        if ack.duplicate:
+            # Stored before (the same Na-Msg-Id): by an earlier call, whose result goes to
+            # that call's reply subject, or by our own publish retried. Wait for ours and
+            # ask the agent for the earlier result; the first answer wins.
+            msg = await self._earlier_result(wait, kind, agent_id, action, hdrs, deadline, ack.seq)
+            return envelope.parse_reply(msg.headers, msg.data, agent=address, action=action)
         try:
             msg = await wait()
         except CallTimeout:
@@ -305,6 +311,45 @@ class Caller:
                 details={"stored": True, "stream_seq": ack.seq},
             ) from None
         return envelope.parse_reply(msg.headers, msg.data, agent=address, action=action)
+
+    async def _earlier_result(
+        self,
+        wait: Callable[[], Awaitable[Any]],
+        kind: str,
+        agent_id: str,
+        action: str,
+        hdrs: Mapping[str, str],
+        deadline: float | None,
+        seq: int,
+    ) -> Any:
+        """The reply of a durable message stored before: whichever comes first of the
+        reply to our own reply subject and the agent's answer to a ``replay`` request
+        (protocol §15.1), asked again while the agent does not know it yet."""
+        question = {
+            h.PROTO: h.PROTO_VERSION,
+            h.ACTION: action,
+            h.MESSAGE_ID: hdrs[h.MESSAGE_ID],
+            h.REPLY_MODE: h.REPLY_MODE_REPLAY,
+        }
+        subject = agent_subject(self.settings.prefix, kind, agent_id)
+        ask = self._deliver(subject, b"", envelope.encode_headers_unchecked(question), deadline, kind, agent_id, action)
+        tasks = {asyncio.ensure_future(wait()), asyncio.ensure_future(ask)}
+        try:
+            while tasks:
+                done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if not task.cancelled() and task.exception() is None:
+                        return task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+        raise CallTimeout(
+            f"no result within the timeout; the message was stored before (stream sequence {seq}) "
+            "and its result is not known to the agent yet",
+            agent=f"{kind}/{agent_id}",
+            action=action,
+            details={"stored": True, "stream_seq": seq, "duplicate": True},
+        )
 
     async def _attempts(
         self,

@@ -583,6 +583,11 @@ class Host:
                     ]
         finally:
             _collected.reset(token)
+        for (hdrs, _), reply in zip(items, replies, strict=False):
+            # Like a message that came alone: its reply is kept for a replay (§15.1) or a copy.
+            if not isinstance(reply[0], bytes) or h.MESSAGE_ID not in hdrs:
+                continue  # only ok replies (prebuilt blocks) are worth keeping
+            self.dedup.finish(act, hdrs[h.MESSAGE_ID], reply)
         hdrs_out, body = wire_batch.batch_reply(replies)
         await self._reply(msg.reply, hdrs_out, body)
         return (hdrs_out, body)
@@ -750,6 +755,30 @@ class Host:
             return
         self._metrics.duplicates.labels(act.kind, "replayed").inc()
         self._post(msg.reply, hdrs_kept, body_kept or b"")
+
+    def replay(self, act: Activation, msg: Inbound) -> None:
+        """``Na-Reply-Mode: replay``: answer with the reply of the earlier message named by
+        ``Na-Msg-Id`` if this activation knows it (answered: the reply again; applied by an
+        earlier activation without its reply: ``already_applied``). Running or unknown
+        (not run yet, or forgotten): ``unavailable`` with ``details.retry`` — ask again."""
+        message_id = (msg.headers or {}).get(h.MESSAGE_ID)
+        if not msg.reply or message_id is None or not envelope.is_message_id(message_id):
+            self.refuse(act, msg, "bad_request", f"a replay request needs a reply subject and a valid {h.MESSAGE_ID}")
+            return
+        entry = act.recent.get(message_id) if act.recent is not None else None
+        if entry is None or entry is IN_PROGRESS:
+            state = "still running" if entry is IN_PROGRESS else "not known here (not run yet, or forgotten)"
+            self._metrics.rejected_one(act.kind, "replay_unknown")
+            hdrs, body = envelope.error_reply(
+                "unavailable",
+                f"the result of message {message_id} is {state}",
+                agent=act.address,
+                action=(msg.headers or {}).get(h.ACTION),
+                details={"retry": True, "result": "running" if entry is IN_PROGRESS else "unknown"},
+            )
+            self._post(msg.reply, hdrs, body)
+            return
+        self.duplicate(act, msg, entry)
 
     def accepted(self, msg: Inbound) -> None:
         """Acknowledge a send (reply mode ``accept``) as soon as it is in the mailbox."""

@@ -21,6 +21,7 @@ __all__ = [
     "PROTO_VERSION",
     "REPLY_MODE",
     "REPLY_MODE_ACCEPT",
+    "REPLY_MODE_REPLAY",
     "REPLY_MODE_RESULT",
     "REPLY_TO",
     "STATUS",
@@ -49,6 +50,10 @@ CALLER = "Na-Caller"
 REPLY_MODE = "Na-Reply-Mode"
 REPLY_MODE_RESULT = "result"
 REPLY_MODE_ACCEPT = "accept"
+#: ``replay``: do not run anything; answer with the stored reply of the message whose
+#: ``Na-Msg-Id`` this request carries (how a caller gets the result of a durable message
+#: it stored earlier, docs/protocol.md §15.1).
+REPLY_MODE_REPLAY = "replay"
 #: Reply status: ``ok`` or an error code.
 STATUS = "Na-Status"
 STATUS_OK = "ok"
