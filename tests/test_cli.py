@@ -317,3 +317,19 @@ async def test_examples_run(nats_url: str, mesh_prefix: str) -> None:
         assert "get()     -> 12" in out and "all_of    -> [1, 2, 3]" in out and "BadRequest" in out
         host.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(host.wait(), 15) == 0
+
+
+async def test_the_ledger_example_applies_each_payment_once_and_replays_its_dead_letter() -> None:
+    rc, out, err = await run_cli(str(EXAMPLES / "ledger.py"), within=60.0)
+    assert rc == 0, err
+    assert out.splitlines() == [
+        "balance after 100 deposits: 100",
+        "payment-42: 70",
+        "payment-42 again: 70",  # the same payment: not withdrawn twice
+        "balance: 70",
+        "withdraw 1000: handler_error",
+        "dead letter 1: Account/alice withdraw after 3 attempts",
+        "dead letters left: 0",
+        "balance: 70",  # the replayed withdrawal ran after the deposit of 1000
+    ]
+    assert "dead-lettered after 3 attempt(s)" in err  # the owner logs it
