@@ -389,3 +389,51 @@ async def test_a_host_that_refuses_batches_gets_the_messages_one_by_one(
         assert await client.dead_letters() == []
     finally:
         await nc.close()
+
+
+async def test_a_takeover_counts_the_earlier_owners_messages_in_few_writes(
+    mesh_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """n1 holds 10 agents' messages (one running each, five waiting) and leaves; n2 takes
+    the partitions over. The messages n1 was handed are suspects: n2 records an attempt
+    for each before running it, and the records of concurrent agents share writes."""
+    n1 = await a_node(mesh_factory, "n1")
+    client = await mesh_factory(name="client")
+    Tally.gate = asyncio.Event()
+    refs = [client.ref(f"Tally/t{i}").with_options(delivery="at_least_once") for i in range(10)]
+    try:
+        for ref in refs:
+            await ref.send("hold")
+        for value in range(5):
+            for ref in refs:
+                await ref.send("add", value=value)
+        await held_messages(n1, 60)
+        n2 = await a_node(mesh_factory, "n2")
+        owners = n2._owners
+        assert owners is not None
+        writes: list[str] = []
+        control = owners._control
+        for name in ("update", "create"):
+            original = getattr(control, name)
+
+            async def counted(key: str, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                if key.startswith("attempts."):
+                    writes.append(key)
+                return await _original(key, *args, **kwargs)
+
+            setattr(control, name, counted)
+        Tally.gate.set()  # n1's running handlers finish; it hands the waiting ones back
+        await n1.aclose()
+        await wait_for(lambda: owners.owned() == [0, 1], timeout=15, what="n2 owns every partition")
+        await wait_for(lambda: owners.held() == 0 and _total(n2) >= 50, timeout=15, what="n2 ran what n1 held")
+    finally:
+        Tally.gate = None
+    for ref in refs:
+        assert await ref.call("get", timeout=10) == ["held", 0, 1, 2, 3, 4]
+    assert await client.dead_letters() == []
+    assert 1 <= len(writes) < 50  # one per suspect attempt would be 50
+    assert "storing attempt counts failed" not in caplog.text
+
+
+def _total(node: Mesh) -> float:
+    return node.metrics.value("natsagents_durable_messages_total", {"kind": "Tally", "outcome": "ok"})

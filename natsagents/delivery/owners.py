@@ -181,6 +181,11 @@ class _Partition:
         self.attempts: dict[int, int] = {}
         self.attempts_revision = 0
         self.attempts_dirty = False
+        # Writes of the counts are serialised and coalesced: a change waits for one write
+        # that started after it (``_changes`` counts changes, ``_stored`` what was written).
+        self._attempts_lock: asyncio.Lock | None = None
+        self._changes = 0
+        self._stored = 0
         self.suspect_upto = 0
         self.room = asyncio.Event()
         self.room.set()
@@ -288,7 +293,22 @@ class _Partition:
             self.attempts_dirty = True
 
     async def _store_attempts(self) -> None:
-        """Write the attempt counts (CAS on the key's revision). A conflict (an earlier
+        """Write the attempt counts, including every change made before this call. Callers
+        that come while a write is on its way share the next one (after a takeover many
+        agents' suspects are counted at once: one write per round trip, not per message)."""
+        self._changes += 1
+        wanted = self._changes
+        if self._attempts_lock is None:
+            self._attempts_lock = asyncio.Lock()
+        async with self._attempts_lock:
+            if self._stored >= wanted:
+                return  # a write that started after our change carried it
+            covered = self._changes
+            await self._write_attempts()
+            self._stored = covered
+
+    async def _write_attempts(self) -> None:
+        """One write of the counts (CAS on the key's revision). A conflict (an earlier
         owner still wrote after this one read) merges the two, keeping the higher count."""
         control = self.o._control
         for _ in range(3):
