@@ -187,6 +187,9 @@ class _Partition:
         self._changes = 0
         self._stored = 0
         self.suspect_upto = 0
+        self.unstarted: set[int] = set()  # handed back by a leaving owner without an attempt
+        self.running: dict[int, int] = {}  # stream seq → the attempt under way
+        self.inflight: dict[str, int] = {}  # agent → messages at its queue's head being handled
         self.room = asyncio.Event()
         self.room.set()
 
@@ -274,13 +277,20 @@ class _Partition:
         if entry is not None:
             self.attempts_revision = entry.revision
             counts = {seq: n for seq, n in _counts(entry.value).items() if seq > floor}
-        self.attempts = counts
         if counts:
             self.suspect_upto = max(self.suspect_upto, max(counts))
+        # 0: a leaving owner handed the message back without trying it. This owner is the
+        # first to try it: not a suspect. The zeros go, so that if this owner dies while
+        # trying, the next one counts that attempt (as it would for any suspect).
+        self.unstarted = {seq for seq, n in counts.items() if n == 0}
+        self.attempts = {seq: n for seq, n in counts.items() if n > 0}
+        if self.unstarted:
+            await self._store_attempts()
 
     def _suspect(self, msg: js.JsMsg) -> bool:
         """Delivered before this owner's consumer existed: an earlier owner may have run it."""
-        return msg.stream_seq <= self.suspect_upto
+        seq = msg.stream_seq
+        return seq <= self.suspect_upto and seq not in self.unstarted
 
     async def _count_attempt(self, msg: js.JsMsg, before: int) -> None:
         """Record, before running it, that a suspect message gets attempt ``before + 1``: if
@@ -354,8 +364,8 @@ class _Partition:
     async def _drop_waiting(self) -> None:
         """Forget the messages waiting behind each agent's running one (a fresh consumer
         delivers them again) and let the running ones finish."""
-        for queue in self.queues.values():
-            while len(queue) > 1:
+        for agent, queue in self.queues.items():
+            while len(queue) > self.inflight.get(agent, 1):
                 self.held.discard(queue.pop())
         workers = list(self.workers.values())
         if workers:
@@ -389,8 +399,11 @@ class _Partition:
                         and not self._suspect(msg)
                         and agent.split(".", 1)[0] not in self.o.unbatched
                     ):
-                        done = await self._process_batch(self._take(queue, limit))
+                        batch = self._take(queue, limit)
+                        self.inflight[agent] = len(batch)
+                        done = await self._process_batch(batch)
                     else:
+                        self.inflight[agent] = 1
                         self.o._metrics.durable_batches.labels(agent.split(".", 1)[0]).observe(1)
                         await self._process(msg)
                 except asyncio.CancelledError:
@@ -401,6 +414,7 @@ class _Partition:
                     self.held.discard(queue.popleft())
                 self.room.set()
         finally:
+            self.inflight.pop(agent, None)
             self.workers.pop(agent, None)
             if not queue:
                 self.queues.pop(agent, None)
@@ -419,17 +433,28 @@ class _Partition:
     async def _hand_back(self) -> None:
         """Stop: let each agent's running message finish (bounded), give the rest back."""
         waiting: list[js.JsMsg] = []
-        for queue in self.queues.values():
-            waiting.extend(list(queue)[1:])
-            while len(queue) > 1:
+        for agent, queue in self.queues.items():
+            busy = self.inflight.get(agent, 1)
+            waiting.extend(list(queue)[busy:])
+            while len(queue) > busy:
                 queue.pop()
         workers = list(self.workers.values())
         if workers:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.o.settings.attempt_timeout):
                     await asyncio.gather(*workers, return_exceptions=True)
+        unfinished = dict(self.running)  # attempts cut short: they count
         for task in workers:
             task.cancel()
+        # Tell the next owner how often each message it gets back was tried: 0 for those
+        # never started here (unless an earlier owner had them), so none is counted twice.
+        records = {m.stream_seq: self.attempts.get(m.stream_seq, 1) if self._suspect(m) else 0 for m in waiting}
+        records.update(unfinished)
+        if records:
+            self.attempts.update(records)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await self._store_attempts()
         for msg in sorted(waiting, key=lambda m: m.stream_seq):
             with contextlib.suppress(Exception):
                 await msg.nak()
@@ -466,6 +491,14 @@ class _Partition:
         return hdrs, reply_to, parts[-2], parts[-1], hdrs.get(h.ACTION, "")
 
     async def _process_batch(self, msgs: list[js.JsMsg]) -> int:
+        for msg in msgs:  # attempts under way (a hand-back records them if cut short)
+            self.running[msg.stream_seq] = max(0, msg.num_delivered - 1) + 1
+        done = await self._batch(msgs)
+        for msg in msgs[done:]:
+            self.running.pop(msg.stream_seq, None)  # not tried: they wait in the queue
+        return done
+
+    async def _batch(self, msgs: list[js.JsMsg]) -> int:
         """Hand ``msgs`` (one agent's, in stream order) to the agent in one batch request
         (wire.batch). Each message the agent applied is answered and acknowledged; the
         first that failed goes on as a single message (retries, dead letters). Returns
@@ -585,6 +618,7 @@ class _Partition:
             else:
                 if suspect:
                     await self._count_attempt(msg, attempt - 1)
+                self.running[msg.stream_seq] = attempt
                 try:
                     reply = await o._caller.forward(
                         subject, msg.data, block, time.time() + s.attempt_timeout, kind, agent_id, action
@@ -608,6 +642,7 @@ class _Partition:
             await asyncio.sleep(s.delay(attempt))
 
     async def _ack(self, msg: js.JsMsg) -> None:
+        self.running.pop(msg.stream_seq, None)
         if self.attempts:
             self._forget_attempts(msg)
         # A plain ack (no round trip): the agent's next message need not wait for the
@@ -689,14 +724,15 @@ class _Reply:
 
 
 def _counts(value: bytes) -> dict[int, int]:
-    """The stored attempt counts (``{stream seq: attempts}``); malformed entries are skipped."""
+    """The stored attempt counts (``{stream seq: attempts}``, 0: handed back untried);
+    malformed entries are skipped."""
     try:
         raw = codec.decode(value)
     except ValueError:
         return {}
     if not isinstance(raw, dict):
         return {}
-    return {k: v for k, v in raw.items() if type(k) is int and type(v) is int and k > 0 and v > 0}
+    return {k: v for k, v in raw.items() if type(k) is int and type(v) is int and k > 0 and v >= 0}
 
 
 def _stream_seq(position: Any) -> int:
