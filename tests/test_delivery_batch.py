@@ -16,6 +16,7 @@ import pytest
 
 from natsagents import Agent, ClusterSettings, ConfigurationError, Mesh, ProtocolError, action
 from natsagents.runtime.durable import DeliverySettings, inbox_stream
+from natsagents.server import NatsServer
 from natsagents.testing import wait_for
 from natsagents.transport.jetstream import stream_info
 from natsagents.wire import batch as wire_batch
@@ -481,3 +482,82 @@ async def test_a_takeover_from_a_vanished_owner_counts_its_messages_in_few_write
 
 def _total(node: Mesh) -> float:
     return node.metrics.value("natsagents_durable_messages_total", {"kind": "Tally", "outcome": "ok"})
+
+
+class Echo(Agent):
+    """``blob(size)`` answers with ``size`` bytes (a small request, a large reply); its
+    state (not persisted) lists the sizes asked."""
+
+    persistence = "none"
+    gate: asyncio.Event | None = None
+
+    @action
+    async def blob(self, size: int) -> bytes:
+        if Echo.gate is not None and not self.state.get("sizes"):
+            await Echo.gate.wait()  # hold the first so that the others queue behind it
+        self.state.setdefault("sizes", []).append(size)
+        return b"x" * size
+
+    @action
+    async def sizes(self) -> list[int]:
+        return list(self.state.get("sizes", []))
+
+
+async def small_payload_node(mesh_factory: Any, url: str) -> Mesh:
+    node = await mesh_factory(
+        url, name="n1", cluster=ClusterSettings(node_id="n1", lease=1.5, rebalance=False, delivery=FAST)
+    )
+    await node.host(Echo)
+    return node
+
+
+async def queue_blobs(node: Mesh, client: Mesh, sizes: list[int]) -> Any:
+    """``blob`` messages asking for replies of the given sizes, held at the owner behind the first."""
+    ref = client.ref("Echo/e").with_options(delivery="at_least_once")
+    Echo.gate = asyncio.Event()
+    for size in sizes:
+        await ref.send("blob", size=size)
+    await held_messages(node, len(sizes))
+    Echo.gate.set()
+    owners = node._owners
+    assert owners is not None
+    await wait_for(lambda: owners.held() == 0, timeout=20, what="all acknowledged")
+    Echo.gate = None
+    return ref
+
+
+async def test_batches_fit_a_small_max_payload(mesh_factory: Any) -> None:
+    """max_payload 64 KiB: the host stops a batch once its replies fill a quarter of it,
+    so messages with 12 KB replies are answered two by two, each exactly once."""
+    with NatsServer(max_payload=64 * 1024) as server:
+        node = await small_payload_node(mesh_factory, server.url)
+        client = await mesh_factory(server.url, name="client")
+        try:
+            ref = await queue_blobs(node, client, [10] + [12_000] * 6)
+            assert await ref.call("sizes", timeout=10) == [10] + [12_000] * 6  # each once, in order
+            assert await client.dead_letters() == []
+            assert node._owners is not None and node._owners.unbatched == set()
+            labels = {"kind": "Echo"}
+            requests = node.metrics.value("natsagents_durable_batch_messages_count", labels)
+            assert requests >= 4  # the held one, then at most two 12 KB messages per request
+        finally:
+            await client.aclose()  # before the server stops
+            await node.aclose()
+
+
+async def test_a_batch_reply_over_max_payload_makes_the_kind_go_one_by_one(mesh_factory: Any) -> None:
+    """A 15 KB reply (under the host's quarter) followed by a 60 KB one: together over
+    64 KiB. The host cannot send the batch reply; the owner sends that kind's messages one
+    by one from then on. At-least-once: the batch's messages may run again, none is lost."""
+    with NatsServer(max_payload=64 * 1024) as server:
+        node = await small_payload_node(mesh_factory, server.url)
+        client = await mesh_factory(server.url, name="client")
+        try:
+            ref = await queue_blobs(node, client, [10, 15_000, 60_000, 20])
+            seen = await ref.call("sizes", timeout=10)
+            assert seen[0] == 10 and seen[-3:] == [15_000, 60_000, 20]  # all ran, in order (the batch maybe twice)
+            assert await client.dead_letters() == []
+            assert node._owners is not None and node._owners.unbatched == {"Echo"}
+        finally:
+            await client.aclose()  # before the server stops
+            await node.aclose()

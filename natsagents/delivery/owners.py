@@ -67,8 +67,9 @@ DLQ_DELIVERIES = "Na-Dlq-Deliveries"
 DLQ_STREAM_SEQ = "Na-Dlq-Stream-Seq"
 DLQ_SUBJECT = "Na-Dlq-Subject"
 DLQ_TIME = "Na-Dlq-Time"
-#: Answers to a whole batch request that mean its host does not take batches.
-_NO_BATCHES = frozenset({"bad_request", "unknown_action"})
+#: Answers to a whole batch request that mean its host does not take batches, or that
+#: batches of this kind do not fit in a message (a request or reply over max_payload).
+_NO_BATCHES = frozenset({"bad_request", "unknown_action", "payload_too_large"})
 #: Seconds the attempt counts of a partition's suspect messages are kept after their last change.
 _ATTEMPTS_TTL = 24 * 3600.0
 #: Most bytes (bodies and headers) of the messages one batch request carries.
@@ -401,7 +402,11 @@ class _Partition:
                     ):
                         batch = self._take(queue, limit)
                         self.inflight[agent] = len(batch)
-                        done = await self._process_batch(batch)
+                        if len(batch) > 1:
+                            done = await self._process_batch(batch)
+                        else:  # the next one does not fit with it
+                            self.o._metrics.durable_batches.labels(agent.split(".", 1)[0]).observe(1)
+                            await self._process(msg)
                     else:
                         self.inflight[agent] = 1
                         self.o._metrics.durable_batches.labels(agent.split(".", 1)[0]).observe(1)
@@ -468,7 +473,7 @@ class _Partition:
         now_ms = time.time() * 1000
         for msg in queue:
             size += len(msg.data) + 256 + sum(len(k) + len(v) for k, v in (msg.headers or {}).items())
-            if out and (len(out) >= limit or size > _BATCH_BYTES):
+            if out and (len(out) >= limit or size > min(_BATCH_BYTES, self.o._t.max_payload // 2)):
                 break
             expires = (msg.headers or {}).get(h.DEADLINE, "")
             if out and expires.isdigit() and now_ms >= int(expires):
@@ -497,6 +502,14 @@ class _Partition:
         for msg in msgs[done:]:
             self.running.pop(msg.stream_seq, None)  # not tried: they wait in the queue
         return done
+
+    def _unbatch(self, kind: str, code: str) -> int:
+        """A batch of ``kind`` failed as a whole in a way batching itself causes: a host
+        without §15.4, or a request or reply over ``max_payload``. From now on that kind's
+        messages go one by one; those of this batch are sent again (none is counted)."""
+        log.warning("partition %d: a batch to %s failed (%s): sending its messages one by one", self.n, kind, code)
+        self.o.unbatched.add(kind)
+        return 0
 
     async def _batch(self, msgs: list[js.JsMsg]) -> int:
         """Hand ``msgs`` (one agent's, in stream order) to the agent in one batch request
@@ -531,6 +544,8 @@ class _Partition:
                 prepared[0][4],
             )
         except AgentError as exc:
+            if exc.code in _NO_BATCHES:
+                return self._unbatch(kind, exc.code)
             await self._process(head, first=(exc.code, exc.message, None), attempt=attempt_first)
             return 1
         except NatsAgentsError as exc:
@@ -538,10 +553,7 @@ class _Partition:
             return 1
         code = (reply.headers or {}).get(h.STATUS, h.STATUS_OK)
         if code in _NO_BATCHES:
-            # A host that does not take batches (a peer without §15.4): one by one from now.
-            log.warning("partition %d: %s refused a batch (%s): sending its messages one by one", self.n, kind, code)
-            o.unbatched.add(kind)
-            return 0
+            return self._unbatch(kind, code)
         if code != h.STATUS_OK:  # the batch as a whole was refused: the head's outcome
             await self._process(head, first=(code, "", reply), attempt=attempt_first)
             return 1

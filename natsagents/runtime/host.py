@@ -561,15 +561,23 @@ class Host:
         try:
             if node is not None:
                 node.begin_batch(act)
+            # The batch reply must fit in one message: stop taking items once the replies
+            # fill a quarter of max_payload (one more reply, itself within max_payload, fits
+            # then in all but extreme cases; the owner copes with the rest).
+            budget = self._t.max_payload // 4
+            size = 0
             for hdrs, data in items:
                 hdrs.pop(h.REPLY_MODE, None)  # each item is answered with its result
                 before = len(replies)
                 await self.handle(act, _BatchItem(msg.subject, hdrs, data))
                 if len(replies) == before:  # cannot happen: handle() answers every message
                     replies.append(envelope.error_reply("handler_error", "no reply", agent=address))
-                status = replies[-1][0]
+                status, reply_body = replies[-1]
                 if not isinstance(status, bytes) and status.get(h.STATUS) not in _BATCH_GOES_ON:
                     break
+                size += len(reply_body) + 64
+                if size >= budget:
+                    break  # the items after it did not run: the owner sends them again
             if node is not None:
                 try:
                     await node.end_batch(act)
