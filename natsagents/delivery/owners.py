@@ -389,27 +389,19 @@ class _Partition:
 
     async def _work(self, agent: str, queue: deque[js.JsMsg]) -> None:
         limit = self.o.settings.forward_batch
+        kind = agent.split(".", 1)[0]
         try:
             while queue:
                 msg = queue[0]
                 done = 1
                 try:
-                    if (
-                        limit > 1
-                        and len(queue) > 1
-                        and not self._suspect(msg)
-                        and agent.split(".", 1)[0] not in self.o.unbatched
-                    ):
-                        batch = self._take(queue, limit)
-                        self.inflight[agent] = len(batch)
-                        if len(batch) > 1:
-                            done = await self._process_batch(batch)
-                        else:  # the next one does not fit with it
-                            self.o._metrics.durable_batches.labels(agent.split(".", 1)[0]).observe(1)
-                            await self._process(msg)
+                    batchable = limit > 1 and len(queue) > 1 and not self._suspect(msg) and kind not in self.o.unbatched
+                    batch = self._take(queue, limit) if batchable else [msg]
+                    self.inflight[agent] = len(batch)
+                    if len(batch) > 1:
+                        done = await self._process_batch(batch)
                     else:
-                        self.inflight[agent] = 1
-                        self.o._metrics.durable_batches.labels(agent.split(".", 1)[0]).observe(1)
+                        self.o._metrics.durable_batches.labels(kind).observe(1)
                         await self._process(msg)
                 except asyncio.CancelledError:
                     raise
