@@ -249,6 +249,35 @@ async def test_a_batch_whose_write_fails_applies_none_of_it(mesh_factory: Any, p
     assert await raw.batch(item("add", 2, value="c")) == [("ok", 2)]  # sequence 2 was not recorded
 
 
+async def test_a_batch_cut_short_leaves_nothing_half_done(mesh_factory: Any, peer: Any) -> None:
+    """The agent's worker is cancelled while a batch waits inside its second item: none of
+    the batch stays in the state, and the next message is stored as usual (the batch does
+    not keep holding the agent's writes back)."""
+    node = await a_node(mesh_factory)
+    await node.spawn("Tally/cut")
+    raw = peer("cut")
+    assert await raw.batch(item("add", 1, value="before")) == [("ok", 1)]
+    Tally.gate = asyncio.Event()
+    try:
+        pending = asyncio.ensure_future(
+            raw.batch(item("add", 2, value="a"), item("hold", 3), item("add", 4, value="b"))
+        )
+        act = node._host.activations[("Tally", "cut")]
+        await wait_for(lambda: act.busy == 1 and act.agent.state["items"][-1] == "held", timeout=5, what="in hold")
+        for task in list(act.workers):
+            task.cancel()
+        await wait_for(lambda: not act.workers, timeout=5, what="the worker gone")
+    finally:
+        Tally.gate = None
+    pending.cancel()
+    assert act.agent.state["items"] == ["before"]  # back to what was stored
+    before = saves(node)
+    assert await raw.batch(item("add", 5, value="after")) == [("ok", 2)]
+    assert saves(node) == before + 1
+    stored = await node.cluster_node.state.load("Tally", "cut")
+    assert stored.data["items"] == ["before", "after"] and stored.seq == 5
+
+
 async def test_malformed_batches_are_refused_whole(mesh_factory: Any, peer: Any) -> None:
     node = await a_node(mesh_factory)
     await node.spawn("Tally/m")

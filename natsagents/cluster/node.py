@@ -935,6 +935,18 @@ class ClusterNode:
             self._rollback(act)
             raise
 
+    def abort_batch(self, act: Activation) -> None:
+        """A batch stopped before :meth:`end_batch` (its task was cancelled): nothing of it
+        was stored or answered, so the state, sequence and applied ids go back to what was
+        stored; the owner sends the messages again."""
+        own: _Owned = act.cluster
+        base, own.batch = own.batch, None
+        if base is None:
+            return
+        own.seq, own.applied = base
+        own.pending = None
+        self._rollback(act)  # also undoes what the interrupted handler had changed
+
     def applied_seq(self, act: Activation) -> int:
         """The inbox stream sequence of the last exactly-once message ``act`` applied."""
         own: _Owned | None = act.cluster

@@ -79,6 +79,8 @@ class NodeHooks(Protocol):
 
     async def end_batch(self, act: Activation) -> None: ...
 
+    def abort_batch(self, act: Activation) -> None: ...
+
     async def after_action(
         self, act: Activation, meta: RequestMeta, answered: bool, seq: int = 0, reply: bytes | None = None
     ) -> None: ...
@@ -591,6 +593,8 @@ class Host:
                     ]
         finally:
             _collected.reset(token)
+            if node is not None:
+                node.abort_batch(act)  # a no-op after end_batch; else (cancelled) undo it all
         for (hdrs, _), reply in zip(items, replies, strict=False):
             # Like a message that came alone: its reply is kept for a replay (§15.1) or a copy.
             if not isinstance(reply[0], bytes) or h.MESSAGE_ID not in hdrs:
