@@ -29,7 +29,7 @@ from .observability import Metrics, Tracing
 from .resilience import BreakerSettings, CircuitState, RetryPolicy
 from .runtime import Caller, CallerSettings, Host, HostSettings
 from .transport import Auth, ConnectSettings, Transport, resolve_servers
-from .wire.subjects import DEFAULT_PREFIX, validate_prefix
+from .wire.subjects import DEFAULT_PREFIX, DEFAULT_REPLY_PREFIXES, validate_prefix
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -154,6 +154,7 @@ class Mesh:
         metrics_registry: CollectorRegistry | None = None,
         tracer_provider: TracerProvider | None = None,
         cluster: ClusterSettings | bool | None = None,
+        reply_prefixes: Sequence[str] = DEFAULT_REPLY_PREFIXES,
     ) -> _MeshOpener:
         """Connect to NATS. Await the result, or use it with ``async with``.
 
@@ -185,6 +186,11 @@ class Mesh:
                 :class:`~natsagents.ClusterSettings`): membership heartbeats, placement,
                 single activation with fencing, persisted agent state, supervision,
                 migration and rebalancing. Needs JetStream. Callers need nothing.
+            reply_prefixes: inbox prefixes (each ending with ``.``) of the reply subjects
+                this mesh's agents answer to (default ``_INBOX.``, nats-py's and the
+                ``nats`` CLI's). A request naming any other reply subject — ``$KV.…``,
+                ``$JS.…``, a node's control subject, another agent — is dropped unrun: the
+                host would publish the answer there with its own permissions.
 
         Raises:
             ConfigurationError: invalid arguments. ConnectError: no server reachable or
@@ -215,7 +221,12 @@ class Mesh:
             cluster_settings = cluster
         else:
             raise ConfigurationError(f"cluster must be a ClusterSettings, True or None, not {cluster!r}")
+        if isinstance(reply_prefixes, str) or any(
+            not isinstance(p, str) or p.startswith(prefix + ".") for p in reply_prefixes
+        ):
+            raise ConfigurationError(f"reply_prefixes must be a list of inbox prefixes outside {prefix}.>")
         settings = ConnectSettings(
+            reply_prefixes=tuple(reply_prefixes),
             servers=tuple(resolve_servers(servers)),
             name=mesh_name,
             auth=auth,
@@ -301,6 +312,7 @@ class Mesh:
                 settings.delivery,
                 settings.lease,
                 self.metrics,
+                owner_key=node.owner_key,
             )
             await owners.start()
             self._owners = owners

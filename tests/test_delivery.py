@@ -28,6 +28,7 @@ from natsagents.runtime.durable import DeliverySettings, inbox_stream
 from natsagents.testing import wait_for
 from natsagents.transport.jetstream import StreamNotFound, stream_info
 from natsagents.wire import envelope
+from natsagents.wire.owner import owner_mac
 from natsagents.wire.subjects import agent_subject
 
 FAST = DeliverySettings(partitions=4, max_deliver=3, backoff=(0.02,), ack_wait=5.0, attempt_timeout=5.0)
@@ -163,12 +164,17 @@ async def test_the_host_applies_an_exactly_once_sequence_once(
     mesh_factory: Any, mesh_prefix: str, nats_url: str
 ) -> None:
     """What a partition owner's redelivery looks like to the host: the same stream
-    sequence again, with or without the same message id."""
+    sequence again, with or without the same message id (signed with the owner key, as
+    an owner does: wire.owner)."""
     node = await a_node(mesh_factory)
     await node.spawn("Ledger/x")
+    key = node.cluster_node.owner_key
     nc = await nats.connect(nats_url)
     try:
         subject = agent_subject(mesh_prefix, "Ledger", "x")
+
+        def signed(hdrs: dict[str, str], body: bytes) -> dict[str, str]:
+            return {**hdrs, "Na-Owner-Mac": owner_mac(key, subject, hdrs, body)}
 
         async def send(seq: int, value: int, msg_id: str | None = None) -> tuple[str, Any]:
             hdrs = {
@@ -180,7 +186,8 @@ async def test_the_host_applies_an_exactly_once_sequence_once(
             }
             for _ in range(50):
                 try:
-                    reply = await nc.request(subject, msgpack.packb({"value": value}), timeout=5, headers=hdrs)
+                    body = msgpack.packb({"value": value})
+                    reply = await nc.request(subject, body, timeout=5, headers=signed(hdrs, body))
                     break
                 except nats.errors.NoRespondersError:
                     await asyncio.sleep(0.02)  # the server's early no-responders (protocol §7.2)
@@ -199,7 +206,8 @@ async def test_the_host_applies_an_exactly_once_sequence_once(
         assert any(a[0] == first_id and a[2] is not None for a in stored.applied)  # the reply is kept
         assert (await send(7, 0, "bad-seq"))[0] == "ok"
         hdrs = {"Na-Action": "add", "Na-Delivery": "exactly_once", "Na-Stream-Seq": "x1"}
-        reply = await nc.request(subject, msgpack.packb({"value": 1}), timeout=5, headers=hdrs)
+        body = msgpack.packb({"value": 1})
+        reply = await nc.request(subject, body, timeout=5, headers=signed(hdrs, body))
         assert (reply.headers or {})["Na-Status"] == "bad_request"
     finally:
         await nc.close()

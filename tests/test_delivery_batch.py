@@ -8,6 +8,7 @@ for a host that refuses batches run through a real node and stream."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
@@ -15,13 +16,16 @@ import nats
 import pytest
 
 from natsagents import Agent, ClusterSettings, ConfigurationError, Mesh, ProtocolError, action
+from natsagents.cluster.owner_key import KEY as OWNER_KEY
 from natsagents.runtime.durable import DeliverySettings, inbox_stream
 from natsagents.server import NatsServer
 from natsagents.testing import wait_for
 from natsagents.transport.jetstream import stream_info
+from natsagents.transport.kv import open_bucket
 from natsagents.wire import batch as wire_batch
 from natsagents.wire import envelope
-from natsagents.wire.subjects import agent_subject, agent_wildcard
+from natsagents.wire.owner import owner_mac
+from natsagents.wire.subjects import agent_subject, agent_wildcard, bucket_name
 
 FAST = DeliverySettings(partitions=2, max_deliver=3, backoff=(0.02,), ack_wait=5.0, attempt_timeout=5.0)
 
@@ -96,13 +100,16 @@ def item(action: str, seq: int, delivery: str = "exactly_once", **params: Any) -
 
 
 class RawPeer:
-    """Batch requests to one agent from raw nats-py (what a partition owner sends)."""
+    """Batch requests to one agent from raw nats-py (what a partition owner sends, signed
+    with the cluster's owner key, wire.owner)."""
 
-    def __init__(self, nc: Any, subject: str) -> None:
+    def __init__(self, nc: Any, subject: str, key: Callable[[], Awaitable[bytes]]) -> None:
         self.nc = nc
         self.subject = subject
+        self.key = key
 
     async def request(self, headers: dict[str, str], body: bytes) -> Any:
+        headers = {**headers, "Na-Owner-Mac": owner_mac(await self.key(), self.subject, headers, body)}
         for _ in range(100):
             try:
                 return await self.nc.request(self.subject, body, timeout=5, headers=headers)
@@ -120,9 +127,19 @@ class RawPeer:
 
 
 @pytest.fixture
-async def peer(nats_url: str, mesh_prefix: str) -> Any:
+async def peer(nats_url: str, mesh_prefix: str, connect: Any) -> Any:
     nc = await nats.connect(nats_url)
-    yield lambda agent_id, kind="Tally": RawPeer(nc, agent_subject(mesh_prefix, kind, agent_id))
+    keys: list[bytes] = []
+
+    async def key() -> bytes:  # the node made it when it started
+        if not keys:
+            control = await open_bucket(await connect(nats_url), bucket_name(mesh_prefix, "control"), history=1)
+            entry = await control.get(OWNER_KEY)
+            assert entry is not None
+            keys.append(entry.value)
+        return keys[0]
+
+    yield lambda agent_id, kind="Tally": RawPeer(nc, agent_subject(mesh_prefix, kind, agent_id), key)
     await nc.close()
 
 

@@ -21,9 +21,11 @@ class Busy(Agent):
 
     async def on_start(self) -> None:
         self.gate = asyncio.Event()
+        self.started = 0
 
     @action
     async def block(self) -> int:
+        self.started += 1
         await self.gate.wait()
         self.state["done"] = self.state.get("done", 0) + 1
         return int(self.state["done"])
@@ -64,7 +66,8 @@ async def test_a_congested_agent_sheds_load_until_half_its_backlog_ran(mesh: Mes
     await mesh.host(Busy)
     ref = mesh.ref("Busy/b")
     first = ref.request("block")
-    await wait_for(lambda: mesh.local_agent("Busy/b") is not None, timeout=5, what="activated")
+    # The first request runs first (it activated the agent; its retry can trail a send).
+    await wait_for(lambda: getattr(mesh.local_agent("Busy/b"), "started", 0) == 1, timeout=5, what="first running")
     for _ in range(4):
         await ref.send("block")  # waiting: 1, 2, 3, 4
     with pytest.raises(Overloaded) as err:

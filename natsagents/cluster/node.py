@@ -66,6 +66,7 @@ from ..wire.subjects import bucket_name, node_subject
 from .directory import AgentActiveElsewhere, Claim, Directory
 from .leader import LeaderLease
 from .membership import MemberRecord, Membership
+from .owner_key import load_owner_key
 from .placement import Hints, NodeInfo, NodeLoad, Placer, Resources, ScoreWeights
 from .rebalance import plan_moves
 
@@ -330,6 +331,7 @@ class ClusterNode:
         self.directory = Directory(transport, prefix)
         self.state = StateStore(transport, prefix, max_size=settings.max_state_bytes)
         self._leader: LeaderLease | None = None
+        self.owner_key: bytes | None = None
         self._ctl: Subscription | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._migrating: dict[tuple[str, str], asyncio.Event] = {}
@@ -354,8 +356,12 @@ class ClusterNode:
         await self.directory.start()
         self.directory.add_listener(self._on_directory_change)
         await self.membership.start()
-        self._ctl = await self._t.subscribe(node_subject(self.prefix, self.node_id, "*"), self._on_control)
+        self._ctl = await self._t.subscribe(
+            node_subject(self.prefix, self.node_id, "*"), self._on_control, service=True
+        )
         control = self.control = await open_bucket(self._t, bucket_name(self.prefix, "control"), history=1)
+        # Hosts take Na-Stream-Seq and batches only when signed with it (wire.owner).
+        self.owner_key = self._host.owner_key = await load_owner_key(control)
         self._leader = LeaderLease(
             control, "rebalancer", self.node_id, ttl=max(1.0, self.settings.lease), lead=self._lead
         )
@@ -1434,7 +1440,7 @@ class ClusterNode:
         else:
             hdrs, data = envelope.ok_reply(result)
         with contextlib.suppress(NatsAgentsError):
-            await self._t.publish(msg.reply, data, headers=hdrs)
+            await self._t.publish_reply(msg.reply, data, headers=hdrs, on=msg.subject)
 
     # -- the leader's controller -----------------------------------------------------
 

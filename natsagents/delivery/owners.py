@@ -52,6 +52,7 @@ from ..wire import batch as wire_batch
 from ..wire import codec, envelope
 from ..wire import headers as h
 from ..wire.ids import decode_id
+from ..wire.owner import owner_mac
 from ..wire.subjects import agent_subject, dead_letter_subject, partition_subject
 
 __all__ = ["PERMANENT", "PartitionOwners"]
@@ -90,6 +91,9 @@ class PartitionOwners:
         settings: partitions, attempts, backoff…
         lease: seconds of a partition lease.
         metrics: the mesh's metrics.
+        owner_key: the cluster's owner key (``cluster.owner_key``): what this owner
+            forwards is signed with it (``wire.owner``); hosts refuse unsigned
+            ``Na-Stream-Seq`` and batches.
     """
 
     def __init__(
@@ -104,8 +108,11 @@ class PartitionOwners:
         settings: DeliverySettings,
         lease: float,
         metrics: Metrics,
+        *,
+        owner_key: bytes | None = None,
     ) -> None:
         self._t = transport
+        self.owner_key = owner_key
         self._caller = caller
         self._control = control
         self._members = members
@@ -480,12 +487,25 @@ class _Partition:
         """The headers to forward (``Nats-*``, ``Na-Reply-To``, priority and reply mode
         removed; ``Na-Stream-Seq`` added), the reply subject, kind, token and action."""
         hdrs = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
+        hdrs.pop(h.OWNER_MAC, None)  # ours is added when it goes out
         reply_to = hdrs.pop(h.REPLY_TO, "")
         hdrs.pop(h.REPLY_MODE, None)  # the owner waits for the result
         hdrs.pop(h.PRIORITY, None)  # the stream's order is the agent's order
         parts = msg.subject.split(".")
         hdrs[h.STREAM_SEQ] = str(msg.stream_seq)
         return hdrs, reply_to, parts[-2], parts[-1], hdrs.get(h.ACTION, "")
+
+    def _refusal(self, reply_to: str, msg: js.JsMsg) -> str | None:
+        """Why a stored message must not run (it goes to the dead letters), or ``None``.
+        Its reply must go to a caller's inbox: the agent's answer would otherwise go
+        where the sender named with our rights (``$KV.…``, a node's control subject).
+        And ``Na-Batch`` is the owner's order, not a caller's: with it, a caller's
+        body would reach the host as items carrying stream sequences of its choosing."""
+        if reply_to and not self.o._t.may_answer(reply_to):
+            return f"{h.REPLY_TO} {reply_to[:120]!r} is not an inbox subject"
+        if h.BATCH in (msg.headers or {}):
+            return f"{h.BATCH} is set by partition owners only, not on a stored message"
+        return None
 
     async def _process_batch(self, msgs: list[js.JsMsg]) -> int:
         for msg in msgs:  # attempts under way (a hand-back records them if cut short)
@@ -516,6 +536,13 @@ class _Partition:
             await self._process(head)  # dead-lettered unrun
             return 1
         prepared = [self._prepare(m) for m in msgs]
+        for i, (p, m) in enumerate(zip(prepared, msgs, strict=True)):
+            if self._refusal(p[1], m) is not None:
+                if i == 0:
+                    await self._process(head)  # dead-lettered as bad_request, unrun
+                    return 1
+                del prepared[i:], msgs[i:]  # batch the ones before it; it goes alone
+                break
         _, _, kind, token, _ = prepared[0]
         try:
             agent_id = decode_id(token)
@@ -523,11 +550,14 @@ class _Partition:
             await self._process(head)  # dead-lettered as bad_request
             return 1
         o._metrics.durable_batches.labels(kind).observe(len(msgs))
-        block, body = wire_batch.batch_request([(p[0], m.data) for p, m in zip(prepared, msgs, strict=True)])
+        subject = agent_subject(o.prefix, kind, agent_id)
+        block, body = wire_batch.batch_request(
+            [(p[0], m.data) for p, m in zip(prepared, msgs, strict=True)], owner_key=o.owner_key, subject=subject
+        )
         attempt_first = max(0, head.num_delivered - 1) + 1
         try:
             reply = await o._caller.forward(
-                agent_subject(o.prefix, kind, agent_id),
+                subject,
                 body,
                 block,
                 time.time() + s.attempt_timeout,
@@ -580,13 +610,19 @@ class _Partition:
         o = self.o
         s = o.settings
         hdrs, reply_to, kind, token, action = self._prepare(msg)
+        refusal = self._refusal(reply_to, msg)
+        if refusal is not None:
+            await self._dead(msg, hdrs, reply_to, "bad_request", refusal, 1, None)  # (_answer checks reply_to)
+            return
         try:
             agent_id = decode_id(token)
         except NatsAgentsError as exc:
             await self._dead(msg, hdrs, reply_to, "bad_request", str(exc), 1, None)
             return
-        block = envelope.encode_headers(hdrs)
         subject = agent_subject(o.prefix, kind, agent_id)
+        if o.owner_key is not None:
+            hdrs[h.OWNER_MAC] = owner_mac(o.owner_key, subject, hdrs, msg.data)
+        block = envelope.encode_headers(hdrs)
         suspect = self._suspect(msg)
         if first is not None and attempt is not None:
             attempt -= 1
@@ -660,7 +696,7 @@ class _Partition:
 
     async def _answer(self, reply_to: str, headers: Any, data: bytes) -> None:
         with contextlib.suppress(NatsAgentsError):
-            await self.o._t.publish(reply_to, data, headers=headers)
+            await self.o._t.publish_reply(reply_to, data, headers=headers, on=f"partition {self.n}")
 
     async def _dead(
         self,

@@ -13,6 +13,7 @@ from ..errors import ProtocolError
 from ..transport import Inbound, Subscription
 from ..wire import envelope
 from ..wire import headers as h
+from ..wire.owner import verify_owner_mac
 from .dedup import IN_PROGRESS, Recent
 from .health import Health
 
@@ -101,9 +102,21 @@ class Activation:
         if self.state is not ActivationState.ACTIVE:
             self.host.refuse(self, msg, "unavailable", "the agent is stopping", retry=True)
             return
-        if msg.headers is not None and msg.headers.get(h.REPLY_MODE) == h.REPLY_MODE_REPLAY:
-            self.host.replay(self, msg)  # a question about an earlier message: nothing runs
-            return
+        hdrs = msg.headers
+        if hdrs is not None:
+            if h.STREAM_SEQ in hdrs or h.BATCH in hdrs:
+                # Owner-only orders (exactly-once sequences, batches): signed or refused.
+                if not verify_owner_mac(self.host.owner_key, msg.subject, hdrs, msg.data):
+                    self.host.refuse(
+                        self,
+                        msg,
+                        "unauthorized",
+                        f"{h.STREAM_SEQ} and {h.BATCH} are accepted from partition owners only (a valid {h.OWNER_MAC})",
+                    )
+                    return
+            elif hdrs.get(h.REPLY_MODE) == h.REPLY_MODE_REPLAY:
+                self.host.replay(self, msg)  # a question about an earlier message: nothing runs
+                return
         if len(self.mailbox) + self.busy >= self.capacity:
             self.host.refuse(self, msg, "overloaded", f"mailbox of {self.address} is full ({self.capacity})")
             return
@@ -117,7 +130,6 @@ class Activation:
             if reason is not None:
                 self.host.throttle(self, msg, reason)
                 return
-        hdrs = msg.headers
         message_id = None
         if msg.reply and hdrs is not None:
             message_id = hdrs.get(h.MESSAGE_ID)

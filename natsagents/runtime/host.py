@@ -119,6 +119,9 @@ class Host:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         self.node: NodeHooks | None = None
+        #: The cluster's owner key (``wire.owner``), set by the cluster node: messages
+        #: carrying ``Na-Stream-Seq`` or ``Na-Batch`` run only when signed with it.
+        self.owner_key: bytes | None = None
         self.dedup = Dedup(settings.dedup_ttl)
         self._bulkheads: dict[str, Bulkhead] = {}
         self._queue = agent_queue(settings.prefix)
@@ -141,7 +144,7 @@ class Host:
         self.kinds[cls.kind] = cls
         subject = activate_subject(self.settings.prefix, cls.kind)
         self._kind_subs[cls.kind] = await self._t.subscribe(
-            subject, self._on_activate_request, queue=f"{self.settings.prefix}.hosts.{cls.kind}"
+            subject, self._on_activate_request, queue=f"{self.settings.prefix}.hosts.{cls.kind}", service=True
         )
         # Once host() returns, the server knows this host: a caller on the same server
         # never sees "no host" for the kind.
@@ -205,7 +208,7 @@ class Host:
         act.state = ActivationState.ACTIVE
         self.activations[(cls.kind, agent_id)] = act
         try:
-            act.subscription = await self._t.subscribe(subject, act.deliver, queue=self._queue)
+            act.subscription = await self._t.subscribe(subject, act.deliver, queue=self._queue, service=True)
         except BaseException:
             act.state = ActivationState.STOPPED
             self.activations.pop((cls.kind, agent_id), None)
@@ -687,7 +690,9 @@ class Host:
                 )
             return
         try:
-            await self._t.publish(subject, body, headers=headers)
+            if not await self._t.publish_reply(subject, body, headers=headers, on=agent or "a host"):
+                self._metrics.rejected_one(agent.partition("/")[0] if agent else "", "reply_subject")
+                return
         except NatsAgentsError as exc:
             if getattr(exc, "code", None) == "payload_too_large":
                 hdrs, data = envelope.error_reply(

@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Protocol
 
@@ -32,7 +33,8 @@ from ..errors import (
     PayloadTooLarge,
     TransportError,
 )
-from ..wire.envelope import encode_headers
+from ..wire.envelope import encode_headers, parse_header_block
+from ..wire.subjects import is_reply_subject
 from .settings import ConnectSettings
 
 __all__ = ["Inbound", "NoResponders", "Subscription", "Transport"]
@@ -41,22 +43,41 @@ log = logging.getLogger("natsagents.transport")
 
 
 class _Client(Client):
-    """nats-py's client with a faster header parser (the stock one tests every character
-    of every header name with a generator; this checks bytes). Same results for valid
-    headers; names with whitespace or non-ASCII bytes are skipped, as nats-py does."""
+    """nats-py's client, hardened against hostile messages.
 
-    @staticmethod
-    def _parse_header_lines(raw: bytes) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for line in raw.decode("utf-8", "replace").split("\r\n"):
-            name, sep, value = line.partition(":")
-            if not sep:
-                continue
-            name = name.strip()
-            if not name or not name.isascii() or " " in name or "\t" in name or "\ufffd" in name:
-                continue
-            out[name] = value.strip()
-        return out
+    nats-py parses a message's header block and builds the message inside its read loop;
+    an exception there (a block shorter than ``NATS/1.0``, bytes that are not UTF-8 in a
+    status line or a subject) ends the loop while the socket stays open: the client is
+    alive but deaf, a queue member that keeps receiving requests and answers none, until
+    a ping timeout minutes later. One 15-byte message from any peer did that. Here every
+    message is read on its own: a header block we cannot read becomes a marker header
+    (``envelope.MALFORMED``, answered ``bad_request`` by hosts) and any other failure
+    drops that one message (counted in ``dropped``), never the connection.
+    """
+
+    dropped = 0
+
+    async def _process_headers(self, headers: bytes) -> dict[str, str] | None:
+        return parse_header_block(headers) if headers else None
+
+    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        try:
+            await super()._process_msg(sid, subject, reply, data, headers)
+        except Exception as exc:  # never let one message end the read loop
+            self.dropped += 1
+            _log_dropped(subject, exc)
+
+
+_last_drop_log = 0.0
+
+
+def _log_dropped(subject: bytes, exc: BaseException) -> None:
+    """Warn about a dropped message at most once a second (a flood must not flood the log)."""
+    global _last_drop_log
+    now = time.monotonic()
+    if now - _last_drop_log >= 1.0:
+        _last_drop_log = now
+        log.warning("dropped an unreadable message on %r: %s: %s", subject[:120], type(exc).__name__, exc)
 
 
 class Inbound(Protocol):
@@ -99,6 +120,25 @@ class _Sink:
             self._handler(msg)
         except Exception:  # never let a handler break nats-py's reader loop
             log.exception("message handler for %s failed", self._subject)
+
+
+class _ServiceSink(_Sink):
+    """A sink for subjects that answer requests: a request whose reply subject is not an
+    inbox we may answer (:meth:`Transport.may_answer`) is dropped before its handler sees
+    it, so nothing runs on behalf of a sender who pointed the answer somewhere else."""
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, subject: str, handler: Handler, transport: Transport) -> None:
+        super().__init__(subject, handler)
+        self._transport = transport
+
+    def set_result(self, msg: Inbound) -> None:
+        reply = msg.reply
+        if reply and not self._transport.may_answer(reply):
+            self._transport.refused_reply(reply, msg.subject)
+            return
+        _Sink.set_result(self, msg)
 
 
 class Subscription:
@@ -258,6 +298,9 @@ class Transport:
         self.resends = 0  # requests published again for want of a reply
         self.on_resend: Callable[[], None] | None = None
         self._resend_tasks: set[asyncio.Task[None]] = set()
+        self._answer_prefixes = settings.answer_prefixes
+        self.refused_replies = 0  # requests dropped, or replies not sent, for their reply subject
+        self._last_refusal_log = 0.0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -442,6 +485,36 @@ class Transport:
         self.check_size(subject, block, payload)
         await self._send(subject, reply, block, payload)
 
+    def may_answer(self, subject: str) -> bool:
+        """Whether a reply may be published to ``subject``: a caller's inbox (one of the
+        settings' ``answer_prefixes``), never ``$KV.…``, ``$JS.…``, control or agent
+        subjects (``wire.subjects.is_reply_subject``)."""
+        return is_reply_subject(subject, self._answer_prefixes)
+
+    def refused_reply(self, subject: str, on: str) -> None:
+        """Count (and, at most once a second, log) a reply subject we will not answer."""
+        self.refused_replies += 1
+        now = time.monotonic()
+        if now - self._last_refusal_log >= 1.0:
+            self._last_refusal_log = now
+            log.warning(
+                "refused to answer a message on %s: its reply subject %r is not an inbox (%s)",
+                on,
+                subject[:120],
+                ", ".join(self._answer_prefixes),
+            )
+
+    async def publish_reply(
+        self, subject: str, payload: bytes, *, headers: Mapping[str, str] | bytes | None = None, on: str = ""
+    ) -> bool:
+        """:meth:`publish` an answer to ``subject`` if :meth:`may_answer` allows it;
+        ``False`` (counted, logged) when it does not."""
+        if not self.may_answer(subject):
+            self.refused_reply(subject, on or "a reply")
+            return False
+        await self.publish(subject, payload, headers=headers)
+        return True
+
     async def _send(self, subject: str, reply: str, block: bytes, payload: bytes) -> None:
         """Queue a PUB/HPUB with a prebuilt header block, as nats-py's ``publish`` does
         (same buffering, stats and flush signalling) minus its per-call header encoding.
@@ -476,16 +549,20 @@ class Transport:
 
     # -- subscribing -----------------------------------------------------------------
 
-    async def subscribe(self, subject: str, handler: Handler, *, queue: str = "") -> Subscription:
+    async def subscribe(
+        self, subject: str, handler: Handler, *, queue: str = "", service: bool = False
+    ) -> Subscription:
         """Subscribe ``handler`` to ``subject`` (optionally in a queue group).
 
         ``handler`` runs synchronously in the connection's reader task: it must only
-        enqueue or schedule work, never block.
+        enqueue or schedule work, never block. ``service``: the subject answers requests;
+        messages whose reply subject we may not answer (:meth:`may_answer`) are dropped.
         """
         if self._closed:
             raise MeshClosed("the NATS connection is closed")
+        sink = _ServiceSink(subject, handler, self) if service else _Sink(subject, handler)
         with map_errors(subject):
-            sub = await self._nc.subscribe(subject, queue=queue, future=_Sink(subject, handler))  # type: ignore[arg-type]
+            sub = await self._nc.subscribe(subject, queue=queue, future=sink)  # type: ignore[arg-type]
         # nats-py gives every subscription an asyncio.Queue (with three deques and an
         # Event) that only callback and iterator subscriptions use; ours dispatch through
         # the sink. Dropping it saves ~1 KB and 7 GC-tracked objects per agent; drain()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,15 @@ __all__ = ["DEFAULT_URL", "Auth", "ConnectSettings", "resolve_servers"]
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 _SCHEMES = ("nats://", "tls://", "ws://", "wss://")
+_TOKEN_RE = re.compile(r"[!-~]+")
+
+
+def _is_inbox_prefix(prefix: object) -> bool:
+    """``_INBOX.`` style: dot-separated printable tokens, ending with ``.``, no wildcards,
+    not a system subject (``$…``)."""
+    if not isinstance(prefix, str) or not prefix.endswith(".") or prefix.startswith("$") or len(prefix) > 128:
+        return False
+    return all(_TOKEN_RE.fullmatch(t) and t not in ("*", ">") for t in prefix[:-1].split("."))
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +107,11 @@ class ConnectSettings:
         max_reconnect_attempts: attempts per server after a disconnect; ``-1`` forever.
         inbox_prefix: prefix of reply subjects (change it where permissions require).
         drain_timeout: seconds closing may spend draining subscriptions before it closes.
+        reply_prefixes: the inbox prefixes (each ending with ``.``) of the reply subjects
+            this connection answers requests on, besides its own ``inbox_prefix``. A
+            request whose reply subject starts with none of them is dropped unanswered:
+            a host publishes replies with its own permissions, so a reply subject like
+            ``$KV.…`` would make it write where the caller may not.
     """
 
     servers: tuple[str, ...]
@@ -109,6 +124,7 @@ class ConnectSettings:
     max_reconnect_attempts: int = -1
     inbox_prefix: str = "_INBOX"
     drain_timeout: float = 5.0
+    reply_prefixes: tuple[str, ...] = ("_INBOX.",)
 
     def __post_init__(self) -> None:
         if self.connect_timeout <= 0:
@@ -117,3 +133,14 @@ class ConnectSettings:
             raise ConfigurationError("reconnect_wait must be >= 0")
         if self.drain_timeout <= 0:
             raise ConfigurationError("drain_timeout must be > 0")
+        if isinstance(self.reply_prefixes, str) or not all(_is_inbox_prefix(p) for p in self.reply_prefixes):
+            raise ConfigurationError(
+                f"reply_prefixes must be inbox prefixes like '_INBOX.' (tokens of printable ASCII,"
+                f" ending with '.', not starting with '$'), not {self.reply_prefixes!r}"
+            )
+
+    @property
+    def answer_prefixes(self) -> tuple[str, ...]:
+        """Reply subject prefixes requests may name: ``reply_prefixes`` and our own inbox."""
+        own = self.inbox_prefix + "."
+        return self.reply_prefixes if own in self.reply_prefixes else (*self.reply_prefixes, own)

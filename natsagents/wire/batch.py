@@ -21,6 +21,7 @@ from ..errors import ProtocolError
 from . import codec
 from . import headers as h
 from .envelope import OK_DEFLATE_BLOCK, OK_HEADER_BLOCK, encode_headers_unchecked, new_message_id
+from .owner import owner_mac
 
 __all__ = [
     "MAX_BATCH",
@@ -44,9 +45,15 @@ Item = tuple[dict[str, str], bytes]
 
 
 def batch_request(
-    items: Sequence[tuple[Mapping[str, str], bytes]], deadline_ms: int | None = None
+    items: Sequence[tuple[Mapping[str, str], bytes]],
+    deadline_ms: int | None = None,
+    *,
+    owner_key: bytes | None = None,
+    subject: str = "",
 ) -> tuple[bytes, bytes]:
-    """Header block and body of a batch request carrying ``items`` (1..MAX_BATCH).
+    """Header block and body of a batch request carrying ``items`` (1..MAX_BATCH), signed
+    with ``owner_key`` for ``subject`` when given (``wire.owner``: hosts run batches only
+    from partition owners).
 
     Raises:
         ValueError: no items, or more than ``MAX_BATCH``.
@@ -57,6 +64,8 @@ def batch_request(
     if deadline_ms is not None:
         hdrs[h.DEADLINE] = str(deadline_ms)
     body = codec.encode([[dict(hd), data] for hd, data in items])
+    if owner_key is not None:
+        hdrs[h.OWNER_MAC] = owner_mac(owner_key, subject, hdrs, body)
     return encode_headers_unchecked(hdrs), body
 
 

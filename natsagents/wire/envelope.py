@@ -6,9 +6,9 @@ caller side use these to build and read them.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
-import secrets
 import zlib
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -20,6 +20,7 @@ from . import headers as h
 __all__ = [
     "ACTION_RE",
     "ERROR_BODY_KEYS",
+    "MALFORMED",
     "OK_HEADER_BLOCK",
     "RequestMeta",
     "encode_headers",
@@ -28,6 +29,7 @@ __all__ = [
     "headers_size",
     "new_message_id",
     "ok_reply",
+    "parse_header_block",
     "parse_reply",
     "parse_request",
     "request_headers",
@@ -52,28 +54,27 @@ _BAD_VALUE = re.compile(r"[\r\n]")
 
 
 class _IdSource:
-    """NUID-style ids: a random 12-character prefix (72 bits, renewed every 2**48 ids)
-    followed by a 10-character base64url counter. Unique without a syscall per id."""
+    """128-bit random ids (protocol §4.1): 16 bytes from the OS's CSPRNG each, read in
+    blocks of 256 ids so an id costs a slice, not a syscall. Nothing about one id tells
+    anything about the next (a counter or a per-process prefix would: a peer that saw one
+    id could pre-send the next ones and poison the host's dedup)."""
 
-    _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    _BLOCK = 16 * 256
 
     def __init__(self) -> None:
         self._renew()
 
     def _renew(self) -> None:
-        self._prefix = secrets.token_urlsafe(9)
-        self._n = secrets.randbelow(1 << 40)
-        self._limit = self._n + (1 << 48)
+        self._buf = b""
+        self._pos = self._BLOCK
 
     def next(self) -> str:
-        self._n += 1
-        if self._n >= self._limit:
-            self._renew()
-        n, a, out = self._n, self._ALPHABET, []
-        for _ in range(10):
-            out.append(a[n & 63])
-            n >>= 6
-        return self._prefix + "".join(out)
+        pos = self._pos
+        if pos >= self._BLOCK:
+            self._buf = os.urandom(self._BLOCK)
+            pos = 0
+        self._pos = pos + 16
+        return base64.urlsafe_b64encode(self._buf[pos : pos + 16])[:22].decode()
 
 
 _ids = _IdSource()
@@ -82,8 +83,7 @@ if hasattr(os, "register_at_fork"):
 
 
 def new_message_id() -> str:
-    """A fresh message id: 22 base64url characters, unique across processes (NUID-style:
-    72 random bits per process plus a counter)."""
+    """A fresh message id: 22 base64url characters carrying 128 random bits."""
     return _ids.next()
 
 
@@ -105,6 +105,46 @@ def encode_headers(headers: Mapping[str, str]) -> bytes:
 def encode_headers_unchecked(headers: Mapping[str, str]) -> bytes:
     """:func:`encode_headers` for values already known to be safe (no CR/LF, plain names)."""
     return ("NATS/1.0\r\n" + "".join([f"{k}: {v}\r\n" for k, v in headers.items()]) + "\r\n").encode()
+
+
+#: Set by :func:`parse_header_block` on a block it cannot read; requests carrying it are
+#: answered ``bad_request`` (a peer may send it too: it only earns itself that answer).
+MALFORMED = "Na-Malformed-Headers"
+_HDR_PREFIX = b"NATS/1.0"
+
+
+def parse_header_block(raw: bytes) -> dict[str, str] | None:
+    """Read a NATS header block (``NATS/1.0[ <status>[ <description>]]\r\n`` then
+    ``Name: value\r\n`` lines). Never raises: any peer can send any bytes here.
+
+    The status line gives ``Status`` (three digits) and ``Description``, as nats-py does.
+    Lines without a colon, and names with whitespace or non-ASCII bytes, are skipped;
+    bytes that are not UTF-8 become U+FFFD. A block that does not start with ``NATS/1.0``
+    gives ``{MALFORMED: reason}``. ``None`` when there is nothing in it.
+    """
+    if not raw.startswith(_HDR_PREFIX):
+        return {MALFORMED: "the header block does not start with NATS/1.0"}
+    text = raw[len(_HDR_PREFIX) :].decode("utf-8", "replace")
+    first, _, rest = text.partition("\r\n")
+    out: dict[str, str] = {}
+    if first:
+        if first[0] != " ":
+            return {MALFORMED: "the header block's first line is not NATS/1.0"}
+        code, _, description = first.strip().partition(" ")
+        if len(code) == 3 and code.isascii() and code.isdigit():
+            out["Status"] = code
+            description = description.strip()
+            if description:
+                out["Description"] = description
+    for line in rest.split("\r\n"):
+        name, sep, value = line.partition(":")
+        if not sep:
+            continue
+        name = name.strip()
+        if not name or not name.isascii() or " " in name or "\t" in name:
+            continue
+        out[name] = value.strip()
+    return out or None
 
 
 def headers_size(headers: Mapping[str, str] | None) -> int:
@@ -162,6 +202,9 @@ def parse_request(headers: Mapping[str, str] | None) -> RequestMeta:
         ProtocolError: a header is missing or malformed (answered with ``bad_request``).
     """
     get = (headers or _EMPTY).get
+    malformed = get(MALFORMED)
+    if malformed is not None:
+        raise ProtocolError(f"malformed NATS header block: {malformed[:80]}")
     proto = get(h.PROTO)
     if proto is not None and proto != h.PROTO_VERSION:
         raise ProtocolError(f"unsupported protocol version {proto!r} (this host speaks {h.PROTO_VERSION})")

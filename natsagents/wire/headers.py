@@ -15,6 +15,7 @@ __all__ = [
     "ENCODING",
     "ENCODING_DEFLATE",
     "MESSAGE_ID",
+    "OWNER_MAC",
     "PRIORITIES",
     "PRIORITY",
     "PROTO",
@@ -63,6 +64,9 @@ DELIVERY_AT_LEAST_ONCE = "at_least_once"
 DELIVERY_EXACTLY_ONCE = "exactly_once"
 #: The inbox stream sequence of a durable message, set by the partition owner.
 STREAM_SEQ = "Na-Stream-Seq"
+#: Proof that a message carrying ``Na-Stream-Seq`` or ``Na-Batch`` comes from a partition
+#: owner (``wire.owner``, docs/protocol.md §15.5).
+OWNER_MAC = "Na-Owner-Mac"
 #: A batch request or reply: the number of durable messages its body carries.
 BATCH = "Na-Batch"
 #: Where the result of a durable request goes (the caller's inbox).

@@ -19,6 +19,7 @@ from .ids import encode_id, validate_kind
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "DEFAULT_REPLY_PREFIXES",
     "activate_subject",
     "agent_queue",
     "agent_subject",
@@ -26,6 +27,7 @@ __all__ = [
     "bucket_name",
     "dead_letter_subject",
     "durable_subject",
+    "is_reply_subject",
     "node_subject",
     "partition_subject",
     "validate_prefix",
@@ -90,3 +92,27 @@ def partition_subject(prefix: str, partition: int | str) -> str:
 def dead_letter_subject(prefix: str, kind: str, token: str) -> str:
     """Where a dead letter of ``kind``/``token`` (the encoded id) is kept."""
     return f"{prefix}.dlq.{validate_kind(kind)}.{token}"
+
+
+#: Where replies may go unless a mesh names other inbox prefixes (protocol §3.1).
+DEFAULT_REPLY_PREFIXES = ("_INBOX.",)
+#: Longest reply subject a host answers to.
+MAX_REPLY_SUBJECT = 256
+_REPLY_RE = re.compile(r"[!-~]+")  # printable ASCII, no spaces
+
+
+def is_reply_subject(subject: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether a host may publish a reply to ``subject``: it starts with one of the inbox
+    ``prefixes`` (each ending with ``.``), is printable ASCII of at most
+    :data:`MAX_REPLY_SUBJECT` characters, and has no empty or wildcard token.
+
+    A host publishes with its own permissions, so a reply subject is an order from the
+    sender: "publish this to X". Only a caller's own inbox is a place a reply belongs;
+    anything else (``$KV.…``, ``$JS.…``, a node's control subject, another agent) is refused.
+    """
+    if len(subject) > MAX_REPLY_SUBJECT or not subject.startswith(prefixes) or not _REPLY_RE.fullmatch(subject):
+        return False
+    for token in subject.split("."):
+        if not token or token == "*" or token == ">":
+            return False
+    return True
