@@ -155,6 +155,7 @@ class Mesh:
         tracer_provider: TracerProvider | None = None,
         cluster: ClusterSettings | bool | None = None,
         reply_prefixes: Sequence[str] = DEFAULT_REPLY_PREFIXES,
+        inbox_prefix: str = "_INBOX",
     ) -> _MeshOpener:
         """Connect to NATS. Await the result, or use it with ``async with``.
 
@@ -191,6 +192,9 @@ class Mesh:
                 ``nats`` CLI's). A request naming any other reply subject — ``$KV.…``,
                 ``$JS.…``, a node's control subject, another agent — is dropped unrun: the
                 host would publish the answer there with its own permissions.
+            inbox_prefix: prefix of this mesh's own reply subjects (``<prefix>.<random>.<n>``);
+                give each user its own (``_INBOX.alice``) where NATS permissions let users
+                subscribe only to their own replies (``natsagents auth``).
 
         Raises:
             ConfigurationError: invalid arguments. ConnectError: no server reachable or
@@ -227,6 +231,7 @@ class Mesh:
             raise ConfigurationError(f"reply_prefixes must be a list of inbox prefixes outside {prefix}.>")
         settings = ConnectSettings(
             reply_prefixes=tuple(reply_prefixes),
+            inbox_prefix=inbox_prefix,
             servers=tuple(resolve_servers(servers)),
             name=mesh_name,
             auth=auth,

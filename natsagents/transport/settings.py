@@ -133,6 +133,8 @@ class ConnectSettings:
             raise ConfigurationError("reconnect_wait must be >= 0")
         if self.drain_timeout <= 0:
             raise ConfigurationError("drain_timeout must be > 0")
+        if not _is_inbox_prefix(self.inbox_prefix + "."):
+            raise ConfigurationError(f"invalid inbox_prefix {self.inbox_prefix!r}: use tokens like '_INBOX.alice'")
         if isinstance(self.reply_prefixes, str) or not all(_is_inbox_prefix(p) for p in self.reply_prefixes):
             raise ConfigurationError(
                 f"reply_prefixes must be inbox prefixes like '_INBOX.' (tokens of printable ASCII,"
