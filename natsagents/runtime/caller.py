@@ -17,6 +17,7 @@ from ..errors import (
     BadRequest,
     CallTimeout,
     ConfigurationError,
+    Unauthorized,
     Unavailable,
 )
 from ..observability import Metrics, Tracing
@@ -466,6 +467,10 @@ class Caller:
                     continue
             except CallTimeout as exc:
                 raise CallTimeout(exc.message, agent=address, action=action) from None
+            except Unauthorized as exc:
+                if exc.agent is None:  # refused by the NATS server, not by the agent
+                    raise Unauthorized(exc.message, agent=address, action=action) from None
+                raise
             else:
                 status = (msg.headers or {}).get(h.STATUS)
                 if status != "unavailable":
@@ -517,6 +522,8 @@ class Caller:
             raise Unavailable(f"no host serves kind {kind!r}", agent=f"{kind}/{agent_id}") from None
         except CallTimeout:
             return False
+        except Unauthorized as exc:  # the server refused our publish: say whose call it was
+            raise Unauthorized(exc.message, agent=f"{kind}/{agent_id}", action="activate") from None
         envelope.parse_reply(msg.headers, msg.data, agent=f"{kind}/{agent_id}")
         return True
 

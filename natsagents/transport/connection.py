@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Protocol
@@ -32,6 +33,7 @@ from ..errors import (
     MeshClosed,
     PayloadTooLarge,
     TransportError,
+    Unauthorized,
 )
 from ..wire.envelope import encode_headers, parse_header_block
 from ..wire.subjects import is_reply_subject
@@ -185,7 +187,17 @@ _Resend = tuple[str, float, str, str, bytes, bytes]
 class _ReplyMux:
     """Routes replies arriving on ``<inbox>.<token>`` to the waiting future."""
 
-    __slots__ = ("_loop", "_pending", "_plen", "_resend_slots", "_slots", "_tokens", "prefix", "republish")
+    __slots__ = (
+        "_loop",
+        "_pending",
+        "_plen",
+        "_resend_slots",
+        "_slots",
+        "_subjects",
+        "_tokens",
+        "prefix",
+        "republish",
+    )
 
     #: Timeouts are checked in slots of this many seconds: one loop timer per slot instead
     #: of one per request (each costs a heap push and pop). A timeout fires up to one slot late.
@@ -200,16 +212,19 @@ class _ReplyMux:
         self._plen = len(prefix)
         self._loop = loop
         self._pending: dict[str, asyncio.Future[Inbound]] = {}
+        self._subjects: dict[str, str] = {}  # token → the request's subject (see fail_subject)
         self._tokens = itertools.count(1)
         self._slots: dict[int, list[int]] = {}
         self._resend_slots: dict[int, list[_Resend]] = {}
         self.republish = republish
 
-    def register(self, timeout: float | None) -> tuple[str, asyncio.Future[Inbound]]:
+    def register(self, timeout: float | None, subject: str = "") -> tuple[str, asyncio.Future[Inbound]]:
         n = next(self._tokens)
         token = str(n)
         fut: asyncio.Future[Inbound] = self._loop.create_future()
         self._pending[token] = fut
+        if subject:
+            self._subjects[token] = subject
         if timeout is not None:
             key = math.ceil((self._loop.time() + timeout) / self.TICK)
             slot = self._slots.get(key)
@@ -246,6 +261,20 @@ class _ReplyMux:
 
     def discard(self, token: str) -> None:
         self._pending.pop(token, None)
+        self._subjects.pop(token, None)
+
+    def fail_subject(self, subject: str, exc: BaseException) -> int:
+        """Fail the pending requests published to ``subject`` (the server refused them).
+        Compared without case: nats-py lowercases the server's error line."""
+        failed = 0
+        subject = subject.lower()
+        for token, sent_to in list(self._subjects.items()):
+            if sent_to.lower() == subject:
+                fut = self._pending.get(token)
+                if fut is not None and not fut.done():
+                    fut.set_exception(exc)
+                    failed += 1
+        return failed
 
     def __call__(self, msg: Inbound) -> None:
         fut = self._pending.pop(msg.subject[self._plen :], None)
@@ -300,6 +329,7 @@ class Transport:
         self._resend_tasks: set[asyncio.Task[None]] = set()
         self._answer_prefixes = settings.answer_prefixes
         self.refused_replies = 0  # requests dropped, or replies not sent, for their reply subject
+        self.permission_errors = 0  # publishes and subscriptions the server refused
         self._last_refusal_log = 0.0
 
     # -- lifecycle -------------------------------------------------------------------
@@ -319,7 +349,8 @@ class Transport:
         async def error_cb(exc: Exception) -> None:
             if holder:
                 holder[0].last_error = exc
-                log.warning("NATS error: %s", exc)
+                if not holder[0]._on_permission_error(exc):
+                    log.warning("NATS error: %s", exc)
                 return
             errors.append(exc)
             if _is_auth_error(exc):
@@ -391,6 +422,24 @@ class Transport:
         raise ConnectError(
             f"could not connect to NATS at {urls} within {settings.connect_timeout:g} s{reason}"
         ) from cause
+
+    def _on_permission_error(self, exc: BaseException) -> bool:
+        """A ``-ERR 'Permissions Violation for Publish to "<subject>"'`` from the server:
+        the requests we published there are refused, so end them now with
+        :class:`~natsagents.Unauthorized` instead of letting them wait for their timeout.
+        ``True`` if ``exc`` was such an error (logged here)."""
+        match = _PERMISSION_RE.search(str(exc))
+        if match is None:
+            return False
+        op, subject = match.group(1).lower(), match.group(2)
+        self.permission_errors += 1
+        failed = 0
+        if op == "publish" and self._mux is not None:
+            failed = self._mux.fail_subject(
+                subject, Unauthorized(f"the NATS server does not allow this connection to publish to {subject}")
+            )
+        log.warning("NATS refused to let this connection %s %s (%d request(s) ended)", op, subject, failed)
+        return True
 
     def _on_closed(self) -> None:
         self._closed = True
@@ -643,7 +692,7 @@ class Transport:
         block = encode_headers(headers) if isinstance(headers, Mapping) else (headers or b"")
         self.check_size(subject, block, payload)
         mux = self._mux or await self._ensure_mux()
-        token, fut = mux.register(timeout)
+        token, fut = mux.register(timeout, subject)
         reply = mux.prefix + token
         try:
             await self._send(subject, reply, block, payload)
@@ -658,6 +707,9 @@ class Transport:
         if hdrs is not None and hdrs.get("Status") == "503" and not msg.data:
             raise NoResponders(f"no responders on {subject}")
         return msg
+
+
+_PERMISSION_RE = re.compile(r'permissions violation for (publish|subscription) to "([^"]*)"', re.IGNORECASE)
 
 
 def _is_auth_error(exc: BaseException) -> bool:
