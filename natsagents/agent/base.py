@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
+from typing import Any, ClassVar, Protocol, TypeVar, overload
 
 from ..errors import ActionDefinitionError, ConfigurationError
 from ..wire.envelope import ACTION_RE
 from ..wire.ids import validate_kind
 from .context import Context, current_context
+from .ref import AgentRef
 from .schema import ActionSpec, build_action_spec
 
-if TYPE_CHECKING:
-    from .ref import AgentRef, RefFactory
-
-__all__ = ["Agent", "action"]
+__all__ = ["Agent", "RefFactory", "action"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class RefFactory(Protocol):
+    """Makes refs that call as a given agent (the mesh gives one to each agent)."""
+
+    def ref(self, target: str | type[Agent], agent_id: str | None = None) -> AgentRef: ...
+
 
 _ACTION_ATTR = "__natsagents_action__"
 _RESERVED_ACTIONS = frozenset(

@@ -6,14 +6,11 @@ import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from ..errors import ConfigurationError
 from ..wire.envelope import is_message_id
 from ..wire.ids import encode_id, parse_address, validate_kind
-
-if TYPE_CHECKING:
-    from .base import Agent
 
 __all__ = [
     "USE_DEFAULT",
@@ -21,7 +18,6 @@ __all__ = [
     "AgentRef",
     "CallOptions",
     "Invoker",
-    "RefFactory",
     "all_of",
     "any_of",
     "resolve_target",
@@ -98,10 +94,6 @@ class Invoker(Protocol):
     ) -> Any: ...
 
     def spawn_task(self, coro: Awaitable[Any]) -> asyncio.Future[Any]: ...
-
-
-class RefFactory(Protocol):
-    def ref(self, target: str | type[Agent], agent_id: str | None = None) -> AgentRef: ...
 
 
 def resolve_target(target: Any, agent_id: str | None) -> tuple[str, str]:
