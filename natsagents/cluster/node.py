@@ -258,7 +258,7 @@ class _Owned:
         # Requests whose effect is in the state and that may still be resent: (id, expires ms).
         self.applied: list[Applied] | None = None
         self.seq = 0  # the inbox stream sequence of the last exactly-once message applied
-        # While a batch of durable messages runs (Host._handle_batch): the seq and applied
+        # While a batch of durable messages runs (runtime.batch): the seq and applied
         # ids to go back to if its one write fails, and the state to write (not yet stored).
         self.batch: tuple[int, list[Applied] | None] | None = None
         self.pending: bytes | None = None
@@ -736,7 +736,7 @@ class ClusterNode:
             f"activation failed: {type(exc).__name__}: {exc}",
             agent=address,
             action="on_start",
-            remote_traceback=self._host._tb(exc),
+            remote_traceback=self._host.traceback(exc),
         )
 
     async def _wait_lapse(self, node: str, deadline: float) -> None:

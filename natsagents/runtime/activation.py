@@ -6,7 +6,7 @@ import asyncio
 import enum
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple, Protocol
 
 from ..agent.base import Agent
 from ..errors import ProtocolError
@@ -14,13 +14,61 @@ from ..transport import Inbound, Subscription
 from ..wire import envelope
 from ..wire import headers as h
 from ..wire.owner import verify_owner_mac
-from .dedup import IN_PROGRESS, Recent
+from .dedup import IN_PROGRESS, Dedup, Recent, Reply
 from .health import Health
 
-if TYPE_CHECKING:
-    from .host import Host
+__all__ = ["Activation", "ActivationState", "Answers", "Outcome", "Services"]
 
-__all__ = ["Activation", "ActivationState"]
+
+class Outcome(NamedTuple):
+    """What running one message gave (``runtime.dispatch``): the reply, whether its
+    requester wants it (``False``: a send acknowledged on arrival, or no reply subject;
+    an error is then only logged), what a copy of the request gets later (``kept``,
+    ``None``: a copy may run), and the action (for a reply too large to send)."""
+
+    reply: Reply | None
+    wanted: bool
+    kept: Reply | None
+    action: str | None = None
+
+
+class Answers(Protocol):
+    """The answers an activation gives without running anything (``runtime.replies``)."""
+
+    def refuse(self, act: Activation, msg: Inbound, code: str, message: str, *, retry: bool = False) -> None: ...
+
+    def throttle(self, act: Activation, msg: Inbound, reason: str) -> None: ...
+
+    def duplicate(self, act: Activation, msg: Inbound, entry: Any) -> None: ...
+
+    def replay(self, act: Activation, msg: Inbound) -> None: ...
+
+    def accepted(self, msg: Inbound) -> None: ...
+
+    async def send(
+        self,
+        subject: str,
+        headers: dict[str, str] | bytes,
+        body: bytes,
+        *,
+        agent: str | None = None,
+        action: str | None = None,
+    ) -> None: ...
+
+
+class Services(Protocol):
+    """What an activation asks of its host (``runtime.host`` provides it): the answers,
+    running a message, the dedup memory, the owner key and persisting state."""
+
+    @property
+    def replies(self) -> Answers: ...
+
+    dedup: Dedup
+    owner_key: bytes | None
+
+    async def dispatch(self, act: Activation, msg: Inbound) -> Outcome: ...
+
+    async def save_state(self, act: Activation) -> None: ...
 
 
 class _Empty(deque):  # type: ignore[type-arg]
@@ -72,7 +120,7 @@ class Activation:
         "workers",
     )
 
-    def __init__(self, host: Host, agent: Agent, agent_id: str) -> None:
+    def __init__(self, host: Services, agent: Agent, agent_id: str) -> None:
         self.host = host
         self.agent = agent
         self.kind = agent.kind
@@ -100,14 +148,17 @@ class Activation:
 
     def deliver(self, msg: Inbound) -> None:
         if self.state is not ActivationState.ACTIVE:
-            self.host.refuse(self, msg, "unavailable", "the agent is stopping", retry=True)
+            self.host.replies.refuse(self, msg, "unavailable", "the agent is stopping", retry=True)
             return
         hdrs = msg.headers
         if hdrs is not None:
             if h.STREAM_SEQ in hdrs or h.BATCH in hdrs:
                 # Owner-only orders (exactly-once sequences, batches): signed or refused.
+                if h.BATCH in hdrs and h.REPLY_MODE in hdrs:  # a batch is answered once, with its results
+                    self.host.replies.refuse(self, msg, "bad_request", f"a batch takes no {h.REPLY_MODE}")
+                    return
                 if not verify_owner_mac(self.host.owner_key, msg.subject, hdrs, msg.data):
-                    self.host.refuse(
+                    self.host.replies.refuse(
                         self,
                         msg,
                         "unauthorized",
@@ -115,20 +166,20 @@ class Activation:
                     )
                     return
             elif hdrs.get(h.REPLY_MODE) == h.REPLY_MODE_REPLAY:
-                self.host.replay(self, msg)  # a question about an earlier message: nothing runs
+                self.host.replies.replay(self, msg)  # a question about an earlier message: nothing runs
                 return
         if len(self.mailbox) + self.busy >= self.capacity:
-            self.host.refuse(self, msg, "overloaded", f"mailbox of {self.address} is full ({self.capacity})")
+            self.host.replies.refuse(self, msg, "overloaded", f"mailbox of {self.address} is full ({self.capacity})")
             return
         priority = msg.headers.get(h.PRIORITY) if msg.headers is not None else None
         if priority is not None and priority not in h.PRIORITIES:
-            self.host.refuse(self, msg, "bad_request", f"{h.PRIORITY} must be one of {h.PRIORITIES}")
+            self.host.replies.refuse(self, msg, "bad_request", f"{h.PRIORITY} must be one of {h.PRIORITIES}")
             return
         health = self.health
         if health is not None:
             reason = health.admit(len(self.mailbox), self.busy, self.max_workers)
             if reason is not None:
-                self.host.throttle(self, msg, reason)
+                self.host.replies.throttle(self, msg, reason)
                 return
         message_id = None
         if msg.reply and hdrs is not None:
@@ -137,19 +188,19 @@ class Activation:
             if recent is not None and message_id is not None:
                 entry = recent.get(message_id)
                 if entry is not None:
-                    self.host.duplicate(self, msg, entry)  # a resend: never run twice
+                    self.host.replies.duplicate(self, msg, entry)  # a resend: never run twice
                     return
         if msg.reply and hdrs is not None and hdrs.get(h.REPLY_MODE) == h.REPLY_MODE_ACCEPT:
             # Check what can be checked before acknowledging: an accepted send gets one reply.
             try:
                 meta = envelope.parse_request(hdrs)
             except ProtocolError as exc:
-                self.host.refuse(self, msg, "bad_request", str(exc))
+                self.host.replies.refuse(self, msg, "bad_request", str(exc))
                 return
             if meta.deadline_ms is not None and time.time() * 1000 >= meta.deadline_ms:
-                self.host.refuse(self, msg, "timeout", "deadline passed before the message was accepted")
+                self.host.replies.refuse(self, msg, "timeout", "deadline passed before the message was accepted")
                 return
-            self.host.accepted(msg)
+            self.host.replies.accepted(msg)
         if message_id is not None:
             recent = self.recent
             if recent is None:
@@ -179,7 +230,7 @@ class Activation:
         task = asyncio.current_task()
         try:
             mailbox = self.mailbox
-            handle = self.host.handle
+            host = self.host
             while mailbox:
                 msg = mailbox.popleft()
                 if self.highs:
@@ -191,7 +242,15 @@ class Activation:
                     self.busy_since = started
                 self.busy += 1
                 try:
-                    kept = await handle(self, msg)
+                    outcome = await host.dispatch(self, msg)
+                    if outcome.reply is not None:  # the dispatcher answers; we say where
+                        await host.replies.send(
+                            msg.reply if outcome.wanted else "",
+                            *outcome.reply,
+                            agent=self.address,
+                            action=outcome.action,
+                        )
+                    kept = outcome.kept
                 finally:
                     self.busy -= 1
                     if not self.busy:
@@ -231,9 +290,7 @@ class Activation:
 
     async def save_state(self) -> None:
         """``Agent.save_state()``: a cluster node persists the state now."""
-        node = self.host.node
-        if node is not None and self.cluster is not None:
-            await node.save_now(self)
+        await self.host.save_state(self)
 
     def take_pending(self) -> list[Inbound]:
         """Remove and return the messages still waiting (used when stopping)."""

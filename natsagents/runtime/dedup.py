@@ -25,14 +25,11 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 from ..wire import envelope
 
-if TYPE_CHECKING:
-    from .activation import Activation
-
-__all__ = ["IN_PROGRESS", "Dedup", "Entry", "Recent", "Reply"]
+__all__ = ["IN_PROGRESS", "Dedup", "Entry", "Recent", "Remembers", "Reply"]
 
 #: Marks a request in the mailbox or running.
 IN_PROGRESS: Final = "in_progress"
@@ -41,6 +38,12 @@ Reply = tuple[dict[str, str] | bytes, bytes]
 #: An answered entry: reply headers, reply body, expiry (``time.time()``). Headers and body
 #: are ``None`` for an id an earlier activation applied and whose reply is gone.
 Entry = tuple[dict[str, str] | bytes | None, bytes | None, float]
+
+
+class Remembers(Protocol):
+    """What dedup needs of an activation: its recent ids (``None`` while it has none)."""
+
+    recent: Recent | None
 
 
 class Recent(dict[str, Any]):
@@ -69,23 +72,23 @@ class Dedup:
         self.ttl = ttl
         self.max_per_agent = max_per_agent
         # (when to look, activation): at most one per activation with answered entries.
-        self._due: deque[tuple[float, Activation]] = deque()
-        self._scheduled: set[Activation] = set()
+        self._due: deque[tuple[float, Remembers]] = deque()
+        self._scheduled: set[Remembers] = set()
 
     @staticmethod
-    def lookup(act: Activation, message_id: str) -> Any:
+    def lookup(act: Remembers, message_id: str) -> Any:
         """``None`` for a new id, else ``IN_PROGRESS`` or an :data:`Entry`."""
         recent = act.recent
         return None if recent is None else recent.get(message_id)
 
     @staticmethod
-    def begin(act: Activation, message_id: str) -> None:
+    def begin(act: Remembers, message_id: str) -> None:
         recent = act.recent
         if recent is None:
             recent = act.recent = Recent()
         recent[message_id] = IN_PROGRESS
 
-    def finish(self, act: Activation, message_id: str, reply: Reply | None) -> None:
+    def finish(self, act: Remembers, message_id: str, reply: Reply | None) -> None:
         """The request was answered with ``reply`` (``None``: nothing worth keeping, e.g.
         refused before running, or its state not stored; a copy may run it)."""
         recent = act.recent
@@ -132,7 +135,7 @@ class Dedup:
             else:
                 self._scheduled.discard(act)
 
-    def _keep(self, act: Activation, entries: Iterable[tuple[str, Entry]]) -> None:
+    def _keep(self, act: Remembers, entries: Iterable[tuple[str, Entry]]) -> None:
         """Add answered entries (oldest first) that came from elsewhere."""
         recent = act.recent
         now = time.time()
@@ -148,7 +151,7 @@ class Dedup:
             self._scheduled.add(act)
             self._due.append((now + self.ttl, act))
 
-    def remember_applied(self, act: Activation, entries: Iterable[tuple[str, int, bytes | None]]) -> None:
+    def remember_applied(self, act: Remembers, entries: Iterable[tuple[str, int, bytes | None]]) -> None:
         """Messages a previous activation applied (``(id, expires_ms, ok reply body or
         None)``): a copy gets the reply again, or ``already_applied`` without one."""
         self._keep(
@@ -159,7 +162,7 @@ class Dedup:
             ),
         )
 
-    def export(self, act: Activation, limit: int = 256) -> list[list[Any]]:
+    def export(self, act: Remembers, limit: int = 256) -> list[list[Any]]:
         """The ``limit`` newest answered and applied ids of ``act`` for its next activation
         (msgpack-able): ``[id, reply headers (map) or None, reply body or None]``. Copies
         come within a resend interval or two of the answer, so the newest are the ones that
@@ -178,7 +181,7 @@ class Dedup:
         out.reverse()
         return out
 
-    def load(self, act: Activation, entries: object) -> None:
+    def load(self, act: Remembers, entries: object) -> None:
         """Take over what :meth:`export` gave (malformed entries are skipped)."""
         if not isinstance(entries, list):
             return

@@ -1,0 +1,303 @@
+"""Running one message: validation, deadline, exactly-once, bulkheads, the handler,
+persistence, and the reply it earns.
+
+:meth:`Dispatcher.run` never publishes and never raises: it returns an
+:class:`~natsagents.runtime.activation.Outcome` (the reply, whether the requester wants it,
+what a copy of the request gets later) and its caller decides where the reply goes — the
+activation's worker to the request's reply subject, a batch into the batch reply. Every
+refusal before the handler runs is a :class:`Refused` raised by the step that found it and
+answered in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..agent.context import Context, _current
+from ..agent.schema import ActionSpec, ParamError
+from ..errors import AgentError, ProtocolError, Unavailable
+from ..observability import Metrics, Tracing
+from ..wire import codec, envelope
+from ..wire import headers as h
+from ..wire.envelope import RequestMeta
+from .activation import Activation, Outcome
+from .bulkhead import Bulkhead
+from .dedup import Reply
+from .hooks import NodeHooks
+from .replies import NIL
+
+__all__ = ["Dispatcher", "Refused"]
+
+log = logging.getLogger("natsagents.runtime")
+
+
+@dataclass(eq=False)
+class Refused(Exception):
+    """A message refused before its handler ran.
+
+    Attributes:
+        code: the error code of the reply.
+        message: its text.
+        reason: the metric label (``natsagents_rejected_total{reason}``), default ``code``.
+        details: the reply's ``details``.
+    """
+
+    code: str
+    message: str
+    reason: str = ""
+    details: Mapping[str, Any] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+
+class Dispatcher:
+    """Runs messages through their agents' handlers (see the module docstring).
+
+    Args:
+        metrics, tracing: the mesh's.
+        node_name: this node's name (in bulkhead refusals).
+        expose_tracebacks: include handler tracebacks in ``handler_error`` replies.
+        compress_above: compress ok replies above this many bytes for callers that
+            accept it (``None``: never).
+    """
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        tracing: Tracing,
+        *,
+        node_name: str,
+        expose_tracebacks: bool,
+        compress_above: int | None,
+    ) -> None:
+        self._metrics = metrics
+        self._tracing = tracing
+        self._node_name = node_name
+        self._expose_tracebacks = expose_tracebacks
+        self._compress_above = compress_above
+        self._bulkheads: dict[str, Bulkhead] = {}
+        #: The cluster node, once it plugged in (``runtime.hooks``).
+        self.node: NodeHooks | None = None
+
+    async def run(self, act: Activation, headers: dict[str, str] | None, data: bytes, *, reply: bool) -> Outcome:
+        """Run one message (``reply``: it has a reply subject). Never raises."""
+        started = time.perf_counter()
+        kind, address = act.kind, act.address
+        try:
+            meta = envelope.parse_request(headers)
+        except ProtocolError as exc:
+            self._metrics.rejected_one(kind, "bad_request")
+            return Outcome(envelope.error_reply("bad_request", str(exc), agent=address), True, None)
+        accept = meta.reply_mode == h.REPLY_MODE_ACCEPT
+        wanted = reply and not accept  # an accepted send was acknowledged on arrival
+        kept: Reply | None = (envelope.OK_HEADER_BLOCK, NIL) if accept else None  # a copy is acknowledged again
+        action = meta.action
+        durable = headers is not None and h.STREAM_SEQ in headers
+        try:
+            spec, kwargs, seq = self._admit(act, meta, headers, data)
+            held = await self._enter_bulkheads(act, spec, meta.deadline_ms)
+        except Refused as refused:
+            self._metrics.rejected_one(kind, refused.reason or refused.code)
+            err = envelope.error_reply(
+                refused.code, refused.message, agent=address, action=action, details=refused.details
+            )
+            return Outcome(err, wanted, None, action)
+        tracing = self._tracing
+        span = tracing.server_span(kind, action, act.agent_id, headers) if tracing.enabled else None
+        token = _current.set(self._context(address, meta))
+        span_token = tracing.activate(span) if span is not None else None
+        node = self.node if act.cluster is not None else None
+        try:
+            result = await spec.func(act.agent, **kwargs)
+        except Exception as exc:
+            if node is not None:
+                node.action_failed(act, exc)
+            tracing.end(span, exc, "handler_error")
+            self._metrics.handled_one(kind, action, "handler_error", time.perf_counter() - started)
+            act.agent.log.warning("action %s failed: %s: %s", action, type(exc).__name__, exc)
+            failed = envelope.error_reply(
+                "handler_error",
+                f"{type(exc).__name__}: {exc}",
+                agent=address,
+                action=action,
+                traceback=self.traceback(exc),
+                details={"exception": type(exc).__name__},
+            )
+            # A durable message is tried again by its partition owner: let a copy run.
+            return Outcome(failed, wanted, None if durable else (kept or failed), action)
+        finally:
+            for pool in held:
+                pool.release()
+            if span_token is not None:
+                tracing.deactivate(span_token)
+            _current.reset(token)
+        body: bytes | None = None
+        if seq or (reply and not accept and act.cluster is not None):
+            try:
+                body = codec.encode(result)  # stored with the state: a copy gets it back
+            except (TypeError, ValueError):
+                body = None
+        if node is not None:
+            try:
+                # Persist before answering. A durable at-least-once message may run again
+                # anyway, so its id is not stored for copies (its partition owner retries it).
+                await node.after_action(act, meta, reply and not durable, seq, body)
+            except Exception as exc:
+                if not isinstance(exc, AgentError):
+                    log.exception("persisting %s after %s failed", address, action)
+                    exc = Unavailable(f"state could not be saved: {exc}", details={"retry": True})
+                tracing.end(span, exc, exc.code)
+                self._metrics.handled_one(kind, action, exc.code, time.perf_counter() - started)
+                err = envelope.error_reply(exc.code, exc.message, agent=address, action=action, details=exc.details)
+                return Outcome(err, wanted, None, action)
+        if span is not None:
+            tracing.end(span)
+        self._metrics.handled_one(kind, action, "ok", time.perf_counter() - started)
+        if not wanted:
+            return Outcome(None, False, kept, action)
+        try:
+            if body is None:
+                body = codec.encode(result)
+        except (TypeError, ValueError) as exc:
+            failed = envelope.error_reply(
+                "handler_error", f"result cannot be encoded: {exc}", agent=address, action=action
+            )
+            return Outcome(failed, True, failed, action)
+        block = envelope.OK_HEADER_BLOCK
+        threshold = self._compress_above
+        if (
+            threshold is not None
+            and len(body) > threshold
+            and headers is not None
+            and headers.get(h.ACCEPT_ENCODING) == h.ENCODING_DEFLATE
+        ):
+            packed = envelope.deflate(body)
+            if packed is not None:
+                block, body = envelope.OK_DEFLATE_BLOCK, packed
+        return Outcome((block, body), True, (block, body), action)
+
+    # -- the steps -------------------------------------------------------------------
+
+    def _admit(
+        self, act: Activation, meta: RequestMeta, headers: dict[str, str] | None, data: bytes
+    ) -> tuple[ActionSpec, dict[str, Any], int]:
+        """The checks before a handler may run: the action, its parameters and, for a
+        durable message, its stream sequence. Returns ``(spec, kwargs, seq)``.
+
+        Raises:
+            Refused: the deadline passed, no such action, bad parameters, or a stream
+                sequence that was applied already.
+        """
+        kind, action = act.kind, meta.action
+        if meta.deadline_ms is not None and time.time() * 1000 >= meta.deadline_ms:
+            raise Refused("timeout", "deadline passed before the agent ran the message", reason="expired")
+        spec = act.agent.__actions__.get(action)
+        if spec is None:
+            raise Refused(
+                "unknown_action",
+                f"{kind} has no action {action!r}",
+                details={"actions": sorted(act.agent.__actions__)},
+            )
+        try:
+            encoding = headers.get(h.ENCODING) if headers is not None else None
+            if encoding is not None:
+                if encoding != h.ENCODING_DEFLATE:
+                    raise ValueError(f"unknown {h.ENCODING} {encoding!r}: use {h.ENCODING_DEFLATE!r}")
+                data = envelope.inflate(data)
+            kwargs = spec.bind(codec.decode(data))
+        except ParamError as exc:
+            raise Refused(
+                "bad_request", f"invalid parameters: {exc}", details={"param": exc.path, "problem": exc.problem}
+            ) from None
+        except (ProtocolError, ValueError) as exc:
+            raise Refused("bad_request", str(exc)) from None
+        seq = self._exactly_once(act, headers) if headers is not None and h.STREAM_SEQ in headers else 0
+        return spec, kwargs, seq
+
+    def _exactly_once(self, act: Activation, hdrs: Mapping[str, str]) -> int:
+        """For a durable message (its ``Na-Stream-Seq`` signed by a partition owner, checked
+        on arrival): the stream sequence to store with the state (0 for at-least-once).
+
+        Raises:
+            Refused: a malformed sequence, exactly-once where the kind cannot keep it, or
+                a sequence applied already.
+        """
+        raw = hdrs.get(h.STREAM_SEQ, "")
+        if not raw.isdigit() or len(raw) > 19:
+            raise Refused("bad_request", f"{h.STREAM_SEQ} must be a positive integer, not {raw!r}")
+        if hdrs.get(h.DELIVERY) != h.DELIVERY_EXACTLY_ONCE:
+            return 0
+        node = self.node
+        if node is None or act.cluster is None or type(act.agent).persistence != "action":
+            raise Refused(
+                "bad_request",
+                f"exactly_once delivery to {act.kind} needs a cluster node and persistence = 'action'",
+            )
+        seq = int(raw)
+        if seq <= node.applied_seq(act):
+            self._metrics.duplicates.labels(act.kind, "seq").inc()
+            raise Refused(
+                "already_applied",
+                f"stream message {seq} was applied to {act.address} already (its reply is no longer kept)",
+            )
+        return seq
+
+    async def _enter_bulkheads(
+        self, act: Activation, spec: ActionSpec, deadline_ms: int | None
+    ) -> tuple[Bulkhead, ...]:
+        """Take a slot in the kind's and the action's bulkheads.
+
+        Raises:
+            Refused: ``overloaded`` (reason ``bulkhead``): a bulkhead is full.
+        """
+        cls = type(act.agent)
+        if spec.bulkhead is None and cls.bulkhead is None:
+            return ()
+        wanted = []
+        if cls.bulkhead is not None:
+            wanted.append((act.kind, cls.bulkhead))
+        if spec.bulkhead is not None:
+            wanted.append((f"{act.kind}.{spec.name}", spec.bulkhead))
+        held: list[Bulkhead] = []
+        deadline = None if deadline_ms is None else deadline_ms / 1000
+        for name, limit in wanted:
+            pool = self._bulkheads.get(name)
+            if pool is None or pool.limit != limit:
+                pool = self._bulkheads[name] = Bulkhead(name, limit)
+            ok = await pool.acquire(deadline) if cls.bulkhead_wait else pool.try_acquire()
+            if not ok:
+                for taken in held:
+                    taken.release()
+                raise Refused(
+                    "overloaded",
+                    f"bulkhead of {act.kind}{'.' + spec.name if spec.bulkhead else ''} is full on {self._node_name}",
+                    reason="bulkhead",
+                    details={"reason": "bulkhead", "retry_after": 0.05},
+                )
+            held.append(pool)
+        return tuple(held)
+
+    @staticmethod
+    def _context(address: str, meta: RequestMeta) -> Context:
+        return Context(
+            agent=address,
+            action=meta.action,
+            message_id=meta.message_id,
+            correlation_id=meta.correlation_id,
+            deadline=None if meta.deadline_ms is None else meta.deadline_ms / 1000,
+            caller=meta.caller,
+            traceparent=meta.traceparent,
+            tracestate=meta.tracestate,
+        )
+
+    def traceback(self, exc: BaseException) -> str | None:
+        """The traceback of ``exc`` for an error reply (``None`` unless tracebacks are exposed)."""
+        if not self._expose_tracebacks:
+            return None
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

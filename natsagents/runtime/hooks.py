@@ -1,0 +1,52 @@
+"""What a cluster node plugs into the host (``natsagents.cluster.node`` implements it):
+activation requests go through placement, activations are claimed and restored, state is
+persisted after actions and batches, stops release the claim. A host without a node is
+standalone. The seam is typed here so that ``runtime/`` never imports ``cluster/``; values
+only the node understands (its placement request, its per-activation record) cross it as
+``object``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..transport import Inbound
+from ..wire.envelope import RequestMeta
+from .activation import Activation
+
+__all__ = ["NodeHooks"]
+
+
+class NodeHooks(Protocol):
+    async def answer_activation(self, msg: Inbound) -> None:
+        """Answer an activation request (placement, then activation on the chosen node)."""
+
+    async def starting(self, act: Activation, options: object) -> None:
+        """Claim ``act`` and restore its state before ``on_start`` (``options``: what the
+        node passed to ``Host.activate``)."""
+
+    def begin_batch(self, act: Activation) -> None:
+        """A batch starts: ``after_action`` only records state until ``end_batch``."""
+
+    async def end_batch(self, act: Activation) -> None:
+        """Store what the batch's items left in one write."""
+
+    def abort_batch(self, act: Activation) -> None:
+        """Undo a batch cut short (a no-op after ``end_batch``)."""
+
+    async def after_action(
+        self, act: Activation, meta: RequestMeta, answered: bool, seq: int = 0, reply: bytes | None = None
+    ) -> None:
+        """Persist the state an action left, before its reply goes out."""
+
+    def applied_seq(self, act: Activation) -> int:
+        """The highest exactly-once stream sequence stored with the agent's state."""
+
+    def action_failed(self, act: Activation, exc: BaseException) -> None:
+        """An action raised: roll the state back to what was stored, count the error."""
+
+    async def save_now(self, act: Activation) -> None:
+        """``Agent.save_state()``."""
+
+    async def stopped(self, act: Activation, *, discard: bool) -> None:
+        """``act`` stopped: save (unless ``discard``), release the claim."""
