@@ -6,6 +6,12 @@ record's revision and is allowed only when the caller says that owner is no long
 (its membership lease lapsed). Every takeover increments the epoch, the fencing token: an
 owner that was paused or partitioned and comes back finds a different revision/epoch and
 must stop its copy (state writes fenced by the same revision arrive with the state layer).
+
+Records are validated on every read (``DirectoryRecord.from_wire``; the kind and id must
+match the key). A record that fails is treated as an orphan: the cache drops it, ``get``
+returns ``None`` and ``claim`` replaces it by a compare-and-set on its revision, as over
+a lapsed owner. A record whose owner is not a live member is an orphan as well (the
+membership view bounds how long any record, forged or not, counts as live).
 """
 
 from __future__ import annotations
@@ -19,12 +25,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..agent.base import RESTART_POLICIES
 from ..errors import NatsAgentsError
 from ..transport import Transport
 from ..transport.kv import Bucket, CasConflict, Entry, open_bucket
 from ..wire import codec
-from ..wire.ids import agent_key, parse_agent_key, validate_kind
+from ..wire.ids import MAX_ID_CHARS, agent_key, encode_id, parse_agent_key, validate_kind
 from ..wire.subjects import bucket_name
+from . import records
+from .placement import Hints, Resources
 
 __all__ = ["AgentActiveElsewhere", "Claim", "Directory", "DirectoryRecord", "Status"]
 
@@ -87,25 +96,39 @@ class DirectoryRecord:
         return replace(self, **changes)
 
     @classmethod
-    def from_wire(cls, data: bytes) -> DirectoryRecord:
-        """Raises: ValueError for anything that is not a directory record."""
-        body = codec.decode(data)
-        if not isinstance(body, dict):
-            raise ValueError("not a directory record")
-        try:
-            return cls(
-                kind=validate_kind(body["kind"]),
-                agent_id=str(body["id"]),
-                node=str(body["node"]),
-                epoch=int(body["epoch"]),
-                status=Status(body["status"]),
-                since=float(body.get("since", 0.0)),
-                restart=str(body.get("restart", "transient")),
-                needs=dict(body.get("needs") or {}),
-                hints=dict(body.get("hints") or {}),
-            )
-        except (KeyError, TypeError, ValueError, NatsAgentsError) as exc:
-            raise ValueError(f"malformed directory record: {exc}") from exc
+    def from_wire(cls, data: bytes, *, key: str | None = None) -> DirectoryRecord:
+        """Parse and validate a directory record (see ``records``): a valid kind, id and
+        node id, an epoch in ``[1, 2**53]``, a known status and restart policy, needs and
+        hints that parse; with ``key``, the kind and id must be the ones of the key.
+
+        Raises:
+            ValueError: anything that is not a valid directory record.
+        """
+        body = records.mapping(codec.decode(data), "directory record")
+        kind = records.checked("kind", validate_kind, body.get("kind"))
+        agent_id = body.get("id")
+        if key is not None and records.checked("id", agent_key, kind, agent_id) != key:
+            raise records.Malformed(f"record of {kind}/{agent_id!r} stored under {key!r}")
+        agent_id = records.string(agent_id, "id", max_len=MAX_ID_CHARS)
+        records.checked("id", encode_id, agent_id)
+        restart = body.get("restart", "transient")
+        if restart not in RESTART_POLICIES:
+            raise records.Malformed(f"restart must be one of {RESTART_POLICIES}")
+        needs = records.mapping(body.get("needs") or {}, "needs")
+        records.checked("needs", Resources.from_wire, needs)
+        hints = records.mapping(body.get("hints") or {}, "hints")
+        records.checked("hints", Hints.from_wire, hints)
+        return cls(
+            kind=kind,
+            agent_id=agent_id,
+            node=records.node_id(body.get("node")),
+            epoch=records.counter(body.get("epoch"), "epoch", lo=1),
+            status=records.checked("status", Status, body.get("status")),
+            since=records.number(body.get("since", 0.0), "since"),
+            restart=restart,
+            needs=dict(needs),
+            hints=dict(hints),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +197,8 @@ class Directory:
         """Make ``node`` the owner of ``kind/agent_id``.
 
         Idempotent for the current owner (returns its claim unchanged). Takes over, with
-        ``epoch + 1``, only when ``is_live(owner)`` is false. A new record starts at
+        ``epoch + 1``, only when ``is_live(owner)`` is false, or, with ``min_epoch``, when
+        the stored record is garbage (an orphan). A new record starts at
         ``min_epoch`` (pass the stored state's epoch + 1 so epochs never go back after a
         record was released). ``min_revision``: a revision the record is known to have
         reached (a migration's handover to ``node``); a read older than that came from a
@@ -193,7 +217,12 @@ class Directory:
                 if entry is None:
                     rec = DirectoryRecord(kind, agent_id, node, max(1, min_epoch), status, time.time(), **extra)
                     return Claim(rec, await self.bucket.create(key, rec.to_wire()))
-                current = DirectoryRecord.from_wire(entry.value)
+                current = self._parse(entry)
+                if current is None:
+                    # Garbage: nobody can be said to own the agent; replace it as an
+                    # orphan (CAS on its revision), fencing whoever ran it (adopt).
+                    rec = DirectoryRecord(kind, agent_id, node, max(1, min_epoch), status, time.time(), **extra)
+                    return Claim(rec, await self.bucket.update(key, rec.to_wire(), revision=entry.revision), True)
                 if current.node == node:
                     return Claim(current, entry.revision)
                 if is_live(current.node):
@@ -245,9 +274,16 @@ class Directory:
         entry = await self.bucket.get(agent_key(kind, agent_id))
         if entry is None:
             return None
+        record = self._parse(entry)
+        return Claim(record, entry.revision) if record is not None else None
+
+    @staticmethod
+    def _parse(entry: Entry) -> DirectoryRecord | None:
+        """The record, or ``None`` (with a rate-limited warning) when it is garbage."""
         try:
-            return Claim(DirectoryRecord.from_wire(entry.value), entry.revision)
-        except ValueError:
+            return DirectoryRecord.from_wire(entry.value, key=entry.key)
+        except ValueError as exc:
+            records.garbage(log, "directory record", entry.key, exc)
             return None
 
     async def remove(self, claim: Claim) -> bool:
@@ -315,15 +351,15 @@ class Directory:
         except NatsAgentsError:
             return
         claim: Claim | None = None
-        if entry.operation != "put":
+        record = self._parse(entry) if entry.operation == "put" else None
+        if record is None:
+            # Removed, or overwritten with garbage (no owner can be read from it: the
+            # agent is an orphan, claimable by the next activation).
             gone = self._cache.pop(key, None)
             if gone is not None:
                 self._count(gone[0].node, -1)
         else:
-            try:
-                claim = Claim(DirectoryRecord.from_wire(entry.value), entry.revision)
-            except ValueError:
-                return
+            claim = Claim(record, entry.revision)
             before = self._cache.get(key)
             if before is not None:
                 self._count(before[0].node, -1)

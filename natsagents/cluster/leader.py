@@ -1,11 +1,27 @@
 """Leader election with a KV lease: one key, created with a TTL, renewed by CAS.
 
-The key holds the leader's node id. Whoever creates it (create-if-absent) leads until it
-fails to renew: every ``interval`` the leader rewrites the key with a compare-and-set on
-the revision it last wrote, with a fresh TTL. A leader that cannot renew within the TTL
-(paused, partitioned) finds the key gone or taken and steps down; since the key expires
-on the server's clock, a new leader can appear only after the old one's TTL ran out.
-Leadership is advisory: whatever the leader does must itself be safe under CAS.
+The key holds the leader's node id (a msgpack string). Whoever creates it
+(create-if-absent) leads until it fails to renew: every ``interval`` the leader rewrites
+the key with a compare-and-set on the revision it last wrote, with a fresh TTL. A leader
+that cannot renew within the TTL (paused, partitioned) finds the key gone or taken and
+steps down; since the key expires on the server's clock, a new leader can appear only
+after the old one's TTL ran out. Leadership is advisory: whatever the leader does must
+itself be safe under CAS.
+
+**A key nobody renews is dead, whatever it holds.** The key is not trusted to expire: a
+hostile writer may put garbage, a value that is not a node id, another node's id, or any
+value without a TTL, and create-if-absent would then fail forever. So a candidate that
+finds the key taken remembers its revision and when it first saw it (its own monotonic
+clock); once the same revision has stood for ``ttl`` seconds, the candidate takes the key
+over with a compare-and-set on that revision (with a TTL). An honest leader renews every
+``interval < ttl``, so its key never stands that long, and one that stopped renewing has
+lost it on the server's clock already (its TTL, counted from a write no later than the
+first sighting, ran out). Two honest nodes never both lead: of the candidates that judge
+one revision dead, the CAS lets exactly one win, and a leader whose key was overwritten
+finds out at its next renewal (CAS conflict) and steps down, within ``interval``, before
+any candidate's ``ttl`` on the new revision is over. A garbage value is logged (rate
+limited) and is otherwise treated like any other holder: it blocks election for at most
+``ttl + interval``.
 """
 
 from __future__ import annotations
@@ -18,8 +34,9 @@ from collections.abc import Awaitable, Callable
 from ..errors import ConfigurationError, NatsAgentsError
 from ..transport.kv import Bucket, CasConflict
 from ..wire import codec
+from . import records
 
-__all__ = ["LeaderLease"]
+__all__ = ["LeaderLease", "holder"]
 
 log = logging.getLogger("natsagents.cluster.leader")
 
@@ -58,6 +75,7 @@ class LeaderLease:
         self._lead = lead
         self._lead_failed = False
         self._revision = 0
+        self._standing: tuple[int, float] | None = None  # a holder's revision, first seen at
         self._task: asyncio.Task[None] | None = None
         self._leading: asyncio.Task[None] | None = None
         self.changed = asyncio.Event()
@@ -83,15 +101,9 @@ class LeaderLease:
             self._revision = 0
 
     async def leader(self) -> str | None:
-        """The current leader's node id (one read), or ``None``."""
+        """The current leader's node id (one read), or ``None`` (no key, or garbage)."""
         entry = await self.bucket.get(self.key)
-        if entry is None:
-            return None
-        try:
-            value = codec.decode(entry.value)
-        except ValueError:
-            return None
-        return value if isinstance(value, str) else None
+        return None if entry is None else holder(entry.value)
 
     async def _campaign(self) -> None:
         value = codec.encode(self.node_id)
@@ -115,13 +127,48 @@ class LeaderLease:
                     self._revision = await self.bucket.create(self.key, value, ttl=self.ttl, timeout=self.interval)
                     log.info("%s leads %s", self.node_id, self.key)
                     self._begin()
-            except CasConflict:
+            except CasConflict as exc:
                 if self._revision:
                     log.warning("%s lost the lease %s", self.node_id, self.key)
-                await self._step_down()
+                    await self._step_down()
+                else:
+                    await self._judge(exc.current_revision)
             except NatsAgentsError as exc:
                 log.debug("lease %s: %s", self.key, exc)
             await asyncio.sleep(self.interval)
+
+    async def _judge(self, revision: int | None) -> None:
+        """The key is held at ``revision``: take it over (CAS) once that revision has
+        stood for ``ttl`` seconds on our clock (see the module docstring)."""
+        now = asyncio.get_running_loop().time()
+        if revision is None or self._standing is None or self._standing[0] != revision:
+            self._standing = None if revision is None else (revision, now)
+            return
+        if now - self._standing[1] < self.ttl:
+            return
+        self._standing = None
+        try:
+            entry = await self.bucket.get(self.key, timeout=self.interval)
+            if entry is None or entry.revision != revision:
+                return  # gone or renewed meanwhile: campaign on
+            held = holder(entry.value)
+            if held is None:
+                records.garbage(log, "lease", f"{self.bucket.name}/{self.key}", "not a node id")
+            self._revision = await self.bucket.update(
+                self.key, codec.encode(self.node_id), revision=revision, ttl=self.ttl, timeout=self.interval
+            )
+        except NatsAgentsError as exc:  # CasConflict: renewed, taken by another candidate, or gone
+            log.debug("lease %s: no takeover: %s", self.key, exc)
+            return
+        log.warning(
+            "%s took over the lease %s from %s: revision %d stood unrenewed for %s s",
+            self.node_id,
+            self.key,
+            held or "a malformed value",
+            revision,
+            self.ttl,
+        )
+        self._begin()
 
     def _begin(self) -> None:
         self.changed.set()
@@ -152,3 +199,11 @@ class LeaderLease:
                 await asyncio.wait({task}, timeout=0.5)
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 task.result()
+
+
+def holder(value: bytes) -> str | None:
+    """The node id a lease value names, or ``None`` when it is not one."""
+    try:
+        return records.node_id(codec.decode(value))
+    except ValueError:
+        return None

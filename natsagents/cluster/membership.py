@@ -3,9 +3,16 @@
 A node is *live* while heartbeats keep arriving. Liveness is judged on the observer's own
 monotonic clock (when did I last see this node's record change?), never by comparing
 wall clocks across machines; only records already present when the watch starts fall
-back to the record's own ``heartbeat_at`` (bounded by clock skew). A graceful stop
-deletes the record, so others see the node leave at once; a crashed node's lease lapses
-after ``lease`` seconds.
+back to their age, the larger of the server's store time and the record's own
+``heartbeat_at`` (bounded by clock skew). A graceful stop deletes the record, so others
+see the node leave at once; a crashed node's lease lapses after ``lease`` seconds.
+
+Records are not trusted (``records``): a malformed one, or one stored under another
+node's key, is ignored (the node's last valid record keeps ageing), and the lease a record
+claims counts for at most ``MAX_LEASE_FACTOR`` (2) times this node's own lease, so a
+record written once and never again (a forged "phantom" member) lapses within twice our
+lease whatever it claims. Honest nodes heartbeat every ``lease / 3``, so a cluster whose
+nodes use leases up to about 5 times ours still sees them live.
 """
 
 from __future__ import annotations
@@ -22,7 +29,10 @@ from ..errors import ConfigurationError, NatsAgentsError
 from ..transport import Transport
 from ..transport.kv import Bucket, Entry, open_bucket, validate_key
 from ..wire import codec
+from ..wire.ids import validate_kind
 from ..wire.subjects import bucket_name
+from . import records
+from .placement import Resources
 
 __all__ = ["MemberRecord", "Membership"]
 
@@ -63,27 +73,43 @@ class MemberRecord:
         )
 
     @classmethod
-    def from_wire(cls, data: bytes) -> MemberRecord:
-        """Raises: ValueError for anything that is not a membership record."""
-        body = codec.decode(data)
-        if not isinstance(body, dict) or not isinstance(body.get("node"), str):
-            raise ValueError("not a membership record")
-        try:
-            return cls(
-                node_id=body["node"],
-                kinds=tuple(str(k) for k in body.get("kinds", ())),
-                capacity=dict(body.get("capacity") or {}),
-                load=dict(body.get("load") or {}),
-                tags=tuple(str(t) for t in body.get("tags", ())),
-                version=str(body.get("version", "")),
-                started_at=float(body.get("started_at", 0.0)),
-                heartbeat_at=float(body.get("heartbeat_at", 0.0)),
-                lease=float(body.get("lease", 3.0)),
-                draining=bool(body.get("draining", False)),
-                weight=float(body.get("weight", 1.0)),
-            )
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"malformed membership record: {exc}") from exc
+    def from_wire(cls, data: bytes, *, key: str | None = None) -> MemberRecord:
+        """Parse and validate a heartbeat record (see ``records``): every field of the
+        right type and range, and, with ``key``, the node id equal to the key it is
+        stored under.
+
+        Raises:
+            ValueError: anything that is not a valid membership record.
+        """
+        body = records.mapping(codec.decode(data), "membership record")
+        node = records.node_id(body.get("node"))
+        if key is not None and node != key:
+            raise records.Malformed(f"record of node {node!r} stored under {key!r}")
+        capacity = records.mapping(body.get("capacity") or {}, "capacity")
+        records.checked("capacity", Resources.from_wire, capacity)
+        load = records.mapping(body.get("load") or {}, "load")
+        for name in ("agents", "mailbox_backlog", "queued"):
+            if name in load:
+                records.counter(load[name], f"load.{name}")
+        for name in ("cpu", "memory", "network"):
+            if name in load:
+                records.number(load[name], f"load.{name}", hi=1.0)
+        records.checked("load.reserved", Resources.from_wire, load.get("reserved"))
+        return cls(
+            node_id=node,
+            kinds=tuple(
+                records.checked("kinds", validate_kind, k) for k in records.strings(body.get("kinds", ()), "kinds")
+            ),
+            capacity=dict(capacity),
+            load=dict(load),
+            tags=records.strings(body.get("tags", ()), "tags"),
+            version=records.string(body.get("version", ""), "version"),
+            started_at=records.number(body.get("started_at", 0.0), "started_at"),
+            heartbeat_at=records.number(body.get("heartbeat_at", 0.0), "heartbeat_at"),
+            lease=records.number(body.get("lease", 3.0), "lease", open_lo=True),
+            draining=records.flag(body.get("draining", False), "draining"),
+            weight=records.number(body.get("weight", 1.0), "weight", hi=records.MAX_WEIGHT, open_lo=True),
+        )
 
 
 class Membership:
@@ -156,8 +182,11 @@ class Membership:
     def members(self) -> dict[str, MemberRecord]:
         """Live members (this node included while it heartbeats), by node id."""
         now = asyncio.get_running_loop().time()
+        bound = records.MAX_LEASE_FACTOR * self.lease
         return {
-            node: rec for node, rec in self._records.items() if now - self._seen.get(node, float("-inf")) <= rec.lease
+            node: rec
+            for node, rec in self._records.items()
+            if now - self._seen.get(node, float("-inf")) <= min(rec.lease, bound)
         }
 
     def is_live(self, node_id: str) -> bool:
@@ -241,11 +270,24 @@ class Membership:
             self._seen.pop(entry.key, None)
             return
         try:
-            rec = MemberRecord.from_wire(entry.value)
-        except ValueError:
-            log.warning("ignoring a malformed membership record under %r", entry.key)
+            rec = MemberRecord.from_wire(entry.value, key=entry.key)
+        except ValueError as exc:
+            # Not a heartbeat: the node's last valid record (if any) keeps ageing.
+            records.garbage(log, "membership record", entry.key, exc)
             return
         self._records[entry.key] = rec
-        # Records present before we started: trust their age (wall clocks, bounded skew).
-        age = max(0.0, time.time() - rec.heartbeat_at) if initial else 0.0
-        self._seen[entry.key] = now - age
+        if not initial:
+            self._seen[entry.key] = now
+            return
+        # Records present before we started: trust their age, by the server's clock when
+        # it is known and by the record's own claim, whichever is older (wall clocks,
+        # bounded skew); a claim from the future is not used.
+        wall = time.time()
+        age = 0.0
+        if entry.created is not None:
+            age = wall - entry.created
+        if rec.heartbeat_at > wall + records.CLOCK_SKEW:
+            records.garbage(log, "heartbeat time", entry.key, f"{rec.heartbeat_at - wall:.0f} s in the future")
+        else:
+            age = max(age, wall - rec.heartbeat_at)
+        self._seen[entry.key] = now - max(0.0, age)

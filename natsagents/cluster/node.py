@@ -69,6 +69,7 @@ from .membership import MemberRecord, Membership
 from .owner_key import load_owner_key
 from .placement import Hints, NodeInfo, NodeLoad, Placer, Resources, ScoreWeights
 from .rebalance import plan_moves
+from .records import MAX_WEIGHT
 
 __all__ = ["STRATEGIES", "ClusterNode", "ClusterSettings", "validate_node_id"]
 
@@ -89,6 +90,7 @@ _MAX_KEPT_REPLY = 1024  # bytes of an at-most-once reply worth keeping with the 
 _APPLIED_MAX_MS = 60_000
 _APPLIED_DEFAULT_MS = 10_000
 _APPLIED_DURABLE_MS = 120_000  # an exactly-once reply: the inbox stream's duplicate window
+_MAX_ASK_WAIT = 3600.0  # seconds a placement may wait, whatever deadline its request names
 
 
 def validate_node_id(node_id: object) -> str:
@@ -115,7 +117,7 @@ class ClusterSettings:
         capacity: what this node offers (``Resources`` or ``{"cpu", "memory", "custom"}``);
             cpu and memory left out are unlimited, custom resources left out are zero.
         tags: labels placement hints can require.
-        weight: relative size of the node (share of the ring and of the agents).
+        weight: relative size of the node (share of the ring and of the agents), in (0, 100].
         score_weights: load-score weights (cpu 0.4, memory 0.4, network 0.2).
         load_factor: bounded-load ``c``: no node above ``c`` x its share of agents.
         rebalance: run the leader-elected rebalancer (moves agents to new nodes).
@@ -155,8 +157,8 @@ class ClusterSettings:
             raise ConfigurationError(f"lease must be at least 1 second, not {self.lease}")
         if self.heartbeat is not None and not 0 < self.heartbeat < self.lease:
             raise ConfigurationError("heartbeat must be > 0 and shorter than the lease")
-        if not self.weight > 0:
-            raise ConfigurationError("weight must be > 0")
+        if not 0 < self.weight <= MAX_WEIGHT:
+            raise ConfigurationError(f"weight must be > 0 and at most {MAX_WEIGHT:g}")
         if not self.rebalance_rate > 0:
             raise ConfigurationError("rebalance_rate must be > 0")
         if self.rebalance_strategy not in STRATEGIES:
@@ -275,7 +277,23 @@ class _Owned:
 
 
 def parse_ask(body: object, *, default_timeout: float) -> _Ask:
-    """Parse an activation request body. Raises: ProtocolError, ConfigurationError."""
+    """Parse and validate an activation request body: ``id`` (a valid agent id),
+    ``spawn`` and ``queue`` (bools), ``deadline`` (Unix ms ≥ 0; a placement waits at most
+    ``max(default_timeout, 1 h)`` whatever it says), ``needs`` (resources) and ``hints``
+    (placement hints); other fields are ignored.
+
+    Raises:
+        ProtocolError: anything malformed (answered ``bad_request``).
+    """
+    try:
+        return _parse_ask(body, default_timeout)
+    except ProtocolError:
+        raise
+    except (NatsAgentsError, TypeError, ValueError, ArithmeticError) as exc:
+        raise ProtocolError(f"malformed activation request: {exc}") from None
+
+
+def _parse_ask(body: object, default_timeout: float) -> _Ask:
     if not isinstance(body, dict) or not isinstance(body.get("id"), str):
         raise ProtocolError("activation body must be a map with a string 'id'")
     agent_id = body["id"]
@@ -285,12 +303,13 @@ def parse_ask(body: object, *, default_timeout: float) -> _Ask:
             raise ProtocolError(f"activation {flag!r} must be a bool")
     deadline_ms = body.get("deadline")
     now = time.time()
+    longest = now + max(default_timeout, _MAX_ASK_WAIT)
     if deadline_ms is None:
         deadline = now + default_timeout
-    elif isinstance(deadline_ms, int) and not isinstance(deadline_ms, bool):
-        deadline = deadline_ms / 1000
+    elif isinstance(deadline_ms, int) and not isinstance(deadline_ms, bool) and deadline_ms >= 0:
+        deadline = min(deadline_ms / 1000, longest)
     else:
-        raise ProtocolError("activation 'deadline' must be an integer (unix ms)")
+        raise ProtocolError("activation 'deadline' must be an integer >= 0 (unix ms)")
     needs = Resources.from_wire(body["needs"]) if "needs" in body else None
     return _Ask(
         agent_id=agent_id,
@@ -539,7 +558,7 @@ class ClusterNode:
         kind = msg.subject.rsplit(".", 1)[-1]
         try:
             ask = parse_ask(codec.decode(msg.data), default_timeout=self.settings.queue_timeout)
-        except (ValueError, ProtocolError) as exc:
+        except Exception as exc:  # every request gets an answer, even if parsing has a bug
             await self._answer(msg, error=BadRequest(str(exc), agent=kind))
             return
         address = f"{kind}/{ask.agent_id}"

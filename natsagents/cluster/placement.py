@@ -81,9 +81,10 @@ class Resources:
         if not isinstance(self.custom, Mapping):
             raise ConfigurationError(f"Resources.custom must be a mapping, got {self.custom!r}")
         custom: dict[str, float] = {}
-        for name in sorted(self.custom):
+        for name in self.custom:
             if not isinstance(name, str) or not name:
                 raise ConfigurationError(f"Resources.custom names must be non-empty strings, got {name!r}")
+        for name in sorted(self.custom):
             amount = _number("Resources", f"custom[{name!r}]", self.custom[name])
             if amount:
                 custom[name] = amount
@@ -292,7 +293,7 @@ class Hints:
             avoid=tuple(value.get("avoid", ())),
             colocate_with=value.get("colocate_with"),
             pin=value.get("pin"),
-            tags=frozenset(value.get("tags", ())),
+            tags=frozenset(_strings("Hints", "tags", value.get("tags", ()))),
         )
 
 

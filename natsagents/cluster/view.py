@@ -60,10 +60,11 @@ class ClusterView:
             if entry is None:
                 continue
             try:
-                rec = MemberRecord.from_wire(entry.value)
+                rec = MemberRecord.from_wire(entry.value, key=key)
             except ValueError:
                 continue
-            age = max(0.0, now - rec.heartbeat_at)
+            # The server's store time when known: a record's own timestamp may be forged.
+            age = max(0.0, now - (entry.created if entry.created is not None else rec.heartbeat_at))
             out.append(NodeStatus(rec, age <= rec.lease, age))
         return sorted(out, key=lambda s: s.record.node_id)
 
@@ -80,7 +81,7 @@ class ClusterView:
             if entry is None:
                 continue
             try:
-                out.append(DirectoryRecord.from_wire(entry.value))
+                out.append(DirectoryRecord.from_wire(entry.value, key=key))
             except ValueError:
                 continue
         return sorted(out, key=lambda r: (r.kind, r.agent_id))
@@ -93,7 +94,7 @@ class ClusterView:
         if entry is None:
             return None
         try:
-            return DirectoryRecord.from_wire(entry.value)
+            return DirectoryRecord.from_wire(entry.value, key=entry.key)
         except ValueError:
             return None
 

@@ -39,6 +39,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..cluster import records
 from ..cluster.leader import LeaderLease
 from ..cluster.ring import hash64
 from ..errors import AgentError, NatsAgentsError, ProtocolError
@@ -266,13 +267,14 @@ class _Partition:
         attempts earlier owners recorded for them (``attempts.<n>`` in the control bucket).
         JetStream's delivery count starts again with the fresh consumer; these carry on."""
         o = self.o
+        known = True  # whether we know the earlier consumer's last delivery
         try:
             info = await js.consumer_info(o._t, stream, durable, timeout=5.0)
         except js.ConsumerNotFound:
             info = {}
         except NatsAgentsError as exc:
             log.warning("partition %d: reading the earlier consumer failed (%s): counting afresh", self.n, exc)
-            info = {}
+            info, known = {}, False
         floor = _stream_seq(info.get("ack_floor"))
         self.suspect_upto = _stream_seq(info.get("delivered"))
         try:
@@ -284,7 +286,14 @@ class _Partition:
         self.attempts_revision = 0
         if entry is not None:
             self.attempts_revision = entry.revision
-            counts = {seq: n for seq, n in _counts(entry.value).items() if seq > floor}
+            counts = {seq: n for seq, n in _counts(entry.value, self.attempts_key).items() if seq > floor}
+            # A count for a message no earlier consumer delivered is impossible (garbage):
+            # believing it would dead-letter that message before it ever ran.
+            beyond = [seq for seq in counts if known and seq > self.suspect_upto]
+            if beyond:
+                records.garbage(log, "attempt count", self.attempts_key, f"{len(beyond)} messages never delivered")
+                for seq in beyond:
+                    del counts[seq]
         if counts:
             self.suspect_upto = max(self.suspect_upto, max(counts))
         # 0: a leaving owner handed the message back without trying it. This owner is the
@@ -763,16 +772,20 @@ class _Reply:
         self.data = data
 
 
-def _counts(value: bytes) -> dict[int, int]:
+def _counts(value: bytes, key: str = "") -> dict[int, int]:
     """The stored attempt counts (``{stream seq: attempts}``, 0: handed back untried);
-    malformed entries are skipped."""
+    malformed entries are skipped (with ``key``, garbage is logged)."""
     try:
         raw = codec.decode(value)
     except ValueError:
-        return {}
+        raw = None
     if not isinstance(raw, dict):
+        if key:
+            records.garbage(log, "attempt counts", key, "not a map")
         return {}
-    return {k: v for k, v in raw.items() if type(k) is int and type(v) is int and k > 0 and v >= 0}
+    return {
+        k: v for k, v in raw.items() if type(k) is int and type(v) is int and 0 < k <= records.MAX_COUNTER and v >= 0
+    }
 
 
 def _stream_seq(position: Any) -> int:

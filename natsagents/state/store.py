@@ -11,17 +11,24 @@ state — rewrites it unchanged under its new epoch with a CAS — which moves t
 the previous owner's next save then fails with :class:`FencedOff` and that owner must stop
 its copy. A paused or partitioned owner can therefore never overwrite newer state.
 
+A stored record is validated when it is loaded: a map whose ``epoch`` and ``seq`` are
+integers within ``[0, 2**53]``; anything else is corrupt and that agent cannot activate
+(``NatsAgentsError``, which the cluster node answers as ``unavailable``) until the record
+is fixed or removed. Other agents are not affected.
+
 This is the "strong" consistency level; other levels (eventual, session, CRDT) and event
 sourcing are meant to sit beside it behind the same ``load``/``save`` shape.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import NatsAgentsError, PayloadTooLarge
+from ..observability.logging import warn_ignored
 from ..transport import Transport
 from ..transport.kv import Bucket, CasConflict, open_bucket
 from ..wire import codec
@@ -32,6 +39,11 @@ __all__ = ["Applied", "FencedOff", "StateStore", "StoredState", "applied_wire", 
 
 #: An applied message: id, expiry (Unix ms) and, for exactly-once messages, the ok reply body.
 Applied = tuple[str, int, bytes | None]
+
+log = logging.getLogger("natsagents.state")
+
+#: Largest epoch or stream sequence a stored record may hold (a record beyond is corrupt).
+_MAX_COUNTER = 2**53
 
 
 class FencedOff(NatsAgentsError):
@@ -96,17 +108,22 @@ class StateStore:
             return StoredState(None, 0, 0)
         try:
             body = codec.decode(entry.value)
-            if not isinstance(body, dict) or not isinstance(body.get("epoch"), int):
+            if not isinstance(body, dict):
                 raise ValueError("not a state record")
+            epoch, seq = body.get("epoch"), body.get("seq", 0)
+            if type(epoch) is not int or not 0 <= epoch <= _MAX_COUNTER:
+                raise ValueError(f"epoch {epoch!r} is not an integer within [0, 2**53]")
+            if type(seq) is not int or not 0 <= seq <= _MAX_COUNTER:
+                raise ValueError(f"seq {seq!r} is not an integer within [0, 2**53]")
         except ValueError as exc:
+            warn_ignored(log, "state record", f"{kind}/{agent_id}", exc)
             raise NatsAgentsError(f"state of {kind}/{agent_id} is corrupt: {exc}") from exc
-        seq = body.get("seq", 0)
         return StoredState(
             body.get("data"),
-            body["epoch"],
+            epoch,
             entry.revision,
             parse_applied(body.get("applied")),
-            seq if type(seq) is int and seq > 0 else 0,
+            seq,
             body.get("empty") is True,
         )
 

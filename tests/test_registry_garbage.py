@@ -1,0 +1,531 @@
+"""A hostile peer with write access to the control buckets (security findings 3 and 11).
+
+Every forged record is written the way the attacker did it: raw KV puts (no TTL) through
+the ``Bucket`` API, or raw requests with nats-py. The cluster (two nodes in this process
+on one real JetStream server) must keep working and recover by itself within a bounded
+time: a phantom member lapses, a directory record of a phantom owner is an orphan, lease
+keys nobody renews are taken over, garbage of every registry key type is ignored, and
+every activation request gets exactly one answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import Any
+
+import msgpack
+import nats
+import pytest
+
+from natsagents import Agent, ClusterSettings, Mesh, Unavailable, action
+from natsagents.cluster.leader import LeaderLease
+from natsagents.cluster.node import ClusterNode
+from natsagents.runtime.durable import DeliverySettings
+from natsagents.testing import wait_for
+from natsagents.transport.kv import Bucket, open_bucket
+from natsagents.wire.ids import agent_key
+from natsagents.wire.subjects import activate_subject, bucket_name, node_subject
+from tests.agents import Counter, Keeper
+
+LEASE = 1.5
+PARTITIONS = 4
+FAST = DeliverySettings(partitions=PARTITIONS, max_deliver=3, backoff=(0.02,), ack_wait=5.0, attempt_timeout=5.0)
+KINDS = ["Counter", "Keeper", "Ledger"]
+
+
+class Ledger(Agent):
+    """Counts the exactly-once messages it applied."""
+
+    def initial_state(self) -> dict[str, Any]:
+        return {"items": []}
+
+    @action
+    async def add(self, value: int) -> int:
+        self.state["items"].append(value)
+        return len(self.state["items"])
+
+    @action
+    async def get(self) -> list[int]:
+        return list(self.state["items"])
+
+
+def settings(node: str, *, rebalance: bool = False) -> ClusterSettings:
+    return ClusterSettings(node_id=node, lease=LEASE, rebalance=rebalance, delivery=FAST)
+
+
+def node_of(mesh: Mesh) -> ClusterNode:
+    assert mesh.cluster_node is not None
+    return mesh.cluster_node
+
+
+async def start_nodes(mesh_factory: Any, *names: str, rebalance: bool = False) -> list[Mesh]:
+    meshes = []
+    for name in names:
+        m = await mesh_factory(name=name, cluster=settings(name, rebalance=rebalance))
+        await m.host(Counter, Keeper, Ledger)
+        meshes.append(m)
+
+    def seen() -> bool:
+        for m in meshes:
+            members = node_of(m).membership.members()
+            if not set(names) <= set(members) or any(not members[n].kinds for n in names):
+                return False
+        return True
+
+    await wait_for(seen, timeout=10, what="members see each other")
+    return meshes
+
+
+async def bucket(mesh: Mesh, prefix: str, name: str) -> Bucket:
+    return await open_bucket(mesh._transport, bucket_name(prefix, name), history=1)
+
+
+async def forge(mesh: Mesh, prefix: str, name: str, key: str, value: Any) -> int:
+    """Write ``value`` (msgpack-encoded unless bytes) under ``key``: a plain put, no TTL."""
+    raw = value if isinstance(value, bytes) else msgpack.packb(value)
+    return await (await bucket(mesh, prefix, name)).put(key, raw)
+
+
+def phantom(node: str = "ghost", /, **changes: Any) -> dict[str, Any]:
+    """A membership record of a node that does not exist, claiming a huge lease."""
+    now = time.time()
+    record: dict[str, Any] = {
+        "node": node,
+        "kinds": KINDS,
+        "capacity": {},
+        "load": {"agents": 0, "mailbox_backlog": 0, "cpu": 0.0, "memory": 0.0, "network": 0.0},
+        "tags": [],
+        "version": "0",
+        "started_at": now,
+        "heartbeat_at": now,
+        "lease": 1e9,
+        "draining": False,
+        "weight": 1.0,
+    }
+    record.update(changes)
+    return record
+
+
+async def activations_work(client: Mesh, tag: str, count: int = 30, timeout: float = 15.0) -> float:
+    """``count`` new activations (first calls), all answered; returns the seconds taken."""
+    started = time.monotonic()
+    values = await asyncio.gather(
+        *(client.ref(f"Counter/{tag}{i}").call("add", by=i + 1, timeout=timeout) for i in range(count))
+    )
+    assert values == [i + 1 for i in range(count)]
+    return time.monotonic() - started
+
+
+async def exactly_once_works(client: Mesh, tag: str, count: int = 32, timeout: float = 20.0) -> float:
+    """``count`` exactly-once sends to 8 agents, then polls until every one is applied
+    exactly once; returns the seconds taken."""
+    started = time.monotonic()
+    messages = [(f"Ledger/{tag}{i % 8}", "add", {"value": i}) for i in range(count)]
+    assert await client.send_many(messages, delivery="exactly_once", timeout=timeout) == [None] * count
+
+    async def applied() -> bool:
+        items: list[int] = []
+        for k in range(8):
+            items += await client.ref(f"Ledger/{tag}{k}").call("get", timeout=timeout)
+        assert len(items) == len(set(items)), "a message was applied twice"
+        return sorted(items) == list(range(count))
+
+    await wait_for(applied, timeout=timeout, interval=0.1, what=f"{count} exactly-once sends applied")
+    return time.monotonic() - started
+
+
+# -- finding 3: forged membership, directory and lease records ---------------------------
+
+
+async def test_a_phantom_member_with_a_huge_lease_lapses_and_work_goes_on(mesh_factory: Any, mesh_prefix: str) -> None:
+    n1, n2 = await start_nodes(mesh_factory, "n1", "n2")
+    client = await mesh_factory(name="client")
+    forged = time.monotonic()
+    await forge(client, mesh_prefix, "members", "ghost", phantom(heartbeat_at=time.time() + 1e6))
+    for m in (n1, n2):
+        await wait_for(lambda m=m: "ghost" in node_of(m).membership._records, what="forgery seen")
+
+    async def lapse(m: Mesh) -> float:
+        # Never trusted for longer than twice our own lease, whatever it claims.
+        await wait_for(lambda: not node_of(m).membership.is_live("ghost"), timeout=2 * LEASE + 2, what="lapse")
+        return time.monotonic() - forged
+
+    # While the phantom still counts: 30 new activations and 32 exactly-once sends.
+    lapses, took, applied = await asyncio.gather(
+        asyncio.gather(*(lapse(m) for m in (n1, n2))), activations_work(client, "a"), exactly_once_works(client, "e")
+    )
+    print(
+        f"phantom lapsed after {max(lapses):.2f} s; 30 activations took {took:.2f} s, "
+        f"32 exactly-once sends were all applied after {applied:.2f} s"
+    )
+    assert max(lapses) <= 2 * LEASE + 1
+
+
+async def test_a_phantom_member_present_at_start_is_not_trusted_for_long(mesh_factory: Any, mesh_prefix: str) -> None:
+    client = await mesh_factory(name="client")
+    # Written long "ago" by its own claim; stored now; then nodes start and read it first.
+    await forge(client, mesh_prefix, "members", "ghost", phantom(heartbeat_at=time.time() + 1e6))
+    started = time.monotonic()
+    n1, n2 = await start_nodes(mesh_factory, "n1", "n2")
+    for m in (n1, n2):
+        await wait_for(lambda m=m: not node_of(m).membership.is_live("ghost"), timeout=2 * LEASE + 1, what="lapse")
+    print(f"phantom present at start lapsed {time.monotonic() - started:.2f} s after the nodes started")
+    await activations_work(client, "s", count=10)
+    await exactly_once_works(client, "t", count=16)
+
+
+async def test_a_directory_record_of_a_phantom_owner_is_an_orphan(mesh_factory: Any, mesh_prefix: str) -> None:
+    await start_nodes(mesh_factory, "n1", "n2")
+    client = await mesh_factory(name="client")
+    forged = time.monotonic()
+    await forge(client, mesh_prefix, "members", "ghost", phantom())
+    record = {"kind": "Counter", "id": "victim", "node": "ghost", "epoch": 7, "status": "active", "since": time.time()}
+    await forge(client, mesh_prefix, "directory", agent_key("Counter", "victim"), record)
+    # An owner that is no member at all, and garbage bytes: orphans at once.
+    await forge(
+        client, mesh_prefix, "directory", agent_key("Counter", "nobody"), {**record, "id": "nobody", "node": "gone"}
+    )
+    await forge(client, mesh_prefix, "directory", agent_key("Counter", "junk"), b"\xc1\xff garbage")
+    assert await client.ref("Counter/nobody").call("add", timeout=10) == 1
+    assert await client.ref("Counter/junk").call("add", timeout=10) == 1
+    assert await client.ref("Counter/victim").call("add", timeout=10) == 1
+    took = time.monotonic() - forged
+    print(f"agent of the phantom owner answered {took:.2f} s after the forgery")
+    assert took <= 2 * LEASE + 3
+    owners = {r.address: r.node for r in await client.agents()}
+    assert {owners["Counter/victim"], owners["Counter/nobody"], owners["Counter/junk"]} <= {"n1", "n2"}
+    await activations_work(client, "d", count=10)
+
+
+async def test_forged_partition_leases_without_ttl_are_taken_over(mesh_factory: Any, mesh_prefix: str) -> None:
+    client = await mesh_factory(name="client")
+    control = await bucket(client, mesh_prefix, "control")
+    # 16 forged lease keys, no TTL: a plausible holder, a live node's id, garbage, nothing.
+    values: list[Any] = ["ghost", "n1", "n2", b"\x00\xff", 12, None, {"node": "n1"}, "x" * 500]
+    for p in range(16):
+        value = values[p % len(values)]
+        await control.put(f"partition.{p}", value if isinstance(value, bytes) else msgpack.packb(value))
+    started = time.monotonic()
+    n1, n2 = await start_nodes(mesh_factory, "n1", "n2")
+    took = await exactly_once_works(client, "p", count=20)
+    owned = node_of(n1)
+    owners = [m._owners for m in (n1, n2)]
+    assert all(o is not None for o in owners)
+    await wait_for(
+        lambda: sorted(owners[0].owned() + owners[1].owned()) == list(range(PARTITIONS)),  # type: ignore[union-attr]
+        timeout=2 * LEASE + 2,
+        what="every partition owned",
+    )
+    print(f"20 exactly-once sends applied {took:.2f} s after the send, {time.monotonic() - started:.2f} s after start")
+    assert owned is not None
+
+
+async def test_a_garbage_rebalancer_key_does_not_stop_the_election(mesh_factory: Any, mesh_prefix: str) -> None:
+    client = await mesh_factory(name="client")
+    await forge(client, mesh_prefix, "control", "rebalancer", b"\x93garbage")
+    # A permanent agent whose owner is gone: only the leader re-places it.
+    record = {
+        "kind": "Keeper",
+        "id": "orphan",
+        "node": "gone",
+        "epoch": 3,
+        "status": "active",
+        "since": time.time(),
+        "restart": "permanent",
+    }
+    await forge(client, mesh_prefix, "directory", agent_key("Keeper", "orphan"), record)
+    started = time.monotonic()
+    n1, n2 = await start_nodes(mesh_factory, "n1", "n2", rebalance=True)
+    meshes = (n1, n2)
+    await wait_for(lambda: any(node_of(m).is_leader for m in meshes), timeout=2 * LEASE + 2, what="a leader")
+    elected = time.monotonic() - started
+    await wait_for(
+        lambda: any("Keeper/orphan" in m.local_agents() for m in meshes), timeout=2 * LEASE + 3, what="orphan re-placed"
+    )
+    replaced = time.monotonic() - started
+    print(f"leader elected {elected:.2f} s, orphan re-placed {replaced:.2f} s after the nodes started")
+    assert sum(node_of(m).is_leader for m in meshes) == 1
+
+
+async def test_a_dead_lease_key_is_taken_over_by_exactly_one_candidate(mesh_factory: Any, mesh_prefix: str) -> None:
+    client = await mesh_factory(name="client")
+    control = await bucket(client, mesh_prefix, "control")
+    await control.put("role", b"\xc1 not a lease")  # garbage, no TTL
+    leading: set[str] = set()
+    most = 0
+
+    def lead_as(node: str) -> Any:
+        async def lead() -> None:
+            nonlocal most
+            leading.add(node)
+            most = max(most, len(leading))
+            try:
+                await asyncio.Event().wait()
+            finally:
+                leading.discard(node)
+
+        return lead
+
+    leases = [LeaderLease(control, "role", f"c{i}", ttl=1.0, interval=0.1, lead=lead_as(f"c{i}")) for i in range(3)]
+    started = time.monotonic()
+    for lease in leases:
+        lease.start()
+    try:
+        await wait_for(lambda: len(leading) == 1, timeout=5, what="one leader")
+        first = time.monotonic() - started
+        (holder,) = leading
+        # Overwrite the leader's key with garbage: it must step down (its renewal
+        # conflicts) before any candidate judges the new revision dead and takes over.
+        await control.put("role", msgpack.packb({"node": holder}))
+        await wait_for(lambda: holder not in leading, timeout=2, what="the overwritten leader stepped down")
+        stepped = time.monotonic()
+        await wait_for(lambda: len(leading) == 1, timeout=5, what="a new leader")
+        again = time.monotonic() - stepped
+        print(f"dead lease taken over after {first:.2f} s; after an overwrite, a leader again {again:.2f} s later")
+        assert most == 1
+        assert sum(lease.is_leader for lease in leases) == 1
+    finally:
+        for lease in leases:
+            await lease.stop()
+
+
+# -- garbage of every registry key type ----------------------------------------------------
+
+GARBAGE: list[Any] = [
+    b"\xc1",  # never valid msgpack
+    b"\x92\x01",  # truncated
+    b"",
+    None,
+    True,
+    -1,
+    2**64 - 1,
+    -(2**63),
+    math.inf,
+    math.nan,
+    "text",
+    [1, [2, [3]]],
+    {"node": 1},
+    {1: 2, "a": [None]},
+]
+
+
+def garbage_members() -> list[tuple[str, Any]]:
+    now = time.time()
+    out: list[tuple[str, Any]] = [(f"g{i}", value) for i, value in enumerate(GARBAGE)]
+    bad_fields: list[dict[str, Any]] = [
+        {"lease": math.inf},
+        {"lease": math.nan},
+        {"lease": -5},
+        {"lease": 2**64 - 1},
+        {"weight": math.inf},
+        {"weight": math.nan},
+        {"weight": -1},
+        {"weight": 1e308},
+        {"kinds": "Counter"},
+        {"kinds": [["Counter"]]},
+        {"kinds": KINDS * 1000},
+        {"tags": [[1]]},
+        {"capacity": {"cpu": -1}},
+        {"capacity": {"custom": {1: 1, "a": 2}}},
+        {"capacity": [1]},
+        {"load": {"agents": math.inf}},
+        {"load": {"agents": -3}},
+        {"load": {"agents": 2**64 - 1}},
+        {"load": {"reserved": {"memory": -1}}},
+        {"load": {"cpu": math.nan}},
+        {"load": "heavy"},
+        {"heartbeat_at": now + 1e9},
+        {"heartbeat_at": math.inf},
+        {"heartbeat_at": -1e18},
+        {"started_at": math.nan},
+        {"draining": "no"},
+        {"version": 3},
+        {"node": "someone-else"},
+    ]
+    out += [(f"f{i}", phantom(f"f{i}", **change)) for i, change in enumerate(bad_fields)]
+    # A well-formed record written under another node's name.
+    out.append(("n1-twin", phantom("n1")))
+    return out
+
+
+def garbage_directory() -> list[Any]:
+    base = {"kind": "Counter", "id": "x", "node": "n1", "epoch": 1, "status": "active", "since": 0.0}
+    changes: list[dict[str, Any]] = [
+        {"epoch": 2**64 - 1},
+        {"epoch": -1},
+        {"epoch": True},
+        {"epoch": 1.5},
+        {"node": ["n1"]},
+        {"node": "bad node id!"},
+        {"status": "zombie"},
+        {"since": math.nan},
+        {"kind": 7},
+        {"id": {"a": 1}},
+        {"restart": 1},
+        {"needs": {"cpu": math.inf}},
+        {"needs": {"custom": {1: 1, "a": 2}}},
+        {"hints": {"tags": [[1]]}},
+        {"hints": {"pin": 5}},
+        {"hints": "none"},
+        {"id": "other"},  # a record that does not match its key
+    ]
+    return list(GARBAGE) + [{**base, **change} for change in changes]
+
+
+async def test_garbage_in_every_registry_key_is_survived(mesh_factory: Any, mesh_prefix: str) -> None:
+    client = await mesh_factory(name="client")
+    # Before the nodes start (read as the watches' initial values) ...
+    for key, value in garbage_members():
+        await forge(client, mesh_prefix, "members", key, value)
+    for i, value in enumerate(garbage_directory()):
+        await forge(client, mesh_prefix, "directory", agent_key("Counter", f"bad{i}"), value)
+        await forge(client, mesh_prefix, "directory", agent_key("Keeper", f"bad{i}"), value)
+    for value in GARBAGE:
+        await forge(client, mesh_prefix, "control", "rebalancer", value)
+    huge_counts = {seq: 10**6 for seq in range(1, 200)}
+    for p in range(PARTITIONS):
+        await forge(client, mesh_prefix, "control", f"partition.{p}", GARBAGE[p])
+        await forge(client, mesh_prefix, "control", f"attempts.{p}", huge_counts if p % 2 else GARBAGE[p])
+    started = time.monotonic()
+    n1, n2 = await start_nodes(mesh_factory, "n1", "n2", rebalance=True)
+    meshes = (n1, n2)
+    # ... and again while they run (read as live updates).
+    for key, value in garbage_members():
+        await forge(client, mesh_prefix, "members", key, value)
+    for i, value in enumerate(garbage_directory()):
+        await forge(client, mesh_prefix, "directory", agent_key("Counter", f"live{i}"), value)
+    took = await activations_work(client, "a")
+    applied = await exactly_once_works(client, "e")
+    await wait_for(lambda: any(node_of(m).is_leader for m in meshes), timeout=2 * LEASE + 2, what="a leader")
+    # Records whose key names an agent are orphans: that agent activates normally.
+    for i in range(len(garbage_directory())):
+        assert await client.ref(f"Counter/bad{i}").call("add", timeout=10) == 1
+        assert await client.ref(f"Counter/live{i}").call("add", timeout=10) == 1
+    for m in meshes:
+        members = node_of(m).membership
+        # Well-formed phantoms lapse within twice our lease; garbage never counted.
+        await wait_for(lambda members=members: set(members.members()) == {"n1", "n2"}, timeout=2 * LEASE + 1)
+        assert members.members()["n1"].lease == LEASE
+    print(
+        f"with garbage everywhere: 30 activations in {took:.2f} s, 32 exactly-once sends in {applied:.2f} s, "
+        f"{time.monotonic() - started:.2f} s in all"
+    )
+
+
+async def test_a_garbage_state_record_makes_only_its_agent_unavailable(mesh_factory: Any, mesh_prefix: str) -> None:
+    n1, n2 = await start_nodes(mesh_factory, "n1", "n2")
+    client = await mesh_factory(name="client")
+    values: list[Any] = [
+        *GARBAGE,
+        {"epoch": True, "data": {}},
+        {"epoch": 2**64 - 1, "data": {}},
+        {"epoch": -4, "data": {}},
+        {"epoch": 1, "data": {}, "seq": 2**63},
+        {"epoch": 1, "data": {}, "seq": -1},
+    ]
+    for i, value in enumerate(values):
+        await forge(client, mesh_prefix, "state", agent_key("Counter", f"s{i}"), value)
+    results = await asyncio.gather(
+        *(client.ref(f"Counter/s{i}").call("add", timeout=1.5) for i in range(len(values))), return_exceptions=True
+    )
+    assert all(isinstance(r, Unavailable) for r in results), {
+        repr(v)[:40]: r for v, r in zip(values, results, strict=True)
+    }
+    await activations_work(client, "ok", count=10)
+    for m in (n1, n2):
+        assert not any(a.startswith("Counter/s") for a in m.local_agents())
+
+
+# -- finding 11: every activation request gets exactly one answer -----------------------
+
+NASTY_BODIES: list[Any] = [
+    b"",
+    b"\xc1",
+    b"\x81",
+    b"\xdc\xff\xff",
+    None,
+    0,
+    "x",
+    [],
+    {},
+    {"id": None},
+    {"id": 5},
+    {"id": ""},
+    {"id": "x" * 10_000},
+    {"id": "a\x00b"},
+    {"id": "x", "hints": {"tags": [[1]]}},
+    {"id": "x", "hints": {"tags": [{"a": 1}]}},
+    {"id": "x", "hints": {"tags": "gpu"}},
+    {"id": "x", "hints": {"tags": None}},
+    {"id": "x", "hints": []},
+    {"id": "x", "hints": "pin"},
+    {"id": "x", "hints": {"pin": 1}},
+    {"id": "x", "hints": {"pin": ["n1"]}},
+    {"id": "x", "hints": {"pin": "n1", "avoid": ["n1"]}},
+    {"id": "x", "hints": {"avoid": [None]}},
+    {"id": "x", "hints": {"prefer": [[]]}},
+    {"id": "x", "hints": {"colocate_with": {"a": 1}}},
+    {"id": "x", "hints": {"unknown": 1}},
+    {"id": "x", "hints": {1: 2}},
+    {"id": "x", "hints": {(1, 2): 3}},
+    {"id": "x", "needs": "lots"},
+    {"id": "x", "needs": {"cpu": -1}},
+    {"id": "x", "needs": {"cpu": math.inf}},
+    {"id": "x", "needs": {"cpu": math.nan}},
+    {"id": "x", "needs": {"memory": 1.5}},
+    {"id": "x", "needs": {"custom": {1: 1, "a": 2}}},
+    {"id": "x", "needs": {"custom": {"gpu": "one"}}},
+    {"id": "x", "needs": {"custom": [1]}},
+    {"id": "x", "needs": {"disk": 1}},
+    {"id": "x", "resources": {"cpu": 1}},
+    {"id": "x", "spawn": "yes"},
+    {"id": "x", "queue": 0},
+    {"id": "x", "deadline": "soon"},
+    {"id": "x", "deadline": 1.5},
+    {"id": "x", "deadline": True},
+    {"id": "x", "deadline": -(2**63)},
+    {"id": "x", "deadline": 2**64 - 1},
+    {"id": "x", "placed": "yes"},
+    {"id": "x", "kind": ["Counter"]},
+    {"id": "x", "transfer": {"data": 1}},
+]
+
+
+@pytest.mark.parametrize("target", ["activate", "node"])
+async def test_every_activation_request_gets_exactly_one_answer(
+    mesh_factory: Any, mesh_prefix: str, nats_url: str, target: str
+) -> None:
+    await start_nodes(mesh_factory, "n1", "n2")
+    subject = (
+        activate_subject(mesh_prefix, "Counter")
+        if target == "activate"
+        else node_subject(mesh_prefix, "n1", "activate")
+    )
+    nc = await nats.connect(nats_url)
+    try:
+        replies: dict[int, list[Any]] = {i: [] for i in range(len(NASTY_BODIES))}
+        inbox = nc.new_inbox()
+
+        async def collect(msg: Any) -> None:
+            replies[int(msg.subject.rsplit(".", 1)[-1])].append(msg)
+
+        await nc.subscribe(f"{inbox}.*", cb=collect)
+        for i, body in enumerate(NASTY_BODIES):
+            if target == "node" and isinstance(body, dict):
+                body = {"kind": "Counter", **body}
+            data = body if isinstance(body, bytes) else msgpack.packb(body)
+            await nc.publish(subject, data, reply=f"{inbox}.{i}", headers={"Na-Proto": "1"})
+        await nc.flush()
+        await wait_for(lambda: all(replies.values()), timeout=10, what="an answer to every request")
+        await nc.flush()  # a second answer would have come with the first
+        statuses = {}
+        for i, got in replies.items():
+            assert len(got) == 1, (NASTY_BODIES[i], got)
+            statuses[i] = (got[0].headers or {}).get("Na-Status", "ok")
+        bad = {i for i, s in statuses.items() if s != "bad_request"}
+        # The well-formed ones may activate the agent (ok), nothing else.
+        assert all(statuses[i] == "ok" for i in bad), {repr(NASTY_BODIES[i])[:60]: statuses[i] for i in bad}
+    finally:
+        await nc.close()
