@@ -54,7 +54,7 @@ import msgpack
 from _common import signal_ready, wait_for_stdin_eof
 
 from natsagents import Agent, ClusterSettings, Mesh, action
-from natsagents.runtime.durable import DeliverySettings
+from natsagents.delivery.settings import DeliverySettings
 
 LOG_STEP = math.log(1.02)
 #: Raw side, serial phase: the consumer publishes an empty message here after the ack.
@@ -168,18 +168,18 @@ async def loop_lag(timings: Timings, every: float = 0.01) -> None:
 def _instrument_timings(timings: Timings) -> None:
     """Time the steps of a durable message on this node (measurement only)."""
     from natsagents.cluster.node import ClusterNode
-    from natsagents.delivery import owners
+    from natsagents.delivery import partition as partition_module
     from natsagents.runtime.caller import Caller
     from natsagents.runtime.host import Host
     from natsagents.state.store import StateStore
     from natsagents.transport.jetstream import JsMsg, PullConsumer
 
-    partition = owners._Partition
+    partition = partition_module.Partition
     timings.wrap(partition, "_process", "owner: _process (forward + answer + ack)")
     timings.wrap(Caller, "forward", "owner: Caller.forward (request to the agent → reply)")
     timings.wrap(JsMsg, "ack_sync", "owner: JsMsg.ack_sync (double ack)")
     timings.wrap(PullConsumer, "fetch", "owner: PullConsumer.fetch")
-    timings.wrap(Host, "handle", "agent: Host.handle (decode, run, persist, reply)")
+    timings.wrap(Host, "dispatch", "agent: Host.dispatch (decode, run, persist)")
     timings.wrap(ClusterNode, "after_action", "agent: ClusterNode.after_action (persist)")
     timings.wrap(StateStore, "save_encoded", "agent: StateStore.save_encoded (KV CAS write)")
     # time a message waits in the owner between fetch and the start of its _process
@@ -198,10 +198,10 @@ def _instrument_timings(timings: Timings) -> None:
 
     partition._enqueue = _enqueue
     partition._process = _process
-    # time a request waits in the agent's mailbox (deliver → Host.handle starts)
+    # time a request waits in the agent's mailbox (deliver → Host.dispatch starts)
     from natsagents.runtime.activation import Activation
 
-    deliver, handle = Activation.deliver, Host.handle
+    deliver, handle = Activation.deliver, Host.dispatch
     arrived: dict[int, float] = {}
 
     def _deliver(self: Any, msg: Any) -> None:
@@ -211,20 +211,20 @@ def _instrument_timings(timings: Timings) -> None:
     async def _handle(self: Any, act: Any, msg: Any) -> Any:
         t = arrived.pop(id(msg), None)
         if t is not None:
-            timings.add("agent: mailbox (deliver → Host.handle starts)", time.perf_counter() - t)
+            timings.add("agent: mailbox (deliver → Host.dispatch starts)", time.perf_counter() - t)
         return await handle(self, act, msg)
 
     Activation.deliver = _deliver  # type: ignore[method-assign]
-    Host.handle = _handle  # type: ignore[method-assign]
+    Host.dispatch = _handle  # type: ignore[method-assign]
 
 
 def _instrument_owner_ack(probe: Probe) -> bool:
     """Record publish → ack for every durable message this node acknowledges."""
     try:
-        from natsagents.delivery import owners
+        from natsagents.delivery import partition as partition_module
     except ImportError:
         return False
-    partition = getattr(owners, "_Partition", None)
+    partition = getattr(partition_module, "Partition", None)
     original = getattr(partition, "_ack", None)
     if original is None:
         return False

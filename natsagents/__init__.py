@@ -17,6 +17,7 @@ Write an agent class once, host it on any number of processes, and talk to it by
 from .agent import USE_DEFAULT, Agent, AgentFuture, AgentRef, Context, action, all_of, any_of, current_context
 from .cluster import ClusterSettings, Hints, Resources
 from .delivery import DeadLetter
+from .delivery.settings import DeliverySettings
 from .errors import (
     ActionDefinitionError,
     AgentError,
@@ -46,7 +47,6 @@ from .errors import (
 from .mesh import Mesh, MeshState
 from .observability import CorrelationIdFilter, install_correlation_filter
 from .resilience import BreakerSettings, CircuitState, RetryPolicy
-from .runtime.durable import DeliverySettings
 from .transport import Auth
 
 __version__ = "0.1.0"

@@ -20,10 +20,12 @@ from prometheus_client import CollectorRegistry
 from .agent.base import Agent
 from .agent.ref import USE_DEFAULT, AgentRef, resolve_target
 from .cluster.directory import DirectoryRecord
+from .cluster.leader import LeaderLease
 from .cluster.node import STRATEGIES, ClusterNode, ClusterSettings, _Ask, node_id_from_name
 from .cluster.placement import Hints, Resources
 from .cluster.view import ClusterView, NodeStatus
 from .delivery import DeadLetter, PartitionOwners, delete_dead_letter, list_dead_letters, replay_dead_letter
+from .delivery.publish import DurablePublisher
 from .errors import AgentError, ConfigurationError, MeshClosed
 from .observability import Metrics, Tracing
 from .resilience import BreakerSettings, CircuitState, RetryPolicy
@@ -110,6 +112,7 @@ class Mesh:
             tracing,
             tasks=self._tasks,
         )
+        self._caller.durable = DurablePublisher(transport, self._caller, prefix)
         kinds: dict[str, type[Agent]] = {}
         self._host: Host = Host(
             transport,
@@ -315,7 +318,7 @@ class Mesh:
                 node_id,
                 self.prefix,
                 settings.delivery,
-                settings.lease,
+                lambda key, lead: LeaderLease(node.control, key, node_id, ttl=max(1.0, settings.lease), lead=lead),
                 self.metrics,
                 owner_key=node.owner_key,
             )

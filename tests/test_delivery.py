@@ -24,7 +24,7 @@ from natsagents import (
     UnknownAction,
     action,
 )
-from natsagents.runtime.durable import DeliverySettings, inbox_stream
+from natsagents.delivery.settings import DeliverySettings, inbox_stream
 from natsagents.testing import wait_for
 from natsagents.transport.jetstream import StreamNotFound, stream_info
 from natsagents.wire import envelope

@@ -17,7 +17,7 @@ import pytest
 
 from natsagents import Agent, ClusterSettings, ConfigurationError, Mesh, ProtocolError, action
 from natsagents.cluster.owner_key import KEY as OWNER_KEY
-from natsagents.runtime.durable import DeliverySettings, inbox_stream
+from natsagents.delivery.settings import DeliverySettings, inbox_stream
 from natsagents.server import NatsServer
 from natsagents.testing import wait_for
 from natsagents.transport.jetstream import stream_info
@@ -444,7 +444,7 @@ def count_attempt_writes(node: Mesh) -> list[str]:
     owners = node._owners
     assert owners is not None
     writes: list[str] = []
-    control = owners._control
+    control = owners.control
     for name in ("update", "create"):
         original = getattr(control, name)
 

@@ -40,8 +40,8 @@ from typing import Any
 import pytest
 
 from natsagents import Mesh
+from natsagents.delivery.settings import inbox_stream
 from natsagents.errors import NatsAgentsError
-from natsagents.runtime.durable import inbox_stream
 from natsagents.server import NatsCluster
 from natsagents.testing import wait_for
 from natsagents.transport.jetstream import consumer_info, stream_info

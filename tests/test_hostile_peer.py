@@ -21,7 +21,7 @@ import nats
 import pytest
 
 from natsagents import ClusterSettings, Mesh
-from natsagents.runtime.durable import DeliverySettings
+from natsagents.delivery.settings import DeliverySettings
 from natsagents.testing import wait_for
 from natsagents.wire import envelope
 from natsagents.wire.subjects import agent_subject, bucket_name, durable_subject, node_subject

@@ -22,7 +22,7 @@ import pytest
 from natsagents import Agent, ClusterSettings, Mesh, Unavailable, action
 from natsagents.cluster.leader import LeaderLease
 from natsagents.cluster.node import ClusterNode
-from natsagents.runtime.durable import DeliverySettings
+from natsagents.delivery.settings import DeliverySettings
 from natsagents.testing import wait_for
 from natsagents.transport.kv import Bucket, open_bucket
 from natsagents.wire.ids import agent_key

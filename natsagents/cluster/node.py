@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..agent.base import Agent
+from ..delivery.settings import DeliverySettings
 from ..errors import (
     AgentError,
     AgentNotFound,
@@ -53,7 +54,6 @@ from ..errors import (
 )
 from ..observability import Metrics
 from ..runtime.activation import Activation, ActivationState
-from ..runtime.durable import DeliverySettings
 from ..runtime.host import Host
 from ..state.store import Applied, FencedOff, StateStore, applied_wire, parse_applied
 from ..transport import Inbound, NoResponders, Subscription, Transport

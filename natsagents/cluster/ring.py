@@ -25,7 +25,6 @@ contract; ``tests/test_ring.py`` pins it with golden values.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
@@ -34,6 +33,7 @@ from functools import lru_cache
 from types import MappingProxyType
 
 from natsagents.errors import ConfigurationError, NatsAgentsError
+from natsagents.wire.hashing import hash64
 
 __all__ = [
     "DEFAULT_LOAD_FACTOR",
@@ -53,22 +53,11 @@ DEFAULT_LOAD_FACTOR = 1.25
 #: Upper bound on virtual nodes for one node (``vnodes * weight``), a sanity limit.
 MAX_VNODES_PER_NODE = 10_000
 
-_PERSON = b"natsagents.ring"  # blake2b personalisation (≤ 16 bytes): domain separation
 _SPACE = 1 << 64
 
 
 class NoNodes(NatsAgentsError):
     """The ring has no nodes, so no key can be placed."""
-
-
-def hash64(text: str) -> int:
-    """The stable 64-bit hash of ``text`` used for keys and virtual nodes.
-
-    Identical in every process and on every platform (unlike ``hash()``, which is salted
-    per process).
-    """
-    data = text.encode("utf-8", "surrogatepass")
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8, person=_PERSON).digest(), "big")
 
 
 @lru_cache(maxsize=4096)

@@ -1,7 +1,7 @@
 """Durable delivery: partition owners consuming the inbox stream, and the dead-letter
 stream (see docs/delivery.md)."""
 
-from .dlq import DeadLetter, delete_dead_letter, list_dead_letters, replay_dead_letter
+from .dead_letters import DeadLetter, delete_dead_letter, list_dead_letters, replay_dead_letter
 from .owners import PERMANENT, PartitionOwners
 
 __all__ = [

@@ -16,12 +16,11 @@ from ..wire import headers as h
 from .activation import Activation, Outcome
 from .dedup import Dedup, Reply
 from .dispatch import Dispatcher
+from .exactly_once import SETTLED
 
 __all__ = ["BatchRunner"]
 
 log = logging.getLogger("natsagents.runtime")
-#: Outcomes after which a batch goes on with its next item.
-_GOES_ON = frozenset({h.STATUS_OK, "already_applied"})
 
 
 class BatchRunner:
@@ -73,7 +72,7 @@ class BatchRunner:
                 reply = outcome.reply or envelope.error_reply("handler_error", "no reply", agent=address)
                 replies.append(reply)
                 status, reply_body = reply
-                if not isinstance(status, bytes) and status.get(h.STATUS) not in _GOES_ON:
+                if not isinstance(status, bytes) and status.get(h.STATUS) not in SETTLED:
                     break
                 size += len(reply_body) + 64
                 if size >= budget:

@@ -6,9 +6,9 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..agent.context import Context, current_context
 from ..agent.ref import USE_DEFAULT, CallOptions, Timeout
@@ -22,12 +22,11 @@ from ..errors import (
 )
 from ..observability import Metrics, Tracing
 from ..resilience import Breakers, BreakerSettings, CircuitState, RetryPolicy
-from ..transport import NoResponders, Transport, jetstream
+from ..transport import NoResponders, Transport
 from ..wire import codec, envelope
 from ..wire import headers as h
 from ..wire.ids import encode_id
-from ..wire.subjects import activate_subject, agent_subject, durable_subject
-from .durable import ensure_delivery_streams
+from ..wire.subjects import activate_subject, agent_subject
 
 log = logging.getLogger("natsagents.runtime")
 
@@ -84,6 +83,23 @@ class CallerSettings:
     compress_above: int | None = 64 * 1024
 
 
+class DurablePath(Protocol):
+    """Stores a durable message and waits for its result (``delivery.publish``)."""
+
+    async def publish(
+        self,
+        kind: str,
+        agent_id: str,
+        action: str,
+        body: bytes,
+        hdrs: dict[str, str],
+        deadline: float | None,
+        accept_only: bool,
+        delivery: str,
+        message_ttl: float | None = None,
+    ) -> Any: ...
+
+
 class Caller:
     """Sends requests and sends to agents for one mesh (the refs' :class:`Invoker`)."""
 
@@ -108,6 +124,8 @@ class Caller:
         self.breakers: Breakers | None = None
         if settings.breaker is not None:
             self.breakers = Breakers(settings.breaker, self._breaker_changed)
+        #: The durable publish path (``delivery.publish``), plugged in by the mesh.
+        self.durable: DurablePath | None = None
 
     def _breaker_changed(self, kind: str, destination: str, state: CircuitState) -> None:
         self._metrics.circuit_transitions.labels(kind, state.value).inc()
@@ -127,6 +145,7 @@ class Caller:
         other._subjects = self._subjects
         other._actions_seen = self._actions_seen
         other.breakers = self.breakers
+        other.durable = self.durable
         return other
 
     def spawn_task(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
@@ -211,7 +230,9 @@ class Caller:
                 if options.priority != "normal":
                     hdrs[h.PRIORITY] = options.priority
                 if options.delivery != "at_most_once":
-                    return await self._durable(
+                    if self.durable is None:
+                        raise ConfigurationError("durable delivery is not available on this mesh")
+                    return await self.durable.publish(
                         kind, agent_id, action, body, hdrs, deadline, accept_only, options.delivery, options.message_ttl
                     )
             # Every value is either generated here or checked (action below, names at
@@ -242,115 +263,6 @@ class Caller:
         finally:
             self._tracing.end(span)
             self._metrics.called_one(kind, action, outcome, time.perf_counter() - started)
-
-    async def _durable(
-        self,
-        kind: str,
-        agent_id: str,
-        action: str,
-        body: bytes,
-        hdrs: dict[str, str],
-        deadline: float | None,
-        accept_only: bool,
-        delivery: str,
-        message_ttl: float | None = None,
-    ) -> Any:
-        """Store the message in the durable inbox stream (``Nats-Msg-Id`` = the message id,
-        so a retried publish is stored once), then wait for its result when one is wanted.
-        The caller's deadline bounds only its wait: the stored message runs whenever an
-        agent can take it, and carries no ``Na-Deadline``."""
-        address = f"{kind}/{agent_id}"
-        hdrs = dict(hdrs)
-        hdrs.pop(h.DEADLINE, None)
-        hdrs.pop(h.REPLY_MODE, None)
-        hdrs.pop(h.PRIORITY, None)  # the stream's order is the agent's order
-        if message_ttl is not None:
-            hdrs[h.DEADLINE] = str(int((time.time() + message_ttl) * 1000))
-        hdrs[h.DELIVERY] = delivery
-        remaining = None if deadline is None else max(0.001, deadline - time.time())
-        wait = None
-        if not accept_only:
-            reply_to, wait = await self._t.expect_reply(remaining)
-            hdrs[h.REPLY_TO] = reply_to
-        subject = durable_subject(self.settings.prefix, kind, agent_id)
-        publish_timeout = 30.0 if remaining is None else remaining
-        try:
-            try:
-                ack = await jetstream.publish(
-                    self._t, subject, body, msg_id=hdrs[h.MESSAGE_ID], headers=hdrs, timeout=publish_timeout
-                )
-            except jetstream.StreamNotFound:
-                await ensure_delivery_streams(self._t, self.settings.prefix, timeout=publish_timeout)
-                ack = await jetstream.publish(
-                    self._t, subject, body, msg_id=hdrs[h.MESSAGE_ID], headers=hdrs, timeout=publish_timeout
-                )
-        except jetstream.JetStreamError as exc:
-            raise Unavailable(
-                f"the durable inbox did not store the message: {exc}", agent=address, action=action
-            ) from exc
-        except CallTimeout as exc:
-            raise CallTimeout(
-                f"storing the message timed out; it may or may not be stored ({exc.message})",
-                agent=address,
-                action=action,
-            ) from None
-        if wait is None:
-            return None
-        if ack.duplicate:
-            # Stored before (the same Na-Msg-Id): by an earlier call, whose result goes to
-            # that call's reply subject, or by our own publish retried. Wait for ours and
-            # ask the agent for the earlier result; the first answer wins.
-            msg = await self._earlier_result(wait, kind, agent_id, action, hdrs, deadline, ack.seq)
-            return envelope.parse_reply(msg.headers, msg.data, agent=address, action=action)
-        try:
-            msg = await wait()
-        except CallTimeout:
-            raise CallTimeout(
-                f"no result within the timeout; the message is stored (stream sequence {ack.seq}) and will run",
-                agent=address,
-                action=action,
-                details={"stored": True, "stream_seq": ack.seq},
-            ) from None
-        return envelope.parse_reply(msg.headers, msg.data, agent=address, action=action)
-
-    async def _earlier_result(
-        self,
-        wait: Callable[[], Awaitable[Any]],
-        kind: str,
-        agent_id: str,
-        action: str,
-        hdrs: Mapping[str, str],
-        deadline: float | None,
-        seq: int,
-    ) -> Any:
-        """The reply of a durable message stored before: whichever comes first of the
-        reply to our own reply subject and the agent's answer to a ``replay`` request
-        (protocol §15.1), asked again while the agent does not know it yet."""
-        question = {
-            h.PROTO: h.PROTO_VERSION,
-            h.ACTION: action,
-            h.MESSAGE_ID: hdrs[h.MESSAGE_ID],
-            h.REPLY_MODE: h.REPLY_MODE_REPLAY,
-        }
-        subject = agent_subject(self.settings.prefix, kind, agent_id)
-        ask = self._deliver(subject, b"", envelope.encode_headers_unchecked(question), deadline, kind, agent_id, action)
-        tasks = {asyncio.ensure_future(wait()), asyncio.ensure_future(ask)}
-        try:
-            while tasks:
-                done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    if not task.cancelled() and task.exception() is None:
-                        return task.result()
-        finally:
-            for task in tasks:
-                task.cancel()
-        raise CallTimeout(
-            f"no result within the timeout; the message was stored before (stream sequence {seq}) "
-            "and its result is not known to the agent yet",
-            agent=f"{kind}/{agent_id}",
-            action=action,
-            details={"stored": True, "stream_seq": seq, "duplicate": True},
-        )
 
     async def _attempts(
         self,

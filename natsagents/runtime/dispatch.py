@@ -25,6 +25,7 @@ from ..observability import Metrics, Tracing
 from ..wire import codec, envelope
 from ..wire import headers as h
 from ..wire.envelope import RequestMeta
+from . import exactly_once
 from .activation import Activation, Outcome
 from .bulkhead import Bulkhead
 from .dedup import Reply
@@ -222,31 +223,24 @@ class Dispatcher:
 
     def _exactly_once(self, act: Activation, hdrs: Mapping[str, str]) -> int:
         """For a durable message (its ``Na-Stream-Seq`` signed by a partition owner, checked
-        on arrival): the stream sequence to store with the state (0 for at-least-once).
+        on arrival): the stream sequence to store with the state (``exactly_once.check``).
 
         Raises:
-            Refused: a malformed sequence, exactly-once where the kind cannot keep it, or
-                a sequence applied already.
+            Refused: what the rule refuses.
         """
-        raw = hdrs.get(h.STREAM_SEQ, "")
-        if not raw.isdigit() or len(raw) > 19:
-            raise Refused("bad_request", f"{h.STREAM_SEQ} must be a positive integer, not {raw!r}")
-        if hdrs.get(h.DELIVERY) != h.DELIVERY_EXACTLY_ONCE:
-            return 0
         node = self.node
-        if node is None or act.cluster is None or type(act.agent).persistence != "action":
-            raise Refused(
-                "bad_request",
-                f"exactly_once delivery to {act.kind} needs a cluster node and persistence = 'action'",
+        persisted = node is not None and act.cluster is not None and type(act.agent).persistence == "action"
+        try:
+            return exactly_once.check(
+                hdrs,
+                agent=act.address,
+                persisted=persisted,
+                applied_seq=node.applied_seq(act) if persisted and node is not None else 0,
             )
-        seq = int(raw)
-        if seq <= node.applied_seq(act):
-            self._metrics.duplicates.labels(act.kind, "seq").inc()
-            raise Refused(
-                "already_applied",
-                f"stream message {seq} was applied to {act.address} already (its reply is no longer kept)",
-            )
-        return seq
+        except exactly_once.Verdict as verdict:
+            if verdict.code == "already_applied":
+                self._metrics.duplicates.labels(act.kind, "seq").inc()
+            raise Refused(verdict.code, verdict.message) from None
 
     async def _enter_bulkheads(
         self, act: Activation, spec: ActionSpec, deadline_ms: int | None

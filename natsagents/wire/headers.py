@@ -12,6 +12,12 @@ __all__ = [
     "DELIVERY",
     "DELIVERY_AT_LEAST_ONCE",
     "DELIVERY_EXACTLY_ONCE",
+    "DLQ_DELIVERIES",
+    "DLQ_ERROR",
+    "DLQ_REASON",
+    "DLQ_STREAM_SEQ",
+    "DLQ_SUBJECT",
+    "DLQ_TIME",
     "ENCODING",
     "ENCODING_DEFLATE",
     "MESSAGE_ID",
@@ -82,3 +88,12 @@ ACCEPT_ENCODING = "Na-Accept-Encoding"
 #: W3C trace context, passed through unchanged.
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
+#: Headers a dead letter carries besides the original ones (docs/protocol.md §15.2): the
+#: error code, a one-line reason, the attempts made, its inbox stream sequence, the inbox
+#: subject it was published to, when it died (Unix ms).
+DLQ_ERROR = "Na-Dlq-Error"
+DLQ_REASON = "Na-Dlq-Reason"
+DLQ_DELIVERIES = "Na-Dlq-Deliveries"
+DLQ_STREAM_SEQ = "Na-Dlq-Stream-Seq"
+DLQ_SUBJECT = "Na-Dlq-Subject"
+DLQ_TIME = "Na-Dlq-Time"

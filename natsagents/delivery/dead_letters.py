@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import AgentNotFound, ProtocolError
-from ..runtime.durable import dlq_stream
 from ..transport import Transport
 from ..transport import jetstream as js
 from ..transport.kv import KvError, api_request
 from ..wire import headers as h
-from .owners import DLQ_DELIVERIES, DLQ_ERROR, DLQ_REASON, DLQ_STREAM_SEQ, DLQ_SUBJECT, DLQ_TIME
+from .settings import dlq_stream
 
 __all__ = ["DeadLetter", "delete_dead_letter", "list_dead_letters", "replay_dead_letter"]
 
@@ -96,7 +95,7 @@ def _letter(raw: dict[str, Any]) -> DeadLetter:
         data = base64.b64decode(msg.get("data") or "")
     except binascii.Error as exc:
         raise ProtocolError(f"dead letter body is not valid base64: {exc}") from None
-    subject = hdrs.get(DLQ_SUBJECT, "")
+    subject = hdrs.get(h.DLQ_SUBJECT, "")
     agent = ".".join(subject.split(".")[-2:]).replace(".", "/", 1) if subject else ""
 
     def number(name: str) -> int:
@@ -108,11 +107,11 @@ def _letter(raw: dict[str, Any]) -> DeadLetter:
         subject=subject,
         agent=agent,
         action=hdrs.get(h.ACTION, ""),
-        error=hdrs.get(DLQ_ERROR, ""),
-        reason=hdrs.get(DLQ_REASON, ""),
-        deliveries=number(DLQ_DELIVERIES),
-        stream_seq=number(DLQ_STREAM_SEQ),
-        time_ms=number(DLQ_TIME),
+        error=hdrs.get(h.DLQ_ERROR, ""),
+        reason=hdrs.get(h.DLQ_REASON, ""),
+        deliveries=number(h.DLQ_DELIVERIES),
+        stream_seq=number(h.DLQ_STREAM_SEQ),
+        time_ms=number(h.DLQ_TIME),
         message_id=hdrs.get(h.MESSAGE_ID, ""),
         data=data,
         headers=hdrs,
@@ -172,7 +171,7 @@ async def replay_dead_letter(transport: Transport, prefix: str, seq: int, *, tim
     if letter is None:
         raise AgentNotFound(f"no dead letter {seq} in {dlq_stream(prefix)}")
     if not letter.subject:
-        raise ProtocolError(f"dead letter {seq} does not say where it came from ({DLQ_SUBJECT})")
+        raise ProtocolError(f"dead letter {seq} does not say where it came from ({h.DLQ_SUBJECT})")
     hdrs = {k: v for k, v in letter.headers.items() if not k.startswith(("Na-Dlq-", "Nats-"))}
     ack = await js.publish(
         transport,
