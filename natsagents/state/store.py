@@ -95,7 +95,7 @@ class StateStore:
         if entry is None:
             return StoredState(None, 0, 0)
         try:
-            body = codec.decode(entry.value)
+            body = codec.decode(entry.value, None)  # our own record: no limit on its objects
             if not isinstance(body, dict) or not isinstance(body.get("epoch"), int):
                 raise ValueError("not a state record")
         except ValueError as exc:
