@@ -221,7 +221,9 @@ class Caller:
                 policy = options.retry
             if policy is None and self.breakers is None:  # the common case: one attempt
                 msg = await self._deliver(subject, body, block, deadline, kind, agent_id, action)
-                return envelope.parse_reply(msg.headers, msg.data, agent=address, action=action)
+                return envelope.parse_reply(
+                    msg.headers, msg.data, agent=address, action=action, max_payload=self._t.max_payload
+                )
             idempotent = bool(options is not None and options.idempotent)
             return await self._attempts(
                 subject, body, block, hdrs, deadline, kind, agent_id, action, policy, idempotent
@@ -300,7 +302,9 @@ class Caller:
             # that call's reply subject, or by our own publish retried. Wait for ours and
             # ask the agent for the earlier result; the first answer wins.
             msg = await self._earlier_result(wait, kind, agent_id, action, hdrs, deadline, ack.seq)
-            return envelope.parse_reply(msg.headers, msg.data, agent=address, action=action)
+            return envelope.parse_reply(
+                msg.headers, msg.data, agent=address, action=action, max_payload=self._t.max_payload
+            )
         try:
             msg = await wait()
         except CallTimeout:
@@ -310,7 +314,9 @@ class Caller:
                 action=action,
                 details={"stored": True, "stream_seq": ack.seq},
             ) from None
-        return envelope.parse_reply(msg.headers, msg.data, agent=address, action=action)
+        return envelope.parse_reply(
+            msg.headers, msg.data, agent=address, action=action, max_payload=self._t.max_payload
+        )
 
     async def _earlier_result(
         self,
@@ -379,7 +385,9 @@ class Caller:
                         cap = time.time() + policy.attempt_timeout
                         until = cap if until is None else min(until, cap)
                     msg = await self._deliver(subject, body, block, until, kind, agent_id, action)
-                    result = envelope.parse_reply(msg.headers, msg.data, agent=address, action=action)
+                    result = envelope.parse_reply(
+                        msg.headers, msg.data, agent=address, action=action, max_payload=self._t.max_payload
+                    )
                 except AgentError as exc:
                     # Only a local timeout (no reply) leaves open whether the message ran.
                     answered = exc.remote or exc.code != "timeout"
@@ -471,7 +479,9 @@ class Caller:
                 if status != "unavailable":
                     return msg
                 try:
-                    envelope.parse_reply(msg.headers, msg.data, agent=address, action=action)
+                    envelope.parse_reply(
+                        msg.headers, msg.data, agent=address, action=action, max_payload=self._t.max_payload
+                    )
                 except Unavailable as exc:
                     if not exc.details.get("retry"):
                         raise

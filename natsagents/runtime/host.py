@@ -401,7 +401,7 @@ class Host:
             if encoding is not None:
                 if encoding != h.ENCODING_DEFLATE:
                     raise ValueError(f"unknown {h.ENCODING} {encoding!r}: use {h.ENCODING_DEFLATE!r}")
-                data = envelope.inflate(data)
+                data = envelope.inflate(data, envelope.inflate_limit(self._t.max_payload))
             kwargs = spec.bind(codec.decode(data))
         except ProtocolError as exc:
             self._metrics.rejected_one(kind, "bad_request")
