@@ -36,6 +36,15 @@ def _type_name(value: Any) -> str:
     return "nil" if value is None else type(value).__name__
 
 
+def _brief(value: Any) -> str:
+    """A peer's value in an error message: an array or map by its type (its repr could be
+    huge, or nest deeper than the recursion limit allows), anything else cut to 80 characters."""
+    if isinstance(value, (list, dict)):
+        return _type_name(value)
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _any(value: Any, path: str) -> Any:
     return value
 
@@ -133,7 +142,7 @@ def _literal(values: tuple[Any, ...]) -> Validator:
         for allowed in values:
             if value == allowed and type(value) is type(allowed):
                 return value
-        raise ParamError(path, f"expected one of {list(values)!r}, got {value!r}")
+        raise ParamError(path, f"expected one of {list(values)!r}, got {_brief(value)}")
 
     return check
 
@@ -142,10 +151,12 @@ def _enum(cls: type[enum.Enum]) -> Validator:
     def check(value: Any, path: str) -> Any:
         if isinstance(value, cls):
             return value
-        try:
-            return cls(value)
-        except (ValueError, TypeError):
-            raise ParamError(path, f"expected one of {[m.value for m in cls]!r}, got {value!r}") from None
+        if not isinstance(value, (list, dict)):  # the enum's own error would repr a container whole
+            try:
+                return cls(value)
+            except (ValueError, TypeError):
+                pass
+        raise ParamError(path, f"expected one of {[m.value for m in cls]!r}, got {_brief(value)}")
 
     return check
 

@@ -1061,7 +1061,7 @@ class ClusterNode:
             # Within a batch: back to the state its earlier messages left (not yet stored).
             snapshot = own.pending if own.pending is not None else own.saved
             if snapshot is not None:
-                agent.restore(codec.decode(snapshot)["data"])
+                agent.restore(codec.decode(snapshot, None)["data"])  # our own encoding: no limit
             elif own.revision == 0:
                 agent.state = agent.initial_state()
         except Exception:

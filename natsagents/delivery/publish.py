@@ -96,7 +96,9 @@ class DurablePublisher:
             # that call's reply subject, or by our own publish retried. Wait for ours and
             # ask the agent for the earlier result; the first answer wins.
             msg = await self._earlier_result(wait, kind, agent_id, action, hdrs, deadline, ack.seq)
-            return envelope.parse_reply(msg.headers, msg.data, agent=address, action=action)
+            return envelope.parse_reply(
+                msg.headers, msg.data, agent=address, action=action, max_payload=self._t.max_payload
+            )
         try:
             msg = await wait()
         except CallTimeout:
@@ -106,7 +108,9 @@ class DurablePublisher:
                 action=action,
                 details={"stored": True, "stream_seq": ack.seq},
             ) from None
-        return envelope.parse_reply(msg.headers, msg.data, agent=address, action=action)
+        return envelope.parse_reply(
+            msg.headers, msg.data, agent=address, action=action, max_payload=self._t.max_payload
+        )
 
     async def _earlier_result(
         self,

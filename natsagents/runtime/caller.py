@@ -243,7 +243,9 @@ class Caller:
                 policy = options.retry
             if policy is None and self.breakers is None:  # the common case: one attempt
                 msg = await self._deliver(subject, body, block, deadline, kind, agent_id, action)
-                return envelope.parse_reply(msg.headers, msg.data, agent=address, action=action)
+                return envelope.parse_reply(
+                    msg.headers, msg.data, agent=address, action=action, max_payload=self._t.max_payload
+                )
             idempotent = bool(options is not None and options.idempotent)
             return await self._attempts(
                 subject, body, block, hdrs, deadline, kind, agent_id, action, policy, idempotent
@@ -292,7 +294,9 @@ class Caller:
                         cap = time.time() + policy.attempt_timeout
                         until = cap if until is None else min(until, cap)
                     msg = await self._deliver(subject, body, block, until, kind, agent_id, action)
-                    result = envelope.parse_reply(msg.headers, msg.data, agent=address, action=action)
+                    result = envelope.parse_reply(
+                        msg.headers, msg.data, agent=address, action=action, max_payload=self._t.max_payload
+                    )
                 except AgentError as exc:
                     # Only a local timeout (no reply) leaves open whether the message ran.
                     answered = exc.remote or exc.code != "timeout"
@@ -388,7 +392,9 @@ class Caller:
                 if status != "unavailable":
                     return msg
                 try:
-                    envelope.parse_reply(msg.headers, msg.data, agent=address, action=action)
+                    envelope.parse_reply(
+                        msg.headers, msg.data, agent=address, action=action, max_payload=self._t.max_payload
+                    )
                 except Unavailable as exc:
                     if not exc.details.get("retry"):
                         raise

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +66,8 @@ class Dispatcher:
         expose_tracebacks: include handler tracebacks in ``handler_error`` replies.
         compress_above: compress ok replies above this many bytes for callers that
             accept it (``None``: never).
+        max_payload: the server's ``max_payload`` now (a compressed body may inflate to
+            ``envelope.inflate_limit`` of it).
     """
 
     def __init__(
@@ -76,8 +78,10 @@ class Dispatcher:
         node_name: str,
         expose_tracebacks: bool,
         compress_above: int | None,
+        max_payload: Callable[[], int],
     ) -> None:
         self._metrics = metrics
+        self._max_payload = max_payload
         self._tracing = tracing
         self._node_name = node_name
         self._expose_tracebacks = expose_tracebacks
@@ -210,7 +214,7 @@ class Dispatcher:
             if encoding is not None:
                 if encoding != h.ENCODING_DEFLATE:
                     raise ValueError(f"unknown {h.ENCODING} {encoding!r}: use {h.ENCODING_DEFLATE!r}")
-                data = envelope.inflate(data)
+                data = envelope.inflate(data, envelope.inflate_limit(self._max_payload()))
             kwargs = spec.bind(codec.decode(data))
         except ParamError as exc:
             raise Refused(

@@ -92,6 +92,7 @@ class Host:
             node_name=settings.node,
             expose_tracebacks=settings.expose_tracebacks,
             compress_above=settings.compress_above,
+            max_payload=lambda: transport.max_payload,
         )
         self._batches = BatchRunner(self._dispatcher, self.dedup, metrics, lambda: transport.max_payload)
         self._queue = agent_queue(settings.prefix)

@@ -107,7 +107,7 @@ class StateStore:
         if entry is None:
             return StoredState(None, 0, 0)
         try:
-            body = codec.decode(entry.value)
+            body = codec.decode(entry.value, None)  # our own record: no limit on its objects
             if not isinstance(body, dict):
                 raise ValueError("not a state record")
             epoch, seq = body.get("epoch"), body.get("seq", 0)

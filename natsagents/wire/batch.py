@@ -73,13 +73,18 @@ def parse_batch_request(headers: Mapping[str, str], data: bytes) -> list[Item]:
     """The items of a batch request.
 
     Raises:
-        ProtocolError: ``Na-Batch`` is not 1..MAX_BATCH, or the body is not an array of
-            that many ``[map of string to string, binary]`` items.
+        ProtocolError: ``Na-Batch`` is not 1..MAX_BATCH, the body is not an array of that
+            many ``[map of string to string, binary]`` items (or breaks ``codec.decode``'s
+            limits), or an item is itself a batch (its headers carry ``Na-Batch``).
     """
     raw = headers.get(h.BATCH, "")
     if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_BATCH:
         raise ProtocolError(f"{h.BATCH} must be an integer within 1..{MAX_BATCH}, not {raw[:20]!r}")
-    return _items(data, int(raw), "request")
+    items = _items(data, int(raw), "request")
+    for i, (hdrs, _) in enumerate(items):
+        if h.BATCH in hdrs:  # run as a batch, it would nest the host's handling without bound
+            raise ProtocolError(f"batch request item {i} carries {h.BATCH}: a batch cannot hold a batch")
+    return items
 
 
 def batch_reply(replies: Sequence[tuple[Mapping[str, str] | bytes, bytes]]) -> tuple[dict[str, str], bytes]:

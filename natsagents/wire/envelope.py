@@ -19,14 +19,20 @@ from . import headers as h
 
 __all__ = [
     "ACTION_RE",
+    "DEFAULT_MAX_PAYLOAD",
     "ERROR_BODY_KEYS",
+    "INFLATE_RATIO",
     "MALFORMED",
+    "MAX_INFLATED",
     "OK_HEADER_BLOCK",
     "RequestMeta",
+    "deflate",
     "encode_headers",
     "encode_headers_unchecked",
     "error_reply",
     "headers_size",
+    "inflate",
+    "inflate_limit",
     "new_message_id",
     "ok_reply",
     "parse_header_block",
@@ -246,8 +252,13 @@ _OK_HEADERS: Mapping[str, str] = {h.PROTO: h.PROTO_VERSION, h.STATUS: h.STATUS_O
 OK_HEADER_BLOCK = encode_headers(_OK_HEADERS)
 #: The same for an ok reply whose body is compressed.
 OK_DEFLATE_BLOCK = encode_headers({**_OK_HEADERS, h.ENCODING: h.ENCODING_DEFLATE})
-#: Largest body a compressed message may expand to (a bound against zip bombs).
-MAX_INFLATED = 64 * 1024 * 1024
+#: The server's ``max_payload`` when nothing else is known (nats-server's default, 1 MiB).
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
+#: How far a compressed body may expand, in multiples of the server's ``max_payload``: room
+#: for bodies that fit in a message only once compressed, and a bound against zip bombs.
+INFLATE_RATIO = 4
+#: Largest body a compressed message may expand to with the default ``max_payload`` (4 MiB).
+MAX_INFLATED = INFLATE_RATIO * DEFAULT_MAX_PAYLOAD
 
 
 def deflate(data: bytes) -> bytes | None:
@@ -256,19 +267,31 @@ def deflate(data: bytes) -> bytes | None:
     return packed if len(packed) < len(data) else None
 
 
+def inflate_limit(max_payload: int) -> int:
+    """How far a compressed body that came through a server with this ``max_payload`` may
+    expand: ``INFLATE_RATIO * max_payload``, and never less than :data:`MAX_INFLATED`."""
+    return max(MAX_INFLATED, INFLATE_RATIO * max_payload)
+
+
 def inflate(data: bytes, limit: int = MAX_INFLATED) -> bytes:
-    """Undo :func:`deflate`.
+    """Undo :func:`deflate`. Expands at most ``limit`` (> 0) bytes, however small ``data`` is.
 
     Raises:
-        ProtocolError: not a zlib stream, or it expands beyond ``limit`` bytes.
+        ProtocolError: not exactly one complete zlib stream (garbage, truncated, or bytes
+            after its end), or it expands beyond ``limit`` bytes.
     """
     engine = zlib.decompressobj()
     try:
         out = engine.decompress(data, limit)
+        if not engine.eof:
+            # Stopped at the limit with input left (or output still held back), or truncated.
+            if engine.unconsumed_tail or (len(out) == limit and engine.decompress(b"", 1)):
+                raise ProtocolError(f"compressed body expands beyond {limit} bytes")
+            raise ProtocolError("compressed body is truncated: its zlib stream does not end")
     except zlib.error as exc:
         raise ProtocolError(f"compressed body is not a valid deflate (zlib) stream: {exc}") from None
-    if engine.unconsumed_tail or not engine.eof:
-        raise ProtocolError(f"compressed body expands beyond {limit} bytes or is truncated")
+    if engine.unused_data:
+        raise ProtocolError(f"compressed body has {len(engine.unused_data)} bytes after the end of its zlib stream")
     return out
 
 
@@ -310,8 +333,10 @@ def parse_reply(
     *,
     agent: str | None = None,
     action: str | None = None,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
 ) -> Any:
-    """Return the result of a reply, or raise the error it carries.
+    """Return the result of a reply, or raise the error it carries. ``max_payload``: the
+    server's, which sizes how far a compressed reply may expand (:func:`inflate_limit`).
 
     Raises:
         AgentError: the reply is an error reply (the subclass for its code).
@@ -325,7 +350,7 @@ def parse_reply(
     if encoding is not None:
         if encoding != h.ENCODING_DEFLATE:
             raise ProtocolError(f"reply from {agent or 'peer'} uses unknown {h.ENCODING} {encoding!r}")
-        data = inflate(data)
+        data = inflate(data, inflate_limit(max_payload))
     if status == h.STATUS_OK:
         try:
             return codec.decode(data)
