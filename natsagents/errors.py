@@ -14,7 +14,14 @@ exception escapes. Misuse errors also derive from the matching builtin
     │   └── ServerBinaryNotFound
     ├── TransportError                         talking to NATS failed
     │   ├── ConnectError (ConnectionError)     servers unreachable, auth refused
-    │   └── MeshClosed                         the mesh/connection is closed
+    │   ├── MeshClosed                         the mesh/connection is closed
+    │   └── JetStreamError                     a JetStream/KV request refused (status, err_code); = KvError
+    │       ├── StreamNotFound                 no such stream, or none listens on the subject
+    │       ├── ConsumerNotFound               no such consumer (never created, deleted, expired)
+    │       ├── CasConflict                    a KV compare-and-set found another revision
+    │       │   └── KeyNotFound                … found the key absent
+    │       ├── MalformedAckSubject            (also ProtocolError) a reply is not ``$JS.ACK.…``
+    │       └── PublishBatchError              some of a publish_many failed (in transport.jetstream)
     ├── ProtocolError                          a peer sent something that is not protocol v1
     └── AgentError                             a call failed; carries code, agent, action
         ├── BadRequest (ValueError)            bad_request
@@ -32,6 +39,11 @@ exception escapes. Misuse errors also derive from the matching builtin
 
 :class:`AgentError` subclasses map one-to-one to the wire error codes of protocol v1
 (``docs/protocol.md``); :func:`error_for_code` builds the right one from a reply.
+
+:class:`JetStreamError` is the one family for errors of the JetStream API, whichever layer
+sent the request (``transport/jetstream/`` or ``transport/kv/``, whose ``KvError`` is the same
+class): ``transport/jetstream/_api.py`` decodes every API error into it. Timeouts there are
+:class:`CallTimeout`, oversized messages :class:`PayloadTooLarge`.
 """
 
 from __future__ import annotations
@@ -47,13 +59,18 @@ __all__ = [
     "AlreadyApplied",
     "BadRequest",
     "CallTimeout",
+    "CasConflict",
     "CircuitOpen",
     "ClusterAtCapacity",
     "ConfigurationError",
     "ConnectError",
+    "ConsumerNotFound",
     "HandlerError",
     "InvalidAddress",
     "InvalidAgentId",
+    "JetStreamError",
+    "KeyNotFound",
+    "MalformedAckSubject",
     "MeshClosed",
     "NatsAgentsError",
     "Overloaded",
@@ -61,6 +78,7 @@ __all__ = [
     "ProtocolError",
     "ServerBinaryNotFound",
     "ServerError",
+    "StreamNotFound",
     "TransportError",
     "Unauthorized",
     "Unavailable",
@@ -115,6 +133,63 @@ class MeshClosed(TransportError):
 
 class ProtocolError(NatsAgentsError):
     """A message is not valid natsagents protocol v1."""
+
+
+#: JetStream error codes of a refusal for now (cluster temporarily unavailable, stream offline).
+_TRANSIENT_CODES = frozenset({10008, 10118})
+
+
+class JetStreamError(TransportError):
+    """A JetStream (or KV) operation failed on the server.
+
+    Attributes:
+        status: the status (400, 404, 409, 503 …), when the server gave one.
+        err_code: the JetStream error code (10058 …), when the server gave one.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, err_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.err_code = err_code
+
+    @property
+    def transient(self) -> bool:
+        """Whether the server refused for now (leader election, quorum lost): retry later."""
+        return self.status in (408, 503) or self.err_code in _TRANSIENT_CODES
+
+
+class StreamNotFound(JetStreamError):
+    """No such stream, or no stream listens on the subject published to."""
+
+
+class ConsumerNotFound(JetStreamError):
+    """No such consumer: never created, deleted, or expired (``inactive_threshold``)."""
+
+
+class MalformedAckSubject(JetStreamError, ProtocolError):
+    """A message's reply subject is not a JetStream ack subject (``$JS.ACK.…``)."""
+
+
+class CasConflict(JetStreamError):
+    """A KV compare-and-set write found another revision than the one expected.
+
+    Attributes:
+        key: the key written.
+        expected_revision: the revision the write expected (``0``: the key absent).
+        current_revision: the key's last revision when the server refused (tombstones
+            count), when known.
+    """
+
+    def __init__(self, message: str, *, key: str, expected_revision: int, current_revision: int | None) -> None:
+        super().__init__(message, status=400, err_code=10071)
+        self.key = key
+        self.expected_revision = expected_revision
+        self.current_revision = current_revision
+
+
+class KeyNotFound(CasConflict):
+    """A KV compare-and-set update or delete found the key absent (never written, deleted,
+    purged or expired). A :class:`CasConflict`, so one ``except`` catches both."""
 
 
 class AgentError(NatsAgentsError):

@@ -1,4 +1,4 @@
-"""JetStream KV (transport/kv.py, kv_watch.py) against real servers: one node and a 3-node cluster."""
+"""JetStream KV (transport/kv/) against real servers: one node and a 3-node cluster."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ from natsagents.errors import CallTimeout, ConfigurationError, MeshClosed, Paylo
 from natsagents.server import NatsCluster, NatsServer
 from natsagents.testing import wait_for
 from natsagents.transport import Transport
+from natsagents.transport.jetstream import api_request
 from natsagents.transport.kv import (
     Bucket,
     CasConflict,
     Entry,
     KeyNotFound,
     KvError,
-    api_request,
+    Watch,
     open_bucket,
 )
-from natsagents.transport.kv_watch import Watch
 from tests.conftest import Connect
 
 

@@ -1,8 +1,10 @@
 """JetStream streams, publishes and pull consumers, spoken directly over the wire API.
 
-The layer under durable agent inboxes. Like ``kv.py`` it does not use nats-py's JetStream
-context: every operation is a core request through :class:`Transport`'s request mux, or a
-pull request whose messages arrive on one private inbox subscription per consumer.
+The layer under durable agent inboxes and under KV buckets (``transport/kv/`` is built on
+it; nothing here imports ``kv``). It does not use nats-py's JetStream context: every
+operation is a core request through :class:`Transport`'s request mux (``_api.py``:
+requests, retries, error decoding), or a pull request whose messages arrive on one
+private inbox subscription per consumer.
 
 * **Partitions.** A stream may map its subjects to partitions with a subject transform
   such as ``{{partition(16,1,2)}}``. :func:`partition_of_tokens` computes the partition
@@ -18,12 +20,13 @@ pull request whose messages arrive on one private inbox subscription per consume
   messages (404 no messages, 408 request timeout, 409 …, 100 heartbeats) end or extend a
   fetch.
 
-Exceptions (all :class:`~natsagents.errors.TransportError`)::
+Exceptions: the :class:`~natsagents.errors.JetStreamError` family of ``natsagents.errors``
+(drawn there), re-exported here::
 
     JetStreamError                 the server refused, or an operation failed
     ├── StreamNotFound             no such stream, or no stream listens on a subject
     ├── ConsumerNotFound           no such consumer (never created, deleted, expired)
-    ├── PublishBatchError          some publishes of :func:`publish_many` failed
+    ├── PublishBatchError          some publishes of :func:`publish_many` failed (defined here)
     └── MalformedAckSubject        (also a ProtocolError) a reply subject is not ``$JS.ACK.…``
 
 Oversized messages raise :class:`~natsagents.errors.PayloadTooLarge`, bad arguments
@@ -33,23 +36,18 @@ Oversized messages raise :class:`~natsagents.errors.PayloadTooLarge`, bad argume
 
 from __future__ import annotations
 
+from ...errors import ConsumerNotFound, JetStreamError, MalformedAckSubject, StreamNotFound
+from ._api import READ_ATTEMPT, api_request, decode_reply, error_for, labelled, retry, translate
 from ._consumers import ConsumerConfig, consumer_info, delete_consumer, ensure_consumer
-from ._errors import (
-    ConsumerNotFound,
-    JetStreamError,
-    MalformedAckSubject,
-    PublishBatchError,
-    StreamNotFound,
-    translate,
-)
 from ._messages import AckMetadata, JsMsg, parse_ack_subject
 from ._partition import partition_of, partition_of_tokens
-from ._publish import Outgoing, PubAck, publish, publish_many
+from ._publish import Outgoing, PubAck, PublishBatchError, publish, publish_many
 from ._pull import PullConsumer
-from ._streams import PARTITIONS_KEY, StreamConfig, delete_stream, ensure_stream, stream_info
+from ._streams import PARTITIONS_KEY, Reconcile, StreamConfig, create_stream, delete_stream, ensure_stream, stream_info
 
 __all__ = [
     "PARTITIONS_KEY",
+    "READ_ATTEMPT",
     "AckMetadata",
     "ConsumerConfig",
     "ConsumerNotFound",
@@ -60,18 +58,25 @@ __all__ = [
     "PubAck",
     "PublishBatchError",
     "PullConsumer",
+    "Reconcile",
     "StreamConfig",
     "StreamNotFound",
+    "api_request",
     "consumer_info",
+    "create_stream",
+    "decode_reply",
     "delete_consumer",
     "delete_stream",
     "ensure_consumer",
     "ensure_stream",
+    "error_for",
+    "labelled",
     "parse_ack_subject",
     "partition_of",
     "partition_of_tokens",
     "publish",
     "publish_many",
+    "retry",
     "stream_info",
     "translate",
 ]

@@ -6,11 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ...errors import ConfigurationError
+from ...errors import ConfigurationError, ConsumerNotFound, StreamNotFound
 from ..connection import Transport
-from ..kv import api_request, retry
+from ._api import api_request, labelled, retry
 from ._common import _NS, _name, _seconds, _subject
-from ._errors import ConsumerNotFound, StreamNotFound, _boundary
 
 DeliverPolicy = Literal["all", "new", "last"]
 
@@ -129,7 +128,7 @@ async def ensure_consumer(
     subject = f"$JS.API.CONSUMER.CREATE.{stream}.{config.durable}"
     body = {"stream_name": stream, "config": config._body(), "action": ""}  # "": create or update
     what = f"ensure consumer {stream}/{config.durable}"
-    with _boundary(what):
+    with labelled(what):
         return await retry(what, lambda t: api_request(transport, subject, body, t), timeout)
 
 
@@ -141,7 +140,7 @@ async def consumer_info(transport: Transport, stream: str, durable: str, *, time
     """
     subject = f"$JS.API.CONSUMER.INFO.{_name('stream', stream)}.{_name('consumer', durable)}"
     what = f"consumer info {stream}/{durable}"
-    with _boundary(what):
+    with labelled(what):
         return await retry(what, lambda t: api_request(transport, subject, None, t), timeout)
 
 
@@ -157,7 +156,7 @@ async def delete_consumer(transport: Transport, stream: str, durable: str, *, ti
     subject = f"$JS.API.CONSUMER.DELETE.{_name('stream', stream)}.{_name('consumer', durable)}"
     what = f"delete consumer {stream}/{durable}"
     try:
-        with _boundary(what):
+        with labelled(what):
             await retry(what, lambda t: api_request(transport, subject, None, t), timeout)
     except (ConsumerNotFound, StreamNotFound):
         return False

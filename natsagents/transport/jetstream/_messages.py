@@ -6,10 +6,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ...errors import MalformedAckSubject
 from ..connection import Inbound, Transport
-from ..kv import retry
+from ._api import retry
 from ._common import _NS, _seconds
-from ._errors import MalformedAckSubject
 
 _DIGITS_RE = re.compile(r"[0-9]+")
 _ACK_ATTEMPT = 1.0

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ...errors import CallTimeout, ConfigurationError
+from ...errors import CallTimeout, ConfigurationError, JetStreamError, StreamNotFound
 from ...wire.envelope import encode_headers
 from ..connection import Inbound, NoResponders, Transport
-from ..kv import KvError, _decode, api_request
+from ._api import api_request, decode_reply
 from ._common import _LOOKUP_TIMEOUT, _name, _subject
-from ._errors import JetStreamError, PublishBatchError, StreamNotFound, translate
 
 _PUBLISH_ATTEMPT = 2.0  # one publish attempt; retried with the same Nats-Msg-Id
 
@@ -31,6 +30,25 @@ class PubAck:
     stream: str
     seq: int
     duplicate: bool = False
+
+
+class PublishBatchError(JetStreamError):
+    """Some publishes of :func:`publish_many` failed; the others completed.
+
+    Attributes:
+        results: per message, in order: its :class:`PubAck`, or the exception it failed
+            with (a :class:`~natsagents.errors.CallTimeout` means its outcome is unknown:
+            publish it again with the same ``msg_id``).
+    """
+
+    def __init__(self, message: str, results: Sequence[PubAck | Exception]) -> None:
+        super().__init__(message)
+        self.results: tuple[PubAck | Exception, ...] = tuple(results)
+
+    @property
+    def failures(self) -> dict[int, Exception]:
+        """Index → exception of every failed message."""
+        return {i: r for i, r in enumerate(self.results) if isinstance(r, Exception)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +113,7 @@ class _StreamLookup:
         except NoResponders:
             result = []  # JetStream is not enabled: no stream listens anywhere
             self._known[subject] = result
-        except (CallTimeout, KvError):
+        except (CallTimeout, JetStreamError):
             result = None
         finally:
             del self._asking[subject]
@@ -104,10 +122,7 @@ class _StreamLookup:
 
 
 def _pub_ack(what: str, msg: Inbound) -> PubAck:
-    try:
-        doc = _decode(what, msg)
-    except KvError as exc:
-        raise translate(exc, what) from exc
+    doc = decode_reply(what, msg)
     stream, seq = doc.get("stream"), doc.get("seq")
     if not isinstance(stream, str) or not isinstance(seq, int) or isinstance(seq, bool):
         raise JetStreamError(f"{what}: the reply is not a JetStream PubAck (a core subscriber answered?)")

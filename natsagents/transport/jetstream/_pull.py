@@ -13,11 +13,19 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from ...errors import CallTimeout, ConfigurationError, MeshClosed, TransportError
+from ...errors import (
+    CallTimeout,
+    ConfigurationError,
+    ConsumerNotFound,
+    JetStreamError,
+    MalformedAckSubject,
+    MeshClosed,
+    StreamNotFound,
+    TransportError,
+)
 from ..connection import Inbound, Subscription, Transport
 from ._common import _LOOKUP_TIMEOUT, _NS, _name, _seconds
 from ._consumers import consumer_info
-from ._errors import ConsumerNotFound, JetStreamError, MalformedAckSubject, StreamNotFound
 from ._messages import JsMsg
 
 log = logging.getLogger("natsagents.transport.jetstream")

@@ -1,17 +1,20 @@
-"""Streams: create (or reconcile), inspect and delete."""
+"""Streams: create (or reconcile), inspect and delete.
+
+:func:`create_stream` is the one place a stream is created (KV buckets too): it picks the
+replica count, binds to an existing stream through a caller's reconcile rule, and retries.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from ...errors import ConfigurationError
+from ...errors import ConfigurationError, JetStreamError, StreamNotFound
 from ..connection import Transport
-from ..kv import KvError, _cluster_size, api_request, retry
+from ._api import api_request, labelled, retry
 from ._common import _NS, _name, _seconds, _subject
-from ._errors import StreamNotFound, _boundary
 from ._partition import _partitions_in
 
 Retention = Literal["limits", "workqueue", "interest"]
@@ -118,7 +121,7 @@ class StreamConfig:
             return None
         return {"src": self.subject_transform[0], "dest": self.subject_transform[1]}
 
-    def _body(self, replicas: int) -> dict[str, Any]:
+    def _body(self, replicas: int | None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "name": self.name,
             "subjects": list(self.subjects),
@@ -182,6 +185,83 @@ def _reconciled(config: StreamConfig, existing: Mapping[str, Any], body: Mapping
     return None if patched == dict(existing) else patched
 
 
+Reconcile = Callable[[dict[str, Any], Mapping[str, Any]], dict[str, Any] | None]
+
+
+def _cluster_size(transport: Transport) -> int:
+    """Servers in the connected server's cluster, from its INFO (1 when not clustered).
+
+    A server that just joined may not list every peer yet: only a lower bound.
+    """
+    info: Mapping[str, Any] = transport._nc._server_info or {}
+    return max(1, len(set(info.get("connect_urls") or ()))) if info.get("cluster") else 1
+
+
+async def create_stream(
+    transport: Transport,
+    body: Mapping[str, Any],
+    *,
+    reconcile: Reconcile,
+    what: str,
+    timeout: float,
+    attempt_timeout: float = _API_ATTEMPT,
+) -> dict[str, Any]:
+    """Create a stream from its wire configuration, or bind to the existing one.
+
+    Args:
+        transport: the connection.
+        body: the ``STREAM.CREATE`` configuration. A ``num_replicas`` of ``None`` picks 3
+            when the server is clustered, else 1, and falls back to 1 when the cluster
+            turns out to have fewer than 3 servers.
+        reconcile: called with an existing stream's configuration (it exists with another
+            one) and the configuration wanted; returns the configuration to update the
+            stream to, or ``None`` to keep it as it is. It may raise.
+        what: the operation, for error messages.
+        timeout: seconds for the whole operation (creating is idempotent: attempts are
+            retried within it).
+        attempt_timeout: seconds one attempt may take.
+
+    Returns:
+        The stream's configuration as the server holds it.
+
+    Raises:
+        JetStreamError: the server refused (e.g. not enough servers for the replicas).
+        CallTimeout, MeshClosed, and what ``reconcile`` raises.
+    """
+    config = dict(body)
+    name = _name("stream", config.get("name"))
+    auto = config.get("num_replicas") is None
+    if auto:
+        config["num_replicas"] = 3 if _cluster_size(transport) > 1 else 1
+
+    async def attempt(t: float) -> dict[str, Any]:
+        while True:
+            try:
+                created = await api_request(transport, f"$JS.API.STREAM.CREATE.{name}", config, t)
+            except JetStreamError as exc:
+                if exc.err_code == _STREAM_EXISTS:
+                    info = await api_request(transport, f"$JS.API.STREAM.INFO.{name}", None, t)
+                    existing: dict[str, Any] = info["config"]
+                    patched = reconcile(existing, config)
+                    if patched is None:
+                        return existing
+                    updated = await api_request(transport, f"$JS.API.STREAM.UPDATE.{name}", patched, t)
+                    return dict(updated["config"])
+                if exc.err_code not in _INSUFFICIENT:
+                    raise
+                if auto and config["num_replicas"] > 1 and _cluster_size(transport) < 3:
+                    config["num_replicas"] = 1  # auto on a cluster of fewer than 3 servers
+                    continue
+                raise JetStreamError(
+                    f"{what}: not enough servers for {config['num_replicas']} replicas: {exc}",
+                    status=exc.status,
+                    err_code=exc.err_code,
+                ) from exc
+            return dict(created["config"])
+
+    return await retry(what, attempt, timeout, attempt_timeout=attempt_timeout)
+
+
 async def ensure_stream(transport: Transport, config: StreamConfig, *, timeout: float = 5.0) -> dict[str, Any]:
     """Create the stream, or bind to it if it exists.
 
@@ -206,30 +286,15 @@ async def ensure_stream(transport: Transport, config: StreamConfig, *, timeout: 
     """
     if timeout <= 0:
         raise ConfigurationError(f"timeout must be > 0, not {timeout}")
-    auto = config.replicas is None
-    body = config._body(config.replicas or (3 if _cluster_size(transport) > 1 else 1))
     what = f"ensure stream {config.name}"
 
-    async def attempt(t: float) -> dict[str, Any]:
-        try:
-            created = await api_request(transport, f"$JS.API.STREAM.CREATE.{config.name}", body, t)
-        except KvError as exc:
-            if exc.err_code == _STREAM_EXISTS:
-                info = await api_request(transport, f"$JS.API.STREAM.INFO.{config.name}", None, t)
-                existing: dict[str, Any] = info["config"]
-                patched = _reconciled(config, existing, body)
-                if patched is None:
-                    return existing
-                updated = await api_request(transport, f"$JS.API.STREAM.UPDATE.{config.name}", patched, t)
-                return dict(updated["config"])
-            if exc.err_code in _INSUFFICIENT and auto and body["num_replicas"] > 1 and _cluster_size(transport) < 3:
-                body["num_replicas"] = 1  # auto on a cluster of fewer than 3 servers
-                return await attempt(t)
-            raise
-        return dict(created["config"])
+    def reconcile(existing: dict[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any] | None:
+        return _reconciled(config, existing, wanted)
 
-    with _boundary(what):
-        return await retry(what, attempt, timeout, attempt_timeout=_API_ATTEMPT)
+    with labelled(what):
+        return await create_stream(
+            transport, config._body(config.replicas), reconcile=reconcile, what=what, timeout=timeout
+        )
 
 
 async def stream_info(transport: Transport, name: str, *, timeout: float = 5.0) -> dict[str, Any]:
@@ -239,7 +304,7 @@ async def stream_info(transport: Transport, name: str, *, timeout: float = 5.0) 
         StreamNotFound: no such stream. ConfigurationError, JetStreamError, CallTimeout, MeshClosed.
     """
     subject = f"$JS.API.STREAM.INFO.{_name('stream', name)}"
-    with _boundary(f"stream info {name}"):
+    with labelled(f"stream info {name}"):
         return await retry(f"stream info {name}", lambda t: api_request(transport, subject, None, t), timeout)
 
 
@@ -254,7 +319,7 @@ async def delete_stream(transport: Transport, name: str, *, timeout: float = 5.0
     """
     subject = f"$JS.API.STREAM.DELETE.{_name('stream', name)}"
     try:
-        with _boundary(f"delete stream {name}"):
+        with labelled(f"delete stream {name}"):
             await retry(f"delete stream {name}", lambda t: api_request(transport, subject, None, t), timeout)
     except StreamNotFound:
         return False

@@ -1,8 +1,9 @@
-"""JetStream key-value buckets, spoken directly over the JetStream wire API.
+"""JetStream key-value buckets: open one, read, write (create / CAS / put / delete / purge).
 
 The cluster layer keeps membership leases, the agent directory and agent state here. We
 do not wrap nats-py's ``KeyValue``: each of its pitfalls (``nats-facts.md``) is avoided by
-sending the JetStream requests ourselves through :class:`Transport`'s request mux:
+speaking the JetStream API ourselves through the JetStream layer (``transport/jetstream/``:
+requests over :class:`Transport`'s request mux, retries, error decoding, stream creation):
 
 * reads are direct gets (``allow_direct`` is always on), answered by any replica, so they
   keep working during leader elections (possibly stale);
@@ -10,7 +11,7 @@ sending the JetStream requests ourselves through :class:`Transport`'s request mu
   purge tombstones read as "absent", and :meth:`Bucket.create` writes over them;
 * conflicts come back as the server's ``err_code`` (10071) and become :class:`CasConflict`;
 * sizes are checked (headers + value ≤ ``max_payload``) before anything is sent;
-* watches manage their own consumer and recreate it after a reconnect (``kv_watch.py``).
+* watches manage their own consumer and recreate it after a reconnect (``watch.py``).
 
 Timeouts and retries: every operation takes ``timeout`` in seconds (``None``: the bucket's
 default). Within it, timed-out attempts, "no responders" and 503s (leader elections) are
@@ -25,204 +26,28 @@ holds your value, the write landed, otherwise retry against that revision.
 from __future__ import annotations
 
 import asyncio
-import datetime
-import json
-import random
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any
 
-from ..errors import CallTimeout, ConfigurationError, PayloadTooLarge, TransportError
-from .connection import Inbound, NoResponders, Transport
+from ...errors import CallTimeout, CasConflict, ConfigurationError, JetStreamError, KeyNotFound, PayloadTooLarge
+from ..connection import Transport
+from ..jetstream import create_stream, decode_reply, retry
+from .entry import Entry, operation_of, parse_time, validate_key
+from .watch import Watch
 
-if TYPE_CHECKING:
-    from .kv_watch import Watch
+__all__ = ["Bucket", "open_bucket"]
 
-__all__ = ["Bucket", "CasConflict", "Entry", "KeyNotFound", "KvError", "Operation", "open_bucket", "validate_key"]
-
-Operation = Literal["put", "delete", "purge"]
-T = TypeVar("T")
-
-_KEY_RE = re.compile(r"[-/_=.a-zA-Z0-9]+")
 _BUCKET_RE = re.compile(r"[a-zA-Z0-9_-]+")
 _WRONG_LAST = re.compile(r"wrong last sequence: (\d+)")
 _NS = 1_000_000_000
-_READ_ATTEMPT = 1.0  # seconds one read attempt may take before it is retried
 _WRITE_ATTEMPT = 2.0  # writes are retried with the same Nats-Msg-Id, so the server dedups them
+_OPEN_ATTEMPT = 3.0  # one attempt at creating or binding the bucket's stream
 _EXPECTED = "Nats-Expected-Last-Subject-Sequence"
 _VALUE_LIMIT = "natsagents.max_value_size"  # stream metadata: the value limit asked for
 _HEADER_ROOM = 512  # bytes of headers a KV write may add on top of the value
-_TRANSIENT_CODES = frozenset({10008, 10118})  # cluster temporarily unavailable, stream offline
-
-
-class KvError(TransportError):
-    """A key-value operation failed on the server.
-
-    Attributes:
-        status: the JetStream API status (400, 404, 503 …), when the server gave one.
-        err_code: the JetStream error code (10071 …), when the server gave one.
-    """
-
-    def __init__(self, message: str, *, status: int | None = None, err_code: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.err_code = err_code
-
-    @property
-    def transient(self) -> bool:
-        """Whether the server refused for now (leader election, quorum lost): retry later."""
-        return self.status in (408, 503) or self.err_code in _TRANSIENT_CODES
-
-
-class CasConflict(KvError):
-    """A compare-and-set write found another revision than the one expected.
-
-    Attributes:
-        key: the key written.
-        expected_revision: the revision the write expected (``0``: the key absent).
-        current_revision: the key's last revision when the server refused (tombstones
-            count), when known.
-    """
-
-    def __init__(self, message: str, *, key: str, expected_revision: int, current_revision: int | None) -> None:
-        super().__init__(message, status=400, err_code=10071)
-        self.key = key
-        self.expected_revision = expected_revision
-        self.current_revision = current_revision
-
-
-class KeyNotFound(CasConflict):
-    """A compare-and-set update or delete found the key absent (never written, deleted,
-    purged or expired). A :class:`CasConflict`, so one ``except`` catches both."""
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One revision of a key.
-
-    Attributes:
-        key: the key.
-        value: the value (``b""`` for deletes and purges).
-        revision: the stream sequence of this revision; pass it to :meth:`Bucket.update`.
-        created: when the server stored it (Unix seconds), when known.
-        operation: ``"put"``, or ``"delete"`` / ``"purge"`` (only seen in watches).
-    """
-
-    key: str
-    value: bytes
-    revision: int
-    created: float | None
-    operation: Operation = "put"
-
-
-def validate_key(key: object) -> str:
-    """Return ``key`` if it is a valid KV key.
-
-    Raises:
-        ConfigurationError: not a string of ``[-/_=.a-zA-Z0-9]``, or it starts or ends with
-            ``.``, or has an empty token (``a..b``).
-    """
-    if not isinstance(key, str) or not _KEY_RE.fullmatch(key) or key[0] == "." or key[-1] == "." or ".." in key:
-        raise ConfigurationError(f"invalid KV key {key!r}: use [-/_=.a-zA-Z0-9], no leading, trailing or double '.'")
-    return key
-
-
-def _operation(headers: Mapping[str, str]) -> Operation:
-    """The KV operation a stored message stands for; server TTL markers count as purges/deletes."""
-    op = headers.get("KV-Operation")
-    if op == "DEL":
-        return "delete"
-    if op == "PURGE":
-        return "purge"
-    reason = headers.get("Nats-Marker-Reason")
-    if reason is not None:
-        return "delete" if reason == "Remove" else "purge"
-    return "put"
-
-
-def _parse_time(text: str | None) -> float | None:
-    """RFC 3339 with nanoseconds (``2026-01-02T03:04:05.123456789Z``) → Unix seconds."""
-    if not text:
-        return None
-    try:
-        base, _, rest = text.partition(".")
-        frac = rest.rstrip("Z") if rest else ""
-        stamp = datetime.datetime.fromisoformat(base).replace(tzinfo=datetime.UTC).timestamp()
-        return stamp + (int(frac) / 10 ** len(frac) if frac.isdigit() else 0.0)
-    except ValueError:
-        return None
-
-
-def _decode(what: str, msg: Inbound) -> dict[str, Any]:
-    """A JetStream API reply as a dict; its ``error`` raised as :class:`KvError`."""
-    status = (msg.headers or {}).get("Status")
-    if status and not msg.data:
-        raise KvError(f"{what}: status {status}", status=int(status) if status.isdigit() else None)
-    try:
-        doc = json.loads(msg.data)
-    except ValueError:
-        raise KvError(f"{what}: the server sent a reply that is not JSON") from None
-    err = doc.get("error") if isinstance(doc, dict) else {"description": "the reply is not a JSON object"}
-    if isinstance(err, dict):
-        code, status_code = err.get("err_code"), err.get("code")
-        text = f"{what}: {err.get('description', 'JetStream error')} (err_code {code})"
-        if code == 10054:
-            raise PayloadTooLarge(text, details={"err_code": code})
-        raise KvError(text, status=_int_or_none(status_code), err_code=_int_or_none(code))
-    return doc  # type: ignore[no-any-return]
-
-
-def _int_or_none(value: object) -> int | None:
-    return value if isinstance(value, int) else None
-
-
-async def api_request(transport: Transport, subject: str, body: object, timeout: float) -> dict[str, Any]:
-    """One JetStream API request (JSON in, JSON out), not retried.
-
-    Raises:
-        KvError: the server answered with an error; NoResponders, CallTimeout, MeshClosed.
-    """
-    payload = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
-    return _decode(subject, await transport.request(subject, payload, timeout=timeout))
-
-
-async def retry(
-    what: str,
-    op: Callable[[float], Awaitable[T]],
-    timeout: float,
-    *,
-    write: bool = False,
-    attempt_timeout: float = _READ_ATTEMPT,
-) -> T:
-    """Run ``op(attempt_timeout)`` until it succeeds or ``timeout`` seconds pass.
-
-    Timeouts, "no responders" and transient :class:`KvError` are retried with jittered
-    backoff. Writes must be idempotent (``Nats-Msg-Id``): after a timed-out attempt the
-    first may still land.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    delay = 0.02
-    last: BaseException | None = None
-    while True:
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            unknown = "; the write may or may not have landed" if write else ""
-            raise CallTimeout(f"{what}: no answer within {timeout:g} s (last error: {last}){unknown}") from last
-        try:
-            return await op(min(remaining, attempt_timeout))
-        except (CallTimeout, NoResponders) as exc:
-            last = exc
-        except KvError as exc:
-            if not exc.transient:
-                raise
-            last = exc
-        remaining = deadline - loop.time()
-        if remaining > 0:
-            await asyncio.sleep(min(delay * random.uniform(0.5, 1.0), remaining))
-        delay = min(delay * 2, 0.5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,13 +104,13 @@ class Bucket:
             if status == "404":
                 return None
             if status:
-                raise KvError(
+                raise JetStreamError(
                     f"get {self.name}/{key}: status {status}", status=int(status) if status.isdigit() else None
                 )
             revision = int(headers.get("Nats-Sequence", "0"))
             entry = None
-            if _operation(headers) == "put":
-                entry = Entry(key, msg.data, revision, _parse_time(headers.get("Nats-Time-Stamp")))
+            if operation_of(headers) == "put":
+                entry = Entry(key, msg.data, revision, parse_time(headers.get("Nats-Time-Stamp")))
             return _Last(revision, entry, headers.get("Nats-Msg-Id"))
 
         return await retry(f"get {self.name}/{key}", attempt, timeout)
@@ -301,7 +126,7 @@ class Bucket:
         Raises:
             ConfigurationError: invalid key.
             CallTimeout: no replica answered in time.
-            KvError, MeshClosed.
+            JetStreamError, MeshClosed.
         """
         last = await self._last(validate_key(key), self._timeout(timeout))
         return last.entry if last is not None else None
@@ -314,7 +139,7 @@ class Bucket:
             timeout: seconds; ``None`` for the bucket's default.
 
         Raises:
-            ConfigurationError: invalid pattern. CallTimeout, KvError, MeshClosed.
+            ConfigurationError: invalid pattern. CallTimeout, JetStreamError, MeshClosed.
         """
         limit = self._timeout(timeout)
         found: list[str] = []
@@ -353,10 +178,14 @@ class Bucket:
         Raises:
             ConfigurationError: invalid pattern or heartbeat.
         """
-        from .kv_watch import Watch
-
         return Watch(
-            self._t, self, pattern, include_history=include_history, heartbeat=heartbeat, headers_only=headers_only
+            self._t,
+            self.stream,
+            self.prefix,
+            pattern,
+            include_history=include_history,
+            heartbeat=heartbeat,
+            headers_only=headers_only,
         )
 
     # -- writes ----------------------------------------------------------------------
@@ -383,12 +212,12 @@ class Bucket:
             except CallTimeout:
                 timed_out = True
                 raise
-            return int(_decode(label, reply)["seq"])
+            return int(decode_reply(label, reply)["seq"])
 
         deadline = asyncio.get_running_loop().time() + timeout
         try:
             return await retry(label, attempt, timeout, write=True, attempt_timeout=_WRITE_ATTEMPT)
-        except KvError as exc:
+        except JetStreamError as exc:
             if exc.err_code not in (10071, 10164):
                 raise
             conflict = exc
@@ -429,7 +258,7 @@ class Bucket:
             CasConflict: the key holds a value (``current_revision`` is its revision).
             ConfigurationError: invalid key, value or ttl.
             PayloadTooLarge: the value (with headers) is too large.
-            CallTimeout, KvError, MeshClosed.
+            CallTimeout, JetStreamError, MeshClosed.
         """
         limit = self._timeout(timeout)
         headers = {_EXPECTED: "0"}
@@ -473,7 +302,7 @@ class Bucket:
         Raises:
             KeyNotFound: the key holds no value any more.
             CasConflict: another revision was written since ``revision``.
-            ConfigurationError, PayloadTooLarge, CallTimeout, KvError, MeshClosed.
+            ConfigurationError, PayloadTooLarge, CallTimeout, JetStreamError, MeshClosed.
         """
         headers = {_EXPECTED: str(_revision(revision))}
         if ttl is not None:
@@ -508,7 +337,7 @@ class Bucket:
             The new revision.
 
         Raises:
-            ConfigurationError, PayloadTooLarge, CallTimeout (outcome unknown), KvError, MeshClosed.
+            ConfigurationError, PayloadTooLarge, CallTimeout (outcome unknown), JetStreamError, MeshClosed.
         """
         return await self._write(key, value, {}, self._timeout(timeout), "put")
 
@@ -518,7 +347,7 @@ class Bucket:
         Raises:
             KeyNotFound: ``revision`` given and the key holds no value.
             CasConflict: ``revision`` given and the key is at another revision.
-            ConfigurationError, CallTimeout (outcome unknown), KvError, MeshClosed.
+            ConfigurationError, CallTimeout (outcome unknown), JetStreamError, MeshClosed.
         """
         headers = {"KV-Operation": "DEL"}
         if revision is None:
@@ -531,7 +360,7 @@ class Bucket:
         """Remove ``key`` and all its history, leaving one purge tombstone.
 
         Raises:
-            ConfigurationError, CallTimeout (outcome unknown), KvError, MeshClosed.
+            ConfigurationError, CallTimeout (outcome unknown), JetStreamError, MeshClosed.
         """
         await self._write(key, b"", {"KV-Operation": "PURGE", "Nats-Rollup": "sub"}, self._timeout(timeout), "purge")
 
@@ -545,15 +374,6 @@ def _revision(revision: object) -> int:
     if not isinstance(revision, int) or isinstance(revision, bool) or revision < 1:
         raise ConfigurationError(f"revision must be an int >= 1, not {revision!r}")
     return revision
-
-
-def _cluster_size(transport: Transport) -> int:
-    """Servers in the connected server's cluster, from its INFO (1 when not clustered).
-
-    A server that just joined may not list every peer yet: only a lower bound.
-    """
-    info: Mapping[str, Any] = transport._nc._server_info or {}
-    return max(1, len(set(info.get("connect_urls") or ()))) if info.get("cluster") else 1
 
 
 async def open_bucket(
@@ -584,7 +404,7 @@ async def open_bucket(
 
     Raises:
         ConfigurationError: an invalid argument.
-        KvError: the server refused (e.g. not enough servers for ``replicas``).
+        JetStreamError: the server refused (e.g. not enough servers for ``replicas``).
         CallTimeout, MeshClosed.
     """
     if not isinstance(name, str) or not _BUCKET_RE.fullmatch(name):
@@ -614,7 +434,7 @@ async def open_bucket(
         "max_msg_size": max_value_size + _HEADER_ROOM if max_value_size else -1,
         "storage": "file",
         "discard": "new",
-        "num_replicas": replicas if replicas is not None else (3 if _cluster_size(transport) > 1 else 1),
+        "num_replicas": replicas,  # None: the jetstream layer picks 3 on a cluster, else 1
         "duplicate_window": round(min(ttl or 120.0, 120.0) * _NS),
         "deny_delete": True,
         "deny_purge": False,
@@ -627,29 +447,15 @@ async def open_bucket(
     if limit_marker_ttl is not None:
         config["subject_delete_marker_ttl"] = round(limit_marker_ttl * _NS)
 
-    async def attempt(t: float) -> dict[str, Any]:
-        try:
-            created = await api_request(transport, f"$JS.API.STREAM.CREATE.{stream}", config, t)
-        except KvError as exc:
-            if exc.err_code == 10058:  # exists with another configuration: bind to it
-                info = await api_request(transport, f"$JS.API.STREAM.INFO.{stream}", None, t)
-                existing: dict[str, Any] = info["config"]
-                if existing.get("allow_direct") and existing.get("allow_msg_ttl"):
-                    return existing
-                patched = dict(existing, allow_direct=True, allow_msg_ttl=True)
-                updated = await api_request(transport, f"$JS.API.STREAM.UPDATE.{stream}", patched, t)
-                return dict(updated["config"])
-            if exc.err_code in (10023, 10074, 10005):  # not enough servers (or not clustered)
-                if replicas is None and config["num_replicas"] > 1 and _cluster_size(transport) < 3:
-                    config["num_replicas"] = 1  # auto on a cluster of 2 servers
-                    return await attempt(t)
-                raise KvError(
-                    f"cannot create bucket {name} with {config['num_replicas']} replicas: {exc}",
-                    status=exc.status,
-                    err_code=exc.err_code,
-                ) from exc
-            raise
-        return dict(created["config"])
-
-    final = await retry(f"open bucket {name}", attempt, timeout, attempt_timeout=3.0)  # creating is idempotent
+    final = await create_stream(
+        transport, config, reconcile=_bind, what=f"open bucket {name}", timeout=timeout, attempt_timeout=_OPEN_ATTEMPT
+    )
     return Bucket(transport, final, timeout=timeout)
+
+
+def _bind(existing: dict[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any] | None:
+    """An existing bucket keeps its own configuration; only direct gets and per-key TTLs
+    are switched on if missing (every read and ``create(ttl=…)`` needs them)."""
+    if existing.get("allow_direct") and existing.get("allow_msg_ttl"):
+        return None
+    return dict(existing, allow_direct=True, allow_msg_ttl=True)

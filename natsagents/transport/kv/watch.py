@@ -1,4 +1,4 @@
-"""Watching a KV bucket with a push consumer we manage ourselves.
+"""Watching a KV bucket: a reconnect-proof iterator over a push consumer we manage ourselves.
 
 nats-py's ``watch()`` is an ordered consumer that notices a lost consumer (server
 restart) only through missed heartbeats, ~15 s later (``nats-facts.md``). Here a watch
@@ -26,14 +26,12 @@ import re
 import secrets
 from collections import deque
 from types import TracebackType
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
-from ..errors import CallTimeout, ConfigurationError, MeshClosed, TransportError
-from .connection import Inbound, Subscription, Transport
-from .kv import Entry, KvError, _operation, api_request
-
-if TYPE_CHECKING:
-    from .kv import Bucket
+from ...errors import CallTimeout, ConfigurationError, JetStreamError, MeshClosed, TransportError
+from ..connection import Inbound, Subscription, Transport
+from ..jetstream import api_request
+from .entry import Entry, operation_of
 
 __all__ = ["Watch"]
 
@@ -84,7 +82,8 @@ def _reconnects(transport: Transport) -> int:
 
 
 class Watch:
-    """An async iterator of :class:`Entry` (and one ``None`` marker); see :meth:`Bucket.watch`.
+    """An async iterator of :class:`Entry` (and one ``None`` marker); see :meth:`Bucket.watch`,
+    which makes one for the stream ``stream`` whose keys are subjects ``prefix + key``.
 
     Attributes:
         restarts: how many times the consumer was recreated (after reconnects, gaps…).
@@ -94,7 +93,8 @@ class Watch:
     def __init__(
         self,
         transport: Transport,
-        bucket: Bucket,
+        stream: str,
+        prefix: str,
         pattern: str,
         *,
         include_history: bool,
@@ -104,9 +104,9 @@ class Watch:
         if not 0.05 <= heartbeat <= 30:
             raise ConfigurationError(f"heartbeat must be within 0.05..30 seconds, not {heartbeat}")
         self._t = transport
-        self._stream = bucket.stream
-        self._prefix = bucket.prefix
-        self._filter = bucket.prefix + _validate_pattern(pattern)
+        self._stream = stream
+        self._prefix = prefix
+        self._filter = prefix + _validate_pattern(pattern)
         self._history = include_history
         self._headers_only = headers_only
         self._hb = heartbeat
@@ -243,7 +243,7 @@ class Watch:
         if meta.stream_seq <= self.last_revision:
             return None  # delivered before the consumer was recreated
         self.last_revision = meta.stream_seq
-        op = _operation(headers)
+        op = operation_of(headers)
         if op != "put" and initial and not self._history:
             return None  # a tombstone among the current values: the key is just absent
         value = b"" if op != "put" or self._headers_only else msg.data
@@ -260,7 +260,7 @@ class Watch:
         """Replace the consumer, retrying transient failures with backoff until it works.
 
         Raises:
-            KvError: the server refused for good (e.g. the bucket was deleted).
+            JetStreamError: the server refused for good (e.g. the bucket was deleted).
             MeshClosed: the connection closed.
         """
         await self._drop_consumer()
@@ -271,7 +271,7 @@ class Watch:
                 return
             except MeshClosed:
                 raise
-            except KvError as exc:
+            except JetStreamError as exc:
                 if not exc.transient:
                     raise
             except (TransportError, CallTimeout):
