@@ -27,6 +27,7 @@ templates the name is ``{{name()}}``, which the server expands per user.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -453,6 +454,11 @@ def scoped_signing_key(
         replies: inbox prefixes hosts answer to (:func:`reply_prefixes`).
     """
     perms = permissions_for(role, prefix, replies=replies, user=NAME_TEMPLATE)
+    # nats-server expands a list that holds a template entry by entry and keeps only valid
+    # subjects: a "subject queue" entry has a space, so it would be dropped silently. The
+    # template allows those subjects without the queue-group restriction instead.
+    plain = tuple(dict.fromkeys(entry.split(" ")[0] for entry in perms.subscribe_allow))
+    perms = dataclasses.replace(perms, subscribe_allow=plain)
     for entry in (*perms.publish_allow, *perms.publish_deny, *perms.subscribe_allow, *perms.subscribe_deny):
         validate_subject(entry)
     what = role.describe().replace(f" {role.name} ", " ")
