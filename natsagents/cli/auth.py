@@ -34,6 +34,7 @@ from ..server.permissions import (
     reply_prefixes,
     scoped_signing_key,
     template_role_name,
+    validate_roles,
 )
 from ..wire.subjects import DEFAULT_PREFIX, validate_prefix
 from .main import Exit, command, print_json
@@ -110,8 +111,7 @@ def generate(
         ConfigurationError: invalid roles, names used twice, a seed file of the wrong
             kind, no ``nkeys`` package.
     """
-    validate_prefix(prefix)
-    render_config([(r, "U") for r in roles], prefix, account=account)  # validates before writing anything
+    validate_roles(roles, prefix, account=account)  # before writing anything
     directory = Path(out)
     directory.mkdir(parents=True, exist_ok=True)
     users = []
@@ -129,16 +129,12 @@ def _write_templates(directory: Path, roles: Sequence[Role], prefix: str) -> tup
     replies = reply_prefixes(roles)
     distinct: dict[str, Role] = {}
     for role in roles:
-        name = template_role_name(role)
-        if role.inbox is not None:
-            name += "-" + "".join(c if c.isalnum() or c in "_-" else "_" for c in role.inbox)
-        distinct.setdefault(name, role)
+        distinct.setdefault(template_role_name(role), role)
     directory.mkdir(exist_ok=True)
     written = []
     for name, role in distinct.items():
         key, _ = _key_pair(directory / f"{name}.nk", "A")
         scope = scoped_signing_key(role, key, prefix, replies=replies)
-        scope["role"] = name
         path = directory / f"{name}.json"
         _write_text(path, json.dumps(scope, indent=2) + "\n")
         written.append(path)
@@ -203,7 +199,7 @@ def _auth(args: argparse.Namespace) -> int:
     if args.out is None:
         if not args.json:
             raise ConfigurationError("give --out DIR to write the users, or --json to print the permissions only")
-        render_config([(r, "U") for r in roles], prefix, account=args.account)  # the same checks
+        validate_roles(roles, prefix, account=args.account)
         print_json({"prefix": prefix, "users": permissions_json(roles, prefix)})
         return Exit.OK
     done = generate(args.out, roles, prefix=prefix, account=args.account)

@@ -50,6 +50,7 @@ __all__ = [
     "reply_prefixes",
     "scoped_signing_key",
     "template_role_name",
+    "validate_roles",
     "validate_subject",
 ]
 
@@ -124,15 +125,18 @@ class Role:
         """Its reply subjects' prefix (``Mesh.connect(inbox_prefix=…)``)."""
         return self.inbox or f"_INBOX.{self.name}"
 
+    @property
+    def scope(self) -> str:
+        """``kinds Counter, Ledger``, ``every kind`` …"""
+        if self.kinds is None:
+            return "every kind"
+        if not self.kinds:
+            return "no agent calls" if self.role == "operator" else "no kinds"
+        return "kinds " + ", ".join(self.kinds)
+
     def describe(self) -> str:
         """``node n1 (kinds Counter, Ledger)``."""
-        if self.kinds is None:
-            what = "every kind"
-        elif not self.kinds:
-            what = "no agent calls" if self.role == "operator" else "no kinds"
-        else:
-            what = "kinds " + ", ".join(self.kinds)
-        return f"{self.role} {self.name} ({what})"
+        return f"{self.role} {self.name} ({self.scope})"
 
 
 def _check_inbox(inbox: str) -> None:
@@ -390,6 +394,25 @@ def _user_block(role: Role, nkey: str, perms: Permissions, indent: str) -> list[
     ]
 
 
+def validate_roles(roles: Sequence[Role], prefix: str = DEFAULT_PREFIX, *, account: str | None = None) -> None:
+    """Check that ``roles`` make one valid configuration.
+
+    Raises:
+        ConfigurationError: no roles, a name used twice, an invalid prefix or account
+            name, an inbox under the mesh's prefix.
+    """
+    if not roles:
+        raise ConfigurationError("no users: give at least one role")
+    names = [r.name for r in roles]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigurationError(f"user names must be unique (a NATS user has one permission set): {', '.join(twice)}")
+    if account is not None and not _ACCOUNT_RE.fullmatch(account):
+        raise ConfigurationError(f"invalid account name {account!r}: use 1-64 characters [A-Za-z0-9_-]")
+    for role in roles:
+        permissions_for(role, prefix)
+
+
 def render_config(
     users: Sequence[tuple[Role, str]], prefix: str = DEFAULT_PREFIX, *, account: str | None = None
 ) -> str:
@@ -406,14 +429,7 @@ def render_config(
         ConfigurationError: no users, a name used twice, an invalid account name.
     """
     roles = [role for role, _ in users]
-    if not roles:
-        raise ConfigurationError("no users: give at least one role")
-    names = [r.name for r in roles]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ConfigurationError(f"user names must be unique (a NATS user has one permission set): {', '.join(twice)}")
-    if account is not None and not _ACCOUNT_RE.fullmatch(account):
-        raise ConfigurationError(f"invalid account name {account!r}: use 1-64 characters [A-Za-z0-9_-]")
+    validate_roles(roles, prefix, account=account)
     replies = reply_prefixes(roles)
     indent = "    " if account is None else "      "
     body: list[str] = []
@@ -431,10 +447,12 @@ def render_config(
 
 
 def template_role_name(role: Role) -> str:
-    """The scoped key's role name: ``node``, ``caller-Counter-Ledger`` …"""
-    if role.kinds is None:
-        return f"{role.role}-all"
-    return "-".join((role.role, *role.kinds)) if role.kinds else role.role
+    """The scoped key's role name, the same for every user of one role, kinds and (non-default)
+    inbox: ``node-all``, ``caller-Counter-Ledger``, ``peer-Counter-_R_web`` …"""
+    name = f"{role.role}-all" if role.kinds is None else "-".join((role.role, *role.kinds))
+    if role.inbox is not None:
+        name += "-" + "".join(c if c.isalnum() or c in "_-" else "_" for c in role.inbox)
+    return name
 
 
 def scoped_signing_key(
@@ -461,13 +479,12 @@ def scoped_signing_key(
     perms = dataclasses.replace(perms, subscribe_allow=plain)
     for entry in (*perms.publish_allow, *perms.publish_deny, *perms.subscribe_allow, *perms.subscribe_deny):
         validate_subject(entry)
-    what = role.describe().replace(f" {role.name} ", " ")
     return {
         "kind": "user_scope",
         "key": key,
         "role": template_role_name(role),
         "template": perms.jwt_template(),
-        "description": f"natsagents {what}, subject prefix {prefix}",
+        "description": f"natsagents {role.role} ({role.scope}), subject prefix {prefix}",
     }
 
 
