@@ -15,11 +15,13 @@ the ``nats-auth.conf`` it wrote, and every client connects with the nkey seed it
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import os
 import stat
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -429,7 +431,7 @@ async def test_every_role_works_within_its_permissions(
     assert await peer_call(web.nc, "Counter", "from-web", "add", {"by": 7}) == ("ok", 7)
 
     # The operator: nodes, agents, migrate, drain, dead letters.
-    assert {s.record.node_id: s.live for s in await ops.nodes()} == {"n1": True, "n2": True}
+    assert {s.record.node_id for s in await ops.nodes() if s.live} == {"n1", "n2"}
     owners = {r.address: r.node for r in await ops.agents()}
     assert {"Counter/allowed", "Counter/from-web", "Ledger/by-node"} <= set(owners)
     target = "n2" if owners["Counter/allowed"] == "n1" else "n1"
@@ -438,7 +440,7 @@ async def test_every_role_works_within_its_permissions(
     assert await alice.ref("Counter/allowed").call("get") == 10
     drained = await ops.drain("n2", timeout=30)
     assert drained["node"] == "n2"
-    assert {s.record.node_id: s.record.draining for s in await ops.nodes()} == {"n1": False, "n2": True}
+    assert {s.record.node_id: s.record.draining for s in await ops.nodes() if s.live} == {"n1": False, "n2": True}
     with pytest.raises(UnknownAction):  # dead-lettered at once
         await counter.with_options(delivery="exactly_once").call("no_such_action")
     (letter,) = [d for d in await ops.dead_letters() if d.action == "no_such_action"]
@@ -454,6 +456,63 @@ async def test_every_role_works_within_its_permissions(
 
     # Nothing any of them did was refused (connect_as checks each mesh's errors too).
     assert web.errors == []
+    assert violations(server, creds) == before
+
+
+NODE_PROCESS = """
+import asyncio, sys
+from natsagents import Auth, ClusterSettings, Mesh
+from natsagents.runtime.durable import DeliverySettings
+from tests.agents import Counter
+
+async def main(url, seed):
+    delivery = DeliverySettings(partitions=4, max_deliver=3, backoff=(0.02,), ack_wait=5.0, attempt_timeout=5.0)
+    settings = ClusterSettings(node_id="n2", lease=1.5, rebalance=False, delivery=delivery)
+    async with Mesh.connect(url, name="n2", cluster=settings, auth=Auth(nkey_seed=seed), inbox_prefix="_INBOX.n2") as m:
+        await m.host(Counter)
+        print("READY", flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_takeover_after_a_node_dies_needs_nothing_more(
+    server: NatsServer, creds: Path, connect_as: Opener
+) -> None:
+    """SIGKILL a node that owns agents and inbox partitions: the survivor takes both over
+    (lease lapse, directory CAS, state adoption, partition consumers and attempts) within
+    the node role's permissions."""
+    before = violations(server, creds)
+    n1 = await connect_as("n1", Counter, node=True)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", NODE_PROCESS, server.url, seed_file(creds, "n2"), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        assert (await asyncio.wait_for(proc.stdout.readline(), 15)).strip() == b"READY"
+        alice, ops = await connect_as("alice"), await connect_as("ops")
+        ids = [f"t{i}" for i in range(8)]
+        for i, agent_id in enumerate(ids):
+            assert await alice.ref("Counter", agent_id).call("add", by=i) == i
+        owners = {r.agent_id: r.node for r in await ops.agents() if r.agent_id in ids}
+        assert "n2" in owners.values() and "n1" in owners.values(), owners
+        for agent_id in ids:  # stored now, run by whichever node owns the partition
+            await alice.ref("Counter", agent_id).with_options(delivery="exactly_once").send("add", by=100)
+        proc.kill()
+        await proc.wait()
+
+        async def all_ran() -> bool:
+            values = [await alice.ref("Counter", agent_id).call("get", timeout=10) for agent_id in ids]
+            return values == [i + 100 for i in range(len(ids))]
+
+        await wait_for(all_ran, timeout=20, interval=0.1, what="every agent back, every durable message run once")
+        assert {r.node for r in await ops.agents() if r.agent_id in ids} == {"n1"}
+        assert n1.local_agent("Counter", ids[0]) is not None
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     assert violations(server, creds) == before
 
 
@@ -558,7 +617,7 @@ async def test_caller_cannot_write_the_registry_or_control_nodes(
 
         # The victims: no bucket changed, the node is not draining, the agent kept its state.
         assert await snapshot() == before
-        assert [(s.record.node_id, s.record.draining) for s in await ops.nodes()] == [("n1", False)]
+        assert {s.record.node_id: (s.live, s.record.draining) for s in await ops.nodes()}["n1"] == (True, False)
         assert await alice_mesh.ref("Counter/s1").call("get") == 7
         assert await buckets["na_state"].get("Counter.new") is None
         for stream in ("KV_na_state", "na_inbox", "na_dlq"):
