@@ -88,7 +88,12 @@ class Command:
 _COMMANDS: dict[str, Command] = {}
 
 #: Modules whose import registers commands (this one registers server, call and send).
-COMMAND_MODULES: tuple[str, ...] = ("natsagents.cli.demo", "natsagents.cli.cluster", "natsagents.cli.delivery")
+COMMAND_MODULES: tuple[str, ...] = (
+    "natsagents.cli.demo",
+    "natsagents.cli.cluster",
+    "natsagents.cli.delivery",
+    "natsagents.cli.auth",
+)
 
 
 def command(

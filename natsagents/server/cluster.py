@@ -9,6 +9,7 @@ routes to every other live node (``/routez``) and knows the meta leader (``/jsz`
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,7 @@ class NatsCluster(_ContextManaged):
         jetstream: enable JetStream on every node.
         max_payload: every node's ``max_payload`` in bytes.
         config_extra: config text appended verbatim to every node's config.
+        include: a config file every node includes (see :class:`NatsServer`).
         binary: path of the ``nats-server`` binary; searched for when ``None``.
         base_dir: when given, node ``i`` stores JetStream data in ``base_dir/<name>-<i>``
             (kept after stop); otherwise each node uses a temporary directory.
@@ -55,6 +57,7 @@ class NatsCluster(_ContextManaged):
         jetstream: bool = True,
         max_payload: int | None = None,
         config_extra: str = "",
+        include: str | os.PathLike[str] | None = None,
         binary: str | None = None,
         base_dir: str | None = None,
     ) -> None:
@@ -82,6 +85,7 @@ class NatsCluster(_ContextManaged):
                     routes=[f"nats-route://127.0.0.1:{port}" for j, port in enumerate(routing) if j != i],
                     max_payload=max_payload,
                     config_extra=config_extra,
+                    include=include,
                     binary=binary,
                 )
             )

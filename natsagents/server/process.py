@@ -252,6 +252,10 @@ class NatsServer(_ContextManaged):
         routes: route URLs of the other nodes (``nats-route://127.0.0.1:<port>``).
         max_payload: the server's ``max_payload`` in bytes (default 1 MiB).
         config_extra: config text appended verbatim (auth blocks, limits ...).
+        include: a config file to ``include`` (e.g. the ``nats-auth.conf`` that
+            ``natsagents auth`` writes). nats-server resolves include paths relative to
+            the including file, even absolute ones, so it is written relative to this
+            server's config file.
         binary: path of the ``nats-server`` binary; searched for when ``None``.
         host: interface to listen on.
         log_file: where the server's stdout/stderr go; ``server.log`` in the temporary
@@ -275,6 +279,7 @@ class NatsServer(_ContextManaged):
         routes: Sequence[str] = (),
         max_payload: int | None = None,
         config_extra: str = "",
+        include: str | os.PathLike[str] | None = None,
         binary: str | None = None,
         host: str = "127.0.0.1",
         log_file: str | None = None,
@@ -290,6 +295,7 @@ class NatsServer(_ContextManaged):
         self._jetstream = jetstream
         self._max_payload = max_payload
         self._config_extra = config_extra
+        self._include = Path(include).resolve() if include is not None else None
         self._binary_arg = binary
         self._binary: str | None = None
         self._debug = debug
@@ -590,6 +596,8 @@ class NatsServer(_ContextManaged):
                 "  ]",
                 "}",
             ]
+        if self._include is not None:
+            lines += ["", f"include {q(os.path.relpath(self._include, self.config_path.parent))}"]
         if self._config_extra:
             lines += ["", "# config_extra", self._config_extra]
         return "\n".join(lines) + "\n"
