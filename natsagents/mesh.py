@@ -88,6 +88,7 @@ class Mesh:
         stop_timeout: float,
         metrics: Metrics,
         tracing: Tracing,
+        max_agents: int | None = 100_000,
     ) -> None:
         self._node: ClusterNode | None = None
         self._owners: PartitionOwners | None = None
@@ -122,6 +123,7 @@ class Mesh:
                 expose_tracebacks=expose_tracebacks,
                 stop_timeout=stop_timeout,
                 compress_above=compress_above,
+                max_agents=max_agents,
             ),
             lambda address: _AgentRefs(self._caller.as_agent(address), kinds),
             metrics,
@@ -159,6 +161,7 @@ class Mesh:
         cluster: ClusterSettings | bool | None = None,
         reply_prefixes: Sequence[str] = DEFAULT_REPLY_PREFIXES,
         inbox_prefix: str = "_INBOX",
+        max_agents: int | None = 100_000,
     ) -> _MeshOpener:
         """Connect to NATS. Await the result, or use it with ``async with``.
 
@@ -195,6 +198,9 @@ class Mesh:
                 ``nats`` CLI's). A request naming any other reply subject — ``$KV.…``,
                 ``$JS.…``, a node's control subject, another agent — is dropped unrun: the
                 host would publish the answer there with its own permissions.
+            max_agents: most agents this mesh hosts at once; one more activation is
+                refused with :class:`~natsagents.ClusterAtCapacity` (a cluster places it on
+                another node). ``None``: no limit.
             inbox_prefix: prefix of this mesh's own reply subjects (``<prefix>.<random>.<n>``);
                 give each user its own (``_INBOX.alice``) where NATS permissions let users
                 subscribe only to their own replies (``natsagents auth``).
@@ -228,6 +234,8 @@ class Mesh:
             cluster_settings = cluster
         else:
             raise ConfigurationError(f"cluster must be a ClusterSettings, True or None, not {cluster!r}")
+        if max_agents is not None and (type(max_agents) is not int or max_agents < 1):
+            raise ConfigurationError(f"max_agents must be an int >= 1 or None, not {max_agents!r}")
         if isinstance(reply_prefixes, str) or any(
             not isinstance(p, str) or p.startswith(prefix + ".") for p in reply_prefixes
         ):
@@ -259,6 +267,7 @@ class Mesh:
                 stop_timeout=stop_timeout,
                 metrics=Metrics(metrics_registry),
                 tracing=Tracing(tracer_provider),
+                max_agents=max_agents,
             )
             if cluster_settings is not None:
                 try:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..agent.base import Agent, RefFactory
-from ..errors import ConfigurationError, MeshClosed, NatsAgentsError, ProtocolError
+from ..errors import ClusterAtCapacity, ConfigurationError, MeshClosed, NatsAgentsError, ProtocolError
 from ..observability import Metrics, Tracing
 from ..tasks import TaskGroup
 from ..transport import Inbound, Subscription, Transport
@@ -49,6 +49,10 @@ class HostSettings:
             that heard nothing publishes the same request again).
         compress_above: replies larger than this many bytes are compressed (``deflate``)
             for callers that accept it; ``None``: never.
+        max_agents: most agents active here at once; one more activation is refused with
+            ``at_capacity`` (``ClusterAtCapacity``; a cluster places it on another node).
+            ``None``: no limit. Anyone who may name agents can otherwise fill a host's
+            memory with activations (each costs about 1 KiB here and 1 KiB in the server).
     """
 
     prefix: str
@@ -57,6 +61,11 @@ class HostSettings:
     stop_timeout: float = 10.0
     dedup_ttl: float = 10.0
     compress_above: int | None = 64 * 1024
+    max_agents: int | None = 100_000
+
+    def __post_init__(self) -> None:
+        if self.max_agents is not None and (type(self.max_agents) is not int or self.max_agents < 1):
+            raise ConfigurationError(f"max_agents must be an int >= 1 or None, not {self.max_agents!r}")
 
 
 class Host:
@@ -189,6 +198,15 @@ class Host:
             del self._starting[key]
 
     async def _start(self, cls: type[Agent], agent_id: str, options: object = None) -> Activation:
+        limit = self.settings.max_agents
+        if limit is not None and len(self.activations) + len(self._starting) - 1 >= limit:
+            name = self.settings.node
+            raise ClusterAtCapacity(
+                f"{name} holds {len(self.activations)} agents, its limit (max_agents={limit})",
+                agent=f"{cls.kind}/{agent_id}",
+                kind=cls.kind,
+                rejected={name: f"agent limit ({limit})"},
+            )
         agent = cls()
         act = Activation(self, agent, agent_id)
         agent._bind(agent_id, self._refs_for, act)
@@ -333,6 +351,12 @@ class Host:
             await self.activate(kind, agent_id)
         except MeshClosed as exc:
             await self.replies.send(msg.reply, *envelope.error_reply("unavailable", str(exc), agent=address))
+            return
+        except ClusterAtCapacity as exc:
+            self._metrics.rejected_one(kind, exc.code)
+            await self.replies.send(
+                msg.reply, *envelope.error_reply(exc.code, exc.message, agent=address, details=exc.details)
+            )
             return
         except Exception as exc:
             log.exception("activation of %s failed", address)

@@ -1,0 +1,52 @@
+"""Caps against a peer that names agents until a host's memory is full: a host holds at
+most ``max_agents`` activations and refuses one more with a typed ``at_capacity``.
+
+Before: no cap; 200,000 distinct ids were all activated in 11 s and stayed."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from natsagents import ClusterAtCapacity, ClusterSettings, ConfigurationError, Mesh
+from tests.agents import Counter
+
+
+async def test_a_host_refuses_activations_beyond_max_agents_at_once(mesh_factory: Any) -> None:
+    host = await mesh_factory(max_agents=3)
+    await host.host(Counter)
+    caller = await mesh_factory(name="caller")
+    for i in range(3):
+        assert await caller.ref(f"Counter/c{i}").call("add") == 1
+    started = time.monotonic()
+    with pytest.raises(ClusterAtCapacity) as err:
+        await caller.ref("Counter/c3").call("add", timeout=5)
+    assert time.monotonic() - started < 1.0  # typed, at once: not a timeout
+    assert "max_agents=3" in err.value.message
+    assert sorted(host.local_agents()) == ["Counter/c0", "Counter/c1", "Counter/c2"]
+    assert await caller.ref("Counter/c0").call("add") == 2  # the agents it holds still answer
+    assert await host.deactivate("Counter/c0")
+    assert await caller.ref("Counter/c3").call("add") == 1  # room again
+
+
+async def test_a_full_cluster_node_sends_the_agent_to_another(mesh_factory: Any) -> None:
+    def node(name: str, **options: Any) -> Any:
+        settings = ClusterSettings(node_id=name, lease=1.5, rebalance=False, delivery=None)
+        return mesh_factory(name=name, cluster=settings, **options)
+
+    n1: Mesh = await node("n1", max_agents=2)
+    await n1.host(Counter)
+    n2: Mesh = await node("n2")
+    await n2.host(Counter)
+    for i in range(8):
+        assert await n1.ref(f"Counter/k{i}").call("add") == 1
+    assert len(n1.local_agents()) <= 2
+    assert len(n1.local_agents()) + len(n2.local_agents()) == 8
+
+
+def test_max_agents_must_be_a_positive_int() -> None:
+    for bad in (0, -1, 1.5, "10", True):
+        with pytest.raises(ConfigurationError):
+            Mesh.connect("nats://127.0.0.1:1", max_agents=bad)
