@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from .server import NatsServer
 
-__all__ = ["Mesh", "MeshState"]
+__all__ = ["Mesh", "MeshOpener", "MeshState"]
 
 log = logging.getLogger("natsagents.mesh")
 _NAME_RE = re.compile(r"[\x21-\x7e]{1,128}")
@@ -162,7 +162,7 @@ class Mesh:
         reply_prefixes: Sequence[str] = DEFAULT_REPLY_PREFIXES,
         inbox_prefix: str = "_INBOX",
         max_agents: int | None = 100_000,
-    ) -> _MeshOpener:
+    ) -> MeshOpener:
         """Connect to NATS. Await the result, or use it with ``async with``.
 
         Args:
@@ -278,10 +278,10 @@ class Mesh:
                     raise
             return mesh
 
-        return _MeshOpener(open_)
+        return MeshOpener(open_)
 
     @classmethod
-    def embedded(cls, *, server_options: dict[str, Any] | None = None, **connect_options: Any) -> _MeshOpener:
+    def embedded(cls, *, server_options: dict[str, Any] | None = None, **connect_options: Any) -> MeshOpener:
         """Start a local nats-server (JetStream, free port, temp store) and connect to it.
 
         The server stops when the mesh closes. ``connect_options`` are those of
@@ -308,7 +308,7 @@ class Mesh:
             mesh._server = server
             return mesh
 
-        return _MeshOpener(open_)
+        return MeshOpener(open_)
 
     async def _join(self, settings: ClusterSettings) -> None:
         node_id = settings.node_id or node_id_from_name(self.name)
@@ -656,7 +656,7 @@ class Mesh:
         await self.aclose()
 
 
-class _MeshOpener:
+class MeshOpener:
     """Awaitable (``await Mesh.connect(...)``) and async context manager
     (``async with Mesh.connect(...) as mesh``)."""
 

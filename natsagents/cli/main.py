@@ -38,7 +38,7 @@ from ..wire.ids import parse_address
 from ..wire.subjects import DEFAULT_PREFIX, validate_prefix
 
 if TYPE_CHECKING:
-    from ..mesh import _MeshOpener
+    from ..mesh import MeshOpener
     from ..server import NatsCluster, NatsServer
 
 __all__ = [
@@ -234,7 +234,7 @@ def add_connection_options(parser: argparse.ArgumentParser, *, prefix: bool = Tr
     )
 
 
-def open_mesh(args: argparse.Namespace, **options: Any) -> _MeshOpener:
+def open_mesh(args: argparse.Namespace, **options: Any) -> MeshOpener:
     """``Mesh.connect`` with the connection options of :func:`add_connection_options`."""
     from ..mesh import Mesh
 
