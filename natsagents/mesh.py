@@ -452,6 +452,13 @@ class Mesh:
         return self._node.node_id if self._node is not None else None
 
     @property
+    def transport(self) -> Transport:
+        """The mesh's NATS connection (``natsagents.transport.Transport``), for tools and
+        tests that inspect it or use the JetStream/KV helpers on it: pending requests,
+        refused replies, the last error the server reported."""
+        return self._transport
+
+    @property
     def cluster_node(self) -> ClusterNode | None:
         """The cluster node runtime (for tests, tools and the CLI)."""
         return self._node

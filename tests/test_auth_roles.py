@@ -36,10 +36,10 @@ from nats.aio.client import Client
 from natsagents import (
     Agent,
     Auth,
-    CallTimeout,
     ClusterSettings,
     ConfigurationError,
     Mesh,
+    Unauthorized,
     UnknownAction,
     action,
 )
@@ -126,7 +126,7 @@ async def connect_as(server: NatsServer, creds: Path) -> AsyncIterator[Opener]:
     try:
         yield open_
         for mesh in opened:
-            assert mesh._transport.last_error is None, f"{mesh.name}: {mesh._transport.last_error}"
+            assert mesh.transport.last_error is None, f"{mesh.name}: {mesh.transport.last_error}"
     finally:
         for mesh in reversed(opened):
             await mesh.aclose()
@@ -204,8 +204,8 @@ async def peer_call(nc: Client, kind: str, agent_id: str, act: str, params: dict
 def expect_refused(mesh: Mesh) -> None:
     """The mesh's last NATS error is a permissions violation (then forgotten, so that
     ``connect_as`` does not report it)."""
-    assert "permissions violation" in str(mesh._transport.last_error)
-    mesh._transport.last_error = None
+    assert "permissions violation" in str(mesh.transport.last_error)
+    mesh.transport.last_error = None
 
 
 async def node_transport(server: NatsServer, creds: Path, user: str) -> Transport:
@@ -386,7 +386,7 @@ async def test_operator_mode_with_the_scoped_templates(creds: Path, tmp_path: Pa
             finally:
                 await raw.close()
             assert await carol.ref("Counter/j").call("get") == 5
-            assert node._transport.last_error is None and carol._transport.last_error is None
+            assert node.transport.last_error is None and carol.transport.last_error is None
 
 
 def test_role_specs() -> None:
@@ -611,8 +611,8 @@ async def test_caller_cannot_write_the_registry_or_control_nodes(
         for subject, body in attempts:
             await alice.nc.publish(subject, body, reply="_INBOX.alice.r.1", headers=proto)
         await alice.expect_refusals(len(attempts))
-        with pytest.raises(CallTimeout):  # the SDK's own drain request is refused the same way
-            await alice_mesh.drain("n1", timeout=0.5)
+        with pytest.raises(Unauthorized):  # the SDK's own drain request: refused at once
+            await alice_mesh.drain("n1", timeout=5)
         expect_refused(alice_mesh)
 
         # The victims: no bucket changed, the node is not draining, the agent kept its state.
@@ -643,10 +643,10 @@ async def test_a_caller_of_one_kind_cannot_reach_another(
             await raw.nc.publish("na.inbox.Ledger.l1", body, headers={**call, "Na-Delivery": "at_least_once"})
         await alice.expect_refusals(3)
         await web.expect_refusals(3)
-        with pytest.raises(CallTimeout):
-            await alice_mesh.ref("Ledger/l1").call("add", value=1, timeout=0.5)
-        with pytest.raises(CallTimeout):  # the durable publish: no PubAck, outcome unknown to the SDK
-            await alice_mesh.ref("Ledger/l1").with_options(delivery="at_least_once").send("add", value=1, timeout=0.5)
+        with pytest.raises(Unauthorized):  # refused by the server: at once, not a timeout
+            await alice_mesh.ref("Ledger/l1").call("add", value=1, timeout=5)
+        with pytest.raises(Unauthorized):  # the durable publish: refused the same way
+            await alice_mesh.ref("Ledger/l1").with_options(delivery="at_least_once").send("add", value=1, timeout=5)
         expect_refused(alice_mesh)
         assert (await stream_info(verifier, "na_inbox"))["state"]["last_seq"] == stored_before  # nothing stored
     finally:

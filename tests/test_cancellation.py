@@ -20,7 +20,7 @@ async def test_cancelled_call_leaves_nothing_behind(mesh: Mesh) -> None:
     await mesh.host(Counter)
     ref = mesh.ref("Counter/cx")
     await ref.call("get")
-    transport = mesh._transport
+    transport = mesh.transport
     subs_before = transport.subscription_count
     task = asyncio.ensure_future(ref.call("sleep", seconds=0.5))
     await wait_for(lambda: transport.pending_requests == 1)
@@ -39,12 +39,12 @@ async def test_cancelled_request_future(mesh: Mesh) -> None:
     await mesh.host(Counter)
     ref = mesh.ref("Counter/cf")
     fut = ref.request("sleep", seconds=0.5)
-    await wait_for(lambda: mesh._transport.pending_requests == 1)
+    await wait_for(lambda: mesh.transport.pending_requests == 1)
     assert fut.cancel()
     with pytest.raises(asyncio.CancelledError):
         await fut
     assert fut.cancelled()
-    assert mesh._transport.pending_requests == 0
+    assert mesh.transport.pending_requests == 0
     assert not mesh._tasks
 
 
@@ -57,7 +57,7 @@ async def test_cancelled_while_waiting_for_a_host(mesh: Mesh) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert mesh._transport.pending_requests == 0
+    assert mesh.transport.pending_requests == 0
 
 
 async def test_timeouts_clean_up_too(mesh: Mesh) -> None:
@@ -66,7 +66,7 @@ async def test_timeouts_clean_up_too(mesh: Mesh) -> None:
     for _ in range(5):
         with pytest.raises(na.CallTimeout):
             await ref.call("sleep", seconds=0.05, timeout=0.01)
-    assert mesh._transport.pending_requests == 0
+    assert mesh.transport.pending_requests == 0
 
 
 async def test_close_fails_pending_calls_with_mesh_closed(mesh_factory) -> None:  # type: ignore[no-untyped-def]
@@ -74,7 +74,7 @@ async def test_close_fails_pending_calls_with_mesh_closed(mesh_factory) -> None:
     caller = await mesh_factory(name="caller")
     await host.host(Counter)
     fut = caller.ref("Counter/z").request("sleep", seconds=0.5)
-    await wait_for(lambda: caller._transport.pending_requests == 1)
+    await wait_for(lambda: caller.transport.pending_requests == 1)
     await caller.aclose()
     with pytest.raises(na.MeshClosed):
         await fut
@@ -91,7 +91,7 @@ async def test_close_from_a_cancelled_task_still_completes(mesh_factory) -> None
     with pytest.raises(asyncio.CancelledError):
         await closer
     await wait_for(lambda: mesh.state is na.MeshState.CLOSED)
-    assert mesh._transport.is_closed
+    assert mesh.transport.is_closed
 
 
 async def test_close_lets_agents_finish_their_mailbox(mesh_factory) -> None:  # type: ignore[no-untyped-def]

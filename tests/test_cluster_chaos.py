@@ -318,7 +318,7 @@ class DirectoryWatch:
     """The directory as the cluster sees it (a watch-fed cache in the test process)."""
 
     def __init__(self, mesh: Mesh) -> None:
-        self.directory = Directory(mesh._transport, mesh.prefix)
+        self.directory = Directory(mesh.transport, mesh.prefix)
 
     async def __aenter__(self) -> DirectoryWatch:
         await self.directory.start()
@@ -584,8 +584,8 @@ async def test_killing_a_nats_server_loses_no_acknowledged_write(
     try:
         await load.wait_ok(2)
         # Kill the server leading the state stream: its writes stall until a new leader.
-        state = await open_bucket(client._transport, bucket_name(client.prefix, "state"))
-        info = await api_request(client._transport, f"$JS.API.STREAM.INFO.{state.stream}", None, 5.0)
+        state = await open_bucket(client.transport, bucket_name(client.prefix, "state"))
+        info = await api_request(client.transport, f"$JS.API.STREAM.INFO.{state.stream}", None, 5.0)
         names = [s.name for s in nats_cluster.servers]
         victim = names.index(info["cluster"]["leader"])
         nats_cluster.kill(victim)

@@ -571,7 +571,7 @@ async def test_malformed_control_and_activation_requests_get_bad_request(mesh_fa
 
     (n1,) = await nodes(mesh_factory, "n1")
     node = node_of(n1)
-    transport = n1._transport
+    transport = n1.transport
 
     async def raw(subject: str, data: bytes) -> Any:
         msg = await transport.request(subject, data, timeout=5)

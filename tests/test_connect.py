@@ -145,9 +145,9 @@ async def test_agents_keep_working_after_the_server_restarts() -> None:
             ref = caller.ref("Counter/survivor")
             assert await ref.call("add") == 1
             await anyio.to_thread.run_sync(server.kill)
-            await wait_for(lambda: not caller._transport.is_connected, timeout=10)
+            await wait_for(lambda: not caller.transport.is_connected, timeout=10)
             await anyio.to_thread.run_sync(server.restart)
-            await wait_for(lambda: caller._transport.is_connected and host._transport.is_connected, timeout=15)
+            await wait_for(lambda: caller.transport.is_connected and host.transport.is_connected, timeout=15)
             # Same agent instance, same subscription: in-memory state survived the outage.
             assert await ref.call("add", timeout=10) == 2
     finally:

@@ -79,7 +79,7 @@ async def a_node(mesh_factory: Any, name: str = "n1", *kinds: type[Agent]) -> Me
 
 
 async def stored_messages(mesh: Mesh, prefix: str) -> int:
-    info = await stream_info(mesh._transport, inbox_stream(prefix))
+    info = await stream_info(mesh.transport, inbox_stream(prefix))
     return int(info["state"]["messages"])
 
 

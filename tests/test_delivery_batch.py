@@ -361,7 +361,7 @@ async def test_messages_queued_for_an_agent_go_in_one_batch_and_one_write(mesh_f
     assert await client.ref("Tally/q").call("get") == ["held", *range(20)]
     # A batch item's reply is kept like a single message's: a retried call gets it.
     assert await ref.with_options(message_id="batched-7").call("add", value=7, timeout=10) == 9
-    info = await stream_info(client._transport, inbox_stream(mesh_prefix))
+    info = await stream_info(client.transport, inbox_stream(mesh_prefix))
     assert info["state"]["messages"] == 0
 
 
@@ -488,7 +488,7 @@ async def take_over(mesh_factory: Any, *, vanish: bool) -> tuple[Mesh, Mesh, lis
         n2 = await a_node(mesh_factory, "n2")
         writes = count_attempt_writes(n2)
         if vanish:
-            await n1._transport._nc.close()
+            await n1.transport.close(drain=False)
             Tally.gate.set()
         else:
             Tally.gate.set()  # n1's running handlers finish; it hands the waiting ones back

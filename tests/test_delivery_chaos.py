@@ -213,7 +213,7 @@ async def values(mesh: Mesh, ids: list[str], timeout: float = 2.0) -> dict[str, 
 
 
 async def inbox_state(mesh: Mesh) -> dict[str, Any]:
-    info = await stream_info(mesh._transport, inbox_stream(mesh.prefix), timeout=1.0)
+    info = await stream_info(mesh.transport, inbox_stream(mesh.prefix), timeout=1.0)
     return dict(info["state"])
 
 
@@ -233,14 +233,14 @@ async def processed(mesh: Mesh, last_seq: int, since: float, limit: float) -> fl
 
 
 async def inbox_leader(mesh: Mesh, cluster: NatsCluster) -> int:
-    info = await stream_info(mesh._transport, inbox_stream(mesh.prefix))
+    info = await stream_info(mesh.transport, inbox_stream(mesh.prefix))
     return [s.name for s in cluster.servers].index(info["cluster"]["leader"])
 
 
 async def partitions_of(mesh: Mesh, node_id: str) -> list[int]:
     """The inbox partitions whose lease ``node_id`` holds (key ``partition.<n>`` of the
     control bucket; see natsagents/delivery/owners.py)."""
-    control = await open_bucket(mesh._transport, bucket_name(mesh.prefix, "control"))
+    control = await open_bucket(mesh.transport, bucket_name(mesh.prefix, "control"))
     owned = []
     for n in range(PARTITIONS):
         entry = await control.get(f"partition.{n}")
@@ -255,7 +255,7 @@ async def held(mesh: Mesh, partitions: list[int]) -> int:
     total = 0
     for n in partitions:
         with contextlib.suppress(NatsAgentsError):
-            info = await consumer_info(mesh._transport, inbox_stream(mesh.prefix), f"p{n}", timeout=1.0)
+            info = await consumer_info(mesh.transport, inbox_stream(mesh.prefix), f"p{n}", timeout=1.0)
             total += int(info["num_ack_pending"])
     return total
 
@@ -504,5 +504,5 @@ async def test_a_message_that_kills_its_host_is_dead_lettered_after_max_deliver(
     assert [(letter.agent, letter.action, letter.error) for letter in letters] == [("Crasher/x", "boom", "unavailable")]
     assert letters[0].deliveries == 3 and "crashing its host" in letters[0].reason
     assert deaths == 3
-    info = await stream_info(client._transport, inbox_stream(client.prefix))
+    info = await stream_info(client.transport, inbox_stream(client.prefix))
     assert info["state"]["messages"] == 0

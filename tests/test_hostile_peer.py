@@ -191,7 +191,7 @@ async def test_a_reply_subject_outside_the_inbox_is_refused_and_the_message_not_
     assert stored.data == {"n": 8}
     assert not node.cluster_node.draining
     assert node.local_agent("Counter/fresh") is None  # the activation request was not run either
-    assert node._transport.refused_replies >= 3 * len(hostile) - 2  # counted (a dropped info has no reply)
+    assert node.transport.refused_replies >= 3 * len(hostile) - 2  # counted (a dropped info has no reply)
 
 
 async def test_a_durable_message_naming_a_foreign_reply_subject_is_dead_lettered_unrun(
@@ -336,7 +336,7 @@ async def test_refused_replies_are_counted_and_logged_once_a_second(
 ) -> None:
     node = await a_node(mesh_factory)
     assert await node.ref("Counter/x").call("add") == 1
-    before = node._transport.refused_replies
+    before = node.transport.refused_replies
     started = time.monotonic()
     for _ in range(200):
         await sniffer.publish(
@@ -344,6 +344,6 @@ async def test_refused_replies_are_counted_and_logged_once_a_second(
         )
     await sniffer.flush()
     assert await node.ref("Counter/x").call("add") == 2
-    assert node._transport.refused_replies - before == 200
+    assert node.transport.refused_replies - before == 200
     warnings = [r for r in caplog.records if "reply subject" in r.getMessage()]
     assert 1 <= len(warnings) <= 2 + int(time.monotonic() - started)

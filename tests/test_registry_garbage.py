@@ -79,7 +79,7 @@ async def start_nodes(mesh_factory: Any, *names: str, rebalance: bool = False) -
 
 
 async def bucket(mesh: Mesh, prefix: str, name: str) -> Bucket:
-    return await open_bucket(mesh._transport, bucket_name(prefix, name), history=1)
+    return await open_bucket(mesh.transport, bucket_name(prefix, name), history=1)
 
 
 async def forge(mesh: Mesh, prefix: str, name: str, key: str, value: Any) -> int:
