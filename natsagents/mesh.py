@@ -28,6 +28,7 @@ from .delivery import DeadLetter, PartitionOwners, delete_dead_letter, list_dead
 from .delivery.publish import DurablePublisher
 from .errors import AgentError, ConfigurationError, MeshClosed
 from .observability import Metrics, Tracing
+from .observability.http import Health, HttpEndpoints
 from .resilience import BreakerSettings, CircuitState, RetryPolicy
 from .runtime import Caller, CallerSettings, Host, HostSettings
 from .transport import Auth, ConnectSettings, Transport, resolve_servers
@@ -93,6 +94,7 @@ class Mesh:
         self._node: ClusterNode | None = None
         self._owners: PartitionOwners | None = None
         self._view: ClusterView | None = None
+        self._http: HttpEndpoints | None = None
         self._transport = transport
         self.name = name
         self.prefix = prefix
@@ -622,6 +624,50 @@ class Mesh:
     def hosted_kinds(self) -> list[str]:
         return sorted(self._host.kinds)
 
+    # -- operations ------------------------------------------------------------------
+
+    def health(self) -> Health:
+        """Whether this mesh is live (open, connected to NATS) and ready for work (also,
+        for a cluster node: joined, not draining, and holding the inbox partitions it
+        should own), with the reasons when not. What ``/healthz`` and ``/readyz`` report."""
+        reasons: list[str] = []
+        if self._state is not MeshState.OPEN:
+            reasons.append(f"mesh {self._state.value}")
+        if not self._transport.is_connected:
+            reasons.append("disconnected from NATS")
+        live = not reasons
+        details: dict[str, object] = {"name": self.name, "agents": len(self._host.activations)}
+        node = self._node
+        if node is not None:
+            details["node"] = node.node_id
+            if node.draining:
+                reasons.append("draining")
+        owners = self._owners
+        if owners is not None:
+            owned, desired = set(owners.owned()), owners.desired()
+            details["partitions"] = sorted(owned)
+            if not desired <= owned:
+                reasons.append(f"taking over inbox partitions {sorted(desired - owned)}")
+        return Health(live=live, ready=not reasons, reasons=tuple(reasons), details=details)
+
+    async def serve_http(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Serve ``/metrics`` (this mesh's Prometheus registry), ``/healthz`` and ``/readyz``
+        (:meth:`health`) on ``host:port`` until the mesh closes; returns the port (0: a
+        free one). For Kubernetes probes and scrapers; see the README's operator section.
+
+        Raises:
+            ConfigurationError: already serving. OSError: the address is taken.
+        """
+        self._check_open()
+        if self._http is not None:
+            raise ConfigurationError("this mesh already serves its HTTP endpoints")
+        self._http = HttpEndpoints(self.metrics.registry, self.health)
+        try:
+            return await self._http.start(host, port)
+        except BaseException:
+            self._http = None
+            raise
+
     # -- closing ---------------------------------------------------------------------
 
     async def aclose(self) -> None:
@@ -633,6 +679,8 @@ class Mesh:
             self._state = MeshState.CLOSING
             with anyio.CancelScope(shield=True):
                 try:
+                    if self._http is not None:
+                        await self._http.aclose()  # probes say "gone" before agents stop
                     if self._owners is not None:
                         await self._owners.close()  # running messages finish, the rest go back
                     if self._node is not None:

@@ -341,7 +341,21 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-rebalance", dest="rebalance", action="store_false", help="do not move agents to balance the cluster"
     )
+    parser.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        type=_host_port,
+        default=None,
+        help="serve Prometheus /metrics, /healthz and /readyz there (e.g. 0.0.0.0:9100 for probes)",
+    )
     add_connection_options(parser)
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, e.g. 127.0.0.1:9100, not {value!r}")
+    return host or "127.0.0.1", int(port)
 
 
 @command(
@@ -395,6 +409,9 @@ async def _serve_node(
     try:
         async with open_mesh(args, name=node_id, cluster=settings) as mesh:
             await mesh.host(*classes)
+            if args.http is not None:
+                port = await mesh.serve_http(*args.http)
+                print(f"node {node_id} serves http://{args.http[0]}:{port}/metrics, /healthz, /readyz", flush=True)
             print(f"node {node_id} ready: kinds {', '.join(cls.kind for cls in classes)}", flush=True)
             await stop.wait()
             result = await mesh.drain()
