@@ -1,6 +1,6 @@
 """Chaos tests of the cluster runtime: host processes on a real 3-node JetStream cluster.
 
-Every host is a subprocess (``tests/_cluster_host.py``) joined with ``lease=1.5``; load
+Every host is a subprocess (``tests/node_process.py``) joined with ``lease=1.5``; load
 comes from a plain client mesh in the test process. Each agent is a counter driven by
 one sequential loop of ``add(by=1)`` calls, and every reply is checked on the spot: the
 total an ``add`` returns must be the last acknowledged total + 1, plus at most the number
@@ -58,7 +58,7 @@ _NUMBER = re.compile(r"\d+(\.\d+)?")
 
 
 class HostProc:
-    """One ``tests._cluster_host`` process (a cluster node)."""
+    """One ``tests.node_process`` process (a cluster node)."""
 
     def __init__(self, node_id: str, proc: asyncio.subprocess.Process, log_path: Path) -> None:
         self.node_id = node_id
@@ -117,9 +117,9 @@ Launch = Callable[[str, dict[str, Any]], Awaitable[HostProc]]
 
 
 @contextlib.asynccontextmanager
-async def host_processes(url: str, prefix: str, tmp_path: Path, module: str) -> AsyncIterator[Launch]:
-    """Starts ``python -m <module> URL PREFIX NODE_ID OPTIONS_JSON`` host processes (each
-    prints ``READY`` when serving); kills every one still running at the end."""
+async def host_processes(url: str, prefix: str, tmp_path: Path) -> AsyncIterator[Launch]:
+    """Starts ``python -m tests.node_process URL PREFIX NODE_ID OPTIONS_JSON`` processes
+    (each prints ``READY`` when serving); kills every one still running at the end."""
     started: list[HostProc] = []
 
     async def launch(node_id: str, options: dict[str, Any]) -> HostProc:
@@ -129,7 +129,7 @@ async def host_processes(url: str, prefix: str, tmp_path: Path, module: str) -> 
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                module,
+                "tests.node_process",
                 url,
                 prefix,
                 node_id,
@@ -166,10 +166,14 @@ async def host_processes(url: str, prefix: str, tmp_path: Path, module: str) -> 
 @pytest.fixture
 async def start_host(nats_cluster: NatsCluster, mesh_prefix: str, tmp_path: Path) -> AsyncIterator[StartHost]:
     """Starts host processes on the cluster under the test's prefix; stops them all."""
-    async with host_processes(nats_cluster.url, mesh_prefix, tmp_path, "tests._cluster_host") as launch:
+    async with host_processes(nats_cluster.url, mesh_prefix, tmp_path) as launch:
 
         async def start(node_id: str, **options: Any) -> HostProc:
-            return await launch(node_id, options)
+            # Counter (restart transient) and PermCounter (permanent); no durable delivery
+            # (these chaos tests are about the cluster core); drained on SIGTERM.
+            cluster = {"rebalance": True, "delivery": None, **options}
+            spec = {"kinds": ["Counter", "PermCounter"], "cluster": cluster, "drain": True, "stats": "after_close"}
+            return await launch(node_id, spec)
 
         yield start
 

@@ -4,6 +4,7 @@ the others on their next message, both within lease + 1 s, with their state."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
@@ -25,11 +26,11 @@ async def node_proc(nats_url: str, mesh_prefix: str) -> AsyncIterator[asyncio.su
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests._node_proc",
+        "tests.node_process",
         nats_url,
         mesh_prefix,
         "doomed",
-        str(LEASE),
+        json.dumps({"kinds": ["Counter", "Keeper"], "cluster": {"lease": LEASE, "delivery": None}}),
         stdout=asyncio.subprocess.PIPE,
         cwd=str(ROOT),
         env=dict(os.environ, PYTHONPATH=str(ROOT)),

@@ -1,6 +1,6 @@
 """Chaos tests of durable delivery: host processes on a real 3-node JetStream cluster.
 
-Three hosts (``tests/_delivery_host.py``) consume the partitioned inbox stream; a client
+Three hosts (``tests/node_process.py``) consume the partitioned inbox stream; a client
 mesh in the test process sends ``Counter.add(by=1)`` with ``send`` at a steady rate,
 through ``with_options(delivery="exactly_once")`` to some counters and
 ``delivery="at_least_once"`` to others, many sends in flight. Meanwhile, in each round of
@@ -53,7 +53,7 @@ from tests.test_cluster_chaos import HostProc, host_processes, percentile
 ROOT = Path(__file__).resolve().parent.parent
 KIND = "Counter"
 EXACTLY_ONCE, AT_LEAST_ONCE = "exactly_once", "at_least_once"
-LEASE = 1.5  # the hosts' cluster lease (tests/_delivery_host.py)
+LEASE = 1.5  # the hosts' cluster lease (tests/node_process.py)
 #: The hosts' delivery settings: a short ``ack_wait`` (what a hung owner holds comes back
 #: after it at the latest) and enough attempts (``attempt_timeout`` each, with backoff) to
 #: ride out a stream leader election, so that the chaos itself dead-letters nothing.
@@ -76,11 +76,13 @@ StartHost = Callable[..., Awaitable[HostProc]]
 
 @pytest.fixture
 async def start_host(nats_cluster: NatsCluster, mesh_prefix: str, tmp_path: Path) -> AsyncIterator[StartHost]:
-    """Starts ``tests._delivery_host`` processes under the test's prefix; stops them all."""
-    async with host_processes(nats_cluster.url, mesh_prefix, tmp_path, "tests._delivery_host") as launch:
+    """Starts ``tests.node_process`` nodes (Counter and Crasher, consuming the durable inbox)
+    under the test's prefix; stops them all."""
+    async with host_processes(nats_cluster.url, mesh_prefix, tmp_path) as launch:
 
         async def start(node_id: str, delivery: dict[str, Any] | None = None) -> HostProc:
-            return await launch(node_id, {"delivery": delivery or DELIVERY})
+            cluster = {"delivery": delivery or DELIVERY}
+            return await launch(node_id, {"kinds": ["Counter", "Crasher"], "cluster": cluster, "stats": "before_close"})
 
         yield start
 

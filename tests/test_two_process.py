@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -22,10 +23,11 @@ async def _start_host(url: str, prefix: str, name: str) -> asyncio.subprocess.Pr
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests._host_proc",
+        "tests.node_process",
         url,
         prefix,
         name,
+        json.dumps({"kinds": ["Counter", "Typed"]}),
         stdout=asyncio.subprocess.PIPE,
         cwd=str(ROOT),
         env=env,

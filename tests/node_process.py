@@ -1,0 +1,115 @@
+"""One host or cluster-node process for the tests that need another process (to kill,
+pause or fuzz it): ``python -m tests.node_process URLS PREFIX NAME [OPTIONS_JSON]``.
+
+``OPTIONS_JSON`` (all optional):
+
+* ``kinds``: names of the agent classes to host (default ``["Counter"]``), from
+  :data:`KINDS` (``tests.agents`` plus ``PermCounter`` and ``Crasher``);
+* ``cluster``: ``ClusterSettings`` fields (``lease`` 1.5 s, ``rebalance`` off and no
+  durable delivery unless given; a ``delivery`` object becomes ``DeliverySettings``), or
+  ``null`` for a standalone host (the default);
+* ``drain``: on SIGTERM, drain first and print ``DRAINED {json}``;
+* ``stats``: print ``STATS {json}`` (this process's ``natsagents_*_total`` counters) on
+  SIGTERM: ``"before_close"`` or ``"after_close"``.
+
+Prints ``READY`` once serving and ``STOPPED`` after closing on SIGTERM. Logs go to stderr
+at ``$CLUSTER_HOST_LOG`` (default ``WARNING``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from natsagents import Agent, ClusterSettings, DeliverySettings, Mesh, action
+from tests.agents import Counter, Keeper, Typed
+
+
+class PermCounter(Counter):
+    """The same counter, re-placed by the leader when its node dies."""
+
+    restart = "permanent"
+
+
+class Crasher(Agent):
+    """``boom`` kills the process that runs it: a poison message that crashes its host."""
+
+    @action
+    async def boom(self) -> None:
+        sys.stderr.flush()
+        os._exit(3)
+
+
+KINDS: dict[str, type[Agent]] = {cls.__name__: cls for cls in (Counter, Keeper, Typed, PermCounter, Crasher)}
+
+
+def counters(mesh: Mesh) -> dict[str, float]:
+    """This process's ``natsagents_*_total`` samples, keyed ``metric{labels}``."""
+    out: dict[str, float] = {}
+    for family in mesh.metrics.registry.collect():
+        if not family.name.startswith("natsagents_"):
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                key = f"{sample.name}{{{labels}}}"
+                out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
+def cluster_settings(name: str, options: dict[str, Any] | None) -> ClusterSettings | None:
+    if options is None:
+        return None
+    options = dict(options)
+    options.setdefault("lease", 1.5)
+    options.setdefault("rebalance", False)
+    delivery = options.pop("delivery", None)
+    if delivery is not None:
+        delivery = dict(delivery)
+        if "backoff" in delivery:
+            delivery["backoff"] = tuple(delivery["backoff"])
+        delivery = DeliverySettings(**delivery)
+    return ClusterSettings(node_id=name, delivery=delivery, **options)
+
+
+def _print_stats(mesh: Mesh) -> None:
+    try:
+        print("STATS " + json.dumps(counters(mesh)), flush=True)
+    except Exception as exc:  # diagnostics only
+        print(f"STATS {{}} ({exc})", flush=True)
+
+
+async def main(urls: str, prefix: str, name: str, options: dict[str, Any]) -> None:
+    logging.basicConfig(
+        level=os.environ.get("CLUSTER_HOST_LOG", "WARNING"),
+        stream=sys.stderr,
+        format=f"%(asctime)s {name} %(name)s %(levelname)s %(message)s",
+    )
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    settings = cluster_settings(name, options.get("cluster"))
+    mesh = await Mesh.connect(urls.split(","), prefix=prefix, name=name, cluster=settings, stop_timeout=5.0)
+    stats = options.get("stats")
+    try:
+        await mesh.host(*(KINDS[k] for k in options.get("kinds", ["Counter"])))
+        print("READY", flush=True)
+        await stop.wait()
+        if options.get("drain"):
+            print("DRAINED " + json.dumps(await mesh.drain()), flush=True)
+        if stats == "before_close":
+            _print_stats(mesh)
+    finally:
+        await mesh.aclose()
+    if stats == "after_close":
+        _print_stats(mesh)
+    print("STOPPED", flush=True)
+
+
+if __name__ == "__main__":
+    opts = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], opts))
