@@ -116,7 +116,7 @@ async def test_typed_parameters(mesh: Mesh) -> None:
     ]
     for params, path in bad_calls:
         with pytest.raises(na.BadRequest) as info:
-            await ref.call("shapes", params=params)
+            await ref.call("shapes", params=params)  # type: ignore[arg-type]
         assert info.value.details["param"] == path, params
         assert info.value.code == "bad_request" and info.value.remote
 
@@ -330,7 +330,7 @@ async def test_bad_timeouts_are_rejected(mesh: Mesh) -> None:
     await mesh.host(Counter)
     for bad in (0, -1, "1"):
         with pytest.raises(na.ConfigurationError):
-            await mesh.ref("Counter/t").call("get", timeout=bad)
+            await mesh.ref("Counter/t").call("get", timeout=bad)  # type: ignore[arg-type]
 
 
 async def test_hosting_errors(mesh: Mesh) -> None:

@@ -49,4 +49,4 @@ async def test_a_full_cluster_node_sends_the_agent_to_another(mesh_factory: Any)
 def test_max_agents_must_be_a_positive_int() -> None:
     for bad in (0, -1, 1.5, "10", True):
         with pytest.raises(ConfigurationError):
-            Mesh.connect("nats://127.0.0.1:1", max_agents=bad)
+            Mesh.connect("nats://127.0.0.1:1", max_agents=bad)  # type: ignore[arg-type]

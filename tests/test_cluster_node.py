@@ -65,7 +65,7 @@ async def _see_each_other(meshes: list[Mesh]) -> None:
             node = m.cluster_node
             assert node is not None
             members = node.membership.members()
-            if not names <= set(members) or any(not members[n].kinds for n in names):
+            if not names <= set(members) or any(not members[n].kinds for n in names):  # type: ignore[index]
                 return False
         return True
 

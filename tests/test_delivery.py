@@ -169,6 +169,7 @@ async def test_the_host_applies_an_exactly_once_sequence_once(
     node = await a_node(mesh_factory)
     await node.spawn("Ledger/x")
     key = node.cluster_node.owner_key
+    assert key is not None
     nc = await nats.connect(nats_url)
     try:
         subject = agent_subject(mesh_prefix, "Ledger", "x")
@@ -244,7 +245,7 @@ async def test_a_durable_call_that_outlives_its_timeout_still_runs(mesh_factory:
     started = time.monotonic()
     with pytest.raises(Exception) as err:  # nobody consumes yet: stored, no result in time
         await ref.call("add", value=7, timeout=0.5)
-    assert type(err.value).__name__ == "CallTimeout" and err.value.details["stored"] is True
+    assert type(err.value).__name__ == "CallTimeout" and err.value.details["stored"] is True  # type: ignore[attr-defined]
     assert time.monotonic() - started < 5
     node = await a_node(mesh_factory)
     await wait_for(
@@ -316,7 +317,7 @@ async def test_a_retry_before_the_message_ran_waits_for_it_then_gets_its_result(
     with pytest.raises(Exception) as err:
         await ref.call("add", value=2, timeout=0.5)
     assert type(err.value).__name__ == "CallTimeout"
-    assert err.value.details["stored"] is True and err.value.details["duplicate"] is True
+    assert err.value.details["stored"] is True and err.value.details["duplicate"] is True  # type: ignore[attr-defined]
     node = await a_node(mesh_factory)
     ok = {"kind": "Ledger", "outcome": "ok"}
     await wait_for(lambda: node.metrics.value("natsagents_durable_messages_total", ok) == 1, timeout=10)

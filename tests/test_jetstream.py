@@ -150,7 +150,7 @@ async def test_ensure_stream_is_idempotent_and_never_changes_the_partition_count
             subjects=[f"{p}.durable.*.*"],
             subject_transform=(f"{p}.durable.*.*", dest),
             metadata={"owner": "inbox"},
-            **options,
+            **options,  # type: ignore[arg-type]
         )
 
     first = await make_stream(config())
@@ -224,7 +224,7 @@ async def test_publish_without_a_stream_fails_fast(js: Transport, make_stream: M
     results = await _batch_with_a_missing_stream(js, make_stream, mesh_prefix)
     assert isinstance(results[1], StreamNotFound)
     acks = [r for i, r in enumerate(results) if i != 1]
-    assert [a.seq for a in acks] == [1, 2]  # type: ignore[union-attr]
+    assert [a.seq for a in acks] == [1, 2]  # type: ignore[attr-defined]
 
 
 async def _batch_with_a_missing_stream(js: Transport, make_stream: Make, p: str) -> tuple[object, ...]:

@@ -151,7 +151,7 @@ async def test_send_many_pipelines_and_keeps_each_agents_order(mesh: Mesh) -> No
     for k in range(5):
         agent_state = (await mesh.ref(f"Recorder/m{k}").call("echo", text="sync"), None)
         assert agent_state[0] == "sync"
-        await wait_for(lambda k=k: len(mesh.local_agent(f"Recorder/m{k}").state["notes"]) == 20, timeout=5)
+        await wait_for(lambda k=k: len(mesh.local_agent(f"Recorder/m{k}").state["notes"]) == 20, timeout=5)  # type: ignore[misc]
         assert mesh.local_agent(f"Recorder/m{k}").state["notes"] == [str(i) for i in range(k, 100, 5)]
     errors = await mesh.send_many([("Recorder/m0", "nope", {}), ("Recorder/m0", "note", {"tag": "ok"})])
     assert errors[1] is None and errors[0] is None  # an accepted send reports only acceptance

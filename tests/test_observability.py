@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -41,7 +42,7 @@ class _Capture(logging.Handler):
 
 
 @pytest.fixture
-def capture() -> _Capture:
+def capture() -> Iterator[_Capture]:
     handler = _Capture()
     install_correlation_filter(handler)
     install_correlation_filter(handler)  # idempotent

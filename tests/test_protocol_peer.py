@@ -572,7 +572,7 @@ async def test_sdk_calls_raw_host(raw_echo: RawAgentHost, mesh: natsagents.Mesh)
 
 
 async def test_sdk_send_to_raw_host(raw_echo: RawAgentHost, mesh: natsagents.Mesh) -> None:
-    assert await mesh.ref("RawEcho/r-1").send("echo", value=1) is None
+    assert await mesh.ref("RawEcho/r-1").send("echo", value=1) is None  # type: ignore[func-returns-value]
     await asyncio.wait_for(raw_echo.ran.wait(), 5)
     assert raw_echo.seen[0]["Na-Reply-Mode"] == "accept"
 

@@ -145,7 +145,7 @@ async def test_a_phantom_member_with_a_huge_lease_lapses_and_work_goes_on(mesh_f
     forged = time.monotonic()
     await forge(client, mesh_prefix, "members", "ghost", phantom(heartbeat_at=time.time() + 1e6))
     for m in (n1, n2):
-        await wait_for(lambda m=m: "ghost" in node_of(m).membership._records, what="forgery seen")
+        await wait_for(lambda m=m: "ghost" in node_of(m).membership._records, what="forgery seen")  # type: ignore[misc]
 
     async def lapse(m: Mesh) -> float:
         # Never trusted for longer than twice our own lease, whatever it claims.
@@ -170,7 +170,7 @@ async def test_a_phantom_member_present_at_start_is_not_trusted_for_long(mesh_fa
     started = time.monotonic()
     n1, n2 = await start_nodes(mesh_factory, "n1", "n2")
     for m in (n1, n2):
-        await wait_for(lambda m=m: not node_of(m).membership.is_live("ghost"), timeout=2 * LEASE + 1, what="lapse")
+        await wait_for(lambda m=m: not node_of(m).membership.is_live("ghost"), timeout=2 * LEASE + 1, what="lapse")  # type: ignore[misc]
     print(f"phantom present at start lapsed {time.monotonic() - started:.2f} s after the nodes started")
     await activations_work(client, "s", count=10)
     await exactly_once_works(client, "t", count=16)
@@ -406,7 +406,7 @@ async def test_garbage_in_every_registry_key_is_survived(mesh_factory: Any, mesh
     for m in meshes:
         members = node_of(m).membership
         # Well-formed phantoms lapse within twice our lease; garbage never counted.
-        await wait_for(lambda members=members: set(members.members()) == {"n1", "n2"}, timeout=2 * LEASE + 1)
+        await wait_for(lambda members=members: set(members.members()) == {"n1", "n2"}, timeout=2 * LEASE + 1)  # type: ignore[misc]
         assert members.members()["n1"].lease == LEASE
     print(
         f"with garbage everywhere: 30 activations in {took:.2f} s, 32 exactly-once sends in {applied:.2f} s, "

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 from ..errors import ConfigurationError
 from ..wire.envelope import is_message_id
@@ -278,10 +278,17 @@ class AgentFuture(Generic[T]):
     def __await__(self) -> Generator[Any, None, T]:
         return self._task.__await__()
 
-    def then(self, fn: Callable[[T], U | Awaitable[U]]) -> AgentFuture[U]:
-        """A future of ``fn(result)``; errors of this future pass through unchanged."""
+    @overload
+    def then(self, fn: Callable[[T], Awaitable[U]]) -> AgentFuture[U]: ...
 
-        async def chained() -> U:
+    @overload
+    def then(self, fn: Callable[[T], U]) -> AgentFuture[U]: ...
+
+    def then(self, fn: Callable[[T], Any]) -> AgentFuture[Any]:
+        """A future of ``fn(result)`` (awaited when it is a coroutine); errors of this future
+        pass through unchanged."""
+
+        async def chained() -> Any:
             value = await self._task
             out = fn(value)
             if inspect.isawaitable(out):
