@@ -8,6 +8,24 @@ from natsagents.transport import ConnectSettings, Transport
 
 pytest_plugins = ["natsagents.testing.plugin"]
 
+#: The folders under tests/ and their markers (pyproject.toml declares them).
+_FOLDERS = ("unit", "integration", "cluster", "chaos", "cli")
+#: Seconds a chaos test may take (the default per test is pyproject's ``timeout``).
+CHAOS_TIMEOUT = 600
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its folder (``pytest -m unit`` …); chaos tests get a longer timeout."""
+    for item in items:
+        parts = item.path.parts
+        folder = next((p for p in _FOLDERS if p in parts[-3:-1]), None)
+        if folder is None:
+            continue
+        item.add_marker(getattr(pytest.mark, folder))
+        if folder == "chaos" and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(CHAOS_TIMEOUT))
+
+
 Connect = Callable[..., Awaitable[Transport]]
 
 

@@ -20,7 +20,7 @@ Hashing is ``blake2b`` (8-byte digest, fixed personalisation), never Python's ``
 every process, Python version and SDK version must put a key on the same node, or two
 nodes of a mesh would disagree about where an agent belongs. The point scheme
 (``hash64(f"{node}\\x00{i}")`` for ``i < vnode count``) is therefore a compatibility
-contract; ``tests/test_ring.py`` pins it with golden values.
+contract; ``tests/unit/test_ring.py`` pins it with golden values.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Transport: the NATS connection. The only package that imports nats-py.
 
-Layers, each importing only those before it (``tests/test_public_api.py`` checks):
+Layers, each importing only those before it (``tests/unit/test_public_api.py`` checks):
 ``settings.py`` (connect settings) → ``connection.py`` (:class:`Transport`, nats-py error
 translation) → ``jetstream/`` (the JetStream API, streams, publishes, pull consumers) →
 ``kv/`` (key-value buckets and watches, built on ``jetstream/``).

@@ -9,7 +9,7 @@ private inbox subscription per consumer.
 * **Partitions.** A stream may map its subjects to partitions with a subject transform
   such as ``{{partition(16,1,2)}}``. :func:`partition_of_tokens` computes the partition
   the server picks (FNV-1a 32-bit over the named wildcard tokens *concatenated with no
-  separator*, mod n; verified against nats-server 2.15 by ``tests/test_jetstream.py``).
+  separator*, mod n; verified against nats-server 2.15 by ``tests/cluster/test_jetstream.py``).
   The count is recorded in the stream metadata and :func:`ensure_stream` refuses to change
   it: a new count would remap nearly every key.
 * **Publishes** carry a ``Nats-Msg-Id``. Timed-out attempts, "no responders" (a stream

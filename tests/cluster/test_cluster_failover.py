@@ -17,7 +17,7 @@ from natsagents import ClusterSettings, Mesh
 from natsagents.testing import wait_for
 from tests.agents import Counter, Keeper
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LEASE = 1.5
 
 

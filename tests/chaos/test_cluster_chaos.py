@@ -48,7 +48,7 @@ from natsagents.testing import wait_for
 from natsagents.transport.kv import api_request, open_bucket
 from natsagents.wire.subjects import bucket_name
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LEASE = 1.5
 _SUBJECT = re.compile(r"\S+\.agent\.\S+")
 _NUMBER = re.compile(r"\d+(\.\d+)?")

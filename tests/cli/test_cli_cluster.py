@@ -30,10 +30,10 @@ from natsagents.errors import ConfigurationError
 from natsagents.testing import wait_for
 from natsagents.testing.plugin import MeshFactory
 from tests._cli_agents import Echo, Greeter, Sticky, Tally
-from tests.test_cli import _env
-from tests.test_cli import run_cli as _run_cli
+from tests.cli.test_cli import _env
+from tests.cli.test_cli import run_cli as _run_cli
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLI = (sys.executable, "-m", "natsagents")
 LEASE = "1.5"
 

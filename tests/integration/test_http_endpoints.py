@@ -17,7 +17,7 @@ from natsagents import ClusterSettings, ConfigurationError, Mesh
 from natsagents.delivery.settings import DeliverySettings
 from natsagents.testing import wait_for
 from tests.agents import Counter
-from tests.test_cli_cluster import StartNode, start_node  # noqa: F401  (the fixture)
+from tests.cli.test_cli_cluster import StartNode, start_node  # noqa: F401  (the fixture)
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

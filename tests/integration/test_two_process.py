@@ -15,7 +15,7 @@ import pytest
 import natsagents as na
 from natsagents import Mesh
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _start_host(url: str, prefix: str, name: str) -> asyncio.subprocess.Process:

@@ -48,9 +48,9 @@ from natsagents.transport.jetstream import consumer_info, stream_info
 from natsagents.transport.kv import open_bucket
 from natsagents.wire import codec
 from natsagents.wire.subjects import bucket_name
-from tests.test_cluster_chaos import HostProc, host_processes, percentile
+from tests.chaos.test_cluster_chaos import HostProc, host_processes, percentile
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 KIND = "Counter"
 EXACTLY_ONCE, AT_LEAST_ONCE = "exactly_once", "at_least_once"
 LEASE = 1.5  # the hosts' cluster lease (tests/node_process.py)

@@ -25,7 +25,7 @@ from natsagents.errors import ConfigurationError
 from natsagents.testing import wait_for
 
 CLI = (sys.executable, "-m", "natsagents")
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 class CliCounter(Agent):

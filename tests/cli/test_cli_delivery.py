@@ -16,7 +16,7 @@ from natsagents.cli import main
 from natsagents.cli.delivery import format_age
 from natsagents.testing import wait_for
 from natsagents.testing.plugin import MeshFactory
-from tests.test_cli import free_port, run_cli
+from tests.cli.test_cli import free_port, run_cli
 
 WAIT = ("--timeout", "20")  # durable calls wait for the node; generous on a loaded machine
 FAST = DeliverySettings(partitions=4, max_deliver=3, backoff=(0.02,), ack_wait=5.0, attempt_timeout=5.0)
