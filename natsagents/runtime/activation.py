@@ -14,7 +14,7 @@ from ..transport import Inbound, Subscription
 from ..wire import envelope
 from ..wire import headers as h
 from ..wire.owner import verify_owner_mac
-from .dedup import IN_PROGRESS, Dedup, Recent, Reply
+from .dedup import IN_PROGRESS, Dedup, Recent, Reply, fingerprint
 from .health import Health
 
 __all__ = ["Activation", "ActivationState", "Answers", "Outcome", "Services"]
@@ -188,6 +188,15 @@ class Activation:
             if recent is not None and message_id is not None:
                 entry = recent.get(message_id)
                 if entry is not None:
+                    seen = recent.fingerprints.get(message_id)
+                    if seen is not None and seen != fingerprint(hdrs.get(h.ACTION), msg.data):
+                        self.host.replies.refuse(
+                            self,
+                            msg,
+                            "bad_request",
+                            f"{h.MESSAGE_ID} {message_id} was used for another request: ids name one message",
+                        )
+                        return
                     self.host.replies.duplicate(self, msg, entry)  # a resend: never run twice
                     return
         if msg.reply and hdrs is not None and hdrs.get(h.REPLY_MODE) == h.REPLY_MODE_ACCEPT:
@@ -206,6 +215,7 @@ class Activation:
             if recent is None:
                 recent = self.recent = Recent()
             recent[message_id] = IN_PROGRESS
+            recent.fingerprints[message_id] = fingerprint(hdrs.get(h.ACTION) if hdrs is not None else None, msg.data)
         mailbox = self.mailbox
         if mailbox is _NO_MAIL:
             mailbox = self.mailbox = deque()

@@ -29,7 +29,7 @@ from typing import Any, Final, Protocol
 
 from ..wire import envelope
 
-__all__ = ["IN_PROGRESS", "Dedup", "Entry", "Recent", "Remembers", "Reply"]
+__all__ = ["IN_PROGRESS", "Dedup", "Entry", "Recent", "Remembers", "Reply", "fingerprint"]
 
 #: Marks a request in the mailbox or running.
 IN_PROGRESS: Final = "in_progress"
@@ -50,11 +50,25 @@ class Recent(dict[str, Any]):
     """One agent's recent request ids → ``IN_PROGRESS`` or an :data:`Entry`, plus
     ``order``: the answered ids, oldest first (answers expire in that order)."""
 
-    __slots__ = ("order",)
+    __slots__ = ("fingerprints", "order")
 
     def __init__(self) -> None:
         super().__init__()
         self.order: deque[str] = deque()
+        #: id → :func:`fingerprint` of the request this activation saw under it: a copy must
+        #: be the same request, so that a message id guessed or reused by another caller
+        #: never earns that caller the stored reply of someone else's request (nor the
+        #: other way round).
+        self.fingerprints: dict[str, int] = {}
+
+    def forget(self, message_id: str) -> None:
+        self.pop(message_id, None)
+        self.fingerprints.pop(message_id, None)
+
+
+def fingerprint(action: str | None, body: bytes) -> int:
+    """What identifies a request beyond its id (this process only: ``hash`` is salted)."""
+    return hash((action, body))
 
 
 class Dedup:
@@ -96,7 +110,7 @@ class Dedup:
             return
         if reply is None:
             if recent.get(message_id) is IN_PROGRESS:
-                del recent[message_id]
+                recent.forget(message_id)
                 if not recent:
                     act.recent = None
             return
@@ -105,7 +119,7 @@ class Dedup:
         order = recent.order
         order.append(message_id)
         if len(order) > self.max_per_agent:  # the oldest answer goes
-            recent.pop(order.popleft(), None)
+            recent.forget(order.popleft())
         if act not in self._scheduled:
             self._scheduled.add(act)
             self._due.append((now + self.ttl, act))
@@ -126,7 +140,7 @@ class Dedup:
                         next_due = entry[2]
                         break
                     if entry is not IN_PROGRESS:
-                        recent.pop(order[0], None)
+                        recent.forget(order[0])
                     order.popleft()
                 if not recent:
                     act.recent = None

@@ -20,7 +20,7 @@ import msgpack
 import nats
 import pytest
 
-from natsagents import ClusterSettings, Mesh
+from natsagents import BadRequest, ClusterSettings, Mesh
 from natsagents.delivery.settings import DeliverySettings
 from natsagents.testing import wait_for
 from natsagents.wire import envelope
@@ -347,3 +347,25 @@ async def test_refused_replies_are_counted_and_logged_once_a_second(
     assert node.transport.refused_replies - before == 200
     warnings = [r for r in caplog.records if "reply subject" in r.getMessage()]
     assert 1 <= len(warnings) <= 2 + int(time.monotonic() - started)
+
+
+async def test_a_message_id_used_by_another_caller_does_not_hand_over_its_reply(
+    mesh_factory: Any, mesh_prefix: str, sniffer: Any
+) -> None:
+    """Dedup is keyed by the request, not the id alone. Before: a caller who used a
+    victim's (chosen or guessed) message id first made the victim's call return the
+    caller's stored reply, its own never run."""
+    await a_node(mesh_factory)
+    victim = await mesh_factory(name="victim")
+    ref = victim.ref("Counter/till")
+    assert await ref.call("add", by=5) == 5
+    subject = agent_subject(mesh_prefix, "Counter", "till")
+    headers = {"Na-Proto": "1", "Na-Action": "add", "Na-Msg-Id": "payment-42"}
+    reply = await sniffer.request(subject, msgpack.packb({"by": 0}), headers=headers, timeout=5)
+    assert reply.headers["Na-Status"] == "ok" and msgpack.unpackb(reply.data) == 5
+    with pytest.raises(BadRequest, match="used for another request"):
+        await ref.with_options(message_id="payment-42").call("add", by=100)
+    # A genuine copy (same request, same id) still gets the first reply and runs nothing.
+    again = await sniffer.request(subject, msgpack.packb({"by": 0}), headers=headers, timeout=5)
+    assert again.headers["Na-Status"] == "ok" and msgpack.unpackb(again.data) == 5
+    assert await ref.call("get") == 5
