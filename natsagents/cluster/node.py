@@ -56,6 +56,7 @@ from ..runtime.activation import Activation, ActivationState
 from ..runtime.durable import DeliverySettings
 from ..runtime.host import Host
 from ..state.store import Applied, FencedOff, StateStore, applied_wire, parse_applied
+from ..tasks import TaskGroup
 from ..transport import Inbound, NoResponders, Subscription, Transport
 from ..transport.kv import CasConflict, open_bucket
 from ..wire import codec, envelope
@@ -352,7 +353,7 @@ class ClusterNode:
         self._leader: LeaderLease | None = None
         self.owner_key: bytes | None = None
         self._ctl: Subscription | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskGroup(f"cluster node {self.node_id}", log)
         self._migrating: dict[tuple[str, str], asyncio.Event] = {}
         self._restarts: dict[tuple[str, str], deque[float]] = {}
         self._failed: dict[tuple[str, str], float] = {}
@@ -385,7 +386,7 @@ class ClusterNode:
             control, "rebalancer", self.node_id, ttl=max(1.0, self.settings.lease), lead=self._lead
         )
         self._leader.start()
-        self._spawn(self._supervise())
+        self._tasks.spawn(self._supervise())
         self._host.node = self
         await self._t.flush()
 
@@ -414,11 +415,7 @@ class ClusterNode:
 
     async def after_host_closed(self) -> None:
         """Called once the host stopped every agent (saves and releases done)."""
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._tasks.aclose()
         await self.membership.stop(leave=True)
         await self.directory.stop()
 
@@ -432,7 +429,7 @@ class ClusterNode:
             self._kind_needs[cls.kind] = Resources.from_wire(cls.resources)
         except ConfigurationError as exc:
             raise ConfigurationError(f"{cls.__qualname__}.resources: {exc}") from None
-        self._spawn(self._beat_soon())
+        self._tasks.spawn(self._beat_soon())
 
     async def _beat_soon(self) -> None:
         with contextlib.suppress(NatsAgentsError):
@@ -449,7 +446,7 @@ class ClusterNode:
             self._announcing = False
             await self._beat_soon()
 
-        self._spawn(beat())
+        self._tasks.spawn(beat())
 
     # -- membership record -----------------------------------------------------------
 
@@ -516,7 +513,9 @@ class ClusterNode:
         agents = max(int(load.get("agents", 0)), self.directory.count_on(rec.node_id))
         reserved = Resources.from_wire(load.get("reserved"))
         if rec.node_id == self.node_id:
-            agents = max(len(self._host.activations) + len(self._host._starting), self.directory.count_on(self.node_id))
+            agents = max(
+                len(self._host.activations) + self._host.starting_count(), self.directory.count_on(self.node_id)
+            )
             reserved = self.reserved
             draining = self.draining
         else:
@@ -1075,7 +1074,7 @@ class ClusterNode:
         limit = type(act.agent).restart_after_errors
         if limit and act.errors_in_row >= limit:
             act.errors_in_row = 0
-            self._spawn(self._restart(act, "errors"))
+            self._tasks.spawn(self._restart(act, "errors"))
 
     async def stopped(self, act: Activation, *, discard: bool) -> None:
         """Final save (unless discarded) and release of the claim."""
@@ -1110,7 +1109,7 @@ class ClusterNode:
             return
         own.handed_over = True  # not ours any more: no final save, no release
         self._metrics.fenced.labels(act.kind).inc()
-        self._spawn(self._host.discard(act))
+        self._tasks.spawn(self._host.discard(act))
 
     def _on_directory_change(self, key: tuple[str, str], claim: Claim | None) -> None:
         act = self._host.activations.get(key)
@@ -1147,7 +1146,7 @@ class ClusterNode:
                     cls = type(act.agent)
                     limit = cls.handler_timeout
                     if limit and act.busy_since and now - act.busy_since > limit:
-                        self._spawn(self._restart(act, "hung"))
+                        self._tasks.spawn(self._restart(act, "hung"))
                         continue
                     health = act.health
                     if (
@@ -1157,7 +1156,7 @@ class ClusterNode:
                         and now - health.unhealthy_since > cls.unhealthy_grace
                     ):
                         health.unhealthy_since = now  # once per grace period, while it restarts
-                        self._spawn(self._restart(act, "unhealthy"))
+                        self._tasks.spawn(self._restart(act, "unhealthy"))
             last = self.membership.last_beat_ok
             if last and loop.time() - last > self.settings.lease:
                 await self._verify_claims()
@@ -1186,7 +1185,7 @@ class ClusterNode:
         if reason == "hung":
             for task in list(act.workers):
                 task.cancel()
-        await self._host._stop(act)
+        await self._host.stop_activation(act)
         if cls.restart == "temporary":
             return
         now = time.monotonic()
@@ -1379,7 +1378,7 @@ class ClusterNode:
                     except AgentError as exc:
                         log.warning("could not move %s to %s: %s", act.address, target, exc)
                 if act.state is ActivationState.ACTIVE:
-                    await self._host._stop(act)
+                    await self._host.stop_activation(act)
                     stopped += 1
 
         await asyncio.gather(*(one(a) for a in acts))
@@ -1388,7 +1387,7 @@ class ClusterNode:
     # -- control requests ------------------------------------------------------------
 
     def _on_control(self, msg: Inbound) -> None:
-        self._spawn(self._control(msg))
+        self._tasks.spawn(self._control(msg))
 
     async def _control(self, msg: Inbound) -> None:
         op = msg.subject.rsplit(".", 1)[-1]
@@ -1573,14 +1572,6 @@ class ClusterNode:
         spent = asyncio.get_running_loop().time() - started
         await asyncio.sleep(max(0.0, budget / self.settings.rebalance_rate - spent))
         return len(moves[:budget])
-
-    # -- helpers ---------------------------------------------------------------------
-
-    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
 
 def _str(body: Mapping[str, Any], name: str) -> str:
