@@ -19,9 +19,11 @@ from prometheus_client import CollectorRegistry
 
 from .agent.base import Agent
 from .agent.ref import USE_DEFAULT, AgentRef, resolve_target
+from .cluster.asks import ActivationAsk
 from .cluster.directory import DirectoryRecord
-from .cluster.node import STRATEGIES, ClusterNode, ClusterSettings, _Ask, node_id_from_name
+from .cluster.node import ClusterNode
 from .cluster.placement import Hints, Resources
+from .cluster.settings import STRATEGIES, ClusterSettings, node_id_from_name
 from .cluster.view import ClusterView, NodeStatus
 from .delivery import DeadLetter, PartitionOwners, delete_dead_letter, list_dead_letters, replay_dead_letter
 from .errors import AgentError, ConfigurationError, MeshClosed
@@ -413,7 +415,7 @@ class Mesh:
         if hints is not None and not isinstance(hints, Hints):
             raise ConfigurationError(f"hints must be a Hints, not {type(hints).__name__}")
         if self._node is not None:
-            ask = _Ask(ref.id, spawn=True, needs=needs, hints=hints or Hints(), queue=queue)
+            ask = ActivationAsk(ref.id, spawn=True, needs=needs, hints=hints or Hints(), queue=queue)
             ask.deadline = time.time() + (wait if wait is not None else self._node.settings.queue_timeout)
             await self._node.place_and_activate(ref.kind, ask)
             await self._transport.flush()

@@ -27,12 +27,9 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
-import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..agent.base import Agent
@@ -53,34 +50,39 @@ from ..errors import (
 )
 from ..observability import Metrics
 from ..runtime.activation import Activation, ActivationState
-from ..runtime.durable import DeliverySettings
 from ..runtime.host import Host
-from ..state.store import Applied, FencedOff, StateStore, applied_wire, parse_applied
+from ..state.store import Applied, FencedOff, StateStore
 from ..tasks import TaskGroup
 from ..transport import Inbound, NoResponders, Subscription, Transport
 from ..transport.kv import CasConflict, open_bucket
-from ..wire import codec, envelope
-from ..wire import headers as h
+from ..wire import codec
 from ..wire.envelope import RequestMeta
-from ..wire.ids import agent_key, encode_id, validate_kind
+from ..wire.ids import agent_key, validate_kind
 from ..wire.subjects import bucket_name, node_subject
+from .asks import (
+    ADOPT_WAIT,
+    ActivationAsk,
+    NodeClient,
+    Transfer,
+    adopt_request,
+    answer,
+    parse_adopt,
+    parse_ask,
+    start_error,
+)
 from .directory import AgentActiveElsewhere, Claim, Directory
 from .leader import LeaderLease
+from .load import LoadSampler
 from .membership import MemberRecord, Membership
 from .owner_key import load_owner_key
-from .placement import Hints, NodeInfo, NodeLoad, Placer, Resources, ScoreWeights
+from .placement import Hints, NodeInfo, NodeLoad, Placer, Resources
 from .rebalance import plan_moves
-from .records import MAX_WEIGHT
+from .settings import STRATEGIES, UNLIMITED_CPU, UNLIMITED_MEMORY, ClusterSettings, capacity_from_wire, validate_node_id
 
-__all__ = ["STRATEGIES", "ClusterNode", "ClusterSettings", "validate_node_id"]
+__all__ = ["ClusterNode"]
 
 log = logging.getLogger("natsagents.cluster.node")
 
-STRATEGIES = ("checkpoint_restore", "state_transfer", "cold_start")
-_NODE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_PROTO = envelope.encode_headers({h.PROTO: h.PROTO_VERSION})
-_UNLIMITED_CPU = 1e9
-_UNLIMITED_MEMORY = 2**62
 _RECHECK = 30.0  # seconds between the leader's drift checks when nothing changes
 # Applied message ids persisted with an agent's state (see runtime.dedup): at most this
 # many, each until its request's deadline (+1 s), at most _APPLIED_MAX_MS, or
@@ -91,144 +93,6 @@ _MAX_KEPT_REPLY = 1024  # bytes of an at-most-once reply worth keeping with the 
 _APPLIED_MAX_MS = 60_000
 _APPLIED_DEFAULT_MS = 10_000
 _APPLIED_DURABLE_MS = 120_000  # an exactly-once reply: the inbox stream's duplicate window
-_MAX_ASK_WAIT = 3600.0  # seconds a placement may wait, whatever deadline its request names
-
-
-def validate_node_id(node_id: object) -> str:
-    """Raises: ConfigurationError unless ``node_id`` is 1-64 of ``[A-Za-z0-9_-]``."""
-    if not isinstance(node_id, str) or not _NODE_ID_RE.fullmatch(node_id):
-        raise ConfigurationError(f"invalid node id {node_id!r}: use 1-64 characters [A-Za-z0-9_-]")
-    return node_id
-
-
-def node_id_from_name(name: str) -> str:
-    """A valid node id derived from a mesh name (invalid characters become ``-``)."""
-    return re.sub(r"[^A-Za-z0-9_-]", "-", name)[:64] or "node"
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterSettings:
-    """How a mesh takes part in the cluster.
-
-    Args:
-        node_id: this node's id (``[A-Za-z0-9_-]``, default: derived from the mesh name).
-        lease: seconds without a heartbeat after which the node counts as gone and its
-            agents may be taken over (also the rebalancer's leader lease, at least 1 s).
-        heartbeat: seconds between heartbeats (default ``lease / 3``).
-        capacity: what this node offers (``Resources`` or ``{"cpu", "memory", "custom"}``);
-            cpu and memory left out are unlimited, custom resources left out are zero.
-        tags: labels placement hints can require.
-        weight: relative size of the node (share of the ring and of the agents), in (0, 100].
-        score_weights: load-score weights (cpu 0.4, memory 0.4, network 0.2).
-        load_factor: bounded-load ``c``: no node above ``c`` x its share of agents.
-        rebalance: run the leader-elected rebalancer (moves agents to new nodes).
-        rebalance_rate: agents the rebalancer moves per second at most.
-        rebalance_strategy: migration strategy the rebalancer and drain use.
-        imbalance: the rebalancer acts once a node is this fraction off its share.
-        queue_timeout: seconds a placement may wait for capacity when the request has
-            no deadline.
-        handoff_on_close: on close, migrate ``permanent`` agents to other nodes instead
-            of only stopping them.
-        max_state_bytes: largest encoded agent state (default: what one message allows).
-        delivery: durable delivery settings; the node consumes its share of the inbox
-            stream's partitions (``None``: it consumes none).
-    """
-
-    node_id: str | None = None
-    lease: float = 3.0
-    heartbeat: float | None = None
-    capacity: Resources | Mapping[str, Any] = field(default_factory=dict)
-    tags: tuple[str, ...] = ()
-    weight: float = 1.0
-    score_weights: ScoreWeights = field(default_factory=ScoreWeights)
-    load_factor: float = 1.25
-    rebalance: bool = True
-    rebalance_rate: float = 50.0
-    rebalance_strategy: str = "checkpoint_restore"
-    imbalance: float = 0.1
-    queue_timeout: float = 30.0
-    handoff_on_close: bool = True
-    max_state_bytes: int | None = None
-    delivery: DeliverySettings | None = field(default_factory=DeliverySettings)
-
-    def __post_init__(self) -> None:
-        if self.node_id is not None:
-            validate_node_id(self.node_id)
-        if not self.lease >= 1:
-            raise ConfigurationError(f"lease must be at least 1 second, not {self.lease}")
-        if self.heartbeat is not None and not 0 < self.heartbeat < self.lease:
-            raise ConfigurationError("heartbeat must be > 0 and shorter than the lease")
-        if not 0 < self.weight <= MAX_WEIGHT:
-            raise ConfigurationError(f"weight must be > 0 and at most {MAX_WEIGHT:g}")
-        if not self.rebalance_rate > 0:
-            raise ConfigurationError("rebalance_rate must be > 0")
-        if self.rebalance_strategy not in STRATEGIES:
-            raise ConfigurationError(f"rebalance_strategy must be one of {STRATEGIES}")
-        if not self.queue_timeout > 0:
-            raise ConfigurationError("queue_timeout must be > 0")
-        if not 0 <= self.imbalance < 1:
-            raise ConfigurationError("imbalance must be within [0, 1)")
-        capacity = self.capacity
-        if not isinstance(capacity, Resources):
-            object.__setattr__(self, "capacity", _capacity_from_wire(capacity))
-        object.__setattr__(self, "tags", tuple(self.tags))
-
-    @property
-    def capacity_resources(self) -> Resources:
-        assert isinstance(self.capacity, Resources)
-        return self.capacity
-
-
-def _capacity_from_wire(value: object) -> Resources:
-    if not isinstance(value, Mapping):
-        raise ConfigurationError(f"capacity must be a map, not {type(value).__name__}")
-    filled = dict(value)
-    filled.setdefault("cpu", _UNLIMITED_CPU)
-    filled.setdefault("memory", _UNLIMITED_MEMORY)
-    return Resources.from_wire(filled)
-
-
-@dataclass(slots=True)
-class _Transfer:
-    """State shipped node to node (``state_transfer``), or kept in memory for a rollback."""
-
-    data: Any
-    revision: int
-    epoch: int
-
-
-@dataclass(slots=True)
-class _Ask:
-    """One activation request as the node understands it."""
-
-    agent_id: str
-    spawn: bool = False
-    needs: Resources | None = None
-    hints: Hints = field(default_factory=Hints)
-    queue: bool = True
-    deadline: float = 0.0  # wall clock seconds
-    transfer: _Transfer | None = None
-    min_revision: int = 0
-    placed: bool = False  # chosen by the placer (not the known owner): re-check the load bound
-    claim_revision: int = 0  # the directory handover to this node (migration, take-back)
-    recent: Any = None  # the previous activation's answered requests (runtime.dedup export)
-    applied: tuple[Applied, ...] = ()  # its persisted applied messages
-    seq: int = 0  # its last exactly-once stream sequence
-
-    def to_wire(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"id": self.agent_id, "deadline": int(self.deadline * 1000)}
-        if self.spawn:
-            body["spawn"] = True
-        if self.needs is not None:
-            body["needs"] = self.needs.to_wire()
-        hints = self.hints.to_wire()
-        if hints:
-            body["hints"] = hints
-        if not self.queue:
-            body["queue"] = False
-        if self.placed:
-            body["placed"] = True
-        return body
 
 
 class _Owned:
@@ -277,51 +141,6 @@ class _Owned:
         return applied
 
 
-def parse_ask(body: object, *, default_timeout: float) -> _Ask:
-    """Parse and validate an activation request body: ``id`` (a valid agent id),
-    ``spawn`` and ``queue`` (bools), ``deadline`` (Unix ms ≥ 0; a placement waits at most
-    ``max(default_timeout, 1 h)`` whatever it says), ``needs`` (resources) and ``hints``
-    (placement hints); other fields are ignored.
-
-    Raises:
-        ProtocolError: anything malformed (answered ``bad_request``).
-    """
-    try:
-        return _parse_ask(body, default_timeout)
-    except ProtocolError:
-        raise
-    except (NatsAgentsError, TypeError, ValueError, ArithmeticError) as exc:
-        raise ProtocolError(f"malformed activation request: {exc}") from None
-
-
-def _parse_ask(body: object, default_timeout: float) -> _Ask:
-    if not isinstance(body, dict) or not isinstance(body.get("id"), str):
-        raise ProtocolError("activation body must be a map with a string 'id'")
-    agent_id = body["id"]
-    encode_id(agent_id)
-    for flag in ("spawn", "queue"):
-        if flag in body and not isinstance(body[flag], bool):
-            raise ProtocolError(f"activation {flag!r} must be a bool")
-    deadline_ms = body.get("deadline")
-    now = time.time()
-    longest = now + max(default_timeout, _MAX_ASK_WAIT)
-    if deadline_ms is None:
-        deadline = now + default_timeout
-    elif isinstance(deadline_ms, int) and not isinstance(deadline_ms, bool) and deadline_ms >= 0:
-        deadline = min(deadline_ms / 1000, longest)
-    else:
-        raise ProtocolError("activation 'deadline' must be an integer >= 0 (unix ms)")
-    needs = Resources.from_wire(body["needs"]) if "needs" in body else None
-    return _Ask(
-        agent_id=agent_id,
-        spawn=body.get("spawn", False),
-        needs=needs,
-        hints=Hints.from_wire(body.get("hints")),
-        queue=body.get("queue", True),
-        deadline=deadline,
-    )
-
-
 class ClusterNode:
     """One node of the cluster (see the module docstring). Built and started by ``Mesh``."""
 
@@ -334,7 +153,7 @@ class ClusterNode:
         prefix: str,
         node_id: str,
         metrics: Metrics,
-        activate_remote: Callable[[str, str, _Ask], Awaitable[str]] | None = None,
+        activate_remote: Callable[[str, str, ActivationAsk], Awaitable[str]] | None = None,
     ) -> None:
         self._t = transport
         self._host = host
@@ -353,6 +172,7 @@ class ClusterNode:
         self._leader: LeaderLease | None = None
         self.owner_key: bytes | None = None
         self._ctl: Subscription | None = None
+        self._client = NodeClient(transport, prefix)
         self._tasks = TaskGroup(f"cluster node {self.node_id}", log)
         self._migrating: dict[tuple[str, str], asyncio.Event] = {}
         self._restarts: dict[tuple[str, str], deque[float]] = {}
@@ -364,9 +184,7 @@ class ClusterNode:
         self.moves_in_flight = 0  # rebalancing moves the leader has asked for and not seen end
         self._closing = False
         self._announcing = False
-        self._cpu_mark = (time.monotonic(), time.process_time())
-        self._net_mark = (time.monotonic(), 0)
-        self._load_cache: dict[str, float] = {"cpu": 0.0, "memory": 0.0, "network": 0.0}
+        self._sampler = LoadSampler(self.capacity, transport.message_counts)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -453,11 +271,10 @@ class ClusterNode:
     def describe(self) -> dict[str, Any]:
         acts = self._host.activations
         backlog = sum(len(a.mailbox) for a in acts.values())
-        self._refresh_load()
         capacity = self.capacity.to_wire()
-        if capacity.get("cpu") == _UNLIMITED_CPU:
+        if capacity.get("cpu") == UNLIMITED_CPU:
             del capacity["cpu"]
-        if capacity.get("memory") == _UNLIMITED_MEMORY:
+        if capacity.get("memory") == UNLIMITED_MEMORY:
             del capacity["memory"]
         return {
             "kinds": sorted(self._host.kinds),
@@ -467,30 +284,13 @@ class ClusterNode:
                 "mailbox_backlog": backlog,
                 "reserved": self.reserved.to_wire(),
                 "queued": len(self._queued),
-                **self._load_cache,
+                **self._sampler.sample(),
             },
             "tags": list(self.settings.tags),
             "version": _version(),
             "draining": self.draining,
             "weight": self.settings.weight,
         }
-
-    def _refresh_load(self) -> None:
-        now = time.monotonic()
-        then, cpu_then = self._cpu_mark
-        cpu_now = time.process_time()
-        if now - then >= 0.2:
-            cores = self.capacity.cpu if self.capacity.cpu < _UNLIMITED_CPU else float(os.cpu_count() or 1)
-            self._load_cache["cpu"] = min(1.0, max(0.0, (cpu_now - cpu_then) / (now - then) / max(cores, 0.01)))
-            self._cpu_mark = (now, cpu_now)
-            net_then, msgs_then = self._net_mark
-            received, sent = self._t.message_counts()
-            rate = (received + sent - msgs_then) / max(now - net_then, 1e-3)
-            self._load_cache["network"] = min(1.0, rate / 100_000.0)  # 100k msg/s = a busy node
-            self._net_mark = (now, received + sent)
-            rss = _rss_bytes()
-            limit = self.capacity.memory if self.capacity.memory < _UNLIMITED_MEMORY else _total_memory()
-            self._load_cache["memory"] = min(1.0, rss / limit) if limit else 0.0
 
     def nodes(self) -> list[NodeInfo]:
         """The placement view of the live members (this node with fresh local figures)."""
@@ -526,7 +326,7 @@ class ClusterNode:
         return NodeInfo(
             node_id=rec.node_id,
             kinds=frozenset(rec.kinds),
-            capacity=_capacity_from_wire(rec.capacity),
+            capacity=capacity_from_wire(rec.capacity),
             reserved=reserved,
             load=NodeLoad(
                 agents=agents,
@@ -578,7 +378,7 @@ class ClusterNode:
             return
         await self._answer(msg, result={"node": node})
 
-    async def place_and_activate(self, kind: str, ask: _Ask) -> str:
+    async def place_and_activate(self, kind: str, ask: ActivationAsk) -> str:
         """Find or choose the agent's node and have it activated there; return the node.
 
         Raises:
@@ -683,7 +483,7 @@ class ClusterNode:
             if self._queued.pop(address, None) is not None:
                 self._metrics.queued_placements.set(len(self._queued))
 
-    async def activate_here(self, kind: str, ask: _Ask) -> str:
+    async def activate_here(self, kind: str, ask: ActivationAsk) -> str:
         """Activate on this node (placement already chose it); return the owner's id,
         which is another node if someone else got the agent first."""
         key = (kind, ask.agent_id)
@@ -741,21 +541,7 @@ class ClusterNode:
             )
 
     def _start_error(self, address: str, exc: BaseException) -> AgentError:
-        if isinstance(exc, MeshClosed):
-            return Unavailable(str(exc), agent=address, details={"retry": True})
-        if isinstance(exc, FencedOff):
-            return Unavailable(str(exc), agent=address, details={"retry": True})
-        if isinstance(exc, AgentError):
-            return exc
-        if isinstance(exc, NatsAgentsError):
-            return Unavailable(f"activation failed: {exc}", agent=address, details={"retry": True})
-        log.exception("activation of %s failed", address, exc_info=exc)
-        return HandlerError(
-            f"activation failed: {type(exc).__name__}: {exc}",
-            agent=address,
-            action="on_start",
-            remote_traceback=self._host.traceback(exc),
-        )
+        return start_error(address, exc, self._host.traceback)
 
     async def _wait_lapse(self, node: str, deadline: float) -> None:
         while self.membership.is_live(node) and time.time() < deadline:
@@ -770,16 +556,12 @@ class ClusterNode:
     def _needs(self, kind: str) -> Resources:
         return self._kind_needs.get(kind, Resources())
 
-    async def _ask_node(self, node: str, kind: str, ask: _Ask, timeout: float) -> str:
-        result = await self.request_node(node, "activate", {**ask.to_wire(), "kind": kind}, timeout)
-        return str(result.get("node", node)) if isinstance(result, dict) else node
+    async def _ask_node(self, node: str, kind: str, ask: ActivationAsk, timeout: float) -> str:
+        return await self._client.activate(node, kind, ask, timeout)
 
     async def request_node(self, node: str, op: str, body: dict[str, Any], timeout: float) -> Any:
         """One control request to ``node``. Raises: NoResponders, AgentError subclasses."""
-        msg = await self._t.request(
-            node_subject(self.prefix, node, op), codec.encode(body), headers=_PROTO, timeout=max(timeout, 0.001)
-        )
-        return envelope.parse_reply(msg.headers, msg.data)
+        return await self._client.request(node, op, body, timeout)
 
     # -- host hooks ------------------------------------------------------------------
 
@@ -787,7 +569,7 @@ class ClusterNode:
         """Claim the directory record, adopt/load the state and restore the agent."""
         if self._closing:
             raise MeshClosed("the node is closing")
-        ask = options if isinstance(options, _Ask) else _Ask(act.agent_id)
+        ask = options if isinstance(options, ActivationAsk) else ActivationAsk(act.agent_id)
         agent = act.agent
         cls = type(agent)
         kind, agent_id = act.kind, act.agent_id
@@ -1247,9 +1029,9 @@ class ClusterNode:
         try:
             started = time.perf_counter()
             await self._host.quiesce(act)
-            transfer: _Transfer | None = None
+            transfer: Transfer | None = None
             if strategy == "state_transfer" or (strategy == "checkpoint_restore" and own.persistence == "none"):
-                transfer = _Transfer(agent.checkpoint(), own.revision, own.epoch)
+                transfer = Transfer(agent.checkpoint(), own.revision, own.epoch)
             elif strategy == "checkpoint_restore":
                 value = StateStore.encode(agent.checkpoint(), own.epoch)
                 if value != own.saved:
@@ -1261,23 +1043,20 @@ class ClusterNode:
                 self._release(own)
                 raise Unavailable(f"{address} was taken over by another node during the move", agent=address) from None
             own.handed_over = True
-            body: dict[str, Any] = {
-                "kind": kind,
-                "id": agent_id,
-                "strategy": strategy,
-                "min_revision": own.revision,
-                "claim_revision": new_claim.revision,
-                "needs": own.needs.to_wire(),
-                "recent": self._host.dedup.export(act),
-            }
-            if own.applied:
-                body["applied"] = [applied_wire(a) for a in own.applied_now()]
-            if own.seq:
-                body["seq"] = own.seq
-            if transfer is not None:
-                body["transfer"] = {"data": transfer.data, "revision": transfer.revision, "epoch": transfer.epoch}
+            body = adopt_request(
+                kind,
+                agent_id,
+                strategy=strategy,
+                min_revision=own.revision,
+                claim_revision=new_claim.revision,
+                needs=own.needs,
+                recent=self._host.dedup.export(act),
+                applied=own.applied_now() if own.applied else None,
+                seq=own.seq,
+                transfer=transfer,
+            )
             try:
-                await self.request_node(target, "adopt", body, 10.0)
+                await self.request_node(target, "adopt", body, ADOPT_WAIT)
             except Exception as exc:
                 await self._take_back(act, new_claim, own, exc)
                 self._metrics.migrations.labels(kind, strategy, "failed").inc()
@@ -1302,8 +1081,8 @@ class ClusterNode:
             back = await self.directory.handover(handed, self.node_id)
         except CasConflict:
             return  # the target did take it (its answer was lost)
-        ask = _Ask(act.agent_id, spawn=True, needs=needs)
-        ask.transfer = _Transfer(act.agent.checkpoint(), own.revision, back.record.epoch)
+        ask = ActivationAsk(act.agent_id, spawn=True, needs=needs)
+        ask.transfer = Transfer(act.agent.checkpoint(), own.revision, back.record.epoch)
         ask.claim_revision = back.revision
         ask.recent = self._host.dedup.export(act)
         ask.applied = tuple(own.applied_now())
@@ -1312,34 +1091,10 @@ class ClusterNode:
 
     async def adopt(self, body: object) -> dict[str, Any]:
         """Migration target: restore the agent handed over to this node."""
-        if not isinstance(body, dict):
-            raise BadRequest("adopt body must be a map")
-        try:
-            kind = validate_kind(body.get("kind"))
-            agent_id = body.get("id")
-            if not isinstance(agent_id, str):
-                raise ProtocolError("adopt 'id' must be a string")
-            encode_id(agent_id)
-            ask = _Ask(agent_id, spawn=True, needs=Resources.from_wire(body.get("needs")))
-            ask.deadline = time.time() + 10.0
-            min_revision = body.get("min_revision", 0)
-            ask.min_revision = min_revision if isinstance(min_revision, int) else 0
-            claim_revision = body.get("claim_revision", 0)
-            ask.claim_revision = claim_revision if isinstance(claim_revision, int) else 0
-            transfer = body.get("transfer")
-            if transfer is not None:
-                if not isinstance(transfer, dict):
-                    raise ProtocolError("adopt 'transfer' must be a map")
-                ask.transfer = _Transfer(transfer.get("data"), int(transfer["revision"]), int(transfer["epoch"]))
-            ask.recent = body.get("recent")
-            ask.applied = parse_applied(body.get("applied"))
-            seq = body.get("seq", 0)
-            ask.seq = seq if type(seq) is int and seq > 0 else 0
-        except (ProtocolError, ConfigurationError, KeyError, TypeError, ValueError) as exc:
-            raise BadRequest(f"malformed adopt request: {exc}") from None
+        kind, ask = parse_adopt(body)
         if kind not in self._host.kinds:
             raise Unavailable(f"node {self.node_id} does not host {kind}")
-        await self._host.activate(kind, agent_id, ask)
+        await self._host.activate(kind, ask.agent_id, ask)
         return {"node": self.node_id}
 
     async def drain(self) -> dict[str, Any]:
@@ -1444,21 +1199,7 @@ class ClusterNode:
         return out
 
     async def _answer(self, msg: Inbound, *, result: Any = None, error: AgentError | None = None) -> None:
-        if not msg.reply:
-            return
-        if error is not None:
-            details = dict(error.details)
-            if isinstance(error, ClusterAtCapacity):
-                needs = error.needs
-                details["needs"] = needs.to_wire() if isinstance(needs, Resources) else needs
-                details["rejected"] = dict(error.rejected)
-            hdrs, data = envelope.error_reply(
-                error.code, error.message, agent=error.agent, action=error.action, details=details
-            )
-        else:
-            hdrs, data = envelope.ok_reply(result)
-        with contextlib.suppress(NatsAgentsError):
-            await self._t.publish_reply(msg.reply, data, headers=hdrs, on=msg.subject)
+        await answer(self._t, msg, result=result, error=error)
 
     # -- the leader's controller -----------------------------------------------------
 
@@ -1518,7 +1259,7 @@ class ClusterNode:
 
     async def _respawn(self, claim: Claim) -> None:
         rec = claim.record
-        ask = _Ask(rec.agent_id, spawn=True, deadline=time.time() + 10.0)
+        ask = ActivationAsk(rec.agent_id, spawn=True, deadline=time.time() + 10.0)
         with contextlib.suppress(ConfigurationError):
             ask.needs = Resources.from_wire(rec.needs) if rec.needs else None
             ask.hints = Hints.from_wire(rec.hints)
@@ -1589,23 +1330,6 @@ def _fraction(value: object) -> float:
 
 async def _sleep(delay: float, deadline: float) -> None:
     await asyncio.sleep(max(0.0, min(delay, deadline - time.time())))
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _total_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (OSError, ValueError):
-        return 0
 
 
 def _version() -> str:
