@@ -9,7 +9,6 @@ import os
 import re
 import socket
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,6 @@ from prometheus_client import CollectorRegistry
 
 from .agent.base import Agent
 from .agent.ref import USE_DEFAULT, AgentRef, resolve_target
-from .cluster.asks import ActivationAsk
 from .cluster.directory import DirectoryRecord
 from .cluster.node import ClusterNode
 from .cluster.placement import Hints, Resources
@@ -415,10 +413,7 @@ class Mesh:
         if hints is not None and not isinstance(hints, Hints):
             raise ConfigurationError(f"hints must be a Hints, not {type(hints).__name__}")
         if self._node is not None:
-            ask = ActivationAsk(ref.id, spawn=True, needs=needs, hints=hints or Hints(), queue=queue)
-            ask.deadline = time.time() + (wait if wait is not None else self._node.settings.queue_timeout)
-            await self._node.place_and_activate(ref.kind, ask)
-            await self._transport.flush()
+            await self._node.spawn(ref.kind, ref.id, needs=needs, hints=hints or Hints(), queue=queue, timeout=wait)
         elif ref.kind in self._host.kinds:
             await self._host.activate(ref.kind, ref.id)
             # Once spawn() returns, callers on other connections of this server find the agent.
