@@ -21,7 +21,7 @@ from .agent.ref import USE_DEFAULT, AgentRef, resolve_target
 from .cluster.directory import DirectoryRecord
 from .cluster.node import ClusterNode
 from .cluster.placement import Hints, Resources
-from .cluster.settings import STRATEGIES, ClusterSettings, node_id_from_name
+from .cluster.settings import ClusterSettings, node_id_from_name
 from .cluster.view import ClusterView, NodeStatus
 from .delivery import DeadLetter, PartitionOwners, delete_dead_letter, list_dead_letters, replay_dead_letter
 from .errors import AgentError, ConfigurationError, MeshClosed
@@ -305,6 +305,7 @@ class Mesh:
         )
         await node.start()
         self._node = node
+        self._view = ClusterView(self._transport, self.prefix, node=node)
         if settings.delivery is not None:
             owners = PartitionOwners(
                 self._transport,
@@ -479,20 +480,12 @@ class Mesh:
         """
         self._check_open()
         ref = self.ref(target, agent_id)
-        if strategy not in STRATEGIES:
-            raise ConfigurationError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
-        if self._node is not None and (ref.kind, ref.id) in self._host.activations:
-            return await self._node.migrate_out(ref.kind, ref.id, to, strategy)
         return await self._cluster_view().migrate(ref.kind, ref.id, to, strategy, timeout)
 
     async def drain(self, node: str | None = None, *, timeout: float = 300.0) -> dict[str, Any]:
         """Move every agent off ``node`` (default: this node) and stop it taking new ones.
         Returns ``{"node", "moved", "stopped"}``."""
         self._check_open()
-        if node is None or (self._node is not None and node == self._node.node_id):
-            if self._node is None:
-                raise ConfigurationError("this mesh is not a cluster node: name the node to drain")
-            return await self._node.drain()
         return await self._cluster_view().drain(node, timeout)
 
     async def deactivate(self, target: str | type[Agent], agent_id: str | None = None) -> bool:
