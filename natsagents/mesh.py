@@ -9,7 +9,6 @@ import os
 import re
 import socket
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -21,8 +20,9 @@ from .agent.base import Agent
 from .agent.ref import USE_DEFAULT, AgentRef, resolve_target
 from .cluster.directory import DirectoryRecord
 from .cluster.leader import LeaderLease
-from .cluster.node import STRATEGIES, ClusterNode, ClusterSettings, _Ask, node_id_from_name
+from .cluster.node import ClusterNode
 from .cluster.placement import Hints, Resources
+from .cluster.settings import ClusterSettings, node_id_from_name
 from .cluster.view import ClusterView, NodeStatus
 from .delivery import DeadLetter, PartitionOwners, delete_dead_letter, list_dead_letters, replay_dead_letter
 from .delivery.publish import DurablePublisher
@@ -319,6 +319,7 @@ class Mesh:
         )
         await node.start()
         self._node = node
+        self._view = ClusterView(self._transport, self.prefix, node=node)
         if settings.delivery is not None:
             owners = PartitionOwners(
                 self._transport,
@@ -427,10 +428,7 @@ class Mesh:
         if hints is not None and not isinstance(hints, Hints):
             raise ConfigurationError(f"hints must be a Hints, not {type(hints).__name__}")
         if self._node is not None:
-            ask = _Ask(ref.id, spawn=True, needs=needs, hints=hints or Hints(), queue=queue)
-            ask.deadline = time.time() + (wait if wait is not None else self._node.settings.queue_timeout)
-            await self._node.place_and_activate(ref.kind, ask)
-            await self._transport.flush()
+            await self._node.spawn(ref.kind, ref.id, needs=needs, hints=hints or Hints(), queue=queue, timeout=wait)
         elif ref.kind in self._host.kinds:
             await self._host.activate(ref.kind, ref.id)
             # Once spawn() returns, callers on other connections of this server find the agent.
@@ -503,20 +501,12 @@ class Mesh:
         """
         self._check_open()
         ref = self.ref(target, agent_id)
-        if strategy not in STRATEGIES:
-            raise ConfigurationError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
-        if self._node is not None and (ref.kind, ref.id) in self._host.activations:
-            return await self._node.migrate_out(ref.kind, ref.id, to, strategy)
         return await self._cluster_view().migrate(ref.kind, ref.id, to, strategy, timeout)
 
     async def drain(self, node: str | None = None, *, timeout: float = 300.0) -> dict[str, Any]:
         """Move every agent off ``node`` (default: this node) and stop it taking new ones.
         Returns ``{"node", "moved", "stopped"}``."""
         self._check_open()
-        if node is None or (self._node is not None and node == self._node.node_id):
-            if self._node is None:
-                raise ConfigurationError("this mesh is not a cluster node: name the node to drain")
-            return await self._node.drain()
         return await self._cluster_view().drain(node, timeout)
 
     async def deactivate(self, target: str | type[Agent], agent_id: str | None = None) -> bool:

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..agent import Agent
 from ..cluster.directory import DirectoryRecord
-from ..cluster.node import STRATEGIES, ClusterSettings, node_id_from_name, validate_node_id
+from ..cluster.settings import STRATEGIES, ClusterSettings, node_id_from_name, validate_node_id
 from ..cluster.view import NodeStatus
 from ..errors import ConfigurationError
 from ..wire.ids import parse_address, validate_kind

@@ -26,7 +26,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -38,7 +38,7 @@ from ..wire.ids import parse_address
 from ..wire.subjects import DEFAULT_PREFIX, validate_prefix
 
 if TYPE_CHECKING:
-    from ..mesh import MeshOpener
+    from ..mesh import Mesh
     from ..server import NatsCluster, NatsServer
 
 __all__ = [
@@ -234,7 +234,7 @@ def add_connection_options(parser: argparse.ArgumentParser, *, prefix: bool = Tr
     )
 
 
-def open_mesh(args: argparse.Namespace, **options: Any) -> MeshOpener:
+def open_mesh(args: argparse.Namespace, **options: Any) -> AbstractAsyncContextManager[Mesh]:
     """``Mesh.connect`` with the connection options of :func:`add_connection_options`."""
     from ..mesh import Mesh
 

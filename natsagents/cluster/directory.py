@@ -17,7 +17,6 @@ membership view bounds how long any record, forged or not, counts as live).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import time
@@ -27,6 +26,7 @@ from typing import Any
 
 from ..agent.base import RESTART_POLICIES
 from ..errors import NatsAgentsError
+from ..tasks import TaskGroup
 from ..transport import Transport
 from ..transport.kv import Bucket, CasConflict, Entry, open_bucket
 from ..wire import codec
@@ -154,22 +154,18 @@ class Directory:
         self._bucket: Bucket | None = None
         self._cache: dict[tuple[str, str], tuple[DirectoryRecord, int]] = {}
         self._per_node: dict[str, int] = {}  # records per owner node, kept with the cache
-        self._task: asyncio.Task[None] | None = None
+        self._tasks = TaskGroup("directory", log)
         self._ready = asyncio.Event()
         self._listeners: list[Callable[[tuple[str, str], Claim | None], None]] = []
 
     async def start(self, *, watch: bool = True) -> None:
         self._bucket = await open_bucket(self._t, bucket_name(self.prefix, "directory"), history=1)
         if watch:
-            self._task = asyncio.get_running_loop().create_task(self._watch())
+            self._tasks.spawn(self._watch(), name="directory watch")
             await asyncio.wait_for(self._ready.wait(), 10)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        await self._tasks.aclose()
 
     @property
     def bucket(self) -> Bucket:

@@ -32,6 +32,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from ..errors import ConfigurationError, NatsAgentsError
+from ..tasks import TaskGroup
 from ..transport.kv import Bucket, CasConflict
 from ..wire import codec
 from . import records
@@ -76,7 +77,8 @@ class LeaderLease:
         self._lead_failed = False
         self._revision = 0
         self._standing: tuple[int, float] | None = None  # a holder's revision, first seen at
-        self._task: asyncio.Task[None] | None = None
+        self._tasks = TaskGroup(f"lease {key}", log)
+        self._campaigning: asyncio.Task[None] | None = None
         self._leading: asyncio.Task[None] | None = None
         self.changed = asyncio.Event()
 
@@ -85,20 +87,19 @@ class LeaderLease:
         return self._revision > 0
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._campaign())
+        self._campaigning = self._tasks.spawn(self._campaign(), name=f"campaign {self.key}")
 
     async def stop(self) -> None:
         """Stop campaigning; a leader deletes its key so another node takes over at once."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        campaign, self._campaigning = self._campaigning, None
+        if campaign is not None:
+            await _cancel(campaign)
         await self._step_down()
         if self._revision:
             with contextlib.suppress(NatsAgentsError):
                 await self.bucket.delete(self.key, revision=self._revision, timeout=1.0)
             self._revision = 0
+        await self._tasks.aclose()
 
     async def leader(self) -> str | None:
         """The current leader's node id (one read), or ``None`` (no key, or garbage)."""
@@ -173,7 +174,7 @@ class LeaderLease:
     def _begin(self) -> None:
         self.changed.set()
         if self._lead is not None:
-            self._leading = asyncio.get_running_loop().create_task(self._run_lead())
+            self._leading = self._tasks.spawn(self._run_lead(), name=f"lead {self.key}")
 
     async def _run_lead(self) -> None:
         assert self._lead is not None
@@ -192,13 +193,16 @@ class LeaderLease:
             self.changed.set()
         task, self._leading = self._leading, None
         if task is not None:
-            # Cancel until it is really done: a cancellation can be swallowed by a wait
-            # that completes at the same moment (asyncio.wait_for on Python 3.11).
-            while not task.done():
-                task.cancel()
-                await asyncio.wait({task}, timeout=0.5)
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                task.result()
+            await _cancel(task)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` until it is really done: a cancellation can be swallowed by a wait
+    that completes at the same moment (asyncio.wait_for on Python 3.11). Its outcome is
+    the task group's (logged there if it failed); a cancellation of the caller propagates."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
 
 
 def holder(value: bytes) -> str | None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigurationError, NatsAgentsError
+from ..tasks import TaskGroup
 from ..transport import Transport
 from ..transport.kv import Bucket, Entry, open_bucket, validate_key
 from ..wire import codec
@@ -150,7 +151,7 @@ class Membership:
         self._bucket: Bucket | None = None
         self._records: dict[str, MemberRecord] = {}
         self._seen: dict[str, float] = {}  # node -> loop.time() of the last change seen
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = TaskGroup(f"membership of {node_id}", log)
         self._changed = asyncio.Condition()
         self._ready = asyncio.Event()
         self._last_ok = 0.0
@@ -161,18 +162,13 @@ class Membership:
         """Open the bucket, write the first heartbeat and start watching."""
         self._bucket = await open_bucket(self._t, bucket_name(self.prefix, "members"), history=1)
         await self._beat()
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._heartbeats()), loop.create_task(self._watch())]
+        self._tasks.spawn(self._heartbeats(), name="heartbeats")
+        self._tasks.spawn(self._watch(), name="membership watch")
         await asyncio.wait_for(self._ready.wait(), max(5.0, self.lease))
 
     async def stop(self, *, leave: bool = True) -> None:
         """Stop heartbeating; with ``leave`` delete the record so others see us go at once."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks = []
+        await self._tasks.aclose()
         if leave and self._bucket is not None:
             with contextlib.suppress(NatsAgentsError):
                 await self._bucket.delete(self.node_id)

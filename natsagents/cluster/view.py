@@ -1,14 +1,15 @@
-"""A read-and-operate view of the cluster for any mesh (node or plain client) and the CLI:
-members, the directory, and the control operations ``migrate`` and ``drain``."""
+"""The cluster front a mesh delegates to (node or plain client, and so the CLI): members,
+the directory, and the control operations ``migrate`` and ``drain`` — done by the mesh's
+own node when it is the one concerned, by a control request to the right node otherwise."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from ..errors import AgentNotFound, NatsAgentsError, Unavailable
+from ..errors import AgentNotFound, ConfigurationError, NatsAgentsError, Unavailable
 from ..transport import NoResponders, Transport
 from ..transport.kv import Bucket, open_bucket
 from ..wire import codec, envelope
@@ -17,8 +18,9 @@ from ..wire.ids import parse_agent_key
 from ..wire.subjects import bucket_name, node_subject
 from .directory import DirectoryRecord
 from .membership import MemberRecord
+from .settings import STRATEGIES
 
-__all__ = ["ClusterView", "NodeStatus"]
+__all__ = ["ClusterView", "NodeStatus", "OwnNode"]
 
 _PROTO = envelope.encode_headers({h.PROTO: h.PROTO_VERSION})
 
@@ -33,12 +35,35 @@ class NodeStatus:
     age: float
 
 
-class ClusterView:
-    """Reads the membership and directory buckets and sends node control requests."""
+class OwnNode(Protocol):
+    """What the mesh's own cluster node (``node.ClusterNode``) does for the view."""
 
-    def __init__(self, transport: Transport, prefix: str) -> None:
+    @property
+    def node_id(self) -> str: ...
+
+    def is_local(self, kind: str, agent_id: str) -> bool:
+        """Whether the agent has an activation on this node."""
+        ...
+
+    async def migrate_out(self, kind: str, agent_id: str, target: str, strategy: str) -> dict[str, Any]: ...
+
+    async def drain(self) -> dict[str, Any]: ...
+
+
+class ClusterView:
+    """Reads the membership and directory buckets and sends node control requests.
+
+    Args:
+        transport: the mesh's connection.
+        prefix: subject prefix.
+        node: the mesh's own cluster node, if it is one (it migrates and drains itself
+            without a request).
+    """
+
+    def __init__(self, transport: Transport, prefix: str, *, node: OwnNode | None = None) -> None:
         self._t = transport
         self.prefix = prefix
+        self._node = node
         self._members: Bucket | None = None
         self._directory: Bucket | None = None
         self._lock = asyncio.Lock()
@@ -113,11 +138,18 @@ class ClusterView:
         return envelope.parse_reply(msg.headers, msg.data)
 
     async def migrate(self, kind: str, agent_id: str, to: str, strategy: str, timeout: float) -> dict[str, Any]:
-        """Ask the agent's owner to move it to ``to``.
+        """Move the agent to node ``to``: the mesh's own node when the agent is active
+        there, else its owner asked by a control request.
 
         Raises:
-            AgentNotFound: the agent is not active anywhere. Unavailable, BadRequest.
+            ConfigurationError: an unknown ``strategy``. AgentNotFound: the agent is not
+            active anywhere. Unavailable, BadRequest.
         """
+        if strategy not in STRATEGIES:
+            raise ConfigurationError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
+        node = self._node
+        if node is not None and node.is_local(kind, agent_id):
+            return await node.migrate_out(kind, agent_id, to, strategy)
         rec = await self.owner(kind, agent_id)
         if rec is None:
             raise AgentNotFound(f"{kind}/{agent_id} is not active", agent=f"{kind}/{agent_id}")
@@ -126,8 +158,19 @@ class ClusterView:
         )
         return dict(result)
 
-    async def drain(self, node: str, timeout: float) -> dict[str, Any]:
-        """Ask ``node`` to move all its agents away and take no new ones."""
+    async def drain(self, node: str | None, timeout: float) -> dict[str, Any]:
+        """Have ``node`` (``None``: the mesh's own node) move all its agents away and take
+        no new ones.
+
+        Raises:
+            ConfigurationError: ``None`` on a mesh that is not a cluster node.
+            Unavailable: no such node is running.
+        """
+        own = self._node
+        if node is None or (own is not None and node == own.node_id):
+            if own is None:
+                raise ConfigurationError("this mesh is not a cluster node: name the node to drain")
+            return await own.drain()
         return dict(await self.request(node, "drain", {}, timeout))
 
     async def info(self, node: str, timeout: float = 5.0) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from ..resilience import Breakers, BreakerSettings, CircuitState, RetryPolicy
 from ..transport import NoResponders, Transport
 from ..wire import codec, envelope
 from ..wire import headers as h
+from ..wire.activation import activation_request
 from ..wire.ids import encode_id
 from ..wire.subjects import activate_subject, agent_subject
 
@@ -422,11 +423,7 @@ class Caller:
         remaining = None if deadline is None else deadline - time.time()
         if remaining is not None and remaining <= 0:
             return False
-        body: dict[str, Any] = {"id": agent_id}
-        if spawn:
-            body["spawn"] = True
-        if deadline is not None:
-            body["deadline"] = int(deadline * 1000)
+        body = activation_request(agent_id, spawn=spawn, deadline_ms=None if deadline is None else int(deadline * 1000))
         if placement:
             body.update(placement)
         try:

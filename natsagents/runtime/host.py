@@ -247,6 +247,15 @@ class Host:
         await self._stop(act)
         return True
 
+    async def stop_activation(self, act: Activation, *, discard: bool = False) -> None:
+        """Stop ``act`` as :meth:`deactivate` does (``discard``: as :meth:`discard`, without
+        the check); the cluster node's restarts and drains."""
+        await self._stop(act, discard=discard)
+
+    def starting_count(self) -> int:
+        """Activations being started now (not active yet)."""
+        return len(self._starting)
+
     async def _stop(self, act: Activation, *, discard: bool = False) -> None:
         await self.quiesce(act, discard=discard)
         if self.node is not None:

@@ -39,8 +39,8 @@ import pytest
 
 from natsagents import Mesh
 from natsagents.cluster.directory import Directory
-from natsagents.cluster.node import STRATEGIES
 from natsagents.cluster.rebalance import plan_moves
+from natsagents.cluster.settings import STRATEGIES
 from natsagents.cluster.view import ClusterView
 from natsagents.errors import CallTimeout, NatsAgentsError
 from natsagents.server import NatsCluster

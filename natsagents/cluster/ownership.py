@@ -1,0 +1,489 @@
+"""Ownership of the agents this node runs: the host's hooks (``runtime.hooks.NodeHooks``)
+for claims, state and fencing.
+
+* **starting** an activation reserves its resources, claims the directory record
+  (create-if-absent, or a CAS takeover from a lapsed owner with ``epoch + 1``), loads the
+  agent's state and calls ``restore``; a takeover first *adopts* the state, which fences
+  the previous owner.
+* **after each action** the checkpoint is saved with a CAS on the revision this copy last
+  wrote (when it changed), before the reply; a batch of durable messages is stored in one
+  write (``begin_batch`` / ``end_batch``, undone by ``abort_batch``). A CAS failure means
+  another node owns the agent: the reply is ``unavailable`` + retry and this copy stops.
+* a failed action or an unstorable state **rolls back** to the last stored checkpoint.
+* **stopping** saves a final checkpoint and releases the record (CAS).
+* a **directory change** naming another owner stops this copy at once (``fenced``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import (
+    AgentError,
+    CallTimeout,
+    ClusterAtCapacity,
+    HandlerError,
+    MeshClosed,
+    NatsAgentsError,
+    PayloadTooLarge,
+    TransportError,
+    Unavailable,
+)
+from ..observability import Metrics
+from ..runtime.activation import Activation
+from ..runtime.host import Host
+from ..state.store import Applied, FencedOff, StateStore, StoredState
+from ..tasks import TaskGroup
+from ..wire import codec
+from ..wire.envelope import RequestMeta
+from ..wire.ids import agent_key
+from .asks import ActivationAsk
+from .directory import Claim, Directory
+from .local import LocalNode
+from .placement import Resources
+
+__all__ = ["Owned", "Ownership"]
+
+log = logging.getLogger("natsagents.cluster.node")
+
+# Applied message ids persisted with an agent's state (see runtime.dedup): at most this
+# many, each until its request's deadline (+1 s), at most _APPLIED_MAX_MS, or
+# _APPLIED_DEFAULT_MS for a request without a deadline.
+_MAX_APPLIED = 32
+_MAX_APPLIED_DURABLE = 4  # entries that keep their reply, per agent
+_MAX_KEPT_REPLY = 1024  # bytes of an at-most-once reply worth keeping with the state
+_APPLIED_MAX_MS = 60_000
+_APPLIED_DEFAULT_MS = 10_000
+_APPLIED_DURABLE_MS = 120_000  # an exactly-once reply: the inbox stream's duplicate window
+
+
+class Owned:
+    """The node's record of one activation it owns (``Activation.cluster``)."""
+
+    __slots__ = (
+        "applied",
+        "batch",
+        "claim",
+        "epoch",
+        "handed_over",
+        "lock",
+        "needs",
+        "pending",
+        "persistence",
+        "revision",
+        "saved",
+        "seq",
+    )
+
+    def __init__(self, claim: Claim, revision: int, needs: Resources, persistence: str, saved: bytes | None) -> None:
+        self.claim = claim
+        self.epoch = claim.record.epoch
+        self.revision = revision
+        self.needs = needs
+        self.persistence = persistence
+        self.saved = saved  # the last stored value without "applied" (StateStore.encode)
+        self.lock: asyncio.Lock | None = None  # made on the first save
+        self.handed_over = False
+        # Requests whose effect is in the state and that may still be resent: (id, expires ms).
+        self.applied: list[Applied] | None = None
+        self.seq = 0  # the inbox stream sequence of the last exactly-once message applied
+        # While a batch of durable messages runs (runtime.batch): the seq and applied
+        # ids to go back to if its one write fails, and the state to write (not yet stored).
+        self.batch: tuple[int, list[Applied] | None] | None = None
+        self.pending: bytes | None = None
+
+    def applied_now(self) -> list[Applied]:
+        """The applied ids still worth persisting (expired ones dropped)."""
+        applied = self.applied
+        if not applied:
+            return []
+        now_ms = int(time.time() * 1000)
+        if applied[0][1] <= now_ms:
+            applied[:] = [a for a in applied if a[1] > now_ms]
+        return applied
+
+
+class Ownership:
+    """Claims, state and fencing of the agents this node runs.
+
+    Args:
+        local: this node's own state (reservations, closing, agents moving away).
+        host: the host the agents run on.
+        directory: the directory (claims).
+        state: the state store.
+        is_live: whether a node's lease holds (a claim over a lapsed owner is a takeover).
+        metrics: where saves and fencings are counted.
+        tasks: the node's task group (stopping a fenced copy runs there).
+    """
+
+    def __init__(
+        self,
+        local: LocalNode,
+        host: Host,
+        directory: Directory,
+        state: StateStore,
+        *,
+        is_live: Callable[[str], bool],
+        metrics: Metrics,
+        tasks: TaskGroup,
+    ) -> None:
+        self._local = local
+        self._host = host
+        self._directory = directory
+        self._state = state
+        self._is_live = is_live
+        self._metrics = metrics
+        self._tasks = tasks
+
+    async def starting(self, act: Activation, options: Any) -> None:
+        """Claim the directory record, adopt/load the state and restore the agent."""
+        if self._local.closing:
+            raise MeshClosed("the node is closing")
+        ask = options if isinstance(options, ActivationAsk) else ActivationAsk(act.agent_id)
+        agent = act.agent
+        cls = type(agent)
+        kind, agent_id = act.kind, act.agent_id
+        needs = ask.needs if ask.needs is not None else self._local.needs(kind)
+        node_id = self._local.node_id
+        free = self._local.free()
+        if not needs.within(free):
+            raise ClusterAtCapacity(
+                f"node {node_id} has not enough free resources for {act.address} (free {free}, needs {needs})",
+                agent=act.address,
+                kind=kind,
+                needs=needs.to_wire(),
+                rejected={node_id: "not enough free resources"},
+            )
+        self._local.reserve(needs)  # others place by our reservations: it tells them soon
+        try:
+            transfer = ask.transfer
+            persist = cls.persistence != "none"
+            stored_data: Any = None
+            stored_epoch = 0
+            revision = 0
+            applied = list(ask.applied)
+            seq = ask.seq
+            empty = False  # the stored record only fences a takeover (no state saved yet)
+            if transfer is None and persist:
+                stored = await self._load_state(kind, agent_id, ask.min_revision)
+                stored_data, stored_epoch, revision = stored.data, stored.epoch, stored.revision
+                empty = stored.empty
+                applied.extend(a for a in stored.applied if a not in applied)
+                seq = max(seq, stored.seq)
+            elif transfer is not None:
+                stored_data, stored_epoch, revision = transfer.data, transfer.epoch, transfer.revision
+            claim = await self._directory.claim(
+                kind,
+                agent_id,
+                self._local.node_id,
+                is_live=self._is_live,
+                min_epoch=stored_epoch + 1,
+                restart=cls.restart,
+                needs=needs.to_wire(),
+                hints=ask.hints.to_wire(),
+                min_revision=ask.claim_revision,
+            )
+            if claim.taken_over and persist:
+                # Fence the lapsed owner: rewrite the state under our epoch (CAS).
+                adopted = await self._adopt_state(kind, agent_id, claim.record.epoch)
+                stored_data, revision, empty = adopted.data, adopted.revision, adopted.empty
+                applied.extend(a for a in adopted.applied if a not in applied)
+                seq = max(seq, adopted.seq)
+            if (revision and not empty) or transfer is not None:
+                agent.restore(stored_data)
+            saved = None
+            if cls.persistence != "none":
+                # What the store holds (or the initial state, which needs no write).
+                saved = StateStore.encode(agent.checkpoint(), claim.record.epoch)
+            own = act.cluster = Owned(claim, revision, needs, cls.persistence, saved)
+            own.seq = seq
+            # Copies of requests the previous activation answered or applied are not run again.
+            dedup = self._host.dedup
+            if ask.recent is not None:
+                dedup.load(act, ask.recent)
+            if applied:
+                applied.sort(key=lambda a: a[1])
+                own.applied = applied[-_MAX_APPLIED:]
+                dedup.remember_applied(act, own.applied)
+        except BaseException:
+            self._local.unreserve(needs, announce=False)
+            raise
+
+    async def _load_state(self, kind: str, agent_id: str, min_revision: int) -> StoredState:
+        deadline = time.monotonic() + 2.0
+        while True:
+            stored = await self._state.load(kind, agent_id)
+            # A replica may lag a write another node just made; wait for it to catch up.
+            if stored.revision >= min_revision or time.monotonic() > deadline:
+                return stored
+            await asyncio.sleep(0.005)
+
+    async def _adopt_state(self, kind: str, agent_id: str, epoch: int) -> StoredState:
+        for attempt in range(5):
+            try:
+                return await self._state.adopt(kind, agent_id, epoch)
+            except FencedOff:
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.01 * (attempt + 1))  # a stale replica read: look again
+        raise AssertionError("unreachable")
+
+    async def after_action(
+        self, act: Activation, meta: RequestMeta, answered: bool, seq: int = 0, reply: bytes | None = None
+    ) -> None:
+        """Persist the checkpoint if it changed (``persistence = "action"``), with the
+        request's id when it will be answered (a resent copy is then never applied again,
+        here or by a successor). An exactly-once message (``seq``: its inbox stream
+        sequence) also stores its sequence and its ``reply`` body in the same write."""
+        own: Owned = act.cluster
+        if own.persistence != "action":
+            return
+        try:
+            value = StateStore.encode(act.agent.checkpoint(), own.epoch)
+        except (TypeError, ValueError) as exc:
+            self.rollback(act)
+            raise HandlerError(
+                f"state cannot be stored: {exc}", agent=act.address, details={"state": "rolled back"}
+            ) from None
+        batch = own.batch is not None
+        if value == (own.pending if batch and own.pending is not None else own.saved):
+            return
+        entry: Applied | None = None
+        if answered or seq:
+            now_ms = int(time.time() * 1000)
+            # Kept while the requester may still resend: until its deadline (bounded).
+            expires = now_ms + _APPLIED_DEFAULT_MS
+            if seq:
+                expires = now_ms + _APPLIED_DURABLE_MS  # a redelivery may come later
+            elif meta.deadline_ms is not None:
+                expires = min(max(meta.deadline_ms + 1000, now_ms + 1000), now_ms + _APPLIED_MAX_MS)
+            # The reply too (a small one, or an exactly-once one), so that a successor can
+            # answer a copy with it rather than with ``already_applied``.
+            kept = reply if reply is not None and (seq or len(reply) <= _MAX_KEPT_REPLY) else None
+            entry = (meta.message_id, expires, kept)
+            applied = own.applied_now()
+            applied.append(entry)
+            if len(applied) > _MAX_APPLIED:
+                del applied[: len(applied) - _MAX_APPLIED]
+            # Only the newest few keep their reply; older entries keep just their id.
+            with_reply = [i for i, a in enumerate(applied) if a[2] is not None]
+            for i in with_reply[:-_MAX_APPLIED_DURABLE]:
+                applied[i] = (applied[i][0], applied[i][1], None)
+            own.applied = applied
+        before = own.seq
+        if seq:
+            own.seq = seq
+        if batch:
+            own.pending = value  # stored by end_batch, with the whole batch
+            return
+        try:
+            await self.save(act, value)
+        except BaseException:
+            own.seq = before
+            if entry is not None and own.applied and entry in own.applied:
+                own.applied.remove(entry)  # not stored: a copy may run
+            raise
+
+    def begin_batch(self, act: Activation) -> None:
+        """A batch of durable messages starts: their state changes are stored together."""
+        own: Owned = act.cluster
+        if own.persistence != "action" or type(act.agent).max_concurrency != 1:
+            # With several handlers at once, another message's write must not wait for the
+            # batch (its reply would go out before its state is stored): each item writes.
+            return
+        own.batch = (own.seq, None if own.applied is None else list(own.applied))
+        own.pending = None
+
+    async def end_batch(self, act: Activation) -> None:
+        """Store the state the batch's messages left (one CAS). On failure the state,
+        sequence and applied ids go back to what was stored, and the error is raised."""
+        own: Owned = act.cluster
+        base, own.batch = own.batch, None
+        value, own.pending = own.pending, None
+        if base is None or value is None:
+            return
+        try:
+            await self.save(act, value)
+        except BaseException:
+            own.seq, own.applied = base
+            self.rollback(act)
+            raise
+
+    def abort_batch(self, act: Activation) -> None:
+        """A batch stopped before :meth:`end_batch` (its task was cancelled): nothing of it
+        was stored or answered, so the state, sequence and applied ids go back to what was
+        stored; the owner sends the messages again."""
+        own: Owned = act.cluster
+        base, own.batch = own.batch, None
+        if base is None:
+            return
+        own.seq, own.applied = base
+        own.pending = None
+        self.rollback(act)  # also undoes what the interrupted handler had changed
+
+    def applied_seq(self, act: Activation) -> int:
+        """The inbox stream sequence of the last exactly-once message ``act`` applied."""
+        own: Owned | None = act.cluster
+        return 0 if own is None else own.seq
+
+    async def save_now(self, act: Activation) -> None:
+        """``Agent.save_state()``: persist now whatever the persistence mode says."""
+        own: Owned | None = act.cluster
+        if own is None or own.persistence == "none" or own.handed_over:
+            return
+        try:
+            value = StateStore.encode(act.agent.checkpoint(), own.epoch)
+        except (TypeError, ValueError) as exc:
+            raise HandlerError(f"state cannot be stored: {exc}", agent=act.address) from None
+        if value != own.saved:
+            await self.save(act, value)
+
+    async def save(self, act: Activation, value: bytes) -> None:
+        """Store ``value`` (``StateStore.encode``) with the applied ids and sequence: a CAS
+        on the revision this copy last wrote, retried while its outcome is unknown.
+
+        Raises:
+            PayloadTooLarge: over the kind's ``max_state_bytes`` (rolled back).
+            Unavailable: fenced off (this copy stops) or not stored in time (rolled back).
+        """
+        own: Owned = act.cluster
+        kind = act.kind
+        limit = type(act.agent).max_state_bytes
+        plain = value
+        value = StateStore.with_extras(plain, own.applied_now(), own.seq)
+        if own.lock is None:
+            own.lock = asyncio.Lock()
+        async with own.lock:
+            deadline = time.monotonic() + 10.0
+            delay = 0.01
+            while True:
+                try:
+                    own.revision = await self._state.save_encoded(
+                        kind, act.agent_id, value, revision=own.revision, max_size=limit
+                    )
+                    break
+                except PayloadTooLarge:
+                    self._metrics.state_saves.labels(kind, "too_large").inc()
+                    self.rollback(act)
+                    raise
+                except FencedOff:
+                    landed = await self._read_back(act, value)
+                    if landed:
+                        own.revision = landed
+                        break
+                    self._metrics.state_saves.labels(kind, "fenced").inc()
+                    self.fenced(act)
+                    raise Unavailable(
+                        f"{act.address} moved to another node; this copy stopped",
+                        agent=act.address,
+                        details={"retry": True},
+                    ) from None
+                except (CallTimeout, TransportError) as exc:
+                    if isinstance(exc, MeshClosed) or time.monotonic() > deadline:
+                        self._metrics.state_saves.labels(kind, "failed").inc()
+                        self.rollback(act)
+                        raise Unavailable(
+                            f"state of {act.address} could not be saved: {exc}",
+                            agent=act.address,
+                            details={"retry": True},
+                        ) from None
+                    landed = await self._read_back(act, value)  # outcome unknown: did it land?
+                    if landed:
+                        own.revision = landed
+                        break
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+            own.saved = plain
+            self._metrics.state_saves.labels(kind, "ok").inc()
+
+    async def _read_back(self, act: Activation, value: bytes) -> int:
+        """The revision holding ``value`` if our write landed, else 0."""
+        for _ in range(3):
+            try:
+                entry = await self._state.bucket.get(agent_key(act.kind, act.agent_id), timeout=1.0)
+            except NatsAgentsError:
+                await asyncio.sleep(0.05)
+                continue
+            return entry.revision if entry is not None and entry.value == value else 0
+        return 0
+
+    def rollback(self, act: Activation) -> None:
+        """Put the agent back to its last saved state (an action failed or could not be saved)."""
+        own: Owned = act.cluster
+        agent = act.agent
+        if type(agent).max_concurrency != 1:
+            return  # other handlers may be mid-flight on the same state
+        try:
+            # Within a batch: back to the state its earlier messages left (not yet stored).
+            snapshot = own.pending if own.pending is not None else own.saved
+            if snapshot is not None:
+                agent.restore(codec.decode(snapshot, None)["data"])  # our own encoding: no limit
+            elif own.revision == 0:
+                agent.state = agent.initial_state()
+        except Exception:
+            log.exception("rolling back the state of %s failed", act.address)
+
+    def action_failed(self, act: Activation) -> None:
+        """An action raised: back to the stored state (``persistence = "action"``)."""
+        own: Owned = act.cluster
+        if own.persistence == "action":
+            self.rollback(act)
+
+    async def stopped(self, act: Activation, *, discard: bool) -> None:
+        """Final save (unless discarded) and release of the claim."""
+        own: Owned | None = act.cluster
+        if own is None:
+            return
+        self.release(own)
+        if own.handed_over:
+            return
+        if not discard and own.persistence != "none":
+            try:
+                value = StateStore.encode(act.agent.checkpoint(), own.epoch)
+                if value != own.saved:
+                    await self.save(act, value)
+            except (AgentError, TypeError, ValueError) as exc:
+                log.warning("final save of %s failed: %s", act.address, exc)
+                if isinstance(exc, Unavailable) and exc.details.get("retry") and own.handed_over:
+                    return
+        with contextlib.suppress(NatsAgentsError):
+            await self._directory.release(own.claim)
+
+    def release(self, own: Owned) -> None:
+        """Give back the resources reserved for one activation (once)."""
+        if own.needs != Resources():
+            self._local.unreserve(own.needs)
+            own.needs = Resources()
+
+    def fenced(self, act: Activation) -> None:
+        """Another node owns ``act`` now: stop this copy without saving or releasing."""
+        own: Owned = act.cluster
+        if own.handed_over:
+            return
+        own.handed_over = True  # not ours any more: no final save, no release
+        self._metrics.fenced.labels(act.kind).inc()
+        self._tasks.spawn(self._host.discard(act))
+
+    def on_directory_change(self, key: tuple[str, str], claim: Claim | None) -> None:
+        """The directory watch saw ``key`` change: a newer claim by another node fences
+        our copy (agents moving away are the migration's business)."""
+        act = self._host.activations.get(key)
+        if act is None or act.cluster is None or key in self._local.moving:
+            return
+        own: Owned = act.cluster
+        if claim is None:
+            return  # our own release, or a removal we will notice on the next save
+        if claim.revision <= own.claim.revision:
+            if claim.revision == own.claim.revision:
+                own.claim = claim  # the directory cache's copy of our own write: share it
+            return
+        if claim.record.node != self._local.node_id:
+            log.warning("%s was taken over by %s (epoch %d)", act.address, claim.record.node, claim.record.epoch)
+            self.fenced(act)
+        else:
+            own.claim = claim

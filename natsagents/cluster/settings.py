@@ -1,0 +1,131 @@
+"""How a mesh takes part in the cluster: :class:`ClusterSettings`, node ids and the
+migration strategies."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..delivery.settings import DeliverySettings
+from ..errors import ConfigurationError
+from .placement import Resources, ScoreWeights
+from .records import MAX_WEIGHT
+
+__all__ = [
+    "STRATEGIES",
+    "UNLIMITED_CPU",
+    "UNLIMITED_MEMORY",
+    "ClusterSettings",
+    "capacity_from_wire",
+    "node_id_from_name",
+    "validate_node_id",
+]
+
+#: Migration strategies (``Mesh.migrate``, the rebalancer, drain).
+STRATEGIES = ("checkpoint_restore", "state_transfer", "cold_start")
+#: What a capacity left out counts as (and is left out of the membership record again).
+UNLIMITED_CPU = 1e9
+UNLIMITED_MEMORY = 2**62
+_NODE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def validate_node_id(node_id: object) -> str:
+    """Raises: ConfigurationError unless ``node_id`` is 1-64 of ``[A-Za-z0-9_-]``."""
+    if not isinstance(node_id, str) or not _NODE_ID_RE.fullmatch(node_id):
+        raise ConfigurationError(f"invalid node id {node_id!r}: use 1-64 characters [A-Za-z0-9_-]")
+    return node_id
+
+
+def node_id_from_name(name: str) -> str:
+    """A valid node id derived from a mesh name (invalid characters become ``-``)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", name)[:64] or "node"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """How a mesh takes part in the cluster.
+
+    Args:
+        node_id: this node's id (``[A-Za-z0-9_-]``, default: derived from the mesh name).
+        lease: seconds without a heartbeat after which the node counts as gone and its
+            agents may be taken over (also the rebalancer's leader lease, at least 1 s).
+        heartbeat: seconds between heartbeats (default ``lease / 3``).
+        capacity: what this node offers (``Resources`` or ``{"cpu", "memory", "custom"}``);
+            cpu and memory left out are unlimited, custom resources left out are zero.
+        tags: labels placement hints can require.
+        weight: relative size of the node (share of the ring and of the agents), in (0, 100].
+        score_weights: load-score weights (cpu 0.4, memory 0.4, network 0.2).
+        load_factor: bounded-load ``c``: no node above ``c`` x its share of agents.
+        rebalance: run the leader-elected rebalancer (moves agents to new nodes).
+        rebalance_rate: agents the rebalancer moves per second at most.
+        rebalance_strategy: migration strategy the rebalancer and drain use.
+        imbalance: the rebalancer acts once a node is this fraction off its share.
+        queue_timeout: seconds a placement may wait for capacity when the request has
+            no deadline.
+        handoff_on_close: on close, migrate ``permanent`` agents to other nodes instead
+            of only stopping them.
+        max_state_bytes: largest encoded agent state (default: what one message allows).
+        delivery: durable delivery settings; the node consumes its share of the inbox
+            stream's partitions (``None``: it consumes none).
+    """
+
+    node_id: str | None = None
+    lease: float = 3.0
+    heartbeat: float | None = None
+    capacity: Resources | Mapping[str, Any] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    weight: float = 1.0
+    score_weights: ScoreWeights = field(default_factory=ScoreWeights)
+    load_factor: float = 1.25
+    rebalance: bool = True
+    rebalance_rate: float = 50.0
+    rebalance_strategy: str = "checkpoint_restore"
+    imbalance: float = 0.1
+    queue_timeout: float = 30.0
+    handoff_on_close: bool = True
+    max_state_bytes: int | None = None
+    delivery: DeliverySettings | None = field(default_factory=DeliverySettings)
+
+    def __post_init__(self) -> None:
+        if self.node_id is not None:
+            validate_node_id(self.node_id)
+        if not self.lease >= 1:
+            raise ConfigurationError(f"lease must be at least 1 second, not {self.lease}")
+        if self.heartbeat is not None and not 0 < self.heartbeat < self.lease:
+            raise ConfigurationError("heartbeat must be > 0 and shorter than the lease")
+        if not 0 < self.weight <= MAX_WEIGHT:
+            raise ConfigurationError(f"weight must be > 0 and at most {MAX_WEIGHT:g}")
+        if not self.rebalance_rate > 0:
+            raise ConfigurationError("rebalance_rate must be > 0")
+        if self.rebalance_strategy not in STRATEGIES:
+            raise ConfigurationError(f"rebalance_strategy must be one of {STRATEGIES}")
+        if not self.queue_timeout > 0:
+            raise ConfigurationError("queue_timeout must be > 0")
+        if not 0 <= self.imbalance < 1:
+            raise ConfigurationError("imbalance must be within [0, 1)")
+        capacity = self.capacity
+        if not isinstance(capacity, Resources):
+            object.__setattr__(self, "capacity", capacity_from_wire(capacity))
+        object.__setattr__(self, "tags", tuple(self.tags))
+
+    @property
+    def capacity_resources(self) -> Resources:
+        assert isinstance(self.capacity, Resources)
+        return self.capacity
+
+
+def capacity_from_wire(value: object) -> Resources:
+    """A capacity map (``{"cpu", "memory", "custom"}``) as ``Resources``: cpu and memory
+    left out are unlimited.
+
+    Raises:
+        ConfigurationError: not a map, or invalid amounts.
+    """
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"capacity must be a map, not {type(value).__name__}")
+    filled = dict(value)
+    filled.setdefault("cpu", UNLIMITED_CPU)
+    filled.setdefault("memory", UNLIMITED_MEMORY)
+    return Resources.from_wire(filled)
