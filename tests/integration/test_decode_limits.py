@@ -20,12 +20,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from natsagents import Mesh, ProtocolError
+from natsagents import ClusterSettings, Mesh, ProtocolError
 from natsagents.state import StateStore
 from natsagents.transport import ConnectSettings, Transport
 from natsagents.wire import batch as wire_batch
 from natsagents.wire import codec, envelope
 from natsagents.wire import headers as h
+from natsagents.wire.owner import owner_mac
 from tests.agents import Counter, Typed
 
 MiB = 1024 * 1024
@@ -274,6 +275,26 @@ async def raw(nats_url: str) -> AsyncIterator[Any]:
 
 
 @pytest.fixture
+async def node_victim(mesh_factory: Any) -> Mesh:
+    """The same agents on a cluster node: batches run only when signed by a partition
+    owner (wire.owner), so the tests of batch bodies sign theirs with its owner key."""
+    settings = ClusterSettings(node_id="v1", lease=1.5, rebalance=False, delivery=None)
+    mesh: Mesh = await mesh_factory(name="v1", cluster=settings)
+    await mesh.host(Counter, Typed)
+    assert await mesh.ref("Counter/v").call("add", by=7) == 7
+    await mesh.spawn(Counter, "w")
+    await mesh.spawn(Typed, "t")
+    return mesh
+
+
+def signed(node: Mesh, prefix: str, headers: dict[str, str], body: bytes) -> dict[str, str]:
+    """``headers`` with the owner proof a partition owner would add."""
+    key = node.cluster_node.owner_key
+    assert key is not None
+    return {**headers, h.OWNER_MAC: owner_mac(key, subject(prefix), headers, body)}
+
+
+@pytest.fixture
 async def victim(mesh: Mesh) -> Mesh:
     """Counter/v at 7, Counter/w and Typed/t: the agents every test checks afterwards."""
     await mesh.host(Counter, Typed)
@@ -401,25 +422,30 @@ async def answered_once(raw: Any, mesh_prefix: str, headers: dict[str, str], bod
 
 
 @pytest.mark.parametrize("depth", [2, 3000])
-async def test_nested_batches_are_refused_with_one_answer(victim: Mesh, raw: Any, mesh_prefix: str, depth: int) -> None:
+async def test_nested_batches_are_refused_with_one_answer(
+    node_victim: Mesh, raw: Any, mesh_prefix: str, depth: int
+) -> None:
+    victim = node_victim
     body = nested_batches(depth)
     assert len(body) < 512 * 1024
     headers = {h.PROTO: "1", h.BATCH: "1", h.MESSAGE_ID: envelope.new_message_id()}
-    answer = await answered_once(raw, mesh_prefix, headers, body)
+    answer = await answered_once(raw, mesh_prefix, signed(victim, mesh_prefix, headers, body), body)
     assert answer.status == "bad_request"
     assert answer.message == "batch request item 0 carries Na-Batch: a batch cannot hold a batch"
     await still_serving(victim)
 
 
-async def test_deep_nesting_in_a_batch_is_refused(victim: Mesh, raw: Any, mesh_prefix: str) -> None:
+async def test_deep_nesting_in_a_batch_is_refused(node_victim: Mesh, raw: Any, mesh_prefix: str) -> None:
+    victim = node_victim
     headers = {h.PROTO: "1", h.BATCH: "1", h.MESSAGE_ID: envelope.new_message_id()}
-    answer = await answered_once(raw, mesh_prefix, headers, nested(3000))  # the batch body
+    deep = nested(3000)
+    answer = await answered_once(raw, mesh_prefix, signed(victim, mesh_prefix, headers, deep), deep)  # the batch body
     assert answer.status == "bad_request"
     assert answer.message == f"batch request body: msgpack body nested deeper than {DEPTH} levels"
     # One item whose own body nests too deep: the batch runs, that item is refused.
     _, body = wire_batch.batch_request([item("add", 1, b"\x81\xa2by" + nested(3000))])
     headers[h.MESSAGE_ID] = envelope.new_message_id()
-    answer = await answered_once(raw, mesh_prefix, headers, body)
+    answer = await answered_once(raw, mesh_prefix, signed(victim, mesh_prefix, headers, body), body)
     assert answer.status == "ok" and answer.headers[h.BATCH] == "1"
     ((hdrs, data),) = wire_batch.parse_batch_reply(answer.headers, answer.data, 1)
     assert hdrs[h.STATUS] == "bad_request"

@@ -29,6 +29,7 @@ class Recorder(Agent):
 
     @action
     async def block(self) -> None:
+        self.blocked = True
         await self.gate.wait()
 
     @action
@@ -49,7 +50,8 @@ async def test_high_priority_runs_first_and_low_last(mesh: Mesh) -> None:
     await mesh.host(Recorder)
     ref = mesh.ref("Recorder/r")
     blocked = ref.request("block")
-    await wait_for(lambda: mesh.local_agent("Recorder/r") is not None, timeout=5, what="active")
+    # Wait for "block" to run, not for the activation: its retry can trail the sends.
+    await wait_for(lambda: getattr(mesh.local_agent("Recorder/r"), "blocked", False), timeout=5, what="blocking")
     for tag, priority in [("low1", "low"), ("n1", "normal"), ("high1", "high"), ("low2", "low"), ("n2", "normal")]:
         await ref.with_options(priority=priority).send("note", tag=tag)
     await ref.with_options(priority="high").send("note", tag="high2")
