@@ -107,14 +107,6 @@ class Policy:
             or not self.roles.isdisjoint(caller.roles)
         )
 
-    def describe(self) -> str:
-        """The entries, for error messages."""
-        if self.anyone:
-            return ANYONE
-        entries = sorted(self.names) + [f"role:{r}" for r in sorted(self.roles)]
-        entries += [f"key:{k[:8]}…" for k in sorted(self.keys)] + (["*"] if self.any_verified else [])
-        return ", ".join(entries) or "nobody"
-
 
 _EVERYONE = Policy(anyone=True)
 
@@ -141,7 +133,7 @@ def parse_trusted_callers(value: TrustedCallersSpec) -> dict[str, TrustedCaller]
         if not isinstance(loaded, dict):
             raise ConfigurationError(f"trusted_callers file {value}: a JSON object (public key → caller) is needed")
         value = {
-            k: TrustedCaller(v["name"], frozenset(v.get("roles", ()))) if isinstance(v, dict) and "name" in v else v
+            k: TrustedCaller(v["name"], v.get("roles", frozenset())) if isinstance(v, dict) and "name" in v else v
             for k, v in loaded.items()
         }
     if not isinstance(value, Mapping):

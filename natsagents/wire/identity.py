@@ -67,10 +67,11 @@ SIGNED = (
 #: what a host must remember to refuse a replay stays bounded.
 MAX_VALIDITY_MS = 300_000
 #: How long the SDK's signatures last: a call's until its deadline plus a second (a late
-#: copy then meets the deadline, ``timeout``, not an expired signature), at most 120 s; a
+#: copy then meets the deadline, ``timeout``, not an expired signature), at most 240 s (a
+#: call that waits longer is refused ``expired`` if it must be sent again after that); a
 #: durable message's 90 s, by which it must be stored (its partition owner checks that
 #: against the inbox stream's duplicate window, 120 s by default, protocol §15.2).
-CALL_VALIDITY_MS = 120_000
+CALL_VALIDITY_MS = 240_000
 DURABLE_VALIDITY_MS = 90_000
 
 _USER_PREFIX = 20 << 3  # nkeys: the version byte of user public keys ('U…')
