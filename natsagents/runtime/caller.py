@@ -241,7 +241,7 @@ class Caller:
                     )
             identity = self.settings.identity
             if identity is not None:
-                identity.sign(subject, hdrs, body, call_expiry(deadline, time.time()))
+                identity.sign(subject, hdrs, body, call_expiry(deadline, now))
             # Every value is either generated here or checked (action below, names at
             # connect, ids by the host's regexes), so the block needs no per-call checks.
             block = envelope.encode_headers_unchecked(hdrs)
