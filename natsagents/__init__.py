@@ -15,6 +15,7 @@ Write an agent class once, host it on any number of processes, and talk to it by
 """
 
 from .agent import USE_DEFAULT, Agent, AgentFuture, AgentRef, Context, action, all_of, any_of, current_context
+from .agent.policy import TrustedCaller
 from .cluster import ClusterSettings, Hints, Resources
 from .delivery import DeadLetter
 from .delivery.settings import DeliverySettings
@@ -48,6 +49,7 @@ from .mesh import Mesh, MeshState
 from .observability import CorrelationIdFilter, install_correlation_filter
 from .resilience import BreakerSettings, CircuitState, RetryPolicy
 from .transport import Auth
+from .wire.identity import Identity
 
 __version__ = "0.1.0"
 
@@ -76,6 +78,7 @@ __all__ = [
     "DeliverySettings",
     "HandlerError",
     "Hints",
+    "Identity",
     "InvalidAddress",
     "InvalidAgentId",
     "Mesh",
@@ -90,6 +93,7 @@ __all__ = [
     "ServerBinaryNotFound",
     "ServerError",
     "TransportError",
+    "TrustedCaller",
     "Unauthorized",
     "Unavailable",
     "UnknownAction",

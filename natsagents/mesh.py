@@ -17,6 +17,7 @@ import anyio
 from prometheus_client import CollectorRegistry
 
 from .agent.base import Agent
+from .agent.policy import AllowSpec, Policy, TrustedCaller, TrustedCallersSpec, parse_allow, parse_trusted_callers
 from .agent.ref import USE_DEFAULT, AgentRef, resolve_target
 from .cluster.directory import DirectoryRecord
 from .cluster.leader import LeaderLease
@@ -32,6 +33,7 @@ from .observability.http import Health, HttpEndpoints
 from .resilience import BreakerSettings, CircuitState, RetryPolicy
 from .runtime import Caller, CallerSettings, Host, HostSettings
 from .transport import Auth, ConnectSettings, Transport, resolve_servers
+from .wire.identity import Identity
 from .wire.subjects import DEFAULT_PREFIX, DEFAULT_REPLY_PREFIXES, validate_prefix
 
 if TYPE_CHECKING:
@@ -90,6 +92,9 @@ class Mesh:
         metrics: Metrics,
         tracing: Tracing,
         max_agents: int | None = 100_000,
+        identity: Identity | None = None,
+        trusted_callers: Mapping[str, TrustedCaller] | None = None,
+        default_allow: Policy | None = None,
     ) -> None:
         self._node: ClusterNode | None = None
         self._owners: PartitionOwners | None = None
@@ -110,6 +115,7 @@ class Mesh:
                 retry=retry,
                 breaker=circuit_breaker,
                 compress_above=compress_above,
+                identity=identity,
             ),
             metrics,
             tracing,
@@ -126,6 +132,8 @@ class Mesh:
                 stop_timeout=stop_timeout,
                 compress_above=compress_above,
                 max_agents=max_agents,
+                trusted_callers=dict(trusted_callers or {}),
+                default_allow=default_allow,
             ),
             lambda address: _AgentRefs(self._caller.as_agent(address), kinds),
             metrics,
@@ -164,6 +172,9 @@ class Mesh:
         reply_prefixes: Sequence[str] = DEFAULT_REPLY_PREFIXES,
         inbox_prefix: str = "_INBOX",
         max_agents: int | None = 100_000,
+        identity: Identity | None = None,
+        trusted_callers: TrustedCallersSpec = None,
+        default_allow: AllowSpec = None,
     ) -> MeshOpener:
         """Connect to NATS. Await the result, or use it with ``async with``.
 
@@ -206,6 +217,18 @@ class Mesh:
             inbox_prefix: prefix of this mesh's own reply subjects (``<prefix>.<random>.<n>``);
                 give each user its own (``_INBOX.alice``) where NATS permissions let users
                 subscribe only to their own replies (``natsagents auth``).
+            identity: sign every request this mesh sends (its agents' calls included)
+                with this :class:`~natsagents.Identity` (a user nkey), so hosts that trust
+                its public key know who calls (``self.context.caller_identity``) and can
+                apply action policies. ``None``: requests go unsigned.
+            trusted_callers: the callers this mesh's agents recognise: public user nkey
+                (``U…``) → name or :class:`~natsagents.TrustedCaller` (name and roles), or
+                the path of a JSON file with that map. Signed requests are verified (an
+                unknown key or a bad, expired or replayed signature is refused
+                ``Unauthorized``); without trusted callers, signatures are ignored.
+            default_allow: the policy of hosted kinds and actions that set no ``allow``:
+                a list of caller names, ``"role:<role>"``, ``"key:<nkey>"``, ``"*"`` (any
+                verified caller), or ``"anyone"``; ``None`` (default): anyone.
 
         Raises:
             ConfigurationError: invalid arguments. ConnectError: no server reachable or
@@ -224,6 +247,12 @@ class Mesh:
             raise ConfigurationError(
                 f"circuit_breaker must be a BreakerSettings or None, not {type(circuit_breaker).__name__}"
             )
+        if identity is not None and not isinstance(identity, Identity):
+            raise ConfigurationError(f"identity must be an Identity (Identity.from_seed(...)), not {identity!r}")
+        trusted = parse_trusted_callers(trusted_callers)
+        policy = parse_allow(default_allow, "default_allow")
+        if trusted:
+            Identity.check_available()
         if name is not None and (not isinstance(name, str) or not _NAME_RE.fullmatch(name)):
             raise ConfigurationError(f"invalid mesh name {name!r}: use 1-128 printable ASCII characters, no spaces")
         mesh_name = name or f"{socket.gethostname()}-{os.getpid()}"
@@ -270,6 +299,9 @@ class Mesh:
                 metrics=Metrics(metrics_registry),
                 tracing=Tracing(tracer_provider),
                 max_agents=max_agents,
+                identity=identity,
+                trusted_callers=trusted,
+                default_allow=policy,
             )
             if cluster_settings is not None:
                 try:

@@ -10,6 +10,7 @@ from ..errors import ActionDefinitionError, ConfigurationError
 from ..wire.envelope import ACTION_RE
 from ..wire.ids import validate_kind
 from .context import Context, current_context
+from .policy import AllowSpec, Policy, parse_allow
 from .ref import AgentRef
 from .schema import ActionSpec, build_action_spec
 
@@ -34,22 +35,31 @@ UNHEALTHY_POLICIES = ("throttle", "restart")
 
 
 class _ActionMark:
-    __slots__ = ("bulkhead", "idempotent", "name")
+    __slots__ = ("allow", "bulkhead", "idempotent", "name")
 
-    def __init__(self, name: str | None, idempotent: bool, bulkhead: int | None) -> None:
+    def __init__(self, name: str | None, idempotent: bool, bulkhead: int | None, allow: Policy | None) -> None:
         self.name = name
         self.idempotent = idempotent
         self.bulkhead = bulkhead
+        self.allow = allow
 
 
 @overload
 def action(func: F, /) -> F: ...
 @overload
-def action(*, name: str | None = None, idempotent: bool = False, bulkhead: int | None = None) -> Callable[[F], F]: ...
+def action(
+    *, name: str | None = None, idempotent: bool = False, bulkhead: int | None = None, allow: AllowSpec = None
+) -> Callable[[F], F]: ...
 
 
 def action(
-    func: F | None = None, /, *, name: str | None = None, idempotent: bool = False, bulkhead: int | None = None
+    func: F | None = None,
+    /,
+    *,
+    name: str | None = None,
+    idempotent: bool = False,
+    bulkhead: int | None = None,
+    allow: AllowSpec = None,
 ) -> F | Callable[[F], F]:
     """Mark an ``async def`` method of an :class:`Agent` as callable over the mesh.
 
@@ -64,14 +74,22 @@ def action(
         bulkhead: at most this many handlers of this action run at once on one host,
             over all agents of the kind (beyond it: ``Overloaded``, or a wait when the
             kind sets ``bulkhead_wait``); ``None``: no own limit.
+        allow: who may call it (``natsagents.agent.policy``): a list of verified caller
+            names, ``"role:<role>"``, ``"key:<public nkey>"`` and ``"*"`` (any verified
+            caller), or ``"anyone"``; ``None`` (default): the kind's ``allow``. Others get
+            ``Unauthorized`` before the handler runs.
     """
     if bulkhead is not None and (type(bulkhead) is not int or bulkhead < 1):
         raise ActionDefinitionError(f"@action(bulkhead=...) must be an int >= 1 or None, not {bulkhead!r}")
+    try:
+        policy = parse_allow(allow, "@action")
+    except ConfigurationError as exc:
+        raise ActionDefinitionError(str(exc)) from None
 
     def mark(f: F) -> F:
         if not callable(f):
             raise ActionDefinitionError(f"@action applies to methods, not {type(f).__name__}")
-        setattr(f, _ACTION_ATTR, _ActionMark(name, idempotent, bulkhead))
+        setattr(f, _ACTION_ATTR, _ActionMark(name, idempotent, bulkhead, policy))
         return f
 
     if func is not None:
@@ -154,6 +172,11 @@ class Agent:
             default) or ``"restart"`` (a supervised restart, counted in ``max_restarts``).
         resources: what one agent reserves on its node, ``{"cpu": cores, "memory": bytes,
             "custom": {name: amount}}``; placement only picks nodes with that much free.
+
+    Access:
+        allow: who may call the kind's actions that set no ``allow`` of their own (see
+            ``@action(allow=…)``); ``None`` (default): the hosting mesh's
+            ``default_allow``, which admits anyone unless set.
     """
 
     kind: ClassVar[str] = "Agent"
@@ -174,7 +197,10 @@ class Agent:
     unhealthy: ClassVar[str] = "throttle"
     unhealthy_grace: ClassVar[float] = 10.0
     resources: ClassVar[Mapping[str, Any]] = {}
+    allow: ClassVar[AllowSpec] = None
     __actions__: ClassVar[dict[str, ActionSpec]] = {}
+    #: ``allow`` compiled (``None``: not set).
+    __policy__: ClassVar[Policy | None] = None
 
     id: str
     state: Any
@@ -203,6 +229,13 @@ class Agent:
                 f"{cls.__qualname__}.throttle_backlog must be an int >= 1 or None, not {backlog!r}"
             )
         _check_cluster_options(cls)
+        try:
+            cls.__policy__ = parse_allow(cls.allow, f"{cls.__qualname__}.allow")
+        except ConfigurationError as exc:
+            hint = ""
+            if callable(cls.allow):
+                hint = " (an action method named 'allow' hides it: rename the method and use @action(name='allow'))"
+            raise ActionDefinitionError(f"{exc}{hint}") from None
         actions: dict[str, ActionSpec] = {}
         for base in reversed(cls.__mro__[1:]):
             actions.update(getattr(base, "__actions__", {}))
@@ -220,7 +253,7 @@ class Agent:
                 )
             try:
                 actions[wire_name] = build_action_spec(
-                    wire_name, value, idempotent=mark.idempotent, bulkhead=mark.bulkhead
+                    wire_name, value, idempotent=mark.idempotent, bulkhead=mark.bulkhead, allow=mark.allow
                 )
             except TypeError as exc:
                 raise ActionDefinitionError(str(exc)) from None

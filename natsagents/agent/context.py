@@ -19,8 +19,14 @@ class Context(NamedTuple):
         correlation_id: shared by every message caused by one external request.
         deadline: absolute deadline (Unix time, seconds) or ``None``.
         caller: ``Kind/id`` of the calling agent or the caller's client name, if sent.
+            Informational: the sender writes what it likes (``Na-Caller``); never base a
+            decision on it.
         traceparent, tracestate: the W3C trace context received, passed on by calls the
             handler makes when this process records no spans of its own.
+        caller_identity: the name of the caller whose signature this host verified
+            against its trusted keys (``Mesh.connect(trusted_callers=…)``), or ``None``
+            (unsigned, or this host trusts no keys). The one to base decisions on.
+        caller_roles: that caller's roles (empty when ``caller_identity`` is ``None``).
     """
 
     agent: str
@@ -31,6 +37,8 @@ class Context(NamedTuple):
     caller: str | None
     traceparent: str | None = None
     tracestate: str | None = None
+    caller_identity: str | None = None
+    caller_roles: frozenset[str] = frozenset()
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (negative once passed), or ``None``."""

@@ -16,7 +16,10 @@ import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .policy import Policy
 
 __all__ = ["ActionSpec", "Param", "ParamError", "build_action_spec", "validator_for"]
 
@@ -269,6 +272,7 @@ class ActionSpec:
     idempotent: bool
     names: frozenset[str]
     bulkhead: int | None = None  # handlers of this action running at once per host
+    allow: Policy | None = None  # who may call it (None: the kind's policy)
 
     def bind(self, body: Any) -> dict[str, Any]:
         """Check a decoded request body against the parameters; return the kwargs.
@@ -294,7 +298,12 @@ class ActionSpec:
 
 
 def build_action_spec(
-    name: str, func: Callable[..., Any], *, idempotent: bool, bulkhead: int | None = None
+    name: str,
+    func: Callable[..., Any],
+    *,
+    idempotent: bool,
+    bulkhead: int | None = None,
+    allow: Policy | None = None,
 ) -> ActionSpec:
     """Check an action method and build its spec.
 
@@ -337,4 +346,5 @@ def build_action_spec(
         idempotent=idempotent,
         names=frozenset(p.name for p in params),
         bulkhead=bulkhead,
+        allow=allow,
     )

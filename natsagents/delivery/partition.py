@@ -24,6 +24,7 @@ from ..transport.kv import Bucket
 from ..wire import batch as wire_batch
 from ..wire import envelope
 from ..wire import headers as h
+from ..wire.identity import expires_of, is_signed
 from ..wire.ids import decode_id
 from ..wire.owner import owner_mac
 from ..wire.subjects import agent_subject, dead_letter_subject, partition_subject
@@ -275,16 +276,35 @@ class Partition:
         hdrs[h.STREAM_SEQ] = str(msg.stream_seq)
         return hdrs, reply_to, parts[-2], parts[-1], hdrs.get(h.ACTION, "")
 
-    def _refusal(self, reply_to: str, msg: js.JsMsg) -> str | None:
-        """Why a stored message must not run (it goes to the dead letters), or ``None``.
-        Its reply must go to a caller's inbox: the agent's answer would otherwise go
-        where the sender named with our rights (``$KV.…``, a node's control subject).
-        And ``Na-Batch`` is the owner's order, not a caller's: with it, a caller's
-        body would reach the host as items carrying stream sequences of its choosing."""
+    def _refusal(self, reply_to: str, msg: js.JsMsg) -> tuple[str, str] | None:
+        """Why a stored message must not run (it goes to the dead letters): ``(code,
+        reason)``, or ``None``. Its reply must go to a caller's inbox: the agent's answer
+        would otherwise go where the sender named with our rights (``$KV.…``, a node's
+        control subject). ``Na-Batch`` is the owner's order, not a caller's: with it, a
+        caller's body would reach the host as items carrying stream sequences of its
+        choosing. And a caller signature must have been fresh when the message was stored,
+        valid for no longer than the stream's duplicate window, under ``Nats-Msg-Id`` =
+        ``Na-Msg-Id``: then a copy stored again before the signature expires is dropped by
+        the stream as a duplicate, and hosts need not check freshness (protocol §15.2)."""
+        headers = msg.headers or {}
         if reply_to and not self.o.transport.may_answer(reply_to):
-            return f"{h.REPLY_TO} {reply_to[:120]!r} is not an inbox subject"
-        if h.BATCH in (msg.headers or {}):
-            return f"{h.BATCH} is set by partition owners only, not on a stored message"
+            return "bad_request", f"{h.REPLY_TO} {reply_to[:120]!r} is not an inbox subject"
+        if h.BATCH in headers:
+            return "bad_request", f"{h.BATCH} is set by partition owners only, not on a stored message"
+        if is_signed(headers):
+            expires = expires_of(headers)
+            stored_ms = int(msg.timestamp * 1000)
+            if expires is None:
+                return "unauthorized", f"malformed caller signature: {h.CALLER_EXPIRES} must be Unix ms"
+            if headers.get("Nats-Msg-Id") != headers.get(h.MESSAGE_ID):
+                return "unauthorized", f"a signed durable message is stored with Nats-Msg-Id = its {h.MESSAGE_ID}"
+            if expires <= stored_ms:
+                return "unauthorized", f"the caller signature had expired {stored_ms - expires} ms before it was stored"
+            if expires > stored_ms + int(self.o.settings.duplicate_window * 1000):
+                return "unauthorized", (
+                    f"the caller signature was valid for longer than the inbox's duplicate window "
+                    f"({self.o.settings.duplicate_window:g} s) when it was stored"
+                )
         return None
 
     async def _process_batch(self, msgs: list[js.JsMsg]) -> int:
@@ -392,7 +412,7 @@ class Partition:
         hdrs, reply_to, kind, token, action = self._prepare(msg)
         refusal = self._refusal(reply_to, msg)
         if refusal is not None:
-            await self._dead(msg, hdrs, reply_to, "bad_request", refusal, 1, None)  # (_answer checks reply_to)
+            await self._dead(msg, hdrs, reply_to, *refusal, 1, None)  # (_answer checks reply_to)
             return
         try:
             agent_id = decode_id(token)

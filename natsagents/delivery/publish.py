@@ -18,6 +18,7 @@ from ..runtime.caller import Caller
 from ..transport import Transport, jetstream
 from ..wire import envelope
 from ..wire import headers as h
+from ..wire.identity import DURABLE_VALIDITY_MS
 from ..wire.subjects import agent_subject, durable_subject
 from .settings import ensure_delivery_streams
 
@@ -53,7 +54,8 @@ class DurablePublisher:
         """Store the message in the durable inbox stream (``Nats-Msg-Id`` = the message id,
         so a retried publish is stored once), then wait for its result when one is wanted.
         The caller's deadline bounds only its wait: the stored message runs whenever an
-        agent can take it, and carries no ``Na-Deadline``."""
+        agent can take it, and carries no ``Na-Deadline``. With an identity, the message
+        is signed for its agent subject (the one its partition owner forwards it to)."""
         address = f"{kind}/{agent_id}"
         hdrs = dict(hdrs)
         hdrs.pop(h.DEADLINE, None)
@@ -67,6 +69,10 @@ class DurablePublisher:
         if not accept_only:
             reply_to, wait = await self._t.expect_reply(remaining)
             hdrs[h.REPLY_TO] = reply_to
+        identity = self._caller.settings.identity
+        if identity is not None:
+            expires = int(time.time() * 1000) + DURABLE_VALIDITY_MS
+            identity.sign(agent_subject(self._prefix, kind, agent_id), hdrs, body, expires)
         subject = durable_subject(self._prefix, kind, agent_id)
         publish_timeout = 30.0 if remaining is None else remaining
         try:

@@ -15,6 +15,7 @@ from ..wire import envelope
 from ..wire import headers as h
 from ..wire.owner import verify_owner_mac
 from .dedup import IN_PROGRESS, Dedup, Recent, Reply, fingerprint
+from .guard import Denied, Guard, Verified
 from .health import Health
 
 __all__ = ["Activation", "ActivationState", "Answers", "Outcome", "Services"]
@@ -24,18 +25,29 @@ class Outcome(NamedTuple):
     """What running one message gave (``runtime.dispatch``): the reply, whether its
     requester wants it (``False``: a send acknowledged on arrival, or no reply subject;
     an error is then only logged), what a copy of the request gets later (``kept``,
-    ``None``: a copy may run), and the action (for a reply too large to send)."""
+    ``None``: a copy may run), the action (for a reply too large to send), and whether
+    the handler ran for good (``ran``: ok, or failed; not when refused or not stored)."""
 
     reply: Reply | None
     wanted: bool
     kept: Reply | None
     action: str | None = None
+    ran: bool = False
 
 
 class Answers(Protocol):
     """The answers an activation gives without running anything (``runtime.replies``)."""
 
-    def refuse(self, act: Activation, msg: Inbound, code: str, message: str, *, retry: bool = False) -> None: ...
+    def refuse(
+        self,
+        act: Activation,
+        msg: Inbound,
+        code: str,
+        message: str,
+        *,
+        retry: bool = False,
+        details: dict[str, Any] | None = None,
+    ) -> None: ...
 
     def throttle(self, act: Activation, msg: Inbound, reason: str) -> None: ...
 
@@ -58,13 +70,15 @@ class Answers(Protocol):
 
 class Services(Protocol):
     """What an activation asks of its host (``runtime.host`` provides it): the answers,
-    running a message, the dedup memory, the owner key and persisting state."""
+    running a message, the dedup memory, the owner key, the caller guard and persisting
+    state."""
 
     @property
     def replies(self) -> Answers: ...
 
     dedup: Dedup
     owner_key: bytes | None
+    guard: Guard
 
     async def dispatch(self, act: Activation, msg: Inbound) -> Outcome: ...
 
@@ -79,6 +93,8 @@ class _Empty(deque):  # type: ignore[type-arg]
 
 
 _NO_MAIL: deque[Any] = _Empty(maxlen=0)
+#: The dedup entry of a message that ran and whose reply is gone (``already_applied``).
+_APPLIED = (None, None, 0.0)
 _NO_WORKERS: set[Any] = frozenset()  # type: ignore[assignment]
 
 
@@ -199,6 +215,26 @@ class Activation:
                         return
                     self.host.replies.duplicate(self, msg, entry)  # a resend: never run twice
                     return
+        guard = self.host.guard
+        if guard.active and (hdrs is None or h.BATCH not in hdrs):  # batch items: checked one by one
+            try:
+                admitted = guard.admit(
+                    self.kind,
+                    hdrs.get(h.ACTION) if hdrs is not None else None,
+                    msg.subject,
+                    hdrs or {},
+                    msg.data,
+                    durable=hdrs is not None and h.STREAM_SEQ in hdrs,
+                )
+            except Denied as denied:
+                self.host.replies.refuse(self, msg, "unauthorized", denied.message, details={"reason": denied.reason})
+                return
+            if admitted is not None:
+                if not admitted.durable and guard.ran_before(admitted):
+                    # A copy of a signed request that ran here and that the dedup forgot.
+                    self.host.replies.duplicate(self, msg, _APPLIED)
+                    return
+                msg = Verified(msg, admitted)
         if msg.reply and hdrs is not None and hdrs.get(h.REPLY_MODE) == h.REPLY_MODE_ACCEPT:
             # Check what can be checked before acknowledging: an accepted send gets one reply.
             try:
@@ -271,6 +307,8 @@ class Activation:
                         if count is not None and count.isdigit() and int(count) > 1:
                             took /= int(count)  # a batch (wire.batch): the time per message
                         self.health.handled(took, len(mailbox))
+                if outcome.ran and type(msg) is Verified and not msg.admitted.durable:
+                    host.guard.remember(msg.admitted)
                 if self.recent is not None and msg.reply:
                     message_id = msg.headers.get(h.MESSAGE_ID) if msg.headers is not None else None
                     if message_id is not None:

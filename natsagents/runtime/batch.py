@@ -17,6 +17,7 @@ from .activation import Activation, Outcome
 from .dedup import Dedup, Reply
 from .dispatch import Dispatcher
 from .exactly_once import SETTLED
+from .guard import Denied, Guard
 
 __all__ = ["BatchRunner"]
 
@@ -29,13 +30,17 @@ class BatchRunner:
     Args:
         dispatcher: runs each item as the request it stands for.
         dedup: where an item's reply is kept for a replay or a copy.
+        guard: checks each item's caller signature and the action's policy.
         metrics: the mesh's.
         max_payload: the server's ``max_payload`` now (the batch reply must fit in it).
     """
 
-    def __init__(self, dispatcher: Dispatcher, dedup: Dedup, metrics: Metrics, max_payload: Callable[[], int]) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, dedup: Dedup, guard: Guard, metrics: Metrics, max_payload: Callable[[], int]
+    ) -> None:
         self._dispatcher = dispatcher
         self._dedup = dedup
+        self._guard = guard
         self._metrics = metrics
         self._max_payload = max_payload
 
@@ -66,10 +71,27 @@ class BatchRunner:
             # then in all but extreme cases; the owner copes with the rest).
             budget = self._max_payload() // 4
             size = 0
+            guard = self._guard
             for hdrs, data in items:
                 hdrs.pop(h.REPLY_MODE, None)  # each item is answered with its result
-                outcome = await self._dispatcher.run(act, hdrs, data, reply=True)
-                reply = outcome.reply or envelope.error_reply("handler_error", "no reply", agent=address)
+                reply: Reply | None = None
+                caller = None
+                if guard.active:
+                    try:
+                        admitted = guard.admit(act.kind, hdrs.get(h.ACTION), msg.subject, hdrs, data, durable=True)
+                        caller = admitted.caller if admitted is not None else None
+                    except Denied as denied:
+                        self._metrics.rejected_one(act.kind, "unauthorized")
+                        reply = envelope.error_reply(
+                            "unauthorized",
+                            denied.message,
+                            agent=address,
+                            action=hdrs.get(h.ACTION),
+                            details={"reason": denied.reason},
+                        )
+                if reply is None:
+                    outcome = await self._dispatcher.run(act, hdrs, data, reply=True, caller=caller)
+                    reply = outcome.reply or envelope.error_reply("handler_error", "no reply", agent=address)
                 replies.append(reply)
                 status, reply_body = reply
                 if not isinstance(status, bytes) and status.get(h.STATUS) not in SETTLED:

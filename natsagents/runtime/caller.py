@@ -26,6 +26,7 @@ from ..transport import NoResponders, Transport
 from ..wire import codec, envelope
 from ..wire import headers as h
 from ..wire.activation import activation_request
+from ..wire.identity import Identity, call_expiry
 from ..wire.ids import encode_id
 from ..wire.subjects import activate_subject, agent_subject
 
@@ -71,6 +72,8 @@ class CallerSettings:
         breaker: circuit breakers per destination (``None``: off).
         compress_above: request bodies larger than this many bytes are compressed
             (``Na-Encoding: deflate``), and replies may come compressed; ``None``: never.
+        identity: signs every request (``wire.identity``) so hosts that trust its key
+            know who calls; ``None``: requests go unsigned.
     """
 
     prefix: str
@@ -82,6 +85,7 @@ class CallerSettings:
     retry: RetryPolicy | None = None
     breaker: BreakerSettings | None = None
     compress_above: int | None = 64 * 1024
+    identity: Identity | None = None
 
 
 class DurablePath(Protocol):
@@ -236,6 +240,9 @@ class Caller:
                     return await self.durable.publish(
                         kind, agent_id, action, body, hdrs, deadline, accept_only, options.delivery, options.message_ttl
                     )
+            identity = self.settings.identity
+            if identity is not None:
+                identity.sign(subject, hdrs, body, call_expiry(deadline, now))
             # Every value is either generated here or checked (action below, names at
             # connect, ids by the host's regexes), so the block needs no per-call checks.
             block = envelope.encode_headers_unchecked(hdrs)
@@ -324,6 +331,9 @@ class Caller:
                 if exc.code == "handler_error":
                     # The copy would get the stored error again: a new logical message.
                     hdrs = dict(hdrs, **{h.MESSAGE_ID: envelope.new_message_id()})
+                    identity = self.settings.identity
+                    if identity is not None:
+                        identity.sign(subject, hdrs, body, call_expiry(deadline, time.time()))
                     block = envelope.encode_headers_unchecked(hdrs)
 
     async def forward(

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..agent.context import Context, _current
+from ..agent.policy import TrustedCaller
 from ..agent.schema import ActionSpec, ParamError
 from ..errors import AgentError, ProtocolError, Unavailable
 from ..observability import Metrics, Tracing
@@ -90,8 +91,17 @@ class Dispatcher:
         #: The cluster node, once it plugged in (``runtime.hooks``).
         self.node: NodeHooks | None = None
 
-    async def run(self, act: Activation, headers: dict[str, str] | None, data: bytes, *, reply: bool) -> Outcome:
-        """Run one message (``reply``: it has a reply subject). Never raises."""
+    async def run(
+        self,
+        act: Activation,
+        headers: dict[str, str] | None,
+        data: bytes,
+        *,
+        reply: bool,
+        caller: TrustedCaller | None = None,
+    ) -> Outcome:
+        """Run one message (``reply``: it has a reply subject; ``caller``: its verified
+        caller, ``runtime.guard``). Never raises."""
         started = time.perf_counter()
         kind, address = act.kind, act.address
         try:
@@ -115,7 +125,7 @@ class Dispatcher:
             return Outcome(err, wanted, None, action)
         tracing = self._tracing
         span = tracing.server_span(kind, action, act.agent_id, headers) if tracing.enabled else None
-        token = _current.set(self._context(address, meta))
+        token = _current.set(self._context(address, meta, caller))
         span_token = tracing.activate(span) if span is not None else None
         node = self.node if act.cluster is not None else None
         try:
@@ -135,7 +145,7 @@ class Dispatcher:
                 details={"exception": type(exc).__name__},
             )
             # A durable message is tried again by its partition owner: let a copy run.
-            return Outcome(failed, wanted, None if durable else (kept or failed), action)
+            return Outcome(failed, wanted, None if durable else (kept or failed), action, ran=True)
         finally:
             for pool in held:
                 pool.release()
@@ -165,7 +175,7 @@ class Dispatcher:
             tracing.end(span)
         self._metrics.handled_one(kind, action, "ok", time.perf_counter() - started)
         if not wanted:
-            return Outcome(None, False, kept, action)
+            return Outcome(None, False, kept, action, ran=True)
         try:
             if body is None:
                 body = codec.encode(result)
@@ -173,7 +183,7 @@ class Dispatcher:
             failed = envelope.error_reply(
                 "handler_error", f"result cannot be encoded: {exc}", agent=address, action=action
             )
-            return Outcome(failed, True, failed, action)
+            return Outcome(failed, True, failed, action, ran=True)
         block = envelope.OK_HEADER_BLOCK
         threshold = self._compress_above
         if (
@@ -185,7 +195,7 @@ class Dispatcher:
             packed = envelope.deflate(body)
             if packed is not None:
                 block, body = envelope.OK_DEFLATE_BLOCK, packed
-        return Outcome((block, body), True, (block, body), action)
+        return Outcome((block, body), True, (block, body), action, ran=True)
 
     # -- the steps -------------------------------------------------------------------
 
@@ -282,7 +292,20 @@ class Dispatcher:
         return tuple(held)
 
     @staticmethod
-    def _context(address: str, meta: RequestMeta) -> Context:
+    def _context(address: str, meta: RequestMeta, caller: TrustedCaller | None) -> Context:
+        if caller is not None:
+            return Context(
+                address,
+                meta.action,
+                meta.message_id,
+                meta.correlation_id,
+                None if meta.deadline_ms is None else meta.deadline_ms / 1000,
+                meta.caller,
+                meta.traceparent,
+                meta.tracestate,
+                caller.name,
+                caller.roles,
+            )
         return Context(
             agent=address,
             action=meta.action,

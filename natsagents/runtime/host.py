@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from ..agent.base import Agent, RefFactory
+from ..agent.policy import Policy, TrustedCaller
 from ..errors import ClusterAtCapacity, ConfigurationError, MeshClosed, NatsAgentsError, ProtocolError
 from ..observability import Metrics, Tracing
 from ..tasks import TaskGroup
@@ -27,6 +28,7 @@ from .activation import Activation, ActivationState, Outcome
 from .batch import BatchRunner
 from .dedup import Dedup
 from .dispatch import Dispatcher
+from .guard import Guard, Verified
 from .hooks import NodeHooks
 from .replies import Replies
 
@@ -53,6 +55,9 @@ class HostSettings:
             ``at_capacity`` (``ClusterAtCapacity``; a cluster places it on another node).
             ``None``: no limit. Anyone who may name agents can otherwise fill a host's
             memory with activations (each costs about 1 KiB here and 1 KiB in the server).
+        trusted_callers: public user nkey → the caller it identifies (``runtime.guard``);
+            signed requests are verified only when this is not empty.
+        default_allow: the policy of kinds and actions that set none (``None``: anyone).
     """
 
     prefix: str
@@ -62,6 +67,8 @@ class HostSettings:
     dedup_ttl: float = 10.0
     compress_above: int | None = 64 * 1024
     max_agents: int | None = 100_000
+    trusted_callers: Mapping[str, TrustedCaller] = field(default_factory=dict)
+    default_allow: Policy | None = None
 
     def __post_init__(self) -> None:
         if self.max_agents is not None and (type(self.max_agents) is not int or self.max_agents < 1):
@@ -94,6 +101,8 @@ class Host:
         #: carrying ``Na-Stream-Seq`` or ``Na-Batch`` run only when signed with it.
         self.owner_key: bytes | None = None
         self.dedup = Dedup(settings.dedup_ttl)
+        #: Caller signatures and action policies (``runtime.guard``).
+        self.guard = Guard(settings.trusted_callers, settings.default_allow)
         self.replies = Replies(transport, metrics, self._tasks)
         self._dispatcher = Dispatcher(
             metrics,
@@ -103,7 +112,7 @@ class Host:
             compress_above=settings.compress_above,
             max_payload=lambda: transport.max_payload,
         )
-        self._batches = BatchRunner(self._dispatcher, self.dedup, metrics, lambda: transport.max_payload)
+        self._batches = BatchRunner(self._dispatcher, self.dedup, self.guard, metrics, lambda: transport.max_payload)
         self._queue = agent_queue(settings.prefix)
 
     @property
@@ -122,7 +131,8 @@ class Host:
         hdrs = msg.headers
         if hdrs is not None and h.BATCH in hdrs:
             return await self._batches.run(act, msg)
-        return await self._dispatcher.run(act, hdrs, msg.data, reply=bool(msg.reply))
+        caller = msg.admitted.caller if type(msg) is Verified else None
+        return await self._dispatcher.run(act, hdrs, msg.data, reply=bool(msg.reply), caller=caller)
 
     async def save_state(self, act: Activation) -> None:
         """``Agent.save_state()``: a cluster node persists the state now."""
@@ -150,6 +160,7 @@ class Host:
         if existing is not None:
             raise ConfigurationError(f"kind {cls.kind!r} is already hosted by {existing.__qualname__}")
         self.kinds[cls.kind] = cls
+        self.guard.add_kind(cls)
         subject = activate_subject(self.settings.prefix, cls.kind)
         self._kind_subs[cls.kind] = await self._t.subscribe(
             subject, self._on_activate_request, queue=f"{self.settings.prefix}.hosts.{cls.kind}", service=True

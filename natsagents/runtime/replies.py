@@ -110,16 +110,25 @@ class Replies:
 
     # -- answers that run nothing ------------------------------------------------------
 
-    def refuse(self, act: Activation, msg: Inbound, code: str, message: str, *, retry: bool = False) -> None:
+    def refuse(
+        self,
+        act: Activation,
+        msg: Inbound,
+        code: str,
+        message: str,
+        *,
+        retry: bool = False,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         """Answer ``msg`` with an error without running it (mailbox full, stopping …)."""
         self._metrics.rejected_one(act.kind, code)
         if not msg.reply:
             log.warning("dropped a send to %s: %s", act.address, message)
             return
         action = (msg.headers or {}).get(h.ACTION)
-        hdrs, body = envelope.error_reply(
-            code, message, agent=act.address, action=action, details={"retry": True} if retry else None
-        )
+        if retry:
+            details = {**(details or {}), "retry": True}
+        hdrs, body = envelope.error_reply(code, message, agent=act.address, action=action, details=details)
         self.post(msg.reply, hdrs, body)
 
     def throttle(self, act: Activation, msg: Inbound, reason: str) -> None:

@@ -7,6 +7,9 @@ __all__ = [
     "ACTION",
     "BATCH",
     "CALLER",
+    "CALLER_EXPIRES",
+    "CALLER_KEY",
+    "CALLER_SIG",
     "CORRELATION_ID",
     "DEADLINE",
     "DELIVERY",
@@ -50,8 +53,16 @@ CORRELATION_ID = "Na-Corr-Id"
 ACTION = "Na-Action"
 #: Absolute deadline, integer milliseconds since the Unix epoch (UTC).
 DEADLINE = "Na-Deadline"
-#: Who is calling: ``Kind/id`` of a calling agent, or a client name.
+#: Who is calling: ``Kind/id`` of a calling agent, or a client name. Informational only
+#: (logs, ``self.context.caller``): the sender writes what it likes. Who a caller *is*
+#: comes from its signature (``CALLER_KEY`` …), never from this header.
 CALLER = "Na-Caller"
+#: A caller signature (``wire.identity``, docs/protocol.md §4.4): the signer's public
+#: user nkey (``U…``), when the signature stops being valid (Unix ms), and the base64url
+#: ed25519 signature.
+CALLER_KEY = "Na-Caller-Key"
+CALLER_EXPIRES = "Na-Caller-Expires"
+CALLER_SIG = "Na-Caller-Sig"
 #: ``result`` (default): reply after the handler ran, with its result.
 #: ``accept``: reply as soon as the message is in the agent's mailbox.
 REPLY_MODE = "Na-Reply-Mode"
