@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from natsagents import ClusterAtCapacity, ClusterSettings, ConfigurationError, Mesh
+from natsagents.testing import wait_for
 from tests.agents import Counter
 
 
@@ -40,6 +41,11 @@ async def test_a_full_cluster_node_sends_the_agent_to_another(mesh_factory: Any)
     await n1.host(Counter)
     n2: Mesh = await node("n2")
     await n2.host(Counter)
+
+    async def both_live() -> bool:
+        return sum(status.live for status in await n1.nodes()) == 2
+
+    await wait_for(both_live, timeout=10, what="n1 sees n2")
     for i in range(8):
         assert await n1.ref(f"Counter/k{i}").call("add") == 1
     assert len(n1.local_agents()) <= 2
