@@ -159,6 +159,7 @@ class Mesh:
         cluster: ClusterSettings | bool | None = None,
         reply_prefixes: Sequence[str] = DEFAULT_REPLY_PREFIXES,
         inbox_prefix: str = "_INBOX",
+        fail_fast: bool = False,
     ) -> _MeshOpener:
         """Connect to NATS. Await the result, or use it with ``async with``.
 
@@ -198,6 +199,11 @@ class Mesh:
             inbox_prefix: prefix of this mesh's own reply subjects (``<prefix>.<random>.<n>``);
                 give each user its own (``_INBOX.alice``) where NATS permissions let users
                 subscribe only to their own replies (``natsagents auth``).
+            fail_fast: for short-lived clients such as the CLI: fail at once when every
+                server refuses the connection (nothing listens, unknown host, TLS refused)
+                instead of retrying for ``connect_timeout``, and after a lost connection
+                try each server once more, then close (requests fail with
+                :class:`MeshClosed`) instead of reconnecting forever.
 
         Raises:
             ConfigurationError: invalid arguments. ConnectError: no server reachable or
@@ -242,6 +248,7 @@ class Mesh:
             tls_hostname=tls_hostname,
             connect_timeout=connect_timeout,
             drain_timeout=drain_timeout,
+            fail_fast=fail_fast,
         )
 
         async def open_() -> Mesh:
