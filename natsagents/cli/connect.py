@@ -373,7 +373,7 @@ def _check_creds(path: str, where: str) -> None:
     blocks = _CREDS_RE.findall(_read(path, "credentials file", where))
     jwt = next((b for b in blocks if b.count(".") == 2), None)
     seed = next((b for b in blocks if b.startswith("SU")), None)
-    missing = [name for name, value in (("a user JWT", jwt), ("a user nkey seed", seed)) if value is None]
+    missing = [name for name, value in (("user JWT", jwt), ("user nkey seed", seed)) if value is None]
     if missing:
         raise ConfigurationError(
             f"{path}{where} is not a NATS credentials file: it holds no {' and no '.join(missing)} "

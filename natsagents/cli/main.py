@@ -189,6 +189,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return run(args)
     except CallTimeout as exc:
         _error(f"{exc.code}: {exc.message}")
+        if isinstance(getattr(args, "timeout", None), float):
+            _error(f"--timeout (here {args.timeout:g} s) sets how long to wait", "hint")
         return Exit.TIMEOUT
     except AgentError as exc:
         _error(f"{exc.code}: {exc.message}")
@@ -241,6 +243,14 @@ def _error(message: str, label: str = "error") -> None:
 def _setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("asyncio").addFilter(_not_ssl_eof_noise)
+
+
+def _not_ssl_eof_noise(record: logging.LogRecord) -> bool:
+    """asyncio warns "returning true from eof_received() has no effect when using ssl" when
+    a TLS connection ends: nats-py upgrades its plain stream to TLS, whose protocol asyncio
+    then misjudges. Nothing is wrong; the warning would only alarm."""
+    return not record.getMessage().startswith("returning true from eof_received()")
 
 
 # -- shared helpers for commands ------------------------------------------------------
@@ -547,11 +557,11 @@ def _server(args: argparse.Namespace) -> int:
                 runner = _single_server(args, None)
                 nodes = [runner]
                 runner.start()
+            urls = [node.url for node in nodes]
+            state = connect.write_server_state(urls)  # before printing: once printed, commands find it
             for node in nodes:
                 print(f"{node.name}  {node.url}  monitor {node.monitor_url}  store {node.store_dir}")
-            urls = [node.url for node in nodes]
             print(f"NATS_URL={','.join(urls)}", flush=True)
-            state = connect.write_server_state(urls)
             print(f"running; Ctrl-C to stop (URLs in {state})", file=sys.stderr, flush=True)
             while not stop.wait(0.25):
                 dead = [node.name for node in nodes if not node.running]
