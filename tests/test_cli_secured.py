@@ -92,6 +92,12 @@ async def test_the_operator_runs_nodes_ls_and_dlq_with_its_nkey_and_inbox_prefix
     check_operator_view(*await operator_commands(*options))
     assert violations(secured, seed) == []
 
+    # Without its inbox prefix the server refuses the user's inbox: said at once, exit 1.
+    rc, out, err = await run_cli("ls", "--servers", secured.url, "--nkey", str(seed))
+    assert (rc, out) == (1, "")
+    assert "error: unauthorized: the NATS server does not allow this connection to subscribe to its inbox" in err
+    assert "hint: --inbox-prefix _INBOX.USER" in err
+
     # No credentials: refused at once, exit 3, with a hint.
     started = time.monotonic()
     rc, out, err = await run_cli("ls", "--servers", secured.url, "--connect-timeout", "20")
@@ -107,6 +113,7 @@ async def test_the_operator_runs_nodes_ls_and_dlq_with_its_nkey_and_inbox_prefix
         (("--nkey", str(auth_dir / "nope.nk")), f"nkey seed file {auth_dir / 'nope.nk'} does not exist"),
         (("--nkey", str(seed), "--token", "t"), "give one way to authenticate, not --nkey and --token"),
         (("--user", "ops"), "--user and --password go together"),
+        (("--nkey", seed.read_text().strip()), "the nkey option takes the path of a seed file, not the seed itself"),
         (("--nkey", str(seed), "--inbox-prefix", "_INBOX.*"), "invalid inbox_prefix"),
     )
     done = await asyncio.gather(*(run_cli("nodes", "--servers", secured.url, *argv) for argv, _ in cases))
@@ -121,6 +128,7 @@ async def test_the_operator_through_a_nats_context(
     contexts = tmp_path / "config" / "nats" / "context"
     contexts.mkdir(parents=True)
     seed = auth_dir / "ops.nk"
+    refused_before = violations(secured, seed)  # the module's server: earlier tests' refusals
     context = {  # as 'nats context save' writes it: every field, unused ones empty
         "description": "mesh operator",
         "url": secured.url,
@@ -152,7 +160,7 @@ async def test_the_operator_through_a_nats_context(
             "--context", str(stale), "--servers", secured.url, "--inbox-prefix", "_INBOX.ops", env=env
         )
     )
-    assert violations(secured, seed) == []
+    assert violations(secured, seed) == refused_before
 
     # What a context cannot do: exit 2, saying why.
     (contexts / "nsc.json").write_text(json.dumps({**context, "nsc": "nsc://op/acc/ops"}))

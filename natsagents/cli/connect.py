@@ -382,6 +382,8 @@ def _check_creds(path: str, where: str) -> None:
 
 
 def _check_seed(path: str, where: str) -> None:
+    if Path(path).name.startswith("SU") and not Path(path).exists():  # never echo a seed
+        raise ConfigurationError(f"the nkey option{where} takes the path of a seed file, not the seed itself")
     lines = [line.strip() for line in _read(path, "nkey seed file", where).splitlines() if line.strip()]
     if not lines or not lines[0].startswith("SU"):
         raise ConfigurationError(f"{path}{where} does not hold an nkey user seed (a line starting with 'SU')")

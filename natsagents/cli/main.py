@@ -35,7 +35,15 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..agent.ref import DELIVERY_MODES
-from ..errors import AgentError, CallTimeout, ConfigurationError, ConnectError, ServerError, TransportError
+from ..errors import (
+    AgentError,
+    CallTimeout,
+    ConfigurationError,
+    ConnectError,
+    ServerError,
+    TransportError,
+    Unauthorized,
+)
 from ..wire.ids import parse_address
 from ..wire.subjects import DEFAULT_PREFIX, validate_prefix
 from . import connect
@@ -194,6 +202,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return Exit.TIMEOUT
     except AgentError as exc:
         _error(f"{exc.code}: {exc.message}")
+        if isinstance(exc, Unauthorized) and "its inbox" in exc.message and hasattr(args, "inbox_prefix"):
+            _error("--inbox-prefix _INBOX.USER: a user of 'natsagents auth' subscribes only to its own inbox", "hint")
         actions = exc.details.get("actions")
         if isinstance(actions, list):
             _error(f"{exc.agent or 'the agent'} has the actions: {', '.join(map(str, actions)) or '(none)'}", "hint")

@@ -334,6 +334,7 @@ class Transport:
         self._last_refusal_log = 0.0
         self._reported: set[str] = set()  # failure reasons logged since the connection was lost
         self._lost: Failure | None = None  # why the connection was lost (None: connected)
+        self._inbox_refused: str | None = None  # the server refused our inbox subscription: why
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -465,9 +466,10 @@ class Transport:
             log.warning("reconnecting to NATS at %s: %s; still trying", url, why.text)
 
     def _on_reconnected(self) -> None:
+        # Loud when the loss was: a warning said the connection was lost.
+        (log.warning if self._reported else log.info)("reconnected to NATS at %s", self.connected_url)
         self._reported.clear()
         self._lost = None
-        log.warning("reconnected to NATS at %s", self.connected_url)
 
     def _on_permission_error(self, exc: BaseException) -> bool:
         """A ``-ERR 'Permissions Violation for Publish to "<subject>"'`` from the server:
@@ -484,7 +486,18 @@ class Transport:
             failed = self._mux.fail_subject(
                 subject, Unauthorized(f"the NATS server does not allow this connection to publish to {subject}")
             )
-        log.warning("NATS refused to let this connection %s %s (%d request(s) ended)", op, subject, failed)
+        elif op == "subscription" and subject.startswith(self.settings.inbox_prefix.lower() + "."):
+            # Our own inbox: no reply can ever come. End the waiting requests, and refuse
+            # the next ones at once (a user whose permissions name its inbox: _INBOX.<user>).
+            self._inbox_refused = (
+                f"the NATS server does not allow this connection to subscribe to its inbox {subject}:"
+                f" its permissions allow another inbox prefix than {self.settings.inbox_prefix!r}"
+            )
+            if self._mux is not None:
+                failed = len(self._mux)
+                self._mux.fail_all(Unauthorized(self._inbox_refused))
+        verb = "publish to" if op == "publish" else "subscribe to"
+        log.warning("NATS refused to let this connection %s %s (%d request(s) ended)", verb, subject, failed)
         return True
 
     def _on_closed(self) -> None:
@@ -693,6 +706,8 @@ class Transport:
         names it in a header).
 
         The wait raises CallTimeout after ``timeout`` seconds; MeshClosed when closed."""
+        if self._inbox_refused is not None:
+            raise Unauthorized(self._inbox_refused)
         mux = self._mux or await self._ensure_mux()
         token, fut = mux.register(timeout)
         subject = mux.prefix + token
@@ -744,6 +759,8 @@ class Transport:
         """
         if self._closed:
             raise MeshClosed("the NATS connection is closed")
+        if self._inbox_refused is not None:
+            raise Unauthorized(self._inbox_refused)
         block = encode_headers(headers) if isinstance(headers, Mapping) else (headers or b"")
         self.check_size(subject, block, payload)
         mux = self._mux or await self._ensure_mux()
