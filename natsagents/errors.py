@@ -124,7 +124,17 @@ class TransportError(NatsAgentsError):
 
 
 class ConnectError(TransportError, ConnectionError):
-    """No server could be reached, or the servers refused the credentials."""
+    """No server could be reached, or the servers refused the credentials.
+
+    ``reason`` says why, for programs: ``refused`` (nothing listens), ``unknown_host``,
+    ``tls_untrusted`` (the server's certificate), ``tls_client_cert`` (the server wants a
+    client certificate, or refused ours), ``tls``, ``credentials``, ``closed`` (the server
+    closed the connection), ``timeout`` or ``error``.
+    """
+
+    def __init__(self, message: str, *, reason: str = "error") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class MeshClosed(TransportError):

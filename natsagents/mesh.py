@@ -175,6 +175,7 @@ class Mesh:
         identity: Identity | None = None,
         trusted_callers: TrustedCallersSpec = None,
         default_allow: AllowSpec = None,
+        fail_fast: bool = False,
     ) -> MeshOpener:
         """Connect to NATS. Await the result, or use it with ``async with``.
 
@@ -229,6 +230,11 @@ class Mesh:
             default_allow: the policy of hosted kinds and actions that set no ``allow``:
                 a list of caller names, ``"role:<role>"``, ``"key:<nkey>"``, ``"*"`` (any
                 verified caller), or ``"anyone"``; ``None`` (default): anyone.
+            fail_fast: for short-lived clients such as the CLI: fail at once when every
+                server refuses the connection (nothing listens, unknown host, TLS refused)
+                instead of retrying for ``connect_timeout``, and after a lost connection
+                try each server once more, then close (requests fail with
+                :class:`MeshClosed`) instead of reconnecting forever.
 
         Raises:
             ConfigurationError: invalid arguments. ConnectError: no server reachable or
@@ -281,6 +287,7 @@ class Mesh:
             tls_hostname=tls_hostname,
             connect_timeout=connect_timeout,
             drain_timeout=drain_timeout,
+            fail_fast=fail_fast,
         )
 
         async def open_() -> Mesh:

@@ -247,4 +247,11 @@ def _report(done: Generated, prefix: str, replies: tuple[str, ...]) -> None:
             )
         else:
             print(f"  {r.name}: Mesh.connect(URL, {common})", file=out)
+            cli_prefix = f" --prefix {prefix}" if prefix != DEFAULT_PREFIX else ""
+            command = "nodes" if r.role == "operator" else "call KIND/ID ACTION"
+            print(
+                f"  {'':{len(r.name)}}  natsagents {command} --servers URL --nkey {seed}"
+                f" --inbox-prefix {r.inbox_prefix}{cli_prefix}",
+                file=out,
+            )
     out.flush()

@@ -407,7 +407,8 @@ async def _serve_node(
     for sig in signals:
         loop.add_signal_handler(sig, on_signal)
     try:
-        async with open_mesh(args, name=node_id, cluster=settings) as mesh:
+        # A node outlives server restarts: it waits for a server and reconnects forever.
+        async with open_mesh(args, name=node_id, cluster=settings, fail_fast=False) as mesh:
             await mesh.host(*classes)
             if args.http is not None:
                 port = await mesh.serve_http(*args.http)
@@ -538,7 +539,7 @@ def _migrate_options(parser: argparse.ArgumentParser) -> None:
     configure=_migrate_options,
     description="Move agent KIND/ID to NODE; callers keep working while it moves. Exit codes: 0 moved (or "
     "already there), 1 the move failed (agent not active, NODE not live or not hosting the kind), 2 bad usage, "
-    "3 NATS unreachable.",
+    "3 NATS unreachable, 4 not done within --timeout.",
 )
 def _migrate(args: argparse.Namespace) -> int:
     kind, agent_id = parse_address(args.address)
@@ -578,7 +579,7 @@ def _drain_options(parser: argparse.ArgumentParser) -> None:
     configure=_drain_options,
     description="Drain NODE: it takes no new agents and moves its agents to other nodes (those no node can take "
     "stop, with their state saved). The node keeps running. Exit codes: 0 drained, 1 the node is not running "
-    "or failed, 2 bad usage, 3 NATS unreachable.",
+    "or failed, 2 bad usage, 3 NATS unreachable, 4 not done within --timeout.",
 )
 def _drain(args: argparse.Namespace) -> int:
     validate_node_id(args.node)

@@ -21,7 +21,7 @@ from typing import Any
 from ..agent import Agent, action, all_of
 from ..errors import AgentError, BadRequest, CallTimeout, HandlerError, UnknownAction
 from ..mesh import Mesh
-from .main import Exit, add_connection_options, command
+from .main import Exit, add_connection_options, command, connection
 
 __all__ = ["Counter", "Summer", "run_demo"]
 
@@ -59,8 +59,12 @@ class Summer(Agent):
         return sum(counts)
 
 
-async def run_demo(servers: str | None = None, *, connect_timeout: float = 5.0, out: Out = print) -> int:
+async def run_demo(
+    servers: str | None = None, *, connect_timeout: float = 5.0, out: Out = print, **connect_options: Any
+) -> int:
     """Run the tour against an embedded server, or ``servers`` under a fresh prefix.
+
+    ``connect_options`` go to ``Mesh.connect`` with ``servers`` (credentials, TLS …).
 
     Returns:
         0 when every step behaved as shown, 1 otherwise.
@@ -71,7 +75,9 @@ async def run_demo(servers: str | None = None, *, connect_timeout: float = 5.0, 
     else:
         # A fresh prefix keeps the demo's agents apart from anything else on that NATS.
         prefix = f"demo-{secrets.token_hex(4)}"
-        opener = Mesh.connect(servers, name="natsagents-demo", prefix=prefix, connect_timeout=connect_timeout)
+        opener = Mesh.connect(
+            servers, name="natsagents-demo", prefix=prefix, connect_timeout=connect_timeout, **connect_options
+        )
     ok = True
     async with opener as mesh:
         where = "embedded nats-server" if mesh.embedded_server is not None else "nats-server"
@@ -158,11 +164,16 @@ def _demo_options(parser: argparse.ArgumentParser) -> None:
     help="a guided tour: host an agent, send, request, call, errors, timeouts",
     configure=_demo_options,
     description="Host demo agents and talk to them, printing what happens. Uses an embedded "
-    "nats-server unless --servers is given (then a fresh subject prefix).",
+    "nats-server unless --servers or --context is given (then a fresh subject prefix).",
 )
 def _demo(args: argparse.Namespace) -> int:
+    if args.servers is None and args.context is None:
+        run = run_demo(connect_timeout=args.connect_timeout, out=_print)
+    else:
+        options = connection(args).mesh_options()
+        run = run_demo(**options, fail_fast=True, out=_print)
     with _quiet_library_logs(args.verbose):
-        return asyncio.run(run_demo(args.servers, connect_timeout=args.connect_timeout, out=_print))
+        return asyncio.run(run)
 
 
 def _print(line: str) -> None:

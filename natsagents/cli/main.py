@@ -6,8 +6,9 @@ import registers more commands, so adding ``node``, ``ls``, ``drain`` … means 
 one module and naming it there.
 
 Exit codes (:class:`Exit`): 0 success, 1 the operation failed (an agent error reply, the
-server failed), 2 bad usage (arguments, address, parameters), 3 NATS unreachable or the
-connection was lost, 130 interrupted.
+server failed), 2 bad usage (arguments, address, parameters, credentials files), 3 NATS
+unreachable, the connection refused (credentials, TLS) or lost, 4 timed out (no reply in
+time), 130 interrupted, 141 stdout closed early (``| head``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -33,9 +35,18 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..agent.ref import DELIVERY_MODES
-from ..errors import AgentError, ConfigurationError, ServerError, TransportError
+from ..errors import (
+    AgentError,
+    CallTimeout,
+    ConfigurationError,
+    ConnectError,
+    ServerError,
+    TransportError,
+    Unauthorized,
+)
 from ..wire.ids import parse_address
 from ..wire.subjects import DEFAULT_PREFIX, validate_prefix
+from . import connect
 
 if TYPE_CHECKING:
     from ..mesh import Mesh
@@ -48,6 +59,7 @@ __all__ = [
     "add_connection_options",
     "build_parser",
     "command",
+    "connection",
     "main",
     "open_mesh",
     "parse_params",
@@ -63,7 +75,9 @@ class Exit(enum.IntEnum):
     FAILED = 1
     USAGE = 2
     UNREACHABLE = 3
+    TIMEOUT = 4
     INTERRUPTED = 130
+    BROKEN_PIPE = 141  # 128 + SIGPIPE, as for a program the signal ended
 
 
 Runner = Callable[[argparse.Namespace], int]
@@ -130,9 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     verbose_help = "log to stderr (-v: info, -vv: debug)"
     parser.add_argument("-v", "--verbose", action="count", default=0, help=verbose_help)
     # Also accepted after the command; SUPPRESS keeps the global count when absent there.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _CommandParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=verbose_help)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     for cmd in sorted(_load_commands().values(), key=lambda c: c.name):
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description or cmd.help, parents=[common])
         cmd.configure(p)
@@ -140,8 +154,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """The parser of a subcommand: an unknown option is reported with the subcommand's
+    usage (argparse leaves it to the top-level parser, which shows its own)."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``natsagents`` command line; returns the exit code."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (``natsagents ls --json | head -1``). Point stdout at
+        # /dev/null so that the interpreter's final flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return Exit.BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -156,8 +195,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return Exit.USAGE
     try:
         return run(args)
+    except CallTimeout as exc:
+        _error(f"{exc.code}: {exc.message}")
+        if isinstance(getattr(args, "timeout", None), float):
+            _error(f"--timeout (here {args.timeout:g} s) sets how long to wait", "hint")
+        return Exit.TIMEOUT
     except AgentError as exc:
         _error(f"{exc.code}: {exc.message}")
+        if isinstance(exc, Unauthorized) and "its inbox" in exc.message and hasattr(args, "inbox_prefix"):
+            _error("--inbox-prefix _INBOX.USER: a user of 'natsagents auth' subscribes only to its own inbox", "hint")
         actions = exc.details.get("actions")
         if isinstance(actions, list):
             _error(f"{exc.agent or 'the agent'} has the actions: {', '.join(map(str, actions)) or '(none)'}", "hint")
@@ -170,6 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as exc:
         _error(exc.message)
         return Exit.USAGE
+    except ConnectError as exc:
+        _error(exc.message)
+        hint = _connect_hint(exc, getattr(args, "_servers_from", ""))
+        if hint:
+            _error(hint, "hint")
+        return Exit.UNREACHABLE
     except TransportError as exc:
         _error(exc.message)
         return Exit.UNREACHABLE
@@ -181,6 +233,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return Exit.INTERRUPTED
 
 
+_HINTS = {
+    "tls_untrusted": "--tls-ca FILE (or the context's ca) names the CA that signed the server's certificate",
+    "tls_client_cert": "--tls-cert FILE --tls-key FILE give a client certificate signed by a CA the server trusts",
+    "credentials": "check --creds, --nkey, --user/--password or --token (or the context's)",
+}
+
+
+def _connect_hint(exc: ConnectError, servers_from: str) -> str:
+    if exc.reason == "refused" and servers_from in ("default", "natsagents server"):
+        return "start a server with 'natsagents server', or give --servers, $NATS_URL or --context"
+    return _HINTS.get(exc.reason, "")
+
+
 def _error(message: str, label: str = "error") -> None:
     print(f"{label}: {message}", file=sys.stderr, flush=True)
 
@@ -188,6 +253,14 @@ def _error(message: str, label: str = "error") -> None:
 def _setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("asyncio").addFilter(_not_ssl_eof_noise)
+
+
+def _not_ssl_eof_noise(record: logging.LogRecord) -> bool:
+    """asyncio warns "returning true from eof_received() has no effect when using ssl" when
+    a TLS connection ends: nats-py upgrades its plain stream to TLS, whose protocol asyncio
+    then misjudges. Nothing is wrong; the warning would only alarm."""
+    return not record.getMessage().startswith("returning true from eof_received()")
 
 
 # -- shared helpers for commands ------------------------------------------------------
@@ -214,18 +287,14 @@ def _positive_int(text: str) -> int:
 
 
 def add_connection_options(parser: argparse.ArgumentParser, *, prefix: bool = True) -> None:
-    """``--servers``, ``--prefix`` and ``--connect-timeout``, for commands that connect."""
-    parser.add_argument(
-        "--servers",
-        metavar="URLS",
-        default=None,
-        help="comma-separated NATS URLs (default: $NATS_URL or nats://127.0.0.1:4222)",
-    )
+    """``--prefix`` and the connection options (servers, context, credentials, TLS, inbox
+    prefix, ``--connect-timeout``: :mod:`natsagents.cli.connect`), for commands that connect."""
     if prefix:
         parser.add_argument(
             "--prefix", default=DEFAULT_PREFIX, help=f"subject prefix of the mesh (default: {DEFAULT_PREFIX})"
         )
-    parser.add_argument(
+    group = connect.add_options(parser)
+    group.add_argument(
         "--connect-timeout",
         metavar="SECONDS",
         type=_positive_float,
@@ -234,13 +303,30 @@ def add_connection_options(parser: argparse.ArgumentParser, *, prefix: bool = Tr
     )
 
 
+def connection(args: argparse.Namespace) -> connect.Connection:
+    """The connection the options of :func:`add_connection_options` describe (files
+    checked); remembered on ``args`` for the messages of :func:`main`.
+
+    Raises:
+        ConfigurationError: see :func:`natsagents.cli.connect.resolve`.
+    """
+    resolved = connect.resolve(args)
+    args._servers_from = resolved.servers_from
+    return resolved
+
+
 def open_mesh(args: argparse.Namespace, **options: Any) -> AbstractAsyncContextManager[Mesh]:
-    """``Mesh.connect`` with the connection options of :func:`add_connection_options`."""
+    """``Mesh.connect`` with the connection options of :func:`add_connection_options`.
+
+    Fails fast (``fail_fast=True``) unless ``options`` say otherwise: a command does not
+    wait for a server that refuses connections, nor reconnect for long.
+    """
     from ..mesh import Mesh
 
     options.setdefault("prefix", validate_prefix(getattr(args, "prefix", DEFAULT_PREFIX)))
     options.setdefault("name", f"natsagents-cli-{os.getpid()}-{secrets.token_hex(2)}")
-    return Mesh.connect(args.servers, connect_timeout=args.connect_timeout, **options)
+    options.setdefault("fail_fast", True)
+    return Mesh.connect(**connection(args).mesh_options(), **options)
 
 
 def to_jsonable(value: Any, notes: set[str]) -> Any:
@@ -374,7 +460,7 @@ async def _deliver_async(
     configure=_message_options,
     description="Call ACTION of agent KIND/ID and print its result as JSON. With --delivery at_least_once or "
     "exactly_once the message goes through the durable inbox stream and a cluster node runs it. "
-    "Exit codes: 0 ok, 1 error reply, 2 bad usage, 3 NATS unreachable.",
+    "Exit codes: 0 ok, 1 error reply, 2 bad usage, 3 NATS unreachable, 4 no reply within --timeout.",
 )
 def _call(args: argparse.Namespace) -> int:
     return _deliver(args, accept_only=False)
@@ -387,7 +473,7 @@ def _call(args: argparse.Namespace) -> int:
     description="Send ACTION to agent KIND/ID; returns once the agent's mailbox accepted it and prints "
     "'accepted', or, with --delivery at_least_once or exactly_once, once the durable inbox stream stored it "
     "and prints 'stored' (a cluster node runs it later). With --wait it is a call: it prints the result as JSON. "
-    "Exit codes: 0 accepted, 1 error reply, 2 bad usage, 3 NATS unreachable.",
+    "Exit codes: 0 accepted, 1 error reply, 2 bad usage, 3 NATS unreachable, 4 timed out.",
 )
 def _send(args: argparse.Namespace) -> int:
     return _deliver(args, accept_only=True)
@@ -400,13 +486,30 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cluster", metavar="N", type=_positive_int, default=None, help="run an N-node JetStream cluster on loopback"
     )
-    parser.add_argument("--port", type=_positive_int, default=None, help="client port (default: a free port)")
+    parser.add_argument(
+        "--port", type=_positive_int, default=None, help=f"client port (default: {DEFAULT_PORT} if free, else any)"
+    )
     parser.add_argument("--monitor-port", type=_positive_int, default=None, help="monitoring port (default: free)")
     parser.add_argument("--name", default=None, help="server name (cluster: the cluster name)")
     parser.add_argument(
         "--store-dir", metavar="DIR", default=None, help="JetStream store directory, kept (default: a temporary one)"
     )
     parser.add_argument("--max-payload", metavar="BYTES", type=_positive_int, default=None, help="max message size")
+
+
+#: The client port ``natsagents server`` takes when it is free (NATS's usual port).
+DEFAULT_PORT = 4222
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether nothing listens on ``host:port`` (a bind succeeds)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 @contextmanager
@@ -430,7 +533,10 @@ def _stop_on_signals() -> Iterator[threading.Event]:
     help="run a local nats-server (or a loopback cluster) until Ctrl-C",
     configure=_server_options,
     description="Start nats-server with JetStream on loopback, print its URLs and run until "
-    "SIGINT or SIGTERM, then stop it.",
+    f"SIGINT or SIGTERM, then stop it. A single server listens on port {DEFAULT_PORT} if it is free, else on a free "
+    "port; its URLs go to a state file ($XDG_RUNTIME_DIR/natsagents/server.json, else "
+    "~/.cache/natsagents/server.json) where the other commands find them when no --servers, --context or "
+    "$NATS_URL says otherwise.",
 )
 def _server(args: argparse.Namespace) -> int:
     from ..server import NatsCluster, NatsServer
@@ -444,28 +550,48 @@ def _server(args: argparse.Namespace) -> int:
         )
         nodes = list(runner.servers)
     else:
-        runner = NatsServer(
-            port=args.port,
-            monitor_port=args.monitor_port,
-            name=args.name,
-            store_dir=args.store_dir,
-            max_payload=args.max_payload,
-        )
+        port = args.port
+        if port is None and args.monitor_port is None and port_is_free(DEFAULT_PORT):
+            port = DEFAULT_PORT
+        runner = _single_server(args, port)
         nodes = [runner]
     # Handlers go in before the start, so a signal during it still stops the servers.
     with _stop_on_signals() as stop:
         try:
-            runner.start()
+            try:
+                runner.start()
+            except ServerError:
+                if args.port is not None or not isinstance(runner, NatsServer) or runner.port != DEFAULT_PORT:
+                    raise
+                runner.stop()  # someone took 4222 since we looked: any free port then
+                runner = _single_server(args, None)
+                nodes = [runner]
+                runner.start()
+            urls = [node.url for node in nodes]
+            state = connect.write_server_state(urls)  # before printing: once printed, commands find it
             for node in nodes:
                 print(f"{node.name}  {node.url}  monitor {node.monitor_url}  store {node.store_dir}")
-            print(f"NATS_URL={','.join(node.url for node in nodes)}", flush=True)
-            print("running; Ctrl-C to stop", file=sys.stderr, flush=True)
+            print(f"NATS_URL={','.join(urls)}", flush=True)
+            print(f"running; Ctrl-C to stop (URLs in {state})", file=sys.stderr, flush=True)
             while not stop.wait(0.25):
                 dead = [node.name for node in nodes if not node.running]
                 if dead:
                     _error(f"nats-server {', '.join(dead)} exited unexpectedly")
                     return Exit.FAILED
         finally:
+            connect.remove_server_state()
             runner.stop()
     print("stopped", file=sys.stderr, flush=True)
     return Exit.OK
+
+
+def _single_server(args: argparse.Namespace, port: int | None) -> NatsServer:
+    from ..server import NatsServer
+
+    return NatsServer(
+        port=port,
+        monitor_port=args.monitor_port,
+        name=args.name,
+        store_dir=args.store_dir,
+        max_payload=args.max_payload,
+    )

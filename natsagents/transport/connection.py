@@ -37,6 +37,7 @@ from ..errors import (
 )
 from ..wire.envelope import encode_headers, parse_header_block
 from ..wire.subjects import is_reply_subject
+from .failures import Failure, classify
 from .settings import ConnectSettings
 
 __all__ = ["Inbound", "NoResponders", "Subscription", "Transport"]
@@ -331,6 +332,9 @@ class Transport:
         self.refused_replies = 0  # requests dropped, or replies not sent, for their reply subject
         self.permission_errors = 0  # publishes and subscriptions the server refused
         self._last_refusal_log = 0.0
+        self._reported: set[str] = set()  # failure reasons logged since the connection was lost
+        self._lost: Failure | None = None  # why the connection was lost (None: connected)
+        self._inbox_refused: str | None = None  # the server refused our inbox subscription: why
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -339,28 +343,35 @@ class Transport:
         """Connect to the first reachable server.
 
         Raises:
-            ConnectError: no server answered within ``connect_timeout``, or the
-                credentials were refused.
+            ConnectError: no server answered within ``connect_timeout``, the credentials
+                were refused, or (``fail_fast``) every server failed for good; its
+                ``reason`` says which.
         """
         errors: list[BaseException] = []
         auth_failed = asyncio.Event()
+        gave_up = asyncio.Event()  # fail_fast: every server failed for good
+        permanent = [0]  # consecutive attempts that failed for good (one server each)
         holder: list[Transport] = []
 
         async def error_cb(exc: Exception) -> None:
             if holder:
-                holder[0].last_error = exc
-                if not holder[0]._on_permission_error(exc):
-                    log.warning("NATS error: %s", exc)
+                holder[0]._on_error(exc)
                 return
             errors.append(exc)
             if _is_auth_error(exc):
                 auth_failed.set()
+            # nats-py tries the servers in turn: as many permanent failures in a row as
+            # there are servers means that each of them failed so.
+            permanent[0] = permanent[0] + 1 if classify(exc).permanent else 0
+            if settings.fail_fast and permanent[0] >= len(settings.servers):
+                gave_up.set()
 
         async def disconnected_cb() -> None:
             log.info("disconnected from NATS")
 
         async def reconnected_cb() -> None:
-            log.info("reconnected to NATS")
+            if holder:
+                holder[0]._on_reconnected()
 
         async def closed_cb() -> None:
             if holder:
@@ -376,7 +387,9 @@ class Transport:
             "closed_cb": closed_cb,
             "connect_timeout": max(1, int(settings.connect_timeout)),
             "reconnect_time_wait": settings.reconnect_wait,
-            "max_reconnect_attempts": settings.max_reconnect_attempts,
+            "max_reconnect_attempts": (
+                1 if settings.fail_fast and settings.max_reconnect_attempts < 0 else settings.max_reconnect_attempts
+            ),
             "tls": settings.tls,
             "tls_hostname": settings.tls_hostname,
             "inbox_prefix": settings.inbox_prefix,
@@ -398,30 +411,65 @@ class Transport:
 
         connect_task = asyncio.ensure_future(nc.connect(**kwargs))
         auth_task = asyncio.ensure_future(auth_failed.wait())
+        gave_up_task = asyncio.ensure_future(gave_up.wait())
         try:
             done, _ = await asyncio.wait(
-                {connect_task, auth_task},
+                {connect_task, auth_task, gave_up_task},
                 timeout=settings.connect_timeout,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         except BaseException:
-            await _abandon(nc, connect_task, auth_task)
+            await _abandon(nc, connect_task, auth_task, gave_up_task)
             raise
         if connect_task in done and connect_task.exception() is None:
             auth_task.cancel()
+            gave_up_task.cancel()
             transport = cls(nc, settings)
             holder.append(transport)
             return transport
         failure = connect_task.exception() if connect_task in done else None
-        await _abandon(nc, connect_task, auth_task)
-        cause = failure or (errors[-1] if errors else None)
+        await _abandon(nc, connect_task, auth_task, gave_up_task)
+        # NoServersError only says that nats-py stopped trying: the errors say why.
+        if failure is None or isinstance(failure, nats.errors.NoServersError):
+            failure = errors[-1] if errors else failure
         urls = ", ".join(settings.servers)
-        if auth_failed.is_set() or (cause is not None and _is_auth_error(cause)):
-            raise ConnectError(f"NATS at {urls} refused the credentials ({cause})") from cause
-        reason = f": {cause}" if cause else ""
-        raise ConnectError(
-            f"could not connect to NATS at {urls} within {settings.connect_timeout:g} s{reason}"
-        ) from cause
+        if auth_failed.is_set() or (failure is not None and _is_auth_error(failure)):
+            raise ConnectError(f"NATS at {urls} refused the credentials ({failure})", reason="credentials") from failure
+        if failure is None:
+            timeout = settings.connect_timeout
+            raise ConnectError(f"could not connect to NATS at {urls}: no answer within {timeout:g} s", reason="timeout")
+        why = classify(failure)
+        within = "" if why.permanent else f" within {settings.connect_timeout:g} s"
+        raise ConnectError(f"could not connect to NATS at {urls}{within}: {why.text}", reason=why.reason) from failure
+
+    def _on_error(self, exc: Exception) -> None:
+        """An error nats-py reports on a connection that was up: a permission violation,
+        or the connection lost and the reconnection attempts failing. Each reason is
+        logged once (as a sentence, with the URL) until the connection is back."""
+        self.last_error = exc
+        if self._on_permission_error(exc):
+            return
+        why = classify(exc)
+        if why.reason == "error":
+            log.warning("NATS error: %s", exc)
+            return
+        if self._lost is None or why.reason == "closed":
+            self._lost = why
+        if why.reason in self._reported:
+            log.debug("NATS connection: %s", why.text)
+            return
+        self._reported.add(why.reason)
+        url = self.connected_url or ", ".join(self.settings.servers)
+        if why.reason == "closed":
+            log.warning("lost the connection to NATS at %s: %s; reconnecting", url, why.text)
+        else:
+            log.warning("reconnecting to NATS at %s: %s; still trying", url, why.text)
+
+    def _on_reconnected(self) -> None:
+        # Loud when the loss was: a warning said the connection was lost.
+        (log.warning if self._reported else log.info)("reconnected to NATS at %s", self.connected_url)
+        self._reported.clear()
+        self._lost = None
 
     def _on_permission_error(self, exc: BaseException) -> bool:
         """A ``-ERR 'Permissions Violation for Publish to "<subject>"'`` from the server:
@@ -438,12 +486,31 @@ class Transport:
             failed = self._mux.fail_subject(
                 subject, Unauthorized(f"the NATS server does not allow this connection to publish to {subject}")
             )
-        log.warning("NATS refused to let this connection %s %s (%d request(s) ended)", op, subject, failed)
+        elif op == "subscription" and subject.startswith(self.settings.inbox_prefix.lower() + "."):
+            # Our own inbox: no reply can ever come. End the waiting requests, and refuse
+            # the next ones at once (a user whose permissions name its inbox: _INBOX.<user>).
+            self._inbox_refused = (
+                f"the NATS server does not allow this connection to subscribe to its inbox {subject}:"
+                f" its permissions allow another inbox prefix than {self.settings.inbox_prefix!r}"
+            )
+            if self._mux is not None:
+                failed = len(self._mux)
+                self._mux.fail_all(Unauthorized(self._inbox_refused))
+        verb = "publish to" if op == "publish" else "subscribe to"
+        log.warning("NATS refused to let this connection %s %s (%d request(s) ended)", verb, subject, failed)
         return True
 
     def _on_closed(self) -> None:
+        unexpected = not self._closed
         self._closed = True
-        if self._mux is not None:
+        if self._mux is None:
+            return
+        if unexpected and self._lost is not None:
+            # nats-py gave up reconnecting (fail_fast, or max_reconnect_attempts).
+            urls = ", ".join(self.settings.servers)
+            message = f"lost the connection to NATS at {urls} ({self._lost.text}) and no server took it back"
+            self._mux.fail_all(MeshClosed(message))
+        else:
             self._mux.fail_all(MeshClosed("the NATS connection closed"))
 
     @property
@@ -499,7 +566,8 @@ class Transport:
                     await self._nc.flush(timeout=max(1, int(self.settings.drain_timeout)))
         finally:
             if not self._nc.is_closed:
-                with contextlib.suppress(nats.errors.Error):
+                # A connection that died under us may still raise its socket error here.
+                with contextlib.suppress(nats.errors.Error, OSError):
                     await self._nc.close()
             if self._mux is not None:
                 self._mux.fail_all(MeshClosed("the NATS connection closed"))
@@ -638,6 +706,8 @@ class Transport:
         names it in a header).
 
         The wait raises CallTimeout after ``timeout`` seconds; MeshClosed when closed."""
+        if self._inbox_refused is not None:
+            raise Unauthorized(self._inbox_refused)
         mux = self._mux or await self._ensure_mux()
         token, fut = mux.register(timeout)
         subject = mux.prefix + token
@@ -689,6 +759,8 @@ class Transport:
         """
         if self._closed:
             raise MeshClosed("the NATS connection is closed")
+        if self._inbox_refused is not None:
+            raise Unauthorized(self._inbox_refused)
         block = encode_headers(headers) if isinstance(headers, Mapping) else (headers or b"")
         self.check_size(subject, block, payload)
         mux = self._mux or await self._ensure_mux()

@@ -107,6 +107,12 @@ class ConnectSettings:
         max_reconnect_attempts: attempts per server after a disconnect; ``-1`` forever.
         inbox_prefix: prefix of reply subjects (change it where permissions require).
         drain_timeout: seconds closing may spend draining subscriptions before it closes.
+        fail_fast: for short-lived clients (the CLI). Connecting fails at once when every
+            server fails for a reason waiting cannot cure (the connection is refused: nothing
+            listens; unknown host; TLS refused) instead of retrying until
+            ``connect_timeout``; after a lost connection each server gets one more try
+            (``max_reconnect_attempts``, if it is left at ``-1``) before the connection
+            closes, instead of reconnecting forever.
         reply_prefixes: the inbox prefixes (each ending with ``.``) of the reply subjects
             this connection answers requests on, besides its own ``inbox_prefix``. A
             request whose reply subject starts with none of them is dropped unanswered:
@@ -125,6 +131,7 @@ class ConnectSettings:
     inbox_prefix: str = "_INBOX"
     drain_timeout: float = 5.0
     reply_prefixes: tuple[str, ...] = ("_INBOX.",)
+    fail_fast: bool = False
 
     def __post_init__(self) -> None:
         if self.connect_timeout <= 0:

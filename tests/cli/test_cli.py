@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import json
 import os
 import signal
 import socket
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,9 @@ import pytest
 
 from natsagents import Agent, Mesh, __version__, action
 from natsagents.cli import main
-from natsagents.cli.main import parse_params, to_jsonable
+from natsagents.cli.main import parse_params, port_is_free, to_jsonable
 from natsagents.errors import ConfigurationError
+from natsagents.server import NatsServer
 from natsagents.testing import wait_for
 
 CLI = (sys.executable, "-m", "natsagents")
@@ -51,17 +54,27 @@ class CliCounter(Agent):
         raise RuntimeError("kaput")
 
 
-def _env() -> dict[str, str]:
+#: Where ``natsagents server`` run by the tests writes its state file (not the user's).
+RUNTIME_DIR = tempfile.mkdtemp(prefix="natsagents-test-run-")
+
+
+def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("NATS_URL", None)  # the tests always say which servers
+    env.pop("NATS_CONTEXT", None)
+    env["XDG_RUNTIME_DIR"] = RUNTIME_DIR
+    env.update(extra or {})
     return env
 
 
-async def run_cli(*args: str, within: float = 20.0, cwd: Path | None = None) -> tuple[int, str, str]:
-    """Run the CLI (or any ``python`` argv when ``args[0]`` ends in .py) and collect its output."""
+async def run_cli(
+    *args: str, within: float = 20.0, cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> tuple[int, str, str]:
+    """Run the CLI (or any ``python`` argv when ``args[0]`` ends in .py) and collect its output;
+    ``env``: variables to set on top of the test environment."""
     argv = (sys.executable, *args) if args[0].endswith(".py") else (*CLI, *args)
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(), cwd=cwd
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(env), cwd=cwd
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), within)
@@ -74,9 +87,9 @@ async def run_cli(*args: str, within: float = 20.0, cwd: Path | None = None) -> 
 
 
 @asynccontextmanager
-async def background(*argv: str) -> AsyncIterator[asyncio.subprocess.Process]:
+async def background(*argv: str, env: Mapping[str, str] | None = None) -> AsyncIterator[asyncio.subprocess.Process]:
     """A long-running child (stdout piped, stderr inherited); killed if still running at the end."""
-    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, env=_env())
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, env=_env(env))
     try:
         yield proc
     finally:
@@ -333,3 +346,124 @@ async def test_the_ledger_example_applies_each_payment_once_and_replays_its_dead
         "balance: 70",  # the replayed withdrawal ran after the deposit of 1000
     ]
     assert "dead-lettered after 3 attempt(s)" in err  # the owner logs it
+
+
+# -- failing fast and cleanly ---------------------------------------------------------
+
+
+class Napper(Agent):
+    """Sleeps in ``nap``; ``napping`` counts the naps under way (tests wait on it)."""
+
+    napping = 0
+
+    @action
+    async def nap(self, seconds: float) -> float:
+        Napper.napping += 1
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            Napper.napping -= 1
+        return seconds
+
+
+async def test_a_refused_connection_fails_at_once(tmp_path: Path) -> None:
+    """Every server refuses: no waiting for --connect-timeout (30 s here), exit 3, and a hint
+    when the URL was not given (the state file of a 'natsagents server' that is gone)."""
+    first, second = (f"nats://127.0.0.1:{free_port()}" for _ in range(2))
+    state = tmp_path / "natsagents" / "server.json"
+    state.parent.mkdir()
+    state.write_text(json.dumps({"pid": os.getpid(), "urls": [first]}))  # a live pid: this test
+    started = time.monotonic()
+    given, from_env, from_state = await asyncio.gather(
+        run_cli("call", "CliCounter/c-1", "add", "--servers", f"{first},{second}", "--connect-timeout", "30"),
+        run_cli("dlq", "ls", "--connect-timeout", "30", env={"NATS_URL": second}),
+        run_cli("ls", "--connect-timeout", "30", env={"XDG_RUNTIME_DIR": str(tmp_path)}),
+    )
+    assert time.monotonic() - started < 10
+    for rc, out, err in (given, from_env, from_state):
+        assert (rc, out) == (3, ""), err
+        assert "the connection was refused: no server listens there" in err
+    assert f"could not connect to NATS at {first}, {second}: the connection was refused" in given[2]
+    assert "hint:" not in given[2] and "hint:" not in from_env[2]
+    assert f"error: could not connect to NATS at {first}" in from_state[2]
+    assert "hint: start a server with 'natsagents server'" in from_state[2]
+
+
+async def test_a_call_that_times_out_exits_4(mesh: Mesh, nats_url: str, mesh_prefix: str) -> None:
+    await mesh.host(Napper)
+    conn = ("--servers", nats_url, "--prefix", mesh_prefix)
+    rc, out, err = await run_cli("call", "Napper/t", "nap", "-p", "seconds=1", "--timeout", "0.3", *conn)
+    assert (rc, out) == (4, "")
+    assert err.startswith(f"error: timeout: no reply from {mesh_prefix}.agent.Napper.t within")
+    assert "hint: --timeout (here 0.3 s) sets how long to wait" in err
+    rc, out, _ = await run_cli("call", "Napper/t", "nap", "-p", "seconds=0", *conn)
+    assert (rc, out) == (0, "0.0\n")
+
+
+async def test_a_dead_server_ends_the_command_with_a_sentence(mesh_prefix: str) -> None:
+    """The server dies while a call waits: exit 3 at once, saying so (before: the call waited
+    for its timeout under 'NATS error: nats: unexpected EOF' lines, then a traceback)."""
+    server = NatsServer().start()
+    try:
+        async with Mesh.connect(server.url, prefix=mesh_prefix, stop_timeout=0.5, drain_timeout=1.0) as host:
+            await host.host(Napper)
+            argv = ("call", "Napper/d", "nap", "-p", "seconds=60", "--timeout", "60")
+            call = asyncio.ensure_future(run_cli(*argv, "--servers", server.url, "--prefix", mesh_prefix, within=30))
+            await wait_for(lambda: Napper.napping == 1, what="the call is running")
+            server.kill()
+            started = time.monotonic()
+            rc, out, err = await call
+            assert time.monotonic() - started < 10
+    finally:
+        server.stop()
+    assert (rc, out) == (3, ""), err
+    assert f"error: lost the connection to NATS at {server.url} (the server closed the connection)" in err
+    assert "unexpected EOF" not in err and "Traceback" not in err
+
+
+async def test_a_closed_stdout_ends_quietly(hosted: tuple[str, ...]) -> None:
+    """``natsagents ... | head -1``: the reader is gone before the output; exit 141, no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *CLI, "call", "CliCounter/p", "echo", "-p", "name=x", *hosted,
+            stdout=write_end, stderr=asyncio.subprocess.PIPE, env=_env(),
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert (proc.returncode, err.decode()) == (141, "")
+
+
+def test_an_unknown_option_prints_the_subcommands_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, usage in (
+        (["ls", "--bogus"], "usage: natsagents ls "),
+        (["call", "Counter/x", "add", "--bogus", "1"], "usage: natsagents call "),
+        (["dlq", "ls", "--limit", "3", "--bogus"], "usage: natsagents dlq ls "),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(usage) and "error: unrecognized arguments: --bogus" in err, err
+
+
+async def test_server_then_ls_finds_the_server(tmp_path: Path) -> None:
+    """'natsagents server' takes 4222 when it is free, else another port; either way it
+    writes its URL where 'ls' without --servers finds it."""
+    env = {"XDG_RUNTIME_DIR": str(tmp_path)}
+    state = tmp_path / "natsagents" / "server.json"
+    with socket.socket() as blocker:
+        with contextlib.suppress(OSError):  # 4222 is taken: by this test if nobody else has it
+            blocker.bind(("127.0.0.1", 4222))
+            blocker.listen()
+        assert not port_is_free(4222)
+        async with background(*CLI, "server", env=env) as proc:
+            url = (await read_until(proc, "NATS_URL="))[-1].removeprefix("NATS_URL=")
+            assert not url.endswith(":4222")
+            assert json.loads(state.read_text())["urls"] == [url]
+            rc, out, err = await run_cli("ls", env=env)
+            assert (rc, out, err) == (0, "no active agents\n", "")
+            proc.send_signal(signal.SIGINT)
+            assert await asyncio.wait_for(proc.wait(), 15) == 0
+    assert not state.exists()
+    assert port_is_free(free_port())

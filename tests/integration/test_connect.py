@@ -101,6 +101,23 @@ async def test_unreachable_server() -> None:
     assert url in str(info.value)
 
 
+async def test_fail_fast_gives_up_at_once_when_every_server_refuses() -> None:
+    urls = [f"nats://127.0.0.1:{_free_port()}" for _ in range(2)]
+    started = time.perf_counter()
+    with pytest.raises(na.ConnectError) as info:
+        await Mesh.connect(urls, connect_timeout=30, fail_fast=True)
+    assert time.perf_counter() - started < 3.0
+    assert info.value.reason == "refused"
+    assert (
+        str(info.value)
+        == f"could not connect to NATS at {', '.join(urls)}: the connection was refused: no server listens there"
+    )
+    with pytest.raises(na.ConnectError) as info:  # an unknown host cannot heal by waiting either
+        await Mesh.connect("nats://no-such-host.invalid:4222", connect_timeout=30, fail_fast=True)
+    assert info.value.reason == "unknown_host" and "unknown host" in str(info.value)
+    assert time.perf_counter() - started < 6.0
+
+
 def test_auth_validation(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(na.ConfigurationError):
         Auth()
