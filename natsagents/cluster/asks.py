@@ -30,6 +30,7 @@ from ..wire import codec, envelope
 from ..wire import headers as h
 from ..wire.activation import activation_request, parse_activation_request
 from ..wire.ids import encode_id, validate_kind
+from ..wire.owner import owner_mac
 from ..wire.subjects import node_subject
 from .placement import Hints, Resources
 
@@ -195,18 +196,32 @@ def parse_adopt(body: object) -> tuple[str, ActivationAsk]:
     return kind, ask
 
 
-class NodeClient:
-    """Sends control requests to nodes (``<prefix>.node.<node>.<op>``)."""
+#: Control operations only a cluster node may ask for: signed with the owner key
+#: (``wire.owner``), refused ``unauthorized`` otherwise. ``adopt`` carries an agent's state
+#: (a forged one would write any state into any agent); ``activate`` places an agent here.
+NODE_OPS = frozenset({"activate", "adopt"})
 
-    def __init__(self, transport: Transport, prefix: str) -> None:
+
+class NodeClient:
+    """Sends control requests to nodes (``<prefix>.node.<node>.<op>``); those of
+    :data:`NODE_OPS` signed with the cluster's owner key (``owner_key()``, once known)."""
+
+    def __init__(self, transport: Transport, prefix: str, owner_key: Callable[[], bytes | None] = lambda: None) -> None:
         self._t = transport
         self.prefix = prefix
+        self._owner_key = owner_key
 
     async def request(self, node: str, op: str, body: dict[str, Any], timeout: float) -> Any:
         """One control request to ``node``. Raises: NoResponders, AgentError subclasses."""
-        msg = await self._t.request(
-            node_subject(self.prefix, node, op), codec.encode(body), headers=_PROTO, timeout=max(timeout, 0.001)
-        )
+        subject = node_subject(self.prefix, node, op)
+        data = codec.encode(body)
+        headers: bytes | dict[str, str] = _PROTO
+        key = self._owner_key() if op in NODE_OPS else None
+        if key is not None:
+            hdrs = {h.PROTO: h.PROTO_VERSION, h.MESSAGE_ID: envelope.new_message_id()}
+            hdrs[h.OWNER_MAC] = owner_mac(key, subject, hdrs, data)
+            headers = hdrs
+        msg = await self._t.request(subject, data, headers=headers, timeout=max(timeout, 0.001))
         return envelope.parse_reply(msg.headers, msg.data)
 
     async def activate(self, node: str, kind: str, ask: ActivationAsk, timeout: float) -> str:

@@ -12,13 +12,15 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..errors import AgentError, BadRequest, ConfigurationError, NatsAgentsError, ProtocolError
+from ..errors import AgentError, BadRequest, ConfigurationError, NatsAgentsError, ProtocolError, Unauthorized
 from ..tasks import TaskGroup
 from ..transport import Inbound, Subscription, Transport
 from ..wire import codec
+from ..wire import headers as h
 from ..wire.ids import validate_kind
+from ..wire.owner import verify_owner_mac
 from ..wire.subjects import node_subject
-from .asks import answer, parse_ask, start_error
+from .asks import NODE_OPS, answer, parse_ask, start_error
 from .migration import Migration
 from .placing import Placing
 
@@ -54,8 +56,10 @@ class ControlServer:
         info: Callable[[], dict[str, Any]],
         traceback: Callable[[BaseException], str | None],
         tasks: TaskGroup,
+        owner_key: Callable[[], bytes | None] = lambda: None,
     ) -> None:
         self._t = transport
+        self._owner_key = owner_key
         self._subject = node_subject(prefix, node_id, "*")
         self._queue_timeout = queue_timeout
         self._placing = placing
@@ -83,6 +87,8 @@ class ControlServer:
         op = msg.subject.rsplit(".", 1)[-1]
         result: Any
         try:
+            if op in NODE_OPS and not verify_owner_mac(self._owner_key(), msg.subject, msg.headers or {}, msg.data):
+                raise Unauthorized(f"node operation {op!r} is accepted from cluster nodes only (a valid {h.OWNER_MAC})")
             body = codec.decode(msg.data) if msg.data else {}
             if op == "activate":
                 result = await self._activate(body)

@@ -89,7 +89,7 @@ class ClusterNode:
         self.directory = Directory(transport, prefix)
         self.state = StateStore(transport, prefix, max_size=settings.max_state_bytes)
         self.placer = Placer(weights=settings.score_weights)
-        self._client = NodeClient(transport, prefix)
+        self._client = NodeClient(transport, prefix, lambda: self.owner_key)
         self._roster = roster = Roster(local, host, self.membership, self.directory)
         self._ownership = Ownership(
             local, host, self.directory, self.state, is_live=roster.is_live, metrics=metrics, tasks=self._tasks
@@ -140,6 +140,7 @@ class ClusterNode:
             info=self.info,
             traceback=host.traceback,
             tasks=self._tasks,
+            owner_key=lambda: self.owner_key,
         )
         self._leader: LeaderLease | None = None
         self.owner_key: bytes | None = None

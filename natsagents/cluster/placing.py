@@ -187,6 +187,15 @@ class Placing:
                         raise
                     problem = exc.message
                     if address not in self._local.queued:
+                        if len(self._local.queued) >= self._settings.max_queued:
+                            raise ClusterAtCapacity(
+                                f"{exc.message}; and {self._local.node_id} already holds"
+                                f" {len(self._local.queued)} placements waiting (max_queued)",
+                                agent=address,
+                                kind=kind,
+                                needs=exc.needs,
+                                rejected={**refused, **exc.rejected},
+                            ) from None
                         self._local.queued[address] = time.time()
                         self._metrics.queued_placements.set(len(self._local.queued))
                         log.info("queued %s: %s", address, exc.message)

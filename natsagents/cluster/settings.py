@@ -64,6 +64,9 @@ class ClusterSettings:
         imbalance: the rebalancer acts once a node is this fraction off its share.
         queue_timeout: seconds a placement may wait for capacity when the request has
             no deadline.
+        max_queued: placements this node holds waiting for capacity at most; one more
+            is refused at once with ``at_capacity`` (a peer asking for impossible needs
+            with long deadlines would otherwise pile them up).
         handoff_on_close: on close, migrate ``permanent`` agents to other nodes instead
             of only stopping them.
         max_state_bytes: largest encoded agent state (default: what one message allows).
@@ -84,6 +87,7 @@ class ClusterSettings:
     rebalance_strategy: str = "checkpoint_restore"
     imbalance: float = 0.1
     queue_timeout: float = 30.0
+    max_queued: int = 1000
     handoff_on_close: bool = True
     max_state_bytes: int | None = None
     delivery: DeliverySettings | None = field(default_factory=DeliverySettings)
@@ -103,6 +107,8 @@ class ClusterSettings:
             raise ConfigurationError(f"rebalance_strategy must be one of {STRATEGIES}")
         if not self.queue_timeout > 0:
             raise ConfigurationError("queue_timeout must be > 0")
+        if type(self.max_queued) is not int or self.max_queued < 0:
+            raise ConfigurationError(f"max_queued must be an int >= 0, not {self.max_queued!r}")
         if not 0 <= self.imbalance < 1:
             raise ConfigurationError("imbalance must be within [0, 1)")
         capacity = self.capacity

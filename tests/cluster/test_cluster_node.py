@@ -566,7 +566,7 @@ async def test_a_joining_node_receives_its_share(mesh_factory: Any) -> None:
 
 
 async def test_malformed_control_and_activation_requests_get_bad_request(mesh_factory: Any, mesh_prefix: str) -> None:
-    from natsagents.errors import BadRequest
+    from natsagents.errors import BadRequest, Unauthorized
     from natsagents.wire import envelope
 
     (n1,) = await nodes(mesh_factory, "n1")
@@ -577,9 +577,12 @@ async def test_malformed_control_and_activation_requests_get_bad_request(mesh_fa
         msg = await transport.request(subject, data, timeout=5)
         return envelope.parse_reply(msg.headers, msg.data)
 
-    for op in ("migrate", "adopt", "activate", "bogus"):
+    for op in ("migrate", "bogus"):
         with pytest.raises(BadRequest):
             await raw(f"{mesh_prefix}.node.n1.{op}", b"\xc1")  # not msgpack
+    for op in ("adopt", "activate"):  # node-to-node only: unsigned, refused before the body is read
+        with pytest.raises(Unauthorized, match="cluster nodes only"):
+            await raw(f"{mesh_prefix}.node.n1.{op}", b"\xc1")
     bad_bodies: list[tuple[str, Any]] = [
         ("migrate", {"kind": "Counter"}),
         ("migrate", ["not", "a", "map"]),

@@ -5,12 +5,13 @@ Before: no cap; 200,000 distinct ids were all activated in 11 s and stayed."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import pytest
 
-from natsagents import ClusterAtCapacity, ClusterSettings, ConfigurationError, Mesh
+from natsagents import Agent, ClusterAtCapacity, ClusterSettings, ConfigurationError, Mesh, action
 from natsagents.testing import wait_for
 from tests.agents import Counter
 
@@ -56,3 +57,36 @@ def test_max_agents_must_be_a_positive_int() -> None:
     for bad in (0, -1, 1.5, "10", True):
         with pytest.raises(ConfigurationError):
             Mesh.connect("nats://127.0.0.1:1", max_agents=bad)  # type: ignore[arg-type]
+
+
+class Gpu(Agent):
+    resources = {"custom": {"gpu": 1}}
+
+    @action
+    async def ping(self) -> str:
+        return self.id
+
+
+async def test_a_node_holds_at_most_max_queued_placements(mesh_factory: Any) -> None:
+    """Before: 3,000 queued placements with impossible needs were all held (an idle node at
+    38 % of a core)."""
+    settings = ClusterSettings(node_id="q1", lease=1.5, rebalance=False, delivery=None, max_queued=2)
+    node: Mesh = await mesh_factory(name="q1", cluster=settings)  # no gpu at all
+    await node.host(Gpu)
+    waiting = [asyncio.ensure_future(node.spawn(f"Gpu/w{i}", timeout=20)) for i in range(2)]
+    try:
+
+        async def both_queued() -> bool:
+            return len(node.cluster_node.info()["queued"]) == 2
+
+        await wait_for(both_queued, timeout=10, what="two placements queued")
+        started = time.monotonic()
+        with pytest.raises(ClusterAtCapacity, match="max_queued"):
+            await node.spawn("Gpu/third", timeout=20)
+        assert time.monotonic() - started < 2.0  # refused at once, not after its 20 s
+    finally:
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+    with pytest.raises(ConfigurationError):
+        ClusterSettings(max_queued=-1)

@@ -369,3 +369,22 @@ async def test_a_message_id_used_by_another_caller_does_not_hand_over_its_reply(
     again = await sniffer.request(subject, msgpack.packb({"by": 0}), headers=headers, timeout=5)
     assert again.headers["Na-Status"] == "ok" and msgpack.unpackb(again.data) == 5
     assert await ref.call("get") == 5
+
+
+async def test_node_only_control_operations_refuse_an_outsider(
+    mesh_factory: Any, mesh_prefix: str, sniffer: Any
+) -> None:
+    """``adopt`` carries an agent's state and ``activate`` places an agent: only a cluster
+    node (signing with the owner key) may ask. Before: any peer's ``adopt`` with a forged
+    transfer was taken."""
+    node = await a_node(mesh_factory)
+    ref = node.ref("Counter/vault")
+    assert await ref.call("add", by=5) == 5
+    forged = {"kind": "Counter", "id": "vault", "strategy": "state_transfer", "transfer": {"data": {"n": 10**6}}}
+    for op, body in (("adopt", forged), ("activate", {"kind": "Counter", "id": "elsewhere"})):
+        reply = await sniffer.request(
+            node_subject(mesh_prefix, "n1", op), msgpack.packb(body), headers={"Na-Proto": "1"}, timeout=5
+        )
+        assert reply.headers["Na-Status"] == "unauthorized", (op, reply.headers)
+    assert await ref.call("get") == 5
+    assert node.local_agent("Counter/elsewhere") is None
