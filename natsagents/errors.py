@@ -50,9 +50,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
 
 __all__ = [
+    "ALREADY_APPLIED",
+    "AT_CAPACITY",
+    "BAD_REQUEST",
+    "CIRCUIT_OPEN",
+    "HANDLER_ERROR",
+    "NOT_FOUND",
+    "OVERLOADED",
+    "PAYLOAD_TOO_LARGE",
+    "TIMEOUT",
+    "UNAUTHORIZED",
+    "UNAVAILABLE",
+    "UNKNOWN_ACTION",
     "ActionDefinitionError",
     "AgentError",
     "AgentNotFound",
@@ -85,6 +97,22 @@ __all__ = [
     "UnknownAction",
     "error_for_code",
 ]
+
+
+# -- error codes (protocol §6.3): the only place these strings are written ------------------
+
+BAD_REQUEST: Final = "bad_request"
+UNKNOWN_ACTION: Final = "unknown_action"
+NOT_FOUND: Final = "not_found"
+HANDLER_ERROR: Final = "handler_error"
+TIMEOUT: Final = "timeout"
+OVERLOADED: Final = "overloaded"
+UNAVAILABLE: Final = "unavailable"
+PAYLOAD_TOO_LARGE: Final = "payload_too_large"
+UNAUTHORIZED: Final = "unauthorized"
+AT_CAPACITY: Final = "at_capacity"
+CIRCUIT_OPEN: Final = "circuit_open"
+ALREADY_APPLIED: Final = "already_applied"
 
 
 class NatsAgentsError(Exception):
@@ -244,55 +272,55 @@ class AgentError(NatsAgentsError):
 class BadRequest(AgentError, ValueError):
     """The request was malformed: undecodable body, bad headers, invalid parameters."""
 
-    code = "bad_request"
+    code = BAD_REQUEST
 
 
 class UnknownAction(AgentError):
     """The agent kind has no such action."""
 
-    code = "unknown_action"
+    code = UNKNOWN_ACTION
 
 
 class AgentNotFound(AgentError):
     """The agent does not exist and cannot be activated."""
 
-    code = "not_found"
+    code = NOT_FOUND
 
 
 class HandlerError(AgentError):
     """The action handler raised; ``remote_traceback`` holds its traceback text."""
 
-    code = "handler_error"
+    code = HANDLER_ERROR
 
 
 class CallTimeout(AgentError, TimeoutError):
     """The deadline passed before a reply arrived (or before the host ran the message)."""
 
-    code = "timeout"
+    code = TIMEOUT
 
 
 class Overloaded(AgentError):
     """The agent's mailbox (or a bulkhead) is full; the message was not accepted."""
 
-    code = "overloaded"
+    code = OVERLOADED
 
 
 class Unavailable(AgentError):
     """No host serves the agent's kind, or the mesh is shutting down."""
 
-    code = "unavailable"
+    code = UNAVAILABLE
 
 
 class PayloadTooLarge(AgentError, ValueError):
     """Headers plus payload exceed the server's ``max_payload``."""
 
-    code = "payload_too_large"
+    code = PAYLOAD_TOO_LARGE
 
 
 class Unauthorized(AgentError, PermissionError):
     """The caller is not allowed to call this agent or action."""
 
-    code = "unauthorized"
+    code = UNAUTHORIZED
 
 
 class ClusterAtCapacity(AgentError):
@@ -304,7 +332,7 @@ class ClusterAtCapacity(AgentError):
         rejected: node id → why it was not chosen (read-only).
     """
 
-    code = "at_capacity"
+    code = AT_CAPACITY
 
     def __init__(
         self,
@@ -343,7 +371,7 @@ class CircuitOpen(AgentError):
     """The caller's circuit breaker for this destination is open: the call failed at once
     and nothing was sent. ``details``: ``destination``, ``retry_after`` (seconds)."""
 
-    code = "circuit_open"
+    code = CIRCUIT_OPEN
 
 
 class AlreadyApplied(AgentError):
@@ -351,7 +379,7 @@ class AlreadyApplied(AgentError):
     activation that knows the request was applied by an earlier activation of the agent,
     which stopped before answering. The effect happened once; the result is lost."""
 
-    code = "already_applied"
+    code = ALREADY_APPLIED
 
 
 _BY_CODE: dict[str, type[AgentError]] = {

@@ -14,7 +14,19 @@ import time
 from collections import deque
 from typing import Any, Protocol
 
-from ..errors import AgentError, NatsAgentsError, ProtocolError
+from ..errors import (
+    ALREADY_APPLIED,
+    BAD_REQUEST,
+    NOT_FOUND,
+    PAYLOAD_TOO_LARGE,
+    TIMEOUT,
+    UNAUTHORIZED,
+    UNAVAILABLE,
+    UNKNOWN_ACTION,
+    AgentError,
+    NatsAgentsError,
+    ProtocolError,
+)
 from ..observability import Metrics
 from ..runtime.caller import Caller
 from ..runtime.exactly_once import SETTLED
@@ -36,10 +48,10 @@ __all__ = ["PERMANENT", "Owner", "Partition"]
 log = logging.getLogger("natsagents.delivery")
 
 #: Error codes that no retry can fix: the message goes to the dead letters at once.
-PERMANENT = frozenset({"bad_request", "unknown_action", "not_found", "payload_too_large", "unauthorized"})
+PERMANENT = frozenset({BAD_REQUEST, UNKNOWN_ACTION, NOT_FOUND, PAYLOAD_TOO_LARGE, UNAUTHORIZED})
 #: Codes a whole batch may be refused with because of batching itself (a host without
 #: §15.4, or a batch over max_payload): the kind's messages then go one by one.
-_NO_BATCHES = frozenset({"bad_request", "unknown_action", "payload_too_large"})
+_NO_BATCHES = frozenset({BAD_REQUEST, UNKNOWN_ACTION, PAYLOAD_TOO_LARGE})
 #: Most bytes (bodies and headers) of the messages one batch request carries.
 _BATCH_BYTES = 256 * 1024
 
@@ -288,20 +300,20 @@ class Partition:
         the stream as a duplicate, and hosts need not check freshness (protocol §15.2)."""
         headers = msg.headers or {}
         if reply_to and not self.o.transport.may_answer(reply_to):
-            return "bad_request", f"{h.REPLY_TO} {reply_to[:120]!r} is not an inbox subject"
+            return BAD_REQUEST, f"{h.REPLY_TO} {reply_to[:120]!r} is not an inbox subject"
         if h.BATCH in headers:
-            return "bad_request", f"{h.BATCH} is set by partition owners only, not on a stored message"
+            return BAD_REQUEST, f"{h.BATCH} is set by partition owners only, not on a stored message"
         if is_signed(headers):
             expires = expires_of(headers)
             stored_ms = int(msg.timestamp * 1000)
             if expires is None:
-                return "unauthorized", f"malformed caller signature: {h.CALLER_EXPIRES} must be Unix ms"
+                return UNAUTHORIZED, f"malformed caller signature: {h.CALLER_EXPIRES} must be Unix ms"
             if headers.get("Nats-Msg-Id") != headers.get(h.MESSAGE_ID):
-                return "unauthorized", f"a signed durable message is stored with Nats-Msg-Id = its {h.MESSAGE_ID}"
+                return UNAUTHORIZED, f"a signed durable message is stored with Nats-Msg-Id = its {h.MESSAGE_ID}"
             if expires <= stored_ms:
-                return "unauthorized", f"the caller signature had expired {stored_ms - expires} ms before it was stored"
+                return UNAUTHORIZED, f"the caller signature had expired {stored_ms - expires} ms before it was stored"
             if expires > stored_ms + int(self.o.settings.duplicate_window * 1000):
-                return "unauthorized", (
+                return UNAUTHORIZED, (
                     f"the caller signature was valid for longer than the inbox's duplicate window "
                     f"({self.o.settings.duplicate_window:g} s) when it was stored"
                 )
@@ -371,7 +383,7 @@ class Partition:
             await self._process(head, first=(exc.code, exc.message, None), attempt=attempt_first)
             return 1
         except NatsAgentsError as exc:
-            await self._process(head, first=("unavailable", str(exc), None), attempt=attempt_first)
+            await self._process(head, first=(UNAVAILABLE, str(exc), None), attempt=attempt_first)
             return 1
         code = (reply.headers or {}).get(h.STATUS, h.STATUS_OK)
         if code in _NO_BATCHES:
@@ -385,7 +397,7 @@ class Partition:
                 raise ProtocolError("no item answered")
         except ProtocolError as exc:
             text = f"malformed batch reply: {exc}"
-            await self._process(head, first=("unavailable", text, None), attempt=attempt_first)
+            await self._process(head, first=(UNAVAILABLE, text, None), attempt=attempt_first)
             return 1
         for i, (rh, rb) in enumerate(answers):
             msg = msgs[i]
@@ -395,7 +407,7 @@ class Partition:
                 if reply_to:
                     await self._answer(reply_to, rh, rb)
                 await self._ack(msg)
-                o.metrics.durable.labels(kind, "ok" if item_code == h.STATUS_OK else "already_applied").inc()
+                o.metrics.durable.labels(kind, "ok" if item_code == h.STATUS_OK else ALREADY_APPLIED).inc()
                 continue
             await self._process(msg, first=(item_code, "", _Reply(rh, rb)), attempt=max(0, msg.num_delivered - 1) + 1)
             return i + 1
@@ -417,7 +429,7 @@ class Partition:
         try:
             agent_id = decode_id(token)
         except NatsAgentsError as exc:
-            await self._dead(msg, hdrs, reply_to, "bad_request", str(exc), 1, None)
+            await self._dead(msg, hdrs, reply_to, BAD_REQUEST, str(exc), 1, None)
             return
         subject = agent_subject(o.prefix, kind, agent_id)
         if o.owner_key is not None:
@@ -435,7 +447,7 @@ class Partition:
                     msg,
                     hdrs,
                     reply_to,
-                    "unavailable",
+                    UNAVAILABLE,
                     f"delivered {attempt} times without an answer: its handler may be crashing its host",
                     attempt,
                     None,
@@ -447,7 +459,7 @@ class Partition:
         while True:
             if first is None and expires.isdigit() and time.time() * 1000 >= int(expires):
                 await self._dead(
-                    msg, hdrs, reply_to, "timeout", "its message_ttl passed before it could run", attempt, None
+                    msg, hdrs, reply_to, TIMEOUT, "its message_ttl passed before it could run", attempt, None
                 )
                 return
             attempt += 1
@@ -468,12 +480,12 @@ class Partition:
                 except AgentError as exc:
                     code, text = exc.code, exc.message
                 except NatsAgentsError as exc:
-                    code, text = "unavailable", str(exc)
+                    code, text = UNAVAILABLE, str(exc)
             if code in SETTLED:
                 if reply_to:
                     await self._answer(reply_to, reply.headers, reply.data)
                 await self._ack(msg)
-                o.metrics.durable.labels(kind, "ok" if code == h.STATUS_OK else "already_applied").inc()
+                o.metrics.durable.labels(kind, "ok" if code == h.STATUS_OK else ALREADY_APPLIED).inc()
                 return
             if code in PERMANENT or attempt >= s.max_deliver:
                 await self._dead(msg, hdrs, reply_to, code, text or _error_text(reply), attempt, reply)

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..errors import CircuitOpen, ConfigurationError
+from ..errors import AT_CAPACITY, OVERLOADED, TIMEOUT, UNAVAILABLE, CircuitOpen, ConfigurationError
 
 __all__ = ["BreakerSettings", "Breakers", "CircuitState"]
 
@@ -50,7 +50,7 @@ class BreakerSettings:
     reset_timeout: float = 5.0
     half_open_calls: int = 1
     scope: str = "agent"
-    failure_codes: frozenset[str] = field(default=frozenset({"timeout", "unavailable", "overloaded", "at_capacity"}))
+    failure_codes: frozenset[str] = field(default=frozenset({TIMEOUT, UNAVAILABLE, OVERLOADED, AT_CAPACITY}))
     max_destinations: int = 10_000
 
     def __post_init__(self) -> None:

@@ -20,12 +20,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from ..errors import ConfigurationError
+from ..errors import AT_CAPACITY, CIRCUIT_OPEN, OVERLOADED, TIMEOUT, UNAVAILABLE, ConfigurationError
 
 __all__ = ["NOT_RUN", "RetryPolicy"]
 
 #: Error codes that mean the message did not run (safe to repeat for any action).
-NOT_RUN: frozenset[str] = frozenset({"overloaded", "unavailable", "circuit_open", "at_capacity", "timeout"})
+NOT_RUN: frozenset[str] = frozenset({OVERLOADED, UNAVAILABLE, CIRCUIT_OPEN, AT_CAPACITY, TIMEOUT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +50,7 @@ class RetryPolicy:
     multiplier: float = 2.0
     jitter: float = 0.5
     attempt_timeout: float | None = None
-    retry_on: frozenset[str] = field(default=frozenset({"overloaded", "unavailable", "timeout", "circuit_open"}))
+    retry_on: frozenset[str] = field(default=frozenset({OVERLOADED, UNAVAILABLE, TIMEOUT, CIRCUIT_OPEN}))
 
     def __post_init__(self) -> None:
         if type(self.max_attempts) is not int or self.max_attempts < 1:

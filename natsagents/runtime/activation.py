@@ -9,7 +9,7 @@ from collections import deque
 from typing import Any, NamedTuple, Protocol
 
 from ..agent.base import Agent
-from ..errors import ProtocolError
+from ..errors import BAD_REQUEST, OVERLOADED, TIMEOUT, UNAUTHORIZED, UNAVAILABLE, ProtocolError
 from ..transport import Inbound, Subscription
 from ..wire import envelope
 from ..wire import headers as h
@@ -164,20 +164,20 @@ class Activation:
 
     def deliver(self, msg: Inbound) -> None:
         if self.state is not ActivationState.ACTIVE:
-            self.host.replies.refuse(self, msg, "unavailable", "the agent is stopping", retry=True)
+            self.host.replies.refuse(self, msg, UNAVAILABLE, "the agent is stopping", retry=True)
             return
         hdrs = msg.headers
         if hdrs is not None:
             if h.STREAM_SEQ in hdrs or h.BATCH in hdrs:
                 # Owner-only orders (exactly-once sequences, batches): signed or refused.
                 if h.BATCH in hdrs and h.REPLY_MODE in hdrs:  # a batch is answered once, with its results
-                    self.host.replies.refuse(self, msg, "bad_request", f"a batch takes no {h.REPLY_MODE}")
+                    self.host.replies.refuse(self, msg, BAD_REQUEST, f"a batch takes no {h.REPLY_MODE}")
                     return
                 if not verify_owner_mac(self.host.owner_key, msg.subject, hdrs, msg.data):
                     self.host.replies.refuse(
                         self,
                         msg,
-                        "unauthorized",
+                        UNAUTHORIZED,
                         f"{h.STREAM_SEQ} and {h.BATCH} are accepted from partition owners only (a valid {h.OWNER_MAC})",
                     )
                     return
@@ -185,11 +185,11 @@ class Activation:
                 self.host.replies.replay(self, msg)  # a question about an earlier message: nothing runs
                 return
         if len(self.mailbox) + self.busy >= self.capacity:
-            self.host.replies.refuse(self, msg, "overloaded", f"mailbox of {self.address} is full ({self.capacity})")
+            self.host.replies.refuse(self, msg, OVERLOADED, f"mailbox of {self.address} is full ({self.capacity})")
             return
         priority = msg.headers.get(h.PRIORITY) if msg.headers is not None else None
         if priority is not None and priority not in h.PRIORITIES:
-            self.host.replies.refuse(self, msg, "bad_request", f"{h.PRIORITY} must be one of {h.PRIORITIES}")
+            self.host.replies.refuse(self, msg, BAD_REQUEST, f"{h.PRIORITY} must be one of {h.PRIORITIES}")
             return
         health = self.health
         if health is not None:
@@ -209,7 +209,7 @@ class Activation:
                         self.host.replies.refuse(
                             self,
                             msg,
-                            "bad_request",
+                            BAD_REQUEST,
                             f"{h.MESSAGE_ID} {message_id} was used for another request: ids name one message",
                         )
                         return
@@ -227,7 +227,7 @@ class Activation:
                     durable=hdrs is not None and h.STREAM_SEQ in hdrs,
                 )
             except Denied as denied:
-                self.host.replies.refuse(self, msg, "unauthorized", denied.message, details={"reason": denied.reason})
+                self.host.replies.refuse(self, msg, UNAUTHORIZED, denied.message, details={"reason": denied.reason})
                 return
             if admitted is not None:
                 if not admitted.durable and guard.ran_before(admitted):
@@ -240,10 +240,10 @@ class Activation:
             try:
                 meta = envelope.parse_request(hdrs)
             except ProtocolError as exc:
-                self.host.replies.refuse(self, msg, "bad_request", str(exc))
+                self.host.replies.refuse(self, msg, BAD_REQUEST, str(exc))
                 return
             if meta.deadline_ms is not None and time.time() * 1000 >= meta.deadline_ms:
-                self.host.replies.refuse(self, msg, "timeout", "deadline passed before the message was accepted")
+                self.host.replies.refuse(self, msg, TIMEOUT, "deadline passed before the message was accepted")
                 return
             self.host.replies.accepted(msg)
         if message_id is not None:

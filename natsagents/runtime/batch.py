@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from ..errors import AgentError, ProtocolError, Unavailable
+from ..errors import BAD_REQUEST, HANDLER_ERROR, UNAUTHORIZED, AgentError, ProtocolError, Unavailable
 from ..observability import Metrics
 from ..transport import Inbound
 from ..wire import batch as wire_batch
@@ -59,8 +59,8 @@ class BatchRunner:
                 if h.BATCH in hdrs:
                     raise ProtocolError(f"batch item {i} is itself a batch")
         except ProtocolError as exc:
-            self._metrics.rejected_one(act.kind, "bad_request")
-            return Outcome(envelope.error_reply("bad_request", str(exc), agent=address), True, None)
+            self._metrics.rejected_one(act.kind, BAD_REQUEST)
+            return Outcome(envelope.error_reply(BAD_REQUEST, str(exc), agent=address), True, None)
         replies: list[Reply] = []
         node = self._dispatcher.node if act.cluster is not None else None
         try:
@@ -81,9 +81,9 @@ class BatchRunner:
                         admitted = guard.admit(act.kind, hdrs.get(h.ACTION), msg.subject, hdrs, data, durable=True)
                         caller = admitted.caller if admitted is not None else None
                     except Denied as denied:
-                        self._metrics.rejected_one(act.kind, "unauthorized")
+                        self._metrics.rejected_one(act.kind, UNAUTHORIZED)
                         reply = envelope.error_reply(
-                            "unauthorized",
+                            UNAUTHORIZED,
                             denied.message,
                             agent=address,
                             action=hdrs.get(h.ACTION),
@@ -91,7 +91,7 @@ class BatchRunner:
                         )
                 if reply is None:
                     outcome = await self._dispatcher.run(act, hdrs, data, reply=True, caller=caller)
-                    reply = outcome.reply or envelope.error_reply("handler_error", "no reply", agent=address)
+                    reply = outcome.reply or envelope.error_reply(HANDLER_ERROR, "no reply", agent=address)
                 replies.append(reply)
                 status, reply_body = reply
                 if not isinstance(status, bytes) and status.get(h.STATUS) not in SETTLED:

@@ -13,6 +13,9 @@ from typing import Any, Protocol
 from ..agent.context import Context, current_context
 from ..agent.ref import USE_DEFAULT, CallOptions, Timeout
 from ..errors import (
+    HANDLER_ERROR,
+    TIMEOUT,
+    UNAVAILABLE,
     AgentError,
     BadRequest,
     CallTimeout,
@@ -307,7 +310,7 @@ class Caller:
                     )
                 except AgentError as exc:
                     # Only a local timeout (no reply) leaves open whether the message ran.
-                    answered = exc.remote or exc.code != "timeout"
+                    answered = exc.remote or exc.code != TIMEOUT
                     if breakers is not None:
                         breakers.after(kind, address, exc.code)
                     raise
@@ -328,7 +331,7 @@ class Caller:
                 self._metrics.retries.labels(kind, f"policy_{exc.code}").inc()
                 await asyncio.sleep(wait)
                 attempt += 1
-                if exc.code == "handler_error":
+                if exc.code == HANDLER_ERROR:
                     # The copy would get the stored error again: a new logical message.
                     hdrs = dict(hdrs, **{h.MESSAGE_ID: envelope.new_message_id()})
                     identity = self.settings.identity
@@ -400,7 +403,7 @@ class Caller:
                 raise
             else:
                 status = (msg.headers or {}).get(h.STATUS)
-                if status != "unavailable":
+                if status != UNAVAILABLE:
                     return msg
                 try:
                     envelope.parse_reply(

@@ -21,7 +21,17 @@ from typing import Any
 from ..agent.context import Context, _current
 from ..agent.policy import TrustedCaller
 from ..agent.schema import ActionSpec, ParamError
-from ..errors import AgentError, ProtocolError, Unavailable
+from ..errors import (
+    ALREADY_APPLIED,
+    BAD_REQUEST,
+    HANDLER_ERROR,
+    OVERLOADED,
+    TIMEOUT,
+    UNKNOWN_ACTION,
+    AgentError,
+    ProtocolError,
+    Unavailable,
+)
 from ..observability import Metrics, Tracing
 from ..wire import codec, envelope
 from ..wire import headers as h
@@ -107,8 +117,8 @@ class Dispatcher:
         try:
             meta = envelope.parse_request(headers)
         except ProtocolError as exc:
-            self._metrics.rejected_one(kind, "bad_request")
-            return Outcome(envelope.error_reply("bad_request", str(exc), agent=address), True, None)
+            self._metrics.rejected_one(kind, BAD_REQUEST)
+            return Outcome(envelope.error_reply(BAD_REQUEST, str(exc), agent=address), True, None)
         accept = meta.reply_mode == h.REPLY_MODE_ACCEPT
         wanted = reply and not accept  # an accepted send was acknowledged on arrival
         kept: Reply | None = (envelope.OK_HEADER_BLOCK, NIL) if accept else None  # a copy is acknowledged again
@@ -133,11 +143,11 @@ class Dispatcher:
         except Exception as exc:
             if node is not None:
                 node.action_failed(act, exc)
-            tracing.end(span, exc, "handler_error")
-            self._metrics.handled_one(kind, action, "handler_error", time.perf_counter() - started)
+            tracing.end(span, exc, HANDLER_ERROR)
+            self._metrics.handled_one(kind, action, HANDLER_ERROR, time.perf_counter() - started)
             act.agent.log.warning("action %s failed: %s: %s", action, type(exc).__name__, exc)
             failed = envelope.error_reply(
-                "handler_error",
+                HANDLER_ERROR,
                 f"{type(exc).__name__}: {exc}",
                 agent=address,
                 action=action,
@@ -181,7 +191,7 @@ class Dispatcher:
                 body = codec.encode(result)
         except (TypeError, ValueError) as exc:
             failed = envelope.error_reply(
-                "handler_error", f"result cannot be encoded: {exc}", agent=address, action=action
+                HANDLER_ERROR, f"result cannot be encoded: {exc}", agent=address, action=action
             )
             return Outcome(failed, True, failed, action, ran=True)
         block = envelope.OK_HEADER_BLOCK
@@ -211,11 +221,11 @@ class Dispatcher:
         """
         kind, action = act.kind, meta.action
         if meta.deadline_ms is not None and time.time() * 1000 >= meta.deadline_ms:
-            raise Refused("timeout", "deadline passed before the agent ran the message", reason="expired")
+            raise Refused(TIMEOUT, "deadline passed before the agent ran the message", reason="expired")
         spec = act.agent.__actions__.get(action)
         if spec is None:
             raise Refused(
-                "unknown_action",
+                UNKNOWN_ACTION,
                 f"{kind} has no action {action!r}",
                 details={"actions": sorted(act.agent.__actions__)},
             )
@@ -228,10 +238,10 @@ class Dispatcher:
             kwargs = spec.bind(codec.decode(data))
         except ParamError as exc:
             raise Refused(
-                "bad_request", f"invalid parameters: {exc}", details={"param": exc.path, "problem": exc.problem}
+                BAD_REQUEST, f"invalid parameters: {exc}", details={"param": exc.path, "problem": exc.problem}
             ) from None
         except (ProtocolError, ValueError) as exc:
-            raise Refused("bad_request", str(exc)) from None
+            raise Refused(BAD_REQUEST, str(exc)) from None
         seq = self._exactly_once(act, headers) if headers is not None and h.STREAM_SEQ in headers else 0
         return spec, kwargs, seq
 
@@ -252,7 +262,7 @@ class Dispatcher:
                 applied_seq=node.applied_seq(act) if persisted and node is not None else 0,
             )
         except exactly_once.Verdict as verdict:
-            if verdict.code == "already_applied":
+            if verdict.code == ALREADY_APPLIED:
                 self._metrics.duplicates.labels(act.kind, "seq").inc()
             raise Refused(verdict.code, verdict.message) from None
 
@@ -283,7 +293,7 @@ class Dispatcher:
                 for taken in held:
                     taken.release()
                 raise Refused(
-                    "overloaded",
+                    OVERLOADED,
                     f"bulkhead of {act.kind}{'.' + spec.name if spec.bulkhead else ''} is full on {self._node_name}",
                     reason="bulkhead",
                     details={"reason": "bulkhead", "retry_after": 0.05},

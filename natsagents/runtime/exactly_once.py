@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from ..errors import ALREADY_APPLIED, BAD_REQUEST
 from ..wire import headers as h
 
 __all__ = ["SETTLED", "Verdict", "check"]
 
 #: Answers that settle a durable message: it ran (``ok``) or had run before.
-SETTLED = frozenset({h.STATUS_OK, "already_applied"})
+SETTLED = frozenset({h.STATUS_OK, ALREADY_APPLIED})
 
 
 class Verdict(Exception):
@@ -44,15 +45,15 @@ def check(hdrs: Mapping[str, str], *, agent: str, persisted: bool, applied_seq: 
     """
     raw = hdrs.get(h.STREAM_SEQ, "")
     if not raw.isdigit() or len(raw) > 19:
-        raise Verdict("bad_request", f"{h.STREAM_SEQ} must be a positive integer, not {raw!r}")
+        raise Verdict(BAD_REQUEST, f"{h.STREAM_SEQ} must be a positive integer, not {raw!r}")
     if hdrs.get(h.DELIVERY) != h.DELIVERY_EXACTLY_ONCE:
         return 0
     if not persisted:
         kind = agent.partition("/")[0]
-        raise Verdict("bad_request", f"exactly_once delivery to {kind} needs a cluster node and persistence = 'action'")
+        raise Verdict(BAD_REQUEST, f"exactly_once delivery to {kind} needs a cluster node and persistence = 'action'")
     seq = int(raw)
     if seq <= applied_seq:
         raise Verdict(
-            "already_applied", f"stream message {seq} was applied to {agent} already (its reply is no longer kept)"
+            ALREADY_APPLIED, f"stream message {seq} was applied to {agent} already (its reply is no longer kept)"
         )
     return seq

@@ -16,7 +16,17 @@ from dataclasses import dataclass, field
 
 from ..agent.base import Agent, RefFactory
 from ..agent.policy import Policy, TrustedCaller
-from ..errors import ClusterAtCapacity, ConfigurationError, MeshClosed, NatsAgentsError, ProtocolError
+from ..errors import (
+    BAD_REQUEST,
+    HANDLER_ERROR,
+    NOT_FOUND,
+    UNAVAILABLE,
+    ClusterAtCapacity,
+    ConfigurationError,
+    MeshClosed,
+    NatsAgentsError,
+    ProtocolError,
+)
 from ..observability import Metrics, Tracing
 from ..tasks import TaskGroup
 from ..transport import Inbound, Subscription, Transport
@@ -293,7 +303,7 @@ class Host:
                 await act.subscription.drain()
         if discard:
             for msg in act.take_pending():
-                self.replies.refuse(act, msg, "unavailable", "this copy of the agent was superseded", retry=True)
+                self.replies.refuse(act, msg, UNAVAILABLE, "this copy of the agent was superseded", retry=True)
         try:
             async with asyncio.timeout(self.settings.stop_timeout):
                 await act.wait_idle()
@@ -302,7 +312,7 @@ class Host:
             for task in list(act.workers):
                 task.cancel()
         for msg in act.take_pending():
-            self.replies.refuse(act, msg, "unavailable", "the agent stopped before handling the message", retry=True)
+            self.replies.refuse(act, msg, UNAVAILABLE, "the agent stopped before handling the message", retry=True)
         act.state = ActivationState.STOPPED
         key = (act.kind, act.agent_id)
         if self.activations.get(key) is act:  # not a newer activation started meanwhile
@@ -352,25 +362,25 @@ class Host:
             if not isinstance(spawn, bool):
                 raise ProtocolError("activation 'spawn' must be a bool")
         except (ValueError, ProtocolError) as exc:
-            await self.replies.send(msg.reply, *envelope.error_reply("bad_request", str(exc), agent=kind))
+            await self.replies.send(msg.reply, *envelope.error_reply(BAD_REQUEST, str(exc), agent=kind))
             return
         address = f"{kind}/{agent_id}"
         cls = self.kinds.get(kind)
         if cls is None or self._closing:
-            await self.replies.send(msg.reply, *envelope.error_reply("unavailable", "host is closing", agent=address))
+            await self.replies.send(msg.reply, *envelope.error_reply(UNAVAILABLE, "host is closing", agent=address))
             return
         if not (spawn or cls.activate_on_demand) and (kind, agent_id) not in self.activations:
             await self.replies.send(
                 msg.reply,
                 *envelope.error_reply(
-                    "not_found", f"{address} is not active and {kind} is not activated on demand", agent=address
+                    NOT_FOUND, f"{address} is not active and {kind} is not activated on demand", agent=address
                 ),
             )
             return
         try:
             await self.activate(kind, agent_id)
         except MeshClosed as exc:
-            await self.replies.send(msg.reply, *envelope.error_reply("unavailable", str(exc), agent=address))
+            await self.replies.send(msg.reply, *envelope.error_reply(UNAVAILABLE, str(exc), agent=address))
             return
         except ClusterAtCapacity as exc:
             self._metrics.rejected_one(kind, exc.code)
@@ -383,7 +393,7 @@ class Host:
             await self.replies.send(
                 msg.reply,
                 *envelope.error_reply(
-                    "handler_error",
+                    HANDLER_ERROR,
                     f"activation failed: {type(exc).__name__}: {exc}",
                     agent=address,
                     action="on_start",

@@ -16,7 +16,15 @@ import logging
 from collections import deque
 from typing import Any
 
-from ..errors import NatsAgentsError
+from ..errors import (
+    ALREADY_APPLIED,
+    BAD_REQUEST,
+    HANDLER_ERROR,
+    OVERLOADED,
+    PAYLOAD_TOO_LARGE,
+    UNAVAILABLE,
+    NatsAgentsError,
+)
 from ..observability import Metrics
 from ..tasks import TaskGroup
 from ..transport import Inbound, Transport
@@ -62,7 +70,7 @@ class Replies:
         """Publish a reply to ``subject`` (``""``: nobody asked for one; an error is logged)."""
         if not subject:
             status = h.STATUS_OK if isinstance(headers, bytes) else headers.get(h.STATUS, h.STATUS_OK)
-            if status not in (h.STATUS_OK, "handler_error"):  # handler errors are logged by dispatch
+            if status not in (h.STATUS_OK, HANDLER_ERROR):  # handler errors are logged by dispatch
                 try:
                     err = codec.decode(body)
                 except ValueError:
@@ -80,9 +88,9 @@ class Replies:
             if not await self._t.publish_reply(subject, body, headers=headers, on=agent or "a host"):
                 self._metrics.rejected_one(agent.partition("/")[0] if agent else "", "reply_subject")
         except NatsAgentsError as exc:
-            if getattr(exc, "code", None) == "payload_too_large":
+            if getattr(exc, "code", None) == PAYLOAD_TOO_LARGE:
                 hdrs, data = envelope.error_reply(
-                    "payload_too_large",
+                    PAYLOAD_TOO_LARGE,
                     f"reply is too large for the server ({len(body)} bytes)",
                     agent=agent,
                     action=action,
@@ -149,7 +157,7 @@ class Replies:
             )
         retry_after = round(health.retry_after(waiting, act.max_workers), 3)
         hdrs, body = envelope.error_reply(
-            "overloaded",
+            OVERLOADED,
             text,
             agent=act.address,
             action=(msg.headers or {}).get(h.ACTION),
@@ -176,7 +184,7 @@ class Replies:
             self.refuse(
                 act,
                 msg,
-                "already_applied",
+                ALREADY_APPLIED,
                 "an earlier activation of the agent applied this message and stopped before answering;"
                 " its result is lost",
             )
@@ -191,14 +199,14 @@ class Replies:
         (not run yet, or forgotten): ``unavailable`` with ``details.retry`` — ask again."""
         message_id = (msg.headers or {}).get(h.MESSAGE_ID)
         if not msg.reply or message_id is None or not envelope.is_message_id(message_id):
-            self.refuse(act, msg, "bad_request", f"a replay request needs a reply subject and a valid {h.MESSAGE_ID}")
+            self.refuse(act, msg, BAD_REQUEST, f"a replay request needs a reply subject and a valid {h.MESSAGE_ID}")
             return
         entry = act.recent.get(message_id) if act.recent is not None else None
         if entry is None or entry is IN_PROGRESS:
             state = "still running" if entry is IN_PROGRESS else "not known here (not run yet, or forgotten)"
             self._metrics.rejected_one(act.kind, "replay_unknown")
             hdrs, body = envelope.error_reply(
-                "unavailable",
+                UNAVAILABLE,
                 f"the result of message {message_id} is {state}",
                 agent=act.address,
                 action=(msg.headers or {}).get(h.ACTION),
