@@ -104,15 +104,18 @@ _REPLY_RE = re.compile(r"[!-~]+")  # printable ASCII, no spaces
 def is_reply_subject(subject: str, prefixes: tuple[str, ...]) -> bool:
     """Whether a host may publish a reply to ``subject``: it starts with one of the inbox
     ``prefixes`` (each ending with ``.``), is printable ASCII of at most
-    :data:`MAX_REPLY_SUBJECT` characters, and has no empty or wildcard token.
+    :data:`MAX_REPLY_SUBJECT` characters, and has no empty token and no ``*`` or ``>``.
 
     A host publishes with its own permissions, so a reply subject is an order from the
     sender: "publish this to X". Only a caller's own inbox is a place a reply belongs;
     anything else (``$KV.…``, ``$JS.…``, a node's control subject, another agent) is refused.
     """
-    if len(subject) > MAX_REPLY_SUBJECT or not subject.startswith(prefixes) or not _REPLY_RE.fullmatch(subject):
-        return False
-    for token in subject.split("."):
-        if not token or token == "*" or token == ">":
-            return False
-    return True
+    return (
+        len(subject) <= MAX_REPLY_SUBJECT
+        and subject.startswith(prefixes)
+        and _REPLY_RE.fullmatch(subject) is not None
+        and ".." not in subject
+        and not subject.endswith(".")
+        and "*" not in subject  # no wildcard, and no token that merely contains one:
+        and ">" not in subject  # inbox subjects never do
+    )
