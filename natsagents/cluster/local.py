@@ -9,6 +9,7 @@ live in their own modules and share one :class:`LocalNode`.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -118,7 +119,9 @@ class LocalNode:
         }
 
 
+@functools.cache
 def _version() -> str:
+    """The installed natsagents version (read once: a heartbeat must not parse metadata)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:

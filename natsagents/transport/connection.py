@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import nats
 import nats.errors
@@ -38,6 +36,7 @@ from ..errors import (
 from ..wire.envelope import encode_headers, parse_header_block
 from ..wire.subjects import is_reply_subject
 from .failures import Failure, classify
+from .mux import Inbound, _Expired, _ReplyMux, _Resend
 from .settings import ConnectSettings
 
 __all__ = ["Inbound", "NoResponders", "Subscription", "Transport"]
@@ -81,15 +80,6 @@ def _log_dropped(subject: bytes, exc: BaseException) -> None:
     if now - _last_drop_log >= 1.0:
         _last_drop_log = now
         log.warning("dropped an unreadable message on %r: %s: %s", subject[:120], type(exc).__name__, exc)
-
-
-class Inbound(Protocol):
-    """A received message (structural: nats-py's ``Msg`` satisfies it)."""
-
-    subject: str
-    reply: str
-    data: bytes
-    headers: dict[str, str] | None
 
 
 Handler = Callable[[Inbound], None]
@@ -174,122 +164,6 @@ class Subscription:
         except (TimeoutError, nats.errors.Error):
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()
-
-
-class _Expired(Exception):
-    """Set on a reply future when its timer fires."""
-
-
-#: A request to publish again, unchanged, while its reply has not come:
-#: (token, interval, subject, reply subject, header block, payload).
-_Resend = tuple[str, float, str, str, bytes, bytes]
-
-
-class _ReplyMux:
-    """Routes replies arriving on ``<inbox>.<token>`` to the waiting future."""
-
-    __slots__ = (
-        "_loop",
-        "_pending",
-        "_plen",
-        "_resend_slots",
-        "_slots",
-        "_subjects",
-        "_tokens",
-        "prefix",
-        "republish",
-    )
-
-    #: Timeouts are checked in slots of this many seconds: one loop timer per slot instead
-    #: of one per request (each costs a heap push and pop). A timeout fires up to one slot late.
-    TICK = 0.005
-    #: Resends are due in coarser slots.
-    RESEND_TICK = 0.05
-
-    def __init__(
-        self, prefix: str, loop: asyncio.AbstractEventLoop, republish: Callable[[_Resend], None] | None = None
-    ) -> None:
-        self.prefix = prefix
-        self._plen = len(prefix)
-        self._loop = loop
-        self._pending: dict[str, asyncio.Future[Inbound]] = {}
-        self._subjects: dict[str, str] = {}  # token → the request's subject (see fail_subject)
-        self._tokens = itertools.count(1)
-        self._slots: dict[int, list[int]] = {}
-        self._resend_slots: dict[int, list[_Resend]] = {}
-        self.republish = republish
-
-    def register(self, timeout: float | None, subject: str = "") -> tuple[str, asyncio.Future[Inbound]]:
-        n = next(self._tokens)
-        token = str(n)
-        fut: asyncio.Future[Inbound] = self._loop.create_future()
-        self._pending[token] = fut
-        if subject:
-            self._subjects[token] = subject
-        if timeout is not None:
-            key = math.ceil((self._loop.time() + timeout) / self.TICK)
-            slot = self._slots.get(key)
-            if slot is None:
-                slot = self._slots[key] = []
-                self._loop.call_at(key * self.TICK, self._expire_slot, key)
-            slot.append(n)
-        return token, fut
-
-    def resend_later(self, resend: _Resend) -> None:
-        """Publish ``resend`` again after its interval unless its reply came."""
-        key = math.ceil((self._loop.time() + resend[1]) / self.RESEND_TICK)
-        slot = self._resend_slots.get(key)
-        if slot is None:
-            slot = self._resend_slots[key] = []
-            self._loop.call_at(key * self.RESEND_TICK, self._resend_slot, key)
-        slot.append(resend)
-
-    def _resend_slot(self, key: int) -> None:
-        pending = self._pending
-        for resend in self._resend_slots.pop(key, ()):
-            fut = pending.get(resend[0])
-            if fut is None or fut.done() or self.republish is None:
-                continue
-            self.republish(resend)
-            self.resend_later(resend)
-
-    def _expire_slot(self, key: int) -> None:
-        pending = self._pending
-        for n in self._slots.pop(key, ()):
-            fut = pending.get(str(n))
-            if fut is not None and not fut.done():
-                fut.set_exception(_Expired())
-
-    def discard(self, token: str) -> None:
-        self._pending.pop(token, None)
-        self._subjects.pop(token, None)
-
-    def fail_subject(self, subject: str, exc: BaseException) -> int:
-        """Fail the pending requests published to ``subject`` (the server refused them).
-        Compared without case: nats-py lowercases the server's error line."""
-        failed = 0
-        subject = subject.lower()
-        for token, sent_to in list(self._subjects.items()):
-            if sent_to.lower() == subject:
-                fut = self._pending.get(token)
-                if fut is not None and not fut.done():
-                    fut.set_exception(exc)
-                    failed += 1
-        return failed
-
-    def __call__(self, msg: Inbound) -> None:
-        fut = self._pending.pop(msg.subject[self._plen :], None)
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
-
-    def fail_all(self, exc: BaseException) -> None:
-        pending, self._pending = self._pending, {}
-        for fut in pending.values():
-            if not fut.done():
-                fut.set_exception(exc)
-
-    def __len__(self) -> int:
-        return len(self._pending)
 
 
 @contextlib.contextmanager
