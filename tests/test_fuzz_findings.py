@@ -1,0 +1,121 @@
+"""Regression tests for what the fuzzer (``tests/fuzz.py``) found: each failed on the code
+before its fix, as its docstring says."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgpack
+import nats
+import pytest
+
+from natsagents import Agent, ClusterSettings, Mesh, action
+from natsagents.delivery.settings import DeliverySettings
+from natsagents.testing import wait_for
+from natsagents.transport.kv import open_bucket
+from natsagents.wire import codec, envelope
+from natsagents.wire import headers as h
+from natsagents.wire.subjects import bucket_name, durable_subject
+
+
+class Held(Agent):
+    """``hold`` runs until the test opens the gate; counts its runs."""
+
+    gate: asyncio.Event | None = None
+    runs = 0
+
+    @action
+    async def hold(self) -> int:
+        Held.runs += 1
+        assert Held.gate is not None
+        await Held.gate.wait()
+        return Held.runs
+
+
+async def reachable(nc: Any, subject: str) -> None:
+    """Wait until a request to ``subject`` reaches its subscriber (right after a subscribe,
+    another connection may still get the server's "no responders" for a moment)."""
+
+    async def answered() -> bool:
+        try:
+            await nc.request(subject, b"", headers={h.ACTION: "nope"}, timeout=5)
+        except nats.errors.NoRespondersError:
+            return False
+        return True
+
+    await wait_for(answered, timeout=5, what=f"{subject} reachable")
+
+
+@pytest.fixture
+async def sniffer(nats_url: str) -> AsyncIterator[Any]:
+    nc = await nats.connect(nats_url)
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+async def test_a_partition_lease_lost_mid_message_answers_the_message_once(
+    mesh_factory: Any, mesh_prefix: str, sniffer: Any
+) -> None:
+    """Fuzz finding: durable results published twice to one ``Na-Reply-To``. A partition
+    whose lease was lost while a message ran (its key overwritten: a hostile write, or a
+    node paused past its lease) kept that message in its per-agent queue; the same node
+    took the lease back and its next run handled the stale copy as well as the stream's
+    redelivery: the message ran (or was answered) twice. Before the fix: 2 results."""
+    Held.gate, Held.runs = asyncio.Event(), 0
+    delivery = DeliverySettings(partitions=1, max_deliver=5, backoff=(0.05,), ack_wait=10.0, attempt_timeout=20.0)
+    node = await mesh_factory(
+        name="n1", cluster=ClusterSettings(node_id="n1", lease=1.5, rebalance=False, delivery=delivery)
+    )
+    await node.host(Held)
+    owners = node._owners
+    assert owners is not None
+    await wait_for(lambda: owners.owned() == [0], timeout=10, what="n1 owns the partition")
+    results: list[Any] = []
+
+    async def collect(msg: Any) -> None:
+        results.append(msg)
+
+    await sniffer.subscribe("_INBOX.res.>", cb=collect)
+    mid = envelope.new_message_id()
+    headers = {
+        h.PROTO: "1",
+        h.ACTION: "hold",
+        h.MESSAGE_ID: mid,
+        h.DELIVERY: h.DELIVERY_AT_LEAST_ONCE,
+        h.REPLY_TO: "_INBOX.res.1",
+        "Nats-Msg-Id": mid,
+    }
+    js = sniffer.jetstream()
+    await js.publish(durable_subject(mesh_prefix, "Held", "x"), msgpack.packb({}), headers=headers)
+    await wait_for(lambda: Held.runs == 1, timeout=10, what="the handler runs")
+
+    control = await open_bucket(node._transport, bucket_name(mesh_prefix, "control"), history=1)
+    garbage = await control.put("partition.0", b"garbage")
+
+    async def retaken() -> bool:
+        entry = await control.get("partition.0")
+        return entry is not None and entry.revision > garbage and codec.decode(entry.value) == "n1"
+
+    await wait_for(retaken, timeout=10, what="n1 takes its lease back")
+    await wait_for(lambda: owners.owned() == [0], timeout=10)
+    Held.gate.set()
+    await wait_for(lambda: len(results) >= 1, timeout=20, what="the result")
+    # A barrier: the agent's next durable message comes after every copy of the first.
+    mid2 = envelope.new_message_id()
+    await js.publish(
+        durable_subject(mesh_prefix, "Held", "x"),
+        msgpack.packb({}),
+        headers={**headers, h.MESSAGE_ID: mid2, "Nats-Msg-Id": mid2, h.REPLY_TO: "_INBOX.res.2"},
+    )
+    await wait_for(lambda: any(m.subject == "_INBOX.res.2" for m in results), timeout=30, what="the barrier")
+    await sniffer.flush()
+    firsts = [m for m in results if m.subject == "_INBOX.res.1"]
+    assert len(firsts) == 1, [(m.headers, m.data) for m in firsts]
+    assert firsts[0].headers[h.STATUS] == "ok"
+    assert Held.runs == 2  # the first message once (a copy is never run twice), the barrier once
+    assert isinstance(node, Mesh)
+
