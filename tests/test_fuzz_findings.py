@@ -119,3 +119,35 @@ async def test_a_partition_lease_lost_mid_message_answers_the_message_once(
     assert Held.runs == 2  # the first message once (a copy is never run twice), the barrier once
     assert isinstance(node, Mesh)
 
+
+async def test_a_discarded_agent_answers_each_waiting_message_once(mesh: Mesh, mesh_prefix: str, sniffer: Any) -> None:
+    """Fuzz finding: two replies to one request (``unavailable`` twice, or ``unavailable``
+    then the handler's result). When a copy of an agent was discarded (fenced off by a
+    newer owner) while a handler ran, the messages waiting behind it were refused
+    (``unavailable``, retry) — and then run all the same: the worker kept popping them
+    from the mailbox it held. Before the fix: 2 replies to the waiting request, and the
+    handler ran twice."""
+    Held.gate, Held.runs = asyncio.Event(), 0
+    await mesh.host(Held)
+    act = await mesh._host.activate("Held", "x")
+    subject = f"{mesh_prefix}.agent.Held.x"
+    replies: dict[str, list[Any]] = {"_INBOX.q.1": [], "_INBOX.q.2": []}
+
+    async def collect(msg: Any) -> None:
+        replies[msg.subject].append(msg)
+
+    await sniffer.subscribe("_INBOX.q.>", cb=collect)
+    await reachable(sniffer, subject)
+    for n in (1, 2):
+        hdrs = {h.PROTO: "1", h.ACTION: "hold", h.MESSAGE_ID: envelope.new_message_id()}
+        await sniffer.publish(subject, b"", reply=f"_INBOX.q.{n}", headers=hdrs)
+    await sniffer.flush()
+    await wait_for(lambda: Held.runs == 1 and len(act.mailbox) == 1, timeout=5, what="one runs, one waits")
+    discarding = asyncio.get_running_loop().create_task(mesh._host.discard(act))
+    await wait_for(lambda: len(replies["_INBOX.q.2"]) == 1, timeout=5, what="the waiting one is refused")
+    Held.gate.set()
+    await discarding
+    await wait_for(lambda: len(replies["_INBOX.q.1"]) == 1, timeout=5, what="the running one is answered")
+    await sniffer.flush()
+    assert [m.headers[h.STATUS] for m in replies["_INBOX.q.2"]] == ["unavailable"]
+    assert Held.runs == 1

@@ -295,6 +295,7 @@ class Activation:
     def take_pending(self) -> list[Inbound]:
         """Remove and return the messages still waiting (used when stopping)."""
         pending = list(self.mailbox)
+        self.mailbox.clear()  # a running worker holds this deque: it must find it empty
         self.mailbox = _NO_MAIL
         self.highs = self.lows = 0
         return pending
