@@ -11,7 +11,8 @@ import msgpack
 import nats
 import pytest
 
-from natsagents import Agent, ClusterSettings, Mesh, action
+from natsagents import Agent, CallTimeout, ClusterSettings, Mesh, action
+from natsagents.cluster.leader import LeaderLease
 from natsagents.delivery.settings import DeliverySettings
 from natsagents.testing import wait_for
 from natsagents.transport.kv import open_bucket
@@ -151,3 +152,62 @@ async def test_a_discarded_agent_answers_each_waiting_message_once(mesh: Mesh, m
     await sniffer.flush()
     assert [m.headers[h.STATUS] for m in replies["_INBOX.q.2"]] == ["unavailable"]
     assert Held.runs == 1
+
+
+class _Unanswered:
+    """A bucket whose writes time out unanswered (an overloaded server, or a connection
+    that lost its way): what a leader's renewals meet while a candidate's go through."""
+
+    def __init__(self, bucket: Any) -> None:
+        self._bucket = bucket
+        self.name = bucket.name
+        self.silent = False
+
+    async def update(self, key: str, value: bytes, *, revision: int, ttl: float | None = None, timeout: float) -> int:
+        if self.silent:
+            await asyncio.sleep(timeout)
+            raise CallTimeout(f"no reply within {timeout} s")
+        result: int = await self._bucket.update(key, value, revision=revision, ttl=ttl, timeout=timeout)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bucket, name)
+
+
+async def test_a_leader_that_cannot_renew_steps_down_before_its_lease_runs_out(mesh: Mesh, mesh_prefix: str) -> None:
+    """Fuzz finding: durable results published twice, by two nodes. Under load (2 cores,
+    server and hosts saturated) a partition owner's lease renewals timed out; it went on
+    consuming, while the other node judged the unrenewed revision dead after the lease
+    and took the partition over: both ran the same messages. A leader must step down
+    once its lease can have run out, renewed or not. Before the fix: both led at once."""
+    control = await open_bucket(mesh._transport, bucket_name(mesh_prefix, "control"), history=1)
+    leading: set[str] = set()
+    most = 0
+
+    def lead_as(node: str) -> Any:
+        async def lead() -> None:
+            nonlocal most
+            leading.add(node)
+            most = max(most, len(leading))
+            try:
+                await asyncio.Event().wait()
+            finally:
+                leading.discard(node)
+
+        return lead
+
+    slow = _Unanswered(control)
+    a = LeaderLease(slow, "role", "a", ttl=1.0, interval=0.25, lead=lead_as("a"))  # type: ignore[arg-type]
+    b = LeaderLease(control, "role", "b", ttl=1.0, interval=0.25, lead=lead_as("b"))
+    a.start()
+    try:
+        await wait_for(lambda: leading == {"a"}, timeout=5, what="a leads")
+        b.start()
+        slow.silent = True  # a's renewals go unanswered from now on
+        await wait_for(lambda: "b" in leading, timeout=10, what="b takes over")
+        assert most == 1, "a and b led at the same time"
+        assert not a.is_leader
+    finally:
+        await b.stop()
+        slow.silent = False
+        await a.stop()
