@@ -556,7 +556,7 @@ class Fuzzer:
         probe_every: int = 1000,
         window: int = 48,
         reply_timeout: float = 20.0,
-        durable_timeout: float = 45.0,
+        durable_timeout: float = 30.0,
     ) -> None:
         self.url = url
         self.p = prefix
@@ -657,7 +657,7 @@ class Fuzzer:
             if sent is None:
                 return
             if self.durable_replies[token] == 2:
-                self.report.durable_duplicates.append(f"{sent.summary} -> {status}")
+                self.report.durable_duplicates.append(f"{sent.summary} ack={sent.first} -> {status}")
             return
         try:
             sent = self.sent[int(token)]
@@ -785,14 +785,19 @@ class Fuzzer:
                 await asyncio.wait_for(self.progress.wait(), 1.0)
             self._expire()
         # Durable results: of the messages the stream stored (first reply: a PubAck
-        # without error and not a duplicate), each gets its one result.
-        deadline = time.monotonic() + self.durable_timeout
-        while time.monotonic() < deadline:
+        # without error and not a duplicate), each gets its one result. An agent whose
+        # state is garbage keeps its messages queued for attempts x attempt_timeout each:
+        # wait while results keep coming, up to durable_timeout without one.
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < self.durable_timeout:
             if all(self.durable_replies[t] or not self._stored(s) for t, s in self.durable.items()):
                 break
             self.durable_progress.clear()
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self.durable_progress.wait(), 1.0)
+                quiet_since = time.monotonic()
+            except TimeoutError:
+                pass
         await self.sniffer.flush()
 
     @staticmethod
