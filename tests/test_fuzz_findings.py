@@ -211,3 +211,36 @@ async def test_a_leader_that_cannot_renew_steps_down_before_its_lease_runs_out(m
         await b.stop()
         slow.silent = False
         await a.stop()
+
+
+async def test_an_accepted_send_left_in_a_stopping_agents_mailbox_gets_no_second_reply(
+    mesh: Mesh, mesh_prefix: str, sniffer: Any
+) -> None:
+    """Fuzz finding: an acknowledged send (``Na-Reply-Mode: accept``) answered ``ok``, then
+    ``unavailable``. A send waiting in the mailbox of an agent that stopped without running
+    it (discarded, or its stop timed out) was refused like a request, although its one
+    reply, the acknowledgement, had gone. Before the fix: ``['ok', 'unavailable']``."""
+    Held.gate, Held.runs = asyncio.Event(), 0
+    await mesh.host(Held)
+    act = await mesh._host.activate("Held", "y")
+    subject = f"{mesh_prefix}.agent.Held.y"
+    replies: dict[str, list[str]] = {"_INBOX.s.1": [], "_INBOX.s.2": []}
+
+    async def collect(msg: Any) -> None:
+        replies[msg.subject].append(msg.headers[h.STATUS])
+
+    await sniffer.subscribe("_INBOX.s.>", cb=collect)
+    await reachable(sniffer, subject)
+    for n, mode in ((1, h.REPLY_MODE_RESULT), (2, h.REPLY_MODE_ACCEPT)):
+        hdrs = {h.PROTO: "1", h.ACTION: "hold", h.MESSAGE_ID: envelope.new_message_id(), h.REPLY_MODE: mode}
+        await sniffer.publish(subject, b"", reply=f"_INBOX.s.{n}", headers=hdrs)
+    await sniffer.flush()
+    await wait_for(lambda: replies["_INBOX.s.2"] == ["ok"] and len(act.mailbox) == 1, timeout=5, what="accepted")
+    discarding = asyncio.get_running_loop().create_task(mesh._host.discard(act))
+    await wait_for(lambda: not act.mailbox, timeout=5, what="the mailbox is emptied")
+    Held.gate.set()
+    await discarding
+    await wait_for(lambda: len(replies["_INBOX.s.1"]) == 1, timeout=5, what="the running one is answered")
+    await sniffer.flush()
+    assert replies["_INBOX.s.2"] == ["ok"]
+    assert Held.runs == 1
