@@ -85,7 +85,7 @@ HOST_OPTIONS: dict[str, Any] = {
     "lease": 1.5,
     "rebalance": False,
     "queue_timeout": 4.0,  # an activation that cannot be placed is answered within it
-    "delivery": {"partitions": 4, "max_deliver": 3, "backoff": [0.05], "ack_wait": 10.0, "attempt_timeout": 4.0},
+    "delivery": {"partitions": 4, "max_deliver": 3, "backoff": [0.05], "ack_wait": 10.0, "attempt_timeout": 2.0},
 }
 
 
@@ -914,7 +914,7 @@ class Fuzzer:
         if action == "big":
             return "big", {"size": r.choice([0, 10, 70_000, 600_000, 1_100_000, 2**40])}
         if action == "keep":
-            value = g.value() if r.random() < 0.8 else "k" * r.choice([1000, 500_000, 1_000_000])
+            value = g.value() if r.random() < 0.8 else "k" * r.choice([1000, 50_000, 1_000_000])
             return "keep", {"value": value}
         if action == "relay":
             target = f"{r.choice((*FUZZ_KINDS[:2], 'Ghost', 'Canary'))}/{r.choice(self.ids)}"
