@@ -244,3 +244,50 @@ async def test_an_accepted_send_left_in_a_stopping_agents_mailbox_gets_no_second
     await sniffer.flush()
     assert replies["_INBOX.s.2"] == ["ok"]
     assert Held.runs == 1
+
+
+async def test_a_partition_whose_lease_is_lost_settles_nothing_more(
+    mesh_factory: Any, mesh_prefix: str, sniffer: Any
+) -> None:
+    """Fuzz finding: durable results published twice, by two owners of one partition.
+    A partition whose lease was lost (its key deleted or overwritten: a hostile write; or
+    renewals that timed out under load) let its running message finish, answer and ack,
+    as on a graceful hand-over, while a new owner (on the other node, at once: the key
+    was gone) consumed the partition afresh and handled the redelivered message as well.
+    Once its lease is lost a partition answers and acks nothing: the next holder does.
+    Here the holder is the same node; the result must come from its new term. Before the
+    fix: the old term answered while no one held the lease."""
+    Held.gate, Held.runs = asyncio.Event(), 0
+    delivery = DeliverySettings(partitions=1, max_deliver=5, backoff=(0.05,), ack_wait=10.0, attempt_timeout=20.0)
+    node = await mesh_factory(
+        name="n1", cluster=ClusterSettings(node_id="n1", lease=1.5, rebalance=False, delivery=delivery)
+    )
+    await node.host(Held)
+    owners = node._owners
+    assert owners is not None
+    await wait_for(lambda: owners.owned() == [0], timeout=10, what="n1 owns the partition")
+    results: list[tuple[Any, list[int]]] = []
+
+    async def collect(msg: Any) -> None:
+        results.append((msg, owners.owned()))
+
+    await sniffer.subscribe("_INBOX.lost.>", cb=collect)
+    mid = envelope.new_message_id()
+    headers = {
+        h.PROTO: "1",
+        h.ACTION: "hold",
+        h.MESSAGE_ID: mid,
+        h.DELIVERY: h.DELIVERY_AT_LEAST_ONCE,
+        h.REPLY_TO: "_INBOX.lost.1",
+        "Nats-Msg-Id": mid,
+    }
+    js = sniffer.jetstream()
+    await js.publish(durable_subject(mesh_prefix, "Held", "x"), msgpack.packb({}), headers=headers)
+    await wait_for(lambda: Held.runs == 1, timeout=10, what="the handler runs")
+    control = await open_bucket(node._transport, bucket_name(mesh_prefix, "control"), history=1)
+    await control.delete("partition.0")
+    await wait_for(lambda: owners.owned() == [], timeout=5, interval=0.001, what="n1 notices")
+    Held.gate.set()  # the running message finishes now, its lease gone
+    await wait_for(lambda: len(results) >= 1, timeout=20, what="the result")
+    await sniffer.flush()
+    assert [(m.headers[h.STATUS], owned) for m, owned in results] == [("ok", [0])]

@@ -27,7 +27,9 @@ limited) and is otherwise treated like any other holder: it blocks election for 
 after it first saw the leader's last revision, so a leader whose renewals time out
 (an overloaded server, a slow connection) must stop leading before then, whatever its
 renewals' fate: its lead is valid until ``interval / 2`` before ``ttl`` has passed since
-it sent its last successful write, and renewals wait no longer than that.
+it sent its last successful write, and renewals wait no longer than that. Whatever the
+leader does in its role checks :attr:`LeaderLease.holds` before it counts (a partition
+owner's answers and acks): false once that time has passed or the lease was lost.
 """
 
 from __future__ import annotations
@@ -91,6 +93,13 @@ class LeaderLease:
     def is_leader(self) -> bool:
         return self._revision > 0
 
+    @property
+    def holds(self) -> bool:
+        """Whether what the leader does still counts: until its lease can have run out
+        (it may be handing over gracefully). ``False`` at once when the lease was lost:
+        another node may hold it already."""
+        return asyncio.get_running_loop().time() < self._valid_until
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._campaign())
 
@@ -120,6 +129,7 @@ class LeaderLease:
                 # or on another node) instead of being held by a node that does nothing.
                 self._lead_failed = False
                 revision = self._revision
+                self._valid_until = 0.0
                 await self._step_down()
                 with contextlib.suppress(NatsAgentsError):
                     await self.bucket.delete(self.key, revision=revision, timeout=self.interval)
@@ -147,6 +157,7 @@ class LeaderLease:
             except CasConflict as exc:
                 if self._revision:
                     log.warning("%s lost the lease %s", self.node_id, self.key)
+                    self._valid_until = 0.0
                     await self._step_down()
                 else:
                     await self._judge(exc.current_revision)

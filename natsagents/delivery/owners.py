@@ -58,6 +58,11 @@ class Lease(Protocol):
     @property
     def is_leader(self) -> bool: ...
 
+    @property
+    def holds(self) -> bool:
+        """Whether the lease can be relied on now (lost or run out: no)."""
+        ...
+
     def start(self) -> None: ...
 
     async def stop(self) -> None: ...
@@ -170,4 +175,5 @@ class PartitionOwners:
         TTL) cuts the partition's hand-back short, leaving messages in its queues; taken
         over again by the same partition, they would run next to the stream's redelivery
         of the same messages (and be answered twice)."""
-        await Partition(self, p).run()
+        lease = self._leases[p]  # set before the lease's campaign can start leading
+        await Partition(self, p, lambda: lease.holds).run()
