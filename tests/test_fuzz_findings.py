@@ -19,6 +19,7 @@ from natsagents.transport.kv import open_bucket
 from natsagents.wire import codec, envelope
 from natsagents.wire import headers as h
 from natsagents.wire.subjects import bucket_name, durable_subject
+from tests.fuzz import RawPublisher
 
 
 class Held(Agent):
@@ -291,3 +292,51 @@ async def test_a_partition_whose_lease_is_lost_settles_nothing_more(
     await wait_for(lambda: len(results) >= 1, timeout=20, what="the result")
     await sniffer.flush()
     assert [(m.headers[h.STATUS], owned) for m, owned in results] == [("ok", [0])]
+
+
+async def test_requests_with_the_same_malformed_message_id_are_each_refused(
+    mesh: Mesh, mesh_prefix: str, sniffer: Any
+) -> None:
+    """Fuzz finding: a malformed request never answered. Copies are recognised by
+    ``Na-Msg-Id`` — but a malformed id (``bad id``, or bytes that are not UTF-8, which
+    all read as U+FFFD) was remembered too, so a second malformed request carrying the
+    same one while the first waited was taken for its copy and dropped unanswered, where
+    each should get its ``bad_request``. Before the fix: one reply of two."""
+    Held.gate, Held.runs = asyncio.Event(), 0
+    await mesh.host(Held)
+    await mesh._host.activate("Held", "z")
+    subject = f"{mesh_prefix}.agent.Held.z"
+    replies: dict[str, list[str]] = {f"_INBOX.m.{n}": [] for n in range(4)}
+
+    async def collect(msg: Any) -> None:
+        replies[msg.subject].append(msg.headers[h.STATUS])
+
+    await sniffer.subscribe("_INBOX.m.>", cb=collect)
+    await reachable(sniffer, subject)
+    hold = {h.PROTO: "1", h.ACTION: "hold", h.MESSAGE_ID: envelope.new_message_id()}
+    await sniffer.publish(subject, b"", reply="_INBOX.m.0", headers=hold)
+    await sniffer.flush()
+    await wait_for(lambda: Held.runs == 1, timeout=5, what="the agent is busy")
+    await sniffer.publish(subject, b"", reply="_INBOX.m.1", headers={h.ACTION: "hold", h.MESSAGE_ID: "bad id"})
+    await sniffer.publish(subject, b"", reply="_INBOX.m.2", headers={h.ACTION: "get", h.MESSAGE_ID: "bad id"})
+    raw = RawPublisher(sniffer.connected_url.geturl())  # bytes nats-py would not send
+    await raw.open()
+    try:
+        block = b"NATS/1.0\r\nNa-Action: hold\r\nNa-Msg-Id: \xc3\r\n\r\n"
+        raw.send(subject.encode(), b"_INBOX.m.3", block, b"")
+        raw.send(subject.encode(), b"_INBOX.m.3", block, b"")  # another one: answered too
+        await raw.flush()
+    finally:
+        await raw.close()
+    await sniffer.flush()
+    Held.gate.set()
+    # FIFO: once this is answered, every message sent before it (the server has routed
+    # them all: both connections flushed) was answered or dropped.
+    await mesh.ref("Held/z").call("hold")
+    await sniffer.flush()
+    assert replies == {
+        "_INBOX.m.0": ["ok"],
+        "_INBOX.m.1": ["bad_request"],
+        "_INBOX.m.2": ["bad_request"],
+        "_INBOX.m.3": ["bad_request", "bad_request"],
+    }

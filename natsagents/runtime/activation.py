@@ -184,6 +184,8 @@ class Activation:
         message_id = None
         if msg.reply and hdrs is not None:
             message_id = hdrs.get(h.MESSAGE_ID)
+            if message_id is not None and not envelope.is_message_id(message_id):
+                message_id = None  # a malformed id identifies nothing: the request gets its bad_request
             recent = self.recent
             if recent is not None and message_id is not None:
                 entry = recent.get(message_id)
@@ -263,7 +265,7 @@ class Activation:
                         self.health.handled(took, len(mailbox))
                 if self.recent is not None and msg.reply:
                     message_id = msg.headers.get(h.MESSAGE_ID) if msg.headers is not None else None
-                    if message_id is not None:
+                    if message_id is not None and envelope.is_message_id(message_id):
                         self.host.dedup.finish(self, message_id, kept)
         finally:
             workers = self.workers
