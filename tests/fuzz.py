@@ -51,6 +51,7 @@ import os
 import random
 import struct
 import time
+import urllib.request
 import zlib
 from collections import Counter, deque
 from collections.abc import Callable
@@ -241,6 +242,7 @@ class Report:
     cpu: dict[str, float] = field(default_factory=dict)
     raw_errors: list[str] = field(default_factory=list)
     raw_reconnects: int = 0
+    slow_consumers: int = 0  # the server's count over the run (it drops messages to such a client)
     seconds: float = 0.0
     host_stats: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -299,7 +301,8 @@ class Report:
             f"{ {k: round(v / MiB, 1) for k, v in self.rss_after.items()} } peak "
             f"{ {k: round(v / MiB, 1) for k, v in self.rss_peak.items()} }; host CPU s "
             f"{ {k: round(v, 1) for k, v in self.cpu.items()} }",
-            f"  raw -ERR {len(self.raw_errors)}, reconnects {self.raw_reconnects}",
+            f"  raw -ERR {len(self.raw_errors)}, reconnects {self.raw_reconnects}, "
+            f"server slow consumers {self.slow_consumers}",
             "  reply statuses: " + ", ".join(f"{k} {v}" for k, v in self.statuses.most_common(16)),
             "  generators: " + ", ".join(f"{k} {v}" for k, v in self.whats.most_common(40)),
         ]
@@ -557,8 +560,10 @@ class Fuzzer:
         window: int = 48,
         reply_timeout: float = 20.0,
         durable_timeout: float = 30.0,
+        monitor_url: str | None = None,
     ) -> None:
         self.url = url
+        self.monitor_url = monitor_url
         self.p = prefix
         self.pids = pids
         self.alive = alive
@@ -632,6 +637,7 @@ class Fuzzer:
         await asyncio.gather(*(spawn(kind, agent_id) for kind in FUZZ_KINDS for agent_id in self.ids))
         kv = await self.sniffer.jetstream().key_value(bucket_name(self.p, "control"))
         self.owner_key = (await kv.get("owner-key")).value
+        self.report.slow_consumers = -self._slow_consumers()
         for node, pid in self.pids.items():
             self.report.rss_before[node] = proc_status(pid, "VmRSS")
             self.report.cpu[node] = -proc_cpu(pid)
@@ -800,6 +806,13 @@ class Fuzzer:
                 pass
         await self.sniffer.flush()
 
+    def _slow_consumers(self) -> int:
+        """The server's slow consumer count (``/varz``), 0 without a monitoring URL."""
+        if self.monitor_url is None:
+            return 0
+        with urllib.request.urlopen(f"{self.monitor_url}/varz", timeout=5) as answer:
+            return int(json.loads(answer.read()).get("slow_consumers", 0))
+
     @staticmethod
     def _stored(sent: Sent) -> bool:
         ack = sent.first
@@ -861,6 +874,7 @@ class Fuzzer:
             self.report.rss_after[node] = proc_status(pid, "VmRSS")
             self.report.rss_peak[node] = max(self.report.rss_peak.get(node, 0), self.report.rss_after[node])
             self.report.cpu[node] += proc_cpu(pid)
+        self.report.slow_consumers += self._slow_consumers()
         self.report.raw_errors = [e.decode(errors="replace") for e in self.raw.errors]
         self.report.raw_reconnects = self.raw.reconnects
 

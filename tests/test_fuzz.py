@@ -15,13 +15,16 @@ from pathlib import Path
 
 import pytest
 
+from natsagents.server import NatsServer
 from tests.fuzz import HOST_OPTIONS, NODES, Fuzzer, Report, fuzz_seed
 from tests.test_cluster_chaos import host_processes
 
 MiB = 1024 * 1024
 
 
-async def fuzz(nats_url: str, prefix: str, tmp_path: Path, messages: int, *, probe_every: int) -> Report:
+async def fuzz(
+    nats_url: str, prefix: str, tmp_path: Path, messages: int, *, probe_every: int, monitor_url: str | None = None
+) -> Report:
     seed = fuzz_seed()
     print(f"fuzz seed {seed} (FUZZ_SEED={seed} replays it)")
     async with host_processes(nats_url, prefix, tmp_path, "tests._fuzz_host") as launch:
@@ -33,6 +36,7 @@ async def fuzz(nats_url: str, prefix: str, tmp_path: Path, messages: int, *, pro
             lambda node: hosts[node].running,
             seed=seed,
             probe_every=probe_every,
+            monitor_url=monitor_url,
         )
         try:
             await fuzzer.start()
@@ -58,14 +62,18 @@ def check(report: Report, rss_growth_mib: float) -> None:
     assert report.probes >= 2 and all(n > 0 for n in report.canary_expected.values())
 
 
-async def test_fuzz_bounded(nats_url: str, mesh_prefix: str, tmp_path: Path) -> None:
-    report = await fuzz(nats_url, mesh_prefix, tmp_path, 3000, probe_every=500)
+async def test_fuzz_bounded(nats_server: NatsServer, mesh_prefix: str, tmp_path: Path) -> None:
+    report = await fuzz(
+        nats_server.url, mesh_prefix, tmp_path, 3000, probe_every=500, monitor_url=nats_server.monitor_url
+    )
     check(report, rss_growth_mib=250)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(4 * 3600)
-async def test_fuzz_long(nats_url: str, mesh_prefix: str, tmp_path: Path) -> None:
+async def test_fuzz_long(nats_server: NatsServer, mesh_prefix: str, tmp_path: Path) -> None:
     messages = int(os.environ.get("FUZZ_MESSAGES", "100000"))
-    report = await fuzz(nats_url, mesh_prefix, tmp_path, messages, probe_every=1000)
+    report = await fuzz(
+        nats_server.url, mesh_prefix, tmp_path, messages, probe_every=1000, monitor_url=nats_server.monitor_url
+    )
     check(report, rss_growth_mib=400)
