@@ -4,7 +4,7 @@ pause or fuzz it): ``python -m tests.node_process URLS PREFIX NAME [OPTIONS_JSON
 ``OPTIONS_JSON`` (all optional):
 
 * ``kinds``: names of the agent classes to host (default ``["Counter"]``), from
-  :data:`KINDS` (``tests.agents`` plus ``PermCounter`` and ``Crasher``);
+  :data:`KINDS` (``tests.agents``, ``tests.fuzz_agents``, ``PermCounter`` and ``Crasher``);
 * ``cluster``: ``ClusterSettings`` fields (``lease`` 1.5 s, ``rebalance`` off and no
   durable delivery unless given; a ``delivery`` object becomes ``DeliverySettings``), or
   ``null`` for a standalone host (the default);

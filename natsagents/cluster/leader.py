@@ -22,6 +22,14 @@ finds out at its next renewal (CAS conflict) and steps down, within ``interval``
 any candidate's ``ttl`` on the new revision is over. A garbage value is logged (rate
 limited) and is otherwise treated like any other holder: it blocks election for at most
 ``ttl + interval``.
+
+**A leader that cannot renew steps down by itself.** A candidate may take over ``ttl``
+after it first saw the leader's last revision, so a leader whose renewals time out
+(an overloaded server, a slow connection) must stop leading before then, whatever its
+renewals' fate: its lead is valid until ``interval / 2`` before ``ttl`` has passed since
+it sent its last successful write, and renewals wait no longer than that. Whatever the
+leader does in its role checks :attr:`LeaderLease.holds` before it counts (a partition
+owner's answers and acks): false once that time has passed or the lease was lost.
 """
 
 from __future__ import annotations
@@ -76,6 +84,7 @@ class LeaderLease:
         self._lead = lead
         self._lead_failed = False
         self._revision = 0
+        self._valid_until = 0.0  # loop time: lead no longer unless renewed (see the docstring)
         self._standing: tuple[int, float] | None = None  # a holder's revision, first seen at
         self._tasks = TaskGroup(f"lease {key}", log)
         self._campaigning: asyncio.Task[None] | None = None
@@ -85,6 +94,13 @@ class LeaderLease:
     @property
     def is_leader(self) -> bool:
         return self._revision > 0
+
+    @property
+    def holds(self) -> bool:
+        """Whether what the leader does still counts: until its lease can have run out
+        (it may be handing over gracefully). ``False`` at once when the lease was lost:
+        another node may hold it already."""
+        return asyncio.get_running_loop().time() < self._valid_until
 
     def start(self) -> None:
         self._campaigning = self._tasks.spawn(self._campaign(), name=f"campaign {self.key}")
@@ -114,29 +130,49 @@ class LeaderLease:
                 # or on another node) instead of being held by a node that does nothing.
                 self._lead_failed = False
                 revision = self._revision
+                self._valid_until = 0.0
                 await self._step_down()
                 with contextlib.suppress(NatsAgentsError):
                     await self.bucket.delete(self.key, revision=revision, timeout=self.interval)
                 await asyncio.sleep(self.interval)
                 continue
+            loop = asyncio.get_running_loop()
+            if self._revision and loop.time() >= self._valid_until:
+                log.warning("%s could not renew the lease %s in time: stepping down", self.node_id, self.key)
+                await self._step_down()
+            sent = loop.time()
             try:
                 if self._revision:
-                    self._revision = await self.bucket.update(
-                        self.key, value, revision=self._revision, ttl=self.ttl, timeout=self.interval
+                    timeout = min(self.interval, max(0.001, self._valid_until - sent))
+                    revision = await self.bucket.update(
+                        self.key, value, revision=self._revision, ttl=self.ttl, timeout=timeout
                     )
+                    if self._revision:  # not stepped down meanwhile
+                        self._revision = revision
+                        self._renewed(sent)
                 else:
                     self._revision = await self.bucket.create(self.key, value, ttl=self.ttl, timeout=self.interval)
+                    self._renewed(sent)
                     log.info("%s leads %s", self.node_id, self.key)
                     self._begin()
             except CasConflict as exc:
                 if self._revision:
                     log.warning("%s lost the lease %s", self.node_id, self.key)
+                    self._valid_until = 0.0
                     await self._step_down()
                 else:
                     await self._judge(exc.current_revision)
             except NatsAgentsError as exc:
                 log.debug("lease %s: %s", self.key, exc)
-            await asyncio.sleep(self.interval)
+            pause = self.interval
+            if self._revision:  # wake up in time to step down if this renewal was the last
+                pause = min(pause, max(0.0, self._valid_until - loop.time()))
+            await asyncio.sleep(pause)
+
+    def _renewed(self, sent: float) -> None:
+        """A write sent at loop time ``sent`` holds the key: a candidate can take over no
+        sooner than ``ttl`` after it (it sees the revision once it is written)."""
+        self._valid_until = sent + self.ttl - self.interval / 2
 
     async def _judge(self, revision: int | None) -> None:
         """The key is held at ``revision``: take it over (CAS) once that revision has
@@ -155,12 +191,14 @@ class LeaderLease:
             held = holder(entry.value)
             if held is None:
                 records.garbage(log, "lease", f"{self.bucket.name}/{self.key}", "not a node id")
+            sent = asyncio.get_running_loop().time()
             self._revision = await self.bucket.update(
                 self.key, codec.encode(self.node_id), revision=revision, ttl=self.ttl, timeout=self.interval
             )
         except NatsAgentsError as exc:  # CasConflict: renewed, taken by another candidate, or gone
             log.debug("lease %s: no takeover: %s", self.key, exc)
             return
+        self._renewed(sent)
         log.warning(
             "%s took over the lease %s from %s: revision %d stood unrenewed for %s s",
             self.node_id,

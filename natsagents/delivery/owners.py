@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
@@ -56,6 +57,11 @@ class Lease(Protocol):
 
     @property
     def is_leader(self) -> bool: ...
+
+    @property
+    def holds(self) -> bool:
+        """Whether the lease can be relied on now (lost or run out: no)."""
+        ...
 
     def start(self) -> None: ...
 
@@ -154,7 +160,7 @@ class PartitionOwners:
         while True:
             want = self.desired()
             for p in sorted(want - set(self._leases)):
-                lease = self._new_lease(f"partition.{p}", Partition(self, p).run)
+                lease = self._new_lease(f"partition.{p}", functools.partial(self._consume, p))
                 lease.start()
                 self._leases[p] = lease
             for p in sorted(set(self._leases) - want):
@@ -162,3 +168,12 @@ class PartitionOwners:
                 await lease.stop()  # graceful: the running partition hands its messages back
             self.metrics.partitions_owned.set(len(self.owned()))
             await self._changed(1.0)
+
+    async def _consume(self, p: int) -> None:
+        """Consume partition ``p`` while its lease is held: a fresh :class:`Partition` each
+        time. A lease lost mid-message (its key overwritten, or this node paused past its
+        TTL) cuts the partition's hand-back short, leaving messages in its queues; taken
+        over again by the same partition, they would run next to the stream's redelivery
+        of the same messages (and be answered twice)."""
+        lease = self._leases[p]  # set before the lease's campaign can start leading
+        await Partition(self, p, lambda: lease.holds).run()

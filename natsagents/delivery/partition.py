@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..errors import (
@@ -71,12 +72,23 @@ class Owner(Protocol):
     running: dict[int, Partition]
 
 
-class Partition:
-    """Consumes one partition while its lease is held (``run`` is the lease's task)."""
+class _LeaseGone(Exception):
+    """The partition's lease no longer holds: settle nothing more (the next holder will)."""
 
-    def __init__(self, owners: Owner, n: int) -> None:
+
+class Partition:
+    """Consumes one partition while its lease is held (``run`` is the lease's task).
+
+    ``holds`` tells whether the lease still holds (``cluster.leader.LeaderLease.holds``).
+    Nothing is forwarded, answered or acknowledged once it does not: a lease that was
+    lost (its key overwritten or deleted, or renewals that went unanswered) may have a
+    new holder already, consuming the same messages afresh.
+    """
+
+    def __init__(self, owners: Owner, n: int, holds: Callable[[], bool] = lambda: True) -> None:
         self.o = owners
         self.n = n
+        self.holds = holds
         self.queues: dict[str, deque[js.JsMsg]] = {}
         self.workers: dict[str, asyncio.Task[None]] = {}
         self.held: set[js.JsMsg] = set()  # fetched and not yet acknowledged
@@ -203,6 +215,9 @@ class Partition:
                         await self._process(msg)
                 except asyncio.CancelledError:
                     raise
+                except _LeaseGone:
+                    log.info("partition %d: lease lost while handling stream message %d", self.n, msg.stream_seq)
+                    return
                 except Exception:
                     log.exception("partition %d: handling stream message %d failed", self.n, msg.stream_seq)
                 for _ in range(min(done, len(queue))):
@@ -367,6 +382,7 @@ class Partition:
             [(p[0], m.data) for p, m in zip(prepared, msgs, strict=True)], owner_key=o.owner_key, subject=subject
         )
         attempt_first = max(0, head.num_delivered - 1) + 1
+        self._check()
         try:
             reply = await o.caller.forward(
                 subject,
@@ -471,6 +487,7 @@ class Partition:
                 if suspect:
                     await self.attempts.count(msg, attempt - 1)
                 self.running[msg.stream_seq] = attempt
+                self._check()
                 try:
                     reply = await o.caller.forward(
                         subject, msg.data, block, time.time() + s.attempt_timeout, kind, agent_id, action
@@ -493,7 +510,12 @@ class Partition:
             o.metrics.durable.labels(kind, "retried").inc()
             await asyncio.sleep(s.delay(attempt))
 
+    def _check(self) -> None:
+        if not self.holds():
+            raise _LeaseGone(f"the lease of partition {self.n} no longer holds")
+
     async def _ack(self, msg: js.JsMsg) -> None:
+        self._check()
         self.running.pop(msg.stream_seq, None)
         if self.attempts:
             self.attempts.forget(msg)
@@ -507,6 +529,7 @@ class Partition:
             log.warning("partition %d: ack of stream message %d failed: %s", self.n, msg.stream_seq, exc)
 
     async def _answer(self, reply_to: str, headers: Any, data: bytes) -> None:
+        self._check()
         with contextlib.suppress(NatsAgentsError):
             await self.o.transport.publish_reply(reply_to, data, headers=headers, on=f"partition {self.n}")
 
@@ -521,6 +544,7 @@ class Partition:
         reply: Any,
     ) -> None:
         o = self.o
+        self._check()
         parts = msg.subject.split(".")
         kind, token = parts[-2], parts[-1]
         letter = dict(hdrs)

@@ -200,6 +200,8 @@ class Activation:
         message_id = None
         if msg.reply and hdrs is not None:
             message_id = hdrs.get(h.MESSAGE_ID)
+            if message_id is not None and not envelope.is_message_id(message_id):
+                message_id = None  # a malformed id identifies nothing: the request gets its bad_request
             recent = self.recent
             if recent is not None and message_id is not None:
                 entry = recent.get(message_id)
@@ -311,7 +313,7 @@ class Activation:
                     host.guard.remember(msg.admitted)
                 if self.recent is not None and msg.reply:
                     message_id = msg.headers.get(h.MESSAGE_ID) if msg.headers is not None else None
-                    if message_id is not None:
+                    if message_id is not None and envelope.is_message_id(message_id):
                         self.host.dedup.finish(self, message_id, kept)
         finally:
             workers = self.workers
@@ -343,6 +345,7 @@ class Activation:
     def take_pending(self) -> list[Inbound]:
         """Remove and return the messages still waiting (used when stopping)."""
         pending = list(self.mailbox)
+        self.mailbox.clear()  # a running worker holds this deque: it must find it empty
         self.mailbox = _NO_MAIL
         self.highs = self.lows = 0
         return pending

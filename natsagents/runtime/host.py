@@ -303,7 +303,7 @@ class Host:
                 await act.subscription.drain()
         if discard:
             for msg in act.take_pending():
-                self.replies.refuse(act, msg, UNAVAILABLE, "this copy of the agent was superseded", retry=True)
+                self.replies.refuse_waiting(act, msg, "this copy of the agent was superseded")
         try:
             async with asyncio.timeout(self.settings.stop_timeout):
                 await act.wait_idle()
@@ -312,7 +312,7 @@ class Host:
             for task in list(act.workers):
                 task.cancel()
         for msg in act.take_pending():
-            self.replies.refuse(act, msg, UNAVAILABLE, "the agent stopped before handling the message", retry=True)
+            self.replies.refuse_waiting(act, msg, "the agent stopped before handling the message")
         act.state = ActivationState.STOPPED
         key = (act.kind, act.agent_id)
         if self.activations.get(key) is act:  # not a newer activation started meanwhile

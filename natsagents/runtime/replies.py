@@ -139,6 +139,17 @@ class Replies:
         hdrs, body = envelope.error_reply(code, message, agent=act.address, action=action, details=details)
         self.post(msg.reply, hdrs, body)
 
+    def refuse_waiting(self, act: Activation, msg: Inbound, message: str) -> None:
+        """A message left in the mailbox of a stopping agent: ``unavailable`` with retry,
+        except an accepted send, whose one reply (the acknowledgement) is gone: it is
+        dropped, counted and logged."""
+        hdrs = msg.headers
+        if msg.reply and hdrs is not None and hdrs.get(h.REPLY_MODE) == h.REPLY_MODE_ACCEPT:
+            self._metrics.rejected_one(act.kind, UNAVAILABLE)
+            log.warning("dropped an accepted send to %s (action %s): %s", act.address, hdrs.get(h.ACTION), message)
+            return
+        self.refuse(act, msg, UNAVAILABLE, message, retry=True)
+
     def throttle(self, act: Activation, msg: Inbound, reason: str) -> None:
         """Refuse a message to an unhealthy agent (runtime.health): ``overloaded`` with
         ``details.reason`` and ``details.retry_after`` (seconds)."""

@@ -1,0 +1,95 @@
+"""The agent kinds of the fuzz tests (``tests/integration/test_fuzz.py``, harness
+``tests/fuzz.py``); their nodes run as ``tests.node_process`` processes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from natsagents import Agent, action
+
+#: Kinds the fuzzer targets (Canary excluded).
+FUZZ_KINDS = ("Tally", "Wide", "Typed", "OnlySpawn", "Ephemeral")
+
+
+class Canary(Agent):
+    """A counter the fuzzer never addresses: only the test's probes change it."""
+
+    @action
+    async def add(self, by: int = 1) -> int:
+        self.state["n"] = self.state.get("n", 0) + by
+        return int(self.state["n"])
+
+    @action
+    async def get(self) -> int:
+        return int(self.state.get("n", 0))
+
+
+class Tally(Agent):
+    """The fuzzer's main target: a persisted counter with a few more actions."""
+
+    @action
+    async def add(self, by: int = 1) -> int:
+        self.state["n"] = self.state.get("n", 0) + by
+        return int(self.state["n"])
+
+    @action
+    async def get(self) -> int:
+        n = self.state.get("n", 0)
+        return n if isinstance(n, int) else 0
+
+    @action
+    async def echo(self, value: Any = None) -> Any:
+        return value
+
+    @action
+    async def fail(self, message: str = "kaboom") -> None:
+        raise RuntimeError(message[:200])
+
+    @action
+    async def slow(self, ms: int = 1) -> int:
+        await asyncio.sleep(min(max(ms, 0), 50) / 1000)
+        return ms
+
+    @action
+    async def big(self, size: int = 0) -> bytes:
+        return b"x" * min(max(size, 0), 2 * 1024 * 1024)  # beyond max_payload: payload_too_large
+
+    @action
+    async def keep(self, value: Any = None) -> None:
+        self.state["kept"] = value  # anything: the state write may fail (too large, unencodable)
+
+    @action
+    async def relay(self, target: str, by: int = 1) -> Any:
+        """Call another fuzz agent (never a canary), deadline and correlation inherited."""
+        kind = target.partition("/")[0]
+        if kind not in FUZZ_KINDS:
+            raise ValueError(f"relay only to fuzz kinds, not {kind!r}")
+        return await self.ref(target).call("add", by=by, timeout=3.0)
+
+    @action(idempotent=True)
+    async def whoami(self) -> dict[str, Any]:
+        ctx = self.context
+        return {"id": self.id, "message_id": ctx.message_id, "caller": ctx.caller, "deadline": ctx.deadline}
+
+
+class Wide(Tally):
+    """Several handlers at once, a small mailbox (overloaded), a throttle."""
+
+    max_concurrency = 4
+    mailbox_size = 16
+    throttle_backlog = 8
+
+
+class OnlySpawn(Tally):
+    """Activated by explicit spawns only (``not_found`` otherwise)."""
+
+    activate_on_demand = False
+    persistence = "manual"
+
+
+class Ephemeral(Tally):
+    """No persisted state; its directory record goes with its node."""
+
+    persistence = "none"
+    restart = "temporary"
