@@ -28,6 +28,7 @@ from typing import Any
 
 from natsagents import Agent, ClusterSettings, DeliverySettings, Mesh, action
 from tests.agents import Counter, Keeper, Typed
+from tests.fuzz_agents import Canary, Ephemeral, OnlySpawn, Tally, Wide
 
 
 class PermCounter(Counter):
@@ -45,7 +46,10 @@ class Crasher(Agent):
         os._exit(3)
 
 
-KINDS: dict[str, type[Agent]] = {cls.__name__: cls for cls in (Counter, Keeper, Typed, PermCounter, Crasher)}
+KINDS: dict[str, type[Agent]] = {
+    cls.__name__: cls
+    for cls in (Counter, Keeper, Typed, PermCounter, Crasher, Canary, Tally, Wide, OnlySpawn, Ephemeral)
+}
 
 
 def counters(mesh: Mesh) -> dict[str, float]:
