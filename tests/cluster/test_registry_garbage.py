@@ -26,6 +26,7 @@ from natsagents.delivery.settings import DeliverySettings
 from natsagents.testing import wait_for
 from natsagents.transport.kv import Bucket, open_bucket
 from natsagents.wire.ids import agent_key
+from natsagents.wire.owner import owner_mac
 from natsagents.wire.subjects import activate_subject, bucket_name, node_subject
 from tests.agents import Counter, Keeper
 
@@ -497,12 +498,14 @@ NASTY_BODIES: list[Any] = [
 async def test_every_activation_request_gets_exactly_one_answer(
     mesh_factory: Any, mesh_prefix: str, nats_url: str, target: str
 ) -> None:
-    await start_nodes(mesh_factory, "n1", "n2")
+    nodes = await start_nodes(mesh_factory, "n1", "n2")
     subject = (
         activate_subject(mesh_prefix, "Counter")
         if target == "activate"
         else node_subject(mesh_prefix, "n1", "activate")
     )
+    # A node's `activate` is node-to-node: this test plays a node, signing with the owner key.
+    key = nodes[0].cluster_node.owner_key
     nc = await nats.connect(nats_url)
     try:
         replies: dict[int, list[Any]] = {i: [] for i in range(len(NASTY_BODIES))}
@@ -516,7 +519,11 @@ async def test_every_activation_request_gets_exactly_one_answer(
             if target == "node" and isinstance(body, dict):
                 body = {"kind": "Counter", **body}
             data = body if isinstance(body, bytes) else msgpack.packb(body)
-            await nc.publish(subject, data, reply=f"{inbox}.{i}", headers={"Na-Proto": "1"})
+            headers = {"Na-Proto": "1", "Na-Msg-Id": f"nasty-{i}"}
+            if target == "node":
+                assert key is not None
+                headers["Na-Owner-Mac"] = owner_mac(key, subject, headers, data)
+            await nc.publish(subject, data, reply=f"{inbox}.{i}", headers=headers)
         await nc.flush()
         await wait_for(lambda: all(replies.values()), timeout=10, what="an answer to every request")
         await nc.flush()  # a second answer would have come with the first
