@@ -1071,8 +1071,8 @@ class Fuzzer:
         first is held, the copy gets no reply of its own (protocol §7.4)."""
         hdrs = envelope.parse_header_block(msg.block) or {}
         mid = hdrs.get(h.MESSAGE_ID)
-        if mid is None:
-            return
+        if mid is None or not envelope.is_message_id(mid):
+            return  # a malformed id identifies nothing: each such request gets its own answer
         key = (msg.subject, mid)
         if key in self.seen_ids:
             msg.copy = True
