@@ -67,6 +67,7 @@ def check(report: Report, rss_growth_mib: float) -> None:
     assert report.probes >= 2 and all(n > 0 for n in report.canary_expected.values())
 
 
+@pytest.mark.timeout(180)  # about 20 s; more on a loaded machine
 async def test_fuzz_bounded(nats_server: NatsServer, mesh_prefix: str, tmp_path: Path) -> None:
     report = await fuzz(
         nats_server.url, mesh_prefix, tmp_path, 3000, probe_every=500, monitor_url=nats_server.monitor_url
