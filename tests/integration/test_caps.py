@@ -35,7 +35,9 @@ async def test_a_host_refuses_activations_beyond_max_agents_at_once(mesh_factory
 
 async def test_a_full_cluster_node_sends_the_agent_to_another(mesh_factory: Any) -> None:
     def node(name: str, **options: Any) -> Any:
-        settings = ClusterSettings(node_id=name, lease=1.5, rebalance=False, delivery=None)
+        # A loose load bound: placement does not know n1's agent limit, and the bounded-load
+        # rule alone would keep n2 from taking the agents n1 refuses (a known limit).
+        settings = ClusterSettings(node_id=name, lease=1.5, rebalance=False, delivery=None, load_factor=10.0)
         return mesh_factory(name=name, cluster=settings, **options)
 
     n1: Mesh = await node("n1", max_agents=2)
