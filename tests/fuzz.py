@@ -33,12 +33,16 @@ long, not printable ASCII). A privileged connection subscribes to all of them.
 
 Oracles (:class:`Report`): (a) every message with an inbox reply subject to an agent,
 activation, control subject — and every JetStream publish — gets **exactly one** reply
-within its timeout (a copy of a message the agent still holds: at most one); (b) no reply
-on a hostile subject, ever; (c) both host processes alive, and the canaries answer a
-normal call within a short timeout every ``probe_every`` messages and at the end (a
-wedge = no answer); (d) each canary's state equals the increments the test made;
+within its timeout (a copy of a message the agent still holds: at most one). As a caller
+must (protocol §7.4), a request with a well-formed ``Na-Msg-Id`` that has no reply after
+:data:`RESEND_AFTER` is published again, identical; it must then be answered (the figures
+say how many needed it), and replies after the resend do not count as duplicates;
+(b) no reply on a hostile subject, ever; (c) both host processes alive, and the canaries
+answer a normal call within a short timeout every ``probe_every`` messages and at the end
+(a wedge = no answer); (d) each canary's state equals the increments the test made;
 (e) the hosts' RSS growth is bounded (measured, asserted by the test). A durable message
-with an inbox ``Na-Reply-To`` that was stored gets exactly one result there.
+with an inbox ``Na-Reply-To`` that was stored gets its result there (at least once: a
+durable result comes again when an ack is lost, which delivery allows; counted).
 """
 
 from __future__ import annotations
@@ -81,6 +85,10 @@ MiB = 1024 * 1024
 #: Largest message the fuzzer sends (the server's max_payload is 1 MiB; a bigger one
 #: would only get the fuzzer's connection closed).
 MAX_MESSAGE = MiB - 4096
+#: Seconds after which a request with a well-formed Na-Msg-Id that got no reply is
+#: published again, identical (same reply subject), as a caller must (protocol §7.4: NATS
+#: may drop a request in transit while the agent's subscription changes hands).
+RESEND_AFTER = 5.0
 
 HOST_OPTIONS: dict[str, Any] = {
     "lease": 1.5,
@@ -209,6 +217,8 @@ class Sent:
     durable: str = ""  # the Na-Reply-To inbox token of a durable message
     expired: bool = False
     agent: tuple[str, str] | None = None
+    frame: tuple[bytes, bytes, bytes, bytes] | None = None  # what a resend publishes again
+    resent: int = 0  # replies that had come when it was resent (-1: not resent)
 
 
 @dataclass
@@ -243,6 +253,8 @@ class Report:
     raw_errors: list[str] = field(default_factory=list)
     raw_reconnects: int = 0
     slow_consumers: int = 0  # the server's count over the run (it drops messages to such a client)
+    resent: int = 0  # requests published again for want of a reply (protocol §7.4)
+    answered_after_resend: list[str] = field(default_factory=list)
     seconds: float = 0.0
     host_stats: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -259,8 +271,6 @@ class Report:
             out.append(f"{len(self.unanswered)} message(s) never answered: {self.unanswered[:10]}")
         if self.hostile_replies:
             out.append(f"{len(self.hostile_replies)} reply(ies) on hostile subjects: {self.hostile_replies[:10]}")
-        if self.durable_duplicates:
-            out.append(f"{len(self.durable_duplicates)} durable result(s) twice: {self.durable_duplicates[:10]}")
         if self.durable_unanswered:
             out.append(
                 f"{len(self.durable_unanswered)} stored durable message(s) without result: "
@@ -291,7 +301,8 @@ class Report:
             "  exactly-one expected / answered: "
             + ", ".join(f"{t} {self.expected_one[t]}/{self.answered[t]}" for t in TARGETS),
             f"  duplicates {len(self.duplicates)}, unanswered {len(self.unanswered)}, "
-            f"hostile replies {len(self.hostile_replies)}",
+            f"hostile replies {len(self.hostile_replies)}; resent after {RESEND_AFTER:g} s without a reply "
+            f"{self.resent}, answered only then {len(self.answered_after_resend)}",
             f"  durable results expected {self.durable_expected}, answered {self.durable_answered}, "
             f"twice {len(self.durable_duplicates)}, missing {len(self.durable_unanswered)}, "
             f"unexpected {len(self.durable_unexpected)}",
@@ -711,6 +722,10 @@ class Fuzzer:
         summary = f"#{n} {m.target}/{m.what} {m.subject[:90]} hdrs={m.block[:160]!r} body={m.body[:48]!r}"
         sent = Sent(n, m.target, m.what, m.subject, expect, time.monotonic(), self.reply_timeout, summary)
         sent.agent = m.agent
+        if m.target == "agent" and expect == "one":
+            mid = (envelope.parse_header_block(m.block) or {}).get(h.MESSAGE_ID)
+            if mid is not None and envelope.is_message_id(mid):
+                sent.frame = (m.subject.encode("utf-8", "surrogateescape"), reply.encode(), m.block, m.body)
         if m.durable_reply:
             sent.durable = self._durable_token(m)
             self.durable[sent.durable] = sent
@@ -740,6 +755,11 @@ class Fuzzer:
         now = time.monotonic()
         for n in list(self.pending):
             sent = self.sent[n]
+            if sent.frame is not None and not sent.resent and now - sent.at > RESEND_AFTER:
+                sent.resent = len(sent.replies) or -1  # (none had come: it is pending)
+                self.report.resent += 1
+                self.raw.send(*sent.frame)
+                continue
             if final or now - sent.at > sent.timeout:
                 self.pending.discard(n)
                 sent.expired = True
@@ -767,6 +787,7 @@ class Fuzzer:
                 await self.send(self.rng.choices(makers, weights)[0]())
             if i % 50 == 0:
                 await self.raw.flush()
+                self._expire()
                 await self.room()
             if i % self.probe_every == 0:
                 await self.probe()
@@ -853,8 +874,13 @@ class Fuzzer:
         """The last checks: duplicates, durable results, canary states, RSS, CPU."""
         assert self.prober is not None
         for sent in self.sent.values():
-            if len(sent.replies) > 1:
+            # A resent request's copy is answered again once the first is answered (the
+            # host keeps the reply): only replies before the resend count as duplicates.
+            before = sent.replies if not sent.resent else sent.replies[: max(sent.resent, 0)]
+            if len(before) > 1:
                 self.report.duplicates.append(f"{sent.summary} -> {sent.replies}")
+            if sent.resent == -1 and sent.replies:
+                self.report.answered_after_resend.append(f"{sent.summary} -> {sent.replies}")
         for token, sent in self.durable.items():
             got = self.durable_replies[token]
             if self._stored(sent):
