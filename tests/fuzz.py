@@ -254,6 +254,8 @@ class Report:
     raw_reconnects: int = 0
     slow_consumers: int = 0  # the server's count over the run (it drops messages to such a client)
     resent: int = 0  # requests published again for want of a reply (protocol §7.4)
+    agents: dict[str, int] = field(default_factory=dict)  # agents active on each node at the end
+    rss_trend: dict[str, list[int]] = field(default_factory=dict)  # RSS MiB at each probe
     answered_after_resend: list[str] = field(default_factory=list)
     seconds: float = 0.0
     host_stats: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -312,11 +314,15 @@ class Report:
             f"{ {k: round(v / MiB, 1) for k, v in self.rss_after.items()} } peak "
             f"{ {k: round(v / MiB, 1) for k, v in self.rss_peak.items()} }; host CPU s "
             f"{ {k: round(v, 1) for k, v in self.cpu.items()} }",
+            f"  agents active at the end {self.agents}; RSS MiB at each probe "
+            f"{ {k: v[:: max(1, len(v) // 12)] for k, v in self.rss_trend.items()} }",
             f"  raw -ERR {len(self.raw_errors)}, reconnects {self.raw_reconnects}, "
             f"server slow consumers {self.slow_consumers}",
             "  reply statuses: " + ", ".join(f"{k} {v}" for k, v in self.statuses.most_common(16)),
             "  generators: " + ", ".join(f"{k} {v}" for k, v in self.whats.most_common(40)),
         ]
+        for line in self.answered_after_resend[:5]:
+            lines.append(f"  answered after a resend: {line[:300]}")
         for node, stats in self.host_stats.items():
             keep = {k: v for k, v in stats.items() if "rejected" in k or "refused" in k or "dropped" in k}
             lines.append(f"  {node} refusals: {json.dumps(keep, sort_keys=True)[:1500]}")
@@ -848,7 +854,9 @@ class Fuzzer:
             if not self.alive(node) and node not in self.report.hosts_dead:
                 self.report.hosts_dead.append(node)
         for node, pid in self.pids.items():
-            self.report.rss_peak[node] = max(self.report.rss_peak.get(node, 0), proc_status(pid, "VmRSS"))
+            rss = proc_status(pid, "VmRSS")
+            self.report.rss_peak[node] = max(self.report.rss_peak.get(node, 0), rss)
+            self.report.rss_trend.setdefault(node, []).append(rss // MiB)
 
         async def one(canary: str) -> None:
             began = time.monotonic()
@@ -865,6 +873,7 @@ class Fuzzer:
             try:
                 reply = await self.sniffer.request(f"{self.p}.node.{node}.info", b"", timeout=5)
                 assert (reply.headers or {}).get(h.STATUS) == "ok", reply.headers
+                self.report.agents[node] = len(msgpack.unpackb(reply.data).get("agents", []))
             except Exception as exc:
                 self.report.probe_failures.append(f"message {self.n}: node {node} info: {type(exc).__name__}: {exc}")
 
