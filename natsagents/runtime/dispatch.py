@@ -134,16 +134,18 @@ class Dispatcher:
         try:
             spec, kwargs, seq, weight = self._admit(act, meta, headers, data)
             held = await self._enter_bulkheads(act, spec, meta.deadline_ms)
-        except BaseException as exc:
-            self.budget.release(weight)
-            if not isinstance(exc, Refused):
-                raise
-            refused = exc
+        except Refused as refused:
+            if weight:  # taken in _admit, then a bulkhead refused
+                self.budget.release(weight)
             self._metrics.rejected_one(kind, refused.reason or refused.code)
             err = envelope.error_reply(
                 refused.code, refused.message, agent=address, action=action, details=refused.details
             )
             return Outcome(err, wanted, None, action)
+        except BaseException:  # cancelled while waiting for a bulkhead
+            if weight:
+                self.budget.release(weight)
+            raise
         tracing = self._tracing
         span = tracing.server_span(kind, action, act.agent_id, headers) if tracing.enabled else None
         token = _current.set(self._context(address, meta, caller))

@@ -18,7 +18,7 @@ import pytest
 from natsagents import Agent, Mesh, action
 from natsagents.wire import codec
 from natsagents.wire import headers as h
-from tests.agents import Counter
+from tests.agents import Counter, Typed
 from tests.integration.test_decode_limits import PeakRss, still_serving, subject
 from tests.unit.test_codec_bounds import announced, flat, open_path
 
@@ -62,9 +62,10 @@ async def raw(nats_url: str) -> AsyncIterator[Any]:
 
 @pytest.fixture
 async def victim(mesh: Mesh) -> Mesh:
-    await mesh.host(Counter, Holder)
+    await mesh.host(Counter, Typed, Holder)
     assert await mesh.ref("Counter/v").call("add", by=7) == 7
     await mesh.spawn(Counter, "w")
+    await mesh.spawn(Typed, "t")
     await mesh.spawn(Holder, "h")
     return mesh
 
@@ -85,7 +86,7 @@ BOMBS = {
     "announced-plain-1MiB": (lambda: param(announced(PLAIN - 7, n=codec.MAX_OBJECTS - 1)), False, "holds more than"),
     "announced-plain-256KiB": (lambda: param(announced(256 * 1024 - 7)), False, "ends inside a value"),
     "announced-deflate-4MiB": (lambda: param(announced(4 * MiB - 7, n=codec.MAX_OBJECTS - 1)), True, "holds more than"),
-    "open-strings-deflate-4MiB": (lambda: param(open_path(4 * MiB // 24, 8, b"\xa2ab")), True, "holds more than"),
+    "open-strings-deflate-4MiB": (lambda: param(open_path((4 * MiB - 1024) // 24, 8, b"\xa2ab")), True, "holds more than"),
     "nil-maps-deflate-4MiB": (lambda: param(flat(4 * MiB - 16, b"\x81\xc0\xc0")), True, "holds more than"),
 }
 
@@ -106,6 +107,7 @@ async def test_a_decoding_bomb_is_refused_quickly_and_cheaply(
     reply = await raw.request(subject(mesh_prefix, "Holder.h"), body, headers=headers, timeout=10)
     took = time.perf_counter() - started
     growth = peak.growth()
+    print(f"{bomb}: {len(body)} bytes sent, peak RSS +{growth:.1f} MiB, answered in {took:.3f} s")
     assert (reply.headers or {}).get(h.STATUS) == "bad_request"
     assert message in msgpack.unpackb(reply.data)["message"]
     assert took < 2, f"{bomb}: answered after {took:.2f} s"
@@ -146,6 +148,7 @@ async def test_costly_bodies_at_once_are_bounded_by_the_decode_budget(
         msg = await sub.next_msg(timeout=10)
         refused.append(msg)
     growth = peak.growth()
+    print(f"8 costly bodies at once: peak RSS +{growth:.1f} MiB, {budget.held / MiB:.1f} MiB held")
     for msg in refused:
         assert (msg.headers or {}).get(h.STATUS) == "overloaded"
         details = msgpack.unpackb(msg.data)["details"]
