@@ -15,9 +15,11 @@ import msgpack
 import nats
 import pytest
 
-from natsagents import Agent, Mesh, action
+from natsagents import Agent, ClusterSettings, Mesh, NatsAgentsError, action
 from natsagents.wire import codec
 from natsagents.wire import headers as h
+from natsagents.wire.ids import agent_key
+from natsagents.wire.subjects import bucket_name
 from tests.agents import Counter, Typed
 from tests.integration.test_decode_limits import PeakRss, still_serving, subject
 from tests.unit.test_codec_bounds import announced, flat, open_path
@@ -82,11 +84,12 @@ def param(body: bytes) -> bytes:
 
 #: (body, sent compressed, the answer's message): each costs ~8 KiB per byte (announced
 #: arrays), or ~20-100 bytes per byte (objects), to a decoder that does not scan first.
+LONGEST = codec.MAX_OBJECTS - 1
 BOMBS = {
-    "announced-plain-1MiB": (lambda: param(announced(PLAIN - 7, depth=1023, n=codec.MAX_OBJECTS - 1)), False, "holds more than"),
-    "announced-plain-256KiB": (lambda: param(announced(256 * 1024 - 7, depth=1023)), False, "ends inside a value"),
-    "announced-deflate-4MiB": (lambda: param(announced(4 * MiB - 7, depth=1023, n=codec.MAX_OBJECTS - 1)), True, "holds more than"),
-    "open-strings-deflate-4MiB": (lambda: param(open_path((4 * MiB - 1024) // 24, 8, b"\xa2ab")), True, "holds more than"),
+    "announced-plain-1MiB": (lambda: param(announced(PLAIN - 7, 1023, LONGEST)), False, "holds more than"),
+    "announced-plain-256KiB": (lambda: param(announced(256 * 1024 - 7, 1023)), False, "ends inside a value"),
+    "announced-deflate-4MiB": (lambda: param(announced(4 * MiB - 7, 1023, LONGEST)), True, "holds more than"),
+    "open-strings-deflate-4MiB": (lambda: param(open_path(174_720, 8, b"\xa2ab")), True, "holds more than"),
     "nil-maps-deflate-4MiB": (lambda: param(flat(4 * MiB - 16, b"\x81\xc0\xc0")), True, "holds more than"),
 }
 
@@ -186,3 +189,31 @@ async def test_the_budget_always_admits_one_body_and_counts_only_long_ones(
     msg = await subs[0].next_msg(timeout=10)
     assert (msg.headers or {}).get(h.STATUS) == "ok" and msgpack.unpackb(msg.data) == 30_000
     assert budget.held == 0
+
+
+# -- garbage in the state bucket ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("maps", "message"), [(400_000, "epoch None"), (600_000, "holds more than")])
+async def test_a_garbage_state_record_costs_nothing_lasting(
+    mesh_factory: Any, raw: Any, mesh_prefix: str, peak: PeakRss, maps: int, message: str
+) -> None:
+    """Anyone who may write the state bucket may put garbage there (the fuzz does: seed
+    3626751743 drove a host to 942 MiB). Each activation of the agent reads it and fails;
+    the garbage (400,000 empty maps: ~30 MiB decoded) must not outlive the failure, however
+    often it is tried (a caller asks again until its deadline), and a record beyond the
+    limit is not built at all."""
+    node: Mesh = await mesh_factory(
+        name="g1", cluster=ClusterSettings(node_id="g1", lease=1.5, rebalance=False, delivery=None)
+    )
+    await node.host(Counter)
+    kv = await raw.jetstream().key_value(bucket_name(mesh_prefix, "state"))
+    await kv.put(agent_key("Counter", "g"), param(flat(maps, b"\x80")))
+    peak.start()
+    for _ in range(4):  # each call asks for the activation again and again until its timeout
+        with pytest.raises(NatsAgentsError, match=f"state of Counter/g is corrupt: .*{message}"):
+            await node.ref("Counter/g").call("get", timeout=1.5)
+    growth = peak.growth()
+    print(f"garbage state of {maps} maps, 4 calls of 1.5 s: peak RSS +{growth:.1f} MiB")
+    assert growth < 80, f"peak RSS grew {growth:.0f} MiB"
+    assert await node.ref("Counter/h").call("add", by=2) == 2
