@@ -3,10 +3,10 @@
 msgpack's C unpacker allocates the item slots of an array when it reads the array's header,
 for the number of items the header *announces* (``PyList_New(n)``, 8 bytes a slot), before it
 knows whether the body holds them. A body that announces long arrays it never fills — up to
-1,024 of them, each inside the last — makes it allocate gigabytes from a few kilobytes
-(``docs/security.md``, "Bounded decoding"). And the objects it builds are counted nowhere
-before the end. :func:`scan` walks the headers only, builds nothing, and proves three things
-of a body, or raises:
+1,024 of them, each inside the last — made it allocate ~80 MiB from 4 KiB (msgpack 1.2.4;
+``docs/security.md``, "Bounded decoding"). And hooks that count what it builds see an array
+only when it closes, after its items are built. :func:`scan` walks the headers only, builds
+nothing, and proves three things of a body, or raises:
 
 - it is *complete*: every item announced is there and nothing follows the value. Then every
   slot the unpacker allocates is filled by an object of at least one byte, so it allocates at
