@@ -89,4 +89,6 @@ async def test_fuzz_long(nats_server: NatsServer, mesh_prefix: str, tmp_path: Pa
     report = await fuzz(
         nats_server.url, mesh_prefix, tmp_path, messages, probe_every=1000, monitor_url=nats_server.monitor_url
     )
-    check(report, rss_growth_mib=256)
+    # 60,000 messages: +160 MiB, growing with the agents left active (870 at the end, each
+    # keeping what the fuzz gave it); 100,000 were not measured with this bound.
+    check(report, rss_growth_mib=512)
