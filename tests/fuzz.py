@@ -219,6 +219,7 @@ class Sent:
     agent: tuple[str, str] | None = None
     frame: tuple[bytes, bytes, bytes, bytes] | None = None  # what a resend publishes again
     resent: int = 0  # replies that had come when it was resent (-1: not resent)
+    size: int = 0  # bytes of its body as sent
 
 
 @dataclass
@@ -259,6 +260,7 @@ class Report:
     answered_after_resend: list[str] = field(default_factory=list)
     seconds: float = 0.0
     host_stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    rss_jumps: list[str] = field(default_factory=list)  # with $FUZZ_RSS_TRACE: what was sent before each
 
     @property
     def corrupted_canaries(self) -> list[str]:
@@ -323,6 +325,8 @@ class Report:
         ]
         for line in self.answered_after_resend[:5]:
             lines.append(f"  answered after a resend: {line[:300]}")
+        for line in self.rss_jumps[:20]:
+            lines.append(f"  RSS jump: {line[:3000]}")
         for node, stats in self.host_stats.items():
             keep = {k: v for k, v in stats.items() if "rejected" in k or "refused" in k or "dropped" in k}
             lines.append(f"  {node} refusals: {json.dumps(keep, sort_keys=True)[:1500]}")
@@ -607,6 +611,8 @@ class Fuzzer:
         self.old_headers: deque[dict[str, str]] = deque(maxlen=32)  # for swaps
         self.sniffer: Any = None
         self.prober: Mesh | None = None
+        self.rss_trace = int(os.environ.get("FUZZ_RSS_TRACE", "0"))
+        self._rss_seen: dict[str, int] = {}
         self.hostile_subjects = [
             f"$KV.{bucket_name(prefix, 'state')}.Hx.h",
             f"$KV.{bucket_name(prefix, 'directory')}.Hx.h",
@@ -741,8 +747,27 @@ class Fuzzer:
             self.report.expected_one[m.target] += 1
         self.report.sent[m.target] += 1
         self.report.whats[f"{m.target}/{m.what.split('+')[0]}"] += 1
+        sent.size = len(m.body)
         await self.raw.ensure()
         self.raw.send(m.subject.encode("utf-8", "surrogateescape"), reply.encode(), m.block, m.body)
+        if self.rss_trace:
+            await self._trace_rss()
+
+    async def _trace_rss(self) -> None:
+        """``$FUZZ_RSS_TRACE=<MiB>``: after each message, flush it and look at each host's
+        RSS; a rise of at least that much since the last look is reported with the messages
+        sent since the one before (the host may still be working on earlier ones)."""
+        await self.raw.flush()
+        for node, pid in self.pids.items():
+            rss = proc_status(pid, "VmRSS")
+            last = self._rss_seen.get(node, rss)
+            self._rss_seen[node] = rss
+            if rss - last >= self.rss_trace * MiB:
+                recent = [self.sent[k] for k in range(max(1, self.n - 8), self.n + 1) if k in self.sent]
+                self.report.rss_jumps.append(
+                    f"{node} +{(rss - last) // MiB} MiB to {rss // MiB} MiB after #{self.n}: "
+                    + "; ".join(f"#{s.n} {s.target}/{s.what} {s.subject[:40]} {s.size} B" for s in recent)
+                )
 
     @staticmethod
     def _durable_token(m: Msg) -> str:

@@ -38,6 +38,7 @@ from ..wire import headers as h
 from ..wire.envelope import RequestMeta
 from . import exactly_once
 from .activation import Activation, Outcome
+from .budget import DecodeBudget
 from .bulkhead import Bulkhead
 from .dedup import Reply
 from .hooks import NodeHooks
@@ -79,6 +80,8 @@ class Dispatcher:
             accept it (``None``: never).
         max_payload: the server's ``max_payload`` now (a compressed body may inflate to
             ``envelope.inflate_limit`` of it).
+        decode_budget: most bytes of decoded large bodies held at once by running handlers
+            (``runtime.budget``; ``None``: no limit).
     """
 
     def __init__(
@@ -90,8 +93,11 @@ class Dispatcher:
         expose_tracebacks: bool,
         compress_above: int | None,
         max_payload: Callable[[], int],
+        decode_budget: int | None = None,
     ) -> None:
         self._metrics = metrics
+        #: Decoded large bodies held by running handlers (``runtime.budget``).
+        self.budget = DecodeBudget(decode_budget)
         self._max_payload = max_payload
         self._tracing = tracing
         self._node_name = node_name
@@ -124,15 +130,22 @@ class Dispatcher:
         kept: Reply | None = (envelope.OK_HEADER_BLOCK, NIL) if accept else None  # a copy is acknowledged again
         action = meta.action
         durable = headers is not None and h.STREAM_SEQ in headers
+        weight = 0  # bytes held against the decode budget until the handler returns
         try:
-            spec, kwargs, seq = self._admit(act, meta, headers, data)
+            spec, kwargs, seq, weight = self._admit(act, meta, headers, data)
             held = await self._enter_bulkheads(act, spec, meta.deadline_ms)
         except Refused as refused:
+            if weight:  # taken in _admit, then a bulkhead refused
+                self.budget.release(weight)
             self._metrics.rejected_one(kind, refused.reason or refused.code)
             err = envelope.error_reply(
                 refused.code, refused.message, agent=address, action=action, details=refused.details
             )
             return Outcome(err, wanted, None, action)
+        except BaseException:  # cancelled while waiting for a bulkhead
+            if weight:
+                self.budget.release(weight)
+            raise
         tracing = self._tracing
         span = tracing.server_span(kind, action, act.agent_id, headers) if tracing.enabled else None
         token = _current.set(self._context(address, meta, caller))
@@ -157,6 +170,8 @@ class Dispatcher:
             # A durable message is tried again by its partition owner: let a copy run.
             return Outcome(failed, wanted, None if durable else (kept or failed), action, ran=True)
         finally:
+            if weight:
+                self.budget.release(weight)
             for pool in held:
                 pool.release()
             if span_token is not None:
@@ -211,13 +226,15 @@ class Dispatcher:
 
     def _admit(
         self, act: Activation, meta: RequestMeta, headers: dict[str, str] | None, data: bytes
-    ) -> tuple[ActionSpec, dict[str, Any], int]:
-        """The checks before a handler may run: the action, its parameters and, for a
-        durable message, its stream sequence. Returns ``(spec, kwargs, seq)``.
+    ) -> tuple[ActionSpec, dict[str, Any], int, int]:
+        """The checks before a handler may run: the action, its parameters (inflated and
+        decoded within ``wire.codec``'s limits), for a durable message its stream sequence,
+        and room in the decode budget. Returns ``(spec, kwargs, seq, weight)``: ``weight``
+        bytes are held against the budget (the caller releases them).
 
         Raises:
-            Refused: the deadline passed, no such action, bad parameters, or a stream
-                sequence that was applied already.
+            Refused: the deadline passed, no such action, bad parameters, a stream
+                sequence that was applied already, or the decode budget is full.
         """
         kind, action = act.kind, meta.action
         if meta.deadline_ms is not None and time.time() * 1000 >= meta.deadline_ms:
@@ -235,7 +252,8 @@ class Dispatcher:
                 if encoding != h.ENCODING_DEFLATE:
                     raise ValueError(f"unknown {h.ENCODING} {encoding!r}: use {h.ENCODING_DEFLATE!r}")
                 data = envelope.inflate(data, envelope.inflate_limit(self._max_payload()))
-            kwargs = spec.bind(codec.decode(data))
+            value, weight = codec.decoded_size(data)
+            kwargs = spec.bind(value)
         except ParamError as exc:
             raise Refused(
                 BAD_REQUEST, f"invalid parameters: {exc}", details={"param": exc.path, "problem": exc.problem}
@@ -243,7 +261,16 @@ class Dispatcher:
         except (ProtocolError, ValueError) as exc:
             raise Refused(BAD_REQUEST, str(exc)) from None
         seq = self._exactly_once(act, headers) if headers is not None and h.STREAM_SEQ in headers else 0
-        return spec, kwargs, seq
+        budget = self.budget
+        if weight and not budget.try_take(weight):
+            raise Refused(
+                OVERLOADED,
+                f"{self._node_name} holds {budget.held} bytes of decoded large bodies and this one needs "
+                f"{weight} (decode budget {budget.limit})",
+                reason="decode_budget",
+                details={"reason": "decode_budget", "retry_after": 0.05},
+            )
+        return spec, kwargs, seq, weight
 
     def _exactly_once(self, act: Activation, hdrs: Mapping[str, str]) -> int:
         """For a durable message (its ``Na-Stream-Seq`` signed by a partition owner, checked

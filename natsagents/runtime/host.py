@@ -68,6 +68,9 @@ class HostSettings:
         trusted_callers: public user nkey → the caller it identifies (``runtime.guard``);
             signed requests are verified only when this is not empty.
         default_allow: the policy of kinds and actions that set none (``None``: anyone).
+        decode_budget: most bytes of decoded request bodies longer than 64 KiB that running
+            handlers hold at once (estimated: ``codec.decoded_size``); a body beyond it is
+            refused with ``overloaded`` (``runtime.budget``). ``None``: no limit.
     """
 
     prefix: str
@@ -79,6 +82,7 @@ class HostSettings:
     max_agents: int | None = 100_000
     trusted_callers: Mapping[str, TrustedCaller] = field(default_factory=dict)
     default_allow: Policy | None = None
+    decode_budget: int | None = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.max_agents is not None and (type(self.max_agents) is not int or self.max_agents < 1):
@@ -121,7 +125,10 @@ class Host:
             expose_tracebacks=settings.expose_tracebacks,
             compress_above=settings.compress_above,
             max_payload=lambda: transport.max_payload,
+            decode_budget=settings.decode_budget,
         )
+        #: Decoded large bodies held by running handlers (``runtime.budget``).
+        self.decode_budget = self._dispatcher.budget
         self._batches = BatchRunner(self._dispatcher, self.dedup, self.guard, metrics, lambda: transport.max_payload)
         self._queue = agent_queue(settings.prefix)
 

@@ -44,6 +44,8 @@ log = logging.getLogger("natsagents.state")
 
 #: Largest epoch or stream sequence a stored record may hold (a record beyond is corrupt).
 _MAX_COUNTER = 2**53
+#: Most objects a state record may decode to (``codec``'s count; a peer's body: half of it).
+_MAX_OBJECTS = 2 * codec.MAX_OBJECTS
 
 
 class FencedOff(NatsAgentsError):
@@ -106,18 +108,16 @@ class StateStore:
         entry = await self.bucket.get(agent_key(kind, agent_id))
         if entry is None:
             return StoredState(None, 0, 0)
+        problem: str | None = None
         try:
-            body = codec.decode(entry.value, None)  # our own record: no limit on its objects
-            if not isinstance(body, dict):
-                raise ValueError("not a state record")
-            epoch, seq = body.get("epoch"), body.get("seq", 0)
-            if type(epoch) is not int or not 0 <= epoch <= _MAX_COUNTER:
-                raise ValueError(f"epoch {epoch!r} is not an integer within [0, 2**53]")
-            if type(seq) is not int or not 0 <= seq <= _MAX_COUNTER:
-                raise ValueError(f"seq {seq!r} is not an integer within [0, 2**53]")
+            body, epoch, seq = _parse_record(entry.value)
         except ValueError as exc:
-            warn_ignored(log, "state record", f"{kind}/{agent_id}", exc)
-            raise NatsAgentsError(f"state of {kind}/{agent_id} is corrupt: {exc}") from exc
+            problem = str(exc)
+        if problem is not None:
+            # Raised here, with no decoded garbage in scope: an error someone keeps (a failed
+            # activation, retried) must not keep a record's objects alive (tens of MiB).
+            warn_ignored(log, "state record", f"{kind}/{agent_id}", problem)
+            raise NatsAgentsError(f"state of {kind}/{agent_id} is corrupt: {problem}")
         return StoredState(
             body.get("data"),
             epoch,
@@ -232,3 +232,21 @@ def parse_applied(raw: object) -> tuple[Applied, ...]:
             continue
         out.append((item[0], item[1], body))
     return tuple(out)
+
+
+def _parse_record(value: bytes) -> tuple[dict[str, Any], int, int]:
+    """A state record's map, epoch and sequence.
+
+    Raises:
+        ValueError: not a state record. Anyone who may write the bucket may put garbage
+            there: it is decoded within :data:`_MAX_OBJECTS`, like a peer's body.
+    """
+    body = codec.decode(value, _MAX_OBJECTS)
+    if not isinstance(body, dict):
+        raise ValueError("not a state record")
+    epoch, seq = body.get("epoch"), body.get("seq", 0)
+    if type(epoch) is not int or not 0 <= epoch <= _MAX_COUNTER:
+        raise ValueError(f"epoch {epoch!r} is not an integer within [0, 2**53]")
+    if type(seq) is not int or not 0 <= seq <= _MAX_COUNTER:
+        raise ValueError(f"seq {seq!r} is not an integer within [0, 2**53]")
+    return body, epoch, seq

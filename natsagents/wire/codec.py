@@ -9,7 +9,9 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["MAX_DEPTH", "MAX_OBJECTS", "decode", "encode"]
+from . import scan
+
+__all__ = ["LONG_BODY", "MAX_DEPTH", "MAX_OBJECTS", "OBJECT_BYTES", "SHORT_BODY", "decode", "decoded_size", "encode"]
 
 
 def _default(obj: Any) -> Any:
@@ -46,22 +48,27 @@ def encode(value: Any) -> bytes:
 
 
 #: Most objects a body may decode to: each array and map counts one, each array item one
-#: more and each map entry two. Half the default ``max_payload`` (1 MiB), and ~36 MiB of the
-#: costliest objects (empty maps). A body of up to ``MAX_OBJECTS // 2`` bytes cannot hold
-#: more and is decoded without counting.
+#: more and each map entry two. Half the default ``max_payload`` (1 MiB); a body counts at
+#: most twice its length, so a body of up to ``MAX_OBJECTS // 2`` bytes cannot exceed it.
 MAX_OBJECTS = 512 * 1024
 #: Deepest nesting a body may have (the fixed stack of msgpack's C unpacker).
-MAX_DEPTH = 1024
-
-# Every object takes at least one byte of the body and is counted at most twice (once as a
-# container, once as an item), so a body this short is decoded without counting.
-_SHORT_BODY = MAX_OBJECTS // 2
+MAX_DEPTH = scan.MAX_DEPTH
+#: Bodies up to this long go straight to msgpack's unpacker. Its only cost beyond the
+#: objects a body holds (at most one per byte) is the item slots of arrays announced and not
+#: filled (8 bytes each, at most as many as the body is long, in at most a third as many
+#: arrays as the body is long): at most ~(8/3)·n² bytes, 170 KiB for 256 bytes.
+SHORT_BODY = 256
+#: Bodies longer than ``SHORT_BODY`` and up to this long are first proved complete by
+#: msgpack's own skip (C, builds nothing): then it allocates at most one item slot per object
+#: the body holds, and the body cannot hold more objects than ``MAX_OBJECTS``. A longer body
+#: is scanned (``wire.scan``): complete, counted and not too deep before anything is built.
+LONG_BODY = 64 * 1024
+#: Estimated bytes of one decoded object, as counted (``decoded_size``): an empty map takes
+#: 64 + 8 (its slot) and counts 2; a 2-character string takes 56 + 8 and counts 1.
+OBJECT_BYTES = 64
 
 _unpackb = msgpack.unpackb
-
-
-class _TooManyObjects(ValueError):
-    pass
+_Unpacker = msgpack.Unpacker
 
 
 def decode(data: bytes, max_objects: int | None = MAX_OBJECTS) -> Any:
@@ -69,69 +76,72 @@ def decode(data: bytes, max_objects: int | None = MAX_OBJECTS) -> Any:
 
     Args:
         data: the body.
-        max_objects: most objects a body longer than ``MAX_OBJECTS // 2`` bytes may decode
-            to (see :data:`MAX_OBJECTS`; a shorter body cannot exceed ``MAX_OBJECTS``).
-            ``None``: no limit, for the SDK's own stored state, never for a peer's body.
+        max_objects: most objects it may decode to (see :data:`MAX_OBJECTS`).
+            ``None``: no limit, for the SDK's own stored state, never for a peer's body
+            (its structure is still checked before it is built).
 
     Raises:
-        ValueError: malformed msgpack, trailing bytes, an extension type other than
-            the timestamp (-1), which decodes to a UTC ``datetime``, more than
-            ``max_objects`` objects, or nesting deeper than :data:`MAX_DEPTH` levels.
+        ValueError: malformed msgpack (it ends inside a value, or bytes follow it), an
+            extension type other than the timestamp (-1), which decodes to a UTC
+            ``datetime``, more than ``max_objects`` objects, or nesting deeper than
+            :data:`MAX_DEPTH` levels.
     """
     if not data:
         return None
-    try:
-        if len(data) <= _SHORT_BODY:  # the hot path: one check
+    if len(data) <= SHORT_BODY:  # the hot path: one check
+        try:
             return _unpackb(data, strict_map_key=False, timestamp=3, ext_hook=_reject_ext)
-        if max_objects is None or len(data) <= max_objects // 2:
-            return _unpackb(data, strict_map_key=False, timestamp=3, ext_hook=_reject_ext)
-        return _decode_counted(data, max_objects)
-    except _TooManyObjects:
-        raise
-    except (msgpack.StackError, RecursionError):  # RecursionError: msgpack's pure-Python fallback
-        raise ValueError(f"msgpack body nested deeper than {MAX_DEPTH} levels") from None
-    except (msgpack.ExtraData, msgpack.FormatError, ValueError, TypeError) as exc:
-        raise ValueError(f"malformed msgpack body: {exc}") from exc
-    except Exception as exc:  # msgpack raises a few other types on garbage input
-        raise ValueError(f"malformed msgpack body: {exc!r}") from exc
+        except Exception as exc:
+            raise _error(exc) from None
+    return decoded_size(data, max_objects)[0]
 
 
-def _decode_counted(data: bytes, max_objects: int) -> Any:
-    """:func:`decode` of a long body. The hooks count each array and map as it completes
-    (with its items), and no single one may be longer than the limit, so decoding stops near
-    the limit. Not counted yet at any moment: the items of the arrays and maps still open;
-    there are fewer of them than bytes in the body."""
-    left = max_objects
+def decoded_size(data: bytes, max_objects: int | None = MAX_OBJECTS) -> tuple[Any, int]:
+    """:func:`decode` ``data`` and estimate the bytes its value takes: for a body longer than
+    :data:`LONG_BODY` (scanned and counted anyway) its length + :data:`OBJECT_BYTES` per
+    object counted; 0 for a shorter one (not counted: at most ~7 MiB) and for
+    ``max_objects=None``.
 
-    def on_list(items: list[Any]) -> list[Any]:
-        nonlocal left
-        left -= 1 + len(items)
-        if left < 0:
-            raise _TooManyObjects(f"msgpack body holds more than {max_objects} objects")
-        return items
-
-    def on_map(entries: dict[Any, Any]) -> dict[Any, Any]:
-        nonlocal left
-        left -= 1 + 2 * len(entries)
-        if left < 0:
-            raise _TooManyObjects(f"msgpack body holds more than {max_objects} objects")
-        return entries
-
+    Raises:
+        ValueError: as :func:`decode`.
+    """
+    if not data:
+        return None, 0
+    n = len(data)
     try:
-        return _unpackb(
-            data,
-            strict_map_key=False,
-            timestamp=3,
-            ext_hook=_reject_ext,
-            list_hook=on_list,
-            object_hook=on_map,
-            max_array_len=max_objects,
-            max_map_len=max_objects // 2,
-        )
-    except ValueError as exc:
-        if "exceeds max_" in str(exc):  # msgpack: one array or map announces more items than that
-            raise _TooManyObjects(f"msgpack body holds more than {max_objects} objects") from None
-        raise
+        if n <= SHORT_BODY:
+            return _unpackb(data, strict_map_key=False, timestamp=3, ext_hook=_reject_ext), 0
+        size = 0
+        if max_objects is None or (n <= LONG_BODY and 2 * n <= max_objects):
+            _check_complete(data)  # it cannot hold too many objects
+        else:
+            size = n + OBJECT_BYTES * scan.scan(data, max_objects)
+        return _unpackb(data, strict_map_key=False, timestamp=3, ext_hook=_reject_ext), size
+    except Exception as exc:
+        raise _error(exc) from None
+
+
+def _check_complete(data: bytes) -> None:
+    """Raise unless ``data`` is one complete msgpack value (msgpack's skip: C, builds
+    nothing), nested at most :data:`MAX_DEPTH` levels."""
+    unpacker = _Unpacker(max_buffer_size=len(data))
+    unpacker.feed(data)
+    unpacker.skip()  # OutOfData: it ends inside a value
+    if unpacker.tell() != len(data):
+        raise scan.BodyError(f"{len(data) - unpacker.tell()} bytes follow the msgpack value")
+
+
+def _error(exc: Exception) -> ValueError:
+    """The ``ValueError`` :func:`decode` raises for what decoding ``data`` raised."""
+    if isinstance(exc, (scan.ObjectsError, scan.DepthError)):
+        return exc
+    if isinstance(exc, (msgpack.StackError, RecursionError)):  # RecursionError: the pure-Python fallback
+        return scan.DepthError(f"msgpack body nested deeper than {MAX_DEPTH} levels")
+    if isinstance(exc, msgpack.OutOfData):
+        return ValueError("malformed msgpack body: it ends inside a value")
+    if isinstance(exc, (ValueError, TypeError)):  # ExtraData and FormatError are ValueErrors
+        return ValueError(f"malformed msgpack body: {exc}")
+    return ValueError(f"malformed msgpack body: {exc!r}")  # msgpack raises a few other types on garbage
 
 
 def _reject_ext(code: int, data: bytes) -> Any:
