@@ -9,6 +9,7 @@ Before: a drained node stayed drained until it restarted, and anyone who could p
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import time
@@ -18,6 +19,7 @@ import nkeys
 import pytest
 
 from natsagents import (
+    Agent,
     ClusterSettings,
     ConfigurationError,
     Hints,
@@ -25,6 +27,7 @@ from natsagents import (
     Mesh,
     Unauthorized,
     Unavailable,
+    action,
 )
 from natsagents.cluster.node import ClusterNode
 from natsagents.testing import wait_for
@@ -97,6 +100,35 @@ async def test_a_drained_node_takes_agents_again_after_undrain(mesh_factory: Any
         await client.undrain("nobody", timeout=2)
     with pytest.raises(ConfigurationError):
         await client.undrain()  # not a cluster node: name one
+
+
+class SlowStop(Agent):
+    """Takes a while to stop, so that a drain of many takes a while."""
+
+    @action
+    async def ping(self) -> str:
+        return self.id
+
+    async def on_stop(self) -> None:
+        await asyncio.sleep(0.1)
+
+
+async def test_an_undrain_stops_a_drain_under_way(mesh_factory: Any) -> None:
+    n1, n2 = await two_nodes(mesh_factory)
+    await n1.host(SlowStop)
+    await n2.host(SlowStop)
+    await wait_for(
+        lambda: all("SlowStop" in n.kinds for n in node_of(n2).nodes()), timeout=5, what="n2 sees SlowStop on n1"
+    )
+    for i in range(40):
+        await n1.spawn(f"SlowStop/s{i}", hints=Hints(pin="n1"))
+    drain = asyncio.ensure_future(n1.drain())  # 8 moves at a time, each >= 0.1 s
+    await wait_for(lambda: len(n1.local_agents()) < 40, timeout=10, what="the drain moved an agent")
+    assert await n2.undrain("n1") == {"node": "n1", "undrained": True}
+    result = await drain
+    assert 0 < result["moved"] < 40 and result["stopped"] == 0
+    assert len(n1.local_agents()) == 40 - result["moved"]  # the rest stayed
+    assert not node_of(n1).draining
 
 
 # -- operator signatures ----------------------------------------------------------------
