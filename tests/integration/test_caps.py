@@ -93,6 +93,35 @@ async def test_two_full_nodes_refuse_the_next_agent_at_once(mesh_factory: Any) -
     assert "Counter/one-too-many" in n2.local_agents()
 
 
+async def test_the_rebalancer_fills_a_capped_node_up_to_its_cap_only(mesh_factory: Any) -> None:
+    """A node joining with ``max_agents=3`` gets 3 of the 12 agents, not its share of 6:
+    the rebalancer's plan knows the cap, so no move is refused and taken back (each
+    would pause an agent for nothing, again at every round)."""
+
+    def node(name: str, **options: Any) -> Any:
+        settings = ClusterSettings(node_id=name, lease=1.5, rebalance_rate=200.0, delivery=None)
+        return mesh_factory(name=name, cluster=settings, **options)
+
+    n1: Mesh = await node("n1")
+    await n1.host(Counter)
+    for i in range(12):
+        assert await n1.ref(f"Counter/r{i}").call("add") == 1
+    n2: Mesh = await node("n2", max_agents=3)
+    await n2.host(Counter)
+    await wait_for(lambda: len(n2.local_agents()) == 3, timeout=15, what="n2 filled up to its cap")
+    assert n1.cluster_node is not None and n2.cluster_node is not None
+
+    def idle() -> bool:
+        return n1.cluster_node.moves_in_flight == 0 and n2.cluster_node.moves_in_flight == 0  # type: ignore[union-attr]
+
+    await wait_for(idle, timeout=10, what="no move under way")
+    assert (len(n1.local_agents()), len(n2.local_agents())) == (9, 3)
+    failed = n1.metrics.registry.get_sample_value(
+        "natsagents_migrations_total", {"kind": "Counter", "strategy": "checkpoint_restore", "outcome": "failed"}
+    )
+    assert not failed  # before: 3 moves refused at_capacity and taken back
+
+
 def test_max_agents_must_be_a_positive_int() -> None:
     for bad in (0, -1, 1.5, "10", True):
         with pytest.raises(ConfigurationError):
