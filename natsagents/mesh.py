@@ -99,6 +99,7 @@ class Mesh:
         self._node: ClusterNode | None = None
         self._owners: PartitionOwners | None = None
         self._view: ClusterView | None = None
+        self._identity = identity  # signs control requests too (ClusterView)
         self._http: HttpEndpoints | None = None
         self._transport = transport
         self.name = name
@@ -221,7 +222,9 @@ class Mesh:
             identity: sign every request this mesh sends (its agents' calls included)
                 with this :class:`~natsagents.Identity` (a user nkey), so hosts that trust
                 its public key know who calls (``self.context.caller_identity``) and can
-                apply action policies. ``None``: requests go unsigned.
+                apply action policies; control requests (``drain``, ``undrain``,
+                ``migrate``) too, for nodes with ``trusted_operators``. ``None``: requests
+                go unsigned.
             trusted_callers: the callers this mesh's agents recognise: public user nkey
                 (``U…``) → name or :class:`~natsagents.TrustedCaller` (name and roles), or
                 the path of a JSON file with that map. Signed requests are verified (an
@@ -358,7 +361,7 @@ class Mesh:
         )
         await node.start()
         self._node = node
-        self._view = ClusterView(self._transport, self.prefix, node=node)
+        self._view = ClusterView(self._transport, self.prefix, node=node, identity=self._identity)
         if settings.delivery is not None:
             owners = PartitionOwners(
                 self._transport,
@@ -504,7 +507,7 @@ class Mesh:
 
     def _cluster_view(self) -> ClusterView:
         if self._view is None:
-            self._view = ClusterView(self._transport, self.prefix)
+            self._view = ClusterView(self._transport, self.prefix, identity=self._identity)
         return self._view
 
     async def nodes(self) -> list[NodeStatus]:
@@ -547,6 +550,12 @@ class Mesh:
         Returns ``{"node", "moved", "stopped"}``."""
         self._check_open()
         return await self._cluster_view().drain(node, timeout)
+
+    async def undrain(self, node: str | None = None, *, timeout: float = 30.0) -> dict[str, Any]:
+        """Let a drained ``node`` (default: this node) take new agents again; agents it
+        moved away stay where they went. Returns ``{"node", "undrained"}``."""
+        self._check_open()
+        return await self._cluster_view().undrain(node, timeout)
 
     async def deactivate(self, target: str | type[Agent], agent_id: str | None = None) -> bool:
         """Stop a locally hosted agent (finish its mailbox, ``on_stop``). ``False`` if not active here."""

@@ -1,5 +1,6 @@
-"""Cluster commands: ``node`` runs a cluster node; ``ls``, ``nodes``, ``migrate`` and
-``drain`` look at and operate the cluster from any machine that reaches NATS.
+"""Cluster commands: ``node`` runs a cluster node; ``ls`` and ``nodes`` look at the
+cluster from any machine that reaches NATS (``migrate``, ``drain`` and ``undrain``, which
+operate it, are in :mod:`natsagents.cli.operate`).
 
 ``node`` imports agent classes from Python modules (``--module pkg.mod[:Kind,Kind2]``),
 joins the cluster under ``--name`` with the capacity, tags and weight given, hosts the
@@ -29,10 +30,10 @@ from typing import Any
 
 from ..agent import Agent
 from ..cluster.directory import DirectoryRecord
-from ..cluster.settings import STRATEGIES, ClusterSettings, node_id_from_name, validate_node_id
+from ..cluster.settings import ClusterSettings, node_id_from_name, validate_node_id
 from ..cluster.view import NodeStatus
 from ..errors import ConfigurationError
-from ..wire.ids import parse_address, validate_kind
+from ..wire.ids import validate_kind
 from ..wire.subjects import validate_prefix
 from .main import Exit, _error, _positive_float, add_connection_options, command, open_mesh, print_json
 
@@ -342,6 +343,15 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
         "--no-rebalance", dest="rebalance", action="store_false", help="do not move agents to balance the cluster"
     )
     parser.add_argument(
+        "--trusted-operator",
+        dest="trusted_operators",
+        metavar="KEY",
+        action="append",
+        default=None,
+        help="public user nkey (U...) of an operator whose signed drain, undrain and migrate requests this node "
+        "obeys; once one is given, unsigned ones are refused (repeatable; see 'drain --identity')",
+    )
+    parser.add_argument(
         "--http",
         metavar="HOST:PORT",
         type=_host_port,
@@ -378,6 +388,7 @@ def _node(args: argparse.Namespace) -> int:
         tags=_split_list(args.tags),
         weight=args.weight,
         rebalance=args.rebalance,
+        trusted_operators=args.trusted_operators,
     )
     classes = load_agent_classes(args.modules)
     return asyncio.run(_serve_node(args, node_id, settings, classes))
@@ -510,89 +521,4 @@ async def _nodes_async(args: argparse.Namespace) -> int:
         )
     headers = ("NODE", "LIVE", "AGENTS", "KINDS", "CPU%", "MEM%", "CAPACITY", "TAGS", "DRAINING")
     print(render_table(headers, rows), flush=True)
-    return Exit.OK
-
-
-# -- migrate / drain ------------------------------------------------------------------
-
-
-def _migrate_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("address", metavar="KIND/ID", help="the agent to move, e.g. Counter/c-1")
-    parser.add_argument("node", metavar="NODE", help="the node to move it to")
-    parser.add_argument(
-        "--strategy",
-        choices=STRATEGIES,
-        default="checkpoint_restore",
-        help="checkpoint_restore: save, then restore on NODE from the store (default); state_transfer: ship the "
-        "in-memory state node to node; cold_start: NODE starts from the last saved state",
-    )
-    parser.add_argument(
-        "--timeout", metavar="SECONDS", type=_positive_float, default=30.0, help="seconds to wait (default: 30)"
-    )
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    add_connection_options(parser)
-
-
-@command(
-    "migrate",
-    help="move an active agent to another node",
-    configure=_migrate_options,
-    description="Move agent KIND/ID to NODE; callers keep working while it moves. Exit codes: 0 moved (or "
-    "already there), 1 the move failed (agent not active, NODE not live or not hosting the kind), 2 bad usage, "
-    "3 NATS unreachable, 4 not done within --timeout.",
-)
-def _migrate(args: argparse.Namespace) -> int:
-    kind, agent_id = parse_address(args.address)
-    validate_node_id(args.node)
-    validate_prefix(args.prefix)
-    return asyncio.run(_migrate_async(args, kind, agent_id))
-
-
-async def _migrate_async(args: argparse.Namespace, kind: str, agent_id: str) -> int:
-    async with open_mesh(args) as mesh:
-        result = await mesh.migrate(kind, agent_id, to=args.node, strategy=args.strategy, timeout=args.timeout)
-    if args.json:
-        print_json(result)
-    elif result.get("moved", True):
-        pause = float(result.get("pause_ms", 0.0))
-        print(
-            f"moved {kind}/{agent_id} from {result.get('from')} to {result.get('to')} (pause {pause:.1f} ms)",
-            flush=True,
-        )
-    else:
-        print(f"{kind}/{agent_id} is already on {result.get('to', args.node)}", flush=True)
-    return Exit.OK
-
-
-def _drain_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("node", metavar="NODE", help="the node to drain")
-    parser.add_argument(
-        "--timeout", metavar="SECONDS", type=_positive_float, default=300.0, help="seconds to wait (default: 300)"
-    )
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    add_connection_options(parser)
-
-
-@command(
-    "drain",
-    help="move every agent off a node and stop it taking new ones",
-    configure=_drain_options,
-    description="Drain NODE: it takes no new agents and moves its agents to other nodes (those no node can take "
-    "stop, with their state saved). The node keeps running. Exit codes: 0 drained, 1 the node is not running "
-    "or failed, 2 bad usage, 3 NATS unreachable, 4 not done within --timeout.",
-)
-def _drain(args: argparse.Namespace) -> int:
-    validate_node_id(args.node)
-    validate_prefix(args.prefix)
-    return asyncio.run(_drain_async(args))
-
-
-async def _drain_async(args: argparse.Namespace) -> int:
-    async with open_mesh(args) as mesh:
-        result = await mesh.drain(args.node, timeout=args.timeout)
-    if args.json:
-        print_json(result)
-    else:
-        node, moved, stopped = result.get("node", args.node), result.get("moved"), result.get("stopped")
-        print(f"drained {node}: moved {moved}, stopped {stopped}", flush=True)
     return Exit.OK

@@ -105,6 +105,7 @@ _COMMANDS: dict[str, Command] = {}
 COMMAND_MODULES: tuple[str, ...] = (
     "natsagents.cli.demo",
     "natsagents.cli.cluster",
+    "natsagents.cli.operate",
     "natsagents.cli.delivery",
     "natsagents.cli.auth",
 )

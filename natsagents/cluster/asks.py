@@ -36,6 +36,8 @@ from .placement import Hints, Resources
 
 __all__ = [
     "MAX_ASK_WAIT",
+    "NODE_OPS",
+    "OPERATOR_OPS",
     "ActivationAsk",
     "NodeClient",
     "Transfer",
@@ -200,11 +202,17 @@ def parse_adopt(body: object) -> tuple[str, ActivationAsk]:
 #: (``wire.owner``), refused ``unauthorized`` otherwise. ``adopt`` carries an agent's state
 #: (a forged one would write any state into any agent); ``activate`` places an agent here.
 NODE_OPS = frozenset({"activate", "adopt"})
+#: The operator's control operations: with trusted operators configured
+#: (``ClusterSettings.trusted_operators``) they need an operator's signature
+#: (``wire.identity``) or the owner key; otherwise NATS permissions alone decide.
+OPERATOR_OPS = frozenset({"migrate", "drain", "undrain"})
 
 
 class NodeClient:
-    """Sends control requests to nodes (``<prefix>.node.<node>.<op>``); those of
-    :data:`NODE_OPS` signed with the cluster's owner key (``owner_key()``, once known)."""
+    """Sends control requests to nodes (``<prefix>.node.<node>.<op>``), every one signed
+    with the cluster's owner key (``owner_key()``, once known): required for
+    :data:`NODE_OPS`, and what lets a node's ``migrate`` (the rebalancer) and a node's own
+    mesh through where trusted operators are configured."""
 
     def __init__(self, transport: Transport, prefix: str, owner_key: Callable[[], bytes | None] = lambda: None) -> None:
         self._t = transport
@@ -216,7 +224,7 @@ class NodeClient:
         subject = node_subject(self.prefix, node, op)
         data = codec.encode(body)
         headers: bytes | dict[str, str] = _PROTO
-        key = self._owner_key() if op in NODE_OPS else None
+        key = self._owner_key()
         if key is not None:
             hdrs = {h.PROTO: h.PROTO_VERSION, h.MESSAGE_ID: envelope.new_message_id()}
             hdrs[h.OWNER_MAC] = owner_mac(key, subject, hdrs, data)

@@ -2,7 +2,14 @@
 (docs/protocol.md §14.4), each answered exactly once.
 
 ``activate`` (placement chose this node), ``adopt`` (migration target), ``migrate`` (move
-one agent away), ``drain`` and ``info``; any other op is a ``bad_request``.
+one agent away), ``drain``, ``undrain`` and ``info``; any other op is a ``bad_request``.
+
+Who may ask: ``activate`` and ``adopt`` only a cluster node (a valid ``Na-Owner-Mac``).
+With trusted operators configured, ``migrate``, ``drain`` and ``undrain`` need a cluster
+node's ``Na-Owner-Mac`` or an operator's caller signature (``wire.identity`` over the
+control subject, checked and replay-protected by a ``runtime.guard.Guard`` holding the
+operators' keys); every refusal is ``unauthorized`` at once, before the body is read.
+``info`` reads only what the members and directory buckets show and is not checked.
 """
 
 from __future__ import annotations
@@ -12,15 +19,18 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..agent.policy import TrustedCaller
 from ..errors import AgentError, BadRequest, ConfigurationError, NatsAgentsError, ProtocolError, Unauthorized
+from ..runtime.guard import Denied, Guard
 from ..tasks import TaskGroup
 from ..transport import Inbound, Subscription, Transport
 from ..wire import codec
 from ..wire import headers as h
+from ..wire.identity import is_signed
 from ..wire.ids import validate_kind
 from ..wire.owner import verify_owner_mac
 from ..wire.subjects import node_subject
-from .asks import NODE_OPS, answer, parse_ask, start_error
+from .asks import NODE_OPS, OPERATOR_OPS, answer, parse_ask, start_error
 from .migration import Migration
 from .placing import Placing
 
@@ -42,6 +52,9 @@ class ControlServer:
         info: this node's ``info`` answer.
         traceback: the traceback of a failed activation, for its ``handler_error``.
         tasks: the node's task group (each request is answered in its own task).
+        owner_key: the cluster's owner key, once known (``Na-Owner-Mac``).
+        operators: trusted operators by public key (``ClusterSettings.trusted_operators``;
+            empty: operator requests are not checked).
     """
 
     def __init__(
@@ -57,9 +70,13 @@ class ControlServer:
         traceback: Callable[[BaseException], str | None],
         tasks: TaskGroup,
         owner_key: Callable[[], bytes | None] = lambda: None,
+        operators: Mapping[str, TrustedCaller] | None = None,
     ) -> None:
         self._t = transport
         self._owner_key = owner_key
+        # The callers' guard, holding the operators' keys: the same signatures, the same
+        # replay memory (a signed request runs at most once until it expires).
+        self._operators = Guard(operators, None) if operators else None
         self._subject = node_subject(prefix, node_id, "*")
         self._queue_timeout = queue_timeout
         self._placing = placing
@@ -89,6 +106,8 @@ class ControlServer:
         try:
             if op in NODE_OPS and not verify_owner_mac(self._owner_key(), msg.subject, msg.headers or {}, msg.data):
                 raise Unauthorized(f"node operation {op!r} is accepted from cluster nodes only (a valid {h.OWNER_MAC})")
+            if op in OPERATOR_OPS and self._operators is not None:
+                self._check_operator(op, msg)
             body = codec.decode(msg.data) if msg.data else {}
             if op == "activate":
                 result = await self._activate(body)
@@ -104,6 +123,8 @@ class ControlServer:
                 result = await self._migration.adopt(body)
             elif op == "drain":
                 result = await self._migration.drain()
+            elif op == "undrain":
+                result = await self._migration.undrain()
             else:
                 raise BadRequest(f"unknown node operation {op!r}")
         except AgentError as exc:
@@ -118,6 +139,27 @@ class ControlServer:
             return
         await answer(self._t, msg, result=result)
 
+    def _check_operator(self, op: str, msg: Inbound) -> None:
+        """Raises Unauthorized unless a cluster node or a trusted operator asks (signed,
+        fresh, not a replay)."""
+        guard = self._operators
+        assert guard is not None
+        headers = msg.headers or {}
+        if verify_owner_mac(self._owner_key(), msg.subject, headers, msg.data):
+            return  # a cluster node (the rebalancer's migrate, a node's own mesh)
+        if not is_signed(headers):
+            raise _refused("unsigned", f"node operation {op!r} takes only requests signed by a trusted operator")
+        try:
+            admitted = guard.admit("", None, msg.subject, headers, msg.data, durable=False)
+        except Denied as exc:
+            raise _refused(exc.reason, exc.message) from None
+        if admitted is None:  # unreachable: the guard trusts keys and the request is signed
+            raise _refused("unsigned", f"node operation {op!r} takes only requests signed by a trusted operator")
+        if guard.ran_before(admitted):
+            raise _refused("replayed", f"this signed {op!r} request was already received")
+        guard.remember(admitted)
+        log.info("node operation %s by operator %s", op, admitted.caller.name)
+
     async def _activate(self, body: object) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise BadRequest("activate body must be a map")
@@ -129,6 +171,10 @@ class ControlServer:
             raise
         except Exception as exc:
             raise start_error(f"{kind}/{ask.agent_id}", exc, self._traceback) from None
+
+
+def _refused(reason: str, message: str) -> Unauthorized:
+    return Unauthorized(message, details={"reason": reason})
 
 
 def _str(body: Mapping[str, Any], name: str) -> str:

@@ -136,10 +136,21 @@ class Controller:
             if rec.hints.get("pin"):
                 pinned.add(rec.address)
         budget = max(1, math.ceil(self._settings.rebalance_rate * min(0.25, self._membership.interval)))
-        moves = []
+        # Room under each node's agent cap, shared by the kinds: a move to a full node
+        # would only be refused and taken back (a pause for nothing).
+        limits = {
+            n: r.max_agents - max(self._directory.count_on(n), _count(r.load.get("agents")))
+            for n, r in live.items()
+            if r.max_agents is not None
+        }
+        moves: list[Move] = []
         for kind, assignment in sorted(by_kind.items()):
             weights = {n: r.weight for n, r in live.items() if kind in r.kinds and not r.draining and r.weight > 0}
-            moves.extend(plan_moves(assignment, weights, pinned=pinned, imbalance=self._settings.imbalance))
+            planned = plan_moves(assignment, weights, pinned=pinned, imbalance=self._settings.imbalance, limits=limits)
+            for move in planned:
+                if move.target in limits:
+                    limits[move.target] -= 1
+            moves.extend(planned)
         if not moves:
             return 0
         gate = asyncio.Semaphore(4)
@@ -162,3 +173,8 @@ class Controller:
         spent = asyncio.get_running_loop().time() - started
         await asyncio.sleep(max(0.0, budget / self._settings.rebalance_rate - spent))
         return len(moves[:budget])
+
+
+def _count(value: object) -> int:
+    """A heartbeat's agent count (validated there: an int ≥ 0, or absent)."""
+    return value if type(value) is int else 0

@@ -110,11 +110,13 @@ class LeaderLease:
         campaign, self._campaigning = self._campaigning, None
         if campaign is not None:
             await _cancel(campaign)
-        await self._step_down()
-        if self._revision:
+        revision = self._revision  # read first: stepping down forgets it
+        await self._step_down()  # the lead task has ended: nothing runs under the lease
+        self._valid_until = 0.0  # another node may lead the moment the key is gone
+        if revision:
+            # By revision: a key that changed since our last write is a successor's.
             with contextlib.suppress(NatsAgentsError):
-                await self.bucket.delete(self.key, revision=self._revision, timeout=1.0)
-            self._revision = 0
+                await self.bucket.delete(self.key, revision=revision, timeout=1.0)
         await self._tasks.aclose()
 
     async def leader(self) -> str | None:

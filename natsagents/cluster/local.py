@@ -78,6 +78,22 @@ class LocalNode:
     def free(self) -> Resources:
         return self.capacity.remaining(self.reserved)
 
+    # -- the agent cap ---------------------------------------------------------------
+
+    @property
+    def max_agents(self) -> int | None:
+        """Most agents this node hosts at once (``Mesh.connect(max_agents=)``); ``None``: no cap."""
+        return self._host.settings.max_agents
+
+    def agent_count(self) -> int:
+        """Agents active or starting here now."""
+        return len(self._host.activations) + self._host.starting_count()
+
+    def full(self) -> bool:
+        """Whether one more activation would be refused for the agent cap."""
+        cap = self.max_agents
+        return cap is not None and self.agent_count() >= cap
+
     def reserve(self, needs: Resources) -> None:
         """Reserve ``needs`` (others place by our reservations: tell them soon)."""
         self.reserved = self.reserved + needs
@@ -102,7 +118,7 @@ class LocalNode:
             del capacity["cpu"]
         if capacity.get("memory") == UNLIMITED_MEMORY:
             del capacity["memory"]
-        return {
+        out: dict[str, Any] = {
             "kinds": sorted(self._host.kinds),
             "capacity": capacity,
             "load": {
@@ -117,6 +133,9 @@ class LocalNode:
             "draining": self.draining,
             "weight": self.settings.weight,
         }
+        if self.max_agents is not None:
+            out["max_agents"] = self.max_agents
+        return out
 
 
 @functools.cache

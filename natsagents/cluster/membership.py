@@ -55,23 +55,26 @@ class MemberRecord:
     lease: float = 3.0
     draining: bool = False
     weight: float = 1.0
+    #: Most agents the node hosts at once (``Mesh.connect(max_agents=)``); ``None``: no cap.
+    max_agents: int | None = None
 
     def to_wire(self) -> bytes:
-        return codec.encode(
-            {
-                "node": self.node_id,
-                "kinds": list(self.kinds),
-                "capacity": dict(self.capacity),
-                "load": dict(self.load),
-                "tags": list(self.tags),
-                "version": self.version,
-                "started_at": self.started_at,
-                "heartbeat_at": self.heartbeat_at,
-                "lease": self.lease,
-                "draining": self.draining,
-                "weight": self.weight,
-            }
-        )
+        body: dict[str, Any] = {
+            "node": self.node_id,
+            "kinds": list(self.kinds),
+            "capacity": dict(self.capacity),
+            "load": dict(self.load),
+            "tags": list(self.tags),
+            "version": self.version,
+            "started_at": self.started_at,
+            "heartbeat_at": self.heartbeat_at,
+            "lease": self.lease,
+            "draining": self.draining,
+            "weight": self.weight,
+        }
+        if self.max_agents is not None:
+            body["max_agents"] = self.max_agents
+        return codec.encode(body)
 
     @classmethod
     def from_wire(cls, data: bytes, *, key: str | None = None) -> MemberRecord:
@@ -96,6 +99,7 @@ class MemberRecord:
             if name in load:
                 records.number(load[name], f"load.{name}", hi=1.0)
         records.checked("load.reserved", Resources.from_wire, load.get("reserved"))
+        max_agents = body.get("max_agents")
         return cls(
             node_id=node,
             kinds=tuple(
@@ -110,6 +114,8 @@ class MemberRecord:
             lease=records.number(body.get("lease", 3.0), "lease", open_lo=True),
             draining=records.flag(body.get("draining", False), "draining"),
             weight=records.number(body.get("weight", 1.0), "weight", hi=records.MAX_WEIGHT, open_lo=True),
+            # Absent or nil (records of older nodes): no cap.
+            max_agents=None if max_agents is None else records.counter(max_agents, "max_agents", lo=1),
         )
 
 
@@ -233,6 +239,7 @@ class Membership:
             lease=self.lease,
             draining=bool(fields.get("draining", False)),
             weight=float(fields.get("weight", 1.0)),
+            max_agents=fields.get("max_agents"),
         )
 
     async def _beat(self) -> None:

@@ -1,5 +1,5 @@
-"""Migration: moving agents off this node (``migrate_out``, ``drain``, hand-off on close)
-and restoring agents handed to it (``adopt``).
+"""Migration: moving agents off this node (``migrate_out``, ``drain``, hand-off on close),
+taking new agents again (``undrain``) and restoring agents handed to it (``adopt``).
 
 ```
  source                                   directory (CAS)              target
@@ -80,6 +80,7 @@ class Migration:
         self._directory = directory
         self._client = client
         self._metrics = metrics
+        self._leaving = False  # handing off on close: no undrain
 
     async def migrate_out(self, kind: str, agent_id: str, target: str, strategy: str) -> dict[str, Any]:
         """Move one agent from this node to ``target``; return ``{from, to, pause_ms}``.
@@ -202,16 +203,43 @@ class Migration:
         moved, stopped = await self.move_all(acts, self._settings.rebalance_strategy)
         return {"node": self._local.node_id, "moved": moved, "stopped": stopped}
 
+    async def undrain(self) -> dict[str, Any]:
+        """Take new agents again after a drain (a drain under way moves no more agents).
+        Returns ``{"node", "undrained"}`` (``undrained``: it was draining).
+
+        Raises:
+            Unavailable: the node is closing (handing its agents off).
+        """
+        node_id = self._local.node_id
+        if self._leaving or self._local.closing:
+            raise Unavailable(f"node {node_id} is closing")
+        was = self._local.draining
+        self._local.draining = False
+        if was:
+            log.info("node %s takes new agents again (undrained)", node_id)
+            with contextlib.suppress(NatsAgentsError):
+                await self._membership.beat_now()
+        return {"node": node_id, "undrained": was}
+
+    async def hand_off(self, acts: list[Activation], strategy: str) -> tuple[int, int]:
+        """On close: drain ``acts`` for good (an ``undrain`` is refused from now on)."""
+        self._leaving = True
+        self._local.draining = True
+        with contextlib.suppress(NatsAgentsError):
+            await self._membership.beat_now()
+        return await self.move_all(acts, strategy)
+
     async def move_all(self, acts: list[Activation], strategy: str) -> tuple[int, int]:
         """Move each of ``acts`` to the node placement picks (a few at a time), stop those
-        no node can take; returns ``(moved, stopped)``."""
+        no node can take; returns ``(moved, stopped)``. Once the node is undrained, the
+        agents not moved yet stay."""
         moved = stopped = 0
         gate = asyncio.Semaphore(_MOVES_AT_ONCE)
 
         async def one(act: Activation) -> None:
             nonlocal moved, stopped
             async with gate:
-                if act.state is not ActivationState.ACTIVE:
+                if act.state is not ActivationState.ACTIVE or not self._local.draining:
                     return
                 target = None
                 with contextlib.suppress(ClusterAtCapacity):

@@ -141,6 +141,7 @@ class ClusterNode:
             traceback=host.traceback,
             tasks=self._tasks,
             owner_key=lambda: self.owner_key,
+            operators=settings.operators,
         )
         self._leader: LeaderLease | None = None
         self.owner_key: bytes | None = None
@@ -178,10 +179,7 @@ class ClusterNode:
                 if a.state is ActivationState.ACTIVE and type(a.agent).restart == "permanent"
             ]
             if permanent:
-                local.draining = True
-                with contextlib.suppress(NatsAgentsError):
-                    await self.membership.beat_now()
-                await self._migration.move_all(permanent, self.settings.rebalance_strategy)
+                await self._migration.hand_off(permanent, self.settings.rebalance_strategy)
         local.closing = True
         if self._leader is not None:
             await self._leader.stop()
@@ -282,6 +280,10 @@ class ClusterNode:
     async def drain(self) -> dict[str, Any]:
         """Take no new agents and move every agent here to other nodes."""
         return await self._migration.drain()
+
+    async def undrain(self) -> dict[str, Any]:
+        """Take new agents again after a drain (see ``Migration.undrain``)."""
+        return await self._migration.undrain()
 
     # -- host hooks (runtime.hooks.NodeHooks) ------------------------------------------
 

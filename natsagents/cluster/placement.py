@@ -195,7 +195,8 @@ class NodeInfo:
 
     ``weight`` is the node's relative size (1.0 = a standard node): it scales both its
     share of the hash ring and its bounded-load share of agents. ``live=False`` (lease
-    lapsed, draining) keeps the node from receiving anything.
+    lapsed, draining) keeps the node from receiving anything. ``max_agents`` is the most
+    agents the node hosts at once (``None``: no cap); a node at it receives nothing.
     """
 
     node_id: str
@@ -206,8 +207,11 @@ class NodeInfo:
     tags: frozenset[str] = frozenset()
     weight: float = 1.0
     live: bool = True
+    max_agents: int | None = None
 
     def __post_init__(self) -> None:
+        if self.max_agents is not None and (type(self.max_agents) is not int or self.max_agents < 1):
+            raise ConfigurationError(f"NodeInfo.max_agents must be an int >= 1 or None, got {self.max_agents!r}")
         if not isinstance(self.node_id, str) or not self.node_id:
             raise ConfigurationError(f"NodeInfo.node_id must be a non-empty string, got {self.node_id!r}")
         object.__setattr__(self, "kinds", frozenset(_strings("NodeInfo", "kinds", self.kinds)))
@@ -221,6 +225,11 @@ class NodeInfo:
     def free(self) -> Resources:
         """Capacity not yet reserved (floored at zero)."""
         return self.capacity.remaining(self.reserved)
+
+    @property
+    def full(self) -> bool:
+        """Whether the node holds ``max_agents`` agents (it takes no more)."""
+        return self.max_agents is not None and self.load.agents >= self.max_agents
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,8 +373,9 @@ class Placer:
 
         Rules, in order:
 
-        1. **Eligibility** (hard): the node is live, hosts ``kind``, has ``needs`` free
-           (``capacity - reserved``, per dimension) and carries every tag in ``hints.tags``.
+        1. **Eligibility** (hard): the node is live, hosts ``kind``, holds fewer agents
+           than its ``max_agents``, has ``needs`` free (``capacity - reserved``, per
+           dimension) and carries every tag in ``hints.tags``.
         2. **Pin** (hard): with ``hints.pin`` the pinned node is the answer if eligible,
            whatever its load; otherwise placement fails. Operators pin on purpose, so
            neither the load bound nor the score overrides them.
@@ -459,6 +469,8 @@ class Placer:
             return "not live"
         if kind not in node.kinds:
             return f"does not host kind {kind!r}"
+        if node.full:
+            return f"at its agent limit ({node.load.agents} agents, max_agents={node.max_agents})"
         if not needs.within(node.free):
             return f"not enough free resources (free {node.free}, needs {needs})"
         missing = hints.tags - node.tags

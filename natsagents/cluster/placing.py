@@ -4,9 +4,11 @@ explicit spawns.
 The directory decides whether the agent already has a live owner (then the request goes
 to that node); otherwise the placer picks a node from the roster and the request is sent
 to it (``<prefix>.node.<node>.activate``), or it is activated here. The chosen node
-re-checks the bounded-load rule and its free resources, and the placer moves on when it
-refuses. When nothing fits, the placement waits (queued) for membership changes until its
-deadline, or fails at once with ``ClusterAtCapacity`` (``queue=False``).
+re-checks the bounded-load rule, its agent cap and its free resources, and the placer
+moves on when it refuses. When nothing fits, the placement waits (queued) for membership
+changes until its deadline, or fails at once with ``ClusterAtCapacity`` (``queue=False``,
+or every live node of the kind holds its ``max_agents`` agents: waiting would only turn
+that answer into a timeout).
 """
 
 from __future__ import annotations
@@ -131,6 +133,7 @@ class Placing:
         address = f"{kind}/{ask.agent_id}"
         avoid: set[str] = set()
         refused: dict[str, str] = {}  # node -> why it refused what placement chose
+        full: set[str] = set()  # nodes that refused at their agent cap
         delay = 0.005
         problem = "no node answered"
         try:
@@ -175,6 +178,17 @@ class Placing:
                         load_factor=self._settings.load_factor,
                     )
                 except ClusterAtCapacity as exc:
+                    hosts = [n for n in members if n.live and kind in n.kinds]
+                    if hosts and all(n.full or n.node_id in full for n in hosts):
+                        # Only an agent stopping somewhere makes room: waiting would turn
+                        # a clear answer into a timeout.
+                        raise ClusterAtCapacity(
+                            f"every node of kind {kind} is at its agent limit (max_agents)",
+                            agent=address,
+                            kind=kind,
+                            needs=exc.needs,
+                            rejected={**refused, **exc.rejected},
+                        ) from None
                     if not ask.queue:
                         if refused:
                             raise ClusterAtCapacity(
@@ -200,6 +214,7 @@ class Placing:
                         self._metrics.queued_placements.set(len(self._local.queued))
                         log.info("queued %s: %s", address, exc.message)
                     avoid.clear()
+                    full.clear()
                     await self._membership.changed(min(remaining, self._membership.interval))
                     continue
                 ask.placed = True
@@ -207,16 +222,12 @@ class Placing:
                     try:
                         return await self.activate_here(kind, ask)
                     except ClusterAtCapacity as exc:
-                        problem = exc.message
-                        refused[target] = exc.rejected.get(target, exc.message)
-                        avoid.add(target)
+                        problem = _refused(target, exc, refused, full, avoid)
                         continue
                 try:
                     node = await self._client.activate(target, kind, ask, remaining)
                 except ClusterAtCapacity as exc:
-                    problem = exc.message
-                    refused[target] = exc.rejected.get(target, exc.message)
-                    avoid.add(target)
+                    problem = _refused(target, exc, refused, full, avoid)
                     continue
                 except (NoResponders, CallTimeout) as exc:
                     problem = f"node {target}: {exc}"
@@ -255,13 +266,28 @@ class Placing:
         act = self._host.activations.get(key)
         if act is not None and act.state is ActivationState.ACTIVE:
             return node_id
+        if ask.transfer is None and self._local.full():
+            raise self._full(kind, address)
         if ask.placed and ask.transfer is None and ask.hints.pin is None:
             self._check_load_bound(kind, address)
         try:
             await self._host.activate(kind, ask.agent_id, ask)
         except AgentActiveElsewhere as exc:
             return exc.owner
+        except ClusterAtCapacity:
+            if self._local.full():  # the host's own cap check: say so, the placer counts on it
+                raise self._full(kind, address) from None
+            raise
         return node_id
+
+    def _full(self, kind: str, address: str) -> ClusterAtCapacity:
+        """The refusal of a node at its agent cap (``details.full``: the placer stops
+        trying once every node of the kind said so)."""
+        node_id, cap = self._local.node_id, self._local.max_agents
+        why = f"at its agent limit ({self._local.agent_count()} agents, max_agents={cap})"
+        return ClusterAtCapacity(
+            f"node {node_id} is {why}", agent=address, kind=kind, rejected={node_id: why}, details={"full": True}
+        )
 
     def _check_load_bound(self, kind: str, address: str) -> None:
         """Refuse a placement that would put this node over ``c`` x its share of agents.
@@ -270,7 +296,8 @@ class Placing:
         count exactly, so it re-checks the bounded-load rule and the placer moves on.
         """
         node_id = self._local.node_id
-        infos = [n for n in self._roster.nodes() if n.live and kind in n.kinds]
+        # Nodes at their agent cap take no share: the others split the agents.
+        infos = [n for n in self._roster.nodes() if n.live and kind in n.kinds and not n.full]
         me = next((n for n in infos if n.node_id == node_id), None)
         if me is None or len(infos) < 2:
             return
@@ -289,6 +316,15 @@ class Placing:
         while self._membership.is_live(node) and time.time() < deadline:
             # Lapses make no event: re-check often (the lease is judged on our clock).
             await self._membership.changed(min(0.05, max(0.001, deadline - time.time())))
+
+
+def _refused(node: str, exc: ClusterAtCapacity, refused: dict[str, str], full: set[str], avoid: set[str]) -> str:
+    """Note that ``node`` refused what placement chose; returns the problem to report."""
+    refused[node] = exc.rejected.get(node, exc.message)
+    if exc.details.get("full") is True:
+        full.add(node)
+    avoid.add(node)
+    return exc.message
 
 
 async def _sleep(delay: float, deadline: float) -> None:

@@ -59,6 +59,7 @@ def plan_moves(
     pinned: Collection[str] = (),
     imbalance: float = 0.1,
     vnodes: int = 160,
+    limits: Mapping[str, int] | None = None,
 ) -> list[Move]:
     """Moves that rebalance ``assignment`` (agent → node) over the nodes in ``weights``.
 
@@ -72,6 +73,9 @@ def plan_moves(
         pinned: agents that must not move.
         imbalance: nothing moves unless a node holds more than ``(1 + imbalance)`` x its
             quota + 1 or less than ``(1 - imbalance)`` x quota - 1.
+        limits: most agents a node may still receive (its ``max_agents`` less what it
+            holds of every kind); a node left out has no limit. Donors keep what no
+            recipient has room for.
 
     Returns:
         Moves in a deterministic order (by source, then agent hash).
@@ -96,6 +100,9 @@ def plan_moves(
         return []
     want = targets(total, weights, counts)
     room = {n: want[n] - counts[n] for n in weights}  # > 0: recipient
+    for n, limit in (limits or {}).items():
+        if room.get(n, 0) > 0:
+            room[n] = min(room[n], max(0, limit))
     ring = HashRing(dict(weights), vnodes=vnodes)
     moves: list[Move] = []
     pinned_set = set(pinned)

@@ -53,18 +53,22 @@ class Roster:
         local = self._local
         directory = self._directory
         # The directory watch counts owners within milliseconds; heartbeats lag by up to
-        # an interval, so take whichever is higher.
-        agents = max(int(load.get("agents", 0)), directory.count_on(rec.node_id))
+        # an interval (the placements this node made since count on top of the heartbeat,
+        # not of the directory, which already holds them): take whichever is higher.
+        heartbeat = int(load.get("agents", 0))
+        agents = directory.count_on(rec.node_id)
         reserved = Resources.from_wire(load.get("reserved"))
+        max_agents = rec.max_agents
         if rec.node_id == local.node_id:
-            here = len(self._host.activations) + self._host.starting_count()
-            agents = max(here, directory.count_on(local.node_id))
+            agents = max(local.agent_count(), directory.count_on(local.node_id))
             reserved = local.reserved
             draining = local.draining
+            max_agents = local.max_agents
         else:
             seen, placed = self._placed.get(rec.node_id, (0.0, 0))
             if seen == rec.heartbeat_at:
-                agents += placed  # placements since its last heartbeat
+                heartbeat += placed  # placements since its last heartbeat
+            agents = max(agents, heartbeat)
             draining = rec.draining
         return NodeInfo(
             node_id=rec.node_id,
@@ -81,6 +85,7 @@ class Roster:
             tags=frozenset(rec.tags),
             weight=rec.weight if rec.weight > 0 else 1.0,
             live=not draining,
+            max_agents=max_agents,
         )
 
     def note_placed(self, node: str) -> None:

@@ -3,13 +3,17 @@ migration strategies."""
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
+from ..agent.policy import TrustedCaller, TrustedCallersSpec, parse_trusted_callers
 from ..delivery.settings import DeliverySettings
 from ..errors import ConfigurationError
+from ..wire.identity import Identity
 from .placement import Resources, ScoreWeights
 from .records import MAX_WEIGHT
 
@@ -18,6 +22,7 @@ __all__ = [
     "UNLIMITED_CPU",
     "UNLIMITED_MEMORY",
     "ClusterSettings",
+    "TrustedOperatorsSpec",
     "capacity_from_wire",
     "node_id_from_name",
     "validate_node_id",
@@ -29,6 +34,9 @@ STRATEGIES = ("checkpoint_restore", "state_transfer", "cold_start")
 UNLIMITED_CPU = 1e9
 UNLIMITED_MEMORY = 2**62
 _NODE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: What ``ClusterSettings(trusted_operators=…)`` takes: public user nkeys (``U…``), or what
+#: ``Mesh.connect(trusted_callers=…)`` takes (key → name or ``TrustedCaller``, a JSON file).
+TrustedOperatorsSpec = Iterable[str] | TrustedCallersSpec
 
 
 def validate_node_id(node_id: object) -> str:
@@ -72,6 +80,12 @@ class ClusterSettings:
         max_state_bytes: largest encoded agent state (default: what one message allows).
         delivery: durable delivery settings; the node consumes its share of the inbox
             stream's partitions (``None``: it consumes none).
+        trusted_operators: the operators whose signed control requests this node obeys
+            (public user nkeys ``U…``, or a map key → name / a JSON file as for
+            ``Mesh.connect(trusted_callers=…)``). When set, ``drain``, ``undrain`` and
+            ``migrate`` must be signed by one of them (``Mesh.connect(identity=…)``,
+            ``natsagents drain --identity``) or come from a cluster node; anything else is
+            refused ``unauthorized``. Unset: NATS permissions alone decide who may ask.
     """
 
     node_id: str | None = None
@@ -91,6 +105,7 @@ class ClusterSettings:
     handoff_on_close: bool = True
     max_state_bytes: int | None = None
     delivery: DeliverySettings | None = field(default_factory=DeliverySettings)
+    trusted_operators: TrustedOperatorsSpec = None
 
     def __post_init__(self) -> None:
         if self.node_id is not None:
@@ -115,11 +130,44 @@ class ClusterSettings:
         if not isinstance(capacity, Resources):
             object.__setattr__(self, "capacity", capacity_from_wire(capacity))
         object.__setattr__(self, "tags", tuple(self.tags))
+        object.__setattr__(self, "trusted_operators", MappingProxyType(_operators(self.trusted_operators)))
+
+    @property
+    def operators(self) -> Mapping[str, TrustedCaller]:
+        """The trusted operators by public key (empty: control requests are not checked)."""
+        value = self.trusted_operators
+        assert isinstance(value, Mapping)
+        return value
 
     @property
     def capacity_resources(self) -> Resources:
         assert isinstance(self.capacity, Resources)
         return self.capacity
+
+
+def _operators(value: TrustedOperatorsSpec) -> dict[str, TrustedCaller]:
+    """``trusted_operators`` read (see :data:`TrustedOperatorsSpec`).
+
+    Raises:
+        ConfigurationError: a key that is not a user public nkey, an unreadable file, or
+            the nkeys package missing.
+    """
+    spec: TrustedCallersSpec
+    if value is None or isinstance(value, (Mapping, str, os.PathLike)):
+        spec = value
+    else:
+        keys = list(value)
+        if not all(isinstance(key, str) for key in keys):
+            raise ConfigurationError(f"trusted_operators must hold public user nkeys (strings), not {keys!r}")
+        spec = dict.fromkeys(keys, "operator")
+    try:
+        out = parse_trusted_callers(spec)
+    except ConfigurationError as exc:
+        text = exc.message.removeprefix("trusted_callers: ").replace("trusted_callers", "trusted_operators")
+        raise ConfigurationError(f"trusted_operators: {text}") from None
+    if out:
+        Identity.check_available()
+    return out
 
 
 def capacity_from_wire(value: object) -> Resources:

@@ -1,6 +1,9 @@
 """The cluster front a mesh delegates to (node or plain client, and so the CLI): members,
-the directory, and the control operations ``migrate`` and ``drain`` — done by the mesh's
-own node when it is the one concerned, by a control request to the right node otherwise."""
+the directory, and the control operations ``migrate``, ``drain`` and ``undrain`` — done by
+the mesh's own node when it is the one concerned, by a control request to the right node
+otherwise. Control requests of a cluster node's mesh carry the owner key's proof (through
+the node); those of a mesh with an ``identity`` its signature (docs/security.md,
+"Operator control requests")."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from ..transport import NoResponders, Transport
 from ..transport.kv import Bucket, open_bucket
 from ..wire import codec, envelope
 from ..wire import headers as h
+from ..wire.identity import Identity, call_expiry
 from ..wire.ids import parse_agent_key
 from ..wire.subjects import bucket_name, node_subject
 from .directory import DirectoryRecord
@@ -49,6 +53,12 @@ class OwnNode(Protocol):
 
     async def drain(self) -> dict[str, Any]: ...
 
+    async def undrain(self) -> dict[str, Any]: ...
+
+    async def request_node(self, node: str, op: str, body: dict[str, Any], timeout: float) -> Any:
+        """A control request to ``node`` with the owner key's proof. Raises: NoResponders."""
+        ...
+
 
 class ClusterView:
     """Reads the membership and directory buckets and sends node control requests.
@@ -57,13 +67,17 @@ class ClusterView:
         transport: the mesh's connection.
         prefix: subject prefix.
         node: the mesh's own cluster node, if it is one (it migrates and drains itself
-            without a request).
+            without a request, and sends the others' through the node).
+        identity: signs the control requests of a mesh that is not a node (operators).
     """
 
-    def __init__(self, transport: Transport, prefix: str, *, node: OwnNode | None = None) -> None:
+    def __init__(
+        self, transport: Transport, prefix: str, *, node: OwnNode | None = None, identity: Identity | None = None
+    ) -> None:
         self._t = transport
         self.prefix = prefix
         self._node = node
+        self._identity = identity
         self._members: Bucket | None = None
         self._directory: Bucket | None = None
         self._lock = asyncio.Lock()
@@ -127,12 +141,20 @@ class ClusterView:
         """A control request to ``node``.
 
         Raises:
-            Unavailable: no such node is running. AgentError subclasses from the node.
+            Unavailable: no such node is running. AgentError subclasses from the node
+            (``Unauthorized``: it trusts operators and this request's signer is none).
         """
         try:
-            msg = await self._t.request(
-                node_subject(self.prefix, node, op), codec.encode(body), headers=_PROTO, timeout=timeout
-            )
+            if self._node is not None:
+                return await self._node.request_node(node, op, body, timeout)
+            subject = node_subject(self.prefix, node, op)
+            data = codec.encode(body)
+            headers: bytes | dict[str, str] = _PROTO
+            if self._identity is not None:
+                headers = {h.PROTO: h.PROTO_VERSION, h.MESSAGE_ID: envelope.new_message_id()}
+                now = time.time()
+                self._identity.sign(subject, headers, data, call_expiry(now + timeout, now))
+            msg = await self._t.request(subject, data, headers=headers, timeout=timeout)
         except NoResponders:
             raise Unavailable(f"node {node} is not running") from None
         return envelope.parse_reply(msg.headers, msg.data)
@@ -172,6 +194,20 @@ class ClusterView:
                 raise ConfigurationError("this mesh is not a cluster node: name the node to drain")
             return await own.drain()
         return dict(await self.request(node, "drain", {}, timeout))
+
+    async def undrain(self, node: str | None, timeout: float) -> dict[str, Any]:
+        """Have a drained ``node`` (``None``: the mesh's own node) take new agents again.
+
+        Raises:
+            ConfigurationError: ``None`` on a mesh that is not a cluster node.
+            Unavailable: no such node is running, or it is closing.
+        """
+        own = self._node
+        if node is None or (own is not None and node == own.node_id):
+            if own is None:
+                raise ConfigurationError("this mesh is not a cluster node: name the node to undrain")
+            return await own.undrain()
+        return dict(await self.request(node, "undrain", {}, timeout))
 
     async def info(self, node: str, timeout: float = 5.0) -> dict[str, Any]:
         return dict(await self.request(node, "info", {}, timeout))

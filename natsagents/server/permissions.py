@@ -17,9 +17,10 @@ Roles (``docs/security.md``, "Roles and permissions"):
 ``caller``    calls and sends to agents of some kinds (durable sends included); subscribes
               nothing but its own inbox ``_INBOX.<name>.>``.
 ``peer``      a caller written in another language: the same, with a configurable inbox.
-``operator``  what the CLI's ``nodes``, ``ls``, ``migrate``, ``drain`` and ``dlq`` use: reads
-              the members and directory buckets, sends ``info``/``drain``/``migrate`` control
-              requests, reads, replays and deletes dead letters; writes no bucket.
+``operator``  what the CLI's ``nodes``, ``ls``, ``migrate``, ``drain``, ``undrain`` and ``dlq``
+              use: reads the members and directory buckets, sends ``info``/``drain``/
+              ``undrain``/``migrate`` control requests, reads, replays and deletes dead
+              letters; writes no bucket.
 
 A user's own subjects (its inbox, a node's control subjects) carry its name; for JWT
 templates the name is ``{{name()}}``, which the server expands per user.
@@ -316,7 +317,7 @@ def _node(p: str, u: str, inbox: str, kinds: tuple[str, ...] | None, replies: Se
 
 def _operator(p: str, inbox: str, kinds: tuple[str, ...] | None) -> Permissions:
     members, directory, dlq = bucket_name(p, "members"), bucket_name(p, "directory"), bucket_name(p, "dlq")
-    pub = [f"{p}.node.*.info", f"{p}.node.*.drain", f"{p}.node.*.migrate"]
+    pub = [f"{p}.node.*.info", f"{p}.node.*.drain", f"{p}.node.*.undrain", f"{p}.node.*.migrate"]
     # ClusterView opens (STREAM.CREATE: idempotent on an existing bucket), lists keys
     # (a headers-only watch) and reads (direct gets); it never writes.
     pub += _kv_api(members, write=False, watch=True)

@@ -13,7 +13,8 @@ values of :data:`SIGNED` (empty when absent) and the lower-case hex SHA-256 of t
 as sent, each followed by ``\\n``. Header values never contain CR or LF, so the encoding
 is unambiguous. The subject is always the agent subject (``<prefix>.agent.<kind>.<token>``),
 also for a durable message published to its inbox subject: that is the subject its
-partition owner forwards it to.
+partition owner forwards it to. An operator's control request (protocol §14.4) is signed
+the same way over its control subject ``<prefix>.node.<node>.<op>``.
 
 Pure code but for the ed25519 operations, which use PyNaCl (installed with the ``nkeys``
 extra) and are imported only when an identity or a trusted key is used.

@@ -342,6 +342,12 @@ def garbage_members() -> list[tuple[str, Any]]:
         {"heartbeat_at": -1e18},
         {"started_at": math.nan},
         {"draining": "no"},
+        {"max_agents": 0},
+        {"max_agents": -1},
+        {"max_agents": 1.5},
+        {"max_agents": "3"},
+        {"max_agents": True},
+        {"max_agents": 2**64 - 1},
         {"version": 3},
         {"node": "someone-else"},
     ]

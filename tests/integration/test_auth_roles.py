@@ -441,6 +441,7 @@ async def test_every_role_works_within_its_permissions(
     drained = await ops.drain("n2", timeout=30)
     assert drained["node"] == "n2"
     assert {s.record.node_id: s.record.draining for s in await ops.nodes() if s.live} == {"n1": False, "n2": True}
+    assert await ops.undrain("n2", timeout=10) == {"node": "n2", "undrained": True}
     with pytest.raises(UnknownAction):  # dead-lettered at once
         await counter.with_options(delivery="exactly_once").call("no_such_action")
     (letter,) = [d for d in await ops.dead_letters() if d.action == "no_such_action"]

@@ -81,3 +81,15 @@ def test_plans_reach_the_targets_with_the_fewest_moves(weights: dict[str, int], 
     assert all(m.source != m.target for m in moves)
     # Plans are deterministic.
     assert plan_moves(assignment, weights, imbalance=0.0) == moves
+
+
+def test_limits_cap_what_a_node_receives() -> None:
+    """A node at its agent cap (``max_agents``) receives no more than its room: the donor
+    keeps the rest rather than the move being refused and taken back."""
+    skewed = {f"a{i}": "n0" for i in range(30)}
+    moves = plan_moves(skewed, {"n0": 1, "n1": 1, "n2": 1}, limits={"n1": 3})
+    received = Counter(m.target for m in moves)
+    assert received == {"n1": 3, "n2": 10}
+    assert plan_moves(skewed, {"n0": 1, "n1": 1}, limits={"n1": 0}) == []
+    assert len(plan_moves(skewed, {"n0": 1, "n1": 1}, limits={"n1": -2})) == 0  # over its cap already
+    assert len(plan_moves(skewed, {"n0": 1, "n1": 1}, limits={"n0": 0})) == 15  # a donor's limit is moot
