@@ -72,6 +72,8 @@ class ClusterSettings:
         max_state_bytes: largest encoded agent state (default: what one message allows).
         delivery: durable delivery settings; the node consumes its share of the inbox
             stream's partitions (``None``: it consumes none).
+        services_api: answer the NATS services API (``$SRV.PING|INFO|STATS``,
+            ``observability.micro``) so that ``nats micro ls`` lists the node.
     """
 
     node_id: str | None = None
@@ -91,6 +93,7 @@ class ClusterSettings:
     handoff_on_close: bool = True
     max_state_bytes: int | None = None
     delivery: DeliverySettings | None = field(default_factory=DeliverySettings)
+    services_api: bool = True
 
     def __post_init__(self) -> None:
         if self.node_id is not None:
