@@ -17,7 +17,7 @@ import pytest
 from nats.aio.client import Client
 from nats.micro.service import ServiceInfo, ServicePing, ServiceStats
 
-from natsagents import ClusterSettings, HandlerError, Mesh
+from natsagents import ClusterSettings, HandlerError, Hints, Mesh
 from natsagents.observability import Metrics
 from natsagents.observability.micro import QUEUE_LIMIT, ServiceResponder
 from natsagents.testing import wait_for
@@ -88,7 +88,7 @@ async def test_ping_info_and_stats_per_the_spec(mesh_factory: Any, mesh_prefix: 
     a, b = f"{mesh_prefix}-a", f"{mesh_prefix}-b"
     node = await a_node(mesh_factory, a, Counter, Keeper)
     await a_node(mesh_factory, b, Counter)
-    ref = node.ref("Counter/c1")
+    ref = await node.spawn("Counter", "c1", hints=Hints(pin=a))  # on node a, whatever placement says
     for _ in range(3):
         await ref.call("add")
     with pytest.raises(HandlerError):
