@@ -262,9 +262,9 @@ async def _ls(mesh: Mesh, args: argparse.Namespace) -> int:
         rows = [
             (
                 str(d.seq),
-                _truncate(d.agent) or "-",
-                _truncate(d.action) or "-",
-                _truncate(d.error) or "-",
+                _printable(d.agent) or "-",
+                _printable(d.action) or "-",
+                _printable(d.error) or "-",
                 str(d.deliveries),
                 format_age((now_ms - d.time_ms) / 1000) if d.time_ms else "-",
                 _truncate(d.reason) or "-",

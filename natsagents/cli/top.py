@@ -42,6 +42,8 @@ _STATS_TYPE = "io.nats.micro.v1.stats_response"
 _MAX_ENDPOINTS = 1024
 _MAX_HOT = 100
 _MAX_TEXT = 200
+#: Seconds a frame waits for the stats of every live node (all answered: no wait).
+_ANSWER_WAIT = 1.5
 
 
 # -- reading stats answers ------------------------------------------------------------
@@ -194,8 +196,10 @@ class Sampler:
             rec = s.record
             load: Mapping[str, Any] = rec.load
             per_kind = stats.get(rec.node_id)
-            req_rate = err_rate = None
-            backlog = busy = None
+            req_rate: float | None = None
+            err_rate: float | None = None
+            backlog: int | None = None
+            busy: int | None = None
             if per_kind is not None:
                 backlog, busy = sum(k.backlog for k in per_kind), sum(k.busy for k in per_kind)
                 req_rate = err_rate = 0.0
@@ -354,7 +358,7 @@ def _top(args: argparse.Namespace) -> int:
 
 async def _top_async(args: argparse.Namespace) -> int:
     async with open_mesh(args) as mesh:
-        sampler = Sampler(mesh, args.prefix, limit=args.limit, wait=min(1.0, args.interval))
+        sampler = Sampler(mesh, args.prefix, limit=args.limit, wait=_ANSWER_WAIT)
         first = await sampler.frame()
         if args.once:
             await asyncio.sleep(args.interval)  # a second sample: rates need two
