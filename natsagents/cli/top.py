@@ -96,9 +96,11 @@ def parse_stats(body: bytes, prefix: str) -> tuple[str, list[KindStats]] | None:
         requests, errors, nanos = (_count(ep.get(k)) for k in ("num_requests", "num_errors", "processing_time"))
         if requests is None or errors is None or nanos is None:
             continue
-        data = ep.get("data") if isinstance(ep.get("data"), dict) else {}
+        raw_data = ep.get("data")
+        data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
+        raw_hot = data.get("hot")
         hot = []
-        for item in data.get("hot", [])[:_MAX_HOT] if isinstance(data.get("hot"), list) else []:
+        for item in raw_hot[:_MAX_HOT] if isinstance(raw_hot, list) else []:
             if isinstance(item, dict) and isinstance(item.get("agent"), str):
                 numbers = [_count(item.get(k)) or 0 for k in ("recent", "backlog", "busy")]
                 hot.append((_text(item["agent"]), numbers[0], numbers[1], numbers[2]))
