@@ -313,8 +313,9 @@ def render(frame: Frame) -> RenderableType:
             _fmt(k["average_ms"], ".2f"),
             k["last_error"] or "-",
         )
-    hot = Table(title="hottest agents (requests answered in the last ~10 s, waiting, running)", title_justify="left")
-    for name in ("AGENT", "NODE", "RECENT", "WAITING", "RUNNING"):
+    # ANSWERED: requests answered in the host's dedup window (~10 s), the replies it keeps.
+    hot = Table(title="hottest agents", title_justify="left")
+    for name in ("AGENT", "NODE", "ANSWERED/10S", "WAITING", "RUNNING"):
         hot.add_column(name, justify="left" if name in ("AGENT", "NODE") else "right", no_wrap=True)
     for h in frame.hot:
         hot.add_row(h["agent"], h["node"], str(h["recent"]), str(h["backlog"]), str(h["busy"]))
