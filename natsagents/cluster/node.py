@@ -174,9 +174,9 @@ class ClusterNode:
         self._leader.start()
         self._tasks.spawn(self._supervisor.run(), name="supervisor")
         self._host.node = self
-        if self.services is not None:
-            await self.services.start()
         await self._t.flush()
+        if self.services is not None:  # last: nothing after it can fail and leave it running
+            await self.services.start()
 
     async def close(self) -> None:
         """Leave the cluster: hand permanent agents off (if set), stop the rest (each saves
