@@ -290,10 +290,14 @@ def _agent_json(rec: DirectoryRecord) -> dict[str, Any]:
 
 def _node_json(status: NodeStatus) -> dict[str, Any]:
     rec = status.record
+    agents = rec.load.get("agents")
     return {
         "node": rec.node_id,
         "live": status.live,
         "age": status.age,
+        # A node that is not live: its load is its last heartbeat's, not a current figure.
+        "stale": not status.live,
+        "agents": agents if status.live and isinstance(agents, int) else None,
         "kinds": list(rec.kinds),
         "capacity": dict(rec.capacity),
         "load": dict(rec.load),
@@ -485,7 +489,9 @@ def _nodes_options(parser: argparse.ArgumentParser) -> None:
     help="list the cluster's nodes: liveness, agents, kinds, load, capacity, tags",
     configure=_nodes_options,
     description="List the members of the cluster from their heartbeats: AGENTS, CPU% and MEM% are as of each "
-    "node's last heartbeat, LIVE compares that heartbeat with this machine's clock. "
+    "node's last heartbeat (at most a lease old while it is live), AGE is that heartbeat's age and LIVE compares "
+    "it with the node's lease. A node that is not live shows AGENTS as 'stale' and CPU%/MEM% as '-' (JSON: "
+    '"stale": true, "agents": null; its last reported figures stay in "load"). '
     "Exit codes: 0 ok, 2 bad usage, 3 NATS unreachable.",
 )
 def _nodes(args: argparse.Namespace) -> int:
@@ -510,15 +516,17 @@ async def _nodes_async(args: argparse.Namespace) -> int:
             (
                 rec.node_id,
                 _yes(s.live),
-                str(agents) if isinstance(agents, int) else "-",
+                # A lapsed node's last count is not a current figure (it may have drained since).
+                "stale" if not s.live else str(agents) if isinstance(agents, int) else "-",
                 ",".join(rec.kinds) or "-",
-                _percent(rec.load.get("cpu")),
-                _percent(rec.load.get("memory")),
+                _percent(rec.load.get("cpu")) if s.live else "-",
+                _percent(rec.load.get("memory")) if s.live else "-",
                 format_resources(rec.capacity),
                 ",".join(rec.tags) or "-",
                 _yes(rec.draining),
+                f"{s.age:.1f}s",
             )
         )
-    headers = ("NODE", "LIVE", "AGENTS", "KINDS", "CPU%", "MEM%", "CAPACITY", "TAGS", "DRAINING")
+    headers = ("NODE", "LIVE", "AGENTS", "KINDS", "CPU%", "MEM%", "CAPACITY", "TAGS", "DRAINING", "AGE")
     print(render_table(headers, rows), flush=True)
     return Exit.OK

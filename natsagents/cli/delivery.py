@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import re
 import sys
 import time
@@ -24,15 +25,17 @@ from typing import TYPE_CHECKING, Any
 from ..errors import AgentError, AgentNotFound, ConfigurationError, NatsAgentsError, ProtocolError
 from ..transport.jetstream import JetStreamError, StreamNotFound
 from ..transport.kv import KvError
+from ..wire import codec, envelope
+from ..wire import headers as h
 from ..wire.subjects import validate_prefix
 from .cluster import render_table
-from .main import Exit, _error, _positive_int, add_connection_options, command, open_mesh, print_json
+from .main import Exit, _error, _positive_int, add_connection_options, command, open_mesh, print_json, to_jsonable
 
 if TYPE_CHECKING:
     from ..delivery import DeadLetter
     from ..mesh import Mesh
 
-__all__ = ["format_age"]
+__all__ = ["format_age", "render_body"]
 
 #: Errors of one dead-letter operation: reported, and the command goes on to the next
 #: sequence. Connection errors (other TransportErrors) end the command with exit code 3.
@@ -43,6 +46,7 @@ _DELETE_FAILED = 10057  # MSG.DELETE failed; the description says why
 _NO_SUCH_MESSAGE = ("no message found", "stream store EOF")  # ... below the first / past the last sequence
 _ALL = 1_000_000  # "every dead letter" for replay --all
 _REASON_WIDTH = 60
+_BODY_CHARS = 200  # --body-max default
 
 DlqRunner = Callable[["Mesh", argparse.Namespace], Awaitable[int]]
 
@@ -59,9 +63,46 @@ def format_age(seconds: float) -> str:
     return f"{s}s"
 
 
+def _printable(text: str) -> str:
+    """``text`` safe for a terminal: every character that is not printable (control
+    characters, escape sequences, line separators) written as ``\\uXXXX``."""
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
+
+
 def _truncate(text: str, width: int = _REASON_WIDTH) -> str:
-    flat = re.sub(r"\s+", " ", text).strip()
+    flat = _printable(re.sub(r"\s+", " ", text).strip())
     return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+def render_body(data: bytes, headers: dict[str, str], limit: int = _BODY_CHARS) -> tuple[str, str, bool]:
+    """A dead letter's body as one line of at most ``limit`` characters:
+    ``(text, form, truncated)``.
+
+    ``form`` says how it was read: ``msgpack`` (decoded, shown as JSON; bytes inside as
+    base64), ``deflate+msgpack`` (``Na-Encoding: deflate``, inflated within the protocol's
+    bound first), ``text`` (UTF-8 that is not msgpack, non-printable characters escaped),
+    ``hex`` (anything else) or ``empty``. The body is a peer's bytes: decoding is bounded
+    (wire.codec's limits) and nothing unprintable reaches the terminal.
+    """
+    if not data:
+        return "", "empty", False
+    body, form = data, "msgpack"
+    if headers.get(h.ENCODING) == "deflate":
+        try:
+            body, form = envelope.inflate(data), "deflate+msgpack"
+        except ProtocolError:
+            body, form = data, "msgpack"
+    try:
+        text = json.dumps(to_jsonable(codec.decode(body), set()), ensure_ascii=False)
+    except (ValueError, RecursionError):
+        try:
+            text, form = json.dumps(data.decode("utf-8"), ensure_ascii=False)[1:-1], "text"
+        except UnicodeDecodeError:
+            text, form = data[:limit].hex(), "hex"  # enough bytes for `limit` characters, and cut below
+    text = _printable(text)
+    if len(text) <= limit:
+        return text, form, False
+    return text[: max(0, limit - 3)] + "...", form, True
 
 
 def _stream_missing(exc: BaseException) -> bool:
@@ -123,11 +164,25 @@ def _dlq_options(parser: argparse.ArgumentParser) -> None:
         "ls",
         help="list dead letters, oldest first",
         description="List the dead-letter stream, oldest first: SEQ (use it with replay and rm), the agent and "
-        "action, the ERROR code, how many DELIVERIES were tried, AGE and the REASON. "
+        "action, the ERROR code, how many DELIVERIES were tried, AGE and the REASON; with --body also the BODY "
+        "(msgpack shown as JSON, else text or hex, cut after --body-max characters; with --json the fields body, "
+        "body_form and body_truncated). "
         "Exit codes: 0 ok, 2 bad usage, 3 NATS unreachable.",
     )
     ls.add_argument(
         "--limit", metavar="N", type=_positive_int, default=100, help="list at most N dead letters (default: 100)"
+    )
+    ls.add_argument(
+        "--body",
+        action="store_true",
+        help="also show each message body: msgpack decoded and shown as JSON, else UTF-8 text or hex",
+    )
+    ls.add_argument(
+        "--body-max",
+        metavar="CHARS",
+        type=_positive_int,
+        default=_BODY_CHARS,
+        help=f"cut each body shown after CHARS characters (default: {_BODY_CHARS})",
     )
     _seq_options(ls)
     ls.set_defaults(_dlq_run=_ls)
@@ -191,8 +246,15 @@ async def _ls(mesh: Mesh, args: argparse.Namespace) -> int:
     letters = await _letters(mesh, args.limit + 1)  # one more: tells whether there are more
     more = len(letters) > args.limit
     letters = letters[: args.limit]
+    bodies = [render_body(d.data, d.headers, args.body_max) if args.body else None for d in letters]
     if args.json:
-        print_json([letter.to_wire() for letter in letters])
+        out = []
+        for letter, body in zip(letters, bodies, strict=True):
+            item = letter.to_wire()
+            if body is not None:
+                item.update(body=body[0], body_form=body[1], body_truncated=body[2])
+            out.append(item)
+        print_json(out)
     elif not letters:
         print("no dead letters", flush=True)
     else:
@@ -200,17 +262,20 @@ async def _ls(mesh: Mesh, args: argparse.Namespace) -> int:
         rows = [
             (
                 str(d.seq),
-                d.agent or "-",
-                d.action or "-",
-                d.error or "-",
+                _printable(d.agent) or "-",
+                _printable(d.action) or "-",
+                _printable(d.error) or "-",
                 str(d.deliveries),
                 format_age((now_ms - d.time_ms) / 1000) if d.time_ms else "-",
                 _truncate(d.reason) or "-",
+                *([f"{body[1]}: {body[0]}" if body[0] else body[1]] if body is not None else []),
             )
-            for d in letters
+            for d, body in zip(letters, bodies, strict=True)
         ]
-        headers = ("SEQ", "AGENT", "ACTION", "ERROR", "DELIVERIES", "AGE", "REASON")
+        headers = ("SEQ", "AGENT", "ACTION", "ERROR", "DELIVERIES", "AGE", "REASON", *(["BODY"] if args.body else []))
         print(render_table(headers, rows), flush=True)
+        if any(body is not None and body[2] for body in bodies):
+            print(f"note: bodies cut after {args.body_max} characters; --body-max N shows more", file=sys.stderr)
     if more:
         print(f"note: showing the oldest {args.limit}; --limit N shows more", file=sys.stderr, flush=True)
     return Exit.OK

@@ -108,6 +108,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "natsagents.cli.operate",
     "natsagents.cli.delivery",
     "natsagents.cli.auth",
+    "natsagents.cli.top",
 )
 
 

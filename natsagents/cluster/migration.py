@@ -201,6 +201,8 @@ class Migration:
             await self._membership.beat_now()
         acts = [a for a in self._host.activations.values() if a.state is ActivationState.ACTIVE]
         moved, stopped = await self.move_all(acts, self._settings.rebalance_strategy)
+        with contextlib.suppress(NatsAgentsError):
+            await self._membership.beat_now()  # the record says 0 agents now, not the count before
         return {"node": self._local.node_id, "moved": moved, "stopped": stopped}
 
     async def undrain(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from typing import Any
 from ..agent.base import Agent
 from ..errors import NatsAgentsError
 from ..observability import Metrics
+from ..observability.micro import ServiceResponder
 from ..runtime.activation import Activation, ActivationState
 from ..runtime.host import Host
 from ..state.store import StateStore
@@ -145,6 +146,16 @@ class ClusterNode:
         )
         self._leader: LeaderLease | None = None
         self.owner_key: bytes | None = None
+        self.services: ServiceResponder | None = None
+        if settings.services_api:  # `nats micro ls` lists the node (observability/micro.py)
+            self.services = ServiceResponder(
+                transport,
+                prefix=prefix,
+                node_id=node_id,
+                kinds=lambda: host.kinds,
+                metrics=metrics,
+                agents=lambda: host.activations.values(),
+            )
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -165,6 +176,8 @@ class ClusterNode:
         self._tasks.spawn(self._supervisor.run(), name="supervisor")
         self._host.node = self
         await self._t.flush()
+        if self.services is not None:  # last: nothing after it can fail and leave it running
+            await self.services.start()
 
     async def close(self) -> None:
         """Leave the cluster: hand permanent agents off (if set), stop the rest (each saves
@@ -184,6 +197,8 @@ class ClusterNode:
         if self._leader is not None:
             await self._leader.stop()
         await self._control_server.stop()
+        if self.services is not None:
+            await self.services.stop()
 
     async def after_host_closed(self) -> None:
         """Called once the host stopped every agent (saves and releases done)."""

@@ -86,6 +86,8 @@ class ClusterSettings:
             ``migrate`` must be signed by one of them (``Mesh.connect(identity=…)``,
             ``natsagents drain --identity``) or come from a cluster node; anything else is
             refused ``unauthorized``. Unset: NATS permissions alone decide who may ask.
+        services_api: answer the NATS services API (``$SRV.PING|INFO|STATS``,
+            ``observability.micro``) so that ``nats micro ls`` lists the node.
     """
 
     node_id: str | None = None
@@ -106,6 +108,7 @@ class ClusterSettings:
     max_state_bytes: int | None = None
     delivery: DeliverySettings | None = field(default_factory=DeliverySettings)
     trusted_operators: TrustedOperatorsSpec = None
+    services_api: bool = True
 
     def __post_init__(self) -> None:
         if self.node_id is not None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["Metrics"]
+__all__ = ["KindTotals", "Metrics"]
 
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _LABELS = ("kind", "action", "outcome")
@@ -31,14 +32,25 @@ class _Cell:
         self.buckets = [0] * size  # non-cumulative; the last one is +Inf
 
 
+class KindTotals(NamedTuple):
+    """What one kind's agents on this mesh handled (``Metrics.handled_by_kind``)."""
+
+    handled: int  # messages that reached a handler (or its state write)
+    failed: int  # of which the outcome was not ok
+    seconds: float  # handler time, all of them together
+    refused: int  # messages refused before reaching a handler (natsagents_rejected_total)
+    last_error: str  # the latest failure, "<code> (<action>)", or refusal, "<reason> (refused)"; "" if none
+
+
 class _Series:
     """Counts and a latency histogram per (kind, action, outcome)."""
 
-    __slots__ = ("buckets", "data")
+    __slots__ = ("buckets", "data", "last_error")
 
     def __init__(self, buckets: Sequence[float]) -> None:
         self.buckets = tuple(buckets)
         self.data: dict[tuple[str, str, str], _Cell] = {}
+        self.last_error: dict[str, str] = {}  # kind → the latest outcome that was not ok
 
     def record(self, kind: str, action: str, outcome: str, seconds: float) -> None:
         key = (kind, action, outcome)
@@ -48,6 +60,8 @@ class _Series:
         cell.count += 1
         cell.total += seconds
         cell.buckets[bisect.bisect_left(self.buckets, seconds)] += 1
+        if outcome != "ok":
+            self.last_error[kind] = f"{outcome} ({action})"
 
     def families(self, counter: str, counter_help: str, histogram: str, histogram_help: str) -> Iterator[Metric]:
         counts = CounterMetricFamily(counter, counter_help, labels=_LABELS)
@@ -179,6 +193,26 @@ class Metrics:
 
     def rejected_one(self, kind: str, reason: str) -> None:
         self.rejected.labels(kind, reason).inc()
+        self._handled.last_error[kind] = f"{reason} (refused)"
+
+    def handled_by_kind(self) -> dict[str, KindTotals]:
+        """Per kind: messages handled and refused here, failures, handler time and the
+        latest error (for the NATS services API's endpoint stats, ``observability.micro``)."""
+        out: dict[str, list[float]] = {}
+        for (kind, _action, outcome), cell in list(self._handled.data.items()):
+            row = out.setdefault(kind, [0, 0, 0.0, 0])
+            row[0] += cell.count
+            row[1] += 0 if outcome == "ok" else cell.count
+            row[2] += cell.total
+        for family in self.rejected.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    row = out.setdefault(sample.labels.get("kind", ""), [0, 0, 0.0, 0])
+                    row[3] += int(sample.value)
+        last = self._handled.last_error
+        return {
+            kind: KindTotals(int(h), int(f), float(s), int(r), last.get(kind, "")) for kind, (h, f, s, r) in out.items()
+        }
 
     def value(self, name: str, labels: dict[str, str]) -> float:
         """Current value of one sample (``0.0`` if absent); for tests and the CLI."""

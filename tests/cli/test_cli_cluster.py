@@ -163,13 +163,15 @@ async def test_node_is_listed_by_nodes_and_its_agents_by_ls(
     nodes_table, nodes_json, ls_table, ls_json, ls_kind, ls_elsewhere = (out for _, out, _ in results)
 
     header, row = nodes_table.splitlines()
-    assert header.split() == ["NODE", "LIVE", "AGENTS", "KINDS", "CPU%", "MEM%", "CAPACITY", "TAGS", "DRAINING"]
+    assert header.split() == ["NODE", "LIVE", "AGENTS", "KINDS", "CPU%", "MEM%", "CAPACITY", "TAGS", "DRAINING", "AGE"]
     cells = row.split()
     assert cells[:4] == ["a", "yes", "3", "Echo,Greeter-v2,Sticky,Tally"]
     assert cells[4].endswith("%") and cells[5].endswith("%")
-    assert cells[6:] == ["cpu=4,memory=8G,gpu=1", "ssd,fast", "no"]
+    assert cells[6:9] == ["cpu=4,memory=8G,gpu=1", "ssd,fast", "no"]
+    assert re.fullmatch(r"\d+\.\ds", cells[9]) and float(cells[9][:-1]) <= 1.5
     [listed] = json.loads(nodes_json)
     assert listed["node"] == "a" and listed["live"] is True and listed["draining"] is False
+    assert listed["stale"] is False and listed["agents"] == 3
     assert listed["capacity"] == {"cpu": 4.0, "memory": 8_000_000_000, "custom": {"gpu": 1.0}}
     assert listed["kinds"] == ["Echo", "Greeter-v2", "Sticky", "Tally"] and listed["tags"] == ["ssd", "fast"]
     assert listed["load"]["agents"] == 3 and listed["lease"] == 1.5
