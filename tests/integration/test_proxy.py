@@ -4,6 +4,7 @@ partitions of a real 3-server cluster whose routes pass through proxies."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -29,13 +30,19 @@ async def echo() -> AsyncIterator[int]:
         except ConnectionError:
             pass
         finally:
-            writer.close()
+            await _close(writer)
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     try:
         yield server.sockets[0].getsockname()[1]
     finally:
         server.close()
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
 
 
 async def _read(reader: asyncio.StreamReader, n: int, timeout: float) -> bytes:
@@ -65,7 +72,7 @@ async def test_forwards_and_blackhole_holds_bytes_until_heal(echo: int) -> None:
         assert proxy.connections == 1  # the sockets stay open
         proxy.heal()
         assert await _read(reader, 4, 2) == b"held"  # delivered, in order, on heal
-        writer.close()
+        await _close(writer)
 
 
 async def test_block_one_direction(echo: int) -> None:
@@ -81,7 +88,7 @@ async def test_block_one_direction(echo: int) -> None:
         assert await _read(reader, 3, 2) == b"abc"
         with pytest.raises(ConfigurationError):
             proxy.block("both")  # type: ignore[arg-type]
-        writer.close()
+        await _close(writer)
 
 
 async def test_drop_forgets_bytes_and_delay_delays_them(echo: int) -> None:
@@ -101,7 +108,7 @@ async def test_drop_forgets_bytes_and_delay_delays_them(echo: int) -> None:
         took = time.monotonic() - started
         assert took >= 0.55, took  # 0.3 s up and 0.3 s down (timer granularity aside)
         proxy.heal()
-        writer.close()
+        await _close(writer)
 
 
 async def test_cut_closes_and_refuses_until_heal(echo: int) -> None:
@@ -112,13 +119,15 @@ async def test_cut_closes_and_refuses_until_heal(echo: int) -> None:
         proxy.cut()
         assert await asyncio.wait_for(reader.read(), 2) == b""  # closed
         assert proxy.state == "cut"
-        again, _ = await asyncio.open_connection("127.0.0.1", proxy.port)
+        await _close(writer)
+        again, refused = await asyncio.open_connection("127.0.0.1", proxy.port)
         assert await asyncio.wait_for(again.read(), 2) == b""  # refused: closed at once
+        await _close(refused)
         proxy.heal()
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
         writer.write(b"y")
         assert await _read(reader, 1, 2) == b"y"
-        writer.close()
+        await _close(writer)
     assert proxy.state == "closed"
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", proxy.port)
