@@ -273,11 +273,11 @@ class Membership:
             weight=float(fields.get("weight", 1.0)),
         )
 
-    async def _beat(self) -> None:
+    async def _beat(self, timeout: float | None = None) -> None:
         assert self._bucket is not None
         loop = asyncio.get_running_loop()
         sent = loop.time()
-        await self._bucket.put(self.node_id, self._record().to_wire(), timeout=self.interval)
+        await self._bucket.put(self.node_id, self._record().to_wire(), timeout=timeout or self.interval)
         now = self._last_ok = loop.time()
         if self._ok_sent and sent - self._ok_sent > self.lease:
             # Our lease lapsed in between (paused, cut off, KV unavailable): others may
@@ -289,12 +289,23 @@ class Membership:
         self._ok_sent = max(self._ok_sent, sent)
 
     async def _heartbeats(self) -> None:
+        # One beat every interval, whatever the previous one's fate: a put slowed down by a
+        # loaded server may take longer than an interval and still land (it then counts
+        # from when it was sent), and must not delay the next one. At most 3 in flight.
+        inflight: set[asyncio.Task[None]] = set()
         while True:
             await asyncio.sleep(self.interval)
-            try:
-                await self._beat()
-            except NatsAgentsError as exc:  # keep trying: a lapse is the others' call
-                log.warning("heartbeat of %s failed: %s", self.node_id, exc)
+            if len(inflight) >= 3:
+                continue
+            task = self._tasks.spawn(self._beat_once(), name="heartbeat")
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+
+    async def _beat_once(self) -> None:
+        try:
+            await self._beat(timeout=self.lease)
+        except NatsAgentsError as exc:  # keep trying: a lapse is the others' call
+            log.warning("heartbeat of %s failed: %s", self.node_id, exc)
 
     async def _watch(self) -> None:
         assert self._bucket is not None

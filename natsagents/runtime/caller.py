@@ -39,6 +39,8 @@ log = logging.getLogger("natsagents.runtime")
 __all__ = ["Caller", "CallerSettings"]
 
 _ACTIVATE_HEADERS = envelope.encode_headers({h.PROTO: h.PROTO_VERSION})
+#: Owner checks (activation requests for stalled requests) in flight per mesh at most.
+_MAX_OWNER_CHECKS = 64
 
 
 def _caller_name(address: str) -> str:
@@ -441,7 +443,8 @@ class Caller:
         """A request to an agent is resent (no reply within ``resend_after``). Its owner
         may be paused or cut off: the server keeps such a process's subscription, so
         nothing says "no responders" and every resend reaches the same frozen
-        subscription. Ask for an activation (one at a time per agent): a host forwards
+        subscription. Ask for an activation (one at a time per agent, at most
+        ``_MAX_OWNER_CHECKS`` at once): a host forwards
         it to a live owner (nothing changes), or takes the agent over once the owner's
         lease lapsed, and the waiting requests are published again at once (the new
         owner subscribes in a queue group of its own: docs/architecture.md)."""
@@ -456,6 +459,8 @@ class Caller:
         if waiting is not None:
             waiting.append(again)
             return
+        if len(self._probing) >= _MAX_OWNER_CHECKS:
+            return  # a slow cluster, not a paused node: do not add to its load (next resend)
         self._probing[key] = [again]
         self._metrics.retries.labels(kind, "owner_check").inc()
         self.spawn_task(self._check_owner(key))
@@ -464,9 +469,9 @@ class Caller:
         kind, agent_id = key
         window = max(5.0, 2 * (self.settings.resend_after or 0.0))
         try:
-            # Resent every 0.25 s: the paused host may hold a place in the kind's
+            # Resent every 0.5 s: the paused host may hold a place in the kind's
             # activation queue group too, and the caller is already late.
-            activated = await self.activate(kind, agent_id, time.time() + window, resend=0.25)
+            activated = await self.activate(kind, agent_id, time.time() + window, resend=0.5)
         except (AgentError, NatsAgentsError) as exc:
             log.debug("checking the owner of %s/%s failed: %s", kind, agent_id, exc)
             activated = False
