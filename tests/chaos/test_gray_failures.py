@@ -176,6 +176,8 @@ async def _scenario(
     what: str,
     agents: int = 24,
     while_away: Callable[[], Awaitable[None]] | None = None,
+    away_for: float = AWAY,
+    promise: float = PROMISE,
 ) -> None:
     """Load on ``agents`` agents of each kind; ``away()`` takes the victim (hosts[0]) out
     for AWAY seconds, ``back()`` brings it back; every assertion of the module docstring."""
@@ -192,12 +194,12 @@ async def _scenario(
 
             away()
             t0 = time.monotonic()
-            recovered_by = t0 + PROMISE + MARGIN
+            recovered_by = t0 + promise + MARGIN
             await asyncio.sleep(max(0.0, recovered_by - time.monotonic()) + 0.5)
             still = {a: load.drivers[a].answered_after(t0) for a in doomed}
             if while_away is not None:
                 await while_away()
-            await asyncio.sleep(max(0.0, t0 + AWAY - time.monotonic()))
+            await asyncio.sleep(max(0.0, t0 + away_for - time.monotonic()))
             at_return = owners_now(directory)
             back()
             returned = time.monotonic()
@@ -224,14 +226,14 @@ async def _scenario(
         print(
             f"\n{what}: {len(doomed)} agents on {victim.node_id} ({per_kind}); answered again after "
             f"p50 {statistics.median(times):.2f} s, max {max(times):.2f} s "
-            f"(all: {' '.join(f'{t:.2f}' for t in sorted(times))}; promise {PROMISE:.1f} s + margin "
+            f"(all: {' '.join(f'{t:.2f}' for t in sorted(times))}; promise {promise:.1f} s + margin "
             f"{MARGIN:.1f} s; not answered by then: {sorted(a for a, t in still.items() if t is None)}); "
             f"after recovery {len(after)} calls ({len(during)} while the victim was away), "
             f"{len(slow)} over {SLOW_CALL:.0f} s (max {longest:.2f} s); "
             f"{figures}; errors {sorted(set(load.errors()))[:5]}"
         )
-        unanswered = sorted(a for a, t in still.items() if t is None or t > PROMISE + MARGIN)
-        assert not unanswered, f"{len(unanswered)} agents did not answer within {PROMISE + MARGIN:.1f} s: {unanswered}"
+        unanswered = sorted(a for a, t in still.items() if t is None or t > promise + MARGIN)
+        assert not unanswered, f"{len(unanswered)} agents did not answer within {promise + MARGIN:.1f} s: {unanswered}"
         assert not taken_back, f"the returning victim took {taken_back} from live owners"
         assert figures["lost"] == 0 and figures["doubled"] == 0, figures
         assert figures["failed"] == 0, f"{figures['failed']} calls failed: {sorted(set(load.errors()))[:5]}"
