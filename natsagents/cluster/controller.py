@@ -73,6 +73,12 @@ class Controller:
         pending = True
         loop = asyncio.get_running_loop()
         while True:
+            if not self._membership.view_trusted():
+                # Our own lease lapsed lately (paused, cut off): the others' records look
+                # old until their heartbeats reach us; re-placing or moving on that view
+                # would take agents from live nodes.
+                await self._membership.changed(tick)
+                continue
             live = self._membership.members()
             now = loop.time()
             live_ids = frozenset(live)

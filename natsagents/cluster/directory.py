@@ -71,6 +71,12 @@ class DirectoryRecord:
     restart: str = "transient"
     needs: Mapping[str, Any] = field(default_factory=dict)
     hints: Mapping[str, Any] = field(default_factory=dict)
+    #: The epoch at which this line of ownership began (a first claim or a takeover; a
+    #: migration keeps it): the owner subscribes the agent's inbox in queue group
+    #: ``<prefix>.agents.<group>`` (``<prefix>.agents`` for 0, records of older
+    #: versions), so a lapsed owner's subscription that the server still holds (a paused
+    #: or cut-off process) never shares a queue group with the new owner's.
+    group: int = 0
 
     @property
     def address(self) -> str:
@@ -90,6 +96,8 @@ class DirectoryRecord:
             body["needs"] = dict(self.needs)
         if self.hints:
             body["hints"] = dict(self.hints)
+        if self.group:
+            body["group"] = self.group
         return codec.encode(body)
 
     def with_(self, **changes: Any) -> DirectoryRecord:
@@ -118,16 +126,21 @@ class DirectoryRecord:
         records.checked("needs", Resources.from_wire, needs)
         hints = records.mapping(body.get("hints") or {}, "hints")
         records.checked("hints", Hints.from_wire, hints)
+        epoch = records.counter(body.get("epoch"), "epoch", lo=1)
+        group = records.counter(body.get("group", 0), "group")
+        if group > epoch:
+            raise records.Malformed(f"group {group} is above the epoch {epoch}")
         return cls(
             kind=kind,
             agent_id=agent_id,
             node=records.node_id(body.get("node")),
-            epoch=records.counter(body.get("epoch"), "epoch", lo=1),
+            epoch=epoch,
             status=records.checked("status", Status, body.get("status")),
             since=records.number(body.get("since", 0.0), "since"),
             restart=restart,
             needs=dict(needs),
             hints=dict(hints),
+            group=group,
         )
 
 
@@ -210,14 +223,18 @@ class Directory:
             entry = await self._read_at_least(key, min_revision)
             try:
                 extra: dict[str, Any] = {"restart": restart, "needs": dict(needs or {}), "hints": dict(hints or {})}
+                # A new line of ownership (a first claim, a takeover) starts its own
+                # queue group: see DirectoryRecord.group.
                 if entry is None:
-                    rec = DirectoryRecord(kind, agent_id, node, max(1, min_epoch), status, time.time(), **extra)
+                    epoch = max(1, min_epoch)
+                    rec = DirectoryRecord(kind, agent_id, node, epoch, status, time.time(), **extra, group=epoch)
                     return Claim(rec, await self.bucket.create(key, rec.to_wire()))
                 current = self._parse(entry)
                 if current is None:
                     # Garbage: nobody can be said to own the agent; replace it as an
                     # orphan (CAS on its revision), fencing whoever ran it (adopt).
-                    rec = DirectoryRecord(kind, agent_id, node, max(1, min_epoch), status, time.time(), **extra)
+                    epoch = max(1, min_epoch)
+                    rec = DirectoryRecord(kind, agent_id, node, epoch, status, time.time(), **extra, group=epoch)
                     return Claim(rec, await self.bucket.update(key, rec.to_wire(), revision=entry.revision), True)
                 if current.node == node:
                     return Claim(current, entry.revision)
@@ -229,7 +246,7 @@ class Directory:
                         epoch=current.epoch,
                     )
                 epoch = max(current.epoch + 1, min_epoch)
-                rec = DirectoryRecord(kind, agent_id, node, epoch, status, time.time(), **extra)
+                rec = DirectoryRecord(kind, agent_id, node, epoch, status, time.time(), **extra, group=epoch)
                 return Claim(rec, await self.bucket.update(key, rec.to_wire(), revision=entry.revision), True)
             except CasConflict as exc:
                 last = exc  # someone else wrote first: look again

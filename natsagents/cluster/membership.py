@@ -161,6 +161,11 @@ class Membership:
         self._changed = asyncio.Condition()
         self._ready = asyncio.Event()
         self._last_ok = 0.0
+        # Our own lease, judged as conservatively as the others judge it: from the moment
+        # the last heartbeat the server accepted was *sent* (they see it change later).
+        self._ok_sent = 0.0
+        self._gap_ended = float("-inf")
+        self._gaps = 0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -223,6 +228,39 @@ class Membership:
         """``loop.time()`` of the last heartbeat the server accepted."""
         return self._last_ok
 
+    # -- our own lease ---------------------------------------------------------------
+
+    def own_lease_left(self) -> float:
+        """Seconds our lease still holds in every observer's view: from the sending of
+        the last heartbeat the server accepted (observers see it change later, so they
+        count from later). At or below 0 others may judge us lapsed and take our agents
+        over: a node must not serve them then (a paused or cut-off process)."""
+        return self._ok_sent + self.lease - asyncio.get_running_loop().time()
+
+    @property
+    def gaps(self) -> int:
+        """How many times our lease lapsed (between two accepted heartbeats, more than a
+        lease passed). A node re-verifies every claim it held before a gap."""
+        return self._gaps
+
+    def view_trusted(self) -> bool:
+        """Whether our view of the others' liveness can be acted on: our lease holds and
+        a whole lease passed since our last gap ended. After a pause or a cut, the
+        others' records look old until their next heartbeats reach us; judging them
+        lapsed then would take agents from live owners."""
+        now = asyncio.get_running_loop().time()
+        return self._ok_sent + self.lease > now and now - self._gap_ended >= self.lease
+
+    async def wait_own_lease(self, timeout: float) -> bool:
+        """Wait until our lease holds again (a heartbeat accepted); ``False`` on timeout."""
+        end = asyncio.get_running_loop().time() + max(0.0, timeout)
+        while self.own_lease_left() <= 0:
+            left = end - asyncio.get_running_loop().time()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(0.01, left))
+        return True
+
     # -- internals -------------------------------------------------------------------
 
     def _record(self) -> MemberRecord:
@@ -242,18 +280,39 @@ class Membership:
             max_agents=fields.get("max_agents"),
         )
 
-    async def _beat(self) -> None:
+    async def _beat(self, timeout: float | None = None) -> None:
         assert self._bucket is not None
-        await self._bucket.put(self.node_id, self._record().to_wire(), timeout=self.interval)
-        self._last_ok = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        await self._bucket.put(self.node_id, self._record().to_wire(), timeout=timeout or self.interval)
+        now = self._last_ok = loop.time()
+        if self._ok_sent and sent - self._ok_sent > self.lease:
+            # Our lease lapsed in between (paused, cut off, KV unavailable): others may
+            # have taken our agents; their owners re-verify before serving (ownership.py).
+            self._gaps += 1
+            self._gap_ended = now
+            gap = sent - self._ok_sent
+            log.warning("%s: no heartbeat stored for %.1f s (lease %.1f s)", self.node_id, gap, self.lease)
+        self._ok_sent = max(self._ok_sent, sent)
 
     async def _heartbeats(self) -> None:
+        # One beat every interval, whatever the previous one's fate: a put slowed down by a
+        # loaded server may take longer than an interval and still land (it then counts
+        # from when it was sent), and must not delay the next one. At most 3 in flight.
+        inflight: set[asyncio.Task[None]] = set()
         while True:
             await asyncio.sleep(self.interval)
-            try:
-                await self._beat()
-            except NatsAgentsError as exc:  # keep trying: a lapse is the others' call
-                log.warning("heartbeat of %s failed: %s", self.node_id, exc)
+            if len(inflight) >= 3:
+                continue
+            task = self._tasks.spawn(self._beat_once(), name="heartbeat")
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+
+    async def _beat_once(self) -> None:
+        try:
+            await self._beat(timeout=self.lease)
+        except NatsAgentsError as exc:  # keep trying: a lapse is the others' call
+            log.warning("heartbeat of %s failed: %s", self.node_id, exc)
 
     async def _watch(self) -> None:
         assert self._bucket is not None

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from ..agent.base import Agent
@@ -93,7 +94,14 @@ class ClusterNode:
         self._client = NodeClient(transport, prefix, lambda: self.owner_key)
         self._roster = roster = Roster(local, host, self.membership, self.directory)
         self._ownership = Ownership(
-            local, host, self.directory, self.state, is_live=roster.is_live, metrics=metrics, tasks=self._tasks
+            local,
+            host,
+            self.directory,
+            self.state,
+            is_live=roster.is_live,
+            membership=self.membership,
+            metrics=metrics,
+            tasks=self._tasks,
         )
         self._supervisor = Supervisor(
             local,
@@ -332,6 +340,9 @@ class ClusterNode:
 
     async def save_now(self, act: Activation) -> None:
         await self._ownership.save_now(act)
+
+    def serving(self, act: Activation, deadline_ms: int | None) -> Awaitable[str | None] | None:
+        return self._ownership.serving(act, deadline_ms)
 
     async def stopped(self, act: Activation, *, discard: bool) -> None:
         await self._ownership.stopped(act, discard=discard)

@@ -12,6 +12,12 @@ for claims, state and fencing.
 * a failed action or an unstorable state **rolls back** to the last stored checkpoint.
 * **stopping** saves a final checkpoint and releases the record (CAS).
 * a **directory change** naming another owner stops this copy at once (``fenced``).
+* **serving** gates every message on the node's own lease: a copy runs nothing while the
+  node's last stored heartbeat is older than its lease (others may be taking it over),
+  and after such a gap it re-reads its claim first (a paused or cut-off node that wakes
+  up stops its stale copies before it touches their backlog).
+* a **takeover** is judged on a trusted view only: while our own lease is lapsed, or for
+  a lease after a gap, every owner counts as live (our view of them is stale).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..errors import (
@@ -45,6 +51,7 @@ from ..wire.ids import agent_key
 from .asks import ActivationAsk
 from .directory import Claim, Directory
 from .local import LocalNode
+from .membership import Membership
 from .placement import Resources
 
 __all__ = ["Owned", "Ownership"]
@@ -68,8 +75,10 @@ class Owned:
     __slots__ = (
         "applied",
         "batch",
+        "checking",
         "claim",
         "epoch",
+        "gaps",
         "handed_over",
         "lock",
         "needs",
@@ -96,6 +105,10 @@ class Owned:
         # ids to go back to if its one write fails, and the state to write (not yet stored).
         self.batch: tuple[int, list[Applied] | None] | None = None
         self.pending: bytes | None = None
+        # Our own lease gaps (Membership.gaps) this claim was verified after; a re-check
+        # of the claim in progress (shared by the messages that wait for it).
+        self.gaps = 0
+        self.checking: asyncio.Future[bool | None] | None = None
 
     def applied_now(self) -> list[Applied]:
         """The applied ids still worth persisting (expired ones dropped)."""
@@ -117,6 +130,7 @@ class Ownership:
         directory: the directory (claims).
         state: the state store.
         is_live: whether a node's lease holds (a claim over a lapsed owner is a takeover).
+        membership: this node's own lease (``serving``) and whether its view is trusted.
         metrics: where saves and fencings are counted.
         tasks: the node's task group (stopping a fenced copy runs there).
     """
@@ -129,6 +143,7 @@ class Ownership:
         state: StateStore,
         *,
         is_live: Callable[[str], bool],
+        membership: Membership,
         metrics: Metrics,
         tasks: TaskGroup,
     ) -> None:
@@ -137,8 +152,15 @@ class Ownership:
         self._directory = directory
         self._state = state
         self._is_live = is_live
+        self._membership = membership
         self._metrics = metrics
         self._tasks = tasks
+
+    def owner_live(self, node: str) -> bool:
+        """Whether a claim must treat ``node`` as a live owner: it is live in our view, or
+        our view cannot be trusted (``Membership.view_trusted``: after a pause or a cut
+        the others' records look old until their next heartbeats reach us)."""
+        return self._is_live(node) or not self._membership.view_trusted()
 
     async def starting(self, act: Activation, options: Any) -> None:
         """Claim the directory record, adopt/load the state and restore the agent."""
@@ -177,11 +199,12 @@ class Ownership:
                 seq = max(seq, stored.seq)
             elif transfer is not None:
                 stored_data, stored_epoch, revision = transfer.data, transfer.epoch, transfer.revision
+            gaps = self._membership.gaps
             claim = await self._directory.claim(
                 kind,
                 agent_id,
                 self._local.node_id,
-                is_live=self._is_live,
+                is_live=self.owner_live,
                 min_epoch=stored_epoch + 1,
                 restart=cls.restart,
                 needs=needs.to_wire(),
@@ -202,6 +225,8 @@ class Ownership:
                 saved = StateStore.encode(agent.checkpoint(), claim.record.epoch)
             own = act.cluster = Owned(claim, revision, needs, cls.persistence, saved)
             own.seq = seq
+            own.gaps = gaps
+            act.group = claim.record.group  # the queue group of this line of ownership
             # Copies of requests the previous activation answered or applied are not run again.
             dedup = self._host.dedup
             if ask.recent is not None:
@@ -468,6 +493,73 @@ class Ownership:
         own.handed_over = True  # not ours any more: no final save, no release
         self._metrics.fenced.labels(act.kind).inc()
         self._tasks.spawn(self._host.discard(act))
+
+    # -- serving under our own lease ---------------------------------------------------
+
+    def serving(self, act: Activation, deadline_ms: int | None) -> Awaitable[str | None] | None:
+        """Whether ``act`` may run a message now: ``None`` when our lease holds and no gap
+        happened since its claim was last verified (the fast path: two comparisons).
+        Otherwise an awaitable giving ``None`` (run it) or why it must be refused
+        (``unavailable`` + retry): the lease did not come back before the message's
+        deadline, or another node owns the agent now (this copy stops)."""
+        own: Owned | None = act.cluster
+        if own is None or own.handed_over:
+            return None
+        membership = self._membership
+        if own.gaps == membership.gaps and membership.own_lease_left() > 0:
+            return None
+        return self._recheck(act, own, deadline_ms)
+
+    async def _recheck(self, act: Activation, own: Owned, deadline_ms: int | None) -> str | None:
+        membership = self._membership
+        wait = 10.0 if deadline_ms is None else deadline_ms / 1000 - time.time()
+        if not await membership.wait_own_lease(wait):
+            return f"node {self._local.node_id} lost its lease; {act.address} waits for it"
+        if own.gaps == membership.gaps:
+            return None
+        verified = await self.verify_claim(act)
+        if verified is None:
+            return f"node {self._local.node_id} cannot read the directory to verify {act.address}"
+        if not verified:
+            return f"{act.address} is owned by another node now; this copy stopped"
+        return None
+
+    async def verify_claim(self, act: Activation) -> bool | None:
+        """Re-read the claim of ``act`` after a gap in our heartbeats: ``True`` if it still
+        holds (the agent may run again), ``False`` if another node took it over (this
+        copy is stopped), ``None`` if the directory could not be read. Concurrent checks
+        of one activation share one read."""
+        own: Owned = act.cluster
+        if own.checking is None:
+            own.checking = asyncio.ensure_future(self._verify(act, own))
+            own.checking.add_done_callback(lambda _: setattr(own, "checking", None))
+        return await asyncio.shield(own.checking)
+
+    async def _verify(self, act: Activation, own: Owned) -> bool | None:
+        gaps = self._membership.gaps
+        for attempt in range(5):
+            if own.handed_over:
+                return False
+            try:
+                current = await self._directory.get(act.kind, act.agent_id)
+            except NatsAgentsError:
+                await asyncio.sleep(0.05 * (attempt + 1))
+                continue
+            if current is not None and current.revision < own.claim.revision:
+                await asyncio.sleep(0.01 * (attempt + 1))  # a replica behind our own write
+                continue
+            if current is not None and (
+                current.revision == own.claim.revision
+                or (current.record.node == self._local.node_id and current.record.epoch == own.claim.record.epoch)
+            ):
+                own.claim = current
+                own.gaps = gaps
+                return True
+            owner = "nobody" if current is None else f"{current.record.node} (epoch {current.record.epoch})"
+            log.warning("%s is owned by %s now: stopping this copy after a heartbeat gap", act.address, owner)
+            self.fenced(act)
+            return False
+        return None
 
     def on_directory_change(self, key: tuple[str, str], claim: Claim | None) -> None:
         """The directory watch saw ``key`` change: a newer claim by another node fences

@@ -148,7 +148,10 @@ class Placing:
                     return await self.activate_here(kind, ask)
                 if owner is not None and self._roster.is_live(owner) and owner not in avoid:
                     try:
-                        return await self._client.activate(owner, kind, ask, remaining)
+                        # Bounded: a paused or cut-off owner keeps its control subscription
+                        # and never answers; its lease lapses meanwhile.
+                        lease = self._settings.lease
+                        return await self._client.activate(owner, kind, ask, min(remaining, lease))
                     except NoResponders:
                         # Its process is gone but its lease has not lapsed yet: wait for it.
                         problem = f"owner {owner} does not answer; waiting for its lease to lapse"
@@ -163,6 +166,7 @@ class Placing:
                         continue
                     except CallTimeout:
                         problem = f"owner {owner} did not answer in time"
+                        await self._wait_lapse(owner, min(ask.deadline, time.time() + lease))
                         continue
                 members = self._roster.nodes()
                 if not any(kind in n.kinds for n in members):

@@ -10,7 +10,7 @@ import logging
 import time
 from collections import deque
 
-from ..errors import NatsAgentsError, Unavailable
+from ..errors import Unavailable
 from ..observability import Metrics
 from ..runtime.activation import Activation, ActivationState
 from ..runtime.host import Host
@@ -61,6 +61,7 @@ class Supervisor:
         self._tasks = tasks
         self._restarts: dict[tuple[str, str], deque[float]] = {}
         self._failed: dict[tuple[str, str], float] = {}  # stopped until (monotonic)
+        self._verified_gaps = 0  # Membership.gaps after which every claim was verified
 
     # -- what activations report -----------------------------------------------------
 
@@ -94,7 +95,6 @@ class Supervisor:
     async def run(self) -> None:
         """Every tick: restart hung handlers; after a heartbeat gap longer than the lease
         (paused process, lost connection), verify every claim and stop stale copies."""
-        loop = asyncio.get_running_loop()
         tick = min(0.25, self._membership.interval)
         while True:
             await asyncio.sleep(tick)
@@ -118,24 +118,31 @@ class Supervisor:
                     ):
                         health.unhealthy_since = now  # once per grace period, while it restarts
                         self._tasks.spawn(self.restart(act, "unhealthy"))
-            last = self._membership.last_beat_ok
-            if last and loop.time() - last > self._lease:
-                await self._verify_claims()
+            gaps = self._membership.gaps
+            if gaps != self._verified_gaps:
+                # Our lease lapsed and came back: re-read every claim (messages wait for
+                # theirs anyway, Ownership.serving; this stops idle stale copies too).
+                if await self._verify_claims():
+                    self._verified_gaps = gaps
 
-    async def _verify_claims(self) -> None:
-        for key, act in list(self._host.activations.items()):
-            own: Owned | None = act.cluster
-            if own is None or key in self._local.moving:
-                continue
-            try:
-                current = await self._directory.get(*key)
-            except NatsAgentsError:
-                return  # still cut off: try again next tick
-            if current is None or current.revision != own.claim.revision:
-                if current is not None and current.record.node == self._local.node_id:
-                    own.claim = current
-                    continue
-                self._ownership.fenced(act)
+    async def _verify_claims(self) -> bool:
+        """Verify every claim (8 at a time); ``False`` if the directory could not be read."""
+        gate = asyncio.Semaphore(8)
+        unread = False
+
+        async def one(act: Activation) -> None:
+            nonlocal unread
+            async with gate:
+                if act.state is ActivationState.ACTIVE and await self._ownership.verify_claim(act) is None:
+                    unread = True
+
+        acts = [
+            act
+            for key, act in list(self._host.activations.items())
+            if isinstance(act.cluster, Owned) and key not in self._local.moving
+        ]
+        await asyncio.gather(*(one(a) for a in acts))
+        return not unread
 
     async def restart(self, act: Activation, reason: str) -> None:
         """Stop ``act`` and activate it again from its stored state (``hung``: its workers

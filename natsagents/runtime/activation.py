@@ -123,6 +123,7 @@ class Activation:
         "capacity",
         "cluster",
         "errors_in_row",
+        "group",
         "health",
         "highs",
         "host",
@@ -156,6 +157,9 @@ class Activation:
         self.busy_since = 0.0  # monotonic start of the oldest running handler (0: none)
         self.errors_in_row = 0
         self.cluster: Any = None  # the cluster node's per-activation record (claim, revision …)
+        # The inbox's queue group: 0 is ``<prefix>.agents``, n is ``<prefix>.agents.<n>``
+        # (a cluster node sets it from the agent's line of ownership, before subscribing).
+        self.group = 0
         self.recent: Recent | None = None  # message id → dedup entry (runtime.dedup)
         cls = type(agent)
         self.health: Health | None = None

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,6 +20,7 @@ from ..errors import (
     BadRequest,
     CallTimeout,
     ConfigurationError,
+    NatsAgentsError,
     Unauthorized,
     Unavailable,
 )
@@ -30,7 +31,7 @@ from ..wire import codec, envelope
 from ..wire import headers as h
 from ..wire.activation import activation_request
 from ..wire.identity import Identity, call_expiry
-from ..wire.ids import encode_id
+from ..wire.ids import decode_id, encode_id
 from ..wire.subjects import activate_subject, agent_subject
 
 log = logging.getLogger("natsagents.runtime")
@@ -38,6 +39,8 @@ log = logging.getLogger("natsagents.runtime")
 __all__ = ["Caller", "CallerSettings"]
 
 _ACTIVATE_HEADERS = envelope.encode_headers({h.PROTO: h.PROTO_VERSION})
+#: Owner checks (activation requests for stalled requests) in flight per mesh at most.
+_MAX_OWNER_CHECKS = 64
 
 
 def _caller_name(address: str) -> str:
@@ -69,7 +72,14 @@ class CallerSettings:
         backoff_initial, backoff_max: retry delays (seconds) while nobody answers.
         resend_after: publish a request again, unchanged, when no reply came within this
             many seconds (NATS can drop a request in transit; hosts recognise the copy by
-            its ``Na-Msg-Id`` and never run it twice). ``None``: never.
+            its ``Na-Msg-Id`` and never run it twice). Each resend of a request to an
+            agent also sends an activation request: if the agent's owner is paused or cut
+            off (the server still holds its subscription, so no "no responders" comes), a
+            host takes the agent over once the owner's lease lapsed, and the request is
+            published again at once. ``None``: never.
+        check_owner_after: the first such resend and activation request come after this
+            many seconds (when shorter than ``resend_after``), so that an agent of a paused
+            owner answers again soon after the owner's lease lapsed.
         retry: the default :class:`~natsagents.RetryPolicy` of calls (``None``: no retries
             beyond activation and "retry" answers).
         breaker: circuit breakers per destination (``None``: off).
@@ -85,6 +95,7 @@ class CallerSettings:
     backoff_initial: float = 0.005
     backoff_max: float = 0.25
     resend_after: float | None = 2.0
+    check_owner_after: float | None = 1.0
     retry: RetryPolicy | None = None
     breaker: BreakerSettings | None = None
     compress_above: int | None = 64 * 1024
@@ -134,6 +145,10 @@ class Caller:
             self.breakers = Breakers(settings.breaker, self._breaker_changed)
         #: The durable publish path (``delivery.publish``), plugged in by the mesh.
         self.durable: DurablePath | None = None
+        # Agents whose owner is being checked after a request went unanswered (see
+        # _stalled): the requests to publish again once it answered.
+        self._probing: dict[tuple[str, str], list[Callable[[], None]]] = {}
+        self._agent_prefix = f"{settings.prefix}.agent."
 
     def _breaker_changed(self, kind: str, destination: str, state: CircuitState) -> None:
         self._metrics.circuit_transitions.labels(kind, state.value).inc()
@@ -154,6 +169,7 @@ class Caller:
         other._actions_seen = self._actions_seen
         other.breakers = self.breakers
         other.durable = self.durable
+        other._probing = self._probing
         return other
 
     def spawn_task(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
@@ -380,7 +396,13 @@ class Caller:
                 raise CallTimeout(f"deadline passed ({last_problem})", agent=address, action=action)
             try:
                 msg = await self._t.request(
-                    subject, body, headers=hdrs, timeout=remaining, resend=self.settings.resend_after
+                    subject,
+                    body,
+                    headers=hdrs,
+                    timeout=remaining,
+                    resend=self.settings.resend_after,
+                    stalled=self._stalled,
+                    stall_after=self.settings.check_owner_after,
                 )
             except NoResponders:
                 last_problem = "agent not active"
@@ -417,6 +439,48 @@ class Caller:
             await self._sleep(delay, deadline)
             delay = min(delay * 2, self.settings.backoff_max)
 
+    def _stalled(self, subject: str, again: Callable[[], None]) -> None:
+        """A request to an agent is resent (no reply within ``resend_after``). Its owner
+        may be paused or cut off: the server keeps such a process's subscription, so
+        nothing says "no responders" and every resend reaches the same frozen
+        subscription. Ask for an activation (one at a time per agent, at most
+        ``_MAX_OWNER_CHECKS`` at once): a host forwards
+        it to a live owner (nothing changes), or takes the agent over once the owner's
+        lease lapsed, and the waiting requests are published again at once (the new
+        owner subscribes in a queue group of its own: docs/architecture.md)."""
+        if not subject.startswith(self._agent_prefix):
+            return
+        kind, _, token = subject[len(self._agent_prefix) :].partition(".")
+        try:
+            key = (kind, decode_id(token))
+        except (NatsAgentsError, ValueError):
+            return
+        waiting = self._probing.get(key)
+        if waiting is not None:
+            waiting.append(again)
+            return
+        if len(self._probing) >= _MAX_OWNER_CHECKS:
+            return  # a slow cluster, not a paused node: do not add to its load (next resend)
+        self._probing[key] = [again]
+        self._metrics.retries.labels(kind, "owner_check").inc()
+        self.spawn_task(self._check_owner(key))
+
+    async def _check_owner(self, key: tuple[str, str]) -> None:
+        kind, agent_id = key
+        window = max(5.0, 2 * (self.settings.resend_after or 0.0))
+        try:
+            # Resent every 0.5 s: the paused host may hold a place in the kind's
+            # activation queue group too, and the caller is already late.
+            activated = await self.activate(kind, agent_id, time.time() + window, resend=0.5)
+        except (AgentError, NatsAgentsError) as exc:
+            log.debug("checking the owner of %s/%s failed: %s", kind, agent_id, exc)
+            activated = False
+        finally:
+            waiting = self._probing.pop(key, [])
+        if activated:
+            for again in waiting:
+                again()
+
     async def activate(
         self,
         kind: str,
@@ -425,10 +489,13 @@ class Caller:
         *,
         spawn: bool = False,
         placement: Mapping[str, Any] | None = None,
+        resend: float | None = None,
     ) -> bool:
         """Ask a host of ``kind`` to activate the agent.
 
         ``placement`` adds ``needs``, ``hints`` and ``queue`` to the request (cluster hosts).
+        ``resend``: seconds between copies of the request while unanswered (default
+        ``resend_after``).
 
         Returns ``True`` once activated. Raises: Unavailable (no host of the kind),
         AgentNotFound, HandlerError (``on_start`` failed), ClusterAtCapacity, CallTimeout.
@@ -440,11 +507,14 @@ class Caller:
         if placement:
             body.update(placement)
         try:
+            # Resent like any request: the host that got it may be paused (the server
+            # keeps its place in the kind's queue group), another one answers the copy.
             msg = await self._t.request(
                 activate_subject(self.settings.prefix, kind),
                 codec.encode(body),
                 headers=_ACTIVATE_HEADERS,
                 timeout=remaining,
+                resend=resend if resend is not None else self.settings.resend_after,
             )
         except NoResponders:
             raise Unavailable(f"no host serves kind {kind!r}", agent=f"{kind}/{agent_id}") from None

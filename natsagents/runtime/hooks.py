@@ -8,6 +8,7 @@ only the node understands (its placement request, its per-activation record) cro
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Protocol
 
 from ..transport import Inbound
@@ -50,3 +51,9 @@ class NodeHooks(Protocol):
 
     async def stopped(self, act: Activation, *, discard: bool) -> None:
         """``act`` stopped: save (unless ``discard``), release the claim."""
+
+    def serving(self, act: Activation, deadline_ms: int | None) -> Awaitable[str | None] | None:
+        """Before each message: ``None`` to run it now; otherwise an awaitable giving
+        ``None`` (run it) or the reason to refuse it with ``unavailable`` + retry (the
+        node's own lease lapsed and did not come back in time, or another node owns the
+        agent now)."""

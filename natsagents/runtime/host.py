@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ from ..errors import (
     BAD_REQUEST,
     HANDLER_ERROR,
     NOT_FOUND,
+    TIMEOUT,
     UNAVAILABLE,
     ClusterAtCapacity,
     ConfigurationError,
@@ -46,6 +48,17 @@ __all__ = ["Host", "HostSettings", "NodeHooks"]
 
 log = logging.getLogger("natsagents.runtime")
 _CLOSE_CONCURRENCY = 128
+#: A message refused before it ran (the refusal is already sent; a copy may run).
+_NOT_RUN = Outcome(None, False, None)
+
+
+def _deadline_ms(hdrs: dict[str, str] | None) -> int | None:
+    """The request's ``Na-Deadline`` (unix ms), or ``None`` (absent or malformed: the
+    dispatcher answers a malformed one)."""
+    raw = hdrs.get(h.DEADLINE) if hdrs is not None else None
+    if raw is None or not raw.isascii() or not raw.isdigit() or len(raw) > 15:
+        return None
+    return int(raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +84,10 @@ class HostSettings:
         decode_budget: most bytes of decoded request bodies longer than 64 KiB that running
             handlers hold at once (estimated: ``codec.decoded_size``); a body beyond it is
             refused with ``overloaded`` (``runtime.budget``). ``None``: no limit.
+        min_time_left: a request with a deadline is not started with less than this many
+            seconds of it left: it could not be answered in time, and its caller, having
+            given up, would never learn that it ran. It is answered ``timeout`` unrun.
+            ``None``: only requests whose deadline passed are refused.
     """
 
     prefix: str
@@ -83,6 +100,7 @@ class HostSettings:
     trusted_callers: Mapping[str, TrustedCaller] = field(default_factory=dict)
     default_allow: Policy | None = None
     decode_budget: int | None = 64 * 1024 * 1024
+    min_time_left: float | None = 0.02
 
     def __post_init__(self) -> None:
         if self.max_agents is not None and (type(self.max_agents) is not int or self.max_agents < 1):
@@ -144,10 +162,29 @@ class Host:
     # -- what activations ask of their host (activation.Services) ---------------------
 
     async def dispatch(self, act: Activation, msg: Inbound) -> Outcome:
-        """Run one message (a batch request through the batch runner); never raises."""
+        """Run one message (a batch request through the batch runner); never raises.
+
+        Before it runs: a cluster node's lease check (``NodeHooks.serving``), and a
+        request with too little of its deadline left (``min_time_left``) is refused."""
         hdrs = msg.headers
+        deadline_ms = _deadline_ms(hdrs)
+        node = self._node
+        if node is not None and act.cluster is not None:
+            check = node.serving(act, deadline_ms)
+            if check is not None:
+                refusal = await check
+                if refusal is not None:
+                    self.replies.refuse_waiting(act, msg, refusal)
+                    return _NOT_RUN
         if hdrs is not None and h.BATCH in hdrs:
             return await self._batches.run(act, msg)
+        margin = self.settings.min_time_left
+        if deadline_ms is not None and margin is not None and msg.reply:
+            left = deadline_ms / 1000 - time.time()
+            if 0 < left < margin and hdrs is not None and hdrs.get(h.REPLY_MODE) != h.REPLY_MODE_ACCEPT:
+                why = f"only {left * 1000:.0f} ms of the deadline left: not started (no time to answer)"
+                self.replies.refuse(act, msg, TIMEOUT, why)
+                return _NOT_RUN
         caller = msg.admitted.caller if type(msg) is Verified else None
         return await self._dispatcher.run(act, hdrs, msg.data, reply=bool(msg.reply), caller=caller)
 
@@ -252,8 +289,12 @@ class Host:
         # Active before subscribing: a message may arrive while subscribe() is awaited.
         act.state = ActivationState.ACTIVE
         self.activations[(cls.kind, agent_id)] = act
+        # A cluster agent's own queue group (Activation.group): a lapsed owner's inbox
+        # subscription, which the server keeps while that process is paused or cut off,
+        # never shares it, so it never takes messages meant for this copy.
+        queue = self._queue if not act.group else f"{self._queue}.{act.group}"
         try:
-            act.subscription = await self._t.subscribe(subject, act.deliver, queue=self._queue, service=True)
+            act.subscription = await self._t.subscribe(subject, act.deliver, queue=queue, service=True)
         except BaseException:
             act.state = ActivationState.STOPPED
             self.activations.pop((cls.kind, agent_id), None)

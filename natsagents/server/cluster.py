@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,12 @@ class NatsCluster(_ContextManaged):
         binary: path of the ``nats-server`` binary; searched for when ``None``.
         base_dir: when given, node ``i`` stores JetStream data in ``base_dir/<name>-<i>``
             (kept after stop); otherwise each node uses a temporary directory.
+        route_via: ``route_via(i, j, port)`` returns the port node ``i`` dials to reach
+            node ``j``'s route port ``port`` (a proxy's, for partitions in tests: see
+            ``natsagents.testing.proxy``); ``None``: direct.
+        route_advertise: the route address (``host:port``) every node advertises to the
+            others; with ``route_via``, one that leads nowhere keeps gossip from telling a
+            node a direct way around the proxies.
 
     Raises:
         ConfigurationError: ``size`` is smaller than 1.
@@ -60,6 +67,8 @@ class NatsCluster(_ContextManaged):
         include: str | os.PathLike[str] | None = None,
         binary: str | None = None,
         base_dir: str | None = None,
+        route_via: Callable[[int, int, int], int] | None = None,
+        route_advertise: str | None = None,
     ) -> None:
         if size < 1:
             raise ConfigurationError(f"a cluster needs at least one node, not {size}")
@@ -82,7 +91,12 @@ class NatsCluster(_ContextManaged):
                     jetstream=jetstream,
                     cluster_name=name if clustered else None,
                     cluster_port=routing[i] if clustered else None,
-                    routes=[f"nats-route://127.0.0.1:{port}" for j, port in enumerate(routing) if j != i],
+                    routes=[
+                        f"nats-route://127.0.0.1:{port if route_via is None else route_via(i, j, port)}"
+                        for j, port in enumerate(routing)
+                        if j != i
+                    ],
+                    cluster_advertise=route_advertise if clustered else None,
                     max_payload=max_payload,
                     config_extra=config_extra,
                     include=include,

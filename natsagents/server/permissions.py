@@ -10,7 +10,8 @@ files is the CLI's job (``natsagents/cli/auth.py``).
 Roles (``docs/security.md``, "Roles and permissions"):
 
 ``node``      hosts agents of some kinds (or all): subscribes their inboxes only in the queue
-              group ``<prefix>.agents`` and their activation subjects only in
+              groups ``<prefix>.agents`` and ``<prefix>.agents.*`` (a cluster agent's own
+              group) and their activation subjects only in
               ``<prefix>.hosts.<kind>``, its own control subjects and its own inbox; publishes
               replies to inboxes, requests to any agent, activation or node subject, and the
               JetStream API of the mesh's KV buckets and durable-delivery streams.
@@ -271,7 +272,8 @@ def _kv_api(b: str, *, write: bool, watch: bool, keys: str = ">") -> list[str]:
 def _node(p: str, u: str, inbox: str, kinds: tuple[str, ...] | None, replies: Sequence[str]) -> Permissions:
     sub = []
     for k in _kinds(kinds):
-        sub += [f"{p}.agent.{k}.* {p}.agents", f"{p}.activate.{k} {p}.hosts.{k}"]
+        # <prefix>.agents.<n>: a cluster agent's own queue group (docs/protocol.md §3).
+        sub += [f"{p}.agent.{k}.* {p}.agents", f"{p}.agent.{k}.* {p}.agents.*", f"{p}.activate.{k} {p}.hosts.{k}"]
     sub += [f"{p}.node.{u}.*", f"{inbox}.>"]
     pub = [f"{r}>" for r in replies]
     # Handlers call agents of any kind; partition owners forward durable messages of every

@@ -250,7 +250,14 @@ class NatsServer(_ContextManaged):
             or ``routes`` is given (the name then defaults to ``"natsagents"``).
         cluster_port: route listen port; picked when clustering and ``None``.
         routes: route URLs of the other nodes (``nats-route://127.0.0.1:<port>``).
+        cluster_advertise: the route address (``host:port``) this node advertises to the
+            others (``cluster { advertise }``); ``None``: its listen address.
         max_payload: the server's ``max_payload`` in bytes (default 1 MiB).
+        ping_interval, ping_max: how often the server pings each client and how many
+            unanswered pings make it drop the connection (``None``: the server's defaults,
+            2 min and 2). A frozen or cut-off client keeps its subscriptions, queue group
+            memberships included, until then: ``natsagents`` does not rely on it, but a
+            bound (e.g. 2 s and 3) frees them sooner.
         config_extra: config text appended verbatim (auth blocks, limits ...).
         include: a config file to ``include`` (e.g. the ``nats-auth.conf`` that
             ``natsagents auth`` writes). nats-server resolves include paths relative to
@@ -277,7 +284,10 @@ class NatsServer(_ContextManaged):
         cluster_name: str | None = None,
         cluster_port: int | None = None,
         routes: Sequence[str] = (),
+        cluster_advertise: str | None = None,
         max_payload: int | None = None,
+        ping_interval: float | None = None,
+        ping_max: int | None = None,
         config_extra: str = "",
         include: str | os.PathLike[str] | None = None,
         binary: str | None = None,
@@ -292,8 +302,10 @@ class NatsServer(_ContextManaged):
         self.name: str = name if name is not None else f"natsagents-{self.port}"
         self.cluster_name: str | None = (cluster_name or "natsagents") if self._clustered else None
         self.routes: tuple[str, ...] = tuple(routes)
+        self._cluster_advertise = cluster_advertise
         self._jetstream = jetstream
         self._max_payload = max_payload
+        self._ping = (ping_interval, ping_max)
         self._config_extra = config_extra
         self._include = Path(include).resolve() if include is not None else None
         self._binary_arg = binary
@@ -578,6 +590,10 @@ class NatsServer(_ContextManaged):
         ]
         if self._max_payload is not None:
             lines.append(f"max_payload: {int(self._max_payload)}")
+        if self._ping[0] is not None:
+            lines.append(f"ping_interval: {q(f'{self._ping[0]:g}s')}")
+        if self._ping[1] is not None:
+            lines.append(f"ping_max: {int(self._ping[1])}")
         if self._jetstream:
             lines += [
                 "jetstream {",
@@ -591,6 +607,7 @@ class NatsServer(_ContextManaged):
                 "cluster {",
                 f"  name: {q(self.cluster_name)}",
                 f"  listen: {q(f'{self._host}:{self.cluster_port}')}",
+                *([f"  advertise: {q(self._cluster_advertise)}"] if self._cluster_advertise else []),
                 "  routes: [",
                 *(f"    {q(route)}" for route in self.routes),
                 "  ]",

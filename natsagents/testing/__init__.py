@@ -1,7 +1,8 @@
 """Testing helpers: real nats-server processes and pytest fixtures.
 
 ``natsagents.testing.plugin`` holds the pytest fixtures; this module re-exports the
-server harness and a few helpers for waiting on conditions.
+server harness, the fault-injecting proxy (``natsagents.testing.proxy``: real partitions)
+and a few helpers for waiting on conditions.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 from ..server import NatsCluster, NatsServer
+from .proxy import ProxiedCluster, Proxy, one_way, partition
 
-__all__ = ["NatsCluster", "NatsServer", "wait_for"]
+__all__ = ["NatsCluster", "NatsServer", "ProxiedCluster", "Proxy", "one_way", "partition", "wait_for"]
 
 
 async def wait_for(

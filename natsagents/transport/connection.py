@@ -36,7 +36,7 @@ from ..errors import (
 from ..wire.envelope import encode_headers, parse_header_block
 from ..wire.subjects import is_reply_subject
 from .failures import Failure, classify
-from .mux import Inbound, _Expired, _ReplyMux, _Resend
+from .mux import Inbound, Stalled, _Expired, _ReplyMux, _Resend
 from .settings import ConnectSettings
 
 __all__ = ["Inbound", "NoResponders", "Subscription", "Transport"]
@@ -600,7 +600,18 @@ class Transport:
         self.resends += 1
         if self.on_resend is not None:
             self.on_resend()
-        _, _, subject, reply, block, payload = resend
+        self._publish_again(resend)
+        stalled = resend[6]
+        if stalled is not None:
+            try:
+                stalled(resend[2], lambda: self._publish_again(resend, only_waiting=True))
+            except Exception:
+                log.exception("a stalled-request callback failed")
+
+    def _publish_again(self, resend: _Resend, *, only_waiting: bool = False) -> None:
+        if only_waiting and (self._closed or self._mux is None or not self._mux.waiting(resend[0])):
+            return
+        _, _, subject, reply, block, payload, _ = resend
         task = self._loop.create_task(self._send(subject, reply, block, payload))
         self._resend_tasks.add(task)
         task.add_done_callback(self._resend_done)
@@ -618,13 +629,19 @@ class Transport:
         headers: Mapping[str, str] | bytes | None = None,
         timeout: float | None,
         resend: float | None = None,
+        stalled: Stalled | None = None,
+        stall_after: float | None = None,
     ) -> Inbound:
         """Publish a request and wait for its reply.
 
         ``resend``: publish the identical request again (same reply subject) every
         ``resend`` seconds while no reply came. NATS may drop a request in transit (a
         queue subscription leaving as the request crosses a route); the receiving side
-        must recognise copies (``Na-Msg-Id``, see runtime.dedup).
+        must recognise copies (``Na-Msg-Id``, see runtime.dedup). ``stalled(subject,
+        again)`` is called at each resend; ``again()`` publishes the request once more
+        at once while it is still unanswered (the caller found a new way to its agent).
+        ``stall_after``: the first resend (and ``stalled`` call) comes after this many
+        seconds when it is shorter than ``resend``.
 
         Raises:
             NoResponders: nobody subscribes to ``subject``.
@@ -643,7 +660,8 @@ class Transport:
         try:
             await self._send(subject, reply, block, payload)
             if resend is not None and (timeout is None or resend < timeout):
-                mux.resend_later((token, resend, subject, reply, block, payload))
+                first = stall_after if stalled is not None and stall_after is not None else None
+                mux.resend_later((token, resend, subject, reply, block, payload, stalled), first)
             msg = await fut
         except _Expired:
             raise CallTimeout(f"no reply from {subject} within {timeout:g} s") from None

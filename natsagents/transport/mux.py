@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["Inbound"]
+__all__ = ["Inbound", "Stalled"]
 
 
 class Inbound(Protocol):
@@ -28,9 +28,13 @@ class _Expired(Exception):
     """Set on a reply future when its timer fires."""
 
 
+#: Told that a request is being resent (no reply within its interval): called with the
+#: request's subject and a function that publishes it once more now (if still unanswered).
+Stalled = Callable[[str, Callable[[], None]], None]
+
 #: A request to publish again, unchanged, while its reply has not come:
-#: (token, interval, subject, reply subject, header block, payload).
-_Resend = tuple[str, float, str, str, bytes, bytes]
+#: (token, interval, subject, reply subject, header block, payload, stalled).
+_Resend = tuple[str, float, str, str, bytes, bytes, Stalled | None]
 
 
 class _ReplyMux:
@@ -83,9 +87,10 @@ class _ReplyMux:
             slot.append(n)
         return token, fut
 
-    def resend_later(self, resend: _Resend) -> None:
-        """Publish ``resend`` again after its interval unless its reply came."""
-        key = math.ceil((self._loop.time() + resend[1]) / self.RESEND_TICK)
+    def resend_later(self, resend: _Resend, first: float | None = None) -> None:
+        """Publish ``resend`` again after its interval (the first time after ``first``
+        seconds, when given) unless its reply came."""
+        key = math.ceil((self._loop.time() + (resend[1] if first is None else first)) / self.RESEND_TICK)
         slot = self._resend_slots.get(key)
         if slot is None:
             slot = self._resend_slots[key] = []
@@ -107,6 +112,11 @@ class _ReplyMux:
             fut = pending.get(str(n))
             if fut is not None and not fut.done():
                 fut.set_exception(_Expired())
+
+    def waiting(self, token: str) -> bool:
+        """Whether the request of ``token`` still waits for its reply."""
+        fut = self._pending.get(token)
+        return fut is not None and not fut.done()
 
     def discard(self, token: str) -> None:
         self._pending.pop(token, None)
