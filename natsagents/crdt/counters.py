@@ -80,6 +80,8 @@ class GCounter(Crdt):
     def increment(self, replica: str, amount: int = 1) -> Mutation[GCounter]:
         check_replica(replica)
         n = self._c.get(replica, 0) + _amount(amount)
+        if n == 0:
+            return Mutation(self, GCounter())
         if n > UINT64_MAX:
             raise CrdtError(f"the count of {replica!r} would exceed 2^64-1")
         delta = GCounter._raw({replica: n})
@@ -147,6 +149,8 @@ class PNCounter(Crdt):
         if amount < 0:
             return self.decrement(replica, -amount)
         n = self._p.get(replica, 0) + amount
+        if n == 0:
+            return Mutation(self, PNCounter())
         if n > UINT64_MAX:
             raise CrdtError(f"the increments of {replica!r} would exceed 2^64-1")
         return Mutation(PNCounter._raw({**self._p, replica: n}, self._n), PNCounter._raw({replica: n}, {}))
@@ -158,6 +162,8 @@ class PNCounter(Crdt):
         if amount < 0:
             return self.increment(replica, -amount)
         n = self._n.get(replica, 0) + amount
+        if n == 0:
+            return Mutation(self, PNCounter())
         if n > UINT64_MAX:
             raise CrdtError(f"the decrements of {replica!r} would exceed 2^64-1")
         return Mutation(PNCounter._raw(self._p, {**self._n, replica: n}), PNCounter._raw({}, {replica: n}))

@@ -328,11 +328,6 @@ class ORMap(Crdt, Generic[V]):
     def keys(self) -> Iterable[Atom]:
         return self._s.keys()
 
-    def _empty_value(self) -> Crdt:
-        if isinstance(self._ops, _FragmentOps):
-            return self._ops.cls()
-        return self._ops.view({}, self._cc)
-
     def update(self, replica: str, key: Atom, fn: Callable[[V], Mutation[V]]) -> Mutation[ORMap[V]]:
         """Mutate the value of ``key`` as ``replica`` (this replica's own id).
 
