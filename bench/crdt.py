@@ -162,6 +162,14 @@ def _states() -> dict[str, tuple[Any, Any, Callable[[], Any]]]:
     }
 
 
+def _repeat(fn: Callable[[], Any]) -> Callable[[int], None]:
+    def run(k: int) -> None:
+        for _ in range(k):
+            fn()
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer operations and rounds (about 5 s)")
@@ -178,8 +186,8 @@ def main() -> None:
         result[f"delta_{name}_ops"] = round(crdt_ops)
         result[f"delta_{name}_ratio"] = round(ratio, 4)
     for name, (a, b, base) in _states().items():
-        crdt_ops = _best(lambda k, a=a, b=b: [a.merge(b) for _ in range(k)] and None, merges, runs)
-        base_ops = _best(lambda k, base=base: [base() for _ in range(k)] and None, merges, runs)
+        crdt_ops = _best(_repeat(lambda a=a, b=b: a.merge(b)), merges, runs)
+        base_ops = _best(_repeat(base), merges, runs)
         ratio = crdt_ops / base_ops
         key = name.split("(")[0]
         rows.append([f"merge {name}", f"{crdt_ops:,.0f}", f"{base_ops:,.0f}", f"{ratio:.3f}"])

@@ -36,11 +36,17 @@ def alive(dots: frozenset[Dot], cc: CausalContext) -> frozenset[Dot]:
 
 
 def join_dot_sets(s1: DotSets, c1: CausalContext, s2: DotSets, c2: CausalContext) -> DotSets:
+    if len(s2) > len(s1):  # iterate the larger side with the fast paths
+        s1, c1, s2, c2 = s2, c2, s1, c1
     out: DotSets = {}
+    few = c2.few()
     for e, d1 in s1.items():
         d2 = s2.get(e)
         if d2 is None:
-            kept = alive(d1, c2)
+            if few is not None:
+                kept = d1 if few.isdisjoint(d1) else d1 - few
+            else:
+                kept = alive(d1, c2)
         elif d1 == d2:
             kept = d1
         else:
@@ -59,11 +65,12 @@ def join_dot_fun(
     s1: Mapping[Dot, V], c1: CausalContext, s2: Mapping[Dot, V], c2: CausalContext, pick: Callable[[V, V], V]
 ) -> dict[Dot, V]:
     out: dict[Dot, V] = {}
+    few = c2.few()
     for d, v in s1.items():
         if d in s2:
             w = s2[d]
             out[d] = v if v is w else pick(v, w)
-        elif not seen(d, c2):
+        elif (d not in few) if few is not None else not seen(d, c2):
             out[d] = v
     for d, v in s2.items():
         if d not in s1 and not seen(d, c1):
@@ -110,3 +117,58 @@ def decode_dot_fun(obj: Any, where: str, value: Callable[[Any], V]) -> dict[Dot,
             raise fail(f"dot {list(dot)!r} appears twice", where)
         out[dot] = value(pair[1])
     return out
+
+
+# -- joins with a small side (applying a delta) in O(size of the delta) ----------------------
+
+
+def build_index(store: Mapping[K, V], dots_of: Callable[[V], Iterable[Dot]]) -> dict[Dot, K]:
+    """dot → the key of ``store`` holding it."""
+    return {d: k for k, v in store.items() for d in dots_of(v)}
+
+
+def reindex(
+    index: dict[Dot, K] | None, key: K, old: V | None, new: V | None, dots_of: Callable[[V], Iterable[Dot]]
+) -> dict[Dot, K] | None:
+    """A copy of ``index`` with ``key``'s dots changed from ``old`` to ``new`` (``None`` stays
+    ``None``: the index is then built when first needed)."""
+    if index is None:
+        return None
+    out = dict(index)
+    if old is not None:
+        for d in dots_of(old):
+            out.pop(d, None)
+    if new is not None:
+        for d in dots_of(new):
+            out[d] = key
+    return out
+
+
+def join_small(
+    s1: Mapping[K, V],
+    index1: dict[Dot, K],
+    s2: Mapping[K, V],
+    few2: frozenset[Dot],
+    join_one: Callable[[V | None, V | None], V | None],
+    dots_of: Callable[[V], Iterable[Dot]],
+) -> tuple[dict[K, V], dict[Dot, K]]:
+    """The join of a large store with a small one whose context is ``few2``: only the keys
+    of the small store and the keys holding a dot of ``few2`` can change, so the large
+    store is copied (in C) and those keys are joined one by one."""
+    touched = {index1[d] for d in few2 if d in index1}
+    touched.update(s2)
+    out = dict(s1)
+    index = dict(index1)
+    for k in touched:
+        v1 = s1.get(k)
+        joined = join_one(v1, s2.get(k))
+        if v1 is not None:
+            for d in dots_of(v1):
+                index.pop(d, None)
+        if joined:
+            out[k] = joined
+            for d in dots_of(joined):
+                index[d] = k
+        else:
+            out.pop(k, None)
+    return out, index

@@ -92,7 +92,7 @@ class GCounter(Crdt):
         return GCounter._raw(_max_merge(self._c, other._c))
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self._c == other._c  # type: ignore[attr-defined]
+        return type(other) is type(self) and self._c == other._c
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -175,7 +175,7 @@ class PNCounter(Crdt):
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return False
-        return self._p == other._p and self._n == other._n  # type: ignore[attr-defined]
+        return self._p == other._p and self._n == other._n
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -20,6 +20,8 @@ from .errors import CrdtError
 __all__ = ["CausalContext", "Dot"]
 
 _EMPTY: frozenset[Dot] = frozenset()
+#: Largest number of dots :meth:`CausalContext.few` spells out.
+FEW = 64
 
 
 def _compact(vv: dict[str, int], cloud: Iterable[Dot]) -> tuple[dict[str, int], frozenset[Dot]]:
@@ -38,20 +40,23 @@ def _compact(vv: dict[str, int], cloud: Iterable[Dot]) -> tuple[dict[str, int], 
 class CausalContext:
     """An immutable set of dots: a version vector plus a dot cloud."""
 
-    __slots__ = ("_cloud", "_vv")
+    __slots__ = ("_cloud", "_few", "_vv")
 
     _vv: dict[str, int]
     _cloud: frozenset[Dot]
+    _few: frozenset[Dot] | bool | None
 
     def __init__(self, vv: Mapping[str, int] | None = None, cloud: Iterable[Dot] = ()) -> None:
         base = {r: n for r, n in (vv or {}).items() if n > 0}
         self._vv, self._cloud = _compact(base, cloud)
+        self._few = False
 
     @classmethod
     def _raw(cls, vv: dict[str, int], cloud: frozenset[Dot]) -> CausalContext:
         new = object.__new__(cls)
         new._vv = vv
         new._cloud = cloud
+        new._few = False
         return new
 
     @classmethod
@@ -70,8 +75,11 @@ class CausalContext:
         return self._cloud
 
     def __contains__(self, dot: object) -> bool:
-        replica, n = dot  # type: ignore[misc]
-        return bool(n <= self._vv.get(replica, 0) or dot in self._cloud)
+        if not isinstance(dot, tuple) or len(dot) != 2:
+            return False
+        replica: str = dot[0]
+        n: int = dot[1]
+        return n <= self._vv.get(replica, 0) or dot in self._cloud
 
     def __iter__(self) -> Iterator[Dot]:
         raise TypeError("a causal context is not iterated (it may stand for billions of dots)")
@@ -79,6 +87,20 @@ class CausalContext:
     def __len__(self) -> int:
         """Entries stored: replicas in the vector plus dots in the cloud (not dots stood for)."""
         return len(self._vv) + len(self._cloud)
+
+    def few(self) -> frozenset[Dot] | None:
+        """Every dot as a set when the context stands for at most :data:`FEW` dots (a delta's
+        context, typically), else ``None``. Computed once: joins then test membership in C."""
+        if self._few is False:
+            total = len(self._cloud) + sum(self._vv.values())
+            if total > FEW:
+                self._few = None
+            else:
+                dots = set(self._cloud)
+                for r, n in self._vv.items():
+                    dots.update((r, i) for i in range(1, n + 1))
+                self._few = frozenset(dots)
+        return self._few  # type: ignore[return-value]
 
     def max(self, replica: str) -> int:
         """The highest counter of ``replica`` seen (0 if none)."""

@@ -22,12 +22,15 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, Generic, TypeVar, cast, overload
 
 from ._stores import (
+    build_index,
     decode_dot_fun,
     decode_dot_sets,
     encode_dot_fun,
     encode_dot_sets,
     join_dot_fun,
     join_dot_sets,
+    join_small,
+    reindex,
 )
 from ._wire import (
     MAX_NESTING,
@@ -207,12 +210,20 @@ def _ops(spec: tuple[str, ...]) -> _Ops:
 def _join_map(inner: _Ops, s1: dict[Any, Any], c1: CausalContext, s2: dict[Any, Any], c2: CausalContext) -> Any:
     out: dict[Any, Any] = {}
     empty: dict[Any, Any] = {}
+    few1, few2 = c1.few(), c2.few()
     for k, v1 in s1.items():
-        joined = inner.join(v1, c1, s2.get(k, empty), c2)
+        v2 = s2.get(k)
+        if v2 is None and few2 is not None and few2.isdisjoint(inner.dots(v1)):
+            out[k] = v1  # untouched by a small context (a delta): no nested join
+            continue
+        joined = inner.join(v1, c1, empty if v2 is None else v2, c2)
         if joined:
             out[k] = joined
     for k, v2 in s2.items():
         if k not in s1:
+            if few1 is not None and few1.isdisjoint(inner.dots(v2)):
+                out[k] = v2
+                continue
             joined = inner.join(empty, c1, v2, c2)
             if joined:
                 out[k] = joined
@@ -262,12 +273,13 @@ class ORMap(Crdt, Generic[V]):
 
     TAG = "ormap"
     CAUSAL = True
-    __slots__ = ("_cc", "_ops", "_s", "_vt")
+    __slots__ = ("_cc", "_idx", "_ops", "_s", "_vt")
 
     _vt: tuple[str, ...]
     _ops: _Ops
     _s: dict[Any, Any]
     _cc: CausalContext
+    _idx: dict[Dot, Any] | None  # dot → key, built when a small merge needs it
 
     @overload
     def __init__(self: ORMap[V], value_type: type[V]) -> None: ...
@@ -280,18 +292,22 @@ class ORMap(Crdt, Generic[V]):
         self._ops = _ops(self._vt)
         self._s = {}
         self._cc = CausalContext()
+        self._idx = None
 
     @classmethod
-    def _raw(cls, vt: tuple[str, ...], ops: _Ops, s: dict[Any, Any], cc: CausalContext) -> ORMap[Any]:
+    def _raw(
+        cls, vt: tuple[str, ...], ops: _Ops, s: dict[Any, Any], cc: CausalContext, idx: dict[Dot, Any] | None = None
+    ) -> ORMap[Any]:
         new = object.__new__(cls)
         new._vt = vt
         new._ops = ops
         new._s = s
         new._cc = cc
+        new._idx = idx
         return new
 
-    def _new(self, s: dict[Any, Any], cc: CausalContext) -> ORMap[V]:
-        return cast(ORMap[V], ORMap._raw(self._vt, self._ops, s, cc))
+    def _new(self, s: dict[Any, Any], cc: CausalContext, idx: dict[Dot, Any] | None = None) -> ORMap[V]:
+        return cast(ORMap[V], ORMap._raw(self._vt, self._ops, s, cc, idx))
 
     @property
     def value_spec(self) -> tuple[str, ...]:
@@ -364,7 +380,8 @@ class ORMap(Crdt, Generic[V]):
             s[k] = joined
         else:
             s.pop(k, None)
-        return Mutation(self._new(s, cc), delta)
+        idx = reindex(self._idx, k, current, joined or None, ops.dots)
+        return Mutation(self._new(s, cc, idx), delta)
 
     def _check(self, result: Any, view: Crdt) -> Mutation[V]:
         if not isinstance(result, tuple) or len(result) != 2 or type(result[1]) is not type(view):
@@ -372,7 +389,7 @@ class ORMap(Crdt, Generic[V]):
                 f"an ORMap update function returns the Mutation of the {type(view).__name__} it is given, "
                 f"got {result!r:.80}"
             )
-        if isinstance(view, ORMap) and result[1]._vt != view._vt:
+        if isinstance(view, ORMap) and isinstance(result[1], ORMap) and result[1]._vt != view._vt:
             raise CrdtTypeError("an ORMap update function returned a map of another value type")
         return cast(Mutation[V], result)
 
@@ -384,7 +401,8 @@ class ORMap(Crdt, Generic[V]):
             return Mutation(self, self._new({}, CausalContext()))
         rest = dict(self._s)
         del rest[k]
-        return Mutation(self._new(rest, self._cc), self._new({}, CausalContext.of(self._ops.dots(store))))
+        idx = reindex(self._idx, k, store, None, self._ops.dots)
+        return Mutation(self._new(rest, self._cc, idx), self._new({}, CausalContext.of(self._ops.dots(store))))
 
     def merge(self, other: ORMap[V]) -> ORMap[V]:
         self._same(other)
@@ -392,7 +410,20 @@ class ORMap(Crdt, Generic[V]):
             raise CrdtTypeError(f"cannot merge an ORMap of {self._vt} with one of {other._vt}")
         if other is self:
             return self
-        return self._new(_join_map(self._ops, self._s, self._cc, other._s, other._cc), self._cc.union(other._cc))
+        cc = self._cc.union(other._cc)
+        big, small = (self, other) if len(self._s) >= len(other._s) else (other, self)
+        few = small._cc.few()
+        if few is None:
+            return self._new(_join_map(self._ops, self._s, self._cc, other._s, other._cc), cc)
+        ops, c1, c2 = self._ops, big._cc, small._cc
+        if big._idx is None:
+            big._idx = build_index(big._s, ops.dots)
+
+        def join_one(v1: Any, v2: Any) -> Any:
+            return ops.join({} if v1 is None else v1, c1, {} if v2 is None else v2, c2)
+
+        s, idx = join_small(big._s, big._idx, small._s, few, join_one, ops.dots)
+        return self._new(s, cc, idx)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):

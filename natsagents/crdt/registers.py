@@ -77,7 +77,7 @@ class LWWRegister(Crdt):
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return False
-        return self._ts == other._ts and self._enc == other._enc  # type: ignore[attr-defined]
+        return self._ts == other._ts and self._enc == other._enc
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -157,7 +157,7 @@ class MVRegister(Crdt):
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return False
-        return self._cc == other._cc and encode_mv(self._s) == encode_mv(other._s)  # type: ignore[attr-defined]
+        return self._cc == other._cc and encode_mv(self._s) == encode_mv(other._s)
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -5,12 +5,25 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ._stores import DotSets, decode_dot_sets, encode_dot_sets, join_dot_sets
-from ._wire import Atom, as_atom, as_list, atom_key, check_atom, envelope, fail, field
+from ._stores import (
+    DotSets,
+    alive,
+    build_index,
+    decode_dot_sets,
+    encode_dot_sets,
+    join_dot_sets,
+    join_small,
+    reindex,
+)
+from ._wire import Atom, Dot, as_atom, as_list, atom_key, check_atom, envelope, fail, field
 from .base import Crdt, Mutation
 from .dots import CausalContext, dots_covered
 
 __all__ = ["GSet", "ORSet"]
+
+
+def _same(dots: frozenset[Dot]) -> frozenset[Dot]:
+    return dots
 
 
 class GSet(Crdt):
@@ -57,7 +70,7 @@ class GSet(Crdt):
         return GSet._raw(self._e | other._e)
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self._e == other._e  # type: ignore[attr-defined]
+        return type(other) is type(self) and self._e == other._e
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -89,20 +102,23 @@ class ORSet(Crdt):
 
     TAG = "orset"
     CAUSAL = True
-    __slots__ = ("_cc", "_s")
+    __slots__ = ("_cc", "_idx", "_s")
 
     _s: DotSets
     _cc: CausalContext
+    _idx: dict[Dot, Atom] | None  # dot → element, built when a small merge needs it
 
     def __init__(self) -> None:
         self._s = {}
         self._cc = CausalContext()
+        self._idx = None
 
     @classmethod
-    def _raw(cls, s: DotSets, cc: CausalContext) -> ORSet:
+    def _raw(cls, s: DotSets, cc: CausalContext, idx: dict[Dot, Atom] | None = None) -> ORSet:
         new = object.__new__(cls)
         new._s = s
         new._cc = cc
+        new._idx = idx
         return new
 
     @property
@@ -129,7 +145,8 @@ class ORSet(Crdt):
         new = frozenset((dot,))
         old = self._s.get(e, frozenset())
         delta = ORSet._raw({e: new}, CausalContext.of(old | new))
-        return Mutation(ORSet._raw({**self._s, e: new}, self._cc.add(new)), delta)
+        idx = reindex(self._idx, e, old, new, _same)
+        return Mutation(ORSet._raw({**self._s, e: new}, self._cc.add(new), idx), delta)
 
     def remove(self, element: Atom) -> Mutation[ORSet]:
         """Remove ``element`` as observed here (a concurrent add elsewhere survives)."""
@@ -139,7 +156,8 @@ class ORSet(Crdt):
             return Mutation(self, ORSet())
         rest = dict(self._s)
         del rest[e]
-        return Mutation(ORSet._raw(rest, self._cc), ORSet._raw({}, CausalContext.of(old)))
+        idx = reindex(self._idx, e, old, None, _same)
+        return Mutation(ORSet._raw(rest, self._cc, idx), ORSet._raw({}, CausalContext.of(old)))
 
     def clear(self) -> Mutation[ORSet]:
         """Remove every element observed here."""
@@ -150,12 +168,29 @@ class ORSet(Crdt):
         self._same(other)
         if other is self:
             return self
-        return ORSet._raw(join_dot_sets(self._s, self._cc, other._s, other._cc), self._cc.union(other._cc))
+        cc = self._cc.union(other._cc)
+        big, small = (self, other) if len(self._s) >= len(other._s) else (other, self)
+        few = small._cc.few()
+        if few is not None:
+            if big._idx is None:
+                big._idx = build_index(big._s, _same)
+            c1 = big._cc
+
+            def join_one(d1: frozenset[Dot] | None, d2: frozenset[Dot] | None) -> frozenset[Dot]:
+                if d2 is None:
+                    return d1 - few if d1 else frozenset()
+                if d1 is None:
+                    return alive(d2, c1)
+                return (d1 & d2) | (d1 - d2 - few) | alive(d2 - d1, c1)
+
+            s, idx = join_small(big._s, big._idx, small._s, few, join_one, _same)
+            return ORSet._raw(s, cc, idx)
+        return ORSet._raw(join_dot_sets(self._s, self._cc, other._s, other._cc), cc)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return False
-        return self._s == other._s and self._cc == other._cc  # type: ignore[attr-defined]
+        return self._s == other._s and self._cc == other._cc
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -57,7 +57,7 @@ def test_misuse() -> None:
     with pytest.raises(CrdtTypeError):
         r.resolve([A1], "coin_flip")  # type: ignore[arg-type]
     with pytest.raises(CrdtTypeError):
-        r.resolve(["a1"], "last_write_wins")  # type: ignore[list-item]
+        r.resolve(["a1"], "last_write_wins")  # type: ignore[list-item,arg-type]
 
 
 _siblings = st.lists(

@@ -141,7 +141,7 @@ def test_ormap_of_maps() -> None:
     with pytest.raises(CrdtTypeError):
         m.update("a", "x", lambda inner: 42)  # type: ignore[arg-type,return-value]
     with pytest.raises(CrdtTypeError):
-        ORMap(int)  # type: ignore[arg-type]
+        ORMap(int)  # type: ignore[arg-type,type-var]
 
 
 def test_mutation_is_a_named_pair() -> None:
