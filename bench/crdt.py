@@ -13,6 +13,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +187,7 @@ def main() -> None:
         result[f"delta_{name}_ops"] = round(crdt_ops)
         result[f"delta_{name}_ratio"] = round(ratio, 4)
     for name, (a, b, base) in _states().items():
-        crdt_ops = _best(_repeat(lambda a=a, b=b: a.merge(b)), merges, runs)
+        crdt_ops = _best(_repeat(partial(a.merge, b)), merges, runs)
         base_ops = _best(_repeat(base), merges, runs)
         ratio = crdt_ops / base_ops
         key = name.split("(")[0]

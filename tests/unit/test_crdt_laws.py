@@ -192,7 +192,8 @@ def merge_all(values: list[Crdt], start: Crdt) -> Crdt:
 
 
 NAMES = sorted(TYPES)
-LAWS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+LAWS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FEWER = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -237,7 +238,7 @@ def test_deltas_in_any_order_duplicated_or_dropped_converge(
 
 
 @pytest.mark.parametrize("name", NAMES)
-@LAWS
+@FEWER
 @given(ops=ops_strategy)
 def test_wire_round_trip(name: str, ops: list[tuple[int, int, int]]) -> None:
     history = run(name, ops)
@@ -262,7 +263,7 @@ def _reference_merge(a: Any, b: Any) -> Any:
 
 
 @pytest.mark.parametrize("name", ["orset", "ormap_gcounter", "ormap_orset", "ormap_ormap_mvreg"])
-@LAWS
+@FEWER
 @given(ops=ops_strategy)
 def test_indexed_merge_of_a_small_side_equals_the_plain_join(name: str, ops: list[tuple[int, int, int]]) -> None:
     history = run(name, ops)
