@@ -90,8 +90,8 @@ def join_store(vt: list[str], s1: Any, c1: Any, s2: Any, c2: Any) -> list[Any]:
         both = lambda x, y: x if pack(x) <= pack(y) else y  # noqa: E731
     else:
         both = merge
-    joined = join_fun(f1, c1, f2, c2, both)
-    return [[list(d), joined[d]] for d in sorted(joined)]
+    fun = join_fun(f1, c1, f2, c2, both)
+    return [[list(d), fun[d]] for d in sorted(fun)]
 
 
 def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
