@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+from ._pmap import DELETE, SMALL, PMap, evolve
 from ._wire import Atom, Dot, as_dot, as_list, atom_key, fail
 from .dots import CausalContext
 
 V = TypeVar("V")
 K = TypeVar("K")
 
-DotSets = dict[Any, frozenset[Dot]]
+DotSets = Mapping[Any, frozenset[Dot]]
 
 
 def seen(dot: Dot, cc: CausalContext) -> bool:
@@ -35,10 +36,10 @@ def alive(dots: frozenset[Dot], cc: CausalContext) -> frozenset[Dot]:
     return dots
 
 
-def join_dot_sets(s1: DotSets, c1: CausalContext, s2: DotSets, c2: CausalContext) -> DotSets:
+def join_dot_sets(s1: DotSets, c1: CausalContext, s2: DotSets, c2: CausalContext) -> dict[Any, frozenset[Dot]]:
     if len(s2) > len(s1):  # iterate the larger side with the fast paths
         s1, c1, s2, c2 = s2, c2, s1, c1
-    out: DotSets = {}
+    out: dict[Any, frozenset[Dot]] = {}
     few = c2.few()
     for e, d1 in s1.items():
         d2 = s2.get(e)
@@ -89,8 +90,8 @@ def encode_dot_sets(store: DotSets) -> list[Any]:
     return [[e, dot_list(store[e])] for e in sorted(store, key=atom_key)]
 
 
-def decode_dot_sets(obj: Any, where: str, as_key: Callable[[Any, str], Atom]) -> DotSets:
-    out: DotSets = {}
+def decode_dot_sets(obj: Any, where: str, as_key: Callable[[Any, str], Atom]) -> dict[Any, frozenset[Dot]]:
+    out: dict[Any, frozenset[Dot]] = {}
     seen_keys: set[Atom] = set()
     for item in as_list(obj, where):
         pair = as_list(item, where, 2)
@@ -122,53 +123,56 @@ def decode_dot_fun(obj: Any, where: str, value: Callable[[Any], V]) -> dict[Dot,
 # -- joins with a small side (applying a delta) in O(size of the delta) ----------------------
 
 
-def build_index(store: Mapping[K, V], dots_of: Callable[[V], Iterable[Dot]]) -> dict[Dot, K]:
+def build_index(store: Mapping[K, V], dots_of: Callable[[V], Iterable[Dot]]) -> Mapping[Dot, K]:
     """dot → the key of ``store`` holding it."""
-    return {d: k for k, v in store.items() for d in dots_of(v)}
+    index = {d: k for k, v in store.items() for d in dots_of(v)}
+    return PMap(index) if len(index) > SMALL else index
 
 
 def reindex(
-    index: dict[Dot, K] | None, key: K, old: V | None, new: V | None, dots_of: Callable[[V], Iterable[Dot]]
-) -> dict[Dot, K] | None:
-    """A copy of ``index`` with ``key``'s dots changed from ``old`` to ``new`` (``None`` stays
-    ``None``: the index is then built when first needed)."""
+    index: Mapping[Dot, K] | None, key: K, old: V | None, new: V | None, dots_of: Callable[[V], Iterable[Dot]]
+) -> Mapping[Dot, K] | None:
+    """``index`` with ``key``'s dots changed from ``old`` to ``new`` (``None`` stays ``None``:
+    the index is then built when first needed)."""
     if index is None:
         return None
-    out = dict(index)
+    changes: dict[Dot, Any] = {}
     if old is not None:
         for d in dots_of(old):
-            out.pop(d, None)
+            changes[d] = DELETE
     if new is not None:
         for d in dots_of(new):
-            out[d] = key
-    return out
+            changes[d] = key
+    return evolve(index, changes)
 
 
 def join_small(
     s1: Mapping[K, V],
-    index1: dict[Dot, K],
+    index1: Mapping[Dot, K],
     s2: Mapping[K, V],
     few2: frozenset[Dot],
     join_one: Callable[[V | None, V | None], V | None],
     dots_of: Callable[[V], Iterable[Dot]],
-) -> tuple[dict[K, V], dict[Dot, K]]:
+) -> tuple[Mapping[K, V], Mapping[Dot, K]]:
     """The join of a large store with a small one whose context is ``few2``: only the keys
-    of the small store and the keys holding a dot of ``few2`` can change, so the large
-    store is copied (in C) and those keys are joined one by one."""
+    of the small store and the keys holding a dot of ``few2`` can change, so only those are
+    joined, and the large store is updated persistently (:func:`evolve`)."""
     touched = {index1[d] for d in few2 if d in index1}
     touched.update(s2)
-    out = dict(s1)
-    index = dict(index1)
+    changes: dict[K, Any] = {}
+    gone: set[Dot] = set()
+    placed: dict[Dot, Any] = {}
     for k in touched:
         v1 = s1.get(k)
         joined = join_one(v1, s2.get(k))
         if v1 is not None:
-            for d in dots_of(v1):
-                index.pop(d, None)
+            gone.update(dots_of(v1))
         if joined:
-            out[k] = joined
+            changes[k] = joined
             for d in dots_of(joined):
-                index[d] = k
-        else:
-            out.pop(k, None)
-    return out, index
+                placed[d] = k
+        elif v1 is not None:
+            changes[k] = DELETE
+    index_changes: dict[Dot, Any] = {d: DELETE for d in gone if d not in placed}
+    index_changes.update(placed)
+    return evolve(s1, changes), evolve(index1, index_changes)

@@ -18,9 +18,10 @@ leave nothing behind.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, Generic, TypeVar, cast, overload
 
+from ._pmap import DELETE, evolve
 from ._stores import (
     build_index,
     decode_dot_fun,
@@ -207,7 +208,7 @@ def _ops(spec: tuple[str, ...]) -> _Ops:
     return _FragmentOps(FRAGMENT_TYPES[head])
 
 
-def _join_map(inner: _Ops, s1: dict[Any, Any], c1: CausalContext, s2: dict[Any, Any], c2: CausalContext) -> Any:
+def _join_map(inner: _Ops, s1: Mapping[Any, Any], c1: CausalContext, s2: Mapping[Any, Any], c2: CausalContext) -> Any:
     out: dict[Any, Any] = {}
     empty: dict[Any, Any] = {}
     few1, few2 = c1.few(), c2.few()
@@ -277,9 +278,9 @@ class ORMap(Crdt, Generic[V]):
 
     _vt: tuple[str, ...]
     _ops: _Ops
-    _s: dict[Any, Any]
+    _s: Mapping[Any, Any]
     _cc: CausalContext
-    _idx: dict[Dot, Any] | None  # dot → key, built when a small merge needs it
+    _idx: Mapping[Dot, Any] | None  # dot → key, built when a small merge needs it
 
     @overload
     def __init__(self: ORMap[V], value_type: type[V]) -> None: ...
@@ -296,7 +297,12 @@ class ORMap(Crdt, Generic[V]):
 
     @classmethod
     def _raw(
-        cls, vt: tuple[str, ...], ops: _Ops, s: dict[Any, Any], cc: CausalContext, idx: dict[Dot, Any] | None = None
+        cls,
+        vt: tuple[str, ...],
+        ops: _Ops,
+        s: Mapping[Any, Any],
+        cc: CausalContext,
+        idx: Mapping[Dot, Any] | None = None,
     ) -> ORMap[Any]:
         new = object.__new__(cls)
         new._vt = vt
@@ -306,7 +312,7 @@ class ORMap(Crdt, Generic[V]):
         new._idx = idx
         return new
 
-    def _new(self, s: dict[Any, Any], cc: CausalContext, idx: dict[Dot, Any] | None = None) -> ORMap[V]:
+    def _new(self, s: Mapping[Any, Any], cc: CausalContext, idx: Mapping[Dot, Any] | None = None) -> ORMap[V]:
         return cast(ORMap[V], ORMap._raw(self._vt, self._ops, s, cc, idx))
 
     @property
@@ -342,7 +348,8 @@ class ORMap(Crdt, Generic[V]):
         return len(self._s)
 
     def keys(self) -> Iterable[Atom]:
-        return self._s.keys()
+        keys: Iterable[Atom] = self._s.keys()
+        return keys
 
     def update(self, replica: str, key: Atom, fn: Callable[[V], Mutation[V]]) -> Mutation[ORMap[V]]:
         """Mutate the value of ``key`` as ``replica`` (this replica's own id).
@@ -375,11 +382,7 @@ class ORMap(Crdt, Generic[V]):
             joined = {d: v for d, v in frags.items() if d[0] != replica}
             joined[dot] = mine.merge(delta_value)
             cc = self._cc.add((dot,))
-        s = dict(self._s)
-        if joined:
-            s[k] = joined
-        else:
-            s.pop(k, None)
+        s = evolve(self._s, {k: joined if joined else DELETE})
         idx = reindex(self._idx, k, current, joined or None, ops.dots)
         return Mutation(self._new(s, cc, idx), delta)
 
@@ -399,8 +402,7 @@ class ORMap(Crdt, Generic[V]):
         store = self._s.get(k)
         if store is None:
             return Mutation(self, self._new({}, CausalContext()))
-        rest = dict(self._s)
-        del rest[k]
+        rest = evolve(self._s, {k: DELETE})
         idx = reindex(self._idx, k, store, None, self._ops.dots)
         return Mutation(self._new(rest, self._cc, idx), self._new({}, CausalContext.of(self._ops.dots(store))))
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from ._pmap import DELETE, evolve
 from ._stores import (
     DotSets,
     alive,
@@ -106,7 +107,7 @@ class ORSet(Crdt):
 
     _s: DotSets
     _cc: CausalContext
-    _idx: dict[Dot, Atom] | None  # dot → element, built when a small merge needs it
+    _idx: Mapping[Dot, Atom] | None  # dot → element, built when a small merge needs it
 
     def __init__(self) -> None:
         self._s = {}
@@ -114,7 +115,7 @@ class ORSet(Crdt):
         self._idx = None
 
     @classmethod
-    def _raw(cls, s: DotSets, cc: CausalContext, idx: dict[Dot, Atom] | None = None) -> ORSet:
+    def _raw(cls, s: DotSets, cc: CausalContext, idx: Mapping[Dot, Atom] | None = None) -> ORSet:
         new = object.__new__(cls)
         new._s = s
         new._cc = cc
@@ -146,7 +147,7 @@ class ORSet(Crdt):
         old = self._s.get(e, frozenset())
         delta = ORSet._raw({e: new}, CausalContext.of(old | new))
         idx = reindex(self._idx, e, old, new, _same)
-        return Mutation(ORSet._raw({**self._s, e: new}, self._cc.add(new), idx), delta)
+        return Mutation(ORSet._raw(evolve(self._s, {e: new}), self._cc.add(new), idx), delta)
 
     def remove(self, element: Atom) -> Mutation[ORSet]:
         """Remove ``element`` as observed here (a concurrent add elsewhere survives)."""
@@ -154,10 +155,8 @@ class ORSet(Crdt):
         old = self._s.get(e)
         if not old:
             return Mutation(self, ORSet())
-        rest = dict(self._s)
-        del rest[e]
         idx = reindex(self._idx, e, old, None, _same)
-        return Mutation(ORSet._raw(rest, self._cc, idx), ORSet._raw({}, CausalContext.of(old)))
+        return Mutation(ORSet._raw(evolve(self._s, {e: DELETE}), self._cc, idx), ORSet._raw({}, CausalContext.of(old)))
 
     def clear(self) -> Mutation[ORSet]:
         """Remove every element observed here."""

@@ -4,8 +4,12 @@ causal context stays bounded (no tombstones)."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from natsagents.crdt import (
     HLC,
@@ -221,3 +225,68 @@ def test_public_names() -> None:
     assert public - modules == set(crdt.__all__) - {"resolve"}
     assert len(set(crdt.__all__)) == len(crdt.__all__)
     assert isinstance(crdt.resolve.resolve, type(test_public_names))
+
+
+_changes = st.lists(st.tuples(st.integers(0, 300), st.integers() | st.none()))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.integers(0, 300), st.integers()), _changes)
+def test_persistent_map_behaves_like_a_dict(start: dict[int, int], changes: list[tuple[int, int | None]]) -> None:
+    from natsagents.crdt._pmap import DELETE, PMap, evolve
+
+    model = dict(start)
+    m: Any = PMap(start)
+    small: Any = dict(start)
+    for k, v in changes:
+        old, snapshot = m, dict(m.items())
+        step = {k: DELETE if v is None else v}
+        m = m.evolve(step)
+        small = evolve(small, step)
+        if v is None:
+            model.pop(k, None)
+        else:
+            model[k] = v
+        assert old == snapshot  # persistent: the earlier map is unchanged
+        assert m == model and model == m and small == model and len(m) == len(model)
+        assert set(m) == set(model) and dict(m.items()) == model
+        assert all(m.get(key) == model[key] and key in m for key in model)
+
+
+def _adder(element: int) -> Callable[[ORSet], Mutation[ORSet]]:
+    return lambda s: s.add("a", element)
+
+
+@pytest.mark.parametrize("size", [300])
+def test_large_sets_and_maps_by_deltas_equal_full_joins(size: int) -> None:
+    """Beyond 128 entries stores and indexes are persistent maps: deltas, removals and
+    merges there give what the plain join gives."""
+    from natsagents.crdt._stores import join_dot_sets
+    from natsagents.crdt.ormap import _join_map
+
+    rng = random.Random(3)
+    a, b = ORSet(), ORSet()
+    ma, mb = ORMap(ORSet), ORMap(ORSet)
+    for i in range(3 * size):
+        e = rng.randrange(size)
+        if rng.random() < 0.25 and e in a:
+            a, d = a.remove(e)
+        else:
+            a, d = a.add("a", e)
+        b = b.apply_delta(d) if rng.random() < 0.9 else b  # some deltas lost
+        k = rng.randrange(size)
+        if rng.random() < 0.2 and k in ma:
+            ma, dm = ma.remove(k)
+        else:
+            ma, dm = ma.update("a", k, _adder(e))
+        mb = mb.apply_delta(dm) if rng.random() < 0.9 else mb
+        if i % 97 == 0:
+            b, _ = b.add("b", -i)  # b writes too
+            mb, _ = mb.update("b", -i, lambda s: s.add("b", 0))
+    assert len(a) > 128 and len(ma) > 128
+    full = a.merge(b)
+    assert full == ORSet._raw(join_dot_sets(a._s, a._cc, b._s, b._cc), a.context.union(b.context))
+    assert full == b.merge(a) and a.merge(full) == full
+    mfull = ma.merge(mb)
+    assert mfull == ma._new(_join_map(ma._ops, ma._s, ma._cc, mb._s, mb._cc), ma.context.union(mb.context))
+    assert ORSet.from_wire(full.to_wire()) == full and ORMap.from_wire(mfull.to_wire()) == mfull
