@@ -82,6 +82,61 @@ def delta_ormap(n: int) -> None:  # 100 keys of counters
         b = b.apply_delta(d)
 
 
+_BIG: dict[str, Any] = {}
+
+
+def _big(kind: str) -> tuple[Any, Any]:
+    """A state of 10,000 live entries on two replicas (built once, outside the timing)."""
+    if kind not in _BIG:
+        if kind == "orset":
+            a: Any = ORSet()
+            for i in range(10_000):
+                a, _ = a.add("node-a", i)
+            _BIG[kind] = (a, ORSet().merge(a))
+        else:
+            m: Any = ORMap(GCounter)
+            for i in range(10_000):
+                m, _ = m.update("node-a", i, lambda v: v.increment("node-a"))
+            _BIG[kind] = (m, ORMap(GCounter).merge(m))
+    return _BIG[kind]  # type: ignore[no-any-return]
+
+
+def delta_orset_10k(n: int) -> None:
+    a, b = _big("orset")
+    for i in range(n):
+        e = i % 10_000
+        a, d = a.remove(e) if e in a else a.add("node-a", e)  # toggles: removes, then adds back
+        b = b.apply_delta(d)
+
+
+def delta_ormap_10k(n: int) -> None:
+    a, b = _big("ormap")
+    for i in range(n):
+        a, d = a.update("node-a", i % 10_000, lambda v: v.increment("node-a"))
+        b = b.apply_delta(d)
+
+
+def base_set_10k(n: int) -> None:
+    a, b = set(range(10_000)), set(range(10_000))
+    for i in range(n):
+        e = i % 10_000
+        if e in a:
+            a.discard(e)
+            b.discard(e)
+        else:
+            a.add(e)
+            b.add(e)
+
+
+def base_map_10k(n: int) -> None:
+    a = dict.fromkeys(range(10_000), 1)
+    b = dict(a)
+    for i in range(n):
+        k = i % 10_000
+        a[k] += 1
+        b[k] = a[k]
+
+
 def base_counter(n: int) -> None:
     a: dict[str, int] = {}
     b: dict[str, int] = {}
@@ -127,6 +182,8 @@ DELTA = {
     "lww": (delta_lww, base_register),
     "mvreg": (delta_mvreg, base_register),
     "ormap": (delta_ormap, base_map),
+    "orset_10k": (delta_orset_10k, base_set_10k),
+    "ormap_10k": (delta_ormap_10k, base_map_10k),
 }
 
 
