@@ -2,8 +2,8 @@
 full-state merges, per type, beside a plain-Python baseline doing the same count of dict/set
 operations. Pure CPU, no server. The last line is one JSON object.
 
-    .venv/bin/python bench/crdt.py            # about 30 s
-    .venv/bin/python bench/crdt.py --quick    # about 5 s
+    .venv/bin/python bench/crdt.py            # about 1 min of CPU
+    .venv/bin/python bench/crdt.py --quick    # about 10 s of CPU
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ def _repeat(fn: Callable[[], Any]) -> Callable[[int], None]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer operations and rounds (about 5 s)")
+    parser.add_argument("--quick", action="store_true", help="fewer operations and rounds (about 10 s of CPU)")
     args = parser.parse_args()
     n, runs, merges = (5_000, 2, 50) if args.quick else (30_000, 3, 300)
 
