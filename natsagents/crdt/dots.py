@@ -160,7 +160,12 @@ class CausalContext:
 
 
 def dots_covered(dots: Iterable[Dot], cc: CausalContext, where: str) -> None:
-    """Decoding: every dot a store holds must be in its causal context."""
+    """Decoding: every dot a store holds must be in its causal context, and held once (a dot
+    names one event: one element added, one value written, one key updated)."""
+    held: set[Dot] = set()
     for dot in dots:
         if dot not in cc:
             raise fail(f"dot {list(dot)!r} is not in the causal context", where)
+        if dot in held:
+            raise fail(f"dot {list(dot)!r} is held twice", where)
+        held.add(dot)

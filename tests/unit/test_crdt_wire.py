@@ -189,3 +189,21 @@ def test_mutated_bytes_raise_only_decode_errors(name: str, data: st.DataObject) 
     except CrdtDecodeError:
         return
     assert decode(value.to_wire()) == value
+
+
+def test_a_dot_held_twice_is_refused() -> None:
+    cc = {"vv": {"a": 2}, "dc": []}
+    _bad(ORSet, {"t": "orset", "v": 1, "e": [["x", [["a", 1]]], ["y", [["a", 1]]]], "cc": cc})
+    frag = {"t": "gcounter", "v": 1, "c": {"a": 1}}
+    _bad(
+        ORMap,
+        {
+            "t": "ormap",
+            "v": 1,
+            "vt": ["gcounter"],
+            "e": [["k", [[["a", 1], frag]]], ["j", [[["a", 1], frag]]]],
+            "cc": cc,
+        },
+    )
+    ok = ORSet.from_wire(msgpack.packb({"t": "orset", "v": 1, "e": [["x", [["a", 1], ["a", 1]]]], "cc": cc}))
+    assert ok.value == {"x"}  # the same dot twice in one list is folded
