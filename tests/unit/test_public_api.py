@@ -17,6 +17,7 @@ LAYER_ORDER = [
     "errors",
     "tasks",
     "wire",
+    "crdt",
     "resilience",
     "transport",
     "server",
