@@ -107,6 +107,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "natsagents.cli.cluster",
     "natsagents.cli.delivery",
     "natsagents.cli.auth",
+    "natsagents.cli.dashboard",
 )
 
 

@@ -27,6 +27,7 @@ LAYER_ORDER = [
     "delivery",
     "cluster",
     "mesh",
+    "dashboard",
     "cli",
     "testing",
 ]

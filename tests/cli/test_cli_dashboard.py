@@ -1,0 +1,52 @@
+"""``natsagents dashboard`` as a subprocess against a real nats-server: it prints its URL,
+serves the page and the API for the mesh it was pointed at, stops cleanly on SIGTERM, and
+refuses bad usage."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from natsagents.testing.plugin import MeshFactory
+from tests.cli.test_cli import CLI, background, free_port, read_until, run_cli
+from tests.dashboard_helpers import cluster, get_json, http
+
+
+async def test_dashboard_serves_until_sigterm(mesh_factory: MeshFactory, nats_url: str, mesh_prefix: str) -> None:
+    await cluster(mesh_factory, "n1")
+    argv = (*CLI, "dashboard", "--http", "127.0.0.1:0", "--interval", "0.2", "--servers", nats_url)
+    async with background(*argv, "--prefix", mesh_prefix) as proc:
+        line = (await read_until(proc, "dashboard on "))[-1]
+        url = line.removeprefix("dashboard on ")
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/")
+        port = int(url.rsplit(":", 1)[1].rstrip("/"))
+        page = await http(port, "GET", "/")
+        assert page.status == 200 and b"natsagents dashboard" in page.body
+        for _ in range(100):
+            overview = await get_json(port, "/api/overview")
+            if overview["nodes"]:
+                break
+            await asyncio.sleep(0.05)
+        assert overview["prefix"] == mesh_prefix
+        assert [n["node"] for n in overview["nodes"]] == ["n1"]
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def test_dashboard_usage_errors(nats_url: str) -> None:
+    bad_http = await run_cli("dashboard", "--http", "nowhere", "--servers", nats_url)
+    assert bad_http[0] == 2 and "expected HOST:PORT" in bad_http[2]
+    bad_prefix = await run_cli("dashboard", "--prefix", "a b", "--servers", nats_url)
+    assert bad_prefix[0] == 2
+    port = free_port()
+    refused = await run_cli("dashboard", "--servers", f"nats://127.0.0.1:{port}", "--connect-timeout", "1")
+    assert refused[0] == 3
+    # The address is taken: a usage error, said plainly.
+    blocker = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    taken = blocker.sockets[0].getsockname()[1]
+    try:
+        rc, out, err = await run_cli("dashboard", "--http", f"127.0.0.1:{taken}", "--servers", nats_url)
+    finally:
+        blocker.close()
+        await blocker.wait_closed()
+    assert rc == 2 and f"cannot listen on 127.0.0.1:{taken}" in err
