@@ -98,8 +98,8 @@ async def http(
     finally:
         writer.close()
         await writer.wait_closed()
-    head, _, payload = answer.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
+    head_bytes, _, payload = answer.partition(b"\r\n\r\n")
+    lines = head_bytes.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ")[1])
     parsed = {}
     for line in lines[1:]:

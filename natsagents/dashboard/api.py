@@ -43,6 +43,7 @@ from ..errors import (
     ConfigurationError,
     JetStreamError,
     NatsAgentsError,
+    ProtocolError,
     StreamNotFound,
     TransportError,
     Unauthorized,
@@ -50,7 +51,8 @@ from ..errors import (
 )
 from ..state.store import StateStore
 from ..tasks import TaskGroup
-from ..wire import codec
+from ..wire import codec, envelope
+from ..wire import headers as h
 from ..wire.ids import agent_key, parse_address, validate_kind
 from .catalog import AgentCatalog
 from .preview import preview
@@ -475,6 +477,9 @@ class Api:
                 result = await self._mesh.drain(node, timeout=self._drain_timeout)
             except NatsAgentsError as exc:
                 self._actions.end(entry, error=_error_reply(exc))
+            except Exception as exc:  # the entry must not stay "running"
+                log.exception("dashboard: draining %s failed", node)
+                self._actions.end(entry, error=ApiError(500, "internal", f"{type(exc).__name__}: {exc}"))
             else:
                 self._actions.end(entry, result=result)
             finally:
@@ -518,11 +523,14 @@ class Api:
 def _letter_json(d: DeadLetter) -> dict[str, Any]:
     out = d.to_wire()
     out["subject"] = d.subject
+    data = d.data
     try:
-        out["body"] = preview(codec.decode(d.data), _BODY_BUDGET)
-    except ValueError as exc:
+        if d.headers.get(h.ENCODING) == h.ENCODING_DEFLATE:
+            data = envelope.inflate(data)  # bounded (MAX_INFLATED)
+        out["body"] = preview(codec.decode(data), _BODY_BUDGET)
+    except (ValueError, ProtocolError) as exc:
         out["body"] = None
-        out["body_error"] = f"not msgpack: {exc}"
+        out["body_error"] = f"not a msgpack body: {exc}"
         out["body_raw"] = preview(d.data[:_BODY_BUDGET], _BODY_BUDGET)
     out["headers"] = {k: v for k, v in sorted(d.headers.items())[:64]}
     return out

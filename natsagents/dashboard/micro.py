@@ -76,9 +76,7 @@ class KindRates:
     latency_ms: float | None  # mean processing time of the interval's requests
 
 
-async def gather_stats(
-    transport: Transport, *, window: float = 0.5, expect: int | None = None
-) -> list[bytes]:
+async def gather_stats(transport: Transport, *, window: float = 0.5, expect: int | None = None) -> list[bytes]:
     """Ask ``$SRV.STATS.natsagents`` and collect the raw replies for ``window`` seconds (less once
     ``expect`` replies came). At most :data:`MAX_REPLIES` replies of at most
     :data:`MAX_REPLY_BYTES` each are kept.
@@ -143,7 +141,11 @@ def _hot(value: object, node: str) -> tuple[HotAgent, ...]:
         if not isinstance(item, dict):
             continue
         agent = item.get("agent")
-        recent, backlog, busy = _count(item.get("recent", 0)), _count(item.get("backlog", 0)), _count(item.get("busy", 0))
+        recent, backlog, busy = (
+            _count(item.get("recent", 0)),
+            _count(item.get("backlog", 0)),
+            _count(item.get("busy", 0)),
+        )
         if not isinstance(agent, str) or not 0 < len(agent) <= 300 or None in (recent, backlog, busy):
             continue
         out.append(HotAgent(agent, node, recent or 0, backlog or 0, busy or 0))

@@ -71,9 +71,7 @@ class Sampler:
         stats_window: seconds to gather ``$SRV.STATS`` replies in each sample.
     """
 
-    def __init__(
-        self, mesh: Mesh, *, interval: float = 2.0, history: float = 600.0, stats_window: float = 0.3
-    ) -> None:
+    def __init__(self, mesh: Mesh, *, interval: float = 2.0, history: float = 600.0, stats_window: float = 0.3) -> None:
         self._mesh = mesh
         self.interval = interval
         self._stats_window = min(stats_window, interval / 2)

@@ -61,8 +61,11 @@ _REASONS = {
     504: "Gateway Timeout",
 }
 _SECURITY_HEADERS = (
-    ("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
     ("X-Content-Type-Options", "nosniff"),
     ("X-Frame-Options", "DENY"),
     ("Referrer-Policy", "no-referrer"),
@@ -222,7 +225,9 @@ class DashboardServer:
             raise _Refused(400, "request target must be a path")
         split = urlsplit(target)
         try:
-            pairs = parse_qsl(split.query, keep_blank_values=True, strict_parsing=False, max_num_fields=MAX_QUERY_FIELDS)
+            pairs = parse_qsl(
+                split.query, keep_blank_values=True, strict_parsing=False, max_num_fields=MAX_QUERY_FIELDS
+            )
         except ValueError:
             raise _Refused(400, f"more than {MAX_QUERY_FIELDS} query parameters") from None
         query: dict[str, str] = {}
@@ -259,7 +264,9 @@ class DashboardServer:
         refused = self._refusal(request)
         if refused is not None:
             status, message = refused
-            code = {403: "forbidden", 405: "method_not_allowed", 415: "unsupported_media_type"}.get(status, "bad_request")
+            code = {403: "forbidden", 405: "method_not_allowed", 415: "unsupported_media_type"}.get(
+                status, "bad_request"
+            )
             return status, _error_body(code, message), "application/json"
         if request.path.startswith("/api/"):
             reply = await self._api.handle(request.method, request.path, request.query, request.body)

@@ -45,7 +45,7 @@ async def test_dashboard_usage_errors(nats_url: str) -> None:
     blocker = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
     taken = blocker.sockets[0].getsockname()[1]
     try:
-        rc, out, err = await run_cli("dashboard", "--http", f"127.0.0.1:{taken}", "--servers", nats_url)
+        rc, _, err = await run_cli("dashboard", "--http", f"127.0.0.1:{taken}", "--servers", nats_url)
     finally:
         blocker.close()
         await blocker.wait_closed()

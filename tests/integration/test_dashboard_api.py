@@ -47,7 +47,7 @@ async def overview_nodes(port: int) -> dict[str, Any]:
 
 
 async def test_overview_nodes_agents_and_state(mesh_factory: MeshFactory, dashboard: Dashboard) -> None:
-    n1, n2 = await cluster(mesh_factory, "n1", "n2")
+    n1, _ = await cluster(mesh_factory, "n1", "n2")
     for i in range(6):
         assert await n1.ref(f"Counter/c{i}").call("add", by=i + 1) == i + 1
     port = dashboard.port
@@ -259,7 +259,7 @@ async def test_cross_origin_and_rebinding_requests_are_refused(mesh_factory: Mes
 
 
 async def test_migrate_and_drain_through_the_api(mesh_factory: MeshFactory, dashboard: Dashboard) -> None:
-    n1, n2 = await cluster(mesh_factory, "n1", "n2")
+    n1, _ = await cluster(mesh_factory, "n1", "n2")
     port = dashboard.port
     for i in range(4):
         await n1.ref(f"Counter/m{i}").call("add", by=10 + i)
@@ -309,24 +309,33 @@ async def test_dead_letters_listed_replayed_and_deleted(mesh_factory: MeshFactor
     (node,) = await cluster(mesh_factory, "n1", durable=True)
     port = dashboard.port
     for i in range(3):
-        await node.ref(f"Ledger/l{i}").with_options(delivery="at_least_once").send(
-            "poison", params={"note": f"<b>{i}</b>"}
+        await (
+            node.ref(f"Ledger/l{i}")
+            .with_options(delivery="at_least_once")
+            .send("poison", params={"note": f"<b>{i}</b>"})
         )
+    zipper = await mesh_factory(name="zipper", compress_above=64)  # its body goes deflated
+    await zipper.ref("Ledger/z").with_options(delivery="at_least_once").send("poison", params={"note": "z" * 500})
 
-    async def three() -> bool:
+    async def four() -> bool:
         overview = await get_json(port, "/api/overview")
-        return overview["dead_letters"] == 3
+        return overview["dead_letters"] == 4
 
-    await wait_for(three, timeout=15, interval=0.05, what="three dead letters counted")
+    await wait_for(four, timeout=15, interval=0.05, what="four dead letters counted")
     page = await get_json(port, "/api/dead-letters?limit=2")
-    assert page["total"] == 3 and len(page["items"]) == 2
-    letters = (await get_json(port, "/api/dead-letters"))["items"]
-    assert [d["agent"] for d in letters] == ["Ledger/l0", "Ledger/l1", "Ledger/l2"]
+    assert page["total"] == 4 and len(page["items"]) == 2
+    listed = (await get_json(port, "/api/dead-letters"))["items"]
+    assert [d["seq"] for d in listed] == sorted(d["seq"] for d in listed)  # oldest first
+    letters = sorted(listed, key=lambda d: d["agent"])  # partitions dead-letter in any order
+    assert [d["agent"] for d in letters] == ["Ledger/l0", "Ledger/l1", "Ledger/l2", "Ledger/z"]
     first = letters[0]
     assert first["action"] == "poison" and first["error"] == "handler_error" and first["deliveries"] == 2
     assert "cannot digest this" in first["reason"]
     assert first["body"] == {"value": {"note": "<b>0</b>"}, "truncated": False}
     assert first["headers"]["Na-Action"] == "poison"
+    zipped = letters[3]
+    assert zipped["headers"]["Na-Encoding"] == "deflate" and zipped["bytes"] < 100
+    assert zipped["body"] == {"value": {"note": "z" * 500}, "truncated": False}
 
     Ledger.broken = False
     replayed = await http(port, "POST", "/api/dead-letters/replay", body={"seq": first["seq"]})
@@ -338,11 +347,11 @@ async def test_dead_letters_listed_replayed_and_deleted(mesh_factory: MeshFactor
     missing = await http(port, "POST", "/api/dead-letters/replay", body={"seq": 999})
     assert missing.status == 404
 
-    async def one_left() -> bool:
+    async def two_left() -> bool:
         items = (await get_json(port, "/api/dead-letters"))["items"]
-        return [d["agent"] for d in items] == ["Ledger/l2"]
+        return sorted(d["agent"] for d in items) == ["Ledger/l2", "Ledger/z"]
 
-    await wait_for(one_left, timeout=10, interval=0.05, what="one dead letter left")
+    await wait_for(two_left, timeout=10, interval=0.05, what="two dead letters left")
 
     async def replay_applied() -> bool:
         info = await get_json(port, "/api/agent?agent=Ledger/l0")

@@ -101,15 +101,21 @@ async def test_dashboard_in_chromium(
     def text(css: str) -> str:
         return str(find(By.CSS_SELECTOR, css).text)
 
+    def click_now(css: str) -> None:
+        element = find(By.CSS_SELECTOR, css)
+        # Centred, so that the sticky top bar never covers what is clicked.
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+        element.click()
+
     async def click(css: str) -> None:
-        await asyncio.to_thread(lambda: find(By.CSS_SELECTOR, css).click())
+        await asyncio.to_thread(click_now, css)
 
     async with Dashboard(client, port=0, interval=0.5) as dashboard:
         await asyncio.to_thread(browser.get, dashboard.url)
 
         # Overview: both nodes listed with their agent counts, then the plots have points.
         await until(lambda: len(rows(By.CSS_SELECTOR, "#nodes-table tr[data-node]")) == 2, "two nodes listed")
-        await until(lambda: text("#stat-agents") == "12", "12 agents counted")
+        await until(lambda: text("#stat-agents") == "13", "13 agents counted (12 Counters, the Ledger)")
         await until(lambda: "live" in text("#conn-text"), "the page is live")
         await until(lambda: text("#stat-dlq") == "1", "the dead letter counted")
         assert text("#stat-nodes") == "2 / 2"
@@ -120,11 +126,13 @@ async def test_dashboard_in_chromium(
 
         # Agents: the table fills; a search narrows it to one agent; its state opens.
         await click('a[data-tab="agents"]')
-        await until(lambda: len(rows(By.CSS_SELECTOR, "#agents-table tr[data-agent]")) == 12, "12 agents listed")
+        await until(lambda: len(rows(By.CSS_SELECTOR, "#agents-table tr[data-agent]")) == 13, "13 agents listed")
         await asyncio.to_thread(lambda: find(By.ID, "agent-search").send_keys("c07"))
         await until(
-            lambda: [r.get_attribute("data-agent") for r in rows(By.CSS_SELECTOR, "#agents-table tr[data-agent]")]
-            == ["Counter/c07"],
+            lambda: (
+                [r.get_attribute("data-agent") for r in rows(By.CSS_SELECTOR, "#agents-table tr[data-agent]")]
+                == ["Counter/c07"]
+            ),
             "the search found Counter/c07",
         )
         await click('#agents-table tr[data-agent="Counter/c07"]')
@@ -179,6 +187,7 @@ async def test_dashboard_in_chromium(
         # Back to the overview for the main screenshot (plots with a few points).
         await click('a[data-tab="overview"]')
         await until(lambda: "0" == text(f'#nodes-table tr[data-node="{owner}"] td.num'), "the drained node is empty")
+        await until(lambda: not rows(By.CSS_SELECTOR, ".toast"), "the notices faded", 10)
         shot = ARTIFACTS / "dashboard.png"
         await asyncio.to_thread(browser.save_screenshot, str(shot))
         errors = [e for e in await asyncio.to_thread(browser.get_log, "browser") if e.get("level") == "SEVERE"]

@@ -20,7 +20,12 @@ from natsagents.wire.ids import agent_key
 
 
 def stats(service_id: str, endpoints: list[object], **extra: object) -> bytes:
-    body = {"type": "io.nats.micro.v1.stats_response", "name": "natsagents", "id": service_id, "endpoints": endpoints}
+    body: dict[str, object] = {
+        "type": "io.nats.micro.v1.stats_response",
+        "name": "natsagents",
+        "id": service_id,
+        "endpoints": endpoints,
+    }
     body.update(extra)
     return json.dumps(body).encode()
 
@@ -147,6 +152,7 @@ def test_catalog_filters_sorts_and_pages() -> None:
     assert catalog.query(text="c-1", node="n1", offset=2, limit=3).total == 34
     assert catalog.counts()["kind"] == {"Counter": 250, "Keeper": 2}
     assert catalog.counts()["status"] == {"active": 251, "migrating": 1}
+    assert catalog.counts()["node"] == {"n0": 84, "n1": 84, "n2": 84}
 
 
 def test_catalog_applies_watched_revisions_and_drops_garbage() -> None:
@@ -169,6 +175,23 @@ def test_catalog_applies_watched_revisions_and_drops_garbage() -> None:
     assert len(catalog) == 0 and catalog.query().total == 0
 
 
+def test_catalog_snapshot_follows_changes_without_duplicates() -> None:
+    catalog = AgentCatalog(None, "na", resort=0.0)  # type: ignore[arg-type]
+    catalog.load(record("K", f"a{i:02d}", "n1") for i in range(0, 40, 2))
+    assert catalog.query(limit=3).items[0].agent_id == "a00"
+    for i in range(1, 40, 2):  # new keys land between the old ones
+        catalog.apply(Entry(agent_key("K", f"a{i:02d}"), record("K", f"a{i:02d}", "n2").to_wire(), i, None))
+    for epoch in (2, 3):  # one key put twice since the snapshot
+        moved = record("K", "a10", "n3", epoch=epoch)
+        catalog.apply(Entry(agent_key("K", "a10"), moved.to_wire(), 100 + epoch, None))
+    catalog.apply(Entry(agent_key("K", "a20"), b"", 200, None, "delete"))
+    page = catalog.query(limit=200)
+    assert [r.agent_id for r in page.items] == [f"a{i:02d}" for i in range(40) if i != 20]
+    assert page.items[10] == record("K", "a10", "n3", epoch=3)
+    assert catalog.counts()["node"] == {"n1": 18, "n2": 20, "n3": 1}
+    assert catalog.query(node="n3").total == 1 and catalog.query(node="n1").total == 18
+
+
 def test_catalog_queries_100k_agents_quickly() -> None:
     catalog = AgentCatalog(None, "na", resort=0.0)  # type: ignore[arg-type]
     kinds = ("Counter", "Session", "Twin", "Order")
@@ -187,11 +210,19 @@ def test_catalog_queries_100k_agents_quickly() -> None:
         page = catalog.query(**query)  # type: ignore[arg-type]
         timings[name] = time.perf_counter() - started
         assert page.total >= 0
+    for i in range(0, 100_000, 100):  # 1,000 agents move, then the snapshot follows
+        catalog.load([record(kinds[i % 4], f"agent-{i:06d}", "node-moved", epoch=2)])
+    started = time.perf_counter()
+    assert catalog.query(node="node-moved").total == 1000
+    timings["resort after 1,000 changes"] = time.perf_counter() - started
     assert catalog.query(text="agent-0999").total == 100
     assert catalog.query(kind="Twin", node="node-3").total == len(
         [i for i in range(100_000) if i % 4 == 2 and i % 7 == 3]
     )
-    print(f"100k agents: first sort {sort_s * 1000:.0f} ms; " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in timings.items()))
+    print(
+        f"100k agents: first sort {sort_s * 1000:.0f} ms; "
+        + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in timings.items())
+    )
     # Generous bounds for a loaded 2-core machine; measured ~10-40 ms each.
     assert sort_s < 2.0
     assert max(timings.values()) < 0.5, timings
