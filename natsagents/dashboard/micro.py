@@ -255,10 +255,16 @@ def kind_details(totals: Iterable[EndpointTotals]) -> dict[str, dict[str, Any]]:
         hot.setdefault(t.kind, []).extend(t.hot)
     for kind, agents in hot.items():
         agents.sort(key=lambda a: (a.recent + a.backlog + a.busy, a.agent), reverse=True)
-        out[kind]["hot"] = [
-            {"agent": a.agent, "node": a.node, "recent": a.recent, "backlog": a.backlog, "busy": a.busy}
-            for a in agents[:MAX_HOT]
-        ]
+        rows: list[dict[str, Any]] = []
+        listed: set[str] = set()
+        for a in agents:  # an agent two nodes report (it just moved) is listed once, the busier
+            if a.agent in listed:
+                continue
+            listed.add(a.agent)
+            rows.append({"agent": a.agent, "node": a.node, "recent": a.recent, "backlog": a.backlog, "busy": a.busy})
+            if len(rows) == MAX_HOT:
+                break
+        out[kind]["hot"] = rows
     for row in out.values():
         row["nodes"].sort()
     return out

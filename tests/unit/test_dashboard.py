@@ -74,7 +74,15 @@ def test_endpoint_data_gives_backlog_and_hottest_agents() -> None:
     ]
     replies = [
         stats("n1", [with_data("na.agent.Counter.*", {"agents": 3, "backlog": 2, "busy": 1, "hot": hot_n1})]),
-        stats("n2", [with_data("na.agent.Counter.*", {"backlog": 5, "hot": [{"agent": "Counter/z", "recent": 4}]})]),
+        stats(
+            "n2",
+            [
+                with_data(
+                    "na.agent.Counter.*",
+                    {"backlog": 5, "hot": [{"agent": "Counter/z", "recent": 4}, {"agent": "Counter/a", "recent": 1}]},
+                )
+            ],
+        ),
         stats("n3", [with_data("na.agent.Keeper.*", "not a map")]),
         stats("n4", [with_data("na.agent.Keeper.*", {"hot": [{"agent": "x" * 301}] * 50})]),
     ]
