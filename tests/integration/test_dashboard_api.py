@@ -83,10 +83,15 @@ async def test_overview_nodes_agents_and_state(mesh_factory: MeshFactory, dashbo
     absent = await get_json(port, "/api/agent?agent=Counter/nobody")
     assert absent == {"agent": "Counter/nobody", "record": None, "state": None}
 
+    async def plotted() -> bool:  # the members are read before the sample's point is added
+        points = (await get_json(port, "/api/series"))["points"]
+        return bool(points) and set(points[-1]["nodes"]) == {"n1", "n2"}
+
+    await wait_for(plotted, timeout=10, interval=0.05, what="both nodes in the series")
     series = await get_json(port, "/api/series")
-    assert series["interval"] == 0.2 and series["points"]
+    assert series["interval"] == 0.2
     last = series["points"][-1]
-    assert set(last["nodes"]) == {"n1", "n2"} and last["nodes"]["n1"]["live"] is True
+    assert last["nodes"]["n1"]["live"] is True and last["nodes"]["n1"]["agents"] is not None
 
     page_html = await http(port, "GET", "/")
     assert page_html.status == 200 and page_html.headers["content-type"].startswith("text/html")

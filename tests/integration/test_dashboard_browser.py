@@ -11,6 +11,7 @@ letter, and saves screenshots to ``tests/artifacts/`` (printed; the folder is gi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from natsagents import Mesh
 from natsagents.dashboard import Dashboard
 from natsagents.testing import wait_for
 from natsagents.testing.plugin import MeshFactory
@@ -85,30 +87,54 @@ async def until(check: Callable[[], Any], what: str, timeout: float = 10.0) -> N
 async def test_dashboard_in_chromium(
     mesh_factory: MeshFactory, browser: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
-
-    started = time.monotonic()
     Ledger.broken = True
     n1, n2 = await cluster(mesh_factory, "n1", "n2", durable=True)
     for i in range(12):
         await n1.ref(f"Counter/c{i:02d}").call("add", by=i + 1)
     await n1.ref("Ledger/l-0").with_options(delivery="at_least_once").send("poison", params={"note": "bad batch"})
     client = await mesh_factory(name="dashboard")
+    caller = await mesh_factory(name="caller")
+
+    async def traffic() -> None:  # a light, steady load, so that the per-kind plots have a line
+        while True:
+            await asyncio.gather(*(caller.ref(f"Counter/c{i:02d}").call("get") for i in range(12)))
+            await asyncio.sleep(0.05)
+
+    load = asyncio.get_running_loop().create_task(traffic())
+    try:
+        shot, took = await drive(browser, client, n1, n2)
+    finally:
+        load.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await load
+    with capsys.disabled():  # shown in a quiet run too
+        print(f"\ndashboard screenshots: {shot} (+ dashboard-agent.png, dashboard-dead-letter.png); {took:.1f} s")
+
+
+async def drive(browser: Any, client: Mesh, n1: Mesh, n2: Mesh) -> tuple[Path, float]:
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    started = time.monotonic()
     find = browser.find_element
     rows = browser.find_elements
 
     def text(css: str) -> str:
         return str(find(By.CSS_SELECTOR, css).text)
 
-    def click_now(css: str) -> None:
-        element = find(By.CSS_SELECTOR, css)
-        # Centred, so that the sticky top bar never covers what is clicked.
-        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
-        element.click()
+    def click_now(css: str) -> bool:
+        try:
+            element = find(By.CSS_SELECTOR, css)
+            # Centred, so that the sticky top bar never covers what is clicked.
+            browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+            element.click()
+        except StaleElementReferenceException:
+            return False  # the live table was redrawn between finding and clicking: again
+        return True
 
     async def click(css: str) -> None:
-        await asyncio.to_thread(click_now, css)
+        await until(lambda: click_now(css), f"clicked {css}", 5)
 
     async with Dashboard(client, port=0, interval=0.5) as dashboard:
         await asyncio.to_thread(browser.get, dashboard.url)
@@ -153,7 +179,7 @@ async def test_dashboard_in_chromium(
         await click("#confirm-ok")
 
         async def moved() -> bool:
-            return {r.address: r.node for r in await n1.agents()}["Counter/c07"] == target
+            return {r.address: r.node for r in await n1.agents()}.get("Counter/c07") == target
 
         await wait_for(moved, timeout=10, interval=0.05, what="Counter/c07 moved")
         assert await n2.ref("Counter/c07").call("get") == 8
@@ -193,5 +219,4 @@ async def test_dashboard_in_chromium(
         errors = [e for e in await asyncio.to_thread(browser.get_log, "browser") if e.get("level") == "SEVERE"]
         assert errors == [], errors
     took = time.monotonic() - started
-    with capsys.disabled():
-        print(f"\ndashboard screenshots: {shot} (+ dashboard-agent.png, dashboard-dead-letter.png); {took:.1f} s")
+    return shot, took

@@ -54,6 +54,7 @@
 
   function fmtNum(n, digits) {
     if (typeof n !== "number" || !isFinite(n)) return "–";
+    if (n === 0) return "0";
     if (Math.abs(n) >= 100) return Math.round(n).toLocaleString("en-US");
     return n.toFixed(digits === undefined ? (Math.abs(n) >= 10 ? 1 : 2) : digits);
   }
@@ -97,8 +98,17 @@
     setTimeout(() => t.remove(), bad ? 8000 : 4500);
   }
 
+  // Rows that did not change stay in the page (a click or a selection on them is not lost
+  // to the next refresh); only changed rows are replaced.
   function setRows(tbody, rows, emptyText, columns) {
-    tbody.replaceChildren(...(rows.length ? rows : [el("tr", { class: "empty" }, el("td", { colspan: columns, text: emptyText }))]));
+    const wanted = rows.length ? rows : [el("tr", { class: "empty" }, el("td", { colspan: columns, text: emptyText }))];
+    const old = Array.from(tbody.rows);
+    wanted.forEach((row, i) => {
+      const current = old[i];
+      if (!current) tbody.append(row);
+      else if (!current.isEqualNode(row)) current.replaceWith(row);
+    });
+    for (const extra of old.slice(wanted.length)) extra.remove();
   }
 
   // -- the API --------------------------------------------------------------------
@@ -340,13 +350,13 @@
   function makeCharts() {
     charts = {
       rate: new Charts.LineChart($("chart-rate"), $("legend-rate"), {
-        empty: "No request figures yet (nodes' $SRV.STATS)", format: (v) => fmtNum(v) + "/s", axis: (v) => fmtNum(v, v < 10 ? 1 : 0),
+        empty: "No request figures yet (nodes' $SRV.STATS)", format: (v) => fmtNum(v) + "/s",
       }),
       latency: new Charts.LineChart($("chart-latency"), $("legend-latency"), {
-        empty: "No request figures yet", format: (v) => fmtNum(v) + " ms", axis: (v) => fmtNum(v, v < 10 ? 1 : 0),
+        empty: "No request figures yet", format: (v) => fmtNum(v) + " ms",
       }),
       agents: new Charts.LineChart($("chart-agents"), $("legend-agents"), {
-        empty: "No heartbeats yet", format: (v) => fmtInt(v), axis: (v) => fmtInt(v),
+        empty: "No heartbeats yet", format: (v) => fmtInt(v),
       }),
     };
   }

@@ -78,7 +78,7 @@
         ctx.moveTo(pad.left, yy);
         ctx.lineTo(width - pad.right, yy);
         ctx.stroke();
-        ctx.fillText(this.options.axis(tick), pad.left - 6, yy);
+        ctx.fillText(formatTick(tick, ticks[1] - ticks[0]), pad.left - 6, yy);
       }
       // x labels: about one every 120 px
       ctx.textAlign = "center";
@@ -123,5 +123,14 @@
     return ticks;
   }
 
-  window.NatsagentsCharts = { LineChart: LineChart, niceTicks: niceTicks };
+  // As many decimals as the step between ticks needs (0.025 → 3), thousands grouped.
+  function formatTick(value, step) {
+    let decimals = 0;
+    while (decimals < 6 && Math.abs(step * Math.pow(10, decimals) - Math.round(step * Math.pow(10, decimals))) > 1e-9) {
+      decimals += 1;
+    }
+    return value.toLocaleString("en-US", { minimumFractionDigits: decimals, maximumFractionDigits: decimals });
+  }
+
+  window.NatsagentsCharts = { LineChart: LineChart, niceTicks: niceTicks, formatTick: formatTick };
 })();
