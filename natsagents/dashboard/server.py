@@ -114,7 +114,7 @@ def _is_loopback(host: str) -> bool:
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 
@@ -122,7 +122,7 @@ def _is_loopback(host: str) -> bool:
 def _host_name(value: str) -> str:
     """The host part of a ``Host`` header (``[::1]:8080`` → ``::1``)."""
     if value.startswith("["):
-        return value[1 : value.find("]")] if "]" in value else value
+        return value[1 : value.find("]")] if "]" in value else ""  # malformed: no host
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 

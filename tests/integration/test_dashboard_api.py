@@ -310,6 +310,29 @@ async def test_migrate_and_drain_through_the_api(mesh_factory: MeshFactory, dash
     assert all(r.node != target for r in await n1.agents())
 
 
+@pytest.mark.skipif(not hasattr(Mesh, "undrain"), reason="this SDK has no Mesh.undrain: the page offers no undrain")
+async def test_undrain_through_the_api(mesh_factory: MeshFactory, dashboard: Dashboard) -> None:
+    n1, _ = await cluster(mesh_factory, "n1", "n2")
+    port = dashboard.port
+    overview = await get_json(port, "/api/overview")
+    assert overview["features"]["undrain"] is True
+
+    async def listed() -> bool:
+        return {"n1", "n2"} <= set(await overview_nodes(port))
+
+    await wait_for(listed, timeout=10, interval=0.05, what="both nodes listed")
+    assert (await http(port, "POST", "/api/drain", body={"node": "n1"})).status == 200
+
+    async def draining(flag: bool) -> bool:
+        return bool((await overview_nodes(port))["n1"]["draining"]) is flag
+
+    await wait_for(lambda: draining(True), timeout=15, interval=0.05, what="n1 draining")
+    response = await http(port, "POST", "/api/undrain", body={"node": "n1"})
+    assert response.status == 200 and response.json()["action"]["status"] == "ok", response
+    await wait_for(lambda: draining(False), timeout=15, interval=0.05, what="n1 taking agents again")
+    assert n1.cluster_node is not None and not n1.cluster_node.draining
+
+
 async def test_dead_letters_listed_replayed_and_deleted(mesh_factory: MeshFactory, dashboard: Dashboard) -> None:
     (node,) = await cluster(mesh_factory, "n1", durable=True)
     port = dashboard.port

@@ -15,6 +15,7 @@ from natsagents.cluster.directory import DirectoryRecord, Status
 from natsagents.dashboard.catalog import AgentCatalog
 from natsagents.dashboard.micro import EndpointTotals, RateTracker, kind_details, parse_stats
 from natsagents.dashboard.preview import preview
+from natsagents.dashboard.server import _host_name, _is_loopback
 from natsagents.transport.kv import Entry
 from natsagents.wire.ids import agent_key
 
@@ -273,3 +274,11 @@ def test_parse_http() -> None:
     for bad in ("8470", "host:", "host:99999", "host:-1", "host:http"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_http(bad)
+
+
+def test_loopback_host_names() -> None:
+    """A dashboard on loopback answers only Host headers naming loopback (DNS rebinding)."""
+    for host in ("127.0.0.1:8470", "localhost:8470", "localhost", "[::1]:8470", "127.8.9.10", "app.localhost:1"):
+        assert _is_loopback(_host_name(host)), host
+    for host in ("evil.example:8470", "10.0.0.1:8470", "[2001:db8::1]:80", "localhost.evil.example", "", "[::1"):
+        assert not _is_loopback(_host_name(host)), host
