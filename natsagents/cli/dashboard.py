@@ -5,6 +5,7 @@ It connects like every command (``--servers``, ``--context``, credentials, TLS:
 picks a free one) and prints ``dashboard on http://HOST:PORT/`` once serving. The page
 has no authentication of its own: keep it on loopback or behind an authenticating proxy
 (docs/security.md). Unlike one-shot commands it reconnects to NATS for as long as it runs.
+``--identity SEED_FILE`` signs what it sends, for nodes that obey only trusted operators.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import signal
 import sys
 
+from ..wire.identity import Identity
 from ..wire.subjects import validate_prefix
 from .main import Exit, _positive_float, add_connection_options, command, open_mesh
 
@@ -48,6 +50,13 @@ def _options(parser: argparse.ArgumentParser) -> None:
         default=2.0,
         help="seconds between samples of the members and the request figures (default: 2)",
     )
+    parser.add_argument(
+        "--identity",
+        metavar="SEED_FILE",
+        default=None,
+        help="sign what the dashboard sends with this user nkey seed (a .nk file of 'natsagents auth', or a "
+        ".creds file): nodes started with trusted operators obey only signed control requests",
+    )
     add_connection_options(parser)
 
 
@@ -62,10 +71,11 @@ def _options(parser: argparse.ArgumentParser) -> None:
 )
 def _dashboard(args: argparse.Namespace) -> int:
     validate_prefix(args.prefix)
-    return asyncio.run(_serve(args))
+    identity = Identity.from_seed(args.identity) if args.identity is not None else None
+    return asyncio.run(_serve(args, identity))
 
 
-async def _serve(args: argparse.Namespace) -> int:
+async def _serve(args: argparse.Namespace, identity: Identity | None) -> int:
     from ..dashboard import Dashboard
 
     loop = asyncio.get_running_loop()
@@ -75,7 +85,7 @@ async def _serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         # As a node: wait up to --connect-timeout for a server, then reconnect as long as it runs.
-        async with open_mesh(args, fail_fast=False) as mesh:
+        async with open_mesh(args, fail_fast=False, identity=identity) as mesh:
             host, port = args.http
             dashboard = Dashboard(mesh, host=host, port=port, interval=args.interval)
             try:

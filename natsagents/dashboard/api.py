@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..cluster.directory import DirectoryRecord, Status
 from ..cluster.settings import STRATEGIES, validate_node_id
@@ -492,7 +492,8 @@ class Api:
     async def _undrain(self, params: _Params, raw: bytes) -> Any:
         params.done()
         node = self._node_param(raw)
-        undrain: Callable[..., Awaitable[Any]] = self._mesh.undrain  # type: ignore[attr-defined]
+        # Present from the SDK version that can undrain (the route exists only then).
+        undrain: Callable[..., Awaitable[Any]] = cast(Any, self._mesh).undrain
 
         async def run() -> Any:
             return await undrain(node, timeout=self._action_timeout)

@@ -5,9 +5,17 @@ refuses bad usage."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import signal
+from pathlib import Path
 
+import nkeys
+import pytest
+
+from natsagents import ClusterSettings
 from natsagents.testing.plugin import MeshFactory
+from tests.agents import Counter
 from tests.cli.test_cli import CLI, background, free_port, read_until, run_cli
 from tests.dashboard_helpers import cluster, get_json, http
 
@@ -38,6 +46,8 @@ async def test_dashboard_usage_errors(nats_url: str) -> None:
     assert bad_http[0] == 2 and "expected HOST:PORT" in bad_http[2]
     bad_prefix = await run_cli("dashboard", "--prefix", "a b", "--servers", nats_url)
     assert bad_prefix[0] == 2
+    no_seed = await run_cli("dashboard", "--identity", "/nonexistent/ops.nk", "--servers", nats_url)
+    assert no_seed[0] == 2 and "nkey seed" in no_seed[2]
     port = free_port()
     refused = await run_cli("dashboard", "--servers", f"nats://127.0.0.1:{port}", "--connect-timeout", "1")
     assert refused[0] == 3
@@ -50,3 +60,47 @@ async def test_dashboard_usage_errors(nats_url: str) -> None:
         blocker.close()
         await blocker.wait_closed()
     assert rc == 2 and f"cannot listen on 127.0.0.1:{taken}" in err
+
+
+@pytest.mark.skipif(
+    "trusted_operators" not in {f.name for f in dataclasses.fields(ClusterSettings)},
+    reason="this SDK's nodes do not check operator signatures",
+)
+async def test_dashboard_signs_control_requests_with_its_identity(
+    mesh_factory: MeshFactory, nats_url: str, mesh_prefix: str, tmp_path: Path
+) -> None:
+    """A node that obeys only a trusted operator: the dashboard started with that
+    operator's seed drains it; one without an identity is refused (403, unauthorized)."""
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode()
+    public = nkeys.from_seed(bytearray(seed.encode())).public_key.decode()
+    (tmp_path / "ops.nk").write_text(seed + "\n")
+    settings = ClusterSettings(node_id="n1", lease=1.5, rebalance=False, trusted_operators=[public])  # type: ignore[call-arg]
+    node = await mesh_factory(name="n1", cluster=settings)
+    await node.host(Counter)
+    base = (*CLI, "dashboard", "--http", "127.0.0.1:0", "--interval", "0.2", "--servers", nats_url)
+
+    async def drain_with(*extra: str) -> tuple[int, dict[str, object]]:
+        async with background(*base, "--prefix", mesh_prefix, *extra) as proc:
+            url = (await read_until(proc, "dashboard on "))[-1].removeprefix("dashboard on ")
+            port = int(url.rsplit(":", 1)[1].rstrip("/"))
+            for _ in range(100):
+                if (await get_json(port, "/api/overview"))["nodes"]:
+                    break
+                await asyncio.sleep(0.05)
+            drained = await http(port, "POST", "/api/drain", body={"node": "n1"})
+            assert drained.status == 200
+            for _ in range(200):
+                actions = (await get_json(port, "/api/overview"))["actions"]
+                if actions and actions[0]["status"] != "running":
+                    break
+                await asyncio.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 10) == 0
+            return drained.status, actions[0]
+
+    _, unsigned = await drain_with()
+    assert unsigned["status"] == "failed" and unsigned["error"]["code"] == "unauthorized"  # type: ignore[index]
+    assert node.cluster_node is not None and not node.cluster_node.draining
+    _, signed = await drain_with("--identity", str(tmp_path / "ops.nk"))
+    assert signed["status"] == "ok", signed
+    assert node.cluster_node.draining
