@@ -127,6 +127,10 @@ async def test_pagination_over_2000_agents(mesh_factory: MeshFactory, mesh_prefi
         await asyncio.gather(
             *(bucket.put(agent_key(r.kind, r.agent_id), r.to_wire()) for r in records[start : start + 200])
         )
+    # Garbage anyone with write access could put there: skipped and counted, never shown.
+    await bucket.put("Counter.garbage", b"\xc1\xc1")
+    await bucket.put("Counter.other", records[1].to_wire())  # a record stored under another key
+    await bucket.put("1kind.x", records[1].to_wire())  # not an agent key
     async with Dashboard(client, port=0, interval=0.5) as d:
         await d.catalog.wait_ready(10)
 
@@ -148,8 +152,9 @@ async def test_pagination_over_2000_agents(mesh_factory: MeshFactory, mesh_prefi
         assert search["total"] == 50 and all(a["kind"] == "Counter" and "a-01" in a["id"] for a in search["items"])
         node = await get_json(d.port, "/api/agents?node=node-3&offset=390&limit=50")
         assert node["total"] == 400 and len(node["items"]) == 10
-        counts = (await get_json(d.port, "/api/overview"))["counts"]
-        assert counts["kind"] == {"Counter": 1000, "Session": 1000}
+        overview = await get_json(d.port, "/api/overview")
+        assert overview["counts"]["kind"] == {"Counter": 1000, "Session": 1000}
+        assert overview["catalog"] == {"ready": True, "agents": 2000, "rejected": 3}
         print(f"2,000 agents: {per_page_ms:.1f} ms per 200-agent page over HTTP")
 
 

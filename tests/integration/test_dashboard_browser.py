@@ -29,6 +29,7 @@ from tests.dashboard_helpers import Ledger, cluster
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+XSS = '<img src=x onerror="window.__xss=1">'
 
 pytestmark = pytest.mark.skipif(
     not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
@@ -91,6 +92,7 @@ async def test_dashboard_in_chromium(
     n1, n2 = await cluster(mesh_factory, "n1", "n2", durable=True)
     for i in range(12):
         await n1.ref(f"Counter/c{i:02d}").call("add", by=i + 1)
+    await n1.ref("Counter", XSS).call("add", by=1)  # an id is any text: the page must show it as text
     await n1.ref("Ledger/l-0").with_options(delivery="at_least_once").send("poison", params={"note": "bad batch"})
     client = await mesh_factory(name="dashboard")
     caller = await mesh_factory(name="caller")
@@ -141,7 +143,7 @@ async def drive(browser: Any, client: Mesh, n1: Mesh, n2: Mesh) -> tuple[Path, f
 
         # Overview: both nodes listed with their agent counts, then the plots have points.
         await until(lambda: len(rows(By.CSS_SELECTOR, "#nodes-table tr[data-node]")) == 2, "two nodes listed")
-        await until(lambda: text("#stat-agents") == "13", "13 agents counted (12 Counters, the Ledger)")
+        await until(lambda: text("#stat-agents") == "14", "14 agents counted (13 Counters, the Ledger)")
         await until(lambda: "live" in text("#conn-text"), "the page is live")
         await until(lambda: text("#stat-dlq") == "1", "the dead letter counted")
         assert text("#stat-nodes") == "2 / 2"
@@ -152,7 +154,10 @@ async def drive(browser: Any, client: Mesh, n1: Mesh, n2: Mesh) -> tuple[Path, f
 
         # Agents: the table fills; a search narrows it to one agent; its state opens.
         await click('a[data-tab="agents"]')
-        await until(lambda: len(rows(By.CSS_SELECTOR, "#agents-table tr[data-agent]")) == 13, "13 agents listed")
+        await until(lambda: len(rows(By.CSS_SELECTOR, "#agents-table tr[data-agent]")) == 14, "14 agents listed")
+        assert f"Counter/{XSS}" in text("#agents-table")  # shown as text, not markup
+        assert browser.execute_script("return window.__xss") is None
+        assert rows(By.CSS_SELECTOR, "#agents-table img") == []
         await asyncio.to_thread(lambda: find(By.ID, "agent-search").send_keys("c07"))
         await until(
             lambda: (
