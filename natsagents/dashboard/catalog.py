@@ -24,7 +24,7 @@ from ..errors import NatsAgentsError
 from ..tasks import TaskGroup
 from ..transport import Transport
 from ..transport.kv import Entry, open_bucket
-from ..wire.ids import agent_key, parse_agent_key
+from ..wire.ids import agent_key
 from ..wire.subjects import bucket_name
 
 __all__ = ["AgentCatalog", "AgentPage"]
@@ -138,8 +138,7 @@ class AgentCatalog:
         a purge or a record that fails validation removes it."""
         record: DirectoryRecord | None = None
         if entry.operation == "put":
-            try:
-                parse_agent_key(entry.key)
+            try:  # with the key: the record's kind and id must be the key's
                 record = DirectoryRecord.from_wire(entry.value, key=entry.key)
             except (NatsAgentsError, ValueError):
                 self.rejected += 1
