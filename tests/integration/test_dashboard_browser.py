@@ -225,6 +225,11 @@ async def drive(browser: Any, client: Mesh, n1: Mesh, n2: Mesh) -> tuple[Path, f
         await asyncio.to_thread(browser.save_screenshot, str(ARTIFACTS / "dashboard-dead-letter.png"))
         await click("#letter-close")
 
+        # The activity list says what was done.
+        await click('a[data-tab="activity"]')
+        await until(lambda: f"from {owner} to {target}, paused" in text("#activity-table"), "the migration is listed")
+        assert "moved " in text("#activity-table")  # the drain's summary
+
         # Back to the overview for the main screenshot (plots with a few points).
         await click('a[data-tab="overview"]')
         await until(lambda: "0" == text(f'#nodes-table tr[data-node="{owner}"] td.num'), "the drained node is empty")

@@ -573,12 +573,21 @@
 
   // -- activity -------------------------------------------------------------------
 
+  function summarize(action, r) {
+    if (!r || typeof r !== "object") return "";
+    if (action === "migrate" && "to" in r) {
+      return r.moved === false ? "already on " + r.to : "from " + r.from + " to " + r.to + ", paused " + fmtNum(r.pause_ms, 1) + " ms";
+    }
+    if (action === "drain" && "moved" in r) return "moved " + fmtInt(r.moved) + ", stopped " + fmtInt(r.stopped);
+    if (action === "replay" && "inbox_seq" in r) return "republished as inbox seq " + r.inbox_seq;
+    if (action === "delete") return "deleted";
+    return JSON.stringify(r);
+  }
+
   function renderActivity(actions) {
     const rows = actions.map((a) => {
       const badge = a.status === "ok" ? "ok" : a.status === "failed" ? "bad" : "info";
-      let result = "";
-      if (a.error) result = a.error.code + ": " + a.error.message;
-      else if (a.result && typeof a.result === "object") result = JSON.stringify(a.result);
+      const result = a.error ? a.error.code + ": " + a.error.message : summarize(a.action, a.result);
       return el("tr", null,
         el("td", { class: "num", text: String(a.id) }),
         el("td", { text: a.action }),
@@ -586,7 +595,7 @@
         el("td", null, el("span", { class: "badge " + badge, text: a.status })),
         el("td", { text: fmtTime(a.started) }),
         el("td", { class: "num", text: a.ended ? fmtNum(a.ended - a.started, 2) + " s" : "…" }),
-        el("td", { class: "reason mono", title: result, text: result || "–" }),
+        el("td", { class: "reason", title: result, text: result || "–" }),
       );
     });
     setRows($("activity-table").tBodies[0], rows, "No actions yet", 7);
