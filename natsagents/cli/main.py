@@ -104,10 +104,10 @@ _COMMANDS: dict[str, Command] = {}
 #: Modules whose import registers commands (this one registers server, call and send).
 COMMAND_MODULES: tuple[str, ...] = (
     "natsagents.cli.demo",
+    "natsagents.cli.dashboard",
     "natsagents.cli.cluster",
     "natsagents.cli.delivery",
     "natsagents.cli.auth",
-    "natsagents.cli.dashboard",
 )
 
 
