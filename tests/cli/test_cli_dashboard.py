@@ -42,24 +42,25 @@ async def test_dashboard_serves_until_sigterm(mesh_factory: MeshFactory, nats_ur
 
 
 async def test_dashboard_usage_errors(nats_url: str) -> None:
-    bad_http = await run_cli("dashboard", "--http", "nowhere", "--servers", nats_url)
-    assert bad_http[0] == 2 and "expected HOST:PORT" in bad_http[2]
-    bad_prefix = await run_cli("dashboard", "--prefix", "a b", "--servers", nats_url)
-    assert bad_prefix[0] == 2
-    no_seed = await run_cli("dashboard", "--identity", "/nonexistent/ops.nk", "--servers", nats_url)
-    assert no_seed[0] == 2 and "nkey seed" in no_seed[2]
     port = free_port()
-    refused = await run_cli("dashboard", "--servers", f"nats://127.0.0.1:{port}", "--connect-timeout", "1")
-    assert refused[0] == 3
-    # The address is taken: a usage error, said plainly.
     blocker = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
     taken = blocker.sockets[0].getsockname()[1]
     try:
-        rc, _, err = await run_cli("dashboard", "--http", f"127.0.0.1:{taken}", "--servers", nats_url)
+        bad_http, bad_prefix, no_seed, refused, busy = await asyncio.gather(
+            run_cli("dashboard", "--http", "nowhere", "--servers", nats_url),
+            run_cli("dashboard", "--prefix", "a b", "--servers", nats_url),
+            run_cli("dashboard", "--identity", "/nonexistent/ops.nk", "--servers", nats_url),
+            run_cli("dashboard", "--servers", f"nats://127.0.0.1:{port}", "--connect-timeout", "1"),
+            run_cli("dashboard", "--http", f"127.0.0.1:{taken}", "--servers", nats_url),  # the address is taken
+        )
     finally:
         blocker.close()
         await blocker.wait_closed()
-    assert rc == 2 and f"cannot listen on 127.0.0.1:{taken}" in err
+    assert bad_http[0] == 2 and "expected HOST:PORT" in bad_http[2]
+    assert bad_prefix[0] == 2
+    assert no_seed[0] == 2 and "nkey seed" in no_seed[2]
+    assert refused[0] == 3
+    assert busy[0] == 2 and f"cannot listen on 127.0.0.1:{taken}" in busy[2]
 
 
 @pytest.mark.skipif(
