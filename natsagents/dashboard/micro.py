@@ -28,7 +28,16 @@ from ..errors import InvalidAddress
 from ..transport import Inbound, Transport
 from ..wire.ids import validate_kind
 
-__all__ = ["EndpointTotals", "HotAgent", "KindRates", "RateTracker", "gather_stats", "kind_details", "parse_stats"]
+__all__ = [
+    "STATS_SUBJECT",
+    "EndpointTotals",
+    "HotAgent",
+    "KindRates",
+    "RateTracker",
+    "gather_stats",
+    "kind_details",
+    "parse_stats",
+]
 
 #: natsagents nodes register the service ``natsagents`` (observability/micro.py).
 STATS_SUBJECT = "$SRV.STATS.natsagents"

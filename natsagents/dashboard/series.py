@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..cluster.view import NodeStatus
 from ..delivery.settings import dlq_stream
-from ..errors import JetStreamError, NatsAgentsError, StreamNotFound
+from ..errors import JetStreamError, NatsAgentsError, StreamNotFound, Unauthorized
 from ..tasks import TaskGroup
 from ..transport.kv import api_request
-from .micro import RateTracker, gather_stats, kind_details, parse_stats
+from .micro import STATS_SUBJECT, RateTracker, gather_stats, kind_details, parse_stats
 
 if TYPE_CHECKING:
     from ..mesh import Mesh
@@ -32,6 +32,11 @@ log = logging.getLogger("natsagents.dashboard")
 
 _STREAM_NOT_FOUND = 10059
 _LOG_EVERY = 60.0  # seconds between two warnings about the same failing source
+_HOLD_REFUSED = 60.0  # seconds a source the server refused us is left alone
+
+
+class _Skipped(Exception):
+    """A source held off after a refusal: this sample keeps its last figures and error."""
 
 
 def node_json(status: NodeStatus) -> dict[str, Any]:
@@ -83,6 +88,7 @@ class Sampler:
         self.errors: dict[str, str] = {}
         self._rates = RateTracker()
         self._logged: dict[str, float] = {}
+        self._held: dict[str, float] = {}  # source → monotonic time before which it is not read
         self._tasks = TaskGroup("dashboard sampler", log)
         self._wake = asyncio.Event()
 
@@ -108,9 +114,17 @@ class Sampler:
                 except TimeoutError:
                     pass
 
+    def _asks(self, source: str) -> bool:
+        """Whether to read ``source`` in this sample (not while a refusal holds it off)."""
+        return time.monotonic() >= self._held.get(source, 0.0)
+
     def _failed(self, source: str, exc: BaseException) -> None:
         self.errors[source] = f"{type(exc).__name__}: {exc}"
         now = time.monotonic()
+        if isinstance(exc, Unauthorized):
+            # The permissions will not change within seconds: ask again in a while, not in
+            # every sample (each refusal is a warning here and a violation in the server's log).
+            self._held[source] = now + _HOLD_REFUSED
         if now - self._logged.get(source, -_LOG_EVERY) >= _LOG_EVERY:
             self._logged[source] = now
             log.warning("dashboard: reading %s failed: %s", source, exc)
@@ -135,8 +149,20 @@ class Sampler:
                     "memory": _number(load, "memory"),
                     "backlog": _number(load, "mailbox_backlog"),
                 }
+        transport = self._mesh.transport
+        refused_before = transport.permission_errors
         try:
-            replies = await gather_stats(self._mesh.transport, window=self._stats_window)
+            if not self._asks("services"):
+                raise _Skipped
+            replies = await gather_stats(transport, window=self._stats_window)
+            if (
+                not replies
+                and transport.permission_errors > refused_before
+                and STATS_SUBJECT.lower() in str(transport.last_error).lower()  # nats-py lowercases it
+            ):
+                raise Unauthorized(f"the NATS server does not allow this connection to publish to {STATS_SUBJECT}")
+        except _Skipped:
+            pass
         except Exception as exc:
             self._failed("services", exc)
         else:
@@ -149,7 +175,11 @@ class Sampler:
                 for kind, r in sorted(rates.items())
             }
         try:
+            if not self._asks("dead letters"):
+                raise _Skipped
             self.dead_letters = await self._dead_letter_count()
+        except _Skipped:
+            pass
         except Exception as exc:
             self._failed("dead letters", exc)
         else:
