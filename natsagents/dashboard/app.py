@@ -6,6 +6,7 @@ import contextlib
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from ..errors import ConfigurationError
 from .api import Api
 from .catalog import AgentCatalog
 from .series import Sampler
@@ -33,6 +34,9 @@ class Dashboard:
         history: seconds of plot points kept.
         action_timeout: seconds a migration or a dead-letter operation may take.
         drain_timeout: seconds a drain may take.
+
+    Raises:
+        ConfigurationError: an interval or history that is not a positive number, a bad port.
     """
 
     def __init__(
@@ -46,6 +50,11 @@ class Dashboard:
         action_timeout: float = 30.0,
         drain_timeout: float = 300.0,
     ) -> None:
+        for name, value in (("interval", interval), ("history", history)):
+            if not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ConfigurationError(f"{name} must be a number of seconds > 0, not {value!r}")
+        if not 0 <= port <= 65535:
+            raise ConfigurationError(f"port must be within 0..65535, not {port}")
         self.mesh = mesh
         self.host = host
         self.port = port

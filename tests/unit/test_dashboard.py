@@ -12,10 +12,12 @@ import pytest
 
 from natsagents.cli.dashboard import parse_http
 from natsagents.cluster.directory import DirectoryRecord, Status
+from natsagents.dashboard import Dashboard
 from natsagents.dashboard.catalog import AgentCatalog
 from natsagents.dashboard.micro import EndpointTotals, RateTracker, kind_details, parse_stats
 from natsagents.dashboard.preview import preview
 from natsagents.dashboard.server import _host_name, _is_loopback
+from natsagents.errors import ConfigurationError
 from natsagents.transport.kv import Entry
 from natsagents.wire.ids import agent_key
 
@@ -282,3 +284,9 @@ def test_loopback_host_names() -> None:
         assert _is_loopback(_host_name(host)), host
     for host in ("evil.example:8470", "10.0.0.1:8470", "[2001:db8::1]:80", "localhost.evil.example", "", "[::1"):
         assert not _is_loopback(_host_name(host)), host
+
+
+def test_dashboard_settings_are_checked() -> None:
+    for bad in ({"interval": 0}, {"interval": float("nan")}, {"history": -1}, {"port": 70000}):
+        with pytest.raises(ConfigurationError):
+            Dashboard(None, **bad)  # type: ignore[arg-type]  # refused before the mesh is used
