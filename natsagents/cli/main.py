@@ -104,6 +104,7 @@ _COMMANDS: dict[str, Command] = {}
 #: Modules whose import registers commands (this one registers server, call and send).
 COMMAND_MODULES: tuple[str, ...] = (
     "natsagents.cli.demo",
+    "natsagents.cli.dashboard",
     "natsagents.cli.cluster",
     "natsagents.cli.operate",
     "natsagents.cli.delivery",

@@ -28,6 +28,7 @@ LAYER_ORDER = [
     "delivery",
     "cluster",
     "mesh",
+    "dashboard",
     "cli",
     "testing",
 ]
