@@ -1,0 +1,205 @@
+/**
+ * Interop scenarios run by the Python suite (tests/integration/test_ts_interop.py) against
+ * a real nats-server and Python-hosted agents. Each prints one JSON line of results (the
+ * `host` scenario prints `{"ready": true}` first, then its results once stdin closes).
+ *
+ *   node dist/test/interop.js call    <url> <prefix>   the Python kind PyCounter, core NATS
+ *   node dist/test/interop.js durable <url> <prefix>   exactly-once sends to PyCounter
+ *   node dist/test/interop.js host    <url> <prefix>   host TsCounter until stdin closes
+ */
+import {
+  AgentError,
+  AgentNotFound,
+  BadRequest,
+  CallTimeout,
+  HandlerError,
+  Unavailable,
+  UnknownAction,
+  connect,
+  currentContext,
+} from "../src/index.js";
+import type { Mesh } from "../src/index.js";
+
+type Result = Record<string, unknown>;
+
+function describe(err: unknown): Result {
+  if (err instanceof AgentError) {
+    return {
+      class: err.constructor.name,
+      code: err.code,
+      message: err.message,
+      agent: err.agent,
+      action: err.action,
+      details: err.details,
+      remote: err.remote,
+      has_traceback: Boolean(err.remoteTraceback),
+    };
+  }
+  return { class: (err as Error)?.constructor?.name ?? typeof err, message: String(err) };
+}
+
+async function caught(p: Promise<unknown>): Promise<Result> {
+  try {
+    return { ok: await p };
+  } catch (err) {
+    return describe(err);
+  }
+}
+
+async function callScenario(mesh: Mesh): Promise<Result> {
+  const out: Result = {};
+  const c = mesh.agent("PyCounter", "c-1");
+  out["add"] = await c.call("add", { by: 2 });
+  const deadline = Date.now() + 5000;
+  out["request"] = await c.request("add", { by: 3 }, { deadline });
+  out["seen_deadline"] = ((await c.call("whoami", {}, { deadline })) as Result)["deadline"] === deadline / 1000;
+  await c.send("add", { by: 10 });
+  await c.send("add", { by: 100 }, { ack: false });
+  // the fire-and-forget message is queued behind nothing else: poll until it ran
+  let total = 0;
+  for (let i = 0; i < 100 && total !== 115; i++) {
+    total = (await c.call("get")) as number;
+    if (total !== 115) await new Promise((r) => setTimeout(r, 20));
+  }
+  out["after_sends"] = total;
+  out["unknown_action"] = await caught(c.call("nope"));
+  out["bad_param"] = await caught(c.call("add", { by: "two" }));
+  out["handler_error"] = await caught(c.call("fail"));
+  out["timeout"] = await caught(c.call("slow", { ms: 1500 }, { timeout: 300 }));
+  out["no_host"] = await caught(mesh.agent("NoSuchKind", "x").call("get", {}, { timeout: 300 }));
+  out["not_found"] = await caught(mesh.agent("PyLazy", "x").call("get", {}, { timeout: 2000 }));
+  const who = (await mesh.agent("PyCounter", "user@example.com/1").call("whoami", {}, {
+    traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    tracestate: "k=v",
+  })) as Result;
+  out["whoami"] = who;
+  // Trace context across hops: TS caller -> Python host -> TS host, and TS caller -> TS host -> Python host.
+  await mesh.host("TsEcho", {
+    actions: {
+      whoami: (_p, ctx) => ({ traceparent: ctx.traceparent, caller: ctx.caller, deadline: ctx.deadline }),
+      relay: async () => mesh.agent("PyCounter", "p-2").call("whoami"),
+    },
+  });
+  const trace = { traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", deadline: Date.now() + 8000 };
+  out["via_python"] = await mesh.agent("PyCounter", "p-1").call("relay", { kind: "TsEcho", id: "e-1", action: "whoami" }, trace);
+  out["via_ts"] = await mesh.agent("TsEcho", "e-2").call("relay", {}, trace);
+  out["trace_deadline"] = trace.deadline;
+  out["local_errors"] = {
+    bad_kind: await caught(Promise.resolve().then(() => mesh.agent("1bad", "x"))),
+    instance_of: {
+      unknown: (await caught(c.call("nope"))).class === UnknownAction.name,
+      classes: [BadRequest, CallTimeout, HandlerError, Unavailable, AgentNotFound].map((k) => k.name),
+    },
+  };
+  // §7.4: a request unanswered within resendAfter is published again; the host runs it once
+  const resending = await connect({ servers: process.argv[3], prefix: process.argv[4], resendAfter: 100, name: "ts-resend" });
+  try {
+    out["resend_result"] = await resending.agent("PyCounter", "slow-1").call("slow", { ms: 700 }, { timeout: 5000 });
+    out["resends"] = resending.resends;
+  } finally {
+    await resending.close();
+  }
+  return out;
+}
+
+async function durableScenario(mesh: Mesh): Promise<Result> {
+  const out: Result = {};
+  const ref = mesh.agent("PyCounter", "d-1").withOptions({ delivery: "exactly_once", timeout: 20_000 });
+  const first = await ref.call("add", { by: 1 }, { messageId: "ts-durable-1" });
+  // the same logical message again: stored once (a duplicate PubAck), the earlier result replayed
+  const again = await ref.call("add", { by: 1 }, { messageId: "ts-durable-1" });
+  const second = await ref.call("add", { by: 1 });
+  await ref.send("add", { by: 1 }); // stored; no result awaited
+  out["first"] = first;
+  out["again"] = again;
+  out["second"] = second;
+  let total = 0;
+  for (let i = 0; i < 200 && total !== 3; i++) {
+    total = (await mesh.agent("PyCounter", "d-1").call("get")) as number;
+    if (total !== 3) await new Promise((r) => setTimeout(r, 25));
+  }
+  out["total"] = total;
+  return out;
+}
+
+async function hostScenario(mesh: Mesh): Promise<Result> {
+  const stats = { adds: 0, slow: 0, starts: 0, stops: 0 };
+  await mesh.host<{ n: number }>("TsCounter", {
+    init: () => {
+      stats.starts += 1;
+      return { n: 0 };
+    },
+    onStop: () => {
+      stats.stops += 1;
+    },
+    actions: {
+      add: {
+        params: { by: { type: "int", default: 1 } },
+        handler: ({ by }, ctx) => {
+          stats.adds += 1;
+          ctx.state.n += by as number;
+          return ctx.state.n;
+        },
+      },
+      get: (_p, ctx) => ctx.state.n,
+      fail: () => {
+        throw new RangeError("boom");
+      },
+      slow_add: {
+        params: { ms: "int" },
+        handler: async ({ ms }, ctx) => {
+          stats.slow += 1;
+          await new Promise((r) => setTimeout(r, ms as number));
+          ctx.state.n += 1;
+          return ctx.state.n;
+        },
+      },
+      whoami: (_p, ctx) => ({
+        id: ctx.id,
+        agent: ctx.agent,
+        caller: ctx.caller,
+        deadline: ctx.deadline,
+        traceparent: ctx.traceparent,
+        message_id: ctx.messageId,
+      }),
+      echo: { params: { value: "any" }, handler: ({ value }) => value },
+      relay: {
+        params: { kind: "str", id: "str", action: "str" },
+        // a call made inside a handler inherits its deadline and trace context
+        handler: async ({ kind, id, action }) => mesh.agent(kind as string, id as string).call(action as string),
+      },
+      context_seen: () => currentContext()?.agent ?? null,
+    },
+  });
+  await mesh.host("TsLazy", { activateOnDemand: false, actions: { get: () => 1 } });
+  process.stdout.write(JSON.stringify({ ready: true }) + "\n");
+  await new Promise<void>((resolve) => {
+    process.stdin.on("end", resolve);
+    process.stdin.on("close", resolve);
+    process.stdin.resume();
+  });
+  const active = mesh.hosting.active();
+  const dropped = mesh.hosting.droppedReplies;
+  await mesh.close();
+  return { ...stats, active, dropped_replies: dropped };
+}
+
+async function main(): Promise<void> {
+  const [scenario, url, prefix] = process.argv.slice(2);
+  const mesh = await connect({ servers: url!, prefix: prefix!, name: "ts-interop", node: "ts-node-1" });
+  let result: Result;
+  try {
+    if (scenario === "call") result = await callScenario(mesh);
+    else if (scenario === "durable") result = await durableScenario(mesh);
+    else if (scenario === "host") result = await hostScenario(mesh);
+    else throw new Error(`unknown scenario ${scenario}`);
+  } finally {
+    await mesh.close();
+  }
+  process.stdout.write(JSON.stringify(result, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v)) + "\n");
+}
+
+main().catch((err: unknown) => {
+  process.stdout.write(JSON.stringify({ error: describe(err) }) + "\n");
+  process.exit(1);
+});
