@@ -34,7 +34,6 @@ from natsagents import (
     ClusterSettings,
     HandlerError,
     Mesh,
-    Unauthorized,
     UnknownAction,
     action,
 )
@@ -193,6 +192,13 @@ async def test_ts_durable_exactly_once_runs_once(
     assert (r["first"], r["again"], r["second"], r["total"]) == (1, 1, 2, 3)
     assert PyCounter.runs["d-1"] == 3
 
+    def handled(outcome: str) -> float:
+        return node.metrics.value("natsagents_durable_messages_total", {"kind": "PyCounter", "outcome": outcome})
+
+    # Stored once: the stream dropped the repeat (Nats-Msg-Id), so the owner never saw it.
+    await wait_for(lambda: handled("ok") >= 3, timeout=10, what="three durable messages handled")
+    assert (handled("ok"), handled("already_applied")) == (3, 0)
+
 
 @pytest.fixture
 async def ts_host(nats_url: str, mesh_prefix: str, ts_built: Path) -> AsyncIterator[asyncio.subprocess.Process]:
@@ -260,6 +266,8 @@ async def test_python_calls_a_ts_hosted_kind(
     assert await resending.ref("TsCounter", "r-1").call("slow_add", ms=700, timeout=5) == 1
     assert resending.metrics.value("natsagents_resends_total", {}) >= 3
     # Hostile input: owner-only headers without an owner proof, and a non-inbox reply subject.
+    before = await counter.call("get")
+    assert before == 8  # the timed-out slow_add ran after its caller gave up
     nc = await nats.connect(nats_url)
     try:
         subject = f"{mesh.prefix}.agent.TsCounter.t-1"
@@ -282,7 +290,7 @@ async def test_python_calls_a_ts_hosted_kind(
         await nc.flush()
     finally:
         await nc.close()
-    assert await counter.call("get") == 7  # neither ran
+    assert await counter.call("get") == before  # neither ran
     assert heard == []
     stats = await _stop(ts_host)
     assert stats["slow"] == 2  # the timed-out call and the resent one, each run once
@@ -294,7 +302,5 @@ def test_the_ts_client_unit_checks_pass(ts_built: Path) -> None:
     """The client's own checks of its pure parts (``npm test``): ids, header blocks, codec
     limits, compression, error mapping, parameters, against the protocol's examples."""
     assert NODE is not None
-    proc = subprocess.run(
-        [NODE, "--test", str(TS / "dist" / "test" / "unit.test.js")], capture_output=True, timeout=60
-    )
+    proc = subprocess.run([NODE, "--test", str(TS / "dist" / "test" / "unit.test.js")], capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stdout.decode()[-4000:]

@@ -38,7 +38,38 @@ const NIL = new Uint8Array([0xc0]);
  */
 export function encode(value: unknown): Uint8Array {
   if (value === null || value === undefined) return NIL;
-  return mpEncode(value, { useBigInt64: true, ignoreUndefined: true, maxDepth: MAX_DEPTH });
+  try {
+    // Without bigint support @msgpack/msgpack writes integral numbers as ints of any width;
+    // with it, it writes numbers beyond 32 bits as floats (Unix ms would become floats).
+    return mpEncode(value, { ignoreUndefined: true, maxDepth: MAX_DEPTH });
+  } catch (err) {
+    if (!hasBigInt(value, 0)) throw err;
+    return mpEncode(widen(value), { useBigInt64: true, ignoreUndefined: true, maxDepth: MAX_DEPTH });
+  }
+}
+
+function plainObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === "object" && !Array.isArray(v) && !ArrayBuffer.isView(v) && !(v instanceof Date);
+}
+
+function hasBigInt(v: unknown, depth: number): boolean {
+  if (typeof v === "bigint") return true;
+  if (depth > MAX_DEPTH) return false;
+  if (Array.isArray(v)) return v.some((x) => hasBigInt(x, depth + 1));
+  if (plainObject(v)) return Object.values(v).some((x) => hasBigInt(x, depth + 1));
+  return false;
+}
+
+/** A copy whose integral numbers beyond 32 bits are bigints (encoded as int64/uint64). */
+function widen(v: unknown): unknown {
+  if (typeof v === "number") return Number.isSafeInteger(v) && (v >= 2 ** 32 || v < -(2 ** 31)) ? BigInt(v) : v;
+  if (Array.isArray(v)) return v.map(widen);
+  if (plainObject(v)) {
+    const out: Record<string, unknown> = {};
+    for (const [k, x] of Object.entries(v)) out[k] = widen(x);
+    return out;
+  }
+  return v;
 }
 
 /** What a scan of a msgpack body found. */

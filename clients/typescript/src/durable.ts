@@ -5,7 +5,7 @@
  * answered "duplicate" also asks the agent for the earlier result (a replay request, §7.5).
  * A cluster node's partition owner runs the message (exactly once with `exactly_once`).
  */
-import { JetStreamApiError, JetStreamNotEnabled, RetentionPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { JetStreamApiError, RetentionPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { JetStreamClient, PubAck } from "@nats-io/jetstream";
 import type { Caller, DurablePath } from "./caller.js";
 import { CallTimeout, JetStreamError, Unavailable } from "./errors.js";
@@ -28,8 +28,12 @@ export interface DurableSettings {
   createStreams: boolean;
 }
 
+/** No stream listens on the subject: nats.js reports the publish's 503 as `JetStreamNotEnabled`. */
 function isNoStream(err: unknown): boolean {
-  return err instanceof JetStreamNotEnabled || (err instanceof JetStreamApiError && err.code === 10059);
+  return (
+    (err instanceof Error && err.name === "JetStreamNotEnabled") ||
+    (err instanceof JetStreamApiError && err.code === 10059)
+  );
 }
 
 function isTimeout(err: unknown): boolean {

@@ -99,6 +99,9 @@ test("bodies are decoded within the limits of §5.4", () => {
   assert.deepEqual(decode(encode({ a: [1, 2.5, "x", new Uint8Array([1])] })), { a: [1, 2.5, "x", new Uint8Array([1])] });
   assert.equal(decode(encode(2n ** 60n)), 2n ** 60n);
   assert.equal(decode(encode(2 ** 40)), 2 ** 40);
+  assert.equal(encode(1893456000000)[0], 0xcf); // Unix ms travel as integers, not floats
+  assert.equal(encode(-(2 ** 40))[0], 0xd3);
+  assert.deepEqual(decode(encode({ a: 2n ** 63n - 1n, b: 1893456000000, c: [2.5] })), { a: 2n ** 63n - 1n, b: 1893456000000, c: [2.5] });
   const when = new Date(1893456000123);
   assert.deepEqual(decode(encode(when)), when);
 });
@@ -148,7 +151,7 @@ test("error replies map to one class per code (§6.3)", () => {
 });
 
 test("parameters are checked as §5.3 says", () => {
-  const spec = normaliseParams("K.a", { by: { type: "int", default: 1 }, x: ["float", "nil"], name: "str" });
+  const spec = normaliseParams("K.a", { by: { type: "int", default: 1 }, x: { type: ["float", "nil"], optional: true }, name: "str" });
   assert.deepEqual(bindParams(spec, { name: "n" }), { by: 1, name: "n" });
   assert.deepEqual(bindParams(spec, { name: "n", x: 2 }), { by: 1, name: "n", x: 2 });
   const problem = (body: unknown): [string, string] => {
