@@ -18,6 +18,7 @@ import asyncio
 import json
 import shutil
 import subprocess
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -253,6 +254,8 @@ async def test_python_calls_a_ts_hosted_kind(
         await counter.call("slow_add", ms=1500, timeout=0.3)
     with pytest.raises(AgentNotFound):
         await mesh.ref("TsLazy", "x").call("get", timeout=5)
+    big = "x" * 100_000  # over compress_above (64 KiB): sent and answered compressed (§9.1)
+    assert await mesh.ref("TsCounter", "big").call("echo", value=big, timeout=5) == big
     who = await mesh.ref("TsCounter", "user@example.com").call("whoami", timeout=5)
     assert who["id"] == "user@example.com" and who["agent"] == "TsCounter/user@example.com"
     assert who["caller"] == "mesh-0" and isinstance(who["deadline"], int)
@@ -283,6 +286,40 @@ async def test_python_calls_a_ts_hosted_kind(
         async def listen(msg: Any) -> None:
             heard.append(msg)
 
+        # Each bad request gets its typed refusal and runs nothing (§4.1, §5.4, §7.5, §8, §9.1).
+        base = {"Na-Proto": "1", "Na-Action": "echo"}
+        bad_requests: list[tuple[dict[str, str], bytes, str, str]] = [
+            ({"Na-Proto": "2", "Na-Action": "add"}, b"", "bad_request", "unsupported protocol version"),
+            ({"Na-Action": "a-b"}, b"", "bad_request", "malformed Na-Action header"),
+            ({**base, "Na-Deadline": "soon"}, b"", "bad_request", "malformed Na-Deadline header"),
+            ({**base, "Na-Priority": "urgent"}, b"", "bad_request", "Na-Priority must be one of"),
+            ({**base, "Na-Deadline": "1"}, b"", "timeout", "deadline passed"),
+            (base, b"\xc1", "bad_request", "malformed msgpack body"),
+            (base, b"\x81\xa5value" + b"\x91" * 1100 + b"\xc0", "bad_request", "nested deeper than 1024 levels"),
+            (base, b"\x81\xa5value\xd4\x05\x00", "bad_request", "extension type 5 is not allowed"),
+            (
+                {**base, "Na-Encoding": "deflate"},
+                zlib.compress(b"\0" * 5_000_000),
+                "bad_request",
+                "compressed body expands beyond 4194304 bytes",
+            ),
+            ({**base, "Na-Reply-Mode": "replay", "Na-Msg-Id": "never-seen"}, b"", "unavailable", "not known here"),
+        ]
+        for headers, body, status, text in bad_requests:
+            answer = await nc.request(subject, body, headers=headers, timeout=5)
+            assert answer.headers is not None and answer.headers["Na-Status"] == status, (headers, answer.headers)
+            assert text in msgpack.unpackb(answer.data)["message"], (headers, answer.data)
+        packed = await nc.request(
+            f"{mesh.prefix}.agent.TsCounter.big",
+            zlib.compress(msgpack.packb({"value": big})),
+            headers={**base, "Na-Encoding": "deflate", "Na-Accept-Encoding": "deflate"},
+            timeout=5,
+        )
+        assert packed.headers is not None and packed.headers.get("Na-Encoding") == "deflate"
+        assert len(packed.data) < 1000 and msgpack.unpackb(zlib.decompress(packed.data)) == big
+        garbage = await nc.request(f"{mesh.prefix}.activate.TsCounter", b"\x01", timeout=5)
+        assert garbage.headers is not None and garbage.headers["Na-Status"] == "bad_request"
+        assert msgpack.unpackb(garbage.data)["agent"] == "TsCounter"
         await nc.subscribe("evil.reply", cb=listen)
         await nc.publish(
             subject, msgpack.packb({"by": 1000}), reply="evil.reply", headers={"Na-Proto": "1", "Na-Action": "add"}
@@ -295,7 +332,7 @@ async def test_python_calls_a_ts_hosted_kind(
     stats = await _stop(ts_host)
     assert stats["slow"] == 2  # the timed-out call and the resent one, each run once
     assert stats["dropped_replies"] == 1
-    assert stats["stops"] == stats["starts"] >= 4  # every agent stopped gracefully on close
+    assert stats["stops"] == stats["starts"] >= 5  # every agent stopped gracefully on close
 
 
 def test_the_ts_client_unit_checks_pass(ts_built: Path) -> None:
