@@ -124,8 +124,33 @@ class PyCounter(Agent):
         }
 
     @action
+    async def echo(self, value: Any) -> Any:
+        return value
+
+    @action
     async def relay(self, kind: str, id: str, action: str) -> Any:
         return await self.ref(kind, id).call(action)
+
+
+class PySmall(Agent):
+    """A mailbox of one: a second message while one runs is ``overloaded``."""
+
+    mailbox_size = 1
+
+    @action
+    async def slow(self, ms: int) -> int:
+        await asyncio.sleep(ms / 1000)
+        return ms
+
+
+class PyVault(Agent):
+    """Only the verified caller ``ops`` may call it: an unsigned TS call is ``unauthorized``."""
+
+    allow = ["ops"]
+
+    @action
+    async def get(self) -> int:
+        return 1
 
 
 class PyLazy(Agent):
@@ -141,6 +166,8 @@ async def test_ts_calls_python_agents(mesh_factory: Any, nats_url: str, mesh_pre
     host = await mesh_factory(name="py-host")
     await host.host(PyCounter)
     await host.host(PyLazy)
+    await host.host(PySmall)
+    await host.host(PyVault)
     r = await run_ts("call", nats_url, mesh_prefix)
     assert r["add"] == 2
     assert r["request"] == 5
@@ -156,6 +183,10 @@ async def test_ts_calls_python_agents(mesh_factory: Any, nats_url: str, mesh_pre
     assert r["timeout"]["class"] == "CallTimeout" and r["timeout"]["remote"] is False
     assert r["no_host"]["class"] == "Unavailable"
     assert r["not_found"]["class"] == "AgentNotFound"
+    assert r["overloaded"]["class"] == "Overloaded" and r["overloaded_first"] == 400
+    assert r["unauthorized"]["class"] == "Unauthorized" and r["unauthorized"]["details"]["reason"] == "unsigned"
+    assert r["big"] == 100_000  # compressed both ways (§9.1)
+    assert r["connect_refused"]["class"] == "ConnectError"
     who = r["whoami"]
     assert who["id"] == "user@example.com/1"  # an id that travels encoded
     assert who["caller"] == "ts-interop"

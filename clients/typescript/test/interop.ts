@@ -68,6 +68,14 @@ async function callScenario(mesh: Mesh): Promise<Result> {
   out["timeout"] = await caught(c.call("slow", { ms: 1500 }, { timeout: 300 }));
   out["no_host"] = await caught(mesh.agent("NoSuchKind", "x").call("get", {}, { timeout: 300 }));
   out["not_found"] = await caught(mesh.agent("PyLazy", "x").call("get", {}, { timeout: 2000 }));
+  const small = mesh.agent("PySmall", "s-1");
+  await small.call("slow", { ms: 1 }); // active, so both requests below reach its mailbox at once
+  const first = small.call("slow", { ms: 400 });
+  out["overloaded"] = await caught(small.call("slow", { ms: 1 }));
+  out["overloaded_first"] = await first;
+  out["unauthorized"] = await caught(mesh.agent("PyVault", "v-1").call("get"));
+  out["big"] = ((await mesh.agent("PyCounter", "b-1").call("echo", { value: "y".repeat(100_000) })) as string).length;
+  out["connect_refused"] = await caught(connect({ servers: "nats://127.0.0.1:1" }));
   const who = (await mesh.agent("PyCounter", "user@example.com/1").call("whoami", {}, {
     traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
     tracestate: "k=v",
