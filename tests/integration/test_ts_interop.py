@@ -230,6 +230,23 @@ async def test_ts_durable_exactly_once_runs_once(
     # Stored once: the stream dropped the repeat (Nats-Msg-Id), so the owner never saw it.
     await wait_for(lambda: handled("ok") >= 3, timeout=10, what="three durable messages handled")
     assert (handled("ok"), handled("already_applied")) == (3, 0)
+    # No inbox stream: refused (Unavailable) at the deadline when the client may not create
+    # it; created as §15 says (16 partitions, work queue, 2 min dedup) when it may.
+    assert r["no_stream"]["class"] == "Unavailable" and r["no_stream_ms"] < 3000
+    assert r["created"] == {"ok": None}
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(f"{mesh_prefix}x_inbox")
+        assert info.state.messages == 1
+        assert (info.config.metadata or {}).get("natsagents_partitions") == "16"
+        assert info.config.duplicate_window == 120
+        assert getattr(info.config.retention, "value", info.config.retention) == "workqueue"
+        assert (await js.stream_info(f"{mesh_prefix}x_dlq")).config.subjects == [f"{mesh_prefix}x.dlq.>"]
+        for stream in ("inbox", "dlq"):
+            await js.delete_stream(f"{mesh_prefix}x_{stream}")
+    finally:
+        await nc.close()
 
 
 @pytest.fixture

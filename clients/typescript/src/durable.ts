@@ -21,6 +21,8 @@ const NANOS = 1_000_000;
 const STREAM_EXISTS = 10058;
 /** One publish attempt waits at most this long before publishing again with the same ids. */
 const ATTEMPT_MS = 5_000;
+/** How long storing a message may take when the call has no deadline. */
+const STORE_MS = 30_000;
 
 export interface DurableSettings {
   prefix: string;
@@ -104,8 +106,10 @@ export class DurablePublisher implements DurablePath {
   }
 
   /**
-   * Publish until a PubAck comes: a timeout leaves the outcome unknown, so the same ids go
-   * again (§15.1 step 2); no stream → create the streams (when allowed) and publish again.
+   * Publish until a PubAck comes, within the deadline (30 s without one): a timeout leaves
+   * the outcome unknown, so the same ids go again (§15.1 step 2); "no responders" means no
+   * stream listens (create the streams once, when allowed) or a stream leader election on a
+   * cluster (retry with backoff).
    */
   private async store(
     subject: string,
@@ -116,10 +120,19 @@ export class DurablePublisher implements DurablePath {
     address: string,
     action: string,
   ): Promise<PubAck> {
+    const until = deadline ?? Date.now() + STORE_MS;
     let created = false;
+    let noStream = false;
+    let delay = 50;
     for (;;) {
-      const left = deadline === null ? ATTEMPT_MS : deadline - Date.now();
+      const left = until - Date.now();
       if (left <= 0) {
+        if (noStream) {
+          throw new Unavailable("no durable inbox stream stores messages for this agent (no responders)", {
+            agent: address,
+            action,
+          });
+        }
         throw new CallTimeout("storing the message timed out; it may or may not be stored", { agent: address, action });
       }
       try {
@@ -129,21 +142,27 @@ export class DurablePublisher implements DurablePath {
           timeout: Math.min(ATTEMPT_MS, left),
         });
       } catch (err) {
-        if (isNoStream(err) && this.settings.createStreams && !created) {
-          created = true;
-          await this.ensureStreams();
+        if (isNoStream(err)) {
+          noStream = true;
+          if (this.settings.createStreams && !created) {
+            created = true;
+            await this.ensureStreams();
+            continue;
+          }
+          await new Promise((r) => setTimeout(r, Math.min(delay * (0.5 + Math.random()), Math.max(0, until - Date.now()))));
+          delay = Math.min(delay * 2, 1000);
           continue;
         }
-        if (isTimeout(err)) continue;
+        if (isTimeout(err)) {
+          noStream = false;
+          continue;
+        }
         if (err instanceof JetStreamApiError) {
           throw new Unavailable(`the durable inbox did not store the message: ${err.message}`, {
             agent: address,
             action,
             cause: new JetStreamError(err.message, { status: err.status, errCode: err.code }),
           });
-        }
-        if (isNoStream(err)) {
-          throw new Unavailable("no durable inbox stream listens on the subject", { agent: address, action, cause: err });
         }
         throw err;
       }

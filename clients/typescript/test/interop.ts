@@ -40,7 +40,7 @@ function describe(err: unknown): Result {
 
 async function caught(p: Promise<unknown>): Promise<Result> {
   try {
-    return { ok: await p };
+    return { ok: (await p) ?? null };
   } catch (err) {
     return describe(err);
   }
@@ -127,6 +127,24 @@ async function durableScenario(mesh: Mesh): Promise<Result> {
     if (total !== 3) await new Promise((r) => setTimeout(r, 25));
   }
   out["total"] = total;
+  // A mesh whose inbox stream does not exist yet: refused without creating it, stored after.
+  const fresh = `${process.argv[4]}x`;
+  const strict = await connect({ servers: process.argv[3], prefix: fresh, createStreams: false });
+  try {
+    const started = Date.now();
+    out["no_stream"] = await caught(
+      strict.agent("PyCounter", "n-1").withOptions({ delivery: "at_least_once" }).send("add", {}, { timeout: 500 }),
+    );
+    out["no_stream_ms"] = Date.now() - started;
+  } finally {
+    await strict.close();
+  }
+  const creating = await connect({ servers: process.argv[3], prefix: fresh });
+  try {
+    out["created"] = await caught(creating.agent("PyCounter", "n-1").withOptions({ delivery: "at_least_once" }).send("add"));
+  } finally {
+    await creating.close();
+  }
   return out;
 }
 
