@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import zlib
@@ -30,6 +31,7 @@ import pytest
 from natsagents import (
     Agent,
     AgentNotFound,
+    Auth,
     BadRequest,
     CallTimeout,
     ClusterSettings,
@@ -39,7 +41,9 @@ from natsagents import (
     action,
 )
 from natsagents.delivery.settings import DeliverySettings
+from natsagents.server import NatsServer
 from natsagents.testing import wait_for
+from tests.agents import Counter
 
 ROOT = Path(__file__).resolve().parents[2]
 TS = ROOT / "clients" / "typescript"
@@ -68,10 +72,19 @@ def ts_built() -> Path:
     return SCRIPT
 
 
-async def run_ts(scenario: str, url: str, prefix: str, timeout: float = 25) -> dict[str, Any]:
+async def run_ts(
+    scenario: str, url: str, prefix: str, timeout: float = 25, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     assert NODE is not None
     proc = await asyncio.create_subprocess_exec(
-        NODE, str(SCRIPT), scenario, url, prefix, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        NODE,
+        str(SCRIPT),
+        scenario,
+        url,
+        prefix,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -389,3 +402,37 @@ def test_the_ts_client_unit_checks_pass(ts_built: Path) -> None:
     assert NODE is not None
     proc = subprocess.run([NODE, "--test", str(TS / "dist" / "test" / "unit.test.js")], capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stdout.decode()[-4000:]
+
+
+PERM_USERS = """
+authorization {
+  users = [
+    {user: host, password: host-pw}
+    {user: caller, password: caller-pw, permissions: {
+      publish: {allow: ["perm.agent.Counter.>", "perm.activate.Counter", "perm.agent.Quiet.>"]}
+      subscribe: {allow: ["_INBOX.caller.>"]}
+    }}
+  ]
+}
+"""
+
+
+class Quiet(Counter):
+    """A kind the caller may message but not activate."""
+
+
+async def test_a_publish_the_server_refuses_ends_a_ts_call_at_once(ts_built: Path) -> None:
+    """A TS call whose publish the server refuses (permissions) ends with ``Unauthorized`` at
+    once, as a Python call does (tests/integration/test_unauthorized.py), not at its timeout."""
+    with NatsServer(config_extra=PERM_USERS) as server:
+        async with await Mesh.connect(server.url, prefix="perm", auth=Auth(user="host", password="host-pw")) as host:
+            await host.host(Counter, Quiet)
+            r = await run_ts("perm", server.url, "perm", env={"NA_USER": "caller", "NA_PASS": "caller-pw"})
+    assert r["allowed"] == 1
+    assert r["refused"]["class"] == "Unauthorized" and "perm.agent.Ledger.x" in r["refused"]["message"]
+    assert r["refused"]["agent"] == "Ledger/x" and r["refused"]["action"] == "add"
+    assert (
+        r["refused_activation"]["class"] == "Unauthorized"
+        and "perm.activate.Quiet" in r["refused_activation"]["message"]
+    )
+    assert r["refused_ms"] < 2000

@@ -7,7 +7,7 @@
  */
 import { createInbox, headers as natsHeaders } from "@nats-io/transport-node";
 import type { Msg, MsgHdrs, NatsConnection, Subscription } from "@nats-io/transport-node";
-import { CallTimeout, MeshClosed, PayloadTooLarge, TransportError } from "./errors.js";
+import { CallTimeout, MeshClosed, PayloadTooLarge, TransportError, Unauthorized } from "./errors.js";
 import { DEFAULT_MAX_PAYLOAD, MALFORMED, parseHeaderBlock, headersSize } from "./wire.js";
 import type { HeaderMap } from "./wire.js";
 
@@ -62,6 +62,8 @@ export function toNatsHeaders(map: HeaderMap): MsgHdrs {
 }
 
 interface Pending {
+  /** Where the request went (`""`: a reply awaited for a message sent elsewhere). */
+  subject: string;
   resolve: (msg: Inbound) => void;
   reject: (err: Error) => void;
   timer: NodeJS.Timeout | undefined;
@@ -92,6 +94,34 @@ export class Transport {
     this.nc = nc;
     this.muxPrefix = createInbox(inboxPrefix) + ".";
     void nc.closed().then(() => this.failAll(new MeshClosed("the NATS connection is closed")));
+    void this.watchPermissions();
+  }
+
+  /**
+   * A publish the server refuses (permissions violation) ends the requests sent to that
+   * subject at once with `Unauthorized`, instead of leaving them to time out; a refused
+   * subscription of our reply subject ends every request.
+   */
+  private async watchPermissions(): Promise<void> {
+    try {
+      for await (const status of this.nc.status()) {
+        if (status.type !== "error") continue;
+        const err = status.error as Error & { operation?: string; subject?: string };
+        if (err?.name !== "PermissionViolationError") continue;
+        const refused = new Unauthorized(`the NATS server refused: ${err.message}`, { remote: false });
+        const subject = (err.subject ?? "").toLowerCase();
+        for (const [token, p] of [...this.pending]) {
+          const hit =
+            err.operation === "publish" ? p.subject.toLowerCase() === subject : subject.startsWith(this.muxPrefix.toLowerCase());
+          if (hit) {
+            this.settle(token, p);
+            p.reject(refused);
+          }
+        }
+      }
+    } catch {
+      // the connection closed
+    }
   }
 
   /** The server's `max_payload` (headers and body together must fit). */
@@ -157,7 +187,7 @@ export class Transport {
     const token = String(++this.counter);
     let cancel = (): void => {};
     const wait = new Promise<Inbound>((resolve, reject) => {
-      const p: Pending = { resolve, reject, timer: undefined, resend: undefined };
+      const p: Pending = { subject: "", resolve, reject, timer: undefined, resend: undefined };
       if (timeoutMs !== undefined) {
         p.timer = setTimeout(() => {
           this.settle(token, p);
@@ -192,7 +222,7 @@ export class Transport {
       this.nc.publish(subject, data, { reply, ...(natsHdrs ? { headers: natsHdrs } : {}) });
     };
     const msg = await new Promise<Inbound>((resolve, reject) => {
-      const p: Pending = { resolve, reject, timer: undefined, resend: undefined };
+      const p: Pending = { subject, resolve, reject, timer: undefined, resend: undefined };
       const { timeoutMs, resendAfterMs } = opts;
       if (timeoutMs !== undefined) {
         p.timer = setTimeout(() => {

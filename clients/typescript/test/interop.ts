@@ -6,6 +6,7 @@
  *   node dist/test/interop.js call    <url> <prefix>   the Python kind PyCounter, core NATS
  *   node dist/test/interop.js durable <url> <prefix>   exactly-once sends to PyCounter
  *   node dist/test/interop.js host    <url> <prefix>   host TsCounter until stdin closes
+ *   NA_USER=… NA_PASS=… node dist/test/interop.js perm <url> <prefix>   publishes the server refuses
  */
 import {
   AgentError,
@@ -210,14 +211,32 @@ async function hostScenario(mesh: Mesh): Promise<Result> {
   return { ...stats, active, dropped_replies: dropped };
 }
 
+async function permScenario(mesh: Mesh): Promise<Result> {
+  const out: Result = {};
+  out["allowed"] = await mesh.agent("Counter", "a").call("add");
+  const started = Date.now();
+  out["refused"] = await caught(mesh.agent("Ledger", "x").call("add", {}, { timeout: 5000 }));
+  out["refused_activation"] = await caught(mesh.agent("Quiet", "q").call("add", {}, { timeout: 5000 }));
+  out["refused_ms"] = Date.now() - started;
+  return out;
+}
+
 async function main(): Promise<void> {
   const [scenario, url, prefix] = process.argv.slice(2);
-  const mesh = await connect({ servers: url!, prefix: prefix!, name: "ts-interop", node: "ts-node-1" });
+  const user = process.env["NA_USER"];
+  const mesh = await connect({
+    servers: url!,
+    prefix: prefix!,
+    name: "ts-interop",
+    node: "ts-node-1",
+    ...(user ? { inboxPrefix: `_INBOX.${user}`, nats: { user, pass: process.env["NA_PASS"] ?? "" } } : {}),
+  });
   let result: Result;
   try {
     if (scenario === "call") result = await callScenario(mesh);
     else if (scenario === "durable") result = await durableScenario(mesh);
     else if (scenario === "host") result = await hostScenario(mesh);
+    else if (scenario === "perm") result = await permScenario(mesh);
     else throw new Error(`unknown scenario ${scenario}`);
   } finally {
     await mesh.close();
