@@ -396,6 +396,21 @@ async def test_python_calls_a_ts_hosted_kind(
     assert stats["stops"] == stats["starts"] >= 5  # every agent stopped gracefully on close
 
 
+def test_the_ts_host_checks_pass(nats_url: str, ts_built: Path) -> None:
+    """``test/host.test.ts`` against this suite's server: a full mailbox, priorities, copies
+    and replays, one activation for concurrent asks, concurrency, graceful stop, spawn,
+    the agent limit."""
+    assert NODE is not None
+    proc = subprocess.run(
+        [NODE, "--test", str(TS / "dist" / "test" / "host.test.js")],
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "NATS_URL": nats_url},
+    )
+    out = proc.stdout.decode()
+    assert proc.returncode == 0 and "# pass 5" in out, out[-4000:]
+
+
 def test_the_ts_client_unit_checks_pass(ts_built: Path) -> None:
     """The client's own checks of its pure parts (``npm test``): ids, header blocks, codec
     limits, compression, error mapping, parameters, against the protocol's examples."""

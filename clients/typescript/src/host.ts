@@ -284,7 +284,8 @@ export class Host implements HostServices {
 
   private async start(entry: KindEntry, id: string): Promise<Activation> {
     const limit = this.settings.maxAgents;
-    if (limit !== null && this.activations.size + this.starting.size - 1 >= limit) {
+    // Runs before this start is registered in `starting`: the others starting count.
+    if (limit !== null && this.activations.size + this.starting.size >= limit) {
       throw new CapacityError(`${this.settings.node} holds ${this.activations.size} agents, its limit (maxAgents=${limit})`, {
         kind: entry.kind,
         rejected: { [this.settings.node]: `agent limit (${limit})` },
