@@ -120,8 +120,13 @@ test("stopping answers the waiting messages unavailable with retry (§8 item 5)"
   const box = mesh.agent("Box", "b-4");
   const running = box.call("hold");
   while (concurrent === 0) await new Promise((r) => setTimeout(r, 5));
-  const waiting = raw(`${prefix}.agent.Box.b-4`, { "Na-Action": "count" });
-  await new Promise((r) => setTimeout(r, 50));
+  const id = newMessageId();
+  const waiting = raw(`${prefix}.agent.Box.b-4`, { "Na-Action": "count", "Na-Msg-Id": id });
+  for (;;) {
+    // queued: a replay question about it is answered "running" (queued or running)
+    const asked = await raw(`${prefix}.agent.Box.b-4`, { "Na-Action": "count", "Na-Msg-Id": id, "Na-Reply-Mode": "replay" });
+    if ((decode(asked.data) as { details?: { result?: string } }).details?.result === "running") break;
+  }
   const stopped = mesh.deactivate("Box", "b-4"); // stopTimeout 300 ms: the holder does not finish
   const answer = await waiting;
   assert.equal(status(answer), "unavailable");
