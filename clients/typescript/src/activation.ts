@@ -95,7 +95,12 @@ export class Activation {
   private refuse(msg: Inbound, code: string, message: string, details?: Record<string, unknown>): void {
     if (!msg.reply) return; // a send without a reply subject: nobody to tell
     const action = msg.headers?.[H.ACTION] ?? null;
-    this.host.send(msg.reply, errorReply(code, message, { agent: this.address, action, details: details ?? null }), this.address, action);
+    this.host.send(
+      msg.reply,
+      errorReply(code, message, { agent: this.address, action, details: details ?? null }),
+      this.address,
+      action,
+    );
   }
 
   /**
@@ -143,7 +148,11 @@ export class Activation {
         if (entry !== undefined) {
           const seen = this.fingerprints.get(messageId);
           if (seen !== undefined && seen !== fingerprint(hdrs[H.ACTION], msg.data)) {
-            this.refuse(msg, Codes.BAD_REQUEST, `${H.MSG_ID} ${messageId} was used for another request: ids name one message`);
+            this.refuse(
+              msg,
+              Codes.BAD_REQUEST,
+              `${H.MSG_ID} ${messageId} was used for another request: ids name one message`,
+            );
             return;
           }
           this.duplicate(msg, entry);
@@ -267,7 +276,12 @@ export class Activation {
     try {
       meta = parseRequest(msg.headers);
     } catch (err) {
-      return { reply: errorReply(Codes.BAD_REQUEST, (err as Error).message, { agent: address }), wanted: true, kept: null, action: null };
+      return {
+        reply: errorReply(Codes.BAD_REQUEST, (err as Error).message, { agent: address }),
+        wanted: true,
+        kept: null,
+        action: null,
+      };
     }
     const accept = meta.replyMode === "accept";
     const wanted = Boolean(msg.reply) && !accept;
@@ -299,7 +313,10 @@ export class Activation {
       params = bindParams(spec.params, decode(data));
     } catch (err) {
       if (err instanceof ParamError) {
-        return refuse(Codes.BAD_REQUEST, `invalid parameters: ${err.message}`, { param: err.path, problem: err.problem });
+        return refuse(Codes.BAD_REQUEST, `invalid parameters: ${err.message}`, {
+          param: err.path,
+          problem: err.problem,
+        });
       }
       return refuse(Codes.BAD_REQUEST, (err as Error).message);
     }
@@ -340,7 +357,10 @@ export class Activation {
     try {
       reply = okReply(result);
     } catch (err) {
-      const failed = errorReply(Codes.HANDLER_ERROR, `result cannot be encoded: ${(err as Error).message}`, { agent: address, action });
+      const failed = errorReply(Codes.HANDLER_ERROR, `result cannot be encoded: ${(err as Error).message}`, {
+        agent: address,
+        action,
+      });
       return { reply: failed, wanted: true, kept: failed, action };
     }
     const threshold = this.host.compressAbove;

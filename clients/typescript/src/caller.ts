@@ -4,13 +4,7 @@
  */
 import { deflate, encode } from "./codec.js";
 import { currentContext } from "./context.js";
-import {
-  AgentError,
-  BadRequest,
-  CallTimeout,
-  ConfigurationError,
-  Unavailable,
-} from "./errors.js";
+import { AgentError, BadRequest, CallTimeout, ConfigurationError, Unavailable } from "./errors.js";
 import { parseReply } from "./reply.js";
 import { NoResponders } from "./transport.js";
 import type { Inbound, Transport } from "./transport.js";
@@ -195,13 +189,38 @@ export class Caller {
   ): Promise<unknown> {
     const address = `${kind}/${id}`;
     try {
-      const { body, headers, deadline } = this.prepare(kind, id, action, params, opts, acceptOnly ? "accept" : "result");
+      const { body, headers, deadline } = this.prepare(
+        kind,
+        id,
+        action,
+        params,
+        opts,
+        acceptOnly ? "accept" : "result",
+      );
       const delivery = opts.delivery ?? "at_most_once";
       if (delivery !== "at_most_once") {
         if (this.durable === null) throw new ConfigurationError("durable delivery is not available");
-        return await this.durable.publish(kind, id, action, body, headers, deadline, acceptOnly, delivery, opts.messageTtl);
+        return await this.durable.publish(
+          kind,
+          id,
+          action,
+          body,
+          headers,
+          deadline,
+          acceptOnly,
+          delivery,
+          opts.messageTtl,
+        );
       }
-      const msg = await this.deliver(agentSubject(this.settings.prefix, kind, id), body, headers, deadline, kind, id, action);
+      const msg = await this.deliver(
+        agentSubject(this.settings.prefix, kind, id),
+        body,
+        headers,
+        deadline,
+        kind,
+        id,
+        action,
+      );
       const result = parseReply(msg, address, action, this.transport.maxPayload);
       return acceptOnly ? undefined : result;
     } catch (err) {
@@ -307,9 +326,14 @@ export class Caller {
     if (spawn) request["spawn"] = true;
     let msg: Inbound;
     try {
-      msg = await this.transport.request(activateSubject(this.settings.prefix, kind), encode(request), { [H.PROTO]: PROTO_VERSION }, {
-        timeoutMs: remaining,
-      });
+      msg = await this.transport.request(
+        activateSubject(this.settings.prefix, kind),
+        encode(request),
+        { [H.PROTO]: PROTO_VERSION },
+        {
+          timeoutMs: remaining,
+        },
+      );
     } catch (err) {
       if (err instanceof NoResponders) throw new Unavailable(`no host serves kind ${kind}`, { agent: `${kind}/${id}` });
       if (err instanceof CallTimeout) return false;
@@ -346,4 +370,3 @@ export class Caller {
     await sleep(wait);
   }
 }
-

@@ -269,9 +269,7 @@ function scan(data: Uint8Array, maxObjects: number): Scan {
 
 function narrow(value: unknown): unknown {
   if (typeof value === "bigint") {
-    return value >= BigInt(Number.MIN_SAFE_INTEGER) && value <= BigInt(Number.MAX_SAFE_INTEGER)
-      ? Number(value)
-      : value;
+    return value >= BigInt(Number.MIN_SAFE_INTEGER) && value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : value;
   }
   if (Array.isArray(value)) {
     for (let i = 0; i < value.length; i++) value[i] = narrow(value[i]);
@@ -309,7 +307,9 @@ export function inflateLimit(maxPayload: number): number {
 /** `data` compressed (a zlib stream), or `null` when that is not smaller (§9.1). */
 export function deflate(data: Uint8Array): Uint8Array | null {
   const packed = deflateSync(data, { level: 1 });
-  return packed.byteLength < data.byteLength ? new Uint8Array(packed.buffer, packed.byteOffset, packed.byteLength) : null;
+  return packed.byteLength < data.byteLength
+    ? new Uint8Array(packed.buffer, packed.byteOffset, packed.byteLength)
+    : null;
 }
 
 /**

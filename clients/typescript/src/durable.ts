@@ -149,7 +149,9 @@ export class DurablePublisher implements DurablePath {
             await this.ensureStreams();
             continue;
           }
-          await new Promise((r) => setTimeout(r, Math.min(delay * (0.5 + Math.random()), Math.max(0, until - Date.now()))));
+          await new Promise((r) =>
+            setTimeout(r, Math.min(delay * (0.5 + Math.random()), Math.max(0, until - Date.now()))),
+          );
           delay = Math.min(delay * 2, 1000);
           continue;
         }
@@ -247,7 +249,8 @@ export class DurablePublisher implements DurablePath {
       return await firstOf([reply.wait, ask]);
     } catch {
       throw new CallTimeout(
-        `no result within the timeout; the message was stored before (stream sequence ${seq}) and its result is not known to the agent yet`,
+        `no result within the timeout; the message was stored before (stream sequence ${seq}) ` +
+          "and its result is not known to the agent yet",
         { agent: `${kind}/${id}`, action, details: { stored: true, stream_seq: seq, duplicate: true } },
       );
     } finally {

@@ -104,10 +104,14 @@ export class Host implements HostServices {
       this.transport.publish(subject, reply.body, reply.headers);
     } catch (err) {
       if (err instanceof PayloadTooLarge) {
-        const too = errorReply(Codes.PAYLOAD_TOO_LARGE, `reply is too large for the server (${reply.body.byteLength} bytes)`, {
-          agent,
-          action,
-        });
+        const too = errorReply(
+          Codes.PAYLOAD_TOO_LARGE,
+          `reply is too large for the server (${reply.body.byteLength} bytes)`,
+          {
+            agent,
+            action,
+          },
+        );
         try {
           this.transport.publish(subject, too.body, too.headers);
         } catch {
@@ -157,7 +161,9 @@ export class Host implements HostServices {
     const actions = new Map<string, ActionEntry>();
     for (const [name, def] of Object.entries(options.actions ?? {})) {
       if (!ACTION_RE.test(name)) {
-        throw new ConfigurationError(`${kind}: invalid action name ${JSON.stringify(name)}: use [A-Za-z][A-Za-z0-9_]{0,63}`);
+        throw new ConfigurationError(
+          `${kind}: invalid action name ${JSON.stringify(name)}: use [A-Za-z][A-Za-z0-9_]{0,63}`,
+        );
       }
       if (typeof def === "function") {
         actions.set(name, { params: null, handler: def as ActionEntry["handler"] });
@@ -235,7 +241,9 @@ export class Host implements HostServices {
     if (!spawn && !entry.activateOnDemand && !this.isActive(kind, id)) {
       this.send(
         msg.reply,
-        errorReply(Codes.NOT_FOUND, `${address} is not active and ${kind} is not activated on demand`, { agent: address }),
+        errorReply(Codes.NOT_FOUND, `${address} is not active and ${kind} is not activated on demand`, {
+          agent: address,
+        }),
         address,
         null,
       );
@@ -246,7 +254,8 @@ export class Host implements HostServices {
     } catch (err) {
       let reply: Reply;
       if (err instanceof MeshClosed) reply = errorReply(Codes.UNAVAILABLE, err.message, { agent: address });
-      else if (err instanceof CapacityError) reply = errorReply(Codes.AT_CAPACITY, err.message, { agent: address, details: err.details });
+      else if (err instanceof CapacityError)
+        reply = errorReply(Codes.AT_CAPACITY, err.message, { agent: address, details: err.details });
       else {
         const e = err instanceof Error ? err : new Error(String(err));
         reply = errorReply(Codes.HANDLER_ERROR, `activation failed: ${e.name}: ${e.message}`, {
@@ -286,10 +295,13 @@ export class Host implements HostServices {
     const limit = this.settings.maxAgents;
     // Runs before this start is registered in `starting`: the others starting count.
     if (limit !== null && this.activations.size + this.starting.size >= limit) {
-      throw new CapacityError(`${this.settings.node} holds ${this.activations.size} agents, its limit (maxAgents=${limit})`, {
-        kind: entry.kind,
-        rejected: { [this.settings.node]: `agent limit (${limit})` },
-      });
+      throw new CapacityError(
+        `${this.settings.node} holds ${this.activations.size} agents, its limit (maxAgents=${limit})`,
+        {
+          kind: entry.kind,
+          rejected: { [this.settings.node]: `agent limit (${limit})` },
+        },
+      );
     }
     const act = new Activation(entry, id, this);
     if (entry.init) act.state = await entry.init(id);
@@ -328,7 +340,10 @@ export class Host implements HostServices {
 
   /** Addresses of the agents active here. */
   active(): string[] {
-    return [...this.activations.values()].filter((a) => a.status === "active").map((a) => a.address).sort();
+    return [...this.activations.values()]
+      .filter((a) => a.status === "active")
+      .map((a) => a.address)
+      .sort();
   }
 
   private async stop(act: Activation): Promise<void> {

@@ -90,7 +90,11 @@ export class AgentRef {
    * demand included); `ack: false` publishes with no reply subject at all — nothing
    * comes back, and a message to an inactive agent is lost.
    */
-  async send(action: string, params?: Record<string, unknown> | null, options?: CallOptions & { ack?: boolean }): Promise<void> {
+  async send(
+    action: string,
+    params?: Record<string, unknown> | null,
+    options?: CallOptions & { ack?: boolean },
+  ): Promise<void> {
     const { ack = true, ...rest } = options ?? {};
     const opts = { ...this.options, ...rest };
     if (ack || (opts.delivery !== undefined && opts.delivery !== "at_most_once")) {
@@ -173,7 +177,8 @@ export class Mesh {
 
 function ms(v: unknown, what: string, allowNull: boolean): void {
   if (v === undefined || (allowNull && v === null)) return;
-  if (typeof v !== "number" || !(v > 0)) throw new ConfigurationError(`${what} must be a positive number of ms${allowNull ? " or null" : ""}`);
+  if (typeof v !== "number" || !(v > 0))
+    throw new ConfigurationError(`${what} must be a positive number of ms${allowNull ? " or null" : ""}`);
 }
 
 /**
@@ -194,7 +199,10 @@ export async function connect(options: ConnectOptions = {}): Promise<Mesh> {
     throw new ConfigurationError("compressAbove must be a number of bytes >= 0 or null");
   }
   const replyPrefixes = options.replyPrefixes ?? [...DEFAULT_REPLY_PREFIXES];
-  if (replyPrefixes.length === 0 || replyPrefixes.some((p) => typeof p !== "string" || !p.endsWith(".") || p.length < 2)) {
+  if (
+    replyPrefixes.length === 0 ||
+    replyPrefixes.some((p) => typeof p !== "string" || !p.endsWith(".") || p.length < 2)
+  ) {
     throw new ConfigurationError("replyPrefixes must be non-empty strings ending with '.'");
   }
   const inboxPrefix = options.inboxPrefix ?? "_INBOX";

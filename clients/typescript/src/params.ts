@@ -17,7 +17,18 @@ export interface ParamSpec {
   optional?: boolean;
 }
 
-export const PARAM_TYPES: readonly ParamType[] = ["int", "float", "str", "bytes", "bool", "nil", "list", "dict", "datetime", "any"];
+export const PARAM_TYPES: readonly ParamType[] = [
+  "int",
+  "float",
+  "str",
+  "bytes",
+  "bool",
+  "nil",
+  "list",
+  "dict",
+  "datetime",
+  "any",
+];
 
 export class ParamError extends Error {
   constructor(
@@ -61,10 +72,13 @@ const NOPE = Symbol("nope");
 export function normaliseParams(where: string, params: Record<string, ParamType | ParamSpec>): Map<string, ParamSpec> {
   const out = new Map<string, ParamSpec>();
   for (const [name, decl] of Object.entries(params)) {
-    const spec: ParamSpec = typeof decl === "string" || Array.isArray(decl) ? { type: decl as ParamType } : (decl as ParamSpec);
+    const spec: ParamSpec =
+      typeof decl === "string" || Array.isArray(decl) ? { type: decl as ParamType } : (decl as ParamSpec);
     const types = Array.isArray(spec.type) ? spec.type : [spec.type];
     if (types.length === 0 || types.some((t) => !PARAM_TYPES.includes(t as ParamType))) {
-      throw new TypeError(`${where}: parameter ${name} has an unknown type ${JSON.stringify(spec.type)}; use ${PARAM_TYPES.join(", ")}`);
+      throw new TypeError(
+        `${where}: parameter ${name} has an unknown type ${JSON.stringify(spec.type)}; use ${PARAM_TYPES.join(", ")}`,
+      );
     }
     out.set(name, spec);
   }

@@ -56,7 +56,8 @@ export function parseReply(msg: Inbound, agent: string | null, action: string | 
   let data = msg.data;
   const encoding = msg.headers?.[H.ENCODING];
   if (encoding !== undefined) {
-    if (encoding !== DEFLATE) throw new ProtocolError(`reply from ${agent ?? "peer"} uses unknown ${H.ENCODING} ${encoding}`);
+    if (encoding !== DEFLATE)
+      throw new ProtocolError(`reply from ${agent ?? "peer"} uses unknown ${H.ENCODING} ${encoding}`);
     data = inflate(data, inflateLimit(maxPayload));
   }
   if (status === STATUS_OK) {

@@ -1,6 +1,15 @@
 /** Reading a request's headers as a host must (protocol §4.1, validation order). */
 import { ProtocolError } from "./errors.js";
-import { ACTION_RE, DEADLINE_RE, H, MALFORMED, MAX_CALLER_CHARS, MSG_ID_RE, PROTO_VERSION, newMessageId } from "./wire.js";
+import {
+  ACTION_RE,
+  DEADLINE_RE,
+  H,
+  MALFORMED,
+  MAX_CALLER_CHARS,
+  MSG_ID_RE,
+  PROTO_VERSION,
+  newMessageId,
+} from "./wire.js";
 import type { HeaderMap } from "./wire.js";
 
 /** What the headers of a request say. */

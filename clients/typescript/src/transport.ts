@@ -112,7 +112,9 @@ export class Transport {
         const subject = (err.subject ?? "").toLowerCase();
         for (const [token, p] of [...this.pending]) {
           const hit =
-            err.operation === "publish" ? p.subject.toLowerCase() === subject : subject.startsWith(this.muxPrefix.toLowerCase());
+            err.operation === "publish"
+              ? p.subject.toLowerCase() === subject
+              : subject.startsWith(this.muxPrefix.toLowerCase());
           if (hit) {
             this.settle(token, p);
             p.reject(refused);
@@ -189,10 +191,13 @@ export class Transport {
     const wait = new Promise<Inbound>((resolve, reject) => {
       const p: Pending = { subject: "", resolve, reject, timer: undefined, resend: undefined };
       if (timeoutMs !== undefined) {
-        p.timer = setTimeout(() => {
-          this.settle(token, p);
-          reject(new CallTimeout(`no reply within ${timeoutMs} ms`, { remote: false }));
-        }, Math.max(0, timeoutMs));
+        p.timer = setTimeout(
+          () => {
+            this.settle(token, p);
+            reject(new CallTimeout(`no reply within ${timeoutMs} ms`, { remote: false }));
+          },
+          Math.max(0, timeoutMs),
+        );
       }
       this.pending.set(token, p);
       cancel = () => {
@@ -211,7 +216,12 @@ export class Transport {
    * every `resendAfterMs` while none came.
    * @throws NoResponders, CallTimeout (local), PayloadTooLarge, MeshClosed
    */
-  async request(subject: string, data: Uint8Array, headers: HeaderMap | null, opts: RequestOptions = {}): Promise<Inbound> {
+  async request(
+    subject: string,
+    data: Uint8Array,
+    headers: HeaderMap | null,
+    opts: RequestOptions = {},
+  ): Promise<Inbound> {
     if (this.closed) throw new MeshClosed("the NATS connection is closed");
     this.checkSize(subject, headers, data);
     this.ensureMux();
@@ -225,10 +235,13 @@ export class Transport {
       const p: Pending = { subject, resolve, reject, timer: undefined, resend: undefined };
       const { timeoutMs, resendAfterMs } = opts;
       if (timeoutMs !== undefined) {
-        p.timer = setTimeout(() => {
-          this.settle(token, p);
-          reject(new CallTimeout(`no reply from ${subject} within ${timeoutMs} ms`, { remote: false }));
-        }, Math.max(0, timeoutMs));
+        p.timer = setTimeout(
+          () => {
+            this.settle(token, p);
+            reject(new CallTimeout(`no reply from ${subject} within ${timeoutMs} ms`, { remote: false }));
+          },
+          Math.max(0, timeoutMs),
+        );
       }
       if (resendAfterMs !== undefined && resendAfterMs > 0 && (timeoutMs === undefined || resendAfterMs < timeoutMs)) {
         p.resend = setInterval(() => {

@@ -124,7 +124,11 @@ test("stopping answers the waiting messages unavailable with retry (§8 item 5)"
   const waiting = raw(`${prefix}.agent.Box.b-4`, { "Na-Action": "count", "Na-Msg-Id": id });
   for (;;) {
     // queued: a replay question about it is answered "running" (queued or running)
-    const asked = await raw(`${prefix}.agent.Box.b-4`, { "Na-Action": "count", "Na-Msg-Id": id, "Na-Reply-Mode": "replay" });
+    const asked = await raw(`${prefix}.agent.Box.b-4`, {
+      "Na-Action": "count",
+      "Na-Msg-Id": id,
+      "Na-Reply-Mode": "replay",
+    });
     if ((decode(asked.data) as { details?: { result?: string } }).details?.result === "running") break;
   }
   const stopped = mesh.deactivate("Box", "b-4"); // stopTimeout 300 ms: the holder does not finish

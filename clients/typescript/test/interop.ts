@@ -77,10 +77,14 @@ async function callScenario(mesh: Mesh): Promise<Result> {
   out["unauthorized"] = await caught(mesh.agent("PyVault", "v-1").call("get"));
   out["big"] = ((await mesh.agent("PyCounter", "b-1").call("echo", { value: "y".repeat(100_000) })) as string).length;
   out["connect_refused"] = await caught(connect({ servers: "nats://127.0.0.1:1" }));
-  const who = (await mesh.agent("PyCounter", "user@example.com/1").call("whoami", {}, {
-    traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-    tracestate: "k=v",
-  })) as Result;
+  const who = (await mesh.agent("PyCounter", "user@example.com/1").call(
+    "whoami",
+    {},
+    {
+      traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+      tracestate: "k=v",
+    },
+  )) as Result;
   out["whoami"] = who;
   // Trace context across hops: TS caller -> Python host -> TS host, and TS caller -> TS host -> Python host.
   await mesh.host("TsEcho", {
@@ -90,7 +94,9 @@ async function callScenario(mesh: Mesh): Promise<Result> {
     },
   });
   const trace = { traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", deadline: Date.now() + 8000 };
-  out["via_python"] = await mesh.agent("PyCounter", "p-1").call("relay", { kind: "TsEcho", id: "e-1", action: "whoami" }, trace);
+  out["via_python"] = await mesh
+    .agent("PyCounter", "p-1")
+    .call("relay", { kind: "TsEcho", id: "e-1", action: "whoami" }, trace);
   out["via_ts"] = await mesh.agent("TsEcho", "e-2").call("relay", {}, trace);
   out["trace_deadline"] = trace.deadline;
   out["local_errors"] = {
@@ -101,7 +107,12 @@ async function callScenario(mesh: Mesh): Promise<Result> {
     },
   };
   // §7.4: a request unanswered within resendAfter is published again; the host runs it once
-  const resending = await connect({ servers: process.argv[3], prefix: process.argv[4], resendAfter: 100, name: "ts-resend" });
+  const resending = await connect({
+    servers: process.argv[3],
+    prefix: process.argv[4],
+    resendAfter: 100,
+    name: "ts-resend",
+  });
   try {
     out["resend_result"] = await resending.agent("PyCounter", "slow-1").call("slow", { ms: 700 }, { timeout: 5000 });
     out["resends"] = resending.resends;
@@ -142,7 +153,9 @@ async function durableScenario(mesh: Mesh): Promise<Result> {
   }
   const creating = await connect({ servers: process.argv[3], prefix: fresh });
   try {
-    out["created"] = await caught(creating.agent("PyCounter", "n-1").withOptions({ delivery: "at_least_once" }).send("add"));
+    out["created"] = await caught(
+      creating.agent("PyCounter", "n-1").withOptions({ delivery: "at_least_once" }).send("add"),
+    );
   } finally {
     await creating.close();
   }

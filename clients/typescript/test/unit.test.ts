@@ -17,7 +17,15 @@ import {
 import { bindParams, normaliseParams, ParamError } from "../src/params.js";
 import { errorReply, parseReply } from "../src/reply.js";
 import { parseRequest } from "../src/request.js";
-import { MALFORMED, decodeId, encodeId, headersSize, isReplySubject, newMessageId, parseHeaderBlock } from "../src/wire.js";
+import {
+  MALFORMED,
+  decodeId,
+  encodeId,
+  headersSize,
+  isReplySubject,
+  newMessageId,
+  parseHeaderBlock,
+} from "../src/wire.js";
 
 const te = new TextEncoder();
 
@@ -57,13 +65,17 @@ test("the header block of §11.1 is 120 bytes", () => {
 });
 
 test("header blocks are read as §3 says, never throwing", () => {
-  const block = parseHeaderBlock(te.encode("NATS/1.0 503\r\nNats-Subject: a.b\r\nbad line\r\nna me: x\r\nNa-Action: add\r\n\r\n"));
+  const block = parseHeaderBlock(
+    te.encode("NATS/1.0 503\r\nNats-Subject: a.b\r\nbad line\r\nna me: x\r\nNa-Action: add\r\n\r\n"),
+  );
   assert.equal(block["Status"], "503");
   assert.equal(block["Na-Action"], "add");
   assert.equal(block["na me"], undefined);
   assert.ok(MALFORMED in parseHeaderBlock(te.encode("HTTP/1.1\r\n\r\n")));
   assert.ok(MALFORMED in parseHeaderBlock(te.encode("NATS/1.0x\r\n\r\n")));
-  const bad = parseHeaderBlock(new Uint8Array([...te.encode("NATS/1.0\r\nNa-Action: a"), 0xff, ...te.encode("\r\n\r\n")]));
+  const bad = parseHeaderBlock(
+    new Uint8Array([...te.encode("NATS/1.0\r\nNa-Action: a"), 0xff, ...te.encode("\r\n\r\n")]),
+  );
   assert.equal(bad["Na-Action"], "a\ufffd");
 });
 
@@ -96,12 +108,18 @@ test("bodies are decoded within the limits of §5.4", () => {
   assert.throws(() => decode(new Uint8Array([0xa1, 0xff])), /not valid UTF-8/);
   assert.throws(() => decode(new Uint8Array([0x92, 0xc0])), /truncated/);
   assert.throws(() => decode(new Uint8Array([0xc1])), ProtocolError);
-  assert.deepEqual(decode(encode({ a: [1, 2.5, "x", new Uint8Array([1])] })), { a: [1, 2.5, "x", new Uint8Array([1])] });
+  assert.deepEqual(decode(encode({ a: [1, 2.5, "x", new Uint8Array([1])] })), {
+    a: [1, 2.5, "x", new Uint8Array([1])],
+  });
   assert.equal(decode(encode(2n ** 60n)), 2n ** 60n);
   assert.equal(decode(encode(2 ** 40)), 2 ** 40);
   assert.equal(encode(1893456000000)[0], 0xcf); // Unix ms travel as integers, not floats
   assert.equal(encode(-(2 ** 40))[0], 0xd3);
-  assert.deepEqual(decode(encode({ a: 2n ** 63n - 1n, b: 1893456000000, c: [2.5] })), { a: 2n ** 63n - 1n, b: 1893456000000, c: [2.5] });
+  assert.deepEqual(decode(encode({ a: 2n ** 63n - 1n, b: 1893456000000, c: [2.5] })), {
+    a: 2n ** 63n - 1n,
+    b: 1893456000000,
+    c: [2.5],
+  });
   const when = new Date(1893456000123);
   assert.deepEqual(decode(encode(when)), when);
 });
@@ -144,14 +162,27 @@ test("error replies map to one class per code (§6.3)", () => {
   assert.ok(unknown instanceof AgentError && unknown.code === "brand_new");
   // a body that is not a map: the code is the message
   assert.throws(
-    () => parseReply({ subject: "", reply: "", headers: { "Na-Status": "bad_request" }, data: encode([1]) }, null, null, 1 << 20),
+    () =>
+      parseReply(
+        { subject: "", reply: "", headers: { "Na-Status": "bad_request" }, data: encode([1]) },
+        null,
+        null,
+        1 << 20,
+      ),
     (e: unknown) => e instanceof BadRequest && e.message === "bad_request",
   );
-  assert.throws(() => parseReply({ subject: "", reply: "", headers: {}, data: new Uint8Array() }, null, null, 1 << 20), ProtocolError);
+  assert.throws(
+    () => parseReply({ subject: "", reply: "", headers: {}, data: new Uint8Array() }, null, null, 1 << 20),
+    ProtocolError,
+  );
 });
 
 test("parameters are checked as §5.3 says", () => {
-  const spec = normaliseParams("K.a", { by: { type: "int", default: 1 }, x: { type: ["float", "nil"], optional: true }, name: "str" });
+  const spec = normaliseParams("K.a", {
+    by: { type: "int", default: 1 },
+    x: { type: ["float", "nil"], optional: true },
+    name: "str",
+  });
   assert.deepEqual(bindParams(spec, { name: "n" }), { by: 1, name: "n" });
   assert.deepEqual(bindParams(spec, { name: "n", x: 2 }), { by: 1, name: "n", x: 2 });
   const problem = (body: unknown): [string, string] => {
@@ -173,7 +204,15 @@ test("parameters are checked as §5.3 says", () => {
 
 test("reply subjects and message ids", () => {
   assert.ok(isReplySubject("_INBOX.abc.1"));
-  for (const s of ["$KV.x", "_INBOX.a..b", "_INBOX.*", "_INBOX.>", "_INBOX.a.", "_INBOX.a b", "_INBOX." + "x".repeat(300)]) {
+  for (const s of [
+    "$KV.x",
+    "_INBOX.a..b",
+    "_INBOX.*",
+    "_INBOX.>",
+    "_INBOX.a.",
+    "_INBOX.a b",
+    "_INBOX." + "x".repeat(300),
+  ]) {
     assert.equal(isReplySubject(s), false, s);
   }
   const ids = new Set(Array.from({ length: 1000 }, () => newMessageId()));
