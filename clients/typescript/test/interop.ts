@@ -7,6 +7,7 @@
  *   node dist/test/interop.js durable <url> <prefix>   exactly-once sends to PyCounter
  *   node dist/test/interop.js host    <url> <prefix>   host TsCounter until stdin closes
  *   NA_USER=… NA_PASS=… node dist/test/interop.js perm <url> <prefix>   publishes the server refuses
+ *   node dist/test/interop.js bench   <url> <prefix>   calls/s to PyCounter beside raw nats.js (not in the suite)
  */
 import {
   AgentError,
@@ -234,6 +235,28 @@ async function permScenario(mesh: Mesh): Promise<Result> {
   return out;
 }
 
+/** Sequential calls per second: the client against a Python agent, and raw nats.js request/reply. */
+async function benchScenario(mesh: Mesh): Promise<Result> {
+  const n = Number(process.env["NA_BENCH_N"] ?? "2000");
+  const ref = mesh.agent("PyCounter", "bench");
+  await ref.call("get");
+  let t = performance.now();
+  for (let i = 0; i < n; i++) await ref.call("get");
+  const client = n / ((performance.now() - t) / 1000);
+  const nc = mesh.transport.nc;
+  const sub = nc.subscribe("bench.raw", {
+    callback: (_e, m) => {
+      m.respond(m.data);
+    },
+  });
+  await nc.flush();
+  t = performance.now();
+  for (let i = 0; i < n; i++) await nc.request("bench.raw", new Uint8Array([0xc0]), { timeout: 5000 });
+  const raw = n / ((performance.now() - t) / 1000);
+  sub.unsubscribe();
+  return { n, client_calls_per_s: Math.round(client), raw_requests_per_s: Math.round(raw) };
+}
+
 async function main(): Promise<void> {
   const [scenario, url, prefix] = process.argv.slice(2);
   const user = process.env["NA_USER"];
@@ -250,6 +273,7 @@ async function main(): Promise<void> {
     else if (scenario === "durable") result = await durableScenario(mesh);
     else if (scenario === "host") result = await hostScenario(mesh);
     else if (scenario === "perm") result = await permScenario(mesh);
+    else if (scenario === "bench") result = await benchScenario(mesh);
     else throw new Error(`unknown scenario ${scenario}`);
   } finally {
     await mesh.close();
