@@ -41,6 +41,7 @@ from typing import Any, Protocol
 from ..errors import NatsAgentsError
 from ..tasks import TaskGroup
 from ..transport import Inbound, Subscription, Transport
+from ..wire.subjects import SERVICE_NAME
 from .metrics import Metrics
 
 __all__ = [
@@ -55,8 +56,6 @@ __all__ = [
 
 log = logging.getLogger("natsagents.observability")
 
-#: The service name every natsagents node registers under.
-SERVICE_NAME = "natsagents"
 PING_TYPE = "io.nats.micro.v1.ping_response"
 INFO_TYPE = "io.nats.micro.v1.info_response"
 STATS_TYPE = "io.nats.micro.v1.stats_response"

@@ -21,7 +21,8 @@ Roles (``docs/security.md``, "Roles and permissions"):
 ``operator``  what the CLI's ``nodes``, ``ls``, ``migrate``, ``drain``, ``undrain`` and ``dlq``
               use: reads the members and directory buckets, sends ``info``/``drain``/
               ``undrain``/``migrate`` control requests, reads, replays and deletes dead
-              letters; writes no bucket.
+              letters, asks the nodes' services API (``$SRV.*.natsagents``); writes no
+              bucket.
 
 A user's own subjects (its inbox, a node's control subjects) carry its name; for JWT
 templates the name is ``{{name()}}``, which the server expands per user.
@@ -38,7 +39,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ..wire.ids import validate_kind
-from ..wire.subjects import DEFAULT_PREFIX, bucket_name, validate_prefix
+from ..wire.subjects import DEFAULT_PREFIX, SERVICE_NAME, bucket_name, validate_prefix
 
 __all__ = [
     "DEFAULT_REPLY_PREFIX",
@@ -274,7 +275,10 @@ def _node(p: str, u: str, inbox: str, kinds: tuple[str, ...] | None, replies: Se
     for k in _kinds(kinds):
         # <prefix>.agents.<n>: a cluster agent's own queue group (docs/protocol.md §3).
         sub += [f"{p}.agent.{k}.* {p}.agents", f"{p}.agent.{k}.* {p}.agents.*", f"{p}.activate.{k} {p}.hosts.{k}"]
-    sub += [f"{p}.node.{u}.*", f"{inbox}.>"]
+    sub.append(f"{p}.node.{u}.*")
+    # The NATS services API (protocol §16): $SRV.<verb>, .natsagents, .natsagents.<node>.
+    sub += [f"$SRV.{v}{tail}" for v in ("PING", "INFO", "STATS") for tail in ("", f".{SERVICE_NAME}", f".{SERVICE_NAME}.{u}")]
+    sub.append(f"{inbox}.>")
     pub = [f"{r}>" for r in replies]
     # Handlers call agents of any kind; partition owners forward durable messages of every
     # kind; placement forwards activations and migrations to other nodes.
@@ -326,7 +330,10 @@ def _operator(p: str, inbox: str, kinds: tuple[str, ...] | None) -> Permissions:
     pub += _kv_api(directory, write=False, watch=True)
     # Dead letters: read, delete, replay (a JetStream publish to the agent's inbox).
     pub += [f"$JS.API.STREAM.MSG.GET.{dlq}", f"$JS.API.STREAM.MSG.DELETE.{dlq}", f"{p}.inbox.*.*"]
+    pub.append(f"$JS.API.STREAM.INFO.{dlq}")  # how many dead letters (dlq ls, the dashboard)
     pub.append("$JS.API.STREAM.NAMES")
+    # natsagents top and the dashboard ask the nodes' services API (protocol §16).
+    pub += [f"$SRV.{v}.{SERVICE_NAME}" for v in ("PING", "INFO", "STATS")]
     if kinds:
         pub += [s for s in _caller_publish(p, kinds) if not s.startswith(f"{p}.inbox.")]
     return Permissions(

@@ -19,6 +19,7 @@ from .ids import encode_id, validate_kind
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "SERVICE_NAME",
     "DEFAULT_REPLY_PREFIXES",
     "activate_subject",
     "agent_queue",
@@ -34,6 +35,8 @@ __all__ = [
 ]
 
 DEFAULT_PREFIX = "na"
+#: The NATS services API name every natsagents node registers under (protocol §16).
+SERVICE_NAME = "natsagents"
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 
 

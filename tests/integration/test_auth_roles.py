@@ -315,7 +315,7 @@ async def test_operator_mode_with_the_scoped_templates(creds: Path, tmp_path: Pa
         _key(nkeys.PREFIX_BYTE_ACCOUNT),
         _key(nkeys.PREFIX_BYTE_ACCOUNT),
     )
-    scopes = [json.loads((creds / "jwt" / f"{n}.json").read_text()) for n in ("node-Counter", "caller-Counter")]
+    scopes = [json.loads((creds / "jwt" / f"{n}.json").read_text()) for n in ("node-Counter", "caller-Counter", "operator")]
     unlimited = {
         "subs": -1,
         "data": -1,
@@ -386,6 +386,15 @@ async def test_operator_mode_with_the_scoped_templates(creds: Path, tmp_path: Pa
             finally:
                 await raw.close()
             assert await carol.ref("Counter/j").call("get") == 5
+            # The operator (natsagents top, the dashboard) reads the node's services API.
+            ops = await Raw.connect(srv.url, "ops", user_credentials=str(user_creds("operator", "ops")))
+            try:
+                stats = json.loads((await ops.nc.request("$SRV.STATS.natsagents", b"", timeout=5)).data)
+                assert stats["type"] == "io.nats.micro.v1.stats_response" and stats["id"] == "n7"
+                assert "Counter" in {e["name"] for e in stats["endpoints"]}
+                assert ops.errors == []
+            finally:
+                await ops.close()
             assert node.transport.last_error is None and carol.transport.last_error is None
 
 
