@@ -331,7 +331,7 @@ class Api:
             "time": time.time(),
             "interval": s.interval,
             "sampled_at": s.sampled_at,
-            "errors": dict(s.errors),
+            "errors": dict(s.errors) | ({"directory": self._catalog.error} if self._catalog.error else {}),
             "catalog": {"ready": self._catalog.ready, "agents": len(self._catalog), "rejected": self._catalog.rejected},
             "counts": counts,
             "nodes": s.nodes,

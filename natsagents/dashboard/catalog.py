@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..cluster.directory import DirectoryRecord
-from ..errors import NatsAgentsError
+from ..errors import NatsAgentsError, Unauthorized
 from ..tasks import TaskGroup
 from ..transport import Transport
 from ..transport.kv import Entry, open_bucket
@@ -32,6 +32,7 @@ __all__ = ["AgentCatalog", "AgentPage"]
 log = logging.getLogger("natsagents.dashboard")
 
 _RETRY = (0.5, 1.0, 2.0, 5.0)  # seconds before re-opening a failed watch
+_HOLD_REFUSED = 60.0  # ... when the server refused it: permissions do not change within seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,7 @@ class AgentCatalog:
         self._ready = asyncio.Event()
         self.rejected = 0  # records that failed validation
         self.restarts = 0  # watches re-opened after a failure
+        self.error: str | None = None  # why the last watch failed, until one delivers again
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -121,13 +123,15 @@ class AgentCatalog:
                                 self._ready.set()
                             continue
                         failures = 0
+                        self.error = None
                         if seen is not None:
                             seen.add(entry.key)
                         self.apply(entry)
             except Exception as exc:  # the watch is re-opened, whatever ended it
                 self.restarts += 1
-                delay = _RETRY[min(failures, len(_RETRY) - 1)]
+                delay = _HOLD_REFUSED if isinstance(exc, Unauthorized) else _RETRY[min(failures, len(_RETRY) - 1)]
                 failures += 1
+                self.error = f"{type(exc).__name__}: {exc}"
                 log.warning("dashboard: the directory watch failed (%s); again in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
 

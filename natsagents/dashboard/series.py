@@ -134,7 +134,11 @@ class Sampler:
         now = time.time()
         point: dict[str, Any] = {"t": round(now, 3), "kinds": {}, "nodes": {}}
         try:
+            if not self._asks("members"):
+                raise _Skipped
             statuses = await self._mesh.nodes()
+        except _Skipped:
+            pass
         except Exception as exc:  # NATS trouble must not end the sampler
             self._failed("members", exc)
         else:

@@ -19,8 +19,8 @@ from .ids import encode_id, validate_kind
 
 __all__ = [
     "DEFAULT_PREFIX",
-    "SERVICE_NAME",
     "DEFAULT_REPLY_PREFIXES",
+    "SERVICE_NAME",
     "activate_subject",
     "agent_queue",
     "agent_subject",

@@ -1,7 +1,7 @@
 """The dashboard connected as the least-privilege ``operator`` user of ``natsagents auth``
 (docs/security.md, "The web dashboard"): it lists nodes and agents and migrates and drains;
-what the role may not read (agent state, the dead-letter stream's info) is reported on the
-page, and the rest keeps working."""
+reads the dead-letter count and the per-kind figures of the services API; what the role may
+not read (agent state) is reported on the page, and the rest keeps working."""
 
 from __future__ import annotations
 
@@ -24,7 +24,21 @@ from tests.dashboard_helpers import get_json, http
 def creds(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("auth")
     assert (
-        main(["auth", "--out", str(out), "--node", "n1:Counter", "--node", "n2:Counter", "--operator", "ops"])
+        main(
+            [
+                "auth",
+                "--out",
+                str(out),
+                "--node",
+                "n1:Counter",
+                "--node",
+                "n2:Counter",
+                "--operator",
+                "ops",
+                "--caller",
+                "carol:Counter",
+            ]
+        )
         == Exit.OK
     )
     return out
@@ -43,8 +57,8 @@ def server(creds: Path) -> Iterator[NatsServer]:
 async def meshes(server: NatsServer, creds: Path) -> AsyncIterator[dict[str, Mesh]]:
     opened: dict[str, Mesh] = {}
     try:
-        for user in ("n1", "n2", "ops"):
-            node = user != "ops"
+        for user in ("n1", "n2", "ops", "carol"):
+            node = user in ("n1", "n2")
             opened[user] = await Mesh.connect(
                 server.url,
                 name=user,
@@ -74,22 +88,19 @@ async def test_dashboard_as_the_operator_role(meshes: dict[str, Mesh]) -> None:
         await wait_for(listed, timeout=10, interval=0.05, what="nodes and agents listed as the operator")
         assert (await get_json(port, "/api/agents?q=c2"))["items"][0]["agent"] == "Counter/c2"
 
-        # Not readable by this role: the state and the dead-letter count; said, not hidden.
+        # Not readable by this role: agent state; said, not hidden.
         state = await http(port, "GET", "/api/agent?agent=Counter/c2")
         assert state.status == 403 and state.json()["error"] == "unauthorized", state
 
-        async def dead_letters_refused() -> bool:
-            errors = (await get_json(port, "/api/overview"))["errors"]
-            return "dead letters" in errors and "Unauthorized" in errors["dead letters"]
+        # Readable: the dead-letter count and the per-kind figures of the services API.
+        async def sampled() -> bool:
+            overview = await get_json(port, "/api/overview")
+            series = await get_json(port, "/api/series")
+            return overview["dead_letters"] == 0 and any(p["kinds"].get("Counter") for p in series["points"])
 
-        await wait_for(dead_letters_refused, timeout=10, interval=0.05, what="the refused count is reported")
-
-        async def services_refused() -> bool:
-            errors = (await get_json(port, "/api/overview"))["errors"]
-            return "services" in errors and "$SRV.STATS.natsagents" in errors["services"]
-
-        await wait_for(services_refused, timeout=10, interval=0.05, what="the refused $SRV.STATS is reported")
-        # A refused source is left alone for a minute, not asked in every sample (0.2 s).
+        await wait_for(sampled, timeout=10, interval=0.05, what="the dead-letter count and $SRV.STATS figures")
+        assert (await get_json(port, "/api/overview"))["errors"] == {}
+        # Sampling asks nothing the role may not read: no permission violation in eight samples.
         transport = meshes["ops"].transport
         refused = transport.permission_errors
         samples = len(d.sampler.points)
@@ -111,3 +122,25 @@ async def test_dashboard_as_the_operator_role(meshes: dict[str, Mesh]) -> None:
 
         await wait_for(drain_done, timeout=15, interval=0.05, what="the drain ended")
         assert {r.node for r in await n1.agents()} == {owner}
+
+
+async def test_sources_the_user_may_not_read_are_reported_and_left_alone(meshes: dict[str, Mesh]) -> None:
+    """Run as a caller, which may read none of the sampled sources: each refusal is reported
+    once on the page and the source is not asked again in every sample (each ask would be a
+    violation in the server's log)."""
+    async with Dashboard(meshes["carol"], port=0, interval=0.2) as d:
+        port = d.port
+
+        async def refused() -> bool:
+            errors = (await get_json(port, "/api/overview"))["errors"]
+            return all(
+                "Unauthorized" in errors.get(source, "")
+                for source in ("directory", "members", "services", "dead letters")
+            )
+
+        await wait_for(refused, timeout=10, interval=0.05, what="the refused sources are reported")
+        transport = meshes["carol"].transport
+        before = transport.permission_errors
+        samples = len(d.sampler.points)
+        await wait_for(lambda: len(d.sampler.points) >= samples + 8, timeout=10, what="eight more samples")
+        assert transport.permission_errors == before
