@@ -692,7 +692,11 @@ class Fuzzer:
             sent = self.sent[int(token)]
         except (KeyError, ValueError):
             return
-        sent.replies.append(status)
+        why = ""
+        if status not in ("ok", "raw") and not status.startswith("nats-"):
+            with contextlib.suppress(Exception):  # the error's text, for a failure report
+                why = f" ({str(msgpack.unpackb(data).get('message'))[:160]})"
+        sent.replies.append(status + why)
         if len(sent.replies) == 1:
             if status == "nats-503" and sent.agent is not None and sent.agent[0] in FUZZ_KINDS:
                 self.inactive.add(sent.agent)  # activate it, as a caller would (protocol §7.2)
