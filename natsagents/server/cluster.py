@@ -51,6 +51,7 @@ class NatsCluster(_ContextManaged):
         route_advertise: the route address (``host:port``) every node advertises to the
             others; with ``route_via``, one that leads nowhere keeps gossip from telling a
             node a direct way around the proxies.
+        ping_interval, ping_max: every node's client ping settings (see :class:`NatsServer`).
 
     Raises:
         ConfigurationError: ``size`` is smaller than 1.
@@ -69,6 +70,8 @@ class NatsCluster(_ContextManaged):
         base_dir: str | None = None,
         route_via: Callable[[int, int, int], int] | None = None,
         route_advertise: str | None = None,
+        ping_interval: float | None = None,
+        ping_max: int | None = None,
     ) -> None:
         if size < 1:
             raise ConfigurationError(f"a cluster needs at least one node, not {size}")
@@ -98,6 +101,8 @@ class NatsCluster(_ContextManaged):
                     ],
                     cluster_advertise=route_advertise if clustered else None,
                     max_payload=max_payload,
+                    ping_interval=ping_interval,
+                    ping_max=ping_max,
                     config_extra=config_extra,
                     include=include,
                     binary=binary,

@@ -13,6 +13,7 @@ import socket
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -311,6 +312,14 @@ async def test_server_cluster_stops_on_sigterm(mesh_prefix: str) -> None:
         assert len(urls) == 3 and len(lines) == 4
         assert [line.split()[0] for line in lines[:3]] == [f"{mesh_prefix}-{i}" for i in range(3)]
         await _check_reachable(",".join(urls), mesh_prefix)
+        for line in lines[:3]:  # each server's pid (to pause one: kill -STOP), and its pings
+            fields = line.split()
+            pid = int(fields[fields.index("pid") + 1])
+            assert os.readlink(f"/proc/{pid}/exe").endswith("nats-server")
+            monitor = fields[fields.index("monitor") + 1]
+            raw = await asyncio.to_thread(lambda url=f"{monitor}/varz": urllib.request.urlopen(url, timeout=5).read())
+            varz = json.loads(raw)
+            assert (varz["ping_interval"], varz["ping_max"]) == (2_000_000_000, 3), varz["ping_interval"]
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     assert not any(accepts_connections(url) for url in urls)
