@@ -305,6 +305,11 @@ async def test_server_runs_until_sigint(mesh_prefix: str) -> None:
     assert not accepts_connections(url)
 
 
+def _read_url(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return bytes(response.read())
+
+
 async def test_server_cluster_stops_on_sigterm(mesh_prefix: str) -> None:
     async with background(*CLI, "server", "--cluster", "3", "--name", mesh_prefix) as proc:
         lines = await read_until(proc, "NATS_URL=", within=40)
@@ -317,7 +322,7 @@ async def test_server_cluster_stops_on_sigterm(mesh_prefix: str) -> None:
             pid = int(fields[fields.index("pid") + 1])
             assert os.readlink(f"/proc/{pid}/exe").endswith("nats-server")
             monitor = fields[fields.index("monitor") + 1]
-            raw = await asyncio.to_thread(lambda url=f"{monitor}/varz": urllib.request.urlopen(url, timeout=5).read())
+            raw = await asyncio.to_thread(_read_url, f"{monitor}/varz")
             varz = json.loads(raw)
             assert (varz["ping_interval"], varz["ping_max"]) == (2_000_000_000, 3), varz["ping_interval"]
         proc.send_signal(signal.SIGTERM)
