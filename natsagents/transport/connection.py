@@ -660,7 +660,10 @@ class Transport:
         try:
             await self._send(subject, reply, block, payload)
             if resend is not None and (timeout is None or resend < timeout):
-                first = stall_after if stalled is not None and stall_after is not None else None
+                # The first copy after ``stall_after`` only when that is sooner (docstring).
+                first = (
+                    stall_after if stalled is not None and stall_after is not None and stall_after < resend else None
+                )
                 mux.resend_later((token, resend, subject, reply, block, payload, stalled), first)
             msg = await fut
         except _Expired:

@@ -480,7 +480,8 @@ def test_malformed_policies_and_settings_are_refused(tmp_path: Path) -> None:
     assert "allow" in Fine.__actions__
     for kwargs in (
         {"trusted_callers": {"UNOTAKEY": "ops"}},
-        {"trusted_callers": {public_key(OPS)[:-1] + "A": "ops"}},  # checksum
+        # a wrong checksum (the last character changed to another one)
+        {"trusted_callers": {public_key(OPS)[:-1] + ("B" if public_key(OPS).endswith("A") else "A"): "ops"}},
         {"trusted_callers": {public_key(OPS): "has space"}},
         {"trusted_callers": {public_key(OPS): TrustedCaller}},
         {"trusted_callers": str(tmp_path / "missing.json")},
