@@ -340,11 +340,9 @@ class Mesh:
             raise ConfigurationError("Mesh.embedded() starts its own server: do not pass servers")
 
         async def open_() -> Mesh:
-            from .server import NatsServer
+            from .server import BOUNDED_PING, NatsServer
 
-            # A frozen or cut-off client's subscriptions are freed within about 6-8 s
-            # (nothing depends on it: docs/architecture.md "Gray failures").
-            server = NatsServer(**{"ping_interval": 2.0, "ping_max": 3, **(server_options or {})})
+            server = NatsServer(**{**BOUNDED_PING, **(server_options or {})})
             await anyio.to_thread.run_sync(server.start)
             try:
                 mesh = await cls.connect(server.url, **connect_options)

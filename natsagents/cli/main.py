@@ -531,12 +531,6 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-#: The servers ``natsagents server`` starts ping clients every 2 s and drop one after 3
-#: unanswered pings, as ``Mesh.embedded`` does: a frozen or cut-off client's subscriptions
-#: are freed within about 6-8 s instead of minutes (docs/architecture.md "Gray failures").
-SERVER_PING = (2.0, 3)
-
-
 @command(
     "server",
     help="run a local nats-server (or a loopback cluster) until Ctrl-C",
@@ -548,7 +542,7 @@ SERVER_PING = (2.0, 3)
     "$NATS_URL says otherwise.",
 )
 def _server(args: argparse.Namespace) -> int:
-    from ..server import NatsCluster, NatsServer
+    from ..server import BOUNDED_PING, NatsCluster, NatsServer
 
     runner: NatsServer | NatsCluster
     if args.cluster is not None:
@@ -559,8 +553,7 @@ def _server(args: argparse.Namespace) -> int:
             name=args.name or "natsagents",
             max_payload=args.max_payload,
             base_dir=args.store_dir,
-            ping_interval=SERVER_PING[0],
-            ping_max=SERVER_PING[1],
+            **BOUNDED_PING,
         )
         nodes = list(runner.servers)
     else:
@@ -600,7 +593,7 @@ def _server(args: argparse.Namespace) -> int:
 
 
 def _single_server(args: argparse.Namespace, port: int | None) -> NatsServer:
-    from ..server import NatsServer
+    from ..server import BOUNDED_PING, NatsServer
 
     return NatsServer(
         port=port,
@@ -608,6 +601,5 @@ def _single_server(args: argparse.Namespace, port: int | None) -> NatsServer:
         name=args.name,
         store_dir=args.store_dir,
         max_payload=args.max_payload,
-        ping_interval=SERVER_PING[0],
-        ping_max=SERVER_PING[1],
+        **BOUNDED_PING,
     )

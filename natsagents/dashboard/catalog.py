@@ -32,7 +32,9 @@ __all__ = ["AgentCatalog", "AgentPage"]
 log = logging.getLogger("natsagents.dashboard")
 
 _RETRY = (0.5, 1.0, 2.0, 5.0)  # seconds before re-opening a failed watch
-_HOLD_REFUSED = 60.0  # ... when the server refused it: permissions do not change within seconds
+#: Seconds a source the server refused us is left alone (permissions do not change within
+#: seconds, and each ask is a violation in the server's log); the sampler's sources too.
+HOLD_REFUSED = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +131,7 @@ class AgentCatalog:
                         self.apply(entry)
             except Exception as exc:  # the watch is re-opened, whatever ended it
                 self.restarts += 1
-                delay = _HOLD_REFUSED if isinstance(exc, Unauthorized) else _RETRY[min(failures, len(_RETRY) - 1)]
+                delay = HOLD_REFUSED if isinstance(exc, Unauthorized) else _RETRY[min(failures, len(_RETRY) - 1)]
                 failures += 1
                 self.error = f"{type(exc).__name__}: {exc}"
                 log.warning("dashboard: the directory watch failed (%s); again in %.1f s", exc, delay)

