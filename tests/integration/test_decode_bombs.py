@@ -6,8 +6,10 @@ and many costly but valid bodies at once, which the host's decode budget bounds.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
+import tracemalloc
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -222,6 +224,45 @@ async def test_a_garbage_state_record_costs_nothing_lasting(
     print(f"garbage state of {maps} maps, 4 calls of 1.5 s: peak RSS +{growth:.1f} MiB")
     assert growth < 80, f"peak RSS grew {growth:.0f} MiB"
     assert await node.ref("Counter/h").call("add", by=2) == 2
+
+
+async def test_a_failed_state_load_is_freed_at_once_not_by_the_cyclic_collector(
+    mesh_factory: Any, raw: Any, mesh_prefix: str
+) -> None:
+    """What kept failed state loads alive (the long fuzz's RSS, security.md): ``Host.activate``
+    kept the future it shares with concurrent activations in its frame, the future held the
+    failure and the failure's traceback held that frame: a cycle, so every activation
+    attempt's frames (the record's bytes, up to ``max_payload``; before 08d2396 the decoded
+    record) lived until the cyclic collector's next full run, which a host with many
+    long-lived objects seldom makes. A caller's ``no host`` error and every error reply
+    (``envelope.parse_reply``) made the same cycle with their frames. Counted with the
+    collector off: no failure may outlive the call that saw it."""
+    node: Mesh = await mesh_factory(
+        name="g1", cluster=ClusterSettings(node_id="g1", lease=1.5, rebalance=False, delivery=None)
+    )
+    await node.host(Counter)
+    kv = await raw.jetstream().key_value(bucket_name(mesh_prefix, "state"))
+    await kv.put(agent_key("Counter", "g"), param(flat(50_000, b"\x80")))  # 50 KB, decodes
+    assert await node.ref("Counter/h").call("add", by=1) == 1
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(2):  # each call asks for the activation again until its timeout
+            with pytest.raises(NatsAgentsError, match="state of Counter/g is corrupt") as failed:
+                await node.ref("Counter/g").call("get", timeout=1.5)
+            del failed
+        held = tracemalloc.get_traced_memory()[0] - base
+        alive = [o for o in gc.get_objects() if isinstance(o, BaseException) and "is corrupt" in str(o)]
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    print(f"2 calls over a garbage state record: {len(alive)} failures alive, {held / MiB:.1f} MiB still traced")
+    assert not alive, f"{len(alive)} failures kept alive: {[type(e).__name__ for e in alive][:6]}"
+    assert held < 1 * MiB
+    del alive
+    assert await node.ref("Counter/h").call("add", by=1) == 2
 
 
 # -- the other decode sites: control requests, registry records, JetStream API answers ------
