@@ -13,17 +13,24 @@ pause or fuzz it): ``python -m tests.node_process URLS PREFIX NAME [OPTIONS_JSON
   SIGTERM: ``"before_close"`` or ``"after_close"``.
 
 Prints ``READY`` once serving and ``STOPPED`` after closing on SIGTERM. Logs go to stderr
-at ``$CLUSTER_HOST_LOG`` (default ``WARNING``).
+at ``$CLUSTER_HOST_LOG`` (default ``WARNING``). ``$NODE_HEAP_REPORT=<folder>``: trace the
+Python heap from the start (tracemalloc, slower) and on SIGTERM, before closing, write
+``<folder>/heap-<NAME>.txt``: the heap traced before and after a full collection, the
+largest allocation sites and the most numerous object types (what a host's RSS holds).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import gc
 import json
 import logging
 import os
 import signal
 import sys
+import tracemalloc
+from pathlib import Path
 from typing import Any
 
 from natsagents import Agent, ClusterSettings, DeliverySettings, Mesh, action
@@ -88,7 +95,29 @@ def _print_stats(mesh: Mesh) -> None:
         print(f"STATS {{}} ({exc})", flush=True)
 
 
+def _heap_report(mesh: Mesh, path: Path) -> None:
+    """What this process's heap holds (``$NODE_HEAP_REPORT``): diagnostics only."""
+    before = tracemalloc.get_traced_memory()[0]
+    unreachable = gc.collect()
+    snapshot = tracemalloc.take_snapshot()
+    current, peak = tracemalloc.get_traced_memory()
+    types = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+    lines = [
+        f"traced {before / 2**20:.1f} MiB, after a full collection ({unreachable} unreachable objects) "
+        f"{current / 2**20:.1f} MiB, peak {peak / 2**20:.1f} MiB; "
+        f"{len(mesh._host.activations)} agents active",
+        "largest allocation sites:",
+        *(f"  {stat}" for stat in snapshot.statistics("lineno")[:25]),
+        "most numerous objects tracked by gc:",
+        *(f"  {n} {t}" for t, n in types.most_common(25)),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
 async def main(urls: str, prefix: str, name: str, options: dict[str, Any]) -> None:
+    heap = os.environ.get("NODE_HEAP_REPORT")
+    if heap:
+        tracemalloc.start()
     logging.basicConfig(
         level=os.environ.get("CLUSTER_HOST_LOG", "WARNING"),
         stream=sys.stderr,
@@ -107,6 +136,8 @@ async def main(urls: str, prefix: str, name: str, options: dict[str, Any]) -> No
             print("DRAINED " + json.dumps(await mesh.drain()), flush=True)
         if stats == "before_close":
             _print_stats(mesh)
+        if heap:
+            _heap_report(mesh, Path(heap) / f"heap-{name}.txt")
     finally:
         await mesh.aclose()
     if stats == "after_close":
