@@ -249,6 +249,7 @@ class Report:
     probes: int = 0
     probe_failures: list[str] = field(default_factory=list)
     probe_max_ms: float = 0.0
+    probe_ms: list[float] = field(default_factory=list)  # each successful canary call, in order
     canary_expected: dict[str, int] = field(default_factory=dict)
     canary_found: dict[str, Any] = field(default_factory=dict)
     hosts_dead: list[str] = field(default_factory=list)
@@ -266,6 +267,12 @@ class Report:
     seconds: float = 0.0
     host_stats: dict[str, dict[str, float]] = field(default_factory=dict)
     rss_jumps: list[str] = field(default_factory=list)  # with $FUZZ_RSS_TRACE: what was sent before each
+
+    def probe_p50(self, *, first: bool) -> float:
+        """The median canary call latency (ms) over the first or the last tenth of the run."""
+        part = max(1, len(self.probe_ms) // 10)
+        cut = sorted(self.probe_ms[:part] if first else self.probe_ms[-part:])
+        return cut[len(cut) // 2] if cut else 0.0
 
     @property
     def corrupted_canaries(self) -> list[str]:
@@ -316,7 +323,8 @@ class Report:
             f"  durable results expected {self.durable_expected}, answered {self.durable_answered}, "
             f"twice {len(self.durable_duplicates)}, missing {len(self.durable_unanswered)}, "
             f"unexpected {len(self.durable_unexpected)}",
-            f"  canary probes {self.probes}, failed {len(self.probe_failures)}, slowest {self.probe_max_ms:.0f} ms; "
+            f"  canary probes {self.probes}, failed {len(self.probe_failures)}, slowest {self.probe_max_ms:.0f} ms, "
+            f"p50 first/last tenth {self.probe_p50(first=True):.1f}/{self.probe_p50(first=False):.1f} ms; "
             f"canaries expected {self.canary_expected} found {self.canary_found}",
             f"  hosts dead {self.hosts_dead or 0}; RSS MiB before {mib} after "
             f"{ {k: round(v / MiB, 1) for k, v in self.rss_after.items()} } peak "
@@ -902,7 +910,9 @@ class Fuzzer:
                 self.report.canary_expected[canary] = -1_000_000  # unknown from now on
                 return
             self.report.canary_expected[canary] += 1
-            self.report.probe_max_ms = max(self.report.probe_max_ms, (time.monotonic() - began) * 1000)
+            took = (time.monotonic() - began) * 1000
+            self.report.probe_ms.append(took)
+            self.report.probe_max_ms = max(self.report.probe_max_ms, took)
 
         async def info(node: str) -> None:
             try:
@@ -948,7 +958,9 @@ class Fuzzer:
                 self.report.canary_found[canary] = f"{type(exc).__name__}: {exc}"
         for node, pid in self.pids.items():
             self.report.rss_after[node] = proc_status(pid, "VmRSS")
-            self.report.rss_peak[node] = max(self.report.rss_peak.get(node, 0), self.report.rss_after[node])
+            # VmHWM: the true peak, not only what the probes saw.
+            peak = max(self.report.rss_after[node], proc_status(pid, "VmHWM"))
+            self.report.rss_peak[node] = max(self.report.rss_peak.get(node, 0), peak)
             self.report.cpu[node] += proc_cpu(pid)
         self.report.slow_consumers += self._slow_consumers()
         self.report.raw_errors = [e.decode(errors="replace") for e in self.raw.errors]

@@ -13,17 +13,25 @@ pause or fuzz it): ``python -m tests.node_process URLS PREFIX NAME [OPTIONS_JSON
   SIGTERM: ``"before_close"`` or ``"after_close"``.
 
 Prints ``READY`` once serving and ``STOPPED`` after closing on SIGTERM. Logs go to stderr
-at ``$CLUSTER_HOST_LOG`` (default ``WARNING``).
+at ``$CLUSTER_HOST_LOG`` (default ``WARNING``). ``$NODE_HEAP_REPORT=<folder>``: trace the
+Python heap from the start (tracemalloc, slower) and on SIGTERM, before closing, write
+``<folder>/heap-<NAME>.txt``: the heap traced before and after a full collection, the
+largest allocation sites and the most numerous object types (what a host's RSS holds);
+with ``$NODE_HEAP_HOLDERS=<type name>`` also the referrer chains of two objects of that type.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import gc
 import json
 import logging
 import os
 import signal
 import sys
+import tracemalloc
+from pathlib import Path
 from typing import Any
 
 from natsagents import Agent, ClusterSettings, DeliverySettings, Mesh, action
@@ -88,7 +96,59 @@ def _print_stats(mesh: Mesh) -> None:
         print(f"STATS {{}} ({exc})", flush=True)
 
 
+def _heap_report(mesh: Mesh, path: Path) -> None:
+    """What this process's heap holds (``$NODE_HEAP_REPORT``): diagnostics only."""
+    before = tracemalloc.get_traced_memory()[0]
+    unreachable = gc.collect()
+    snapshot = tracemalloc.take_snapshot()
+    current, peak = tracemalloc.get_traced_memory()
+    types = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+    lines = [
+        f"traced {before / 2**20:.1f} MiB, after a full collection ({unreachable} unreachable objects) "
+        f"{current / 2**20:.1f} MiB, peak {peak / 2**20:.1f} MiB; "
+        f"{len(mesh._host.activations)} agents active",
+        "largest allocation sites:",
+        *(f"  {stat}" for stat in snapshot.statistics("lineno")[:25]),
+        "most numerous objects tracked by gc:",
+        *(f"  {n} {t}" for t, n in types.most_common(25)),
+        *_holders(os.environ.get("NODE_HEAP_HOLDERS", "")),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _holders(type_name: str, depth: int = 6) -> list[str]:
+    """What keeps the objects of ``type_name`` alive: the referrer chains of two of them."""
+    if not type_name:
+        return []
+    found = [o for o in gc.get_objects() if type(o).__qualname__ == type_name]
+    out = [f"holders of {type_name} ({len(found)} alive):"]
+    seen: set[int] = {id(found)}
+    for obj in found[:2]:
+        frontier = [(obj, 0)]
+        while frontier:
+            item, level = frontier.pop()
+            if level >= depth:
+                continue
+            for ref in gc.get_referrers(item):
+                if id(ref) in seen or ref is frontier:
+                    continue
+                seen.add(id(ref))
+                text = type(ref).__qualname__
+                if isinstance(ref, (list, set, dict, tuple)):
+                    text += f" len {len(ref)}" + (f" keys {list(ref)[:5]!r:.120}" if isinstance(ref, dict) else "")
+                elif type(ref).__name__ == "frame":
+                    text += f" {ref.f_code.co_filename}:{ref.f_lineno} {ref.f_code.co_name}"
+                elif type(ref).__name__ == "coroutine":
+                    text += f" {ref.__qualname__}"
+                out.append("  " * (level + 1) + text)
+                frontier.append((ref, level + 1))
+    return out[:400]
+
+
 async def main(urls: str, prefix: str, name: str, options: dict[str, Any]) -> None:
+    heap = os.environ.get("NODE_HEAP_REPORT")
+    if heap:
+        tracemalloc.start()
     logging.basicConfig(
         level=os.environ.get("CLUSTER_HOST_LOG", "WARNING"),
         stream=sys.stderr,
@@ -107,6 +167,8 @@ async def main(urls: str, prefix: str, name: str, options: dict[str, Any]) -> No
             print("DRAINED " + json.dumps(await mesh.drain()), flush=True)
         if stats == "before_close":
             _print_stats(mesh)
+        if heap:
+            _heap_report(mesh, Path(heap) / f"heap-{name}.txt")
     finally:
         await mesh.aclose()
     if stats == "after_close":

@@ -153,9 +153,13 @@ class Partition:
             if o.running.get(self.n) is self:
                 del o.running[self.n]
             keepalive.cancel()
-            await self._hand_back()
-            with contextlib.suppress(Exception):
-                await consumer.close()
+            try:
+                await self._hand_back()
+            finally:
+                # Also when a lost lease cuts the hand-back short (cancelled, again and
+                # again): an open consumer stays subscribed and keeps what reaches it.
+                with contextlib.suppress(Exception):
+                    await consumer.close()
             log.info("%s gave up inbox partition %d", o.node_id, self.n)
 
     async def _fresh_consumer(self, stream: str, config: js.ConsumerConfig) -> js.PullConsumer:

@@ -392,7 +392,10 @@ class Caller:
             remaining = None if deadline is None else deadline - time.time()
             if remaining is not None and remaining <= 0:
                 if no_host is not None:
-                    raise no_host
+                    try:
+                        raise no_host
+                    finally:
+                        no_host = None  # not kept by this frame: no cycle with its traceback
                 raise CallTimeout(f"deadline passed ({last_problem})", agent=address, action=action)
             try:
                 msg = await self._t.request(

@@ -261,6 +261,10 @@ class Host:
             return act
         finally:
             del self._starting[key]
+            # The failure's traceback holds this frame: without ``fut`` it is not a cycle
+            # (frame, future, exception), freed at once with every frame's locals (a state
+            # record's bytes, ...) rather than whenever the cyclic collector next runs.
+            del fut
 
     async def _start(self, cls: type[Agent], agent_id: str, options: object = None) -> Activation:
         limit = self.settings.max_agents

@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from ..errors import AgentError, ProtocolError, error_for_code
+from ..errors import ProtocolError, error_for_code
 from . import codec
 from . import headers as h
 
@@ -365,7 +365,9 @@ def parse_reply(
     message = body.get("message")
     tb = body.get("traceback")
     details = body.get("details")
-    err: AgentError = error_for_code(
+    # Raised unbound: a local holding it would make a cycle with its traceback (this frame),
+    # kept with the reply's bytes until the cyclic collector runs.
+    raise error_for_code(
         status,
         message if isinstance(message, str) else status,
         agent=body.get("agent") if isinstance(body.get("agent"), str) else agent,
@@ -374,4 +376,3 @@ def parse_reply(
         details=details if isinstance(details, dict) else None,
         remote=True,
     )
-    raise err

@@ -6,7 +6,10 @@ and many costly but valid bodies at once, which the host's decode budget bounds.
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import time
+import tracemalloc
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,10 +19,14 @@ import nats
 import pytest
 
 from natsagents import Agent, ClusterSettings, Mesh, NatsAgentsError, action
+from natsagents.errors import JetStreamError
+from natsagents.testing import wait_for
+from natsagents.transport.jetstream import api_request
 from natsagents.wire import codec
 from natsagents.wire import headers as h
 from natsagents.wire.ids import agent_key
-from natsagents.wire.subjects import bucket_name
+from natsagents.wire.owner import owner_mac
+from natsagents.wire.subjects import bucket_name, node_subject
 from tests.agents import Counter, Typed
 from tests.integration.test_decode_limits import PeakRss, still_serving, subject
 from tests.unit.test_codec_bounds import announced, flat, open_path
@@ -217,3 +224,164 @@ async def test_a_garbage_state_record_costs_nothing_lasting(
     print(f"garbage state of {maps} maps, 4 calls of 1.5 s: peak RSS +{growth:.1f} MiB")
     assert growth < 80, f"peak RSS grew {growth:.0f} MiB"
     assert await node.ref("Counter/h").call("add", by=2) == 2
+
+
+async def test_a_failed_state_load_is_freed_at_once_not_by_the_cyclic_collector(
+    mesh_factory: Any, raw: Any, mesh_prefix: str
+) -> None:
+    """What kept failed state loads alive (the long fuzz's RSS, security.md): ``Host.activate``
+    kept the future it shares with concurrent activations in its frame, the future held the
+    failure and the failure's traceback held that frame: a cycle, so every activation
+    attempt's frames (the record's bytes, up to ``max_payload``; before 08d2396 the decoded
+    record) lived until the cyclic collector's next full run, which a host with many
+    long-lived objects seldom makes. A caller's ``no host`` error and every error reply
+    (``envelope.parse_reply``) made the same cycle with their frames. Counted with the
+    collector off: no failure may outlive the call that saw it."""
+    node: Mesh = await mesh_factory(
+        name="g1", cluster=ClusterSettings(node_id="g1", lease=1.5, rebalance=False, delivery=None)
+    )
+    await node.host(Counter)
+    kv = await raw.jetstream().key_value(bucket_name(mesh_prefix, "state"))
+    await kv.put(agent_key("Counter", "g"), param(flat(50_000, b"\x80")))  # 50 KB, decodes
+    assert await node.ref("Counter/h").call("add", by=1) == 1
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(2):  # each call asks for the activation again until its timeout
+            with pytest.raises(NatsAgentsError, match="state of Counter/g is corrupt") as failed:
+                await node.ref("Counter/g").call("get", timeout=1.5)
+            del failed
+        held = tracemalloc.get_traced_memory()[0] - base
+        alive = [o for o in gc.get_objects() if isinstance(o, BaseException) and "is corrupt" in str(o)]
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    print(f"2 calls over a garbage state record: {len(alive)} failures alive, {held / MiB:.1f} MiB still traced")
+    assert not alive, f"{len(alive)} failures kept alive: {[type(e).__name__ for e in alive][:6]}"
+    assert held < 1 * MiB
+    del alive
+    assert await node.ref("Counter/h").call("add", by=1) == 2
+
+
+# -- the other decode sites: control requests, registry records, JetStream API answers ------
+
+
+@pytest.fixture
+async def node(mesh_factory: Any) -> Mesh:
+    mesh: Mesh = await mesh_factory(
+        name="b1", cluster=ClusterSettings(node_id="b1", lease=1.5, rebalance=False, delivery=None)
+    )
+    await mesh.host(Counter, Typed)
+    assert await mesh.ref("Counter/v").call("add", by=7) == 7
+    return mesh
+
+
+def adopt_bomb(maps: int) -> bytes:
+    """An ``adopt`` request whose migration snapshot (``transfer.data``) is ``maps`` empty
+    maps (~70 bytes each once built: 600,000 would be ~42 MiB)."""
+    head = msgpack.packb({"kind": "Counter", "id": "bomb", "transfer": {"revision": 0, "epoch": 1, "data": None}})
+    assert head.endswith(b"\xa4data\xc0")
+    return head[:-1] + flat(maps, b"\x80")
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["outsider", "node-key"])
+async def test_a_forged_migration_snapshot_is_refused_within_the_decode_bounds(
+    node: Mesh, raw: Any, mesh_prefix: str, peak: PeakRss, signed: bool
+) -> None:
+    """A migration snapshot comes from a peer node (``adopt`` on the node control subject,
+    protocol §12): an outsider is refused before its body is decoded; even a node holding
+    the owner key (a compromised peer) gets ``bad_request`` without the snapshot being built."""
+    target = node_subject(mesh_prefix, "b1", "adopt")
+    body = adopt_bomb(600_000)
+    headers: dict[str, str] = {}
+    if signed:
+        key = node.cluster_node.owner_key
+        assert key is not None
+        headers[h.OWNER_MAC] = owner_mac(key, target, headers, body)
+    peak.start()
+    started = time.perf_counter()
+    reply = await raw.request(target, body, headers=headers, timeout=10)
+    took, growth = time.perf_counter() - started, peak.growth()
+    status = (reply.headers or {}).get(h.STATUS)
+    print(f"forged adopt ({len(body)} B, {'signed' if signed else 'unsigned'}): {status}, peak RSS +{growth:.1f} MiB")
+    assert status == ("bad_request" if signed else "unauthorized")
+    if signed:
+        assert "holds more than" in msgpack.unpackb(reply.data)["message"]
+    assert took < 2 and growth < 20, f"{took:.2f} s, peak RSS +{growth:.0f} MiB"
+    assert await node.ref("Counter/v").call("get") == 7
+    assert "Counter/bomb" not in {f"{a.kind}/{a.agent_id}" for a in node._host.activations.values()}
+
+
+REGISTRY_KEYS = {
+    "directory": ("directory", agent_key("Counter", "v2")),
+    "membership": ("members", "ghost"),
+    "rebalancer": ("control", "rebalancer"),
+}
+
+
+@pytest.mark.parametrize("record", list(REGISTRY_KEYS))
+async def test_a_bomb_in_a_registry_record_is_ignored_within_the_decode_bounds(
+    mesh_factory: Any, raw: Any, mesh_prefix: str, peak: PeakRss, record: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone who may write a control bucket may put a bomb there: the node's watches and
+    reads decode it within ``codec``'s bounds, ignore it (a garbage leader key is taken
+    over), and keep working."""
+    caplog.set_level(logging.DEBUG, logger="natsagents")
+    node: Mesh = await mesh_factory(
+        name="r1", cluster=ClusterSettings(node_id="r1", lease=1.0, rebalance=record == "rebalancer", delivery=None)
+    )
+    await node.host(Counter)
+    assert await node.ref("Counter/v").call("add", by=7) == 7
+    name, key = REGISTRY_KEYS[record]
+    kv = await raw.jetstream().key_value(bucket_name(mesh_prefix, name))
+    peak.start()
+    await kv.put(key, flat(600_000, b"\x80"))  # 600 KB: ~42 MiB if it were built
+    assert await node.ref("Counter/v2").call("add", by=3) == 3  # reads its directory record
+    if record == "rebalancer":
+
+        async def taken_over() -> bool:
+            return bytes((await kv.get(key)).value) == msgpack.packb("r1")  # not decoded here
+
+        await wait_for(taken_over, timeout=5, what="the garbage leader key taken over")
+    else:
+        await node.cluster_node.membership.beat_now()
+        await wait_for(
+            lambda: any(f"under {key!r}: msgpack body holds more than" in r.getMessage() for r in caplog.records),
+            what=f"the {record} bomb refused",
+        )
+    growth = peak.growth()
+    print(f"bomb in the {record} record (600,000 empty maps, 600 KB): peak RSS +{growth:.1f} MiB")
+    assert growth < 20, f"peak RSS grew {growth:.0f} MiB"
+    assert await node.ref("Counter/v").call("add", by=1) == 8
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (b"[" * 200_000 + b"]" * 200_000, "not JSON"),  # deeper than the JSON parser recurses
+        (b"\xff\xfe{", "not JSON"),
+        (b"[" + b"[]," * 340_000 + b"[]]", "holds more than 262144 JSON values"),  # 1 MiB: was +26 MiB
+    ],
+    ids=["deep", "not-utf8", "many-lists"],
+)
+async def test_a_forged_jetstream_api_answer_is_a_typed_error(
+    nats_url: str, raw: Any, connect: Any, peak: PeakRss, answer: bytes, message: str
+) -> None:
+    """JetStream API answers are JSON from the server, read from our own inbox; whoever
+    could publish there (a user allowed ``_INBOX.>``) gets a typed ``JetStreamError``, not
+    a ``RecursionError`` out of the client, at a bounded cost."""
+    transport = await connect(nats_url)
+
+    async def forged(msg: Any) -> None:
+        await raw.publish(msg.reply, answer)
+
+    await raw.subscribe("$JS.API.FORGED.INFO", cb=forged)
+    await raw.flush()
+    peak.start()
+    with pytest.raises(JetStreamError, match=message):
+        await api_request(transport, "$JS.API.FORGED.INFO", None, 5.0)
+    growth = peak.growth()
+    print(f"forged JetStream API answer ({len(answer)} B): peak RSS +{growth:.1f} MiB")
+    assert growth < 5, f"peak RSS grew {growth:.0f} MiB"

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from ...errors import CallTimeout, ConsumerNotFound, JetStreamError, PayloadTooLarge, StreamNotFound
+from ...wire.codec import MAX_OBJECTS
 from ..connection import Inbound, NoResponders, Transport
 
 T = TypeVar("T")
@@ -27,6 +28,12 @@ READ_ATTEMPT = 1.0  # seconds one read attempt may take before it is retried
 _UNKNOWN_STREAM = 10059
 _UNKNOWN_CONSUMER = 10014
 _MESSAGE_TOO_LARGE = 10054
+#: Most commas, brackets and braces a JetStream API answer may hold (counted before it is
+#: parsed: each value but the first of an array or object follows a comma, so it decodes to
+#: at most ~2x as many objects as this). The server's answers hold hundreds; one that
+#: someone else published to our inbox could otherwise cost ~25x its length (1 MiB of
+#: ``[],``: +26 MiB), and a JSON nesting deeper than Python recurses is refused too.
+_MAX_JSON_VALUES = MAX_OBJECTS // 2
 
 
 def error_for(message: str, *, status: int | None = None, err_code: int | None = None) -> JetStreamError:
@@ -50,9 +57,12 @@ def decode_reply(what: str, msg: Inbound) -> dict[str, Any]:
     status = (msg.headers or {}).get("Status")
     if status and not msg.data:
         raise JetStreamError(f"{what}: status {status}", status=int(status) if status.isdigit() else None)
+    data = msg.data
+    if len(data) > _MAX_JSON_VALUES and data.count(b",") + data.count(b"[") + data.count(b"{") > _MAX_JSON_VALUES:
+        raise JetStreamError(f"{what}: the reply holds more than {_MAX_JSON_VALUES} JSON values")
     try:
-        doc = json.loads(msg.data)
-    except ValueError:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser recurses
         raise JetStreamError(f"{what}: the server sent a reply that is not JSON") from None
     err = doc.get("error") if isinstance(doc, dict) else {"description": "the reply is not a JSON object"}
     if isinstance(err, dict):

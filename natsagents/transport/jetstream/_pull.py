@@ -124,6 +124,8 @@ class PullConsumer:
 
     def _on_msg(self, msg: Inbound) -> None:
         """Runs in the connection's reader task: route a delivery or status message."""
+        if self._closed:
+            return  # not kept: the server delivers it again after ack_wait
         pull = self._pull
         if not msg.reply:
             code = (msg.headers or {}).get("Status")
@@ -244,9 +246,11 @@ class PullConsumer:
         if pull is not None:
             pull.error = JetStreamError(f"{self!r} closed during a fetch")
             pull.done.set()
-        if self._sub is not None:
-            await self._sub.unsubscribe()
         buffered, self._buffer = list(self._buffer), deque()
+        if self._sub is not None:
+            # Shielded: a cancelled close still unsubscribes (else the subscription, and
+            # this consumer, live as long as the connection).
+            await asyncio.shield(self._sub.unsubscribe())
         for msg in buffered:
             with contextlib.suppress(TransportError):
                 await msg.nak()
