@@ -95,22 +95,24 @@ async def test_forged_increments_do_not_corrupt_the_total(mesh: Mesh, connect: C
     c = await mesh.counter("forged")
     assert await c.add(10) == 10
     raw = await connect(nats_url)  # a peer of its own, no SDK checks
-    bogus: list[tuple[dict[str, str], bytes]] = [
-        ({}, b""),  # no Nats-Incr
-        ({"Nats-Incr": "abc"}, b""),
-        ({"Nats-Incr": "1.5"}, b""),
-        ({"Nats-Incr": "+-1"}, b""),
-        ({"Nats-Incr": "+\u0661"}, b""),  # an Arabic-Indic digit one
-        ({"Nats-Incr": "1e9"}, b""),
-        ({"Nats-Incr": "+1"}, b'{"val":"999"}'),  # a body: refused, the server writes the body
-        ({"Nats-Incr": "+1", "Nats-Expected-Last-Subject-Sequence": "1"}, b""),
-        ({"Nats-Incr": "+1", "Nats-Rollup": "sub"}, b""),
-        ({"Nats-Incr": "+1", "Nats-TTL": "5"}, b""),
-        ({"Nats-Incr": "9" * 70_000}, b""),  # over the server's 64 KiB header limit
+    bogus: list[tuple[dict[str, str], bytes, int]] = [  # headers, body, the server's err_code
+        ({}, b"", 10169),  # no Nats-Incr
+        ({"Nats-Incr": ""}, b"", 10169),
+        ({"Nats-Incr": "abc"}, b"", 10171),
+        ({"Nats-Incr": "1.5"}, b"", 10171),
+        ({"Nats-Incr": "+-1"}, b"", 10171),
+        ({"Nats-Incr": "+\u0661"}, b"", 10171),  # an Arabic-Indic digit one
+        ({"Nats-Incr": "1e9"}, b"", 10171),
+        ({"Nats-Incr": "+1"}, b'{"val":"999"}', 10170),  # a body: refused, the server writes the body
+        ({"Nats-Incr": "+1", "Nats-Expected-Last-Subject-Sequence": "1"}, b"", 10171),
+        ({"Nats-Incr": "+1", "Nats-Rollup": "sub"}, b"", 10171),
+        ({"Nats-Incr": "+1", "Nats-TTL": "5"}, b"", 10166),
+        ({"Nats-Incr": "9" * 70_000}, b"", 10097),  # over the server's 64 KiB header limit
     ]
-    for headers, body in bogus:
-        with pytest.raises(JetStreamError):
-            await publish(raw, c.subject, body, msg_id=f"forged-{len(headers)}-{len(body)}", headers=headers)
+    for i, (headers, body, code) in enumerate(bogus):
+        with pytest.raises(JetStreamError) as refused:
+            await publish(raw, c.subject, body, msg_id=f"forged-{i}", headers=headers)
+        assert refused.value.err_code == code, (headers, refused.value)
         await raw.publish(c.subject, body, headers=headers)  # and fire-and-forget, no reply to see
     await raw.flush()
     assert await c.value(consistent=True) == 10
