@@ -721,6 +721,9 @@ async def test_counters_callers_add_and_read_operators_read_nobody_deletes(
         # A peer (another language) adds with a plain request and a Nats-Incr header.
         ack = await web.nc.request("na.counter.hits", b"", headers={"Nats-Incr": "+10"}, timeout=5)
         assert json.loads(ack.data)["val"] == str(start + 13)
+        got = await web.nc.request("$JS.API.DIRECT.GET.na_counters.na.counter.hits", b"", timeout=5)
+        assert json.loads(got.data) == {"val": str(start + 13)} and got.headers is not None
+        assert got.headers["Nats-Incr"] == "+10"
         assert web.errors == []
         info = await stream_info(verifier, "na_counters")
         assert info["config"]["allow_msg_counter"] is True
