@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from natsagents import ConfigurationError, CountersUnsupported, DistributedCounter, Mesh, ProtocolError
+from natsagents import ConfigurationError, CountersUnsupported, DistributedCounter, Mesh, MeshClosed, ProtocolError
 from natsagents.counters import (
     DUPLICATE_WINDOW,
     MAX_DELTA_DIGITS,
@@ -118,6 +118,13 @@ async def test_forged_increments_do_not_corrupt_the_total(mesh: Mesh, connect: C
     assert await c.value(consistent=True) == 10
     assert await c.add(1) == 11  # still counting
     assert raw.is_connected and mesh.transport.is_connected
+
+
+async def test_a_closed_mesh_hands_out_no_counter(mesh_factory: MeshFactory) -> None:
+    mesh = await mesh_factory(name="closing")
+    await mesh.aclose()
+    with pytest.raises(MeshClosed):
+        await mesh.counter("hits")
 
 
 def test_hostile_totals_are_protocol_errors() -> None:
