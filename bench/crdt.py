@@ -1,9 +1,16 @@
 """CRDT throughput: delta mutations (mutate on one replica, apply the delta on another) and
 full-state merges, per type, beside a plain-Python baseline doing the same count of dict/set
-operations. Pure CPU, no server. The last line is one JSON object.
+operations (pure CPU). Then the counters over the network, on a 3-server cluster started for
+the run (``bench/_counters.py`` says what each variant does and guarantees): the native
+JetStream counter (``mesh.counter``, ADR-49) beside the CRDT PNCounter replicated to 3
+replicas over core NATS (and, durably, through an R3 stream), from 1 and from 8 concurrent
+clients: increments/s, latency p50/p99 per increment, convergence; raw nats-py is the
+baseline for the native counter's SDK cost. The last line is one JSON object
+(``ratio_native_crdt_incr``: native ÷ CRDT increments/s with 8 clients).
 
-    .venv/bin/python bench/crdt.py            # about 1 min of CPU
-    .venv/bin/python bench/crdt.py --quick    # about 10 s of CPU
+    .venv/bin/python bench/crdt.py              # about 1.5 min
+    .venv/bin/python bench/crdt.py --quick      # under a minute
+    .venv/bin/python bench/crdt.py --no-server  # the CPU part only
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import format_table, machine_info
+from _counters import run_counters
 
 from natsagents.crdt import HLC, GCounter, LWWRegister, MVRegister, ORMap, ORSet, PNCounter
 
@@ -230,7 +238,8 @@ def _repeat(fn: Callable[[], Any]) -> Callable[[int], None]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer operations and rounds (about 10 s of CPU)")
+    parser.add_argument("--quick", action="store_true", help="fewer operations and rounds (under a minute)")
+    parser.add_argument("--no-server", action="store_true", help="skip the counters over a 3-server cluster")
     args = parser.parse_args()
     n, runs, merges = (5_000, 2, 50) if args.quick else (30_000, 3, 300)
 
@@ -259,6 +268,18 @@ def main() -> None:
         result[f"encoded_{key}_bytes"] = len(encoded)
     print(format_table(["operation", "crdt ops/s", "baseline ops/s", "ratio"], rows))
     print("baseline: the same count of plain dict/set operations on two plain values")
+    if not args.no_server:
+        counter_rows, counter_result = run_counters(args.quick)
+        result.update(counter_result)
+        print()
+        header = ["counter", "clients", "incr/s", "p50 µs", "p99 µs", "converge ms"]
+        print(format_table(header, counter_rows))
+        print(
+            "native: add() awaits the PubAck of an R3 counter stream (a quorum stored it, the total is exact); "
+            "raw: the same request from bare nats-py (baseline);\n"
+            "crdt: PNCounter delta published over core NATS, not awaited, merged by 3 replicas (nothing stored); "
+            "crdt_durable: the delta stored in an R3 stream (PubAck awaited) and merged live by the replicas"
+        )
     print(json.dumps(result))
 
 

@@ -17,6 +17,7 @@ Write an agent class once, host it on any number of processes, and talk to it by
 from .agent import USE_DEFAULT, Agent, AgentFuture, AgentRef, Context, action, all_of, any_of, current_context
 from .agent.policy import TrustedCaller
 from .cluster import ClusterSettings, Hints, Resources
+from .counters import CountersUnsupported, DistributedCounter
 from .delivery import DeadLetter
 from .delivery.settings import DeliverySettings
 from .errors import (
@@ -74,8 +75,10 @@ __all__ = [
     "ConnectError",
     "Context",
     "CorrelationIdFilter",
+    "CountersUnsupported",
     "DeadLetter",
     "DeliverySettings",
+    "DistributedCounter",
     "HandlerError",
     "Hints",
     "Identity",

@@ -21,7 +21,8 @@ exception escapes. Misuse errors also derive from the matching builtin
     │       ├── CasConflict                    a KV compare-and-set found another revision
     │       │   └── KeyNotFound                … found the key absent
     │       ├── MalformedAckSubject            (also ProtocolError) a reply is not ``$JS.ACK.…``
-    │       └── PublishBatchError              some of a publish_many failed (in transport.jetstream)
+    │       ├── PublishBatchError              some of a publish_many failed (in transport.jetstream)
+    │       └── CountersUnsupported            the server has no counters, < 2.12 (in natsagents.counters)
     ├── ProtocolError                          a peer sent something that is not protocol v1
     └── AgentError                             a call failed; carries code, agent, action
         ├── BadRequest (ValueError)            bad_request

@@ -25,6 +25,7 @@ from .cluster.node import ClusterNode
 from .cluster.placement import Hints, Resources
 from .cluster.settings import ClusterSettings, node_id_from_name
 from .cluster.view import ClusterView, NodeStatus
+from .counters import Counters, DistributedCounter
 from .delivery import DeadLetter, PartitionOwners, delete_dead_letter, list_dead_letters, replay_dead_letter
 from .delivery.publish import DurablePublisher
 from .errors import AgentError, ConfigurationError, MeshClosed
@@ -123,6 +124,7 @@ class Mesh:
             tasks=self._tasks,
         )
         self._caller.durable = DurablePublisher(transport, self._caller, prefix)
+        self._counters = Counters(transport, prefix)
         kinds: dict[str, type[Agent]] = {}
         self._host: Host = Host(
             transport,
@@ -617,6 +619,12 @@ class Mesh:
             tasks.append(task)
         await asyncio.gather(*tasks)
         return results
+
+    async def counter(self, name: str, *, timeout: float = 5.0) -> DistributedCounter:
+        """A native JetStream counter (``add``, ``value``; nats-server ≥ 2.12; protocol §18,
+        docs/crdt.md); the mesh's counters stream is created on first use."""
+        self._check_open()
+        return await self._counters.open(name, timeout=timeout)
 
     async def dead_letters(self, *, limit: int = 100) -> list[DeadLetter]:
         """The oldest ``limit`` messages of the dead-letter stream (docs/delivery.md).

@@ -15,14 +15,18 @@ Roles (``docs/security.md``, "Roles and permissions"):
               ``<prefix>.hosts.<kind>``, its own control subjects and its own inbox; publishes
               replies to inboxes, requests to any agent, activation or node subject, and the
               JetStream API of the mesh's KV buckets and durable-delivery streams.
-``caller``    calls and sends to agents of some kinds (durable sends included); subscribes
-              nothing but its own inbox ``_INBOX.<name>.>``.
+``caller``    calls and sends to agents of some kinds (durable sends included), adds to and
+              reads the mesh's native counters (``mesh.counter``); subscribes nothing but
+              its own inbox ``_INBOX.<name>.>``.
 ``peer``      a caller written in another language: the same, with a configurable inbox.
 ``operator``  what the CLI's ``nodes``, ``ls``, ``migrate``, ``drain``, ``undrain`` and ``dlq``
               use: reads the members and directory buckets, sends ``info``/``drain``/
               ``undrain``/``migrate`` control requests, reads, replays and deletes dead
-              letters, asks the nodes' services API (``$SRV.*.natsagents``); writes no
-              bucket.
+              letters, asks the nodes' services API (``$SRV.*.natsagents``), reads the
+              native counters; writes no bucket and adds to no counter.
+
+Only nodes create the counters stream (on first use); nobody generated here may delete or
+purge it.
 
 A user's own subjects (its inbox, a node's control subjects) carry its name; for JWT
 templates the name is ``{{name()}}``, which the server expands per user.
@@ -37,6 +41,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..counters import COUNTER_TOKEN, counters_stream
 from ..errors import ConfigurationError
 from ..wire.ids import validate_kind
 from ..wire.subjects import DEFAULT_PREFIX, SERVICE_NAME, bucket_name, validate_prefix
@@ -242,12 +247,41 @@ def _caller_publish(p: str, kinds: tuple[str, ...] | None) -> list[str]:
     return out
 
 
+def _counters(p: str, *, add: bool, create: bool) -> list[str]:
+    """Native counters (protocol §18, ``natsagents/counters.py``): read (the stream's info,
+    direct gets of counter subjects, leader gets), add (publish to ``<p>.counter.>``; after
+    "no responders", which stream listens), create the stream on first use."""
+    s = counters_stream(p)
+    out = [f"$JS.API.STREAM.INFO.{s}", f"$JS.API.DIRECT.GET.{s}.{p}.{COUNTER_TOKEN}.>", f"$JS.API.STREAM.MSG.GET.{s}"]
+    if add:
+        out += [f"{p}.{COUNTER_TOKEN}.>", "$JS.API.STREAM.NAMES"]
+    if create:
+        out += [f"$JS.API.STREAM.CREATE.{s}", f"$JS.API.STREAM.UPDATE.{s}"]
+    return out
+
+
+def _caller_js_deny(p: str) -> list[str]:
+    """All of JetStream but reading the counters stream (its info, direct and leader gets)
+    and the stream lookup (``STREAM.NAMES``): what a caller's counters need."""
+    out = ["$JS.ACK.>", "$JS.FC.>", "$JS.EVENT.>", "$JS.API.INFO", "$JS.API.CONSUMER.>", "$JS.API.ACCOUNT.>"]
+    out += ["$JS.API.SERVER.>", "$JS.API.META.>", "$JS.API.STREAM.LIST"]
+    verbs = ("CREATE", "UPDATE", "DELETE", "PURGE", "MSG.DELETE", "SNAPSHOT", "RESTORE", "LEADER", "PEER")
+    out += [f"$JS.API.STREAM.{verb}.>" for verb in verbs]
+    # The mesh's other streams: no reads at all (the control bucket holds the owner key).
+    others = [f"KV_{bucket_name(p, b)}" for b in _BUCKETS] + [bucket_name(p, "inbox"), bucket_name(p, "dlq")]
+    for s in others:
+        out += [f"$JS.API.STREAM.INFO.{s}", f"$JS.API.STREAM.MSG.GET.{s}", f"$JS.API.DIRECT.GET.{s}"]
+        out.append(f"$JS.API.DIRECT.GET.{s}.>")
+    return out
+
+
 def _caller(p: str, inbox: str, kinds: tuple[str, ...] | None) -> Permissions:
     return Permissions(
-        publish_allow=tuple(_caller_publish(p, kinds)),
-        # No $KV (registry writes), no $JS (stream creation, consumers, direct gets of the
-        # control bucket's owner key), no control subjects, no forged replies to inboxes.
-        publish_deny=("$KV.>", "$JS.>", "$SYS.>", f"{p}.node.>", f"{p}.dlq.>", f"{p}.inboxp.>", "_INBOX.>"),
+        publish_allow=(*_caller_publish(p, kinds), *_counters(p, add=True, create=False)),
+        # No $KV (registry writes), no $JS but the counters' (no stream creation, consumers,
+        # direct gets of the control bucket's owner key), no control subjects, no forged
+        # replies to inboxes.
+        publish_deny=("$KV.>", *_caller_js_deny(p), "$SYS.>", f"{p}.node.>", f"{p}.dlq.>", f"{p}.inboxp.>", "_INBOX.>"),
         subscribe_allow=(f"{inbox}.>",),
         subscribe_deny=(f"{p}.>", *_SUB_DENY_COMMON),
     )
@@ -310,8 +344,9 @@ def _node(p: str, u: str, inbox: str, kinds: tuple[str, ...] | None, replies: Se
         # After "no responders" on a JetStream publish, which stream listens (if any).
         "$JS.API.STREAM.NAMES",
     ]
+    pub += _counters(p, add=True, create=True)
     return Permissions(
-        publish_allow=tuple(pub),
+        publish_allow=tuple(dict.fromkeys(pub)),
         publish_deny=(
             "$JS.API.STREAM.DELETE.>",
             "$JS.API.STREAM.PURGE.>",
@@ -336,6 +371,7 @@ def _operator(p: str, inbox: str, kinds: tuple[str, ...] | None) -> Permissions:
     pub += [f"$JS.API.STREAM.MSG.GET.{dlq}", f"$JS.API.STREAM.MSG.DELETE.{dlq}", f"{p}.inbox.*.*"]
     pub.append(f"$JS.API.STREAM.INFO.{dlq}")  # how many dead letters (dlq ls, the dashboard)
     pub.append("$JS.API.STREAM.NAMES")
+    pub += _counters(p, add=False, create=False)  # reads them, adds nothing
     # natsagents top and the dashboard ask the nodes' services API (protocol §16).
     pub += [f"$SRV.{v}.{SERVICE_NAME}" for v in ("PING", "INFO", "STATS")]
     if kinds:

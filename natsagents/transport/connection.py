@@ -401,6 +401,12 @@ class Transport:
         return int(self._nc.max_payload)
 
     @property
+    def server_version(self) -> str | None:
+        """The connected server's version from its INFO (``"2.15.1"``), if it gave one."""
+        version = (self._nc._server_info or {}).get("version")
+        return version if isinstance(version, str) else None
+
+    @property
     def connected_url(self) -> str | None:
         url = self._nc.connected_url
         return url.geturl() if url is not None else None

@@ -245,7 +245,12 @@ def test_generated_files(creds: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     capsys.readouterr()
     assert main(["auth", "--json", "--prefix", "prod.eu", "--peer", "js::_INBOX_js"]) == Exit.OK
     (peer,) = json.loads(capsys.readouterr().out)["users"]
-    assert peer["permissions"]["publish"]["allow"] == ["prod.eu.agent.*.*", "prod.eu.activate.*", "prod.eu.inbox.*.*"]
+    assert peer["permissions"]["publish"]["allow"] == [
+        *("prod.eu.agent.*.*", "prod.eu.activate.*", "prod.eu.inbox.*.*"),
+        # Native counters (protocol §18): read the stream, add, find it after "no responders".
+        *("$JS.API.STREAM.INFO.prod_eu_counters", "$JS.API.DIRECT.GET.prod_eu_counters.prod.eu.counter.>"),
+        *("$JS.API.STREAM.MSG.GET.prod_eu_counters", "prod.eu.counter.>", "$JS.API.STREAM.NAMES"),
+    ]
     assert peer["permissions"]["subscribe"]["allow"] == ["_INBOX_js.>"]
 
     # Mistakes are usage errors, and nothing is written.
@@ -669,3 +674,65 @@ async def test_a_caller_of_one_kind_cannot_reach_another(
     assert not [r for r in await ops.agents() if r.kind == "Ledger" and r.agent_id == "l1"]
     assert await n1.ref("Ledger/l2").call("add", value=2) == 2
     assert n1.local_agent("Ledger", "l1") is None
+
+
+# -- native counters ------------------------------------------------------------------------------
+
+
+async def test_counters_callers_add_and_read_operators_read_nobody_deletes(
+    server: NatsServer, creds: Path, connect_as: Opener, raw_as: Callable[[str], Awaitable[Raw]]
+) -> None:
+    verifier = await node_transport(server, creds, "n1")
+    try:
+        alice_mesh = await connect_as("alice")
+        if "na_counters" not in [s async for s in _stream_names(verifier)]:
+            with pytest.raises(Unauthorized):  # a caller may not create the stream (or squat its name)
+                await alice_mesh.counter("hits")
+            expect_refused(alice_mesh)
+        n1 = await connect_as("n1", Counter, node=True)
+        start = await (await n1.counter("hits")).value(consistent=True)  # nodes create it on first use
+        hits = await alice_mesh.counter("hits")
+        assert await hits.add(5) == start + 5
+        assert await hits.add(-2) == start + 3
+        assert await hits.value() == start + 3 and await hits.value(consistent=True) == start + 3
+        ops = await connect_as("ops")
+        seen = await ops.counter("hits")
+        assert await seen.value(consistent=True) == start + 3
+        with pytest.raises(Unauthorized):  # operators read counters, they do not add
+            await seen.add(1)
+        expect_refused(ops)
+        with pytest.raises(Unauthorized):  # nor does a caller delete one
+            await hits.delete()
+        expect_refused(alice_mesh)
+
+        alice, web = await raw_as("alice"), await raw_as("web")
+        for subject, body in [
+            ("$JS.API.STREAM.DELETE.na_counters", b""),
+            ("$JS.API.STREAM.PURGE.na_counters", b"{}"),
+            ("$JS.API.STREAM.UPDATE.na_counters", b'{"name":"na_counters","allow_msg_counter":false}'),
+            ("$JS.API.STREAM.CREATE.na_counters", b'{"name":"na_counters"}'),
+            ("$JS.API.STREAM.MSG.DELETE.na_counters", b'{"seq": 1}'),
+            ("$JS.API.CONSUMER.CREATE.na_counters.spy", b"{}"),
+            ("$JS.API.DIRECT.GET.KV_na_control.$KV.na_control.owner-key", b""),
+            ("$JS.API.STREAM.MSG.GET.KV_na_control", b'{"last_by_subj":"$KV.na_control.owner-key"}'),
+        ]:
+            await alice.nc.publish(subject, body, reply="_INBOX.alice.r.1")
+        await alice.expect_refusals(8)
+        # A peer (another language) adds with a plain request and a Nats-Incr header.
+        ack = await web.nc.request("na.counter.hits", b"", headers={"Nats-Incr": "+10"}, timeout=5)
+        assert json.loads(ack.data)["val"] == str(start + 13)
+        got = await web.nc.request("$JS.API.DIRECT.GET.na_counters.na.counter.hits", b"", timeout=5)
+        assert json.loads(got.data) == {"val": str(start + 13)} and got.headers is not None
+        assert got.headers["Nats-Incr"] == "+10"
+        assert web.errors == []
+        info = await stream_info(verifier, "na_counters")
+        assert info["config"]["allow_msg_counter"] is True
+        assert await hits.value(consistent=True) == start + 13
+    finally:
+        await verifier.close()
+
+
+async def _stream_names(transport: Transport) -> AsyncIterator[str]:
+    reply = await transport.request("$JS.API.STREAM.NAMES", b"{}", timeout=5)
+    for name in json.loads(reply.data).get("streams") or ():
+        yield name

@@ -20,6 +20,7 @@ LAYER_ORDER = [
     "crdt",
     "resilience",
     "transport",
+    "counters",
     "server",
     "agent",
     "observability",

@@ -25,11 +25,13 @@ class PubAck:
         seq: its stream sequence.
         duplicate: ``True`` when the ``Nats-Msg-Id`` was seen within the duplicate window:
             nothing new was stored and ``seq`` is the first copy's.
+        value: a counter stream's new total (ADR-49 ``val``, a decimal string), else ``None``.
     """
 
     stream: str
     seq: int
     duplicate: bool = False
+    value: str | None = None
 
 
 class PublishBatchError(JetStreamError):
@@ -126,7 +128,8 @@ def _pub_ack(what: str, msg: Inbound) -> PubAck:
     stream, seq = doc.get("stream"), doc.get("seq")
     if not isinstance(stream, str) or not isinstance(seq, int) or isinstance(seq, bool):
         raise JetStreamError(f"{what}: the reply is not a JetStream PubAck (a core subscriber answered?)")
-    return PubAck(stream, seq, bool(doc.get("duplicate", False)))
+    value = doc.get("val")
+    return PubAck(stream, seq, bool(doc.get("duplicate", False)), value if isinstance(value, str) else None)
 
 
 async def _publish(
