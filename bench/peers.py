@@ -505,7 +505,8 @@ def measure_round(sides: list[Side], cfg: argparse.Namespace, warm: bool) -> Non
             before = side.cpu()
             r = side.driver.ask({"op": "tput", "c": cfg.concurrency, "d": cfg.duration}, 120 + cfg.duration)
             add_cpu(side, "tput", before)
-            tput[side.name] = {"rps": r["done"] / r["elapsed"], "tput_calls": r["done"]}
+            used = sum(cpu[side.name].get(f"tput_{p}", 0.0) for p in PROCS)
+            tput[side.name] = {"rps": r["done"] / r["elapsed"], "tput_calls": r["done"], "cores": used / r["elapsed"]}
 
         guarded(side, run_tput)
     for side in live:
@@ -517,6 +518,7 @@ def measure_round(sides: list[Side], cfg: argparse.Namespace, warm: bool) -> Non
             "p99_us": percentile(values, 99),
             "mean_us": sum(values) / len(values),
             "rps": tput[side.name]["rps"],
+            "cores_tput": tput[side.name]["cores"],
         }
         for key, used in cpu[side.name].items():
             phase = key.split("_", 1)[0]
@@ -548,6 +550,7 @@ def summarize(sides: list[Side], cfg: argparse.Namespace) -> dict[str, Any]:
     fig: dict[str, dict[str, float | None]] = {}
     for name, side in by.items():
         fig[name] = {k: _agg(side, k) for k in ("rps", "p50_us", "p99_us", "mean_us")}
+        out[f"{name}_cores_tput"] = round(_agg(side, "cores_tput") or 0.0, 2)
         for k in ("rps", "p50_us", "p99_us"):
             v = fig[name][k]
             out[f"{name}_{k}"] = round(v, 1) if v is not None else None
@@ -614,7 +617,7 @@ def print_table(sides: list[Side], summary: dict[str, Any]) -> None:
         "rps ÷ raw",
         "p50 ÷ raw",
         "natsagents ÷ it",
-        "CPU µs/call c=100 (caller/resp/server)",
+        f"CPU µs/call c={c}: caller / responder / server = total",
     ):
         table.add_column(col, justify="left" if not col else "right")
     nats_rps = summary.get("natsagents_rps")
@@ -626,6 +629,7 @@ def print_table(sides: list[Side], summary: dict[str, Any]) -> None:
         vs = summary["vs_raw"].get(name, {})
         cpu = summary["cpu_us_per_call"].get(f"{name}_tput", {})
         cpu_s = " / ".join(f"{cpu.get(p, 0):.0f}" for p in PROCS) + f" = {cpu.get('total', 0):.0f}"
+        cpu_s += f" ({summary[f'{name}_cores_tput']:.2f} cores)"
         rps = summary[f"{name}_rps"]
         table.add_row(
             LABELS[name],
@@ -653,7 +657,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     names = [s for s in SIDES if summary.get(f"{s}_rps") is not None]
     labels = [LABELS[s] for s in names]
     colors = {"raw": "#9e9e9e", "natsagents": "#2e7d32", "faststream": "#1565c0", "ray": "#ef6c00"}
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.4))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.6))
     xs = range(len(names))
     w = 0.38
     p50 = [summary[f"{s}_p50_us"] for s in names]
@@ -679,10 +683,21 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     ax2.set_ylim(0, max(rps) * 1.3)
     ax2.set_ylabel("calls per second (higher is better)")
     ax2.set_title(f"Throughput at concurrency {summary['concurrency']}")
+    bottom = [0.0] * len(names)
+    for proc, alpha in zip(PROCS, (1.0, 0.6, 0.3), strict=True):
+        vals = [summary["cpu_us_per_call"].get(f"{s}_tput", {}).get(proc, 0.0) for s in names]
+        ax3.bar(list(xs), vals, 0.6, bottom=bottom, color=[colors[s] for s in names], alpha=alpha, label=proc)
+        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    totals = ax3.bar(list(xs), [0.0] * len(names), 0.6, bottom=bottom)
+    ax3.bar_label(totals, labels=[f"{v:,.0f} µs" for v in bottom], fontsize=8)
+    ax3.set_xticks(list(xs), labels)
+    ax3.set_ylim(0, max(bottom) * 1.15)
+    ax3.set_ylabel("CPU µs per call, all processes (lower is better)")
+    ax3.set_title("CPU per call at concurrency 100:\ncaller (solid), responder, server (lightest)", fontsize=10)
     m = summary["machine"]
     fig.suptitle(
         f"Counter add, same machine ({m.get('cpus')} CPUs) and nats-server; median of {summary['rounds']} "
-        f"round(s){' (quick)' if summary['quick'] else ''}",
+        f"round(s){' (quick)' if summary['quick'] else ''}; load average at start {summary['load_avg_start']}",
         fontsize=10,
     )
     fig.tight_layout()
@@ -742,6 +757,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(cfg: argparse.Namespace) -> int:
     started = time.perf_counter()
     sides = [Side(name) for name in cfg.names]
+    load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     logdir = Path(tempfile.mkdtemp(prefix="peers-"))
     try:
         with nats_server(None) as (url, server_pid):
@@ -764,6 +780,8 @@ def run(cfg: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(logdir, ignore_errors=True)
     summary = summarize(sides, cfg)
+    summary["load_avg_start"] = load_start
+    summary["load_avg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     print_table(sides, summary)
     if not cfg.no_plot:
