@@ -51,6 +51,8 @@ class NatsCluster(_ContextManaged):
         route_advertise: the route address (``host:port``) every node advertises to the
             others; with ``route_via``, one that leads nowhere keeps gossip from telling a
             node a direct way around the proxies.
+        no_advertise: ``cluster { no_advertise: true }`` on every node (clients are not
+            told the other servers' URLs).
 
     Raises:
         ConfigurationError: ``size`` is smaller than 1.
@@ -69,6 +71,7 @@ class NatsCluster(_ContextManaged):
         base_dir: str | None = None,
         route_via: Callable[[int, int, int], int] | None = None,
         route_advertise: str | None = None,
+        no_advertise: bool = False,
     ) -> None:
         if size < 1:
             raise ConfigurationError(f"a cluster needs at least one node, not {size}")
@@ -97,6 +100,7 @@ class NatsCluster(_ContextManaged):
                         if j != i
                     ],
                     cluster_advertise=route_advertise if clustered else None,
+                    cluster_no_advertise=no_advertise,
                     max_payload=max_payload,
                     config_extra=config_extra,
                     include=include,
