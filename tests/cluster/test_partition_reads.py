@@ -14,7 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from natsagents.cluster.directory import Directory
+from natsagents.cluster.directory import AgentActiveElsewhere, Directory
+from natsagents.cluster.membership import Membership
 from natsagents.errors import CallTimeout, NatsAgentsError
 from natsagents.testing import wait_for
 from natsagents.testing.proxy import ProxiedCluster, partition
@@ -129,3 +130,53 @@ async def _not_verified(directory: Directory, claim: object) -> bool:
         return not await directory.verify(claim)  # type: ignore[arg-type]
     except NatsAgentsError:
         return False
+
+
+async def test_a_cut_off_node_takes_nothing_from_a_live_owner_when_the_cut_heals(
+    proxied: ProxiedCluster, connect: Connect, mesh_prefix: str
+) -> None:
+    """Bug: at the heal the cut-off node judged the owner lapsed from its own stale view
+    and its compare-and-set on the directory record (a revision a live owner never
+    changes) succeeded as soon as routes returned. A takeover needs fresh evidence:
+    the owner's membership record at the stream leader is the one the view saw lapse."""
+    major = await connect(proxied.servers[0].url)
+    minor = await connect(proxied.servers[MINORITY].url)
+    lease = 1.0
+    a = Membership(major, mesh_prefix, "nA", lease=lease)
+    c = Membership(minor, mesh_prefix, "nC", lease=lease)
+    there, here = Directory(major, mesh_prefix), Directory(minor, mesh_prefix)
+    await a.start()
+    await c.start()
+    await there.start(watch=False)
+    await here.start(watch=False)
+    try:
+        await wait_for(lambda: c.is_live("nA") and a.is_live("nC"), timeout=5, what="both members seen")
+        owned = await there.claim("Counter", "live", "nA", is_live=a.is_live)
+        await _lead_from_majority(major, a.bucket, proxied)
+        await _lead_from_majority(major, there.bucket, proxied)
+        with partition(proxied, {MINORITY}, clients=False):
+            await wait_for(lambda: not c.is_live("nA"), timeout=5 * lease, what="nA lapsed in nC's stale view")
+            assert not await c.confirm_lapsed("nA", timeout=0.5)
+        # Right after the heal nC's view of nA is old: it must not conclude nA lapsed.
+        loop = asyncio.get_running_loop()
+        end, checks, stale_views = loop.time() + 3 * lease, 0, 0
+        while loop.time() < end:
+            stale_views += not c.is_live("nA")
+            assert not await c.confirm_lapsed("nA")
+            with pytest.raises(AgentActiveElsewhere):
+                await here.claim("Counter", "live", "nC", is_live=c.is_live, confirm_lapsed=c.confirm_lapsed)
+            checks += 1
+            await asyncio.sleep(0.05)  # pacing the probes, not a synchronisation
+        print(f"after the heal: {checks} claims refused, {stale_views} of them while nC's view had nA lapsed")
+        current = await there.get("Counter", "live", leader=True)
+        assert current is not None and (current.record.node, current.revision) == ("nA", owned.revision)
+        # A real lapse is still confirmed: nA crashes (no goodbye), nC takes over.
+        await a.stop(leave=False)
+        await wait_for(lambda: c.confirm_lapsed("nA"), timeout=5 * lease, interval=0.1, what="nA's lapse confirmed")
+        taken = await here.claim("Counter", "live", "nC", is_live=c.is_live, confirm_lapsed=c.confirm_lapsed)
+        assert taken.taken_over and taken.record.epoch == owned.record.epoch + 1
+    finally:
+        await a.stop()
+        await c.stop()
+        await there.stop()
+        await here.stop()
