@@ -25,6 +25,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ from natsagents import Mesh
 from natsagents.errors import NatsAgentsError
 from natsagents.testing import wait_for
 from natsagents.testing.proxy import ProxiedCluster, partition
-from tests.chaos.test_cluster_chaos import host_processes
+from tests.chaos.test_cluster_chaos import HostProc, host_processes
 
 AGENTS = 9
 RECOVERY = 5.0  # seconds after the heal within which every agent answers normally
@@ -71,7 +72,7 @@ async def _writer(client: Mesh, name: str, book: Book, stop: asyncio.Event) -> N
     while not stop.is_set():
         floor, began = book.acked.get(name, 0), time.monotonic()
         try:
-            value = int(await ref.call("add", by=1, timeout=2.0))
+            value = int(await ref.call("add", by=1, timeout=4.0))
         except NatsAgentsError as exc:
             kind = type(exc).__name__
             book.errors[kind] = book.errors.get(kind, 0) + 1
@@ -98,6 +99,22 @@ async def _reader(client: Mesh, name: str, book: Book, stop: asyncio.Event) -> N
         book.reads += 1
         book.saw(name, value, floor, began, "get")
         await asyncio.sleep(0.05)
+
+
+def _failed_heartbeats(hosts: list[HostProc], since: float) -> dict[str, list[float]]:
+    """When each node's heartbeat writes failed after ``since`` (from its log)."""
+    out: dict[str, list[float]] = {}
+    for host in hosts:
+        for line in host.log_path.read_text(errors="replace").splitlines():
+            if "heartbeat of" not in line or "failed" not in line:
+                continue
+            try:
+                at = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            except ValueError:
+                continue
+            if at >= since:
+                out.setdefault(host.node_id, []).append(round(at - since, 1))
+    return out
 
 
 def _recovered_at(answers: list[tuple[float, float, bool]], healed: float) -> float | None:
@@ -138,7 +155,7 @@ async def _heal_scenario(proxied: ProxiedCluster, prefix: str, tmp_path: Path, *
             with cut:
                 await asyncio.sleep(cut_for)  # the partition lasts this long
                 before = {r.agent_id: (r.node, r.epoch) for r in await writer.agents()}
-            healed = time.monotonic()
+            healed, healed_wall = time.monotonic(), time.time()
             # Run on until every agent answered normally again (or the bound passed).
 
             def recovered() -> bool:
@@ -153,6 +170,7 @@ async def _heal_scenario(proxied: ProxiedCluster, prefix: str, tmp_path: Path, *
         finals = {n: int(await writer.ref(f"Counter/{n}").call("get", timeout=10)) for n in names}
         for host in hosts:
             assert host.proc.returncode is None, host.log_tail()
+        storm = _failed_heartbeats(hosts, healed_wall)
     moved = {n: (before[n], after.get(n)) for n in before if before[n][0] != "nC" and after.get(n) != before[n]}
     times = {n: _recovered_at(book.answers.get(n, []), healed) for n in names}
     worst = max(t for t in times.values() if t is not None)
@@ -168,6 +186,7 @@ async def _heal_scenario(proxied: ProxiedCluster, prefix: str, tmp_path: Path, *
         f"{ {n: round(t, 2) if t is not None else None for n, t in times.items()} })"
     )
     print(f"failed adds by error: {book.errors}, by agent: {book.unknown}")
+    print(f"heartbeats failed after the heal (s after it, per node): {storm}")
     print(f"owners at the heal: {sorted(before.items())}\nowners after: {sorted(after.items())}")
     assert not moved
     assert not book.back_in_time
