@@ -158,6 +158,9 @@ class Membership:
         self._records: dict[str, MemberRecord] = {}
         self._seen: dict[str, float] = {}  # node -> loop.time() of the last change seen
         self._revs: dict[str, int] = {}  # node -> KV revision of the last record seen
+        # node -> (revision, loop time) of a lapse confirmed at the stream leader
+        self._confirmed: dict[str, tuple[int | None, float]] = {}
+        self._confirming: dict[str, tuple[int | None, asyncio.Future[bool]]] = {}
         self._tasks = TaskGroup(f"membership of {node_id}", log)
         self._changed = asyncio.Condition()
         self._ready = asyncio.Event()
@@ -266,10 +269,35 @@ class Membership:
         own clock from when we saw that record; a newer revision at the leader is a
         heartbeat our watch has not delivered yet (we were cut off, it lags): the node
         is live. Any failure to read the leader (we are on a minority side, no leader
-        yet) is no evidence: ``False``. A takeover must hold this (``Directory.claim``)."""
+        yet) is no evidence: ``False``. A takeover must hold this (``Directory.claim``).
+
+        Concurrent checks of one node share one read, and a confirmation holds for that
+        revision for a lease (a node failing takes its agents over in one read, not one
+        per agent): an owner that lapsed stopped serving, and whatever it writes next
+        makes it re-verify its claims first (``gaps``)."""
         if node_id == self.node_id or self.is_live(node_id) or not self.view_trusted():
             return False
         seen = self._revs.get(node_id)
+        now = asyncio.get_running_loop().time()
+        confirmed = self._confirmed.get(node_id)
+        if confirmed is not None and confirmed[0] == seen and now - confirmed[1] < self.lease:
+            return True
+        check = self._confirming.get(node_id)
+        if check is None or check[0] != seen:
+            task = asyncio.ensure_future(self._read_lapse(node_id, seen, timeout))
+            check = self._confirming[node_id] = (seen, task)
+            task.add_done_callback(lambda done: self._forget_check(node_id, done))
+        if not await asyncio.shield(check[1]):
+            return False
+        self._confirmed[node_id] = (seen, now)
+        return not self.is_live(node_id) and self.view_trusted()
+
+    def _forget_check(self, node_id: str, done: asyncio.Future[bool]) -> None:
+        check = self._confirming.get(node_id)
+        if check is not None and check[1] is done:
+            del self._confirming[node_id]
+
+    async def _read_lapse(self, node_id: str, seen: int | None, timeout: float | None) -> bool:
         try:
             entry = await self.bucket.get(node_id, leader=True, timeout=timeout or self.lease)
         except NatsAgentsError as exc:
@@ -280,7 +308,7 @@ class Membership:
         if seen is None or entry.revision != seen:
             log.info("%s is not lapsed: the leader holds revision %d, our view %s", node_id, entry.revision, seen)
             return False
-        return not self.is_live(node_id) and self.view_trusted()
+        return True
 
     @property
     def bucket(self) -> Bucket:

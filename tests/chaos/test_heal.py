@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -102,7 +102,7 @@ async def _reader(client: Mesh, name: str, book: Book, stop: asyncio.Event) -> N
         await asyncio.sleep(0.05)
 
 
-def _failed_heartbeats(hosts: list[HostProc], since: float) -> dict[str, list[float]]:
+def _failed_heartbeats(hosts: Sequence[HostProc], since: float) -> dict[str, list[float]]:
     """When each node's heartbeat writes failed after ``since`` (from its log)."""
     out: dict[str, list[float]] = {}
     for host in hosts:
