@@ -3,9 +3,12 @@
 A record says which node owns ``kind/id``, under which *epoch*, and in which status.
 Claims use create-if-absent; taking over from another owner is a compare-and-set on the
 record's revision and is allowed only when the caller says that owner is no longer live
-(its membership lease lapsed). Every takeover increments the epoch, the fencing token: an
-owner that was paused or partitioned and comes back finds a different revision/epoch and
-must stop its copy (state writes fenced by the same revision arrive with the state layer).
+(its membership lease lapsed) and, in a cluster node, confirms it at the stream leader
+(``Membership.confirm_lapsed``). Reads that decide (the record a claim is based on,
+``verify``) go to the stream leader; ``get`` and the cache may lag. Every takeover
+increments the epoch, the fencing token: an owner that was paused or partitioned and
+comes back finds a different revision/epoch and must stop its copy (state writes fenced by
+the same revision arrive with the state layer).
 
 Records are validated on every read (``DirectoryRecord.from_wire``; the kind and id must
 match the key). A record that fails is treated as an orphan: the cache drops it, ``get``

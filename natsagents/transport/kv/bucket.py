@@ -6,7 +6,9 @@ speaking the JetStream API ourselves through the JetStream layer (``transport/je
 requests over :class:`Transport`'s request mux, retries, error decoding, stream creation):
 
 * reads are direct gets (``allow_direct`` is always on), answered by any replica, so they
-  keep working during leader elections (possibly stale);
+  keep working during leader elections (possibly stale); ``get(key, leader=True)`` reads
+  from the stream leader instead (``STREAM.MSG.GET``): never older than an acknowledged
+  write, unavailable without a leader;
 * the raw reply keeps every header, so TTL markers (``Nats-Marker-Reason``) and delete /
   purge tombstones read as "absent", and :meth:`Bucket.create` writes over them;
 * conflicts come back as the server's ``err_code`` (10071) and become :class:`CasConflict`;
