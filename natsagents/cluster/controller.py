@@ -129,6 +129,8 @@ class Controller:
             log.warning("could not re-place %s: %s", rec.address, exc)
 
     async def _drop(self, claim: Claim) -> None:
+        if not await self._membership.confirm_lapsed(claim.record.node):
+            return  # not on fresh evidence (see Directory.claim): the next scan looks again
         with contextlib.suppress(NatsAgentsError):
             await self._directory.remove(claim)
 

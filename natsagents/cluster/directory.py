@@ -3,9 +3,12 @@
 A record says which node owns ``kind/id``, under which *epoch*, and in which status.
 Claims use create-if-absent; taking over from another owner is a compare-and-set on the
 record's revision and is allowed only when the caller says that owner is no longer live
-(its membership lease lapsed). Every takeover increments the epoch, the fencing token: an
-owner that was paused or partitioned and comes back finds a different revision/epoch and
-must stop its copy (state writes fenced by the same revision arrive with the state layer).
+(its membership lease lapsed) and, in a cluster node, confirms it at the stream leader
+(``Membership.confirm_lapsed``). Reads that decide (the record a claim is based on,
+``verify``) go to the stream leader; ``get`` and the cache may lag. Every takeover
+increments the epoch, the fencing token: an owner that was paused or partitioned and
+comes back finds a different revision/epoch and must stop its copy (state writes fenced by
+the same revision arrive with the state layer).
 
 Records are validated on every read (``DirectoryRecord.from_wire``; the kind and id must
 match the key). A record that fails is treated as an orphan: the cache drops it, ``get``
@@ -20,7 +23,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -202,11 +205,18 @@ class Directory:
         needs: Mapping[str, Any] | None = None,
         hints: Mapping[str, Any] | None = None,
         min_revision: int = 0,
+        confirm_lapsed: Callable[[str], Awaitable[bool]] | None = None,
     ) -> Claim:
         """Make ``node`` the owner of ``kind/agent_id``.
 
         Idempotent for the current owner (returns its claim unchanged). Takes over, with
-        ``epoch + 1``, only when ``is_live(owner)`` is false, or, with ``min_epoch``, when
+        ``epoch + 1``, only when ``is_live(owner)`` is false and ``confirm_lapsed(owner)``
+        (when given) confirms it on fresh evidence (``Membership.confirm_lapsed``: the
+        owner's membership record at the stream leader is the one our view saw lapse).
+        The record is read from the stream leader, and the compare-and-set is on its
+        revision, which a live owner does not change: without the confirmation a node
+        whose view is stale (it was cut off) would take agents from live owners as soon
+        as it can write again. Or, with ``min_epoch``, when
         the stored record is garbage (an orphan). A new record starts at
         ``min_epoch`` (pass the stored state's epoch + 1 so epochs never go back after a
         record was released). ``min_revision``: a revision the record is known to have
@@ -238,7 +248,7 @@ class Directory:
                     return Claim(rec, await self.bucket.update(key, rec.to_wire(), revision=entry.revision), True)
                 if current.node == node:
                     return Claim(current, entry.revision)
-                if is_live(current.node):
+                if is_live(current.node) or (confirm_lapsed is not None and not await confirm_lapsed(current.node)):
                     raise AgentActiveElsewhere(
                         f"{kind}/{agent_id} is active on live node {current.node}",
                         agent=f"{kind}/{agent_id}",
@@ -254,19 +264,26 @@ class Directory:
         raise last
 
     async def _read_at_least(self, key: str, revision: int) -> Entry | None:
-        """The record, read again while a replica answers with one older than ``revision``
-        (replicas may lag a write just acknowledged); the last read after 2 s."""
+        """The record as the stream leader holds it (a claim must not act on a replica
+        that lags: one that was cut off answers seconds behind), read again while it is
+        older than ``revision``; the last read after 2 s."""
         deadline = time.monotonic() + 2.0
         while True:
-            entry = await self.bucket.get(key)
+            entry = await self.bucket.get(key, leader=True)
             if revision <= 0 or (entry is not None and entry.revision >= revision) or time.monotonic() > deadline:
                 return entry
             await asyncio.sleep(0.005)
 
     async def verify(self, claim: Claim) -> bool:
-        """Whether ``claim`` still holds (nobody took over since). A stale owner that gets
-        ``False`` must stop its copy of the agent."""
-        entry = await self.bucket.get(agent_key(claim.record.kind, claim.record.agent_id))
+        """Whether ``claim`` still holds (nobody took over since), read from the stream
+        leader: a lagging replica would say ``True`` to an owner that was taken over, or
+        ``False`` (no record yet) to one that was not. A stale owner that gets ``False``
+        must stop its copy of the agent.
+
+        Raises:
+            CallTimeout: no leader answered (e.g. from the minority side of a partition).
+        """
+        entry = await self.bucket.get(agent_key(claim.record.kind, claim.record.agent_id), leader=True)
         return entry is not None and entry.revision == claim.revision
 
     async def set_status(self, claim: Claim, status: Status) -> Claim:
@@ -282,9 +299,11 @@ class Directory:
         revision = await self.bucket.update(agent_key(rec.kind, rec.agent_id), rec.to_wire(), revision=claim.revision)
         return Claim(rec, revision)
 
-    async def get(self, kind: str, agent_id: str) -> Claim | None:
-        """The record as stored now (one read), or ``None``."""
-        entry = await self.bucket.get(agent_key(kind, agent_id))
+    async def get(self, kind: str, agent_id: str, *, leader: bool = False) -> Claim | None:
+        """The record as stored (one read), or ``None``. Any replica answers (the fast
+        path: placement, routing, where a stale answer costs a retry) unless ``leader``:
+        decisions that stop or take over a copy read from the stream leader."""
+        entry = await self.bucket.get(agent_key(kind, agent_id), leader=leader)
         if entry is None:
             return None
         record = self._parse(entry)

@@ -157,6 +157,10 @@ class Membership:
         self._bucket: Bucket | None = None
         self._records: dict[str, MemberRecord] = {}
         self._seen: dict[str, float] = {}  # node -> loop.time() of the last change seen
+        self._revs: dict[str, int] = {}  # node -> KV revision of the last record seen
+        # node -> (revision, loop time) of a lapse confirmed at the stream leader
+        self._confirmed: dict[str, tuple[int | None, float]] = {}
+        self._confirming: dict[str, tuple[int | None, asyncio.Future[bool]]] = {}
         self._tasks = TaskGroup(f"membership of {node_id}", log)
         self._changed = asyncio.Condition()
         self._ready = asyncio.Event()
@@ -166,6 +170,7 @@ class Membership:
         self._ok_sent = 0.0
         self._gap_ended = float("-inf")
         self._gaps = 0
+        self._failed_at = float("-inf")  # loop.time() of our last failed heartbeat
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -244,12 +249,72 @@ class Membership:
         return self._gaps
 
     def view_trusted(self) -> bool:
-        """Whether our view of the others' liveness can be acted on: our lease holds and
-        a whole lease passed since our last gap ended. After a pause or a cut, the
-        others' records look old until their next heartbeats reach us; judging them
-        lapsed then would take agents from live owners."""
+        """Whether our view of the others' liveness can be acted on: our lease holds, a
+        whole lease passed since our last gap ended and since our last heartbeat failed.
+        After a pause or a cut, the others' records look old until their next
+        heartbeats reach us; while the KV refuses writes (a leader election, the
+        step-downs after a partition heals) the others' heartbeats fail as ours do.
+        Judging them lapsed then would take agents from live owners."""
         now = asyncio.get_running_loop().time()
-        return self._ok_sent + self.lease > now and now - self._gap_ended >= self.lease
+        return (
+            self._ok_sent + self.lease > now
+            and now - self._gap_ended >= self.lease
+            and now - self._failed_at >= self.lease
+        )
+
+    async def confirm_lapsed(self, node_id: str, *, timeout: float | None = None) -> bool:
+        """Whether ``node_id``'s lease has lapsed, on fresh evidence: it is not live in
+        our view, our view is trusted, and the stream leader holds the very record
+        (revision) our view last saw of it (or none). Our view judges the lease on our
+        own clock from when we saw that record; a newer revision at the leader is a
+        heartbeat our watch has not delivered yet (we were cut off, it lags): the node
+        is live. Any failure to read the leader (we are on a minority side, no leader
+        yet) is no evidence: ``False``. A takeover must hold this (``Directory.claim``).
+
+        Concurrent checks of one node share one read, and a confirmation holds for that
+        revision for a lease (a node failing takes its agents over in one read, not one
+        per agent): an owner that lapsed stopped serving, and whatever it writes next
+        makes it re-verify its claims first (``gaps``)."""
+        if node_id == self.node_id or self.is_live(node_id) or not self.view_trusted():
+            return False
+        seen = self._revs.get(node_id)
+        now = asyncio.get_running_loop().time()
+        confirmed = self._confirmed.get(node_id)
+        if confirmed is not None and confirmed[0] == seen and now - confirmed[1] < self.lease:
+            return True
+        check = self._confirming.get(node_id)
+        if check is None or check[0] != seen:
+            task = asyncio.ensure_future(self._read_lapse(node_id, seen, timeout))
+            check = self._confirming[node_id] = (seen, task)
+            task.add_done_callback(lambda done: self._forget_check(node_id, done))
+        if not await asyncio.shield(check[1]):
+            return False
+        self._confirmed[node_id] = (seen, now)
+        return not self.is_live(node_id) and self.view_trusted()
+
+    def _forget_check(self, node_id: str, done: asyncio.Future[bool]) -> None:
+        check = self._confirming.get(node_id)
+        if check is not None and check[1] is done:
+            del self._confirming[node_id]
+
+    async def _read_lapse(self, node_id: str, seen: int | None, timeout: float | None) -> bool:
+        try:
+            entry = await self.bucket.get(node_id, leader=True, timeout=timeout or self.lease)
+        except NatsAgentsError as exc:
+            log.info("cannot confirm that %s lapsed: %s", node_id, exc)
+            return False
+        if entry is None:
+            return True  # left (its record deleted) or never joined
+        if seen is None or entry.revision != seen:
+            log.info("%s is not lapsed: the leader holds revision %d, our view %s", node_id, entry.revision, seen)
+            return False
+        return True
+
+    @property
+    def bucket(self) -> Bucket:
+        if self._bucket is None:
+            raise NatsAgentsError("membership is not started")
+        return self._bucket
 
     async def wait_own_lease(self, timeout: float) -> bool:
         """Wait until our lease holds again (a heartbeat accepted); ``False`` on timeout."""
@@ -312,6 +377,7 @@ class Membership:
         try:
             await self._beat(timeout=self.lease)
         except NatsAgentsError as exc:  # keep trying: a lapse is the others' call
+            self._failed_at = asyncio.get_running_loop().time()
             log.warning("heartbeat of %s failed: %s", self.node_id, exc)
 
     async def _watch(self) -> None:
@@ -330,7 +396,9 @@ class Membership:
         if entry.operation != "put":
             self._records.pop(entry.key, None)
             self._seen.pop(entry.key, None)
+            self._revs.pop(entry.key, None)
             return
+        self._revs[entry.key] = entry.revision  # garbage too: a takeover compares revisions
         try:
             rec = MemberRecord.from_wire(entry.value, key=entry.key)
         except ValueError as exc:

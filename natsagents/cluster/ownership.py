@@ -205,6 +205,7 @@ class Ownership:
                 agent_id,
                 self._local.node_id,
                 is_live=self.owner_live,
+                confirm_lapsed=self._membership.confirm_lapsed,
                 min_epoch=stored_epoch + 1,
                 restart=cls.restart,
                 needs=needs.to_wire(),
@@ -242,8 +243,10 @@ class Ownership:
     async def _load_state(self, kind: str, agent_id: str, min_revision: int) -> StoredState:
         deadline = time.monotonic() + 2.0
         while True:
-            stored = await self._state.load(kind, agent_id)
-            # A replica may lag a write another node just made; wait for it to catch up.
+            # From the stream leader: a lagging replica (a server that rejoined after a
+            # partition) would restore an old state, and reads would go back in time.
+            stored = await self._state.load(kind, agent_id, leader=True)
+            # The leader may not have applied a write another node just made; wait for it.
             if stored.revision >= min_revision or time.monotonic() > deadline:
                 return stored
             await asyncio.sleep(0.005)
@@ -541,7 +544,9 @@ class Ownership:
             if own.handed_over:
                 return False
             try:
-                current = await self._directory.get(act.kind, act.agent_id)
+                # From the leader: a replica that lagged (a server that just rejoined) would
+                # have this live copy stopped over a record it does not hold yet.
+                current = await self._directory.get(act.kind, act.agent_id, leader=True)
             except NatsAgentsError:
                 await asyncio.sleep(0.05 * (attempt + 1))
                 continue

@@ -52,6 +52,8 @@ class NatsCluster(_ContextManaged):
             others; with ``route_via``, one that leads nowhere keeps gossip from telling a
             node a direct way around the proxies.
         ping_interval, ping_max: every node's client ping settings (see :class:`NatsServer`).
+        no_advertise: ``cluster { no_advertise: true }`` on every node (clients are not
+            told the other servers' URLs).
 
     Raises:
         ConfigurationError: ``size`` is smaller than 1.
@@ -72,6 +74,7 @@ class NatsCluster(_ContextManaged):
         route_advertise: str | None = None,
         ping_interval: float | None = None,
         ping_max: int | None = None,
+        no_advertise: bool = False,
     ) -> None:
         if size < 1:
             raise ConfigurationError(f"a cluster needs at least one node, not {size}")
@@ -100,6 +103,7 @@ class NatsCluster(_ContextManaged):
                         if j != i
                     ],
                     cluster_advertise=route_advertise if clustered else None,
+                    cluster_no_advertise=no_advertise,
                     max_payload=max_payload,
                     ping_interval=ping_interval,
                     ping_max=ping_max,

@@ -297,6 +297,8 @@ def _kv_api(b: str, *, write: bool, watch: bool, keys: str = ">") -> list[str]:
     if write:
         out.append(f"$JS.API.STREAM.UPDATE.{stream}")
     out.append(f"$JS.API.DIRECT.GET.{stream}.$KV.{b}.{keys}")
+    # Leader reads (``Bucket.get(leader=True)``): the key is in the body, not the subject.
+    out.append(f"$JS.API.STREAM.MSG.GET.{stream}")
     if write:
         out.append(f"$KV.{b}.{keys}")
     if watch:
@@ -332,6 +334,9 @@ def _node(p: str, u: str, inbox: str, kinds: tuple[str, ...] | None, replies: Se
         pub += [f"$JS.API.STREAM.CREATE.{stream}", f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.UPDATE.{stream}"]
         for k in kinds:
             pub += [f"$JS.API.DIRECT.GET.{stream}.$KV.{state}.{k}.*", f"$KV.{state}.{k}.*"]
+        # An activation restores state from the stream leader (STREAM.MSG.GET names the
+        # key in its body): reads of other kinds' state are not confined by subject.
+        pub.append(f"$JS.API.STREAM.MSG.GET.{stream}")
     for stream in (bucket_name(p, "inbox"), bucket_name(p, "dlq")):
         pub += [f"$JS.API.STREAM.CREATE.{stream}", f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.UPDATE.{stream}"]
     inbox_stream = bucket_name(p, "inbox")

@@ -259,6 +259,8 @@ class NatsServer(_ContextManaged):
         routes: route URLs of the other nodes (``nats-route://127.0.0.1:<port>``).
         cluster_advertise: the route address (``host:port``) this node advertises to the
             others (``cluster { advertise }``); ``None``: its listen address.
+        cluster_no_advertise: ``cluster { no_advertise: true }``: the server does not
+            tell clients the other servers' URLs (``connect_urls`` stays empty).
         max_payload: the server's ``max_payload`` in bytes (default 1 MiB).
         ping_interval, ping_max: how often the server pings each client and how many
             unanswered pings make it drop the connection (``None``: the server's defaults,
@@ -292,6 +294,7 @@ class NatsServer(_ContextManaged):
         cluster_port: int | None = None,
         routes: Sequence[str] = (),
         cluster_advertise: str | None = None,
+        cluster_no_advertise: bool = False,
         max_payload: int | None = None,
         ping_interval: float | None = None,
         ping_max: int | None = None,
@@ -310,6 +313,7 @@ class NatsServer(_ContextManaged):
         self.cluster_name: str | None = (cluster_name or "natsagents") if self._clustered else None
         self.routes: tuple[str, ...] = tuple(routes)
         self._cluster_advertise = cluster_advertise
+        self._cluster_no_advertise = cluster_no_advertise
         self._jetstream = jetstream
         self._max_payload = max_payload
         self._ping = (ping_interval, ping_max)
@@ -615,6 +619,7 @@ class NatsServer(_ContextManaged):
                 f"  name: {q(self.cluster_name)}",
                 f"  listen: {q(f'{self._host}:{self.cluster_port}')}",
                 *([f"  advertise: {q(self._cluster_advertise)}"] if self._cluster_advertise else []),
+                *(["  no_advertise: true"] if self._cluster_no_advertise else []),
                 "  routes: [",
                 *(f"    {q(route)}" for route in self.routes),
                 "  ]",

@@ -99,13 +99,17 @@ class StateStore:
     def max_size(self) -> int:
         return self._max_size if self._max_size is not None else self._t.max_payload - 1024
 
-    async def load(self, kind: str, agent_id: str) -> StoredState:
+    async def load(self, kind: str, agent_id: str, *, leader: bool = False) -> StoredState:
         """The stored state, or ``StoredState(None, 0, 0)`` when there is none.
+
+        ``leader``: read from the stream leader (what an activation restores, what an
+        adoption rewrites: never older than an acknowledged save); otherwise any replica
+        answers, possibly behind (a server that was cut off answers seconds behind).
 
         Raises:
             NatsAgentsError: the stored bytes are not a state record.
         """
-        entry = await self.bucket.get(agent_key(kind, agent_id))
+        entry = await self.bucket.get(agent_key(kind, agent_id), leader=leader)
         if entry is None:
             return StoredState(None, 0, 0)
         problem: str | None = None
@@ -134,7 +138,7 @@ class StateStore:
         Raises:
             FencedOff: an owner with a higher epoch adopted it first.
         """
-        current = await self.load(kind, agent_id)
+        current = await self.load(kind, agent_id, leader=True)
         if current.epoch > epoch:
             raise FencedOff(
                 f"state of {kind}/{agent_id} belongs to epoch {current.epoch} > {epoch}",

@@ -12,7 +12,7 @@ from natsagents.errors import CallTimeout, ConfigurationError, MeshClosed, Paylo
 from natsagents.server import NatsCluster, NatsServer
 from natsagents.testing import wait_for
 from natsagents.transport import Transport
-from natsagents.transport.jetstream import api_request
+from natsagents.transport.jetstream import StreamConfig, api_request, ensure_stream
 from natsagents.transport.kv import (
     Bucket,
     CasConflict,
@@ -421,3 +421,24 @@ async def test_cluster_reads_retry_until_the_timeout(
     with pytest.raises(CallTimeout):  # no stream answers: retried, then a timeout
         await missing.get("k", timeout=0.5)
     assert 0.4 < time.monotonic() - started < 2
+
+
+async def test_replicas_default_to_three_when_servers_do_not_advertise(connect: Connect, mesh_prefix: str) -> None:
+    """With ``cluster { no_advertise: true }`` a client is told no other server's URL
+    (``connect_urls`` is empty): buckets and streams must still be R3 on 3 servers."""
+    with NatsCluster(3, name=f"noadv{mesh_prefix[-6:]}", no_advertise=True) as cluster:
+        transport = await connect(cluster.urls[0])
+        assert not (transport._nc._server_info or {}).get("connect_urls")
+        bucket = await open_bucket(transport, mesh_prefix)
+        stream = await ensure_stream(transport, StreamConfig(name=f"S{mesh_prefix}", subjects=[f"{mesh_prefix}.s.>"]))
+        print(f"no_advertise: bucket R{bucket.replicas}, stream R{stream['num_replicas']}")
+        assert bucket.replicas == 3 and stream["num_replicas"] == 3
+        await transport.close()
+
+
+async def test_replicas_fall_back_to_one_on_a_cluster_of_two(connect: Connect, mesh_prefix: str) -> None:
+    with NatsCluster(2, name=f"two{mesh_prefix[-6:]}", no_advertise=True) as cluster:
+        transport = await connect(cluster.urls[0])
+        bucket = await open_bucket(transport, mesh_prefix)
+        assert bucket.replicas == 1
+        await transport.close()

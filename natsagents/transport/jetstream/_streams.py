@@ -6,6 +6,7 @@ replica count, binds to an existing stream through a caller's reconcile rule, an
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -16,6 +17,8 @@ from ..connection import Transport
 from ._api import api_request, labelled, retry
 from ._common import _NS, _name, _seconds, _subject
 from ._partition import _partitions_in
+
+log = logging.getLogger("natsagents.transport.jetstream")
 
 Retention = Literal["limits", "workqueue", "interest"]
 Storage = Literal["file", "memory"]
@@ -188,13 +191,20 @@ def _reconciled(config: StreamConfig, existing: Mapping[str, Any], body: Mapping
 Reconcile = Callable[[dict[str, Any], Mapping[str, Any]], dict[str, Any] | None]
 
 
-def _cluster_size(transport: Transport) -> int:
-    """Servers in the connected server's cluster, from its INFO (1 when not clustered).
-
-    A server that just joined may not list every peer yet: only a lower bound.
-    """
+def _clustered(transport: Transport) -> bool:
+    """Whether the connected server is part of a cluster (its INFO names one)."""
     info: Mapping[str, Any] = transport._nc._server_info or {}
-    return max(1, len(set(info.get("connect_urls") or ()))) if info.get("cluster") else 1
+    return bool(info.get("cluster"))
+
+
+def _known_size(transport: Transport) -> int:
+    """A lower bound on the servers of the connected server's cluster: the client URLs
+    its INFO advertises (``connect_urls``). 0 or 1 with ``cluster { no_advertise: true }``
+    (nothing is advertised) and for a server that just joined: never an upper bound, so
+    the replicas are not chosen from it (a 3-server cluster that does not advertise would
+    get R1 buckets); only whether an R3 refusal may fall back to R1."""
+    info: Mapping[str, Any] = transport._nc._server_info or {}
+    return len(set(info.get("connect_urls") or ())) if info.get("cluster") else 1
 
 
 async def create_stream(
@@ -232,7 +242,9 @@ async def create_stream(
     name = _name("stream", config.get("name"))
     auto = config.get("num_replicas") is None
     if auto:
-        config["num_replicas"] = 3 if _cluster_size(transport) > 1 else 1
+        # Any clustered server: ask for 3 and let the JetStream meta layer (which knows
+        # the peers) refuse when the cluster is smaller; see the fallback below.
+        config["num_replicas"] = 3 if _clustered(transport) else 1
 
     async def attempt(t: float) -> dict[str, Any]:
         while True:
@@ -249,8 +261,11 @@ async def create_stream(
                     return dict(updated["config"])
                 if exc.err_code not in _INSUFFICIENT:
                     raise
-                if auto and config["num_replicas"] > 1 and _cluster_size(transport) < 3:
-                    config["num_replicas"] = 1  # auto on a cluster of fewer than 3 servers
+                if auto and config["num_replicas"] > 1 and _known_size(transport) < 3:
+                    # Auto on a cluster the meta layer says has fewer than 3 servers
+                    # (none advertised contradicts it): one replica.
+                    log.warning("%s: the cluster cannot place 3 replicas (%s); using 1", what, exc)
+                    config["num_replicas"] = 1
                     continue
                 raise JetStreamError(
                     f"{what}: not enough servers for {config['num_replicas']} replicas: {exc}",

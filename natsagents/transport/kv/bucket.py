@@ -6,7 +6,9 @@ speaking the JetStream API ourselves through the JetStream layer (``transport/je
 requests over :class:`Transport`'s request mux, retries, error decoding, stream creation):
 
 * reads are direct gets (``allow_direct`` is always on), answered by any replica, so they
-  keep working during leader elections (possibly stale);
+  keep working during leader elections (possibly stale); ``get(key, leader=True)`` reads
+  from the stream leader instead (``STREAM.MSG.GET``): never older than an acknowledged
+  write, unavailable without a leader;
 * the raw reply keeps every header, so TTL markers (``Nats-Marker-Reason``) and delete /
   purge tombstones read as "absent", and :meth:`Bucket.create` writes over them;
 * conflicts come back as the server's ``err_code`` (10071) and become :class:`CasConflict`;
@@ -26,6 +28,8 @@ holds your value, the write landed, otherwise retry against that revision.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import re
 import secrets
 from collections.abc import Mapping
@@ -34,7 +38,7 @@ from typing import Any
 
 from ...errors import CallTimeout, CasConflict, ConfigurationError, JetStreamError, KeyNotFound, PayloadTooLarge
 from ..connection import Transport
-from ..jetstream import create_stream, decode_reply, retry
+from ..jetstream import api_request, create_stream, decode_reply, retry
 from .entry import Entry, operation_of, parse_time, validate_key
 from .watch import Watch
 
@@ -46,6 +50,7 @@ _NS = 1_000_000_000
 _WRITE_ATTEMPT = 2.0  # writes are retried with the same Nats-Msg-Id, so the server dedups them
 _OPEN_ATTEMPT = 3.0  # one attempt at creating or binding the bucket's stream
 _EXPECTED = "Nats-Expected-Last-Subject-Sequence"
+_NO_MESSAGE = 10037  # STREAM.MSG.GET: no message found
 _VALUE_LIMIT = "natsagents.max_value_size"  # stream metadata: the value limit asked for
 _HEADER_ROOM = 512  # bytes of headers a KV write may add on top of the value
 
@@ -94,7 +99,9 @@ class Bucket:
 
     # -- reads -----------------------------------------------------------------------
 
-    async def _last(self, key: str, timeout: float) -> _Last | None:
+    async def _last(self, key: str, timeout: float, *, leader: bool = False) -> _Last | None:
+        if leader:
+            return await self._last_from_leader(key, timeout)
         subject = f"$JS.API.DIRECT.GET.{self.stream}.{self.prefix}{key}"
 
         async def attempt(t: float) -> _Last | None:
@@ -107,20 +114,41 @@ class Bucket:
                 raise JetStreamError(
                     f"get {self.name}/{key}: status {status}", status=int(status) if status.isdigit() else None
                 )
-            revision = int(headers.get("Nats-Sequence", "0"))
-            entry = None
-            if operation_of(headers) == "put":
-                entry = Entry(key, msg.data, revision, parse_time(headers.get("Nats-Time-Stamp")))
-            return _Last(revision, entry, headers.get("Nats-Msg-Id"))
+            return _stored(key, msg.data, headers)
 
         return await retry(f"get {self.name}/{key}", attempt, timeout)
 
-    async def get(self, key: str, *, timeout: float | None = None) -> Entry | None:
+    async def _last_from_leader(self, key: str, timeout: float) -> _Last | None:
+        """The last message of ``key`` as the stream leader holds it (``STREAM.MSG.GET``,
+        which only the leader answers; a direct get may come from any replica, one that
+        lags by seconds after a partition included)."""
+        subject = f"$JS.API.STREAM.MSG.GET.{self.stream}"
+        body = {"last_by_subj": self.prefix + key}
+        what = f"get {self.name}/{key} from the leader"
+
+        async def attempt(t: float) -> _Last | None:
+            try:
+                reply = await api_request(self._t, subject, body, t)
+            except JetStreamError as exc:
+                if exc.err_code == _NO_MESSAGE:
+                    return None
+                raise
+            return _stored(key, *_message_of(what, reply))
+
+        return await retry(what, attempt, timeout)
+
+    async def get(self, key: str, *, leader: bool = False, timeout: float | None = None) -> Entry | None:
         """The current value of ``key``, or ``None`` when it is absent, deleted, purged or
-        expired. Reads may be slightly stale on a replicated bucket (any replica answers).
+        expired. Reads may be stale on a replicated bucket (any replica answers, one that
+        was cut off for a while too) unless ``leader`` is set.
 
         Args:
             key: the key.
+            leader: read from the stream leader (``$JS.API.STREAM.MSG.GET``): never older
+                than a write acknowledged before the read began (a linearizable read, as
+                long as the leader is the Raft leader; see ``docs/architecture.md``
+                "Partitions"). Slower, and it fails (``CallTimeout``) while no leader is
+                elected or reachable, where a direct get still answers.
             timeout: seconds; ``None`` for the bucket's default.
 
         Raises:
@@ -128,7 +156,7 @@ class Bucket:
             CallTimeout: no replica answered in time.
             JetStreamError, MeshClosed.
         """
-        last = await self._last(validate_key(key), self._timeout(timeout))
+        last = await self._last(validate_key(key), self._timeout(timeout), leader=leader)
         return last.entry if last is not None else None
 
     async def keys(self, pattern: str = ">", *, timeout: float | None = None) -> list[str]:
@@ -374,6 +402,60 @@ def _revision(revision: object) -> int:
     if not isinstance(revision, int) or isinstance(revision, bool) or revision < 1:
         raise ConfigurationError(f"revision must be an int >= 1, not {revision!r}")
     return revision
+
+
+def _stored(key: str, data: bytes, headers: Mapping[str, str]) -> _Last:
+    revision = int(headers.get("Nats-Sequence", "0"))
+    entry = None
+    if operation_of(headers) == "put":
+        entry = Entry(key, data, revision, parse_time(headers.get("Nats-Time-Stamp")))
+    return _Last(revision, entry, headers.get("Nats-Msg-Id"))
+
+
+def _message_of(what: str, reply: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """The data and headers of a ``STREAM.MSG.GET`` reply, with the sequence and the
+    store time as a direct get gives them (``Nats-Sequence``, ``Nats-Time-Stamp``).
+
+    Raises:
+        JetStreamError: the reply is not a stored message.
+    """
+    message = reply.get("message")
+    try:
+        if not isinstance(message, Mapping):
+            raise ValueError("no message")
+        seq = message["seq"]
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+            raise ValueError(f"bad sequence {seq!r}")
+        data = base64.b64decode(message.get("data") or "", validate=True)
+        headers = _parse_headers(base64.b64decode(message.get("hdrs") or "", validate=True))
+    except (ValueError, TypeError, KeyError, binascii.Error) as exc:
+        raise JetStreamError(f"{what}: malformed reply ({exc})") from None
+    headers["Nats-Sequence"] = str(seq)
+    if isinstance(message.get("time"), str):
+        headers["Nats-Time-Stamp"] = message["time"]
+    return data, headers
+
+
+def _parse_headers(block: bytes) -> dict[str, str]:
+    """A ``NATS/1.0`` header block as a dict (the first value of a repeated name).
+
+    Raises:
+        ValueError: not a header block.
+    """
+    if not block:
+        return {}
+    lines = block.decode().split("\r\n")
+    if not lines[0].startswith("NATS/1.0"):
+        raise ValueError("not a NATS header block")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"malformed header line {line[:40]!r}")
+        headers.setdefault(name.strip(), value.strip())
+    return headers
 
 
 async def open_bucket(
