@@ -18,9 +18,10 @@ signed request that ran until its signature expires, so that a copy the dedup fo
 ``already_applied`` and does not run again. The dedup keeps the reply until the request's
 deadline + 1 s, which a signature's expiry does not pass for a request with a deadline
 (``call_expiry``), so that answer only comes to a copy past the reply window (a request
-without a deadline: after 60 s) or whose activation went away on a standalone host. Durable messages are checked by their
-partition owner instead (the signature must be fresh when the message is stored, and the
-inbox stream's duplicate window drops a second copy; ``delivery.partition``).
+without a deadline: after 60 s) or whose activation went away on a standalone host.
+Durable messages are checked by their partition owner instead (the signature must be fresh
+when the message is stored, and the inbox stream's duplicate window drops a second copy;
+``delivery.partition``).
 """
 
 from __future__ import annotations
