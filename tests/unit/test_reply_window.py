@@ -116,3 +116,14 @@ def test_export_carries_expiry_and_bounds_reply_bytes() -> None:
     assert dst.recent["m2"][1] == bytes(100)
     assert dst.recent["m2"][2] <= time.time() + 5  # within the loader's window
     assert "running" not in dst.recent and Dedup.lookup(src, "running") is IN_PROGRESS
+
+
+def test_a_durable_answer_is_kept_for_its_redelivery_window() -> None:
+    """A partition owner may deliver a durable message again up to 120 s later (it ran,
+    its ack was lost): the activation answers it from memory, not ``already_applied`` by
+    its stream sequence."""
+    dedup = Dedup()
+    act = _Act()
+    Dedup.begin(act, "d")
+    dedup.finish(act, "d", (b"h", b"r"), {"Na-Stream-Seq": "7", **_deadline(5)})
+    assert Dedup.lookup(act, "d")[2] >= time.time() + 119
