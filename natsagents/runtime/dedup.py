@@ -317,8 +317,9 @@ class Dedup:
             hdrs, body, expires = entry
             if body is not None and len(body) > budget:
                 hdrs = body = None
-            if isinstance(hdrs, bytes):  # only the prebuilt "ok" block is stored as bytes
-                hdrs = envelope.ok_reply(None)[0]
+            if isinstance(hdrs, bytes):  # only the prebuilt "ok" blocks are stored as bytes
+                plain = envelope.ok_reply(None)[0]
+                hdrs = {**plain, h.ENCODING: h.ENCODING_DEFLATE} if hdrs == envelope.OK_DEFLATE_BLOCK else plain
             if body is not None:
                 budget -= len(body)
             out.append([message_id, hdrs, body, int(expires * 1000)])

@@ -127,3 +127,12 @@ def test_a_durable_answer_is_kept_for_its_redelivery_window() -> None:
     Dedup.begin(act, "d")
     dedup.finish(act, "d", (b"h", b"r"), {"Na-Stream-Seq": "7", **_deadline(5)})
     assert Dedup.lookup(act, "d")[2] >= time.time() + 119
+
+
+def test_a_compressed_reply_moves_with_its_encoding() -> None:
+    dedup = Dedup()
+    src = _Act()
+    Dedup.begin(src, "z")
+    dedup.finish(src, "z", (envelope.OK_DEFLATE_BLOCK, b"packed"), _deadline(30))
+    (exported,) = dedup.export(src)
+    assert exported[1]["Na-Encoding"] == "deflate" and exported[2] == b"packed"
