@@ -41,6 +41,11 @@ exception escapes. Misuse errors also derive from the matching builtin
 :class:`AgentError` subclasses map one-to-one to the wire error codes of protocol v1
 (``docs/protocol.md``); :func:`error_for_code` builds the right one from a reply.
 
+What a caller can conclude (protocol §6.4): ``HandlerError`` — the handler ran and failed;
+``AlreadyApplied`` — it ran exactly once, its result is lost; ``CallTimeout`` raised
+locally (``remote=False``: no reply) — **unknown**, it may have run and even been stored;
+every other code, and ``CallTimeout`` from a reply (``remote=True``) — it did not run.
+
 :class:`JetStreamError` is the one family for errors of the JetStream API, whichever layer
 sent the request (``transport/jetstream/`` or ``transport/kv/``, whose ``KvError`` is the same
 class): ``transport/jetstream/_api.py`` decodes every API error into it. Timeouts there are
@@ -295,7 +300,14 @@ class HandlerError(AgentError):
 
 
 class CallTimeout(AgentError, TimeoutError):
-    """The deadline passed before a reply arrived (or before the host ran the message)."""
+    """The deadline passed before a reply arrived (``remote=False``), or the host refused
+    to start the message because its deadline passed or too little of it was left
+    (``remote=True``).
+
+    Only the second says the message did not run. **A local ``CallTimeout`` never proves
+    that the message did not run**: it may have been applied and stored, its reply lost or
+    late. Resending it with the same message id (or asking with reply mode ``replay``)
+    within the host's reply window gets its result if it ran (protocol §7.4, §7.5, §8.6)."""
 
     code = TIMEOUT
 
@@ -376,9 +388,17 @@ class CircuitOpen(AgentError):
 
 
 class AlreadyApplied(AgentError):
-    """A copy of a request (same message id, resent because no reply came) reached an
-    activation that knows the request was applied by an earlier activation of the agent,
-    which stopped before answering. The effect happened once; the result is lost."""
+    """A copy of a request (same message id, resent because no reply came) reached a host
+    that knows the request was applied but no longer keeps its reply. The effect happened
+    exactly once; the result is lost (read the agent's state to learn it); do not resend.
+
+    A host keeps each reply at least until the request's deadline + 1 s (at most 60 s;
+    120 s for a durable message), also across a migration or failover of the agent, so a
+    caller resending within its deadline gets the first result instead. ``AlreadyApplied``
+    comes only for a copy sent after that window (a caller without a deadline, or one past
+    60 s), or one whose reply a host dropped to stay within its byte bounds (64 MiB of
+    replies per host, 64 KiB of applied entries per state record: the oldest replies go
+    first, their ids stay). It never means the request did not run (protocol §6.4, §8.6)."""
 
     code = ALREADY_APPLIED
 

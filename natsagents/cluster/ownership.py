@@ -42,6 +42,7 @@ from ..errors import (
 )
 from ..observability import Metrics
 from ..runtime.activation import Activation
+from ..runtime.dedup import APPLIED_MAX_BYTES, DURABLE_WINDOW, keep_until_ms, trim_applied
 from ..runtime.host import Host
 from ..state.store import Applied, FencedOff, StateStore, StoredState
 from ..tasks import TaskGroup
@@ -58,15 +59,9 @@ __all__ = ["Owned", "Ownership"]
 
 log = logging.getLogger("natsagents.cluster.node")
 
-# Applied message ids persisted with an agent's state (see runtime.dedup): at most this
-# many, each until its request's deadline (+1 s), at most _APPLIED_MAX_MS, or
-# _APPLIED_DEFAULT_MS for a request without a deadline.
-_MAX_APPLIED = 32
-_MAX_APPLIED_DURABLE = 4  # entries that keep their reply, per agent
-_MAX_KEPT_REPLY = 1024  # bytes of an at-most-once reply worth keeping with the state
-_APPLIED_MAX_MS = 60_000
-_APPLIED_DEFAULT_MS = 10_000
-_APPLIED_DURABLE_MS = 120_000  # an exactly-once reply: the inbox stream's duplicate window
+# Applied message ids persisted with an agent's state (see runtime.dedup): each until its
+# request's deadline + 1 s (at most REPLY_WINDOW; a durable one DURABLE_WINDOW), with its ok
+# reply, within APPLIED_MAX_BYTES (dedup.trim_applied: the oldest replies go first).
 
 
 class Owned:
@@ -234,7 +229,7 @@ class Ownership:
                 dedup.load(act, ask.recent)
             if applied:
                 applied.sort(key=lambda a: a[1])
-                own.applied = applied[-_MAX_APPLIED:]
+                own.applied = trim_applied(applied, int(time.time() * 1000))
                 dedup.remember_applied(act, own.applied)
         except BaseException:
             self._local.unreserve(needs, announce=False)
@@ -282,27 +277,19 @@ class Ownership:
         if value == (own.pending if batch and own.pending is not None else own.saved):
             return
         entry: Applied | None = None
+        previous = own.applied
         if answered or seq:
             now_ms = int(time.time() * 1000)
-            # Kept while the requester may still resend: until its deadline (bounded).
-            expires = now_ms + _APPLIED_DEFAULT_MS
+            # Kept while the requester (or the partition owner) may still send a copy, with
+            # the reply, so that a successor answers the copy with it (runtime.dedup).
             if seq:
-                expires = now_ms + _APPLIED_DURABLE_MS  # a redelivery may come later
-            elif meta.deadline_ms is not None:
-                expires = min(max(meta.deadline_ms + 1000, now_ms + 1000), now_ms + _APPLIED_MAX_MS)
-            # The reply too (a small one, or an exactly-once one), so that a successor can
-            # answer a copy with it rather than with ``already_applied``.
-            kept = reply if reply is not None and (seq or len(reply) <= _MAX_KEPT_REPLY) else None
-            entry = (meta.message_id, expires, kept)
-            applied = own.applied_now()
-            applied.append(entry)
-            if len(applied) > _MAX_APPLIED:
-                del applied[: len(applied) - _MAX_APPLIED]
-            # Only the newest few keep their reply; older entries keep just their id.
-            with_reply = [i for i, a in enumerate(applied) if a[2] is not None]
-            for i in with_reply[:-_MAX_APPLIED_DURABLE]:
-                applied[i] = (applied[i][0], applied[i][1], None)
-            own.applied = applied
+                expires = now_ms + int(DURABLE_WINDOW * 1000)
+            else:
+                expires = keep_until_ms(meta.deadline_ms, now_ms, floor_ms=1000)
+            entry = (meta.message_id, expires, reply)
+            limit = type(act.agent).max_state_bytes
+            cap = APPLIED_MAX_BYTES if limit is None else min(APPLIED_MAX_BYTES, limit // 4)
+            own.applied = trim_applied([*own.applied_now(), entry], now_ms, cap)
         before = own.seq
         if seq:
             own.seq = seq
@@ -313,8 +300,8 @@ class Ownership:
             await self.save(act, value)
         except BaseException:
             own.seq = before
-            if entry is not None and own.applied and entry in own.applied:
-                own.applied.remove(entry)  # not stored: a copy may run
+            if entry is not None:
+                own.applied = previous  # not stored: a copy may run
             raise
 
     def begin_batch(self, act: Activation) -> None:

@@ -318,7 +318,7 @@ class Activation:
                 if self.recent is not None and msg.reply:
                     message_id = msg.headers.get(h.MESSAGE_ID) if msg.headers is not None else None
                     if message_id is not None and envelope.is_message_id(message_id):
-                        self.host.dedup.finish(self, message_id, kept)
+                        self.host.dedup.finish(self, message_id, kept, msg.headers)
         finally:
             workers = self.workers
             workers.discard(task)

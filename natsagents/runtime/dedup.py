@@ -8,31 +8,66 @@ requests:
 
 * **in progress** (in the mailbox or running): a copy is ignored; the one reply goes to
   the reply subject both copies share;
-* **answered**: a copy gets the stored reply again, for ``ttl`` seconds after the answer;
-* **applied elsewhere**: ids a previous activation persisted with the agent's state
-  (cluster nodes, ``persistence = "action"``) whose reply is gone; a copy gets
-  ``already_applied`` instead of running the action a second time.
+* **answered**: a copy gets the stored reply again for as long as its caller may still
+  resend it: until the request's deadline + 1 s (at least ``ttl`` seconds after the answer,
+  at most ``window``; ``window`` for a request without a deadline);
+* **applied, reply not kept**: a copy gets ``already_applied`` instead of running the
+  action a second time. Only when the reply could not be kept: it was dropped to stay
+  within the byte bounds below, or an earlier activation persisted the id without it.
 
-Entries move with the agent when it migrates (:meth:`Dedup.export` / :meth:`Dedup.load`).
-Memory is bounded: entries expire ``ttl`` seconds after the answer, and an agent keeps at
-most ``max_per_agent`` of them (the oldest go first). The cost per request is one dict
-entry holding the reply's bytes; expiry visits each agent with entries about once a
-``ttl``, not each entry.
+Entries move with the agent when it migrates (:meth:`Dedup.export` / :meth:`Dedup.load`)
+and, on cluster nodes, are persisted with the agent's state (:func:`trim_applied` bounds
+that list), so a successor activation answers a copy with the first reply too.
+
+Memory is bounded: entries expire as above, an agent keeps at most ``max_per_agent``
+answered ids (the oldest go first), and the replies kept by all agents of a host hold at
+most ``max_bytes``: beyond it the oldest replies are dropped and their ids kept, so a copy
+gets ``already_applied`` (it ran) and never runs again. An id is only ever forgotten when it
+expires or past ``max_per_agent``. A copy must be the same request (same action and body,
+:func:`fingerprint`), so a caller that reuses or guesses another's id never gets that
+caller's reply. Expiry visits each agent with entries about once a ``ttl``, not each entry.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 from ..wire import envelope
+from ..wire import headers as h
 
-__all__ = ["IN_PROGRESS", "Dedup", "Entry", "Recent", "Remembers", "Reply", "fingerprint"]
+__all__ = [
+    "APPLIED_MAX_BYTES",
+    "DURABLE_WINDOW",
+    "IN_PROGRESS",
+    "REPLY_WINDOW",
+    "Dedup",
+    "Entry",
+    "Recent",
+    "Remembers",
+    "Reply",
+    "applied_size",
+    "fingerprint",
+    "keep_until_ms",
+    "trim_applied",
+]
 
 #: Marks a request in the mailbox or running.
 IN_PROGRESS: Final = "in_progress"
+#: Longest a reply is kept for copies (seconds), whatever the request's deadline; also how
+#: long one without a deadline is kept.
+REPLY_WINDOW: Final = 60.0
+#: How long a copy of a durable message may come (seconds): a redelivery by its partition
+#: owner, within the inbox stream's duplicate window.
+DURABLE_WINDOW: Final = 120.0
+#: Most bytes of applied entries (ids, expiries and kept replies) persisted with one
+#: agent's state (:func:`trim_applied`; a kind with ``max_state_bytes`` gets a quarter of it
+#: if that is less).
+APPLIED_MAX_BYTES: Final = 64 * 1024
+#: Bytes counted for an entry beyond its reply body (dict slot, tuple, id, headers).
+_ENTRY_OVERHEAD = 64
 
 Reply = tuple[dict[str, str] | bytes, bytes]
 #: An answered entry: reply headers, reply body, expiry (``time.time()``). Headers and body
@@ -71,23 +106,77 @@ def fingerprint(action: str | None, body: bytes) -> int:
     return hash((action, body))
 
 
+def keep_until_ms(deadline_ms: int | None, now_ms: int, *, floor_ms: int = 0, window: float = REPLY_WINDOW) -> int:
+    """Until when (Unix ms) a copy of a request answered at ``now_ms`` may still come: its
+    deadline + 1 s (its caller resends until the deadline; 1 s for clocks and transit), at
+    least ``floor_ms`` after now, at most ``window`` seconds; ``window`` without a deadline."""
+    cap = now_ms + int(window * 1000)
+    until = cap if deadline_ms is None else min(deadline_ms + 1000, cap)
+    return max(until, now_ms + floor_ms)
+
+
+def applied_size(entry: tuple[str, int, bytes | None]) -> int:
+    """Bytes one persisted applied entry adds to a state record (msgpack, close enough:
+    array header, id string, 9-byte expiry, body header and body)."""
+    return 2 + len(entry[0]) + 1 + 9 + (0 if entry[2] is None else len(entry[2]) + 5)
+
+
+def trim_applied(
+    applied: Sequence[tuple[str, int, bytes | None]], now_ms: int, max_bytes: int = APPLIED_MAX_BYTES
+) -> list[tuple[str, int, bytes | None]]:
+    """The applied entries (oldest first) worth persisting with an agent's state, within
+    ``max_bytes``: expired ones go; beyond the cap the oldest *replies* go first (their ids
+    stay: a copy gets ``already_applied``, it never runs again), and only when the ids alone
+    do not fit, the oldest ids. Returns a new list."""
+    kept = [a for a in applied if a[1] > now_ms]
+    total = sum(applied_size(a) for a in kept)
+    i = 0
+    while total > max_bytes and i < len(kept):
+        a = kept[i]
+        if a[2] is not None:
+            kept[i] = (a[0], a[1], None)
+            total -= len(a[2]) + 5
+        i += 1
+    drop = 0
+    while total > max_bytes and drop < len(kept):
+        total -= applied_size(kept[drop])
+        drop += 1
+    return kept[drop:]
+
+
 class Dedup:
     """Recent request ids of a host's activations (each activation holds its own
     :class:`Recent` in ``act.recent``; this object expires them).
 
     Args:
-        ttl: seconds an answered request's reply is kept for copies of it.
+        ttl: seconds an answered request's reply is kept at least for copies of it.
         max_per_agent: answered requests kept at most per agent.
+        window: seconds a reply is kept at most (until the request's deadline + 1 s).
+        max_bytes: bytes of replies kept at most by all agents of the host (each counted
+            with a fixed overhead); beyond it the oldest replies are dropped, their ids kept.
     """
 
-    __slots__ = ("_due", "_scheduled", "max_per_agent", "ttl")
+    __slots__ = ("_bytes", "_due", "_kept", "_scheduled", "max_bytes", "max_per_agent", "ttl", "window")
 
-    def __init__(self, ttl: float = 10.0, max_per_agent: int = 10_000) -> None:
+    def __init__(
+        self,
+        ttl: float = 10.0,
+        max_per_agent: int = 10_000,
+        *,
+        window: float = REPLY_WINDOW,
+        max_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
         self.ttl = ttl
         self.max_per_agent = max_per_agent
+        self.window = window
+        self.max_bytes = max_bytes
         # (when to look, activation): at most one per activation with answered entries.
         self._due: deque[tuple[float, Remembers]] = deque()
         self._scheduled: set[Remembers] = set()
+        # Entries holding a reply, oldest first: (activation, id, entry, bytes counted).
+        # ``_bytes`` is what this deque holds (live entries and ones forgotten since).
+        self._kept: deque[tuple[Remembers, str, Entry, int]] = deque()
+        self._bytes = 0
 
     @staticmethod
     def lookup(act: Remembers, message_id: str) -> Any:
@@ -102,9 +191,12 @@ class Dedup:
             recent = act.recent = Recent()
         recent[message_id] = IN_PROGRESS
 
-    def finish(self, act: Remembers, message_id: str, reply: Reply | None) -> None:
+    def finish(
+        self, act: Remembers, message_id: str, reply: Reply | None, headers: Mapping[str, str] | None = None
+    ) -> None:
         """The request was answered with ``reply`` (``None``: nothing worth keeping, e.g.
-        refused before running, or its state not stored; a copy may run it)."""
+        refused before running, or its state not stored; a copy may run it). ``headers``:
+        the request's (its ``Na-Deadline`` says how long copies may come)."""
         recent = act.recent
         if recent is None:
             return
@@ -115,7 +207,9 @@ class Dedup:
                     act.recent = None
             return
         now = time.time()
-        recent[message_id] = (reply[0], reply[1], now + self.ttl)
+        entry: Entry = (reply[0], reply[1], self._until(headers, now))
+        recent[message_id] = entry
+        self._account(act, message_id, entry, now)
         order = recent.order
         order.append(message_id)
         if len(order) > self.max_per_agent:  # the oldest answer goes
@@ -125,6 +219,36 @@ class Dedup:
             self._due.append((now + self.ttl, act))
         if self._due[0][0] <= now:
             self._expire(now)
+
+    def _until(self, headers: Mapping[str, str] | None, now: float) -> float:
+        """Until when (Unix s) copies of a request with these headers may come."""
+        if headers is not None and h.STREAM_SEQ in headers:
+            return now + max(self.window, DURABLE_WINDOW)  # redelivered by its owner
+        raw = headers.get(h.DEADLINE) if headers is not None else None
+        deadline_ms = int(raw) if raw is not None and raw.isdigit() and len(raw) <= 15 else None
+        now_ms = int(now * 1000)
+        return keep_until_ms(deadline_ms, now_ms, floor_ms=int(self.ttl * 1000), window=self.window) / 1000
+
+    def _account(self, act: Remembers, message_id: str, entry: Entry, now: float) -> None:
+        """Count the reply ``entry`` holds against ``max_bytes``; past it, the oldest
+        replies are dropped (their ids stay: ``already_applied``, never a second run)."""
+        body = entry[1]
+        if body is None:
+            return
+        size = len(body) + _ENTRY_OVERHEAD
+        kept = self._kept
+        kept.append((act, message_id, entry, size))
+        self._bytes += size
+        while kept:
+            old_act, old_id, old_entry, old_size = kept[0]
+            over = self._bytes > self.max_bytes
+            if not over and old_entry[2] > now:
+                break
+            kept.popleft()
+            self._bytes -= old_size
+            recent = old_act.recent
+            if over and old_entry[2] > now and recent is not None and recent.get(old_id) is old_entry:
+                recent[old_id] = (None, None, old_entry[2])  # applied, its reply dropped
 
     def _expire(self, now: float) -> None:
         due = self._due
@@ -161,6 +285,7 @@ class Dedup:
             if message_id not in recent:
                 recent[message_id] = entry
                 recent.order.append(message_id)
+                self._account(act, message_id, entry, now)
         if recent is not None and recent.order and act not in self._scheduled:
             self._scheduled.add(act)
             self._due.append((now + self.ttl, act))
@@ -176,22 +301,28 @@ class Dedup:
             ),
         )
 
-    def export(self, act: Remembers, limit: int = 256) -> list[list[Any]]:
+    def export(self, act: Remembers, limit: int = 4096, max_bytes: int = 256 * 1024) -> list[list[Any]]:
         """The ``limit`` newest answered and applied ids of ``act`` for its next activation
-        (msgpack-able): ``[id, reply headers (map) or None, reply body or None]``. Copies
-        come within a resend interval or two of the answer, so the newest are the ones that
-        matter, and a busy agent's move stays small."""
+        (msgpack-able): ``[id, reply headers (map) or None, reply body or None, expires
+        ms]``. Replies beyond ``max_bytes`` (the newest are kept) go as "applied, reply
+        unknown", so the move stays small; the ids still travel."""
         out: list[list[Any]] = []
         now = time.time()
+        budget = max_bytes
         for message_id, entry in reversed((act.recent or {}).items()):
             if len(out) >= limit:
                 break
             if entry is IN_PROGRESS or entry[2] <= now:
                 continue
-            hdrs, body, _ = entry
-            if isinstance(hdrs, bytes):  # only the prebuilt "ok" block is stored as bytes
-                hdrs = envelope.ok_reply(None)[0]
-            out.append([message_id, hdrs, body])
+            hdrs, body, expires = entry
+            if body is not None and len(body) > budget:
+                hdrs = body = None
+            if isinstance(hdrs, bytes):  # only the prebuilt "ok" blocks are stored as bytes
+                plain = envelope.ok_reply(None)[0]
+                hdrs = {**plain, h.ENCODING: h.ENCODING_DEFLATE} if hdrs == envelope.OK_DEFLATE_BLOCK else plain
+            if body is not None:
+                budget -= len(body)
+            out.append([message_id, hdrs, body, int(expires * 1000)])
         out.reverse()
         return out
 
@@ -199,12 +330,17 @@ class Dedup:
         """Take over what :meth:`export` gave (malformed entries are skipped)."""
         if not isinstance(entries, list):
             return
-        expires = time.time() + self.ttl
+        now = time.time()
         good: list[tuple[str, Entry]] = []
         for item in entries:
-            if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)):
+            if not (isinstance(item, list) and 3 <= len(item) <= 4 and isinstance(item[0], str)):
                 continue
-            message_id, hdrs, body = item
+            message_id, hdrs, body = item[:3]
+            # Its expiry, within the window (an older peer sends none: the whole window).
+            ms = item[3] if len(item) == 4 else None
+            expires = now + self.window
+            if type(ms) is int:
+                expires = min(ms / 1000, expires)
             if hdrs is None:
                 good.append((message_id, (None, None, expires)))
             elif isinstance(hdrs, dict) and isinstance(body, bytes):

@@ -15,9 +15,13 @@ request runs nowhere else and nowhere later. A copy sent to the *same* agent bef
 expires is a resend as far as the bytes go; the agent's dedup memory (``runtime.dedup``)
 answers it while it remembers the id, and this guard remembers the ``(key, id)`` of every
 signed request that ran until its signature expires, so that a copy the dedup forgot gets
-``already_applied`` and does not run again. Durable messages are checked by their
-partition owner instead (the signature must be fresh when the message is stored, and the
-inbox stream's duplicate window drops a second copy; ``delivery.partition``).
+``already_applied`` and does not run again. The dedup keeps the reply until the request's
+deadline + 1 s, which a signature's expiry does not pass for a request with a deadline
+(``call_expiry``), so that answer only comes to a copy past the reply window (a request
+without a deadline: after 60 s) or whose activation went away on a standalone host.
+Durable messages are checked by their partition owner instead (the signature must be fresh
+when the message is stored, and the inbox stream's duplicate window drops a second copy;
+``delivery.partition``).
 """
 
 from __future__ import annotations

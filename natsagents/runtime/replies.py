@@ -179,7 +179,8 @@ class Replies:
     def duplicate(self, act: Activation, msg: Inbound, entry: Any) -> None:
         """A copy of a request this agent has seen (same ``Na-Msg-Id``): never run it again.
         In progress: the one reply is on its way (an accepted send is acknowledged again);
-        answered: the stored reply again; applied by an earlier activation: ``already_applied``."""
+        answered or applied with its reply kept: that reply again; applied with its reply no
+        longer kept (runtime.dedup: past the window or a byte bound): ``already_applied``."""
         hdrs = msg.headers or {}
         if entry is IN_PROGRESS:
             self._metrics.duplicates.labels(act.kind, "in_progress").inc()
@@ -196,8 +197,8 @@ class Replies:
                 act,
                 msg,
                 ALREADY_APPLIED,
-                "an earlier activation of the agent applied this message and stopped before answering;"
-                " its result is lost",
+                "this message was applied (exactly once) but its reply is no longer kept (the copy came after"
+                " the reply window, or a byte bound dropped it): its result is lost",
             )
             return
         self._metrics.duplicates.labels(act.kind, "replayed").inc()

@@ -28,7 +28,7 @@ from tests.agents import Counter, WideGate
 
 
 class Loud(Agent):
-    """Counts its shouts; answers with a reply too big to keep with the state."""
+    """Counts its shouts; answers with a reply as large as asked."""
 
     @action
     async def shout(self, text: str) -> str:
@@ -237,7 +237,8 @@ async def test_a_successor_answers_a_copy_of_an_applied_request_without_applying
 ) -> None:
     """The first activation applies and persists the requests, then goes away without a
     hand-over of its replies; the successor knows them from the stored state: it answers a
-    copy with the stored reply (a small one) or with ``already_applied``."""
+    copy with the stored reply, or with ``already_applied`` when the reply was too large to
+    keep (it ran; it never runs again)."""
     n1, n2 = await _two_nodes(mesh_factory)
     client = await mesh_factory(name="client")
     await client.spawn("Counter/s", hints=Hints(pin="n1"))
@@ -248,7 +249,8 @@ async def test_a_successor_answers_a_copy_of_an_applied_request_without_applying
     await box.exchange(subject, {"by": 7}, hdrs)
     loud_subject = agent_subject(mesh_prefix, "Loud", "s")
     loud = headers("shout")
-    await box.exchange(loud_subject, {"text": "x" * 20}, loud)  # a 2 KB reply: not kept
+    # A 70 KB reply: more than the 64 KiB of applied entries kept with the state.
+    await box.exchange(loud_subject, {"text": "x" * 700}, loud)
     stored = await n1.cluster_node.state.load("Counter", "s")
     assert [(a[0], a[2]) for a in stored.applied] == [(hdrs["Na-Msg-Id"], codec.encode(7))]
     await n1.aclose()
@@ -259,7 +261,7 @@ async def test_a_successor_answers_a_copy_of_an_applied_request_without_applying
     assert msgpack.unpackb(second.data) == 7  # the original answer, not a second add
     assert await client.ref("Counter/s").call("get") == 7
     assert await client.ref("Loud/s").call("count") == 1  # re-activated on n2
-    third = await box.exchange(loud_subject, {"text": "x" * 20}, loud)
+    third = await box.exchange(loud_subject, {"text": "x" * 700}, loud)
     assert third.headers is not None and third.headers["Na-Status"] == "already_applied"
     with pytest.raises(AlreadyApplied):
         envelope.parse_reply(third.headers, third.data)
@@ -293,7 +295,7 @@ def test_dedup_bounds_its_memory_and_expires_answers() -> None:
     dedup.finish(act, "running", None)  # refused: forgotten, a copy may run
     assert list(act.recent) == ["m2", "m3", "m4"]
 
-    expired = Dedup(ttl=0.0)
+    expired = Dedup(ttl=0.0, window=0.0)
     other = _act()
     Dedup.begin(other, "x")
     expired.finish(other, "x", (b"h", b"b"))

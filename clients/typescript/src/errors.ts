@@ -181,7 +181,7 @@ export class ClusterAtCapacity extends AgentError {
 export class CircuitOpen extends AgentError {
   override code: string = Codes.CIRCUIT_OPEN;
 }
-/** `already_applied`: a copy of a message an earlier activation applied; its result is lost. */
+/** `already_applied`: a copy of a message that ran exactly once and whose reply the host no longer keeps (past the reply window, protocol §8.6); its result is lost. */
 export class AlreadyApplied extends AgentError {
   override code: string = Codes.ALREADY_APPLIED;
 }
