@@ -428,7 +428,8 @@ class Ownership:
                     break
                 except PayloadTooLarge:
                     self._metrics.state_saves.labels(kind, "too_large").inc()
-                    self.rollback(act)
+                    if rollback:
+                        self.rollback(act)
                     raise
                 except FencedOff:
                     landed = await self._read_back(act, value)
@@ -456,6 +457,7 @@ class Ownership:
                     if landed:
                         own.revision = landed
                         break
+                    self._metrics.state_saves.labels(kind, "retried").inc()
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 0.5)
             own.saved = plain
@@ -532,6 +534,7 @@ class Ownership:
                 lost,
             )
             self._metrics.state_saves.labels(act.kind, "lost").inc(lost)
+            own.stored_marks = own.marks  # counted once
 
     def rollback(self, act: Activation) -> None:
         """Put the agent back to its last saved state (an action failed or could not be saved)."""

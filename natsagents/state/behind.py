@@ -102,7 +102,8 @@ class WriteBehind(Generic[K]):
             delay = self._retry.get(key, _FIRST_RETRY / 2) * 2
             delay = min(delay, _MAX_RETRY)
             self._retry[key] = delay
-            log.warning("storing the state of %s behind failed (%s): again in %.1f s", key, exc, delay)
+            name = getattr(key, "address", key)
+            log.warning("storing the state of %s behind failed (%s): again in %.1f s", name, exc, delay)
             self._running.pop(key, None)
             if not self._tasks.closed:
                 self._timers[key] = asyncio.get_running_loop().call_later(delay, self._fire, key)
