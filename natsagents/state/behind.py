@@ -65,6 +65,9 @@ class WriteBehind(Generic[K]):
         self._dirty = dirty
         self._stale = stale
         self._intervals: dict[K, float] = {}
+        # When the oldest change not taken by a flush yet was acknowledged (monotonic): a
+        # change made while a flush runs is due ``interval`` after it, not after the flush.
+        self._since: dict[K, float] = {}
         self._timers: dict[K, asyncio.TimerHandle] = {}
         self._running: dict[K, asyncio.Task[None]] = {}
         self._retry: dict[K, float] = {}
@@ -73,9 +76,11 @@ class WriteBehind(Generic[K]):
         """``key`` has an acknowledged change that is not stored: store it within
         ``interval`` seconds (a timer starts with the first change of a window)."""
         self._intervals[key] = interval
+        loop = asyncio.get_running_loop()
+        self._since.setdefault(key, loop.time())
         if key in self._timers or key in self._running:
             return  # a flush is due (it takes the newest value) or running (it re-arms)
-        self._timers[key] = asyncio.get_running_loop().call_later(interval, self._fire, key)
+        self._timers[key] = loop.call_later(interval, self._fire, key)
 
     def pending(self, key: K) -> bool:
         """Whether a flush of ``key`` is due or running."""
@@ -91,6 +96,7 @@ class WriteBehind(Generic[K]):
         self._running[key] = self._tasks.spawn(self._run(key), name="flush")
 
     async def _run(self, key: K) -> None:
+        since = self._since.pop(key, None)  # the flush takes every change made until now
         try:
             await self._flush(key)
         except asyncio.CancelledError:
@@ -102,6 +108,8 @@ class WriteBehind(Generic[K]):
             delay = self._retry.get(key, _FIRST_RETRY / 2) * 2
             delay = min(delay, _MAX_RETRY)
             self._retry[key] = delay
+            if since is not None:
+                self._since[key] = min(since, self._since.get(key, since))
             name = getattr(key, "address", key)
             log.warning("storing the state of %s behind failed (%s): again in %.1f s", name, exc, delay)
             self._running.pop(key, None)
@@ -114,10 +122,12 @@ class WriteBehind(Generic[K]):
             if self._running.get(key) is asyncio.current_task():
                 del self._running[key]
         if self._dirty(key) and not self._stale(key) and key not in self._timers and not self._tasks.closed:
-            interval = self._intervals.get(key, _FIRST_RETRY)
-            self._timers[key] = asyncio.get_running_loop().call_later(interval, self._fire, key)
+            loop = asyncio.get_running_loop()
+            due = self._since.get(key, loop.time()) + self._intervals.get(key, _FIRST_RETRY)
+            self._timers[key] = loop.call_at(due, self._fire, key)
         elif key not in self._timers:
             self._intervals.pop(key, None)
+            self._since.pop(key, None)
 
     async def flush_now(self, key: K) -> None:
         """Store ``key``'s unflushed value now: cancel its timer, wait for a flush in
@@ -137,6 +147,7 @@ class WriteBehind(Generic[K]):
         if timer is not None:
             timer.cancel()
         self._retry.pop(key, None)
+        self._since.pop(key, None)
         await self._flush(key)
 
     def forget(self, key: K) -> None:
@@ -147,3 +158,4 @@ class WriteBehind(Generic[K]):
             timer.cancel()
         self._retry.pop(key, None)
         self._intervals.pop(key, None)
+        self._since.pop(key, None)
