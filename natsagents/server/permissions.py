@@ -277,11 +277,7 @@ def _node(p: str, u: str, inbox: str, kinds: tuple[str, ...] | None, replies: Se
         sub += [f"{p}.agent.{k}.* {p}.agents", f"{p}.agent.{k}.* {p}.agents.*", f"{p}.activate.{k} {p}.hosts.{k}"]
     sub.append(f"{p}.node.{u}.*")
     # The NATS services API (protocol §16): $SRV.<verb>, .natsagents, .natsagents.<node>.
-    sub += [
-        f"$SRV.{v}{tail}"
-        for v in ("PING", "INFO", "STATS")
-        for tail in ("", f".{SERVICE_NAME}", f".{SERVICE_NAME}.{u}")
-    ]
+    sub += [f"$SRV.{v}{tail}" for v in ("PING", "INFO", "STATS") for tail in ("", f".{SERVICE_NAME}", f".{SERVICE_NAME}.{u}")]
     sub.append(f"{inbox}.>")
     pub = [f"{r}>" for r in replies]
     # Handlers call agents of any kind; partition owners forward durable messages of every

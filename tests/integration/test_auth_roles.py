@@ -315,9 +315,7 @@ async def test_operator_mode_with_the_scoped_templates(creds: Path, tmp_path: Pa
         _key(nkeys.PREFIX_BYTE_ACCOUNT),
         _key(nkeys.PREFIX_BYTE_ACCOUNT),
     )
-    scopes = [
-        json.loads((creds / "jwt" / f"{n}.json").read_text()) for n in ("node-Counter", "caller-Counter", "operator")
-    ]
+    scopes = [json.loads((creds / "jwt" / f"{n}.json").read_text()) for n in ("node-Counter", "caller-Counter", "operator")]
     unlimited = {
         "subs": -1,
         "data": -1,
