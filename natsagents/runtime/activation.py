@@ -134,6 +134,7 @@ class Activation:
         "readers",
         "reading",
         "recent",
+        "started",
         "state",
         "subscription",
         "workers",
@@ -170,6 +171,9 @@ class Activation:
         self.readers: frozenset[str] | None = cls.__readers__
         self.reading = 0
         self.writing = False
+        # Readers-writer mode: when each running handler started (``busy_since`` is the
+        # oldest, for the supervisor's hung-handler check, though reads overlap).
+        self.started: dict[asyncio.Task[None], float] | None = {} if self.readers is not None else None
         self.health: Health | None = None
         if cls.throttle_backlog is not None or cls.throttle_latency is not None:
             self.health = Health(cls.throttle_backlog, cls.throttle_latency)
@@ -359,6 +363,9 @@ class Activation:
 
     async def _run_one(self, msg: Inbound, read: bool) -> None:
         task = asyncio.current_task()
+        started = self.started
+        assert task is not None and started is not None
+        started[task] = time.monotonic()
         try:
             await self._handle(msg)
         finally:
@@ -366,6 +373,9 @@ class Activation:
                 self.reading -= 1
             else:
                 self.writing = False
+            began = started.pop(task, 0.0)
+            if started and began <= self.busy_since:
+                self.busy_since = min(started.values())  # the oldest still running
             workers = self.workers
             workers.discard(task)
             if self.mailbox and self.state is not ActivationState.STOPPED:
