@@ -332,11 +332,11 @@ class Ownership:
         if batch:
             own.pending = value  # stored by end_batch, with the whole batch
             return
-        if own.eventual:
-            self._behind_mark(act, own, value)
-            return
         try:
-            await self.save(act, value)
+            if own.eventual:
+                self._behind_mark(act, own, value)  # stored within flush_interval
+            else:
+                await self.save(act, value)
         except BaseException:
             own.seq = before
             if entry is not None and own.applied and entry in own.applied:

@@ -19,7 +19,7 @@ from tests.chaos.test_cluster_chaos import host_processes
 
 AGENTS = 16
 FLUSH_INTERVAL = 0.2  # tests.node_process.EventualCounter
-SLACK = 0.5  # a flush's own write, and scheduling on a loaded machine
+SLACK = 1.0  # a flush's own write, and scheduling on a loaded machine
 
 
 async def test_sigkill_loses_at_most_the_unflushed_window(nats_url: str, mesh_prefix: str, tmp_path: Path) -> None:
