@@ -9,7 +9,8 @@ exception escapes. Misuse errors also derive from the matching builtin
     ├── ConfigurationError (ValueError)        bad settings, bad arguments
     │   ├── InvalidAddress                     kind or id cannot be used on the wire
     │   │   └── InvalidAgentId
-    │   └── ActionDefinitionError (TypeError)  a malformed @action, raised at class definition
+    │   ├── ActionDefinitionError (TypeError)  a malformed @action, raised at class definition
+    │   └── NotSupportedYet                    a declared option this version cannot honour yet
     ├── ServerError                            the embedded nats-server failed
     │   └── ServerBinaryNotFound
     ├── TransportError                         talking to NATS failed
@@ -91,6 +92,7 @@ __all__ = [
     "MalformedAckSubject",
     "MeshClosed",
     "NatsAgentsError",
+    "NotSupportedYet",
     "Overloaded",
     "PayloadTooLarge",
     "ProtocolError",
@@ -143,6 +145,11 @@ class InvalidAgentId(InvalidAddress):
 
 class ActionDefinitionError(ConfigurationError, TypeError):
     """An ``@action`` method is malformed; raised when the agent class is defined."""
+
+
+class NotSupportedYet(ConfigurationError):
+    """A valid option this version does not implement yet (e.g. ``consistency = "session"``),
+    refused when the kind is hosted rather than silently served another way."""
 
 
 class ServerError(NatsAgentsError):

@@ -412,10 +412,13 @@ class Mesh:
 
         Raises:
             ConfigurationError: not an Agent subclass, or a kind hosted by another class.
+            NotSupportedYet: a kind declares a ``consistency`` this version cannot serve.
         """
         self._check_open()
         if not agent_classes:
             raise ConfigurationError("host() needs at least one Agent class")
+        for cls in agent_classes:
+            self._host.check_kind(cls)  # before any is announced
         for cls in agent_classes:
             if self._node is not None:
                 self._node.kind_added(cls)

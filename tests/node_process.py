@@ -4,7 +4,8 @@ pause or fuzz it): ``python -m tests.node_process URLS PREFIX NAME [OPTIONS_JSON
 ``OPTIONS_JSON`` (all optional):
 
 * ``kinds``: names of the agent classes to host (default ``["Counter"]``), from
-  :data:`KINDS` (``tests.agents``, ``tests.fuzz_agents``, ``PermCounter`` and ``Crasher``);
+  :data:`KINDS` (``tests.agents``, ``tests.fuzz_agents``, ``PermCounter``,
+  ``EventualCounter`` and ``Crasher``);
 * ``cluster``: ``ClusterSettings`` fields (``lease`` 1.5 s, ``rebalance`` off and no
   durable delivery unless given; a ``delivery`` object becomes ``DeliverySettings``), or
   ``null`` for a standalone host (the default);
@@ -45,6 +46,13 @@ class PermCounter(Counter):
     restart = "permanent"
 
 
+class EventualCounter(Counter):
+    """The same counter, its state stored behind the replies (``consistency = "eventual"``)."""
+
+    consistency = "eventual"
+    flush_interval = 0.2
+
+
 class Crasher(Agent):
     """``boom`` kills the process that runs it: a poison message that crashes its host."""
 
@@ -56,7 +64,19 @@ class Crasher(Agent):
 
 KINDS: dict[str, type[Agent]] = {
     cls.__name__: cls
-    for cls in (Counter, Keeper, Typed, PermCounter, Crasher, Canary, Tally, Wide, OnlySpawn, Ephemeral)
+    for cls in (
+        Counter,
+        Keeper,
+        Typed,
+        PermCounter,
+        EventualCounter,
+        Crasher,
+        Canary,
+        Tally,
+        Wide,
+        OnlySpawn,
+        Ephemeral,
+    )
 }
 
 

@@ -14,7 +14,7 @@ from .policy import AllowSpec, Policy, parse_allow
 from .ref import AgentRef
 from .schema import ActionSpec, build_action_spec
 
-__all__ = ["Agent", "RefFactory", "action"]
+__all__ = ["CONSISTENCY_MODES", "EXACTLY_ONCE_CONSISTENCY", "SUPPORTED_CONSISTENCY", "Agent", "RefFactory", "action"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,21 +34,38 @@ RESTART_POLICIES = ("permanent", "transient", "temporary")
 UNHEALTHY_POLICIES = ("throttle", "restart")
 
 
-class _ActionMark:
-    __slots__ = ("allow", "bulkhead", "idempotent", "name")
+#: ``consistency`` values a kind may declare (docs/consistency.md).
+CONSISTENCY_MODES = ("strong", "eventual", "session", "crdt")
+#: Those this version serves; the others are refused when hosted (``NotSupportedYet``).
+SUPPORTED_CONSISTENCY = ("strong", "eventual")
+#: Those that can keep ``exactly_once`` delivery (its sequence is stored with the state
+#: before the reply).
+EXACTLY_ONCE_CONSISTENCY = ("strong", "session")
 
-    def __init__(self, name: str | None, idempotent: bool, bulkhead: int | None, allow: Policy | None) -> None:
+
+class _ActionMark:
+    __slots__ = ("allow", "bulkhead", "idempotent", "name", "read_only")
+
+    def __init__(
+        self, name: str | None, idempotent: bool, bulkhead: int | None, allow: Policy | None, read_only: bool
+    ) -> None:
         self.name = name
         self.idempotent = idempotent
         self.bulkhead = bulkhead
         self.allow = allow
+        self.read_only = read_only
 
 
 @overload
 def action(func: F, /) -> F: ...
 @overload
 def action(
-    *, name: str | None = None, idempotent: bool = False, bulkhead: int | None = None, allow: AllowSpec = None
+    *,
+    name: str | None = None,
+    idempotent: bool = False,
+    bulkhead: int | None = None,
+    allow: AllowSpec = None,
+    read_only: bool = False,
 ) -> Callable[[F], F]: ...
 
 
@@ -60,6 +77,7 @@ def action(
     idempotent: bool = False,
     bulkhead: int | None = None,
     allow: AllowSpec = None,
+    read_only: bool = False,
 ) -> F | Callable[[F], F]:
     """Mark an ``async def`` method of an :class:`Agent` as callable over the mesh.
 
@@ -78,7 +96,16 @@ def action(
             names, ``"role:<role>"``, ``"key:<public nkey>"`` and ``"*"`` (any verified
             caller), or ``"anyone"``; ``None`` (default): the kind's ``allow``. Others get
             ``Unauthorized`` before the handler runs.
+        read_only: the action only reads ``self.state``. Read-only actions of one agent may
+            run at the same time as each other (up to the kind's ``read_concurrency``); an
+            action that is not read-only waits until they finished and runs alone, and a
+            waiting one is never overtaken by later reads (FIFO). Nothing is stored after
+            a read-only action; on a cluster node, one that changed the state anyway fails
+            with ``HandlerError`` and the state goes back to the last acknowledged one
+            (docs/consistency.md). Applies to kinds with ``max_concurrency = 1``.
     """
+    if not isinstance(read_only, bool):
+        raise ActionDefinitionError(f"@action(read_only=...) must be a bool, not {read_only!r}")
     if bulkhead is not None and (type(bulkhead) is not int or bulkhead < 1):
         raise ActionDefinitionError(f"@action(bulkhead=...) must be an int >= 1 or None, not {bulkhead!r}")
     try:
@@ -89,7 +116,7 @@ def action(
     def mark(f: F) -> F:
         if not callable(f):
             raise ActionDefinitionError(f"@action applies to methods, not {type(f).__name__}")
-        setattr(f, _ACTION_ATTR, _ActionMark(name, idempotent, bulkhead, policy))
+        setattr(f, _ACTION_ATTR, _ActionMark(name, idempotent, bulkhead, policy, read_only))
         return f
 
     if func is not None:
@@ -123,6 +150,24 @@ def _check_cluster_options(cls: type[Agent]) -> None:
             raise ActionDefinitionError(f"{name}.{option} must be a positive number, not {value!r}")
     if not isinstance(cls.resources, Mapping):
         raise ActionDefinitionError(f"{name}.resources must be a mapping, not {cls.resources!r}")
+    _check_consistency(cls)
+
+
+def _check_consistency(cls: type[Agent]) -> None:
+    name = cls.__qualname__
+    if cls.consistency not in CONSISTENCY_MODES:
+        raise ActionDefinitionError(f"{name}.consistency must be one of {CONSISTENCY_MODES}, not {cls.consistency!r}")
+    interval = cls.flush_interval
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval <= 60:
+        raise ActionDefinitionError(f"{name}.flush_interval must be a number of seconds in (0, 60], not {interval!r}")
+    if cls.consistency == "eventual" and cls.persistence != "action":
+        raise ActionDefinitionError(
+            f"{name}: consistency = 'eventual' stores the state behind the replies of actions, so it needs "
+            f"persistence = 'action', not {cls.persistence!r}"
+        )
+    readers = cls.read_concurrency
+    if type(readers) is not int or readers < 1:
+        raise ActionDefinitionError(f"{name}.read_concurrency must be an int >= 1, not {readers!r}")
 
 
 class Agent:
@@ -173,6 +218,17 @@ class Agent:
         resources: what one agent reserves on its node, ``{"cpu": cores, "memory": bytes,
             "custom": {name: amount}}``; placement only picks nodes with that much free.
 
+    Consistency (docs/consistency.md):
+        consistency: ``"strong"`` (default: one activation, the state is stored by
+            compare-and-set before each reply) or ``"eventual"`` (one activation, the reply
+            does not wait: changes are coalesced and stored within ``flush_interval``, and a
+            crash loses at most that window). ``"session"`` and ``"crdt"`` are valid names
+            that this version refuses when the kind is hosted (``NotSupportedYet``).
+            ``exactly_once`` delivery needs ``"strong"`` (or ``"session"``).
+        flush_interval: eventual only: seconds within which a change is stored (a bound).
+        read_concurrency: read-only actions (``@action(read_only=True)``) of one agent
+            that may run at once.
+
     Access:
         allow: who may call the kind's actions that set no ``allow`` of their own (see
             ``@action(allow=…)``); ``None`` (default): the hosting mesh's
@@ -197,10 +253,16 @@ class Agent:
     unhealthy: ClassVar[str] = "throttle"
     unhealthy_grace: ClassVar[float] = 10.0
     resources: ClassVar[Mapping[str, Any]] = {}
+    consistency: ClassVar[str] = "strong"
+    flush_interval: ClassVar[float] = 0.2
+    read_concurrency: ClassVar[int] = 64
     allow: ClassVar[AllowSpec] = None
     __actions__: ClassVar[dict[str, ActionSpec]] = {}
     #: ``allow`` compiled (``None``: not set).
     __policy__: ClassVar[Policy | None] = None
+    #: Wire names of the read-only actions, when they run beside each other (the kind has
+    #: some and ``max_concurrency == 1``); ``None`` otherwise.
+    __readers__: ClassVar[frozenset[str] | None] = None
 
     id: str
     state: Any
@@ -253,11 +315,18 @@ class Agent:
                 )
             try:
                 actions[wire_name] = build_action_spec(
-                    wire_name, value, idempotent=mark.idempotent, bulkhead=mark.bulkhead, allow=mark.allow
+                    wire_name,
+                    value,
+                    idempotent=mark.idempotent,
+                    bulkhead=mark.bulkhead,
+                    allow=mark.allow,
+                    read_only=mark.read_only,
                 )
             except TypeError as exc:
                 raise ActionDefinitionError(str(exc)) from None
         cls.__actions__ = actions
+        readers = frozenset(n for n, spec in actions.items() if spec.read_only)
+        cls.__readers__ = readers if readers and cls.max_concurrency == 1 else None
 
     # Set by the runtime before on_start. The ref factory and the logger are made on first
     # use: a node may hold 100k agents, most of which never log or call anyone.

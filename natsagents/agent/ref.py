@@ -162,7 +162,8 @@ class AgentRef:
 
         Raises:
             ConfigurationError: ``retry`` is not a RetryPolicy, None or USE_DEFAULT; an
-                unknown ``delivery``.
+                unknown ``delivery``; ``exactly_once`` to a kind (known here by its class)
+                whose ``consistency`` cannot keep it.
         """
         from ..resilience import RetryPolicy
 
@@ -172,6 +173,12 @@ class AgentRef:
             raise ConfigurationError(f"idempotent must be a bool or None, not {idempotent!r}")
         if delivery is not None and delivery not in DELIVERY_MODES:
             raise ConfigurationError(f"delivery must be one of {DELIVERY_MODES}, not {delivery!r}")
+        cls = self._cls  # the kinds that keep exactly_once: base.EXACTLY_ONCE_CONSISTENCY
+        if delivery == "exactly_once" and cls is not None and cls.consistency not in ("strong", "session"):
+            raise ConfigurationError(
+                f"exactly_once delivery to {self.kind} needs consistency 'strong' or 'session', not "
+                f"{cls.consistency!r}: its state is stored after the reply (docs/consistency.md)"
+            )
         if priority is not None and priority not in ("high", "normal", "low"):
             raise ConfigurationError(f"priority must be 'high', 'normal' or 'low', not {priority!r}")
         if message_ttl is not None and (

@@ -273,6 +273,7 @@ class ActionSpec:
     names: frozenset[str]
     bulkhead: int | None = None  # handlers of this action running at once per host
     allow: Policy | None = None  # who may call it (None: the kind's policy)
+    read_only: bool = False  # may run beside other read-only actions; must not change state
 
     def bind(self, body: Any) -> dict[str, Any]:
         """Check a decoded request body against the parameters; return the kwargs.
@@ -304,6 +305,7 @@ def build_action_spec(
     idempotent: bool,
     bulkhead: int | None = None,
     allow: Policy | None = None,
+    read_only: bool = False,
 ) -> ActionSpec:
     """Check an action method and build its spec.
 
@@ -347,4 +349,5 @@ def build_action_spec(
         names=frozenset(p.name for p in params),
         bulkhead=bulkhead,
         allow=allow,
+        read_only=read_only,
     )

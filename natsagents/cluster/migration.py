@@ -125,6 +125,7 @@ class Migration:
         try:
             started = time.perf_counter()
             await self._host.quiesce(act)
+            await self._ownership.flush_behind(act)  # an eventual agent's unstored changes
             transfer: Transfer | None = None
             if strategy == "state_transfer" or (strategy == "checkpoint_restore" and own.persistence == "none"):
                 transfer = Transfer(agent.checkpoint(), own.revision, own.epoch)

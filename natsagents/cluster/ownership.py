@@ -44,6 +44,7 @@ from ..observability import Metrics
 from ..runtime.activation import Activation
 from ..runtime.dedup import APPLIED_MAX_BYTES, DURABLE_WINDOW, keep_until_ms, trim_applied
 from ..runtime.host import Host
+from ..state.behind import WriteBehind
 from ..state.store import Applied, FencedOff, StateStore, StoredState
 from ..tasks import TaskGroup
 from ..wire import codec
@@ -73,15 +74,19 @@ class Owned:
         "checking",
         "claim",
         "epoch",
+        "eventual",
         "gaps",
         "handed_over",
         "lock",
+        "marks",
         "needs",
         "pending",
         "persistence",
         "revision",
         "saved",
         "seq",
+        "stored_marks",
+        "unflushed",
     )
 
     def __init__(self, claim: Claim, revision: int, needs: Resources, persistence: str, saved: bytes | None) -> None:
@@ -104,6 +109,12 @@ class Owned:
         # of the claim in progress (shared by the messages that wait for it).
         self.gaps = 0
         self.checking: asyncio.Future[bool | None] | None = None
+        # consistency = "eventual" (state.behind): the newest acknowledged value not
+        # stored yet, and how many changes were acknowledged / are stored.
+        self.eventual = False
+        self.unflushed: bytes | None = None
+        self.marks = 0
+        self.stored_marks = 0
 
     def applied_now(self) -> list[Applied]:
         """The applied ids still worth persisting (expired ones dropped)."""
@@ -150,6 +161,12 @@ class Ownership:
         self._membership = membership
         self._metrics = metrics
         self._tasks = tasks
+        self.behind: WriteBehind[Activation] = WriteBehind(
+            self._flush_behind,
+            tasks,
+            dirty=lambda act: act.cluster is not None and act.cluster.unflushed is not None,
+            stale=lambda act: act.cluster is None or act.cluster.handed_over,
+        )
 
     def owner_live(self, node: str) -> bool:
         """Whether a claim must treat ``node`` as a live owner: it is live in our view, or
@@ -220,6 +237,7 @@ class Ownership:
                 # What the store holds (or the initial state, which needs no write).
                 saved = StateStore.encode(agent.checkpoint(), claim.record.epoch)
             own = act.cluster = Owned(claim, revision, needs, cls.persistence, saved)
+            own.eventual = cls.consistency == "eventual"
             own.seq = seq
             own.gaps = gaps
             act.group = claim.record.group  # the queue group of this line of ownership
@@ -274,8 +292,16 @@ class Ownership:
                 f"state cannot be stored: {exc}", agent=act.address, details={"state": "rolled back"}
             ) from None
         batch = own.batch is not None
-        if value == (own.pending if batch and own.pending is not None else own.saved):
+        if value == (own.pending if batch and own.pending is not None else own.unflushed or own.saved):
             return
+        if self._read_only(act, meta):
+            self.rollback(act)
+            raise HandlerError(
+                f"read-only action {meta.action} changed the state of {act.address}: the change is discarded",
+                agent=act.address,
+                action=meta.action,
+                details={"state": "rolled back", "read_only": True},
+            )
         entry: Applied | None = None
         previous = own.applied
         if answered or seq:
@@ -297,7 +323,10 @@ class Ownership:
             own.pending = value  # stored by end_batch, with the whole batch
             return
         try:
-            await self.save(act, value)
+            if own.eventual:
+                self._behind_mark(act, own, value)  # stored within flush_interval
+            else:
+                await self.save(act, value)
         except BaseException:
             own.seq = before
             if entry is not None:
@@ -307,9 +336,10 @@ class Ownership:
     def begin_batch(self, act: Activation) -> None:
         """A batch of durable messages starts: their state changes are stored together."""
         own: Owned = act.cluster
-        if own.persistence != "action" or type(act.agent).max_concurrency != 1:
+        if own.persistence != "action" or type(act.agent).max_concurrency != 1 or own.eventual:
             # With several handlers at once, another message's write must not wait for the
             # batch (its reply would go out before its state is stored): each item writes.
+            # Eventual kinds coalesce every change anyway.
             return
         own.batch = (own.seq, None if own.applied is None else list(own.applied))
         own.pending = None
@@ -351,6 +381,9 @@ class Ownership:
         own: Owned | None = act.cluster
         if own is None or own.persistence == "none" or own.handed_over:
             return
+        if own.eventual:
+            await self.behind.flush_now(act)
+            return
         try:
             value = StateStore.encode(act.agent.checkpoint(), own.epoch)
         except (TypeError, ValueError) as exc:
@@ -358,13 +391,14 @@ class Ownership:
         if value != own.saved:
             await self.save(act, value)
 
-    async def save(self, act: Activation, value: bytes) -> None:
+    async def save(self, act: Activation, value: bytes, *, rollback: bool = True) -> None:
         """Store ``value`` (``StateStore.encode``) with the applied ids and sequence: a CAS
         on the revision this copy last wrote, retried while its outcome is unknown.
 
         Raises:
             PayloadTooLarge: over the kind's ``max_state_bytes`` (rolled back).
-            Unavailable: fenced off (this copy stops) or not stored in time (rolled back).
+            Unavailable: fenced off (this copy stops) or not stored in time (rolled back
+                unless ``rollback`` is false: an eventual flush keeps the acknowledged state).
         """
         own: Owned = act.cluster
         kind = act.kind
@@ -384,7 +418,8 @@ class Ownership:
                     break
                 except PayloadTooLarge:
                     self._metrics.state_saves.labels(kind, "too_large").inc()
-                    self.rollback(act)
+                    if rollback:
+                        self.rollback(act)
                     raise
                 except FencedOff:
                     landed = await self._read_back(act, value)
@@ -401,7 +436,8 @@ class Ownership:
                 except (CallTimeout, TransportError) as exc:
                     if isinstance(exc, MeshClosed) or time.monotonic() > deadline:
                         self._metrics.state_saves.labels(kind, "failed").inc()
-                        self.rollback(act)
+                        if rollback:
+                            self.rollback(act)
                         raise Unavailable(
                             f"state of {act.address} could not be saved: {exc}",
                             agent=act.address,
@@ -411,6 +447,7 @@ class Ownership:
                     if landed:
                         own.revision = landed
                         break
+                    self._metrics.state_saves.labels(kind, "retried").inc()
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 0.5)
             own.saved = plain
@@ -427,6 +464,68 @@ class Ownership:
             return entry.revision if entry is not None and entry.value == value else 0
         return 0
 
+    # -- consistency = "eventual": write-behind (state.behind) ---------------------------
+
+    @staticmethod
+    def _read_only(act: Activation, meta: RequestMeta) -> bool:
+        spec = act.agent.__actions__.get(meta.action)
+        return spec is not None and spec.read_only
+
+    def _behind_mark(self, act: Activation, own: Owned, value: bytes) -> None:
+        """An eventual agent's change is acknowledged now and stored within its
+        ``flush_interval``. A state over the size limit fails the action now (rolled back)."""
+        limit = self._state.max_size
+        kind_limit = type(act.agent).max_state_bytes
+        if kind_limit is not None:
+            limit = min(limit, kind_limit)
+        if len(value) > limit:
+            self._metrics.state_saves.labels(act.kind, "too_large").inc()
+            self.rollback(act)
+            raise PayloadTooLarge(
+                f"state of {act.address} is {len(value)} bytes; the limit is {limit}",
+                agent=act.address,
+                details={"size": len(value), "max_size": limit},
+            )
+        own.unflushed = value
+        own.marks += 1
+        self.behind.mark(act, type(act.agent).flush_interval)
+
+    async def _flush_behind(self, act: Activation) -> None:
+        """Store the newest unflushed value of ``act`` (``WriteBehind``'s flush)."""
+        own: Owned | None = act.cluster
+        if own is None or own.handed_over or own.unflushed is None:
+            return
+        value, marks = own.unflushed, own.marks
+        await self.save(act, value, rollback=False)
+        own.stored_marks = max(own.stored_marks, marks)
+        if own.marks == marks:
+            own.unflushed = None
+
+    async def flush_behind(self, act: Activation) -> None:
+        """Store what an eventual agent has not stored yet, now (before a graceful stop or
+        a migration); a failure is logged (a final save may still store it)."""
+        own: Owned | None = act.cluster
+        if own is None or not own.eventual or own.handed_over:
+            return
+        try:
+            await self.behind.flush_now(act)
+        except Exception as exc:
+            log.warning("flushing the state of %s failed: %s", act.address, exc)
+
+    def forget_behind(self, act: Activation, own: Owned) -> None:
+        """No more flushes of ``act``; acknowledged changes never stored are logged."""
+        self.behind.forget(act)
+        lost = own.marks - own.stored_marks
+        if own.unflushed is not None and lost > 0 and own.handed_over:
+            log.error(
+                "%s: %d acknowledged change(s) were not stored and are lost: this copy was superseded "
+                "(consistency = 'eventual')",
+                act.address,
+                lost,
+            )
+            self._metrics.state_saves.labels(act.kind, "lost").inc(lost)
+            own.stored_marks = own.marks  # counted once
+
     def rollback(self, act: Activation) -> None:
         """Put the agent back to its last saved state (an action failed or could not be saved)."""
         own: Owned = act.cluster
@@ -435,7 +534,8 @@ class Ownership:
             return  # other handlers may be mid-flight on the same state
         try:
             # Within a batch: back to the state its earlier messages left (not yet stored).
-            snapshot = own.pending if own.pending is not None else own.saved
+            # Eventual: back to the newest acknowledged value, stored or not.
+            snapshot = own.pending if own.pending is not None else own.unflushed or own.saved
             if snapshot is not None:
                 agent.restore(codec.decode(snapshot, None)["data"])  # our own encoding: no limit
             elif own.revision == 0:
@@ -455,6 +555,10 @@ class Ownership:
         if own is None:
             return
         self.release(own)
+        if own.eventual:
+            if not discard and not own.handed_over:
+                await self.flush_behind(act)
+            self.forget_behind(act, own)
         if own.handed_over:
             return
         if not discard and own.persistence != "none":
@@ -482,6 +586,8 @@ class Ownership:
             return
         own.handed_over = True  # not ours any more: no final save, no release
         self._metrics.fenced.labels(act.kind).inc()
+        if own.eventual:
+            self.forget_behind(act, own)
         self._tasks.spawn(self._host.discard(act))
 
     # -- serving under our own lease ---------------------------------------------------

@@ -131,10 +131,14 @@ class Activation:
         "lows",
         "mailbox",
         "max_workers",
+        "readers",
+        "reading",
         "recent",
+        "started",
         "state",
         "subscription",
         "workers",
+        "writing",
     )
 
     def __init__(self, host: Services, agent: Agent, agent_id: str) -> None:
@@ -162,6 +166,14 @@ class Activation:
         self.group = 0
         self.recent: Recent | None = None  # message id → dedup entry (runtime.dedup)
         cls = type(agent)
+        # Read-only actions that may run beside each other (``Agent.__readers__``; None:
+        # every message runs alone, the plain worker loop) and what runs now.
+        self.readers: frozenset[str] | None = cls.__readers__
+        self.reading = 0
+        self.writing = False
+        # Readers-writer mode: when each running handler started (``busy_since`` is the
+        # oldest, for the supervisor's hung-handler check, though reads overlap).
+        self.started: dict[asyncio.Task[None], float] | None = {} if self.readers is not None else None
         self.health: Health | None = None
         if cls.throttle_backlog is not None or cls.throttle_latency is not None:
             self.health = Health(cls.throttle_backlog, cls.throttle_latency)
@@ -272,53 +284,30 @@ class Activation:
         else:  # "low" (checked above)
             mailbox.append(msg)
             self.lows += 1
+        if self.readers is not None:
+            self._pump()
+            return
         workers = self.workers
         if len(workers) < self.max_workers:
             if workers is _NO_WORKERS:
                 workers = self.workers = set()
             workers.add(asyncio.get_running_loop().create_task(self._work()))
 
+    def _pop(self) -> Inbound:
+        mailbox = self.mailbox
+        msg = mailbox.popleft()
+        if self.highs:
+            self.highs -= 1
+        elif len(mailbox) < self.lows:
+            self.lows -= 1
+        return msg
+
     async def _work(self) -> None:
         task = asyncio.current_task()
         try:
             mailbox = self.mailbox
-            host = self.host
             while mailbox:
-                msg = mailbox.popleft()
-                if self.highs:
-                    self.highs -= 1
-                elif len(mailbox) < self.lows:
-                    self.lows -= 1
-                started = time.monotonic()
-                if not self.busy:
-                    self.busy_since = started
-                self.busy += 1
-                try:
-                    outcome = await host.dispatch(self, msg)
-                    if outcome.reply is not None:  # the dispatcher answers; we say where
-                        await host.replies.send(
-                            msg.reply if outcome.wanted else "",
-                            *outcome.reply,
-                            agent=self.address,
-                            action=outcome.action,
-                        )
-                    kept = outcome.kept
-                finally:
-                    self.busy -= 1
-                    if not self.busy:
-                        self.busy_since = 0.0
-                    if self.health is not None:
-                        took = time.monotonic() - started
-                        count = msg.headers.get(h.BATCH) if msg.headers is not None else None
-                        if count is not None and count.isdigit() and int(count) > 1:
-                            took /= int(count)  # a batch (wire.batch): the time per message
-                        self.health.handled(took, len(mailbox))
-                if outcome.ran and type(msg) is Verified and not msg.admitted.durable:
-                    host.guard.remember(msg.admitted)
-                if self.recent is not None and msg.reply:
-                    message_id = msg.headers.get(h.MESSAGE_ID) if msg.headers is not None else None
-                    if message_id is not None and envelope.is_message_id(message_id):
-                        self.host.dedup.finish(self, message_id, kept, msg.headers)
+                await self._handle(self._pop())
         finally:
             workers = self.workers
             workers.discard(task)
@@ -327,12 +316,106 @@ class Activation:
                     # A message arrived while this worker was finishing up.
                     workers.add(asyncio.get_running_loop().create_task(self._work()))
                 else:
-                    self.workers = _NO_WORKERS
-                    if not self.mailbox:
-                        self.mailbox = _NO_MAIL
-                    if self._idle is not None:
-                        self._idle.set()
-                        self._idle = None
+                    self._went_idle()
+
+    def _went_idle(self) -> None:
+        self.workers = _NO_WORKERS
+        if not self.mailbox:
+            self.mailbox = _NO_MAIL
+        if self._idle is not None:
+            self._idle.set()
+            self._idle = None
+
+    # -- readers and writers (kinds with read-only actions) ---------------------------
+    #
+    # The head of the mailbox decides: a read-only action starts while no write runs and
+    # fewer than ``read_concurrency`` reads do; any other message starts only when
+    # nothing runs. A write at the head therefore holds back the reads behind it (FIFO:
+    # a stream of reads cannot starve it), and priorities keep their order because the
+    # mailbox is already sorted by them. One task per message.
+
+    def _is_read(self, msg: Inbound) -> bool:
+        hdrs = msg.headers
+        if hdrs is None or h.BATCH in hdrs:
+            return False
+        readers = self.readers
+        return readers is not None and hdrs.get(h.ACTION) in readers
+
+    def _pump(self) -> None:
+        """Start every message at the head of the mailbox that may run now."""
+        mailbox = self.mailbox
+        limit = type(self.agent).read_concurrency
+        while mailbox and not self.writing:
+            if self._is_read(mailbox[0]):
+                if self.reading >= limit:
+                    return
+                self.reading += 1
+                read = True
+            elif self.reading:
+                return
+            else:
+                self.writing = True
+                read = False
+            workers = self.workers
+            if workers is _NO_WORKERS:
+                workers = self.workers = set()
+            workers.add(asyncio.get_running_loop().create_task(self._run_one(self._pop(), read)))
+
+    async def _run_one(self, msg: Inbound, read: bool) -> None:
+        task = asyncio.current_task()
+        started = self.started
+        assert task is not None and started is not None
+        started[task] = time.monotonic()
+        try:
+            await self._handle(msg)
+        finally:
+            if read:
+                self.reading -= 1
+            else:
+                self.writing = False
+            began = started.pop(task, 0.0)
+            if started and began <= self.busy_since:
+                self.busy_since = min(started.values())  # the oldest still running
+            workers = self.workers
+            workers.discard(task)
+            if self.mailbox and self.state is not ActivationState.STOPPED:
+                self._pump()
+            if not self.workers:
+                self._went_idle()
+
+    async def _handle(self, msg: Inbound) -> None:
+        """Run one message and send its outcome where it belongs."""
+        host = self.host
+        started = time.monotonic()
+        if not self.busy:
+            self.busy_since = started
+        self.busy += 1
+        try:
+            outcome = await host.dispatch(self, msg)
+            if outcome.reply is not None:  # the dispatcher answers; we say where
+                await host.replies.send(
+                    msg.reply if outcome.wanted else "",
+                    *outcome.reply,
+                    agent=self.address,
+                    action=outcome.action,
+                )
+            kept = outcome.kept
+        finally:
+            self.busy -= 1
+            if not self.busy:
+                self.busy_since = 0.0
+            if self.health is not None:
+                took = time.monotonic() - started
+                count = msg.headers.get(h.BATCH) if msg.headers is not None else None
+                if count is not None and count.isdigit() and int(count) > 1:
+                    took /= int(count)  # a batch (wire.batch): the time per message
+                self.health.handled(took, len(self.mailbox))
+        if outcome.ran and type(msg) is Verified and not msg.admitted.durable:
+            host.guard.remember(msg.admitted)
+        if self.recent is not None and msg.reply:
+            message_id = msg.headers.get(h.MESSAGE_ID) if msg.headers is not None else None
+            if message_id is not None and envelope.is_message_id(message_id):
+                host.dedup.finish(self, message_id, kept, msg.headers)
 
     async def wait_idle(self) -> None:
         """Return once no worker runs (the mailbox is empty or refused)."""

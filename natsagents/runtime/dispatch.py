@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..agent.base import EXACTLY_ONCE_CONSISTENCY
 from ..agent.context import Context, _current
 from ..agent.policy import TrustedCaller
 from ..agent.schema import ActionSpec, ParamError
@@ -280,7 +281,14 @@ class Dispatcher:
             Refused: what the rule refuses.
         """
         node = self.node
-        persisted = node is not None and act.cluster is not None and type(act.agent).persistence == "action"
+        cls = type(act.agent)
+        if cls.consistency not in EXACTLY_ONCE_CONSISTENCY and hdrs.get(h.DELIVERY) == h.DELIVERY_EXACTLY_ONCE:
+            raise Refused(
+                BAD_REQUEST,
+                f"exactly_once delivery to {act.kind} needs consistency 'strong' or 'session', not "
+                f"{cls.consistency!r}: its state is stored after the reply",
+            )
+        persisted = node is not None and act.cluster is not None and cls.persistence == "action"
         try:
             return exactly_once.check(
                 hdrs,

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from ..agent.base import Agent, RefFactory
+from ..agent.base import SUPPORTED_CONSISTENCY, Agent, RefFactory
 from ..agent.policy import Policy, TrustedCaller
 from ..errors import (
     BAD_REQUEST,
@@ -27,6 +27,7 @@ from ..errors import (
     ConfigurationError,
     MeshClosed,
     NatsAgentsError,
+    NotSupportedYet,
     ProtocolError,
 )
 from ..observability import Metrics, Tracing
@@ -200,14 +201,30 @@ class Host:
 
     # -- kinds -----------------------------------------------------------------------
 
+    @staticmethod
+    def check_kind(cls: object) -> None:
+        """Whether ``cls`` can be hosted here (``Mesh.host`` asks before announcing it).
+
+        Raises:
+            ConfigurationError: not an Agent subclass.
+            NotSupportedYet: the kind declares a ``consistency`` this version cannot serve.
+        """
+        if not (isinstance(cls, type) and issubclass(cls, Agent)) or cls is Agent:
+            raise ConfigurationError(f"host() takes Agent subclasses, not {cls!r}")
+        if cls.consistency not in SUPPORTED_CONSISTENCY:
+            raise NotSupportedYet(
+                f"{cls.__qualname__}: consistency = {cls.consistency!r} is not supported yet "
+                f"(this version serves {' and '.join(map(repr, SUPPORTED_CONSISTENCY))}; docs/consistency.md)"
+            )
+
     async def host(self, cls: type[Agent]) -> None:
         """Serve ``cls``: answer activation requests for its kind.
 
         Raises:
             ConfigurationError: not an Agent subclass, or another class has the same kind.
+            NotSupportedYet: the kind declares a ``consistency`` this version cannot serve.
         """
-        if not (isinstance(cls, type) and issubclass(cls, Agent)) or cls is Agent:
-            raise ConfigurationError(f"host() takes Agent subclasses, not {cls!r}")
+        self.check_kind(cls)
         existing = self.kinds.get(cls.kind)
         if existing is cls:
             return

@@ -1,5 +1,6 @@
-"""Agent state: strongly consistent, CAS-fenced storage in JetStream KV (other consistency
-levels, CRDTs and event sourcing are to come)."""
+"""Agent state: CAS-fenced storage in JetStream KV (``store``), written before each reply
+(strong) or behind it within a bound (eventual, ``behind``); session and CRDT kinds and
+event sourcing are to come (docs/consistency.md)."""
 
 from .store import FencedOff, StateStore, StoredState
 

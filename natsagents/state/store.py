@@ -16,8 +16,8 @@ integers within ``[0, 2**53]``; anything else is corrupt and that agent cannot a
 (``NatsAgentsError``, which the cluster node answers as ``unavailable``) until the record
 is fixed or removed. Other agents are not affected.
 
-This is the "strong" consistency level; other levels (eventual, session, CRDT) and event
-sourcing are meant to sit beside it behind the same ``load``/``save`` shape.
+Strong kinds save before each reply; eventual kinds save through the same CAS, later
+(``state.behind``); session and CRDT kinds and event sourcing are to come.
 """
 
 from __future__ import annotations
