@@ -263,7 +263,7 @@ class Dedup:
         self._kept_acts.append(act)
         self._kept_ids.append(message_id)
         self._bytes += len(body) + _ENTRY_OVERHEAD
-        if self._bytes <= self.max_bytes and kept[0][2] > now:  # type: ignore[operator]
+        if self._bytes <= self.max_bytes and kept[0][2] > now:
             return  # the usual case: within bounds and nothing expired
         acts, ids = self._kept_acts, self._kept_ids
         while kept:
