@@ -73,6 +73,13 @@ class _Client(Client):
 _last_drop_log = 0.0
 
 
+def _header_block(headers: Mapping[str, str] | bytes | None) -> bytes:
+    """The header block to send: a prebuilt one as is, a mapping encoded, none empty."""
+    if type(headers) is bytes:  # the usual case, before the slower Mapping check
+        return headers
+    return encode_headers(headers) if isinstance(headers, Mapping) else (headers or b"")
+
+
 def _log_dropped(subject: bytes, exc: BaseException) -> None:
     """Warn about a dropped message at most once a second (a flood must not flood the log)."""
     global _last_drop_log
@@ -131,7 +138,10 @@ class _ServiceSink(_Sink):
         if reply and not self._transport.may_answer(reply):
             self._transport.refused_reply(reply, msg.subject)
             return
-        _Sink.set_result(self, msg)
+        try:  # as _Sink.set_result, inlined: once a request
+            self._handler(msg)
+        except Exception:
+            log.exception("message handler for %s failed", self._subject)
 
 
 class Subscription:
@@ -478,7 +488,7 @@ class Transport:
     ) -> None:
         """Publish one message, size-checked. ``headers`` may be a mapping or a header block
         from :func:`~natsagents.wire.envelope.encode_headers` (reused across messages)."""
-        block = encode_headers(headers) if isinstance(headers, Mapping) else (headers or b"")
+        block = _header_block(headers)
         self.check_size(subject, block, payload)
         await self._send(subject, reply, block, payload)
 
@@ -509,7 +519,9 @@ class Transport:
         if not self.may_answer(subject):
             self.refused_reply(subject, on or "a reply")
             return False
-        await self.publish(subject, payload, headers=headers)
+        block = _header_block(headers)  # what publish() does, one coroutine less per reply
+        self.check_size(subject, block, payload)
+        await self._send(subject, "", block, payload)
         return True
 
     async def _send(self, subject: str, reply: str, block: bytes, payload: bytes) -> None:
