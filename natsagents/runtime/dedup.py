@@ -224,7 +224,14 @@ class Dedup:
         now = time.time()
         entry: Entry = (reply[0], reply[1], self._until(headers, now))
         recent[message_id] = entry
-        self._account(act, message_id, entry, now)
+        # _account(), inlined for the usual case (once a request).
+        kept = self._kept
+        kept.append(entry)
+        self._kept_acts.append(act)
+        self._kept_ids.append(message_id)
+        self._bytes += len(reply[1]) + _ENTRY_OVERHEAD
+        if self._bytes > self.max_bytes or kept[0][2] <= now:
+            self._shed(now)
         order = recent.order
         order.append(message_id)
         if len(order) > self.max_per_agent:  # the oldest answer goes
@@ -263,9 +270,13 @@ class Dedup:
         self._kept_acts.append(act)
         self._kept_ids.append(message_id)
         self._bytes += len(body) + _ENTRY_OVERHEAD
-        if self._bytes <= self.max_bytes and kept[0][2] > now:
-            return  # the usual case: within bounds and nothing expired
-        acts, ids = self._kept_acts, self._kept_ids
+        if self._bytes > self.max_bytes or kept[0][2] <= now:
+            self._shed(now)
+
+    def _shed(self, now: float) -> None:
+        """Drop the kept replies that expired and, past ``max_bytes``, the oldest others
+        (their ids stay: ``already_applied``, never a second run)."""
+        kept, acts, ids = self._kept, self._kept_acts, self._kept_ids
         while kept:
             old_entry = kept[0]
             over = self._bytes > self.max_bytes

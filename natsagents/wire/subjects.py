@@ -31,6 +31,7 @@ __all__ = [
     "is_reply_subject",
     "node_subject",
     "partition_subject",
+    "reply_subject_pattern",
     "validate_prefix",
 ]
 
@@ -107,9 +108,10 @@ _REPLY_TOKEN = r"[!-)+-\-/-=?-~]+"
 _REPLY_PATTERNS: dict[tuple[str, ...], re.Pattern[str]] = {}
 
 
-def _reply_pattern(prefixes: tuple[str, ...]) -> re.Pattern[str]:
+def reply_subject_pattern(prefixes: tuple[str, ...]) -> re.Pattern[str]:
     """Printable ASCII with no ``*``, ``>`` or empty token (an optional leading ``.``, then
-    tokens joined by single dots, the last not empty), starting with one of ``prefixes``."""
+    tokens joined by single dots, the last not empty), starting with one of ``prefixes``:
+    :func:`is_reply_subject` is ``len(subject) <= MAX_REPLY_SUBJECT`` and a full match."""
     pattern = _REPLY_PATTERNS.get(prefixes)
     if pattern is None:
         starts = "|".join(re.escape(p) for p in prefixes) if prefixes else "(?!)"
@@ -128,4 +130,4 @@ def is_reply_subject(subject: str, prefixes: tuple[str, ...]) -> bool:
     sender: "publish this to X". Only a caller's own inbox is a place a reply belongs;
     anything else (``$KV.…``, ``$JS.…``, a node's control subject, another agent) is refused.
     """
-    return len(subject) <= MAX_REPLY_SUBJECT and _reply_pattern(prefixes).fullmatch(subject) is not None
+    return len(subject) <= MAX_REPLY_SUBJECT and reply_subject_pattern(prefixes).fullmatch(subject) is not None
