@@ -306,8 +306,14 @@ class Activation:
         task = asyncio.current_task()
         try:
             mailbox = self.mailbox
+            handle = self._handle
             while mailbox:
-                await self._handle(self._pop())
+                msg = mailbox.popleft()  # _pop(), inlined: once a message
+                if self.highs:
+                    self.highs -= 1
+                elif len(mailbox) < self.lows:
+                    self.lows -= 1
+                await handle(msg)
         finally:
             workers = self.workers
             workers.discard(task)
@@ -412,9 +418,11 @@ class Activation:
                 self.health.handled(took, len(self.mailbox))
         if outcome.ran and type(msg) is Verified and not msg.admitted.durable:
             host.guard.remember(msg.admitted)
-        if self.recent is not None and msg.reply:
+        recent = self.recent
+        if recent is not None and msg.reply:
             message_id = msg.headers.get(h.MESSAGE_ID) if msg.headers is not None else None
-            if message_id is not None and envelope.is_message_id(message_id):
+            # deliver() recorded only well-formed ids as in progress: no need to check again.
+            if message_id is not None and (recent.get(message_id) is IN_PROGRESS or envelope.is_message_id(message_id)):
                 host.dedup.finish(self, message_id, kept, msg.headers)
 
     async def wait_idle(self) -> None:

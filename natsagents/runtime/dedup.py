@@ -156,7 +156,18 @@ class Dedup:
             with a fixed overhead); beyond it the oldest replies are dropped, their ids kept.
     """
 
-    __slots__ = ("_bytes", "_due", "_kept", "_scheduled", "max_bytes", "max_per_agent", "ttl", "window")
+    __slots__ = (
+        "_bytes",
+        "_due",
+        "_kept",
+        "_kept_acts",
+        "_kept_ids",
+        "_scheduled",
+        "max_bytes",
+        "max_per_agent",
+        "ttl",
+        "window",
+    )
 
     def __init__(
         self,
@@ -173,9 +184,13 @@ class Dedup:
         # (when to look, activation): at most one per activation with answered entries.
         self._due: deque[tuple[float, Remembers]] = deque()
         self._scheduled: set[Remembers] = set()
-        # Entries holding a reply, oldest first: (activation, id, entry, bytes counted).
-        # ``_bytes`` is what this deque holds (live entries and ones forgotten since).
-        self._kept: deque[tuple[Remembers, str, Entry, int]] = deque()
+        # Entries holding a reply, oldest first, in three deques side by side (activation,
+        # id, entry): no tuple per entry for the garbage collector to track and visit.
+        # ``_bytes`` is what they hold (live entries and ones forgotten since), each entry
+        # counted ``len(body) + _ENTRY_OVERHEAD``.
+        self._kept_acts: deque[Remembers] = deque()
+        self._kept_ids: deque[str] = deque()
+        self._kept: deque[Entry] = deque()
         self._bytes = 0
 
     @staticmethod
@@ -209,7 +224,14 @@ class Dedup:
         now = time.time()
         entry: Entry = (reply[0], reply[1], self._until(headers, now))
         recent[message_id] = entry
-        self._account(act, message_id, entry, now)
+        # _account(), inlined for the usual case (once a request).
+        kept = self._kept
+        kept.append(entry)
+        self._kept_acts.append(act)
+        self._kept_ids.append(message_id)
+        self._bytes += len(reply[1]) + _ENTRY_OVERHEAD
+        if self._bytes > self.max_bytes or kept[0][2] <= now:
+            self._shed(now)
         order = recent.order
         order.append(message_id)
         if len(order) > self.max_per_agent:  # the oldest answer goes
@@ -221,13 +243,21 @@ class Dedup:
             self._expire(now)
 
     def _until(self, headers: Mapping[str, str] | None, now: float) -> float:
-        """Until when (Unix s) copies of a request with these headers may come."""
-        if headers is not None and h.STREAM_SEQ in headers:
-            return now + max(self.window, DURABLE_WINDOW)  # redelivered by its owner
-        raw = headers.get(h.DEADLINE) if headers is not None else None
-        deadline_ms = int(raw) if raw is not None and raw.isdigit() and len(raw) <= 15 else None
-        now_ms = int(now * 1000)
-        return keep_until_ms(deadline_ms, now_ms, floor_ms=int(self.ttl * 1000), window=self.window) / 1000
+        """Until when (Unix s) copies of a request with these headers may come: as
+        :func:`keep_until_ms` with ``floor_ms`` = ``ttl``, in float seconds (this runs for
+        every answered request; ``int(float)`` is slow)."""
+        raw = None
+        if headers is not None:
+            if h.STREAM_SEQ in headers:
+                return now + max(self.window, DURABLE_WINDOW)  # redelivered by its owner
+            raw = headers.get(h.DEADLINE)
+        until = now + self.window
+        if raw is not None and len(raw) <= 15 and raw.isascii() and raw.isdigit():
+            deadline = int(raw) / 1000 + 1.0
+            if deadline < until:
+                until = deadline
+        floor = now + self.ttl
+        return until if until > floor else floor
 
     def _account(self, act: Remembers, message_id: str, entry: Entry, now: float) -> None:
         """Count the reply ``entry`` holds against ``max_bytes``; past it, the oldest
@@ -235,17 +265,26 @@ class Dedup:
         body = entry[1]
         if body is None:
             return
-        size = len(body) + _ENTRY_OVERHEAD
         kept = self._kept
-        kept.append((act, message_id, entry, size))
-        self._bytes += size
+        kept.append(entry)
+        self._kept_acts.append(act)
+        self._kept_ids.append(message_id)
+        self._bytes += len(body) + _ENTRY_OVERHEAD
+        if self._bytes > self.max_bytes or kept[0][2] <= now:
+            self._shed(now)
+
+    def _shed(self, now: float) -> None:
+        """Drop the kept replies that expired and, past ``max_bytes``, the oldest others
+        (their ids stay: ``already_applied``, never a second run)."""
+        kept, acts, ids = self._kept, self._kept_acts, self._kept_ids
         while kept:
-            old_act, old_id, old_entry, old_size = kept[0]
+            old_entry = kept[0]
             over = self._bytes > self.max_bytes
             if not over and old_entry[2] > now:
                 break
             kept.popleft()
-            self._bytes -= old_size
+            old_act, old_id = acts.popleft(), ids.popleft()
+            self._bytes -= len(old_entry[1]) + _ENTRY_OVERHEAD  # type: ignore[arg-type]  # has a body
             recent = old_act.recent
             if over and old_entry[2] > now and recent is not None and recent.get(old_id) is old_entry:
                 recent[old_id] = (None, None, old_entry[2])  # applied, its reply dropped

@@ -134,7 +134,9 @@ class Dispatcher:
         weight = 0  # bytes held against the decode budget until the handler returns
         try:
             spec, kwargs, seq, weight = self._admit(act, meta, headers, data)
-            held = await self._enter_bulkheads(act, spec, meta.deadline_ms)
+            held: tuple[Bulkhead, ...] = ()
+            if spec.bulkhead is not None or type(act.agent).bulkhead is not None:
+                held = await self._enter_bulkheads(act, spec, meta.deadline_ms)
         except Refused as refused:
             if weight:  # taken in _admit, then a bulkhead refused
                 self.budget.release(weight)
@@ -201,7 +203,7 @@ class Dispatcher:
             tracing.end(span)
         self._metrics.handled_one(kind, action, "ok", time.perf_counter() - started)
         if not wanted:
-            return Outcome(None, False, kept, action, ran=True)
+            return Outcome(None, False, kept, action, True)
         try:
             if body is None:
                 body = codec.encode(result)
@@ -221,7 +223,8 @@ class Dispatcher:
             packed = envelope.deflate(body)
             if packed is not None:
                 block, body = envelope.OK_DEFLATE_BLOCK, packed
-        return Outcome((block, body), True, (block, body), action, ran=True)
+        reply_ok = (block, body)
+        return Outcome(reply_ok, True, reply_ok, action, True)
 
     # -- the steps -------------------------------------------------------------------
 
@@ -338,13 +341,15 @@ class Dispatcher:
 
     @staticmethod
     def _context(address: str, meta: RequestMeta, caller: TrustedCaller | None) -> Context:
+        # Positional: a call per message, and keywords cost more.
+        deadline = None if meta.deadline_ms is None else meta.deadline_ms / 1000
         if caller is not None:
             return Context(
                 address,
                 meta.action,
                 meta.message_id,
                 meta.correlation_id,
-                None if meta.deadline_ms is None else meta.deadline_ms / 1000,
+                deadline,
                 meta.caller,
                 meta.traceparent,
                 meta.tracestate,
@@ -352,14 +357,14 @@ class Dispatcher:
                 caller.roles,
             )
         return Context(
-            agent=address,
-            action=meta.action,
-            message_id=meta.message_id,
-            correlation_id=meta.correlation_id,
-            deadline=None if meta.deadline_ms is None else meta.deadline_ms / 1000,
-            caller=meta.caller,
-            traceparent=meta.traceparent,
-            tracestate=meta.tracestate,
+            address,
+            meta.action,
+            meta.message_id,
+            meta.correlation_id,
+            deadline,
+            meta.caller,
+            meta.traceparent,
+            meta.tracestate,
         )
 
     def traceback(self, exc: BaseException) -> str | None:

@@ -136,3 +136,19 @@ def test_a_compressed_reply_moves_with_its_encoding() -> None:
     dedup.finish(src, "z", (envelope.OK_DEFLATE_BLOCK, b"packed"), _deadline(30))
     (exported,) = dedup.export(src)
     assert exported[1]["Na-Encoding"] == "deflate" and exported[2] == b"packed"
+
+
+def test_expired_replies_leave_the_byte_count() -> None:
+    """Each answer sheds the kept replies that expired (here: each one at once, a zero
+    window), so the count holds live replies only and the three deques stay aligned."""
+    dedup = Dedup(ttl=0.0, window=0.0)
+    act = _Act()
+    for i in range(5):
+        Dedup.begin(act, f"m{i}")
+        dedup.finish(act, f"m{i}", (b"h", bytes(10)), None)
+    assert len(dedup._kept) == len(dedup._kept_acts) == len(dedup._kept_ids) == 0
+    assert dedup._bytes == 0
+    kept = Dedup(ttl=0.0)  # the default window: kept, and counted once each
+    Dedup.begin(act, "k")
+    kept.finish(act, "k", (b"h", bytes(10)), _deadline(30))
+    assert list(kept._kept_ids) == ["k"] and kept._bytes == 10 + 64
