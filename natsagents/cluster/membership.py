@@ -351,12 +351,15 @@ class Membership:
         sent = loop.time()
         await self._bucket.put(self.node_id, self._record().to_wire(), timeout=timeout or self.interval)
         now = self._last_ok = loop.time()
-        if self._ok_sent and sent - self._ok_sent > self.lease:
+        if self._ok_sent and sent > self._ok_sent and now - self._ok_sent > self.lease:
             # Our lease lapsed in between (paused, cut off, KV unavailable): others may
             # have taken our agents; their owners re-verify before serving (ownership.py).
+            # Judged by when the server had it at the latest (now), not when it was sent:
+            # heartbeats held by a cut reach the server together when it heals, each
+            # sent less than a lease after the last, while the others saw none for longer.
             self._gaps += 1
             self._gap_ended = now
-            gap = sent - self._ok_sent
+            gap = now - self._ok_sent
             log.warning("%s: no heartbeat stored for %.1f s (lease %.1f s)", self.node_id, gap, self.lease)
         self._ok_sent = max(self._ok_sent, sent)
 
