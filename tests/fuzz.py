@@ -233,12 +233,10 @@ class Report:
     expected_one: Counter[str] = field(default_factory=Counter)
     answered: Counter[str] = field(default_factory=Counter)
     statuses: Counter[str] = field(default_factory=Counter)
+    # A second reply to one request. A superseded copy of an agent (another line of
+    # ownership in another queue group has its own copy of each message) drops what it
+    # does not run instead of refusing it (protocol §8.8): its refusals count here too.
     duplicates: list[str] = field(default_factory=list)
-    # Known, open (issue 11): while the fuzz forges and deletes an agent's directory record,
-    # a second copy of it may run in another queue group for a moment, and the copy being
-    # stopped answers a message the other one answered too, with `unavailable` (retry).
-    # Counted and printed, not failed; any other second reply fails.
-    stale_copy_refusals: list[str] = field(default_factory=list)
     unanswered: list[str] = field(default_factory=list)
     hostile_replies: list[str] = field(default_factory=list)
     durable_expected: int = 0
@@ -316,8 +314,8 @@ class Report:
             "  sent per target: " + ", ".join(f"{t} {self.sent[t]}" for t in TARGETS),
             "  exactly-one expected / answered: "
             + ", ".join(f"{t} {self.expected_one[t]}/{self.answered[t]}" for t in TARGETS),
-            f"  duplicates {len(self.duplicates)} (+ {len(self.stale_copy_refusals)} stale-copy refusals: "
-            f"{self.stale_copy_refusals[:3]}), unanswered {len(self.unanswered)}, "
+            f"  duplicates {len(self.duplicates)} {self.duplicates[:3]}, unanswered {len(self.unanswered)} "
+            f"{self.unanswered[:3]}, "
             f"hostile replies {len(self.hostile_replies)}; resent after {RESEND_AFTER:g} s without a reply "
             f"{self.resent}, answered only then {len(self.answered_after_resend)}",
             f"  durable results expected {self.durable_expected}, answered {self.durable_answered}, "
@@ -932,13 +930,7 @@ class Fuzzer:
             # host keeps the reply): only replies before the resend count as duplicates.
             before = sent.replies if not sent.resent else sent.replies[: max(sent.resent, 0)]
             if len(before) > 1:
-                extra = before[1:]
-                if all(r.startswith("unavailable") for r in extra) or all(
-                    r.startswith("unavailable") for r in before[:-1]
-                ):
-                    self.report.stale_copy_refusals.append(f"{sent.summary} -> {sent.replies}")
-                else:
-                    self.report.duplicates.append(f"{sent.summary} -> {sent.replies}")
+                self.report.duplicates.append(f"{sent.summary} -> {sent.replies}")
             if sent.resent == -1 and sent.replies:
                 self.report.answered_after_resend.append(f"{sent.summary} -> {sent.replies}")
         for token, sent in self.durable.items():

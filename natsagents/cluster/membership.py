@@ -244,13 +244,15 @@ class Membership:
 
     @property
     def gaps(self) -> int:
-        """How many times our lease lapsed (between two accepted heartbeats, more than a
-        lease passed). A node re-verifies every claim it held before a gap."""
+        """How many times our lease lapsed: an accepted heartbeat acknowledged more than a
+        lease after the sending of the one before (the others may have seen none for that
+        long). A node re-verifies every claim it held before a gap."""
         return self._gaps
 
     def view_trusted(self) -> bool:
         """Whether our view of the others' liveness can be acted on: our lease holds, a
-        whole lease passed since our last gap ended and since our last heartbeat failed.
+        whole lease passed since our last gap ended (one where we sent no heartbeat for a
+        lease) and since our last heartbeat failed.
         After a pause or a cut, the others' records look old until their next
         heartbeats reach us; while the KV refuses writes (a leader election, the
         step-downs after a partition heals) the others' heartbeats fail as ours do.
@@ -351,12 +353,19 @@ class Membership:
         sent = loop.time()
         await self._bucket.put(self.node_id, self._record().to_wire(), timeout=timeout or self.interval)
         now = self._last_ok = loop.time()
-        if self._ok_sent and sent - self._ok_sent > self.lease:
+        if self._ok_sent and sent > self._ok_sent and now - self._ok_sent > self.lease:
             # Our lease lapsed in between (paused, cut off, KV unavailable): others may
             # have taken our agents; their owners re-verify before serving (ownership.py).
+            # Judged by when the server had it at the latest (now), not when it was sent:
+            # heartbeats held by a cut reach the server together when it heals, each
+            # sent less than a lease after the last, while the others saw none for longer.
+            # (A slow acknowledgement also counts: one re-read per agent, never a stale copy.)
             self._gaps += 1
-            self._gap_ended = now
-            gap = sent - self._ok_sent
+            if sent - self._ok_sent > self.lease:
+                # Surely a gap (we sent nothing for a lease): our view of the others is
+                # stale too, not to be trusted for a lease (view_trusted).
+                self._gap_ended = now
+            gap = now - self._ok_sent
             log.warning("%s: no heartbeat stored for %.1f s (lease %.1f s)", self.node_id, gap, self.lease)
         self._ok_sent = max(self._ok_sent, sent)
 

@@ -579,9 +579,25 @@ class Ownership:
             self._local.unreserve(own.needs)
             own.needs = Resources()
 
-    def fenced(self, act: Activation) -> None:
-        """Another node owns ``act`` now: stop this copy without saving or releasing."""
+    def fenced(self, act: Activation, successor: Claim | None = None) -> None:
+        """Another node owns ``act`` now: stop this copy without saving or releasing.
+
+        ``successor``: the claim that superseded this copy, when known (else the directory
+        cache's, if newer than ours). If its owner subscribes another queue group
+        (``DirectoryRecord.group``: a new line of ownership), it gets its own copy of every
+        message: this copy answers nothing more that it has not run
+        (``Activation.superseded``, protocol §8.8). Otherwise (a migration's handover keeps
+        the group; nobody known) what it will not run is refused ``unavailable`` + retry."""
         own: Owned = act.cluster
+        if successor is None:
+            successor = self._directory.lookup_claim(act.kind, act.agent_id)  # the watch's copy
+        if (
+            successor is not None
+            and successor.revision > own.claim.revision
+            and successor.record.node != self._local.node_id
+            and successor.record.group != act.group
+        ):
+            act.superseded = True
         if own.handed_over:
             return
         own.handed_over = True  # not ours any more: no final save, no release
@@ -655,7 +671,7 @@ class Ownership:
                 return True
             owner = "nobody" if current is None else f"{current.record.node} (epoch {current.record.epoch})"
             log.warning("%s is owned by %s now: stopping this copy after a heartbeat gap", act.address, owner)
-            self.fenced(act)
+            self.fenced(act, current)
             return False
         return None
 
@@ -674,6 +690,6 @@ class Ownership:
             return
         if claim.record.node != self._local.node_id:
             log.warning("%s was taken over by %s (epoch %d)", act.address, claim.record.node, claim.record.epoch)
-            self.fenced(act)
+            self.fenced(act, claim)
         else:
             own.claim = claim

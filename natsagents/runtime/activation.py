@@ -57,6 +57,8 @@ class Answers(Protocol):
 
     def accepted(self, msg: Inbound) -> None: ...
 
+    def drop(self, act: Activation, msg: Inbound) -> None: ...
+
     async def send(
         self,
         subject: str,
@@ -137,6 +139,7 @@ class Activation:
         "started",
         "state",
         "subscription",
+        "superseded",
         "workers",
         "writing",
     )
@@ -164,6 +167,10 @@ class Activation:
         # The inbox's queue group: 0 is ``<prefix>.agents``, n is ``<prefix>.agents.<n>``
         # (a cluster node sets it from the agent's line of ownership, before subscribing).
         self.group = 0
+        # A newer line of ownership of this agent exists, in another queue group: its
+        # owner's subscription gets its own copy of every message, so this copy answers
+        # nothing it has not run (protocol §8.8; set by the cluster node when it learns).
+        self.superseded = False
         self.recent: Recent | None = None  # message id → dedup entry (runtime.dedup)
         cls = type(agent)
         # Read-only actions that may run beside each other (``Agent.__readers__``; None:
@@ -179,6 +186,9 @@ class Activation:
             self.health = Health(cls.throttle_backlog, cls.throttle_latency)
 
     def deliver(self, msg: Inbound) -> None:
+        if self.superseded:
+            self.host.replies.drop(self, msg)  # the new owner answers it
+            return
         if self.state is not ActivationState.ACTIVE:
             self.host.replies.refuse(self, msg, UNAVAILABLE, "the agent is stopping", retry=True)
             return
@@ -398,7 +408,9 @@ class Activation:
         self.busy += 1
         try:
             outcome = await host.dispatch(self, msg)
-            if outcome.reply is not None:  # the dispatcher answers; we say where
+            if outcome.reply is not None and self.superseded and not outcome.ran:
+                host.replies.drop(self, msg)  # refused (e.g. fenced off): the new owner answers it
+            elif outcome.reply is not None:  # the dispatcher answers; we say where
                 await host.replies.send(
                     msg.reply if outcome.wanted else "",
                     *outcome.reply,

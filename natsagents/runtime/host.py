@@ -175,8 +175,11 @@ class Host:
             if check is not None:
                 refusal = await check
                 if refusal is not None:
-                    self.replies.refuse_waiting(act, msg, refusal)
+                    self._refuse_waiting(act, msg, refusal)
                     return _NOT_RUN
+        if act.superseded:  # learnt while it waited in the mailbox: the new owner answers it
+            self.replies.drop(act, msg)
+            return _NOT_RUN
         if hdrs is not None and h.BATCH in hdrs:
             return await self._batches.run(act, msg)
         margin = self.settings.min_time_left
@@ -354,9 +357,19 @@ class Host:
             except Exception:
                 log.exception("releasing %s failed", act.address)
 
+    def _refuse_waiting(self, act: Activation, msg: Inbound, why: str) -> None:
+        """A message this copy will not run: dropped when the copy is superseded (the new
+        owner's queue group has its own copy of it), else ``unavailable`` + retry."""
+        if act.superseded:
+            self.replies.drop(act, msg)
+        else:
+            self.replies.refuse_waiting(act, msg, why)
+
     async def discard(self, act: Activation) -> None:
         """Stop a copy that is no longer the owner (fenced off): no final save; messages
-        still waiting are refused with ``unavailable`` + retry so callers reach the owner."""
+        still waiting are dropped when a newer line of ownership has its own copies of
+        them (``Activation.superseded``), else refused with ``unavailable`` + retry so
+        callers reach the owner (protocol §8.8)."""
         if act.state in (ActivationState.STOPPING, ActivationState.STOPPED):
             return
         log.warning("stopping the stale copy of %s: another node owns it now", act.address)
@@ -367,12 +380,13 @@ class Host:
         ``on_stop``. The cluster node then saves, releases or hands the agent over."""
         act.state = ActivationState.STOPPING
         if act.subscription is not None:
-            # Messages still in flight reach deliver(), which answers "unavailable, retry".
+            # Messages still in flight reach deliver(), which answers "unavailable, retry"
+            # (or drops them when this copy is superseded).
             with contextlib.suppress(NatsAgentsError):
                 await act.subscription.drain()
         if discard:
             for msg in act.take_pending():
-                self.replies.refuse_waiting(act, msg, "this copy of the agent was superseded")
+                self._refuse_waiting(act, msg, "this copy of the agent was superseded")
         try:
             async with asyncio.timeout(self.settings.stop_timeout):
                 await act.wait_idle()
@@ -381,7 +395,7 @@ class Host:
             for task in list(act.workers):
                 task.cancel()
         for msg in act.take_pending():
-            self.replies.refuse_waiting(act, msg, "the agent stopped before handling the message")
+            self._refuse_waiting(act, msg, "the agent stopped before handling the message")
         act.state = ActivationState.STOPPED
         key = (act.kind, act.agent_id)
         if self.activations.get(key) is act:  # not a newer activation started meanwhile

@@ -100,6 +100,11 @@ class Replies:
                 return
             log.warning("could not send reply to %s: %s", subject, exc)
 
+    @property
+    def busy(self) -> bool:
+        """Whether answers are waiting in the outbox (or being published from it)."""
+        return self._outbox_busy or bool(self._outbox)
+
     def post(self, subject: str, headers: dict[str, str] | bytes, body: bytes) -> None:
         """:meth:`send` from the reader task: queued, published in order by one task."""
         self._outbox.append((subject, headers, body))
@@ -149,6 +154,15 @@ class Replies:
             log.warning("dropped an accepted send to %s (action %s): %s", act.address, hdrs.get(h.ACTION), message)
             return
         self.refuse(act, msg, UNAVAILABLE, message, retry=True)
+
+    def drop(self, act: Activation, msg: Inbound) -> None:
+        """A message to a superseded copy (``Activation.superseded``) that it did not run:
+        no answer (the new owner's queue group got its own copy and answers it; a request
+        sent before the new owner subscribed is covered by its caller's resend, §7.4).
+        Counted as ``natsagents_rejected_total{reason="superseded"}``."""
+        self._metrics.rejected_one(act.kind, "superseded")
+        action = (msg.headers or {}).get(h.ACTION)
+        log.debug("dropped a message to the superseded copy of %s (action %s)", act.address, action)
 
     def throttle(self, act: Activation, msg: Inbound, reason: str) -> None:
         """Refuse a message to an unhealthy agent (runtime.health): ``overloaded`` with
