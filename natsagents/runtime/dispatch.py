@@ -221,6 +221,8 @@ class Dispatcher:
             packed = envelope.deflate(body)
             if packed is not None:
                 block, body = envelope.OK_DEFLATE_BLOCK, packed
+        if node is not None:
+            block = node.reply_block(act, block)
         return Outcome((block, body), True, (block, body), action, ran=True)
 
     # -- the steps -------------------------------------------------------------------
