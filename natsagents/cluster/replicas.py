@@ -13,7 +13,8 @@ docs/consistency.md, protocol §19).
   the hash ring's preference order for the agent's key, leaving out the owner. It
   re-decides on every directory change of the agent (activation, migration, takeover,
   release) and every second (members come and go), so replicas follow the primary and
-  stop when the agent deactivates. A replica is an agent instance (``on_start`` is not
+  stop when the agent deactivates. While the owner's lease lapses (a crash, before a
+  takeover) replicas keep serving reads of what they hold. A replica is an agent instance (``on_start`` is not
   called) restored from a watch of the agent's state record; it subscribes the read
   subject once the watch delivered the current value, and runs read-only actions only:
   anything else is forwarded unchanged to the agent subject (the primary answers the
@@ -288,7 +289,6 @@ class Replicas:
             and cls.read_replicas > 0
             and record is not None
             and record.node != self._node_id
-            and self._membership.is_live(record.node)
             and self._wanted(cls, agent_id, record.node)
         )
         if not wanted:

@@ -159,6 +159,7 @@ class Caller:
         # _stalled): the requests to publish again once it answered.
         self._probing: dict[tuple[str, str], list[Callable[[], None]]] = {}
         self._agent_prefix = f"{settings.prefix}.agent."
+        self._read_prefix = f"{settings.prefix}.read."
         #: The session of calls that name none (``CallOptions.session``): read-your-writes
         #: and monotonic reads for everything this mesh calls (``runtime.session``).
         self.session = Session()
@@ -496,9 +497,13 @@ class Caller:
         it to a live owner (nothing changes), or takes the agent over once the owner's
         lease lapsed, and the waiting requests are published again at once (the new
         owner subscribes in a queue group of its own: docs/architecture.md)."""
-        if not subject.startswith(self._agent_prefix):
+        if subject.startswith(self._agent_prefix):
+            rest = subject[len(self._agent_prefix) :]
+        elif subject.startswith(self._read_prefix):  # a read whose replica forwarded it
+            rest = subject[len(self._read_prefix) :]
+        else:
             return
-        kind, _, token = subject[len(self._agent_prefix) :].partition(".")
+        kind, _, token = rest.partition(".")
         try:
             key = (kind, decode_id(token))
         except (NatsAgentsError, ValueError):

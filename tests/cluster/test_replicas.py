@@ -6,16 +6,24 @@ token handed to another mesh; hostile min-versions and tokens are refused."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
 
-from natsagents import Agent, InvalidSessionToken, Mesh, action
+from natsagents import Agent, ClusterSettings, InvalidSessionToken, Mesh, action
 from natsagents.errors import ActionDefinitionError
 from natsagents.testing import wait_for
 from natsagents.wire import codec
 from tests.cluster.test_cluster_node import node_of, nodes
+from tests.node_process import SessionCounter
 
 
 class Board(Agent):
@@ -257,3 +265,70 @@ async def test_replica_options_are_checked() -> None:
 
     with pytest.raises(InvalidSessionToken):
         Mesh.session(None, "s1.garbage!")  # type: ignore[arg-type]
+
+
+# -- the primary's node dies -------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+LEASE = 1.5
+
+
+@contextlib.asynccontextmanager
+async def doomed_node(nats_url: str, mesh_prefix: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A node process hosting ``SessionCounter`` (tests.node_process), killed or stopped on exit."""
+    options = {"kinds": ["SessionCounter"], "cluster": {"lease": LEASE, "delivery": None}}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.node_process",
+        nats_url,
+        mesh_prefix,
+        "doomed",
+        json.dumps(options),
+        stdout=asyncio.subprocess.PIPE,
+        cwd=str(ROOT),
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert line.strip() == b"READY", line
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def survivors(mesh_factory: Any) -> list[Mesh]:
+    out = []
+    for name in ("s1", "s2"):
+        m = await mesh_factory(
+            name=name, cluster=ClusterSettings(node_id=name, lease=LEASE, rebalance=False, delivery=None)
+        )
+        await m.host(SessionCounter)
+        out.append(m)
+    return out
+
+
+async def test_replicas_follow_a_failover_when_the_primary_node_is_killed(
+    mesh_factory: Any, nats_url: str, mesh_prefix: str
+) -> None:
+    async with doomed_node(nats_url, mesh_prefix) as proc:
+        client = await mesh_factory(name="client")
+        session = client.session()
+        ref = client.ref(SessionCounter, "k", session=session)
+        assert await ref.call("add", by=5) == 5  # lands on the only node: doomed
+        meshes = await survivors(mesh_factory)
+        await replicated(meshes, "SessionCounter/k")  # both survivors hold a replica
+        proc.kill()
+        await proc.wait()
+        # The replicas keep answering reads while the owner's lease runs out …
+        for _ in range(10):
+            assert await ref.call("get", timeout=5) == 5
+        # … a write takes the agent over on a survivor, and the replicas re-form around it.
+        assert await ref.call("add", timeout=10) == 6
+        new_owner = owner(meshes, "SessionCounter/k")
+        await wait_for(lambda: holders(meshes, "SessionCounter/k") == [m for m in meshes if m is not new_owner])
+        for _ in range(10):
+            assert await ref.call("get") == 6
