@@ -19,7 +19,8 @@ docs/consistency.md, protocol §19).
   subject once the watch delivered the current value, and runs read-only actions only:
   anything else is forwarded unchanged to the agent subject (the primary answers the
   caller). A read whose ``Na-Min-Version`` is above the version the replica holds waits
-  up to the kind's ``session_wait`` for the watch, then is forwarded to the primary.
+  up to the kind's ``session_wait`` for the watch, then is forwarded to the primary (at
+  once when the replica has known for ``session_wait`` already that it is behind).
 * **Lag.** A replica knows the newest version it has heard of (from its watch and from
   ``Na-Min-Version`` of reads) and since when it has known of one newer than it holds:
   ``Na-Replica-Lag`` (ms) on its replies, ``natsagents_replica_lag_seconds{kind}``, and
@@ -378,7 +379,10 @@ class Replicas:
         renamed = _Renamed(inbox, msg.reply, msg.data, msg.headers)
         if floor > copy.version:
             copy.heard_of(floor)
-            self._tasks.spawn(self._wait_then_serve(copy, renamed, floor))
+            if copy.lag() >= copy.cls.session_wait:  # behind for a while already: do not wait
+                self._forward(copy, msg, "forwarded")
+            else:
+                self._tasks.spawn(self._wait_then_serve(copy, renamed, floor))
             return
         self._metrics.replica_reads.labels(copy.kind, "served").inc()
         act.deliver(renamed)
