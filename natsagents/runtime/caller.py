@@ -126,6 +126,7 @@ class DurablePath(Protocol):
         accept_only: bool,
         delivery: str,
         message_ttl: float | None = None,
+        on_reply: Callable[[Mapping[str, str]], None] | None = None,
     ) -> Any: ...
 
 
@@ -279,7 +280,16 @@ class Caller:
                     if self.durable is None:
                         raise ConfigurationError("durable delivery is not available on this mesh")
                     return await self.durable.publish(
-                        kind, agent_id, action, body, hdrs, deadline, accept_only, options.delivery, options.message_ttl
+                        kind,
+                        agent_id,
+                        action,
+                        body,
+                        hdrs,
+                        deadline,
+                        accept_only,
+                        options.delivery,
+                        options.message_ttl,
+                        on_reply=lambda hd: _observe(session, kind, agent_id, hd),
                     )
             if read is not None:
                 floor = session.version(kind, agent_id)

@@ -99,7 +99,7 @@ class Session:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
             if not text.isascii() or base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != text:
                 raise ValueError("not canonical base64url")
-            items: Any = codec.decode(raw, 4 * MAX_TOKEN_AGENTS + 1)
+            items: Any = codec.decode(raw, 8 * MAX_TOKEN_AGENTS + 8)
         except (binascii.Error, ValueError, NatsAgentsError) as exc:
             raise InvalidSessionToken(f"session token is not readable: {exc}") from None
         if not isinstance(items, list) or len(items) > MAX_TOKEN_AGENTS:

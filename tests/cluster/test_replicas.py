@@ -19,6 +19,7 @@ import nats
 import pytest
 
 from natsagents import Agent, ClusterSettings, InvalidSessionToken, Mesh, action
+from natsagents.delivery.settings import DeliverySettings
 from natsagents.errors import ActionDefinitionError
 from natsagents.testing import wait_for
 from natsagents.wire import codec
@@ -332,3 +333,15 @@ async def test_replicas_follow_a_failover_when_the_primary_node_is_killed(
         await wait_for(lambda: holders(meshes, "SessionCounter/k") == [m for m in meshes if m is not new_owner])
         for _ in range(10):
             assert await ref.call("get") == 6
+
+
+async def test_exactly_once_works_with_session_kinds(mesh_factory: Any) -> None:
+    meshes = await nodes(mesh_factory, "n1", "n2", kinds=KINDS, delivery=DeliverySettings(partitions=2))
+    client = await mesh_factory(name="client")
+    session = client.session()
+    ref = client.ref(Board, "x", session=session).with_options(delivery="exactly_once")
+    for i in range(1, 6):
+        assert await ref.call("add", timeout=10) == i
+    assert session.version("Board", "x") > 0  # durable replies carry the version too
+    assert await client.ref(Board, "x", session=session).call("get") == 5
+    assert sum(handled(m, "Board", "add") for m in meshes) == 5
