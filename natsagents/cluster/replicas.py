@@ -191,7 +191,8 @@ class Replicas:
         self._metrics = metrics
         self._tasks = tasks
         self._replicas: dict[tuple[str, str], _Replica] = {}
-        self._primary_subs: dict[tuple[str, str], Subscription] = {}
+        self._primary_subs: dict[tuple[str, str], tuple[Activation, Subscription]] = {}
+        self._ring: tuple[frozenset[str], HashRing] | None = None  # the last ring built
         self._dirty: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
         self._closing = False
@@ -215,8 +216,12 @@ class Replicas:
         """Subscribe the read subject of a new primary of a kind with read replicas."""
         cls = type(act.agent)
         key = (act.kind, act.agent_id)
-        if cls.read_replicas <= 0 or key in self._primary_subs:
+        if cls.read_replicas <= 0:
             return
+        stale = self._primary_subs.pop(key, None)
+        if stale is not None:  # an earlier activation's, not unsubscribed yet
+            with contextlib.suppress(NatsAgentsError):
+                await stale[1].unsubscribe()
         subject = read_subject(self._prefix, act.kind, act.agent_id)
         inbox = agent_subject(self._prefix, act.kind, act.agent_id)
 
@@ -226,15 +231,17 @@ class Replicas:
                 return
             act.deliver(_Renamed(inbox, msg.reply, msg.data, msg.headers))  # the primary has every version
 
-        self._primary_subs[key] = await self._t.subscribe(
-            subject, on_read, queue=read_queue(self._prefix), service=True
-        )
+        sub = await self._t.subscribe(subject, on_read, queue=read_queue(self._prefix), service=True)
+        self._primary_subs[key] = (act, sub)
 
     async def primary_stopped(self, act: Activation) -> None:
-        sub = self._primary_subs.pop((act.kind, act.agent_id), None)
-        if sub is not None:
-            with contextlib.suppress(NatsAgentsError):
-                await sub.unsubscribe()
+        key = (act.kind, act.agent_id)
+        held = self._primary_subs.get(key)
+        if held is None or held[0] is not act:
+            return  # not this activation's (a newer one of the same agent subscribed)
+        del self._primary_subs[key]
+        with contextlib.suppress(NatsAgentsError):
+            await held[1].unsubscribe()
 
     # -- which replicas this node holds ---------------------------------------------------
 
@@ -276,7 +283,10 @@ class Replicas:
         live = [n for n, rec in members.items() if cls.kind in rec.kinds and n != owner]
         if self._node_id not in live:
             return False
-        ring = HashRing(live)
+        names = frozenset(live)
+        if self._ring is None or self._ring[0] != names:
+            self._ring = (names, HashRing(sorted(names)))
+        ring = self._ring[1]
         return self._node_id in ring.preference(agent_key(cls.kind, agent_id))[: cls.read_replicas]
 
     async def _reconcile(self, key: tuple[str, str]) -> None:
@@ -493,7 +503,7 @@ class Replicas:
         self._wake.set()
         for copy in list(self._replicas.values()):
             await self._stop(copy)
-        for sub in list(self._primary_subs.values()):
+        for _, sub in list(self._primary_subs.values()):
             with contextlib.suppress(NatsAgentsError):
                 await sub.unsubscribe()
         self._primary_subs.clear()
