@@ -14,7 +14,15 @@ from .policy import AllowSpec, Policy, parse_allow
 from .ref import AgentRef
 from .schema import ActionSpec, build_action_spec
 
-__all__ = ["CONSISTENCY_MODES", "EXACTLY_ONCE_CONSISTENCY", "SUPPORTED_CONSISTENCY", "Agent", "RefFactory", "action"]
+__all__ = [
+    "CONSISTENCY_MODES",
+    "EXACTLY_ONCE_CONSISTENCY",
+    "SUPPORTED_CONSISTENCY",
+    "Agent",
+    "RefFactory",
+    "action",
+    "kind_summary",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,6 +53,19 @@ MAX_READ_REPLICAS = 16
 #: Those that can keep ``exactly_once`` delivery (its sequence is stored with the state
 #: before the reply).
 EXACTLY_ONCE_CONSISTENCY = ("strong", "session")
+
+
+def kind_summary(cls: type[Agent]) -> dict[str, str]:
+    """What an operator sees of a kind's declared behaviour, as strings: the services API's
+    endpoint metadata and stats ``data`` (docs/protocol.md §16), the dashboard's kinds table.
+    ``read_only``: the read-only actions, comma-separated (empty: none)."""
+    return {
+        "consistency": cls.consistency,
+        "persistence": cls.persistence,
+        "restart": cls.restart,
+        "max_concurrency": str(cls.max_concurrency),
+        "read_only": ",".join(sorted(name for name, spec in cls.__actions__.items() if spec.read_only)),
+    }
 
 
 class _ActionMark:
