@@ -65,6 +65,7 @@ def kind_summary(cls: type[Agent]) -> dict[str, str]:
         "restart": cls.restart,
         "max_concurrency": str(cls.max_concurrency),
         "read_only": ",".join(sorted(name for name, spec in cls.__actions__.items() if spec.read_only)),
+        "read_replicas": str(cls.read_replicas),
     }
 
 
