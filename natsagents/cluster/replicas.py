@@ -274,7 +274,7 @@ class Replicas:
             for key in keys:
                 try:
                     await self._reconcile(key)
-                except NatsAgentsError as exc:
+                except Exception as exc:  # one agent's trouble never stops the others'
                     log.warning("replica of %s/%s: %s", key[0], key[1], exc)
             self._gauges()
 
@@ -340,8 +340,8 @@ class Replicas:
             try:
                 stored = StateStore.parse(entry.value)
             except NatsAgentsError as exc:
+                # Not applied: the replica stays behind (its lag shows), sessions go to the primary.
                 log.warning("replica of %s/%s: ignoring revision %d: %s", copy.kind, copy.agent_id, entry.revision, exc)
-                copy.applied(entry.revision)
                 return
             try:
                 if stored.empty:
@@ -350,6 +350,7 @@ class Replicas:
                     agent.restore(stored.data)
             except Exception as exc:
                 log.warning("replica of %s/%s: restore failed: %s", copy.kind, copy.agent_id, exc)
+                return  # as above: behind, not wrong
         copy.applied(entry.revision)
 
     def _activation(self, copy: _Replica) -> Activation:

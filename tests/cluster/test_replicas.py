@@ -23,6 +23,7 @@ from natsagents.delivery.settings import DeliverySettings
 from natsagents.errors import ActionDefinitionError
 from natsagents.testing import wait_for
 from natsagents.wire import codec
+from natsagents.wire.ids import agent_key
 from tests.cluster.test_cluster_node import node_of, nodes
 from tests.node_process import SessionCounter
 
@@ -345,3 +346,19 @@ async def test_exactly_once_works_with_session_kinds(mesh_factory: Any) -> None:
     assert session.version("Board", "x") > 0  # durable replies carry the version too
     assert await client.ref(Board, "x", session=session).call("get") == 5
     assert sum(handled(m, "Board", "add") for m in meshes) == 5
+
+
+async def test_a_garbage_state_record_leaves_replicas_behind_not_wrong(mesh_factory: Any) -> None:
+    meshes, client = await three(mesh_factory)
+    ref = client.ref(Board, "g")
+    await ref.call("add", by=7)
+    replicas = await replicated(meshes, "Board/g")
+    await wait_for(lambda: all(node_of(m).replicas.lag("Board", "g")["version"] > 0 for m in replicas))  # type: ignore[index]
+    before = [node_of(m).replicas.lag("Board", "g")["version"] for m in replicas]  # type: ignore[index]
+    await node_of(meshes[0]).state.bucket.put(agent_key("Board", "g"), b"\xc1 not a state record")
+    for m in replicas:
+        rep = node_of(m).replicas
+        await wait_for(lambda rep=rep: rep.lag("Board", "g")["lag"] > 0, what="the garbage revision is heard of")  # type: ignore[misc,index]
+    assert [node_of(m).replicas.lag("Board", "g")["version"] for m in replicas] == before  # type: ignore[index]
+    for _ in range(10):  # replicas still answer with the last good state
+        assert await client.ref(Board, "g", session=client.session()).call("get") == 7
