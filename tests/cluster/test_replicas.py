@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nkeys
 import pytest
 
-from natsagents import Agent, ClusterSettings, InvalidSessionToken, Mesh, action
+from natsagents import Agent, ClusterSettings, Identity, InvalidSessionToken, Mesh, action
 from natsagents.delivery.settings import DeliverySettings
 from natsagents.errors import ActionDefinitionError
 from natsagents.testing import wait_for
 from natsagents.wire import codec
 from natsagents.wire.ids import agent_key
-from tests.cluster.test_cluster_node import node_of, nodes
+from tests.cluster.test_cluster_node import _see_each_other, node_of, nodes, settings
 from tests.node_process import SessionCounter
 
 
@@ -362,3 +363,31 @@ async def test_a_garbage_state_record_leaves_replicas_behind_not_wrong(mesh_fact
     assert [node_of(m).replicas.lag("Board", "g")["version"] for m in replicas] == before  # type: ignore[index]
     for _ in range(10):  # replicas still answer with the last good state
         assert await client.ref(Board, "g", session=client.session()).call("get") == 7
+
+
+class Vault(Board):
+    """A replicated kind whose reads say who called (verified signatures)."""
+
+    kind = "Vault"
+
+    @action(read_only=True)
+    async def who(self) -> str | None:
+        return self.context.caller_identity
+
+
+async def test_signed_reads_verify_on_replicas(mesh_factory: Any) -> None:
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode()
+    public = nkeys.from_seed(bytearray(seed.encode())).public_key.decode()
+    meshes = []
+    for name in ("n1", "n2", "n3"):
+        m = await mesh_factory(name=name, cluster=settings(name), trusted_callers={public: "reader"})
+        await m.host(Vault)
+        meshes.append(m)
+    await _see_each_other(meshes)
+    client = await mesh_factory(name="signed", identity=Identity.from_seed(seed))
+    ref = client.ref(Vault, "v")
+    await ref.call("add")
+    await replicated(meshes, "Vault/v")
+    for _ in range(30):
+        assert await ref.call("who") == "reader"  # signed over the agent subject, verified everywhere
+    assert reads(meshes, "Vault", "served") > 0
