@@ -19,6 +19,11 @@ Sections:
 * ``kill``: a fresh host process with eventual counters under the same load is killed
   (SIGKILL) after a moment; acknowledged increments missing from the stored state are
   counted, with the age of the oldest one at the kill (the unflushed window).
+* ``replicas``: one session agent on three node processes, 32 callers (a session each)
+  calling a read-only action that costs about 1 ms of CPU: with ``read_replicas = 2`` against the
+  same kind without replicas (the baseline, every read on the primary):
+  ``ratio_reads_replicas_primary``. Session writes against strong are part of ``writes``
+  (hot shape): ``ratio_session_strong``.
 * ``reads``: one agent, 50 concurrent callers, an action that awaits 10 ms: marked
   ``@action(read_only=True)`` against the same action without it (the baseline, one at a
   time). Reported as calls/s and their ratio.
@@ -30,7 +35,8 @@ Usage::
 
 The last line of the output is one JSON object with every figure
 (``ratio_eventual_strong``, ``eventual_lag_p50_ms``, ``eventual_lag_p99_ms``,
-``eventual_lost_on_kill``, ``ratio_read_only_exclusive`` …). CRDT figures
+``eventual_lost_on_kill``, ``ratio_read_only_exclusive``, ``ratio_session_strong``,
+``ratio_reads_replicas_primary`` …). CRDT figures
 (``ratio_crdt_strong``, ``convergence_10k_s``) are not measured: CRDT agents are not built yet.
 """
 
@@ -40,6 +46,7 @@ import argparse
 import asyncio
 import bisect
 import json
+import os
 import secrets
 import sys
 import time
@@ -57,6 +64,8 @@ FLUSH_INTERVAL = 0.2
 TARGET_RATIO = 3.0
 READ_WAIT = 0.010
 READ_CONCURRENCY = 50
+REPLICA_READ_ITEMS = 12_000  # a read costs about 1 ms of CPU
+REPLICA_CALLERS = 32
 
 
 class StrongCounter(Agent):
@@ -80,6 +89,34 @@ class EventualCounter(StrongCounter):
 
     consistency = "eventual"
     flush_interval = FLUSH_INTERVAL
+
+
+class SessionCounter(StrongCounter):
+    """The same counter with ``consistency = "session"``: stored before each reply, and
+    every reply carries its state version (``Na-State-Version``)."""
+
+    consistency = "session"
+
+
+class Catalog(Agent):
+    """A read-mostly session agent whose reads cost some CPU; with two read replicas."""
+
+    consistency = "session"
+    read_replicas = 2
+
+    def initial_state(self) -> dict[str, Any]:
+        return {"items": list(range(REPLICA_READ_ITEMS))}
+
+    @action(read_only=True)
+    async def lookup(self, key: int = 0) -> int:
+        items = self.state["items"]
+        return sum(items[i] for i in range(key % 2, len(items))) and os.getpid()
+
+
+class CatalogPrimaryOnly(Catalog):
+    """The baseline: the same agent without replicas (every read on the primary)."""
+
+    read_replicas = 0
 
 
 class Reader(Agent):
@@ -113,7 +150,7 @@ def pcts(values: list[float]) -> dict[str, float]:
 async def serve(url: str, prefix: str, node: str) -> None:
     settings = ClusterSettings(node_id=node, lease=1.5, rebalance=False, delivery=None)
     async with Mesh.connect(url, prefix=prefix, name=node, cluster=settings) as mesh:
-        await mesh.host(StrongCounter, EventualCounter, Reader)
+        await mesh.host(StrongCounter, EventualCounter, SessionCounter, Reader, Catalog, CatalogPrimaryOnly)
         signal_ready()
         await wait_for_stdin_eof()
 
@@ -203,7 +240,7 @@ async def bench_writes(url: str, cfg: argparse.Namespace, server_pid: int | None
         async with Mesh.connect(url, prefix=prefix, name="load") as client:
             # Hot agents: few agents, several callers each (a rate counter, a presence map).
             hot: dict[str, float] = {}
-            for kind in ("StrongCounter", "EventualCounter"):
+            for kind in ("StrongCounter", "EventualCounter", "SessionCounter"):
                 meter = CpuMeter({"host": host.pid, "server": server_pid})
                 meter.start()
                 acks = Acks()
@@ -235,6 +272,9 @@ async def bench_writes(url: str, cfg: argparse.Namespace, server_pid: int | None
         "hot_strong_writes_per_s": round(hot["StrongCounter"], 1),
         "hot_eventual_writes_per_s": round(hot["EventualCounter"], 1),
         "hot_ratio": round(hot["EventualCounter"] / hot["StrongCounter"], 2),
+        "hot_session_writes_per_s": round(hot["SessionCounter"], 1),
+        "hot_session_ratio": round(hot["SessionCounter"] / hot["StrongCounter"], 2),
+        "hot_session_cpu_us_per_write": round(cpu_us["SessionCounter"], 1),
         "hot_strong_cpu_us_per_write": round(cpu_us["StrongCounter"], 1),
         "hot_eventual_cpu_us_per_write": round(cpu_us["EventualCounter"], 1),
         "hot_cpu_ratio": round(cpu_us["StrongCounter"] / cpu_us["EventualCounter"], 2),
@@ -321,6 +361,67 @@ async def bench_reads(url: str, cfg: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+async def bench_replicas(url: str, cfg: argparse.Namespace) -> dict[str, Any]:
+    """Reads (about 1 ms of CPU each) of one session agent from 32 callers (each its own
+    session) on three nodes:
+    with two read replicas against primary-only (the baseline), in the same run."""
+    prefix = "bp" + secrets.token_hex(3)
+    hosts = [start_host(url, prefix, f"p{i}") for i in range(1, 4)]
+    out: dict[str, Any] = {}
+    try:
+        async with Mesh.connect(url, prefix=prefix, name="load") as client:
+            for cls in (CatalogPrimaryOnly, Catalog):
+                sessions = [client.session() for _ in range(REPLICA_CALLERS)]
+                refs = [client.ref(cls, "c", session=s) for s in sessions]
+                await refs[0].call("lookup", timeout=30)
+                pids: set[int] = set()
+                wanted = 1 + cls.read_replicas
+                warm_end = time.monotonic() + 15
+                while len(pids) < wanted and time.monotonic() < warm_end:  # replicas formed
+                    pids.update(await asyncio.gather(*(r.call("lookup", key=1, timeout=30) for r in refs)))
+                end = time.monotonic() + cfg.read_seconds
+                done = 0
+                served: set[int] = set()
+
+                async def loop(ref: Any, end: float = end, served: set[int] = served) -> None:
+                    nonlocal done
+                    k = 0
+                    while time.monotonic() < end:
+                        served.add(await ref.call("lookup", key=k, timeout=30))
+                        done += 1
+                        k += 1
+
+                meter = CpuMeter({h.name: h.pid for h in hosts})
+                meter.start()
+                started = time.monotonic()
+                await asyncio.gather(*(loop(r) for r in refs))
+                rate = done / (time.monotonic() - started)
+                used = meter.stop()
+                # The busiest node's CPU per read: what bounds reads when nodes have CPUs of their own.
+                busiest = max(used.values()) / max(done, 1) * 1e6 if used else 0.0
+                out[cls.__name__] = {
+                    "reads_per_s": round(rate, 1),
+                    "processes_serving": len(served),
+                    "busiest_node_cpu_us_per_read": round(busiest, 1),
+                    "node_cpu_s": {k: round(v, 2) for k, v in used.items()},
+                }
+                log(
+                    f"replica reads, {cls.__name__}: {rate:,.0f} reads/s from {len(served)} processes, "
+                    f"busiest node {busiest:.0f} µs CPU per read"
+                )
+    finally:
+        for host in hosts:
+            host.stop()
+    out["ratio"] = round(out["Catalog"]["reads_per_s"] / out["CatalogPrimaryOnly"]["reads_per_s"], 2)
+    out["busiest_cpu_ratio"] = round(
+        out["CatalogPrimaryOnly"]["busiest_node_cpu_us_per_read"]
+        / max(out["Catalog"]["busiest_node_cpu_us_per_read"], 1e-9),
+        2,
+    )
+    out["callers"] = REPLICA_CALLERS
+    return out
+
+
 async def run(cfg: argparse.Namespace) -> dict[str, Any]:
     from natsagents.server import NatsServer
 
@@ -329,13 +430,14 @@ async def run(cfg: argparse.Namespace) -> dict[str, Any]:
         results = {"writes": await bench_writes(server.url, cfg, server.pid)}
         results["kill"] = await bench_kill(server.url, cfg)
         results["reads"] = await bench_reads(server.url, cfg)
+        results["replicas"] = await bench_replicas(server.url, cfg)
         return results
     finally:
         server.stop()
 
 
 def report(results: dict[str, Any], cfg: argparse.Namespace) -> dict[str, Any]:
-    w, k, rd = results["writes"], results["kill"], results["reads"]
+    w, k, rd, rp = results["writes"], results["kill"], results["reads"], results["replicas"]
     rows = [
         [
             f"writes/s, eventual vs strong, {w['hot_agents']} hot agents x {w['hot_callers_per_agent']} callers",
@@ -344,6 +446,14 @@ def report(results: dict[str, Any], cfg: argparse.Namespace) -> dict[str, Any]:
             f"{w['hot_ratio']:.2f}",
             "≥ 3",
             "ok" if w["hot_ratio"] >= TARGET_RATIO else "BELOW",
+        ],
+        [
+            f"writes/s, session vs strong, {w['hot_agents']} hot agents x {w['hot_callers_per_agent']} callers",
+            f"{w['hot_session_writes_per_s']:,.0f}",
+            f"{w['hot_strong_writes_per_s']:,.0f}",
+            f"{w['hot_session_ratio']:.2f}",
+            "≈ 1",
+            f"{w['hot_session_cpu_us_per_write']:.0f} µs CPU per write",
         ],
         [
             "host + server CPU µs per write, strong / eventual (hot)",
@@ -385,6 +495,22 @@ def report(results: dict[str, Any], cfg: argparse.Namespace) -> dict[str, Any]:
             "",
             "",
         ],
+        [
+            f"session reads/s, 2 replicas vs primary-only (3 nodes, {rp['callers']} sessions)",
+            f"{rp['Catalog']['reads_per_s']:,.0f}",
+            f"{rp['CatalogPrimaryOnly']['reads_per_s']:,.0f}",
+            f"{rp['ratio']:.2f}",
+            "",
+            f"served by {rp['Catalog']['processes_serving']} processes",
+        ],
+        [
+            "busiest node's CPU µs per read, primary-only / 2 replicas",
+            f"{rp['Catalog']['busiest_node_cpu_us_per_read']:,.0f}",
+            f"{rp['CatalogPrimaryOnly']['busiest_node_cpu_us_per_read']:,.0f}",
+            f"{rp['busiest_cpu_ratio']:.2f}",
+            "",
+            "the scale-out with a CPU per node",
+        ],
     ]
     print()
     print(f"state benchmarks ({'quick' if cfg.quick else 'full'}); flush_interval {FLUSH_INTERVAL} s")
@@ -405,6 +531,12 @@ def report(results: dict[str, Any], cfg: argparse.Namespace) -> dict[str, Any]:
         "read_only_calls_per_s": rd["shared"],
         "exclusive_calls_per_s": rd["exclusive"],
         "ratio_read_only_exclusive": rd["ratio"],
+        "ratio_session_strong": w["hot_session_ratio"],
+        "session_writes_per_s": w["hot_session_writes_per_s"],
+        "ratio_reads_replicas_primary": rp["ratio"],
+        "replica_reads_per_s": rp["Catalog"]["reads_per_s"],
+        "primary_only_reads_per_s": rp["CatalogPrimaryOnly"]["reads_per_s"],
+        "ratio_busiest_node_cpu_primary_replicas": rp["busiest_cpu_ratio"],
     }
 
 

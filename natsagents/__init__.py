@@ -34,6 +34,7 @@ from .errors import (
     HandlerError,
     InvalidAddress,
     InvalidAgentId,
+    InvalidSessionToken,
     MeshClosed,
     NatsAgentsError,
     NotSupportedYet,
@@ -50,6 +51,7 @@ from .errors import (
 from .mesh import Mesh, MeshState
 from .observability import CorrelationIdFilter, install_correlation_filter
 from .resilience import BreakerSettings, CircuitState, RetryPolicy
+from .runtime.session import Session
 from .transport import Auth
 from .wire.identity import Identity
 
@@ -85,6 +87,7 @@ __all__ = [
     "Identity",
     "InvalidAddress",
     "InvalidAgentId",
+    "InvalidSessionToken",
     "Mesh",
     "MeshClosed",
     "MeshState",
@@ -97,6 +100,7 @@ __all__ = [
     "RetryPolicy",
     "ServerBinaryNotFound",
     "ServerError",
+    "Session",
     "TransportError",
     "TrustedCaller",
     "Unauthorized",

@@ -10,7 +10,8 @@ exception escapes. Misuse errors also derive from the matching builtin
     │   ├── InvalidAddress                     kind or id cannot be used on the wire
     │   │   └── InvalidAgentId
     │   ├── ActionDefinitionError (TypeError)  a malformed @action, raised at class definition
-    │   └── NotSupportedYet                    a declared option this version cannot honour yet
+    │   ├── NotSupportedYet                    a declared option this version cannot honour yet
+    │   └── InvalidSessionToken                a session token that is not one (mesh.session(token=…))
     ├── ServerError                            the embedded nats-server failed
     │   └── ServerBinaryNotFound
     ├── TransportError                         talking to NATS failed
@@ -87,6 +88,7 @@ __all__ = [
     "HandlerError",
     "InvalidAddress",
     "InvalidAgentId",
+    "InvalidSessionToken",
     "JetStreamError",
     "KeyNotFound",
     "MalformedAckSubject",
@@ -150,6 +152,11 @@ class ActionDefinitionError(ConfigurationError, TypeError):
 class NotSupportedYet(ConfigurationError):
     """A valid option this version does not implement yet (e.g. ``consistency = "session"``),
     refused when the kind is hosted rather than silently served another way."""
+
+
+class InvalidSessionToken(ConfigurationError):
+    """A session token (``Session.token()``, docs/consistency.md) is malformed, too large
+    or names invalid agents or versions: it came from elsewhere and is refused whole."""
 
 
 class ServerError(NatsAgentsError):

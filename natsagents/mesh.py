@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from .agent.base import Agent
 from .agent.policy import AllowSpec, Policy, TrustedCaller, TrustedCallersSpec, parse_allow, parse_trusted_callers
-from .agent.ref import USE_DEFAULT, AgentRef, resolve_target
+from .agent.ref import USE_DEFAULT, AgentRef, CallOptions, resolve_target
 from .cluster.directory import DirectoryRecord
 from .cluster.leader import LeaderLease
 from .cluster.node import ClusterNode
@@ -33,6 +33,7 @@ from .observability import Metrics, Tracing
 from .observability.http import Health, HttpEndpoints
 from .resilience import BreakerSettings, CircuitState, RetryPolicy
 from .runtime import Caller, CallerSettings, Host, HostSettings
+from .runtime.session import Session
 from .transport import Auth, ConnectSettings, Transport, resolve_servers
 from .wire.identity import Identity
 from .wire.subjects import DEFAULT_PREFIX, DEFAULT_REPLY_PREFIXES, validate_prefix
@@ -427,15 +428,24 @@ class Mesh:
             # Announce the kinds now: once host() returns, placement elsewhere sees them.
             await self._node.membership.beat_now()
 
-    def ref(self, target: str | type[Agent], agent_id: str | None = None) -> AgentRef:
-        """A reference to an agent: ``ref("Kind/id")``, ``ref(Kind, "id")`` or ``ref("Kind", "id")``.
+    def ref(
+        self, target: str | type[Agent], agent_id: str | None = None, *, session: Session | None = None
+    ) -> AgentRef:
+        """A reference to an agent: ``ref("Kind/id")``, ``ref(Kind, "id")`` or ``ref("Kind", "id")``;
+        ``session``: its calls' caller session (:meth:`session`). Reads use read replicas
+        only when the ref knows the kind's class (passed, or hosted here).
 
         Raises:
             InvalidAddress, InvalidAgentId: the kind or id is not valid.
         """
         kind, aid = resolve_target(target, agent_id)
         cls = target if isinstance(target, type) else self._host.kinds.get(kind)
-        return AgentRef(kind, aid, self._caller, None, cls)
+        return AgentRef(kind, aid, self._caller, None if session is None else CallOptions(session=session), cls)
+
+    def session(self, token: str | None = None) -> Session:
+        """A caller session (``ref(…, session=s)``; docs/consistency.md), or the one a
+        ``session.token()`` exported. Raises: InvalidSessionToken (a bad ``token``)."""
+        return Session() if token is None else Session.from_token(token)
 
     async def spawn(
         self,

@@ -53,6 +53,22 @@ class EventualCounter(Counter):
     flush_interval = 0.2
 
 
+class SessionCounter(Agent):
+    """A session-consistency counter with two read replicas (tests/cluster/test_replicas.py)."""
+
+    consistency = "session"
+    read_replicas = 2
+
+    @action
+    async def add(self, by: int = 1) -> int:
+        self.state["n"] = self.state.get("n", 0) + by
+        return int(self.state["n"])
+
+    @action(read_only=True)
+    async def get(self) -> int:
+        return int(self.state.get("n", 0))
+
+
 class Crasher(Agent):
     """``boom`` kills the process that runs it: a poison message that crashes its host."""
 
@@ -70,6 +86,7 @@ KINDS: dict[str, type[Agent]] = {
         Typed,
         PermCounter,
         EventualCounter,
+        SessionCounter,
         Crasher,
         Canary,
         Tally,

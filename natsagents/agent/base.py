@@ -45,7 +45,11 @@ UNHEALTHY_POLICIES = ("throttle", "restart")
 #: ``consistency`` values a kind may declare (docs/consistency.md).
 CONSISTENCY_MODES = ("strong", "eventual", "session", "crdt")
 #: Those this version serves; the others are refused when hosted (``NotSupportedYet``).
-SUPPORTED_CONSISTENCY = ("strong", "eventual")
+SUPPORTED_CONSISTENCY = ("strong", "eventual", "session")
+#: Those that may have read replicas (``read_replicas``).
+REPLICA_CONSISTENCY = ("eventual", "session")
+#: Most read replicas a kind may ask for.
+MAX_READ_REPLICAS = 16
 #: Those that can keep ``exactly_once`` delivery (its sequence is stored with the state
 #: before the reply).
 EXACTLY_ONCE_CONSISTENCY = ("strong", "session")
@@ -61,6 +65,7 @@ def kind_summary(cls: type[Agent]) -> dict[str, str]:
         "restart": cls.restart,
         "max_concurrency": str(cls.max_concurrency),
         "read_only": ",".join(sorted(name for name, spec in cls.__actions__.items() if spec.read_only)),
+        "read_replicas": str(cls.read_replicas),
     }
 
 
@@ -189,6 +194,24 @@ def _check_consistency(cls: type[Agent]) -> None:
     readers = cls.read_concurrency
     if type(readers) is not int or readers < 1:
         raise ActionDefinitionError(f"{name}.read_concurrency must be an int >= 1, not {readers!r}")
+    if cls.consistency == "session" and cls.persistence != "action":
+        raise ActionDefinitionError(
+            f"{name}: consistency = 'session' stores the state before each reply and versions it, so it "
+            f"needs persistence = 'action', not {cls.persistence!r}"
+        )
+    replicas = cls.read_replicas
+    if type(replicas) is not int or not 0 <= replicas <= MAX_READ_REPLICAS:
+        raise ActionDefinitionError(
+            f"{name}.read_replicas must be an int in [0, {MAX_READ_REPLICAS}], not {replicas!r}"
+        )
+    if replicas and cls.consistency not in REPLICA_CONSISTENCY:
+        raise ActionDefinitionError(
+            f"{name}: read_replicas needs consistency 'eventual' or 'session', not {cls.consistency!r} "
+            "(a strong read must come from the one copy under its lease; docs/consistency.md)"
+        )
+    wait = cls.session_wait
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 10:
+        raise ActionDefinitionError(f"{name}.session_wait must be a number of seconds in [0, 10], not {wait!r}")
 
 
 class Agent:
@@ -243,9 +266,16 @@ class Agent:
         consistency: ``"strong"`` (default: one activation, the state is stored by
             compare-and-set before each reply) or ``"eventual"`` (one activation, the reply
             does not wait: changes are coalesced and stored within ``flush_interval``, and a
-            crash loses at most that window). ``"session"`` and ``"crdt"`` are valid names
-            that this version refuses when the kind is hosted (``NotSupportedYet``).
-            ``exactly_once`` delivery needs ``"strong"`` (or ``"session"``).
+            crash loses at most that window) or ``"session"`` (writes as strong; every reply
+            carries the state version, and reads served by replicas are never older than
+            what the caller's session saw). ``"crdt"`` is a valid name that this version
+            refuses when the kind is hosted (``NotSupportedYet``). ``exactly_once``
+            delivery needs ``"strong"`` or ``"session"``.
+        read_replicas: eventual and session kinds: read-only copies of each active agent
+            on this many other nodes, fed by a watch of its stored state, that serve its
+            ``@action(read_only=True)`` actions beside the primary (default 0).
+        session_wait: seconds a replica behind a session's minimum version waits for
+            its watch before it forwards the read to the primary (default 0.2).
         flush_interval: eventual only: seconds within which a change is stored (a bound).
         read_concurrency: read-only actions (``@action(read_only=True)``) of one agent
             that may run at once.
@@ -277,6 +307,8 @@ class Agent:
     consistency: ClassVar[str] = "strong"
     flush_interval: ClassVar[float] = 0.2
     read_concurrency: ClassVar[int] = 64
+    read_replicas: ClassVar[int] = 0
+    session_wait: ClassVar[float] = 0.2
     allow: ClassVar[AllowSpec] = None
     __actions__: ClassVar[dict[str, ActionSpec]] = {}
     #: ``allow`` compiled (``None``: not set).

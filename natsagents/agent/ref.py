@@ -68,6 +68,11 @@ class CallOptions:
         message_id: the ``Na-Msg-Id`` of the message sent through this ref (default: a
             new one per send). Sending again with the same id is a retry of the same
             logical message: a durable inbox stores it once and a host runs it once.
+        session: the caller session (``mesh.session()``) whose versions calls through
+            this ref observe and whose minimum versions reads carry (default: the mesh's
+            own session).
+        read: set per call by the ref: a read-only action of a kind with read replicas,
+            sent on the read subject (protocol §19).
     """
 
     retry: Any = USE_DEFAULT
@@ -76,6 +81,8 @@ class CallOptions:
     priority: str = "normal"
     message_ttl: float | None = None
     message_id: str | None = None
+    session: Any = None
+    read: bool = False
 
 
 class Invoker(Protocol):
@@ -156,6 +163,7 @@ class AgentRef:
         priority: str | None = None,
         message_ttl: float | None = None,
         message_id: str | None = None,
+        session: Any = None,
     ) -> AgentRef:
         """The same agent, called with these options (see :class:`CallOptions`); options
         not given keep this ref's.
@@ -187,6 +195,8 @@ class AgentRef:
             raise ConfigurationError(f"message_ttl must be > 0 seconds or None, not {message_ttl!r}")
         if message_id is not None and not is_message_id(message_id):
             raise ConfigurationError(f"message_id must be 1-64 characters [A-Za-z0-9_-], not {message_id!r}")
+        if session is not None and not (callable(getattr(session, "observe", None)) and hasattr(session, "token")):
+            raise ConfigurationError(f"session must come from mesh.session(), not {type(session).__name__}")
         old = self._options or CallOptions()
         options = CallOptions(
             old.retry if retry is USE_DEFAULT else retry,
@@ -195,16 +205,33 @@ class AgentRef:
             old.priority if priority is None else priority,
             old.message_ttl if message_ttl is None else message_ttl,
             old.message_id if message_id is None else message_id,
+            old.session if session is None else session,
         )
         return AgentRef(self.kind, self.id, self._invoker, options, self._cls)
 
     def _opts(self, action: str) -> CallOptions | None:
         options = self._options
-        if self._cls is not None and (options is None or options.idempotent is None):
-            spec = self._cls.__actions__.get(action)
-            if spec is not None and spec.idempotent:
-                base = options or CallOptions()
-                return CallOptions(base.retry, True, base.delivery, base.priority, base.message_ttl, base.message_id)
+        cls = self._cls
+        if cls is None:
+            return options
+        spec = cls.__actions__.get(action)
+        if spec is None:
+            return options
+        idempotent = spec.idempotent and (options is None or options.idempotent is None)
+        # A read-only action of a kind with read replicas goes to the read subject.
+        read = spec.read_only and cls.read_replicas > 0
+        if idempotent or read:
+            base = options or CallOptions()
+            return CallOptions(
+                base.retry,
+                True if idempotent else base.idempotent,
+                base.delivery,
+                base.priority,
+                base.message_ttl,
+                base.message_id,
+                base.session,
+                read,
+            )
         return options
 
     def __str__(self) -> str:

@@ -54,6 +54,7 @@ from .owner_key import load_owner_key
 from .ownership import Ownership
 from .placement import Hints, NodeInfo, Placer, Resources
 from .placing import Placing
+from .replicas import Replicas
 from .roster import Roster
 from .settings import ClusterSettings, validate_node_id
 from .supervision import Supervisor
@@ -138,6 +139,17 @@ class ClusterNode:
             self._client,
             metrics,
         )
+        self.replicas = Replicas(
+            transport,
+            host,
+            self.directory,
+            self.state,
+            self.membership,
+            prefix=prefix,
+            node_id=node_id,
+            metrics=metrics,
+            tasks=self._tasks,
+        )
         self._controller = Controller(local, settings, self.membership, self.directory, self._placing, self._client)
         self._control_server = ControlServer(
             transport,
@@ -173,6 +185,7 @@ class ClusterNode:
         await self.state.start()
         await self.directory.start()
         self.directory.add_listener(self._ownership.on_directory_change)
+        self.directory.add_listener(self.replicas.on_directory_change)
         await self.membership.start()
         await self._control_server.start()
         control = self.control = await open_bucket(self._t, bucket_name(self.prefix, "control"), history=1)
@@ -183,6 +196,7 @@ class ClusterNode:
         )
         self._leader.start()
         self._tasks.spawn(self._supervisor.run(), name="supervisor")
+        self._tasks.spawn(self.replicas.run(), name="replicas")
         self._host.node = self
         await self._t.flush()
         if self.services is not None:  # last: nothing after it can fail and leave it running
@@ -203,6 +217,7 @@ class ClusterNode:
             if permanent:
                 await self._migration.hand_off(permanent, self.settings.rebalance_strategy)
         local.closing = True
+        await self.replicas.close()
         if self._leader is not None:
             await self._leader.stop()
         await self._control_server.stop()
@@ -316,6 +331,12 @@ class ClusterNode:
 
     async def starting(self, act: Activation, options: object) -> None:
         await self._ownership.starting(act, options)
+        try:
+            await self.replicas.primary_starting(act)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._ownership.stopped(act, discard=True)
+            raise
 
     def begin_batch(self, act: Activation) -> None:
         self._ownership.begin_batch(act)
@@ -346,4 +367,8 @@ class ClusterNode:
         return self._ownership.serving(act, deadline_ms)
 
     async def stopped(self, act: Activation, *, discard: bool) -> None:
+        await self.replicas.primary_stopped(act)
         await self._ownership.stopped(act, discard=discard)
+
+    def reply_block(self, act: Activation, block: bytes) -> bytes:
+        return self.replicas.reply_block(act, block)

@@ -50,12 +50,14 @@ class DurablePublisher:
         accept_only: bool,
         delivery: str,
         message_ttl: float | None = None,
+        on_reply: Callable[[Mapping[str, str]], None] | None = None,
     ) -> Any:
         """Store the message in the durable inbox stream (``Nats-Msg-Id`` = the message id,
         so a retried publish is stored once), then wait for its result when one is wanted.
         The caller's deadline bounds only its wait: the stored message runs whenever an
         agent can take it, and carries no ``Na-Deadline``. With an identity, the message
-        is signed for its agent subject (the one its partition owner forwards it to)."""
+        is signed for its agent subject (the one its partition owner forwards it to).
+        ``on_reply`` sees the reply's headers (a session's ``Na-State-Version``)."""
         address = f"{kind}/{agent_id}"
         hdrs = dict(hdrs)
         hdrs.pop(h.DEADLINE, None)
@@ -102,6 +104,8 @@ class DurablePublisher:
             # that call's reply subject, or by our own publish retried. Wait for ours and
             # ask the agent for the earlier result; the first answer wins.
             msg = await self._earlier_result(wait, kind, agent_id, action, hdrs, deadline, ack.seq)
+            if on_reply is not None and msg.headers:
+                on_reply(msg.headers)
             return envelope.parse_reply(
                 msg.headers, msg.data, agent=address, action=action, max_payload=self._t.max_payload
             )
@@ -114,6 +118,8 @@ class DurablePublisher:
                 action=action,
                 details={"stored": True, "stream_seq": ack.seq},
             ) from None
+        if on_reply is not None and msg.headers:
+            on_reply(msg.headers)
         return envelope.parse_reply(
             msg.headers, msg.data, agent=address, action=action, max_payload=self._t.max_payload
         )

@@ -190,6 +190,22 @@ class Metrics:
         self.queued_placements = Gauge(
             "natsagents_queued_placements", "Activations waiting for a node with capacity", registry=r
         )
+        # Read replicas (cluster.replicas, docs/consistency.md).
+        self.read_replicas = Gauge(
+            "natsagents_read_replicas", "Read replicas of agents this node holds", ["kind"], registry=r
+        )
+        self.replica_lag = Gauge(
+            "natsagents_replica_lag_seconds",
+            "Longest time a read replica here has known of a newer state version than it holds",
+            ["kind"],
+            registry=r,
+        )
+        self.replica_reads = Counter(
+            "natsagents_replica_reads",
+            "Messages on read subjects reaching a replica here, by outcome (served, waited, forwarded, refused)",
+            ["kind", "outcome"],
+            registry=r,
+        )
 
     def rejected_one(self, kind: str, reason: str) -> None:
         self.rejected.labels(kind, reason).inc()

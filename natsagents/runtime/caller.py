@@ -32,7 +32,8 @@ from ..wire import headers as h
 from ..wire.activation import activation_request
 from ..wire.identity import Identity, call_expiry
 from ..wire.ids import decode_id, encode_id
-from ..wire.subjects import activate_subject, agent_subject
+from ..wire.subjects import activate_subject, agent_subject, read_subject
+from .session import MAX_VERSION, Session
 
 log = logging.getLogger("natsagents.runtime")
 
@@ -48,6 +49,15 @@ def _caller_name(address: str) -> str:
     any character, tokens only safe ones)."""
     kind, _, agent_id = address.partition("/")
     return f"{kind}/{encode_id(agent_id)}"
+
+
+def _observe(session: Session, kind: str, agent_id: str, headers: Mapping[str, str]) -> None:
+    """Remember the state version a reply carried (a malformed one is ignored)."""
+    text = headers.get(h.STATE_VERSION, "")
+    if 0 < len(text) <= 19 and text.isascii() and text.isdigit():
+        version = int(text)
+        if version <= MAX_VERSION:
+            session.observe(kind, agent_id, version)
 
 
 def _passthrough(ctx: Context | None) -> dict[str, str] | None:
@@ -116,6 +126,7 @@ class DurablePath(Protocol):
         accept_only: bool,
         delivery: str,
         message_ttl: float | None = None,
+        on_reply: Callable[[Mapping[str, str]], None] | None = None,
     ) -> Any: ...
 
 
@@ -149,6 +160,10 @@ class Caller:
         # _stalled): the requests to publish again once it answered.
         self._probing: dict[tuple[str, str], list[Callable[[], None]]] = {}
         self._agent_prefix = f"{settings.prefix}.agent."
+        self._read_prefix = f"{settings.prefix}.read."
+        #: The session of calls that name none (``CallOptions.session``): read-your-writes
+        #: and monotonic reads for everything this mesh calls (``runtime.session``).
+        self.session = Session()
 
     def _breaker_changed(self, kind: str, destination: str, state: CircuitState) -> None:
         self._metrics.circuit_transitions.labels(kind, state.value).inc()
@@ -170,6 +185,7 @@ class Caller:
         other.breakers = self.breakers
         other.durable = self.durable
         other._probing = self._probing
+        other.session = self.session
         return other
 
     def spawn_task(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
@@ -225,6 +241,13 @@ class Caller:
             if len(self._actions_seen) < 10_000:
                 self._actions_seen.add(action)
         subject = self._subject(kind, agent_id)
+        session = self.session
+        read: str | None = None  # the read subject (protocol §19), falling back to ``subject``
+        if options is not None:
+            if options.session is not None:
+                session = options.session
+            if options.read:
+                read = read_subject(self.settings.prefix, kind, agent_id)
         try:
             body = codec.encode(dict(params))
         except (TypeError, ValueError) as exc:
@@ -257,10 +280,24 @@ class Caller:
                     if self.durable is None:
                         raise ConfigurationError("durable delivery is not available on this mesh")
                     return await self.durable.publish(
-                        kind, agent_id, action, body, hdrs, deadline, accept_only, options.delivery, options.message_ttl
+                        kind,
+                        agent_id,
+                        action,
+                        body,
+                        hdrs,
+                        deadline,
+                        accept_only,
+                        options.delivery,
+                        options.message_ttl,
+                        on_reply=lambda hd: _observe(session, kind, agent_id, hd),
                     )
+            if read is not None:
+                floor = session.version(kind, agent_id)
+                if floor:
+                    hdrs[h.MIN_VERSION] = str(floor)
             identity = self.settings.identity
             if identity is not None:
+                # Always over the agent subject, also for a read sent on the read subject.
                 identity.sign(subject, hdrs, body, call_expiry(deadline, now))
             # Every value is either generated here or checked (action below, names at
             # connect, ids by the host's regexes), so the block needs no per-call checks.
@@ -269,13 +306,18 @@ class Caller:
             if options is not None and options.retry is not USE_DEFAULT:
                 policy = options.retry
             if policy is None and self.breakers is None:  # the common case: one attempt
-                msg = await self._deliver(subject, body, block, deadline, kind, agent_id, action)
+                if read is None:
+                    msg = await self._deliver(subject, body, block, deadline, kind, agent_id, action)
+                else:
+                    msg = await self._deliver(read, body, block, deadline, kind, agent_id, action, fallback=subject)
+                if msg.headers is not None and h.STATE_VERSION in msg.headers:
+                    _observe(session, kind, agent_id, msg.headers)
                 return envelope.parse_reply(
                     msg.headers, msg.data, agent=address, action=action, max_payload=self._t.max_payload
                 )
             idempotent = bool(options is not None and options.idempotent)
             return await self._attempts(
-                subject, body, block, hdrs, deadline, kind, agent_id, action, policy, idempotent
+                subject, body, block, hdrs, deadline, kind, agent_id, action, policy, idempotent, session, read
             )
         except AgentError as exc:
             outcome = exc.code
@@ -305,6 +347,8 @@ class Caller:
         action: str,
         policy: RetryPolicy | None,
         idempotent: bool,
+        session: Session,
+        read: str | None = None,
     ) -> Any:
         """Deliver with the circuit breaker and the retry policy (see ``resilience``)."""
         address = f"{kind}/{agent_id}"
@@ -320,7 +364,12 @@ class Caller:
                     if policy is not None and policy.attempt_timeout is not None:
                         cap = time.time() + policy.attempt_timeout
                         until = cap if until is None else min(until, cap)
-                    msg = await self._deliver(subject, body, block, until, kind, agent_id, action)
+                    if read is None:
+                        msg = await self._deliver(subject, body, block, until, kind, agent_id, action)
+                    else:
+                        msg = await self._deliver(read, body, block, until, kind, agent_id, action, fallback=subject)
+                    if msg.headers is not None and h.STATE_VERSION in msg.headers:
+                        _observe(session, kind, agent_id, msg.headers)
                     result = envelope.parse_reply(
                         msg.headers, msg.data, agent=address, action=action, max_payload=self._t.max_payload
                     )
@@ -382,8 +431,12 @@ class Caller:
         kind: str,
         agent_id: str,
         action: str,
+        *,
+        fallback: str | None = None,
     ) -> Any:
-        """Request with retries: "no responders" activates the agent, then tries again."""
+        """Request with retries: "no responders" activates the agent, then tries again.
+        ``fallback``: the agent subject of a read sent on its read subject, taken when
+        nobody serves the read subject (the agent is not active: activate it there)."""
         delay = self.settings.backoff_initial
         address = f"{kind}/{agent_id}"
         last_problem = "no reply"
@@ -408,6 +461,9 @@ class Caller:
                     stall_after=self.settings.check_owner_after,
                 )
             except NoResponders:
+                if fallback is not None:
+                    subject, fallback = fallback, None
+                    continue
                 last_problem = "agent not active"
                 self._metrics.retries.labels(kind, "not_active").inc()
                 try:
@@ -451,9 +507,13 @@ class Caller:
         it to a live owner (nothing changes), or takes the agent over once the owner's
         lease lapsed, and the waiting requests are published again at once (the new
         owner subscribes in a queue group of its own: docs/architecture.md)."""
-        if not subject.startswith(self._agent_prefix):
+        if subject.startswith(self._agent_prefix):
+            rest = subject[len(self._agent_prefix) :]
+        elif subject.startswith(self._read_prefix):  # a read whose replica forwarded it
+            rest = subject[len(self._read_prefix) :]
+        else:
             return
-        kind, _, token = subject[len(self._agent_prefix) :].partition(".")
+        kind, _, token = rest.partition(".")
         try:
             key = (kind, decode_id(token))
         except (NatsAgentsError, ValueError):

@@ -223,6 +223,8 @@ class Dispatcher:
             packed = envelope.deflate(body)
             if packed is not None:
                 block, body = envelope.OK_DEFLATE_BLOCK, packed
+        if node is not None:
+            block = node.reply_block(act, block)
         reply_ok = (block, body)
         return Outcome(reply_ok, True, reply_ok, action, True)
 

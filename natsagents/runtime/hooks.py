@@ -57,3 +57,8 @@ class NodeHooks(Protocol):
         ``None`` (run it) or the reason to refuse it with ``unavailable`` + retry (the
         node's own lease lapsed and did not come back in time, or another node owns the
         agent now)."""
+
+    def reply_block(self, act: Activation, block: bytes) -> bytes:
+        """The header block of an ok reply of ``act``: ``block``, or it with the agent's
+        state version added (``Na-State-Version``, kinds with session consistency or read
+        replicas)."""

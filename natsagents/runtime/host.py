@@ -152,6 +152,11 @@ class Host:
         self._queue = agent_queue(settings.prefix)
 
     @property
+    def refs_for(self) -> Callable[[str], RefFactory]:
+        """What binds an agent instance's refs (``Agent._bind``): a read replica's too."""
+        return self._refs_for
+
+    @property
     def node(self) -> NodeHooks | None:
         """The cluster node plugged into this host (``None``: standalone)."""
         return self._node
@@ -217,7 +222,7 @@ class Host:
         if cls.consistency not in SUPPORTED_CONSISTENCY:
             raise NotSupportedYet(
                 f"{cls.__qualname__}: consistency = {cls.consistency!r} is not supported yet "
-                f"(this version serves {' and '.join(map(repr, SUPPORTED_CONSISTENCY))}; docs/consistency.md)"
+                f"(this version serves {', '.join(map(repr, SUPPORTED_CONSISTENCY))}; docs/consistency.md)"
             )
 
     async def host(self, cls: type[Agent]) -> None:

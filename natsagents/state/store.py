@@ -131,6 +131,18 @@ class StateStore:
             body.get("empty") is True,
         )
 
+    @staticmethod
+    def parse(value: bytes, revision: int = 0) -> StoredState:
+        """A state record's bytes as a :class:`StoredState` (a read replica's watch).
+
+        Raises:
+            NatsAgentsError: the bytes are not a state record."""
+        try:
+            body, epoch, seq = _parse_record(value)
+        except ValueError as exc:
+            raise NatsAgentsError(f"not a state record: {exc}") from None
+        return StoredState(body.get("data"), epoch, revision, (), seq, body.get("empty") is True)
+
     async def adopt(self, kind: str, agent_id: str, epoch: int) -> StoredState:
         """Take the state over for a new owner ``epoch``: rewrite it unchanged under the
         new epoch, moving the revision on so the previous owner's saves are fenced off.

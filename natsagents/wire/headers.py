@@ -24,16 +24,20 @@ __all__ = [
     "ENCODING",
     "ENCODING_DEFLATE",
     "MESSAGE_ID",
+    "MIN_VERSION",
     "OWNER_MAC",
     "PRIORITIES",
     "PRIORITY",
     "PROTO",
     "PROTO_VERSION",
+    "REPLICA",
+    "REPLICA_LAG",
     "REPLY_MODE",
     "REPLY_MODE_ACCEPT",
     "REPLY_MODE_REPLAY",
     "REPLY_MODE_RESULT",
     "REPLY_TO",
+    "STATE_VERSION",
     "STATUS",
     "STATUS_OK",
     "STREAM_SEQ",
@@ -96,6 +100,16 @@ ENCODING = "Na-Encoding"
 ENCODING_DEFLATE = "deflate"
 #: The caller takes compressed replies (``deflate``).
 ACCEPT_ENCODING = "Na-Accept-Encoding"
+#: Session consistency and read replicas (docs/protocol.md §19). On replies of kinds with
+#: ``consistency = "session"`` or ``read_replicas``: the KV revision of the agent's state
+#: record the answer reflects (1-19 digits; 0: nothing stored yet).
+STATE_VERSION = "Na-State-Version"
+#: On requests on a read subject: the lowest state version the caller may see (1-19 digits).
+MIN_VERSION = "Na-Min-Version"
+#: On replies from a read replica: the replica's node, and how far behind the newest
+#: version it knows of it was, in ms (0: current).
+REPLICA = "Na-Replica"
+REPLICA_LAG = "Na-Replica-Lag"
 #: W3C trace context, passed through unchanged.
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"

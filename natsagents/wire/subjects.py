@@ -1,6 +1,7 @@
 """Subject names of protocol v1.
 
 ``<prefix>.agent.<kind>.<id-token>``  an agent's inbox (requests and sends)
+``<prefix>.read.<kind>.<id-token>``   read-only actions of a kind with read replicas
 ``<prefix>.activate.<kind>``         activation requests, answered by a host of ``kind``
 ``<prefix>.node.<node>.<op>``        a cluster node's control requests (activate, adopt,
                                      migrate, drain, info)
@@ -31,6 +32,8 @@ __all__ = [
     "is_reply_subject",
     "node_subject",
     "partition_subject",
+    "read_queue",
+    "read_subject",
     "reply_subject_pattern",
     "validate_prefix",
 ]
@@ -61,6 +64,17 @@ def bucket_name(prefix: str, purpose: str) -> str:
 def agent_subject(prefix: str, kind: str, agent_id: str) -> str:
     """The inbox subject of agent ``kind/agent_id`` (the id is encoded)."""
     return f"{prefix}.agent.{validate_kind(kind)}.{encode_id(agent_id)}"
+
+
+def read_subject(prefix: str, kind: str, agent_id: str) -> str:
+    """Where read-only actions of a kind with read replicas go: the primary and the
+    replicas of ``kind/agent_id`` subscribe it in :func:`read_queue` (protocol §19)."""
+    return f"{prefix}.read.{validate_kind(kind)}.{encode_id(agent_id)}"
+
+
+def read_queue(prefix: str) -> str:
+    """Queue group of every read-subject subscription."""
+    return f"{prefix}.readers"
 
 
 def agent_wildcard(prefix: str, kind: str) -> str:

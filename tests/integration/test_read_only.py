@@ -191,7 +191,7 @@ async def test_deactivation_waits_for_reads_in_flight(board: Mesh) -> None:
     assert await asyncio.gather(*reads) == [1] * 10
 
 
-@pytest.mark.parametrize("mode", ["session", "crdt"])
+@pytest.mark.parametrize("mode", ["crdt"])
 async def test_hosting_a_mode_not_built_yet_is_refused(mesh: Mesh, mode: str) -> None:
     cls: Any = type("Later", (Agent,), {"consistency": mode, "kind": f"Later{mode}"})
     with pytest.raises(NotSupportedYet):

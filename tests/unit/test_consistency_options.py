@@ -67,7 +67,7 @@ def test_read_only_must_be_a_bool() -> None:
         action(read_only="yes")  # type: ignore[call-overload]
 
 
-@pytest.mark.parametrize("mode", ["session", "crdt"])
+@pytest.mark.parametrize("mode", ["crdt"])
 def test_modes_not_built_yet_are_valid_names_refused_when_hosted(mode: str) -> None:
     cls: Any = type("Later", (Agent,), {"consistency": mode})  # defining is fine
     with pytest.raises(NotSupportedYet, match=f"consistency = '{mode}' is not supported yet"):
