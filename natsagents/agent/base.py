@@ -168,6 +168,7 @@ def _check_cluster_options(cls: type[Agent]) -> None:
         ("max_state_bytes", True),
         ("throttle_latency", True),
         ("unhealthy_grace", False),
+        ("idle_timeout", True),
     ):
         value = getattr(cls, option)
         if value is None and allow_none:
@@ -176,6 +177,8 @@ def _check_cluster_options(cls: type[Agent]) -> None:
             raise ActionDefinitionError(f"{name}.{option} must be a positive number, not {value!r}")
     if not isinstance(cls.resources, Mapping):
         raise ActionDefinitionError(f"{name}.resources must be a mapping, not {cls.resources!r}")
+    if cls.idle_timeout is not None and cls.restart == "permanent":
+        raise ActionDefinitionError(f"{name}: a permanent agent always runs, so it takes no idle_timeout")
     _check_consistency(cls)
 
 
@@ -238,6 +241,10 @@ class Agent:
         throttle_latency: seconds of average handler time above which the agent counts
             as slow and admits a message only when a worker is free (``Overloaded``,
             reason ``latency``); ``None``: off.
+        idle_timeout: seconds without a message after which the host deactivates the
+            agent, as :meth:`Mesh.deactivate` does (``on_stop``; a cluster node stores its
+            state and releases it; its next message activates it again). Bounds the
+            memory of kinds with many short-lived ids. ``None`` (default): never.
 
     Cluster options (used when the mesh runs as a cluster node, ``Mesh.connect(cluster=…)``):
         persistence: when ``self.state`` is saved to the replicated store: ``"action"``
@@ -293,6 +300,7 @@ class Agent:
     persistence: ClassVar[str] = "action"
     max_state_bytes: ClassVar[int | None] = None
     restart: ClassVar[str] = "transient"
+    idle_timeout: ClassVar[float | None] = None
     max_restarts: ClassVar[int] = 3
     restart_window: ClassVar[float] = 60.0
     restart_after_errors: ClassVar[int] = 0

@@ -144,6 +144,9 @@ class Metrics:
             registry=r,
         )
         self.restarts = Counter("natsagents_restarts", "Supervised agent restarts", ["kind", "reason"], registry=r)
+        self.idle_deactivations = Counter(
+            "natsagents_idle_deactivations", "Agents deactivated after their kind's idle_timeout", ["kind"], registry=r
+        )
         self.fenced = Counter(
             "natsagents_fenced", "Stale agent copies stopped because another node owns the agent", ["kind"], registry=r
         )

@@ -129,6 +129,7 @@ class Activation:
         "health",
         "highs",
         "host",
+        "idle_since",
         "kind",
         "lows",
         "mailbox",
@@ -162,6 +163,7 @@ class Activation:
         self._idle: asyncio.Event | None = None  # made only when someone waits (wait_idle)
         self.busy = 0
         self.busy_since = 0.0  # monotonic start of the oldest running handler (0: none)
+        self.idle_since = time.monotonic()  # when its last message finished (idle_timeout)
         self.errors_in_row = 0
         self.cluster: Any = None  # the cluster node's per-activation record (claim, revision …)
         # The inbox's queue group: 0 is ``<prefix>.agents``, n is ``<prefix>.agents.<n>``
@@ -335,6 +337,7 @@ class Activation:
                     self._went_idle()
 
     def _went_idle(self) -> None:
+        self.idle_since = time.monotonic()
         self.workers = _NO_WORKERS
         if not self.mailbox:
             self.mailbox = _NO_MAIL

@@ -129,6 +129,8 @@ class Host:
         self._starting: dict[tuple[str, str], asyncio.Future[Activation]] = {}
         self._tasks = TaskGroup("host", log)
         self._closing = False
+        self._collecting = False  # the idle-agent collector runs (a kind has idle_timeout)
+        self.idle_sweeps = 0  # its sweeps so far
         self._node: NodeHooks | None = None
         #: The cluster's owner key (``wire.owner``), set by the cluster node: messages
         #: carrying ``Na-Stream-Seq`` or ``Na-Batch`` run only when signed with it.
@@ -240,6 +242,9 @@ class Host:
             raise ConfigurationError(f"kind {cls.kind!r} is already hosted by {existing.__qualname__}")
         self.kinds[cls.kind] = cls
         self.guard.add_kind(cls)
+        if cls.idle_timeout is not None and not self._collecting:
+            self._collecting = True
+            self._tasks.spawn(self._collect_idle(), name="idle agents")
         subject = activate_subject(self.settings.prefix, cls.kind)
         self._kind_subs[cls.kind] = await self._t.subscribe(
             subject, self._on_activate_request, queue=f"{self.settings.prefix}.hosts.{cls.kind}", service=True
@@ -431,6 +436,45 @@ class Host:
             await asyncio.gather(*(stop(a) for a in acts), return_exceptions=True)
         await self.replies.drain()
         await self._tasks.aclose()
+
+    # -- idle agents (Agent.idle_timeout) -------------------------------------------
+
+    def idle_agents(self, now: float) -> list[Activation]:
+        """Active agents with nothing waiting or running for their kind's ``idle_timeout``."""
+        out = []
+        for act in self.activations.values():
+            limit = type(act.agent).idle_timeout
+            if (
+                limit is not None
+                and act.state is ActivationState.ACTIVE
+                and not act.busy
+                and not act.mailbox
+                and not act.workers
+                and now - act.idle_since >= limit
+            ):
+                out.append(act)
+        return out
+
+    async def _collect_idle(self) -> None:
+        """Deactivate idle agents: a sweep every quarter of the shortest ``idle_timeout``
+        (at most every second), each stop as :meth:`deactivate` (bounded concurrency)."""
+        gate = asyncio.Semaphore(_CLOSE_CONCURRENCY)
+
+        async def stop(act: Activation) -> None:
+            async with gate:
+                # Still idle (a message may have come since the sweep): stop it.
+                if act.state is ActivationState.ACTIVE and not act.busy and not act.mailbox:
+                    log.debug("deactivating %s: idle for its idle_timeout", act.address)
+                    self._metrics.idle_deactivations.labels(act.kind).inc()
+                    await self._stop(act)
+
+        while not self._closing:
+            limits = [c.idle_timeout for c in self.kinds.values() if c.idle_timeout is not None]
+            await asyncio.sleep(min(1.0, min(limits) / 4))
+            idle = self.idle_agents(time.monotonic())
+            self.idle_sweeps += 1
+            if idle and not self._closing:
+                await asyncio.gather(*(stop(a) for a in idle), return_exceptions=True)
 
     # -- activation requests ---------------------------------------------------------
 
