@@ -37,6 +37,7 @@ exception escapes. Misuse errors also derive from the matching builtin
         ├── Unauthorized (PermissionError)     unauthorized
         ├── ClusterAtCapacity                  at_capacity (no node can host the agent)
         ├── CircuitOpen                        circuit_open (the caller's breaker fails fast; nothing sent)
+        ├── PartitionError                     partition (the agent's node is on the minority side)
         └── AlreadyApplied                     already_applied (a resent request whose result is lost)
 
 :class:`AgentError` subclasses map one-to-one to the wire error codes of protocol v1
@@ -67,6 +68,7 @@ __all__ = [
     "HANDLER_ERROR",
     "NOT_FOUND",
     "OVERLOADED",
+    "PARTITION",
     "PAYLOAD_TOO_LARGE",
     "TIMEOUT",
     "UNAUTHORIZED",
@@ -94,6 +96,7 @@ __all__ = [
     "NatsAgentsError",
     "NotSupportedYet",
     "Overloaded",
+    "PartitionError",
     "PayloadTooLarge",
     "ProtocolError",
     "ServerBinaryNotFound",
@@ -121,6 +124,7 @@ UNAUTHORIZED: Final = "unauthorized"
 AT_CAPACITY: Final = "at_capacity"
 CIRCUIT_OPEN: Final = "circuit_open"
 ALREADY_APPLIED: Final = "already_applied"
+PARTITION: Final = "partition"
 
 
 class NatsAgentsError(Exception):
@@ -410,6 +414,18 @@ class AlreadyApplied(AgentError):
     code = ALREADY_APPLIED
 
 
+class PartitionError(AgentError):
+    """The node serving the agent is cut off from the majority of the cluster (it cannot
+    write to the JetStream quorum, yet its connection is up) and the agent's kind pauses
+    there (``partition_strategy = "pause_minority"``): the message did not run. The
+    majority side takes the agent over once its lease lapses; retry later, or from a
+    caller on the majority side. Distinct from :class:`CallTimeout` (nothing answered)
+    and :class:`Unavailable` (no host, or the agent stopping). ``details``: ``node``,
+    ``state`` (the node's partition state, docs/consistency.md)."""
+
+    code = PARTITION
+
+
 _BY_CODE: dict[str, type[AgentError]] = {
     cls.code: cls
     for cls in (
@@ -425,6 +441,7 @@ _BY_CODE: dict[str, type[AgentError]] = {
         ClusterAtCapacity,
         AlreadyApplied,
         CircuitOpen,
+        PartitionError,
     )
 }
 

@@ -22,6 +22,7 @@ from .agent.ref import USE_DEFAULT, AgentRef, resolve_target
 from .cluster.directory import DirectoryRecord
 from .cluster.leader import LeaderLease
 from .cluster.node import ClusterNode
+from .cluster.partition import PartitionMonitor
 from .cluster.placement import Hints, Resources
 from .cluster.settings import ClusterSettings, node_id_from_name
 from .cluster.view import ClusterView, NodeStatus
@@ -510,6 +511,12 @@ class Mesh:
     def cluster_node(self) -> ClusterNode | None:
         """The cluster node runtime (for tests, tools and the CLI)."""
         return self._node
+
+    @property
+    def partition(self) -> PartitionMonitor | None:
+        """This node's partition view: ``.state`` (a ``PartitionState``), ``.subscribe(cb)``,
+        ``async for event in .events()`` (docs/consistency.md); ``None`` off a cluster."""
+        return None if self._node is None else self._node.partition
 
     def _cluster_view(self) -> ClusterView:
         if self._view is None:

@@ -14,7 +14,16 @@ from .policy import AllowSpec, Policy, parse_allow
 from .ref import AgentRef
 from .schema import ActionSpec, build_action_spec
 
-__all__ = ["CONSISTENCY_MODES", "EXACTLY_ONCE_CONSISTENCY", "SUPPORTED_CONSISTENCY", "Agent", "RefFactory", "action"]
+__all__ = [
+    "CONSISTENCY_MODES",
+    "EXACTLY_ONCE_CONSISTENCY",
+    "PARTITION_STRATEGIES",
+    "SUPPORTED_CONSISTENCY",
+    "SUPPORTED_PARTITION_STRATEGIES",
+    "Agent",
+    "RefFactory",
+    "action",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,6 +50,10 @@ SUPPORTED_CONSISTENCY = ("strong", "eventual")
 #: Those that can keep ``exactly_once`` delivery (its sequence is stored with the state
 #: before the reply).
 EXACTLY_ONCE_CONSISTENCY = ("strong", "session")
+#: ``partition_strategy`` values a kind may declare (docs/consistency.md, "Partitions").
+PARTITION_STRATEGIES = ("pause_minority", "continue_degraded", "split_brain_allowed")
+#: Those this version serves; the others are refused when hosted (``NotSupportedYet``).
+SUPPORTED_PARTITION_STRATEGIES = ("pause_minority",)
 
 
 class _ActionMark:
@@ -165,6 +178,10 @@ def _check_consistency(cls: type[Agent]) -> None:
             f"{name}: consistency = 'eventual' stores the state behind the replies of actions, so it needs "
             f"persistence = 'action', not {cls.persistence!r}"
         )
+    if cls.partition_strategy not in PARTITION_STRATEGIES:
+        raise ActionDefinitionError(
+            f"{name}.partition_strategy must be one of {PARTITION_STRATEGIES}, not {cls.partition_strategy!r}"
+        )
     readers = cls.read_concurrency
     if type(readers) is not int or readers < 1:
         raise ActionDefinitionError(f"{name}.read_concurrency must be an int >= 1, not {readers!r}")
@@ -226,6 +243,11 @@ class Agent:
             that this version refuses when the kind is hosted (``NotSupportedYet``).
             ``exactly_once`` delivery needs ``"strong"`` (or ``"session"``).
         flush_interval: eventual only: seconds within which a change is stored (a bound).
+        partition_strategy: what the kind's agents do on a node cut off from the
+            majority (docs/consistency.md, "Partitions"): ``"pause_minority"`` (default:
+            they answer nothing but ``PartitionError`` there; the majority takes them over
+            after their lease). ``"continue_degraded"`` and ``"split_brain_allowed"`` are
+            valid names this version refuses when the kind is hosted (``NotSupportedYet``).
         read_concurrency: read-only actions (``@action(read_only=True)``) of one agent
             that may run at once.
 
@@ -255,6 +277,7 @@ class Agent:
     resources: ClassVar[Mapping[str, Any]] = {}
     consistency: ClassVar[str] = "strong"
     flush_interval: ClassVar[float] = 0.2
+    partition_strategy: ClassVar[str] = "pause_minority"
     read_concurrency: ClassVar[int] = 64
     allow: ClassVar[AllowSpec] = None
     __actions__: ClassVar[dict[str, ActionSpec]] = {}

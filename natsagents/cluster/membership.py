@@ -204,6 +204,11 @@ class Membership:
     def is_live(self, node_id: str) -> bool:
         return node_id in self.members()
 
+    def known(self) -> set[str]:
+        """Every node with a valid record in our view, live or lapsed (a node that left
+        deleted its record)."""
+        return set(self._records)
+
     async def wait_until(self, predicate: Callable[[dict[str, MemberRecord]], bool], timeout: float) -> None:
         """Wait until ``predicate(members())`` holds (re-checked on every change and every
         ``interval``, so lapsed leases are noticed). Raises: TimeoutError."""
@@ -232,6 +237,11 @@ class Membership:
     def last_beat_ok(self) -> float:
         """``loop.time()`` of the last heartbeat the server accepted."""
         return self._last_ok
+
+    @property
+    def last_beat_failed(self) -> bool:
+        """Whether our latest heartbeat attempt to end failed (none stored since)."""
+        return self._failed_at > self._last_ok
 
     # -- our own lease ---------------------------------------------------------------
 
