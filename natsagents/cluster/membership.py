@@ -171,6 +171,7 @@ class Membership:
         self._gap_ended = float("-inf")
         self._gaps = 0
         self._failed_at = float("-inf")  # loop.time() of our last failed heartbeat
+        self._failed_sent = float("-inf")  # loop.time() that heartbeat was sent
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -242,6 +243,11 @@ class Membership:
     def last_beat_failed(self) -> bool:
         """Whether our latest heartbeat attempt to end failed (none stored since)."""
         return self._failed_at > self._last_ok
+
+    @property
+    def failed_sent(self) -> float:
+        """``loop.time()`` when the latest heartbeat that failed was sent (``-inf``: none)."""
+        return self._failed_sent
 
     # -- our own lease ---------------------------------------------------------------
 
@@ -384,10 +390,13 @@ class Membership:
             task.add_done_callback(inflight.discard)
 
     async def _beat_once(self) -> None:
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
         try:
             await self._beat(timeout=self.lease)
         except NatsAgentsError as exc:  # keep trying: a lapse is the others' call
-            self._failed_at = asyncio.get_running_loop().time()
+            self._failed_at = loop.time()
+            self._failed_sent = max(self._failed_sent, sent)
             log.warning("heartbeat of %s failed: %s", self.node_id, exc)
 
     async def _watch(self) -> None:

@@ -13,8 +13,9 @@ status               side       when
                                 live lapsed (crashed, paused, or cut off on the other side: from
                                 here the three look alike)
 ``quorum_lost``      minority   connected, but our heartbeats have not been stored for a lease
-                                and the last one failed: we cannot write to the JetStream quorum
-                                (cut off with our server, or every leader being re-elected)
+                                and the last one (sent while connected) failed: we cannot write
+                                to the JetStream quorum (cut off with our server, or every
+                                leader being re-elected)
 ``nats_unreachable`` unknown    our own connection to NATS is down: we cannot tell the sides
 ===================  =========  ================================================================
 
@@ -138,6 +139,7 @@ class PartitionMonitor:
         self.tick = tick if tick is not None else min(0.25, membership.interval)
         self._state = PartitionState(membership.node_id, "ok", time.time())
         self._was_live: set[str] = set()
+        self._connected_since = float("-inf")  # loop.time() we saw the connection back
         self._callbacks: list[Callback] = []
         self._queues: list[asyncio.Queue[PartitionEvent]] = []
         self.history: list[PartitionEvent] = []  # every event, oldest first (bounded)
@@ -191,14 +193,23 @@ class PartitionMonitor:
         self._was_live &= membership.known()  # a member that left (record deleted) is gone
         lapsed = tuple(sorted(self._was_live - live))
         status: Status
+        now = asyncio.get_running_loop().time()
         if not self._connected():
             status = "nats_unreachable"
-        elif membership.own_lease_left() <= 0 and membership.last_beat_failed:
+            self._connected_since = float("inf")
+        elif (
+            membership.own_lease_left() <= 0
+            and membership.last_beat_failed
+            and membership.failed_sent >= min(self._connected_since, now)
+        ):
+            # A heartbeat sent while connected failed: not one lost with the connection.
             status = "quorum_lost"
         elif lapsed:
             status = "peers_lapsed"
         else:
             status = "ok"
+        if status != "nats_unreachable" and self._connected_since == float("inf"):
+            self._connected_since = now
         old = self._state
         if status == old.status:
             if lapsed != old.lapsed:
