@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -164,7 +164,7 @@ class PartitionMonitor:
 
         return unsubscribe
 
-    async def events(self) -> AsyncIterator[PartitionEvent]:
+    async def events(self) -> AsyncGenerator[PartitionEvent, None]:
         """Every change of status from now on, in order (``async for event in …``); a
         reader more than 256 events behind loses the oldest."""
         queue: asyncio.Queue[PartitionEvent] = asyncio.Queue(_QUEUE)
