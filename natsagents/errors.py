@@ -46,6 +46,8 @@ exception escapes. Misuse errors also derive from the matching builtin
 What a caller can conclude (protocol §6.4): ``HandlerError`` — the handler ran and failed;
 ``AlreadyApplied`` — it ran exactly once, its result is lost; ``CallTimeout`` raised
 locally (``remote=False``: no reply) — **unknown**, it may have run and even been stored;
+``PartitionError`` — not on the paused copy that answered (the SDK resent it with the same
+id for ``details.retry_for`` seconds first, so a new owner that ran it would have answered);
 every other code, and ``CallTimeout`` from a reply (``remote=True``) — it did not run.
 
 :class:`JetStreamError` is the one family for errors of the JetStream API, whichever layer
@@ -417,11 +419,14 @@ class AlreadyApplied(AgentError):
 class PartitionError(AgentError):
     """The node serving the agent is cut off from the majority of the cluster (it cannot
     write to the JetStream quorum, yet its connection is up) and the agent's kind pauses
-    there (``partition_strategy = "pause_minority"``): the message did not run. The
-    majority side takes the agent over once its lease lapses; retry later, or from a
-    caller on the majority side. Distinct from :class:`CallTimeout` (nothing answered)
-    and :class:`Unavailable` (no host, or the agent stopping). ``details``: ``node``,
-    ``state`` (the node's partition state, docs/consistency.md)."""
+    there (``partition_strategy = "pause_minority"``): that copy did not run the message.
+    The majority side takes the agent over once its lease lapses; the SDK caller resends
+    with the same message id for ``details.retry_for`` seconds (the node's lease) before
+    raising this, so a new owner reachable too answers instead (protocol §6.4). Retry
+    later, or from a caller on the majority side. Distinct from :class:`CallTimeout`
+    (nothing answered) and :class:`Unavailable` (no host, or the agent stopping).
+    ``details``: ``node``, ``state`` (the node's partition status, docs/consistency.md),
+    ``retry_for``."""
 
     code = PARTITION
 

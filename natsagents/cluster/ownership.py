@@ -637,7 +637,8 @@ class Ownership:
             f"node {node} is cut off from the cluster's majority ({state.status}): "
             f"{act.address} pauses here (pause_minority) until the partition heals",
             agent=act.address,
-            details={"node": node, "state": state.status},
+            # Callers resend for this long (same id): the majority may own it by then.
+            details={"node": node, "state": state.status, "retry_for": self._membership.lease},
         )
 
     async def _recheck(self, act: Activation, own: Owned, deadline_ms: int | None) -> str | AgentError | None:
