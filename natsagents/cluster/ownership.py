@@ -72,6 +72,10 @@ log = logging.getLogger("natsagents.cluster.node")
 # reply, within APPLIED_MAX_BYTES (dedup.trim_applied: the oldest replies go first).
 
 
+async def _refuse(why: str) -> str:
+    return why
+
+
 class Owned:
     """The node's record of one activation it owns (``Activation.cluster``)."""
 
@@ -617,8 +621,12 @@ class Ownership:
         deadline, or another node owns the agent now, this copy stops), or a
         ``PartitionError`` (the node is on the minority side and the kind pauses there)."""
         own: Owned | None = act.cluster
-        if own is None or own.handed_over:
+        if own is None:
             return None
+        if own.handed_over:
+            # Fenced or handed over, being stopped: a message still taken from its mailbox
+            # must not run on this copy's old state (its writes are not stored either).
+            return _refuse(f"{act.address} is owned by another node now; this copy stopped")
         membership = self._membership
         if own.gaps == membership.gaps and membership.own_lease_left() > 0:
             return None
