@@ -27,7 +27,7 @@ from tests.agents import Counter
 
 LEASE = 1.0
 AGENTS = 3
-BOUND = LEASE + 4.0  # the promise: lease + a few seconds (resend_after 2 s, then a claim)
+BOUND = LEASE + 6.0  # the promise: lease + a few seconds (measured 1.07-4.44 s: resend_after 2 s, then a claim)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ async def test_a_lapsed_owner_behind_a_one_way_cut_is_taken_over(proxied: Proxie
         await node_a.host(Counter)
         names = [f"c{i}" for i in range(AGENTS)]
         for name in names:
-            await node_c.spawn("Counter", name, hints=Hints(prefer=("nC",)))
+            await node_c.spawn("Counter", name, hints=Hints(pin="nC"))
         acked = dict.fromkeys(names, 0)
         for name in names:
             assert await caller.ref(f"Counter/{name}").call("add", by=1) == 1
@@ -99,7 +99,8 @@ async def test_a_lapsed_owner_behind_a_one_way_cut_is_taken_over(proxied: Proxie
                 return name, loop.time() - began, int(value)
 
             results = await asyncio.gather(*(add(n) for n in on_c))
-            owners = {r.address: r.node for r in await caller.agents()}
+            records = [await a.directory.get("Counter", n, leader=True) for n in on_c]
+            owners = {f"Counter/{n}": r.record.node if r else None for n, r in zip(on_c, records, strict=True)}
         print(f"\none-way cut 2 -> 0, lease {LEASE} s: {results}; owners during the cut {owners}")
         for name, took, value in results:
             assert isinstance(value, int), (name, value)
