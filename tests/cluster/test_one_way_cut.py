@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from natsagents import ClusterSettings, Hints, Mesh
+from natsagents import Hints, Mesh
 from natsagents.errors import NatsAgentsError
 from natsagents.testing import wait_for
 from natsagents.testing.proxy import ProxiedCluster, one_way
@@ -24,8 +24,8 @@ from natsagents.transport import Transport
 from natsagents.transport.jetstream import api_request
 from natsagents.transport.kv import Bucket
 from tests.agents import Counter
+from tests.cluster.test_partition_strategy import LEASE, _node
 
-LEASE = 1.0
 AGENTS = 3
 BOUND = LEASE + 6.0  # the promise: lease + a few seconds (measured 1.07-4.44 s: resend_after 2 s, then a claim)
 
@@ -57,15 +57,11 @@ async def _lead_from(transport: Transport, bucket: Bucket, server: str) -> None:
     await wait_for(there, timeout=30, interval=0.3, what=f"the leader of {bucket.stream} on {server}")
 
 
-def _settings(node: str) -> ClusterSettings:
-    return ClusterSettings(node_id=node, lease=LEASE, rebalance=False, delivery=None)
-
-
 async def test_a_lapsed_owner_behind_a_one_way_cut_is_taken_over(proxied: ProxiedCluster, mesh_prefix: str) -> None:
     zero, two = proxied.servers[0].url, proxied.servers[2].url
     async with (
-        Mesh.connect(two, prefix=mesh_prefix, name="nC", cluster=_settings("nC")) as node_c,
-        Mesh.connect(zero, prefix=mesh_prefix, name="nA", cluster=_settings("nA")) as node_a,
+        await _node(two, mesh_prefix, "nC") as node_c,
+        await _node(zero, mesh_prefix, "nA") as node_a,
         Mesh.connect(zero, prefix=mesh_prefix, name="caller", default_timeout=10.0) as caller,
     ):
         await node_c.host(Counter)
@@ -77,9 +73,9 @@ async def test_a_lapsed_owner_behind_a_one_way_cut_is_taken_over(proxied: Proxie
         for name in names:
             assert await caller.ref(f"Counter/{name}").call("add", by=1) == 1
             acked[name] = 1
-        owners = {r.address: r.node for r in await caller.agents()}
-        on_c = [n for n in names if owners.get(f"Counter/{n}") == "nC"]
-        assert on_c, owners
+        placed = {r.address: r.node for r in await caller.agents()}
+        on_c = [n for n in names if placed.get(f"Counter/{n}") == "nC"]
+        assert on_c, placed
         a = node_a.cluster_node
         assert a is not None
         leader = proxied.servers[0].name
@@ -100,7 +96,7 @@ async def test_a_lapsed_owner_behind_a_one_way_cut_is_taken_over(proxied: Proxie
 
             results = await asyncio.gather(*(add(n) for n in on_c))
             records = [await a.directory.get("Counter", n, leader=True) for n in on_c]
-            owners = {f"Counter/{n}": r.record.node if r else None for n, r in zip(on_c, records, strict=True)}
+            owners = {f"Counter/{n}": r.record.node if r else "" for n, r in zip(on_c, records, strict=True)}
         print(f"\none-way cut 2 -> 0, lease {LEASE} s: {results}; owners during the cut {owners}")
         for name, took, value in results:
             assert isinstance(value, int), (name, value)

@@ -53,6 +53,19 @@ def _settings(node: str) -> ClusterSettings:
     return ClusterSettings(node_id=node, lease=LEASE, rebalance=False, delivery=None)
 
 
+async def _node(url: str, prefix: str, node: str) -> Mesh:
+    """A node on a freshly made cluster: its first heartbeat may find the new members
+    stream without a leader yet on a loaded machine (no responders): try again."""
+    for attempt in range(4):
+        try:
+            return await Mesh.connect(url, prefix=prefix, name=node, cluster=_settings(node))
+        except NatsAgentsError:
+            if attempt == 3:
+                raise
+            await asyncio.sleep(0.5)  # a retry's pacing, not a synchronisation
+    raise AssertionError("unreachable")
+
+
 @dataclass
 class Tally:
     acked: dict[str, int] = field(default_factory=dict)  # acknowledged increments
@@ -108,8 +121,8 @@ async def test_the_minority_pauses_the_majority_takes_over_and_the_heal_stops_th
 ) -> None:
     major, minor = proxied.servers[0].url, proxied.servers[2].url
     async with (
-        Mesh.connect(minor, prefix=mesh_prefix, name="nC", cluster=_settings("nC")) as node_c,
-        Mesh.connect(major, prefix=mesh_prefix, name="nA", cluster=_settings("nA")) as node_a,
+        await _node(minor, mesh_prefix, "nC") as node_c,
+        await _node(major, mesh_prefix, "nA") as node_a,
         Mesh.connect(major, prefix=mesh_prefix, name="far", default_timeout=10.0) as far,
         Mesh.connect(minor, prefix=mesh_prefix, name="near", default_timeout=10.0) as near,
     ):
