@@ -36,13 +36,31 @@ class Ledger(Agent):
         return "digested"
 
 
+class Presence(Agent):
+    """Who is online: ``consistency = "eventual"`` (the dashboard's kinds table shows it)."""
+
+    consistency = "eventual"
+
+    def initial_state(self) -> dict[str, Any]:
+        return {"online": []}
+
+    @action
+    async def join(self, who: str) -> int:
+        self.state["online"].append(who)
+        return len(self.state["online"])
+
+    @action(read_only=True)
+    async def who(self) -> list[str]:
+        return list(self.state["online"])
+
+
 async def cluster(mesh_factory: MeshFactory, *names: str, durable: bool = False) -> list[Mesh]:
-    """Cluster nodes hosting ``Counter`` and ``Ledger`` that see each other."""
+    """Cluster nodes hosting ``Counter``, ``Ledger`` and ``Presence`` that see each other."""
     meshes = []
     for name in names:
         settings = ClusterSettings(node_id=name, lease=1.5, rebalance=False, delivery=FAST if durable else None)
         m = await mesh_factory(name=name, cluster=settings)
-        await m.host(Counter, Ledger)
+        await m.host(Counter, Ledger, Presence)
         meshes.append(m)
 
     def seen() -> bool:

@@ -23,6 +23,7 @@ __all__ = [
     "Agent",
     "RefFactory",
     "action",
+    "kind_summary",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -54,6 +55,19 @@ EXACTLY_ONCE_CONSISTENCY = ("strong", "session")
 PARTITION_STRATEGIES = ("pause_minority", "continue_degraded", "split_brain_allowed")
 #: Those this version serves; the others are refused when hosted (``NotSupportedYet``).
 SUPPORTED_PARTITION_STRATEGIES = ("pause_minority",)
+
+
+def kind_summary(cls: type[Agent]) -> dict[str, str]:
+    """What an operator sees of a kind's declared behaviour, as strings: the services API's
+    endpoint metadata and stats ``data`` (docs/protocol.md §16), the dashboard's kinds table.
+    ``read_only``: the read-only actions, comma-separated (empty: none)."""
+    return {
+        "consistency": cls.consistency,
+        "persistence": cls.persistence,
+        "restart": cls.restart,
+        "max_concurrency": str(cls.max_concurrency),
+        "read_only": ",".join(sorted(name for name, spec in cls.__actions__.items() if spec.read_only)),
+    }
 
 
 class _ActionMark:

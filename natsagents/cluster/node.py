@@ -31,7 +31,7 @@ import logging
 from collections.abc import Awaitable
 from typing import Any
 
-from ..agent.base import Agent
+from ..agent.base import Agent, kind_summary
 from ..errors import AgentError, NatsAgentsError
 from ..observability import Metrics
 from ..observability.micro import ServiceResponder
@@ -168,6 +168,7 @@ class ClusterNode:
                 kinds=lambda: host.kinds,
                 metrics=metrics,
                 agents=lambda: host.activations.values(),
+                settings=lambda kind: kind_summary(host.kinds[kind]),
             )
 
     # -- lifecycle -------------------------------------------------------------------

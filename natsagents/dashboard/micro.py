@@ -46,6 +46,8 @@ MAX_REPLIES = 512
 MAX_REPLY_BYTES = 512 * 1024
 MAX_ENDPOINTS = 1024
 MAX_HOT = 10
+MAX_SETTINGS = 16
+MAX_SETTING_CHARS = 256
 _MAX_COUNT = 2**63
 
 
@@ -74,6 +76,7 @@ class EndpointTotals:
     backlog: int | None = None
     busy: int | None = None
     hot: tuple[HotAgent, ...] = ()
+    settings: tuple[tuple[str, str], ...] = ()  # the kind's declared behaviour (``data.settings``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +164,17 @@ def _hot(value: object, node: str) -> tuple[HotAgent, ...]:
     return tuple(out)
 
 
+def _settings(raw: Any) -> tuple[tuple[str, str], ...]:
+    """``data.settings``: string to string, bounded; anything else is left out."""
+    if not isinstance(raw, dict):
+        return ()
+    out = []
+    for key, value in list(raw.items())[:MAX_SETTINGS]:
+        if isinstance(key, str) and isinstance(value, str) and 0 < len(key) <= 64:
+            out.append((key, value[:MAX_SETTING_CHARS]))
+    return tuple(sorted(out))
+
+
 def parse_stats(replies: Iterable[bytes], prefix: str) -> list[EndpointTotals]:
     """The endpoints of ``prefix``'s kinds in ``$SRV.STATS`` replies; malformed replies,
     endpoints and fields are skipped."""
@@ -193,9 +207,10 @@ def parse_stats(replies: Iterable[bytes], prefix: str) -> list[EndpointTotals]:
             data = endpoint.get("data")
             if isinstance(data, dict):
                 backlog, busy, hot = _count(data.get("backlog")), _count(data.get("busy")), _hot(data.get("hot"), node)
+                settings = _settings(data.get("settings"))
             else:
-                backlog, busy, hot = None, None, ()
-            out.append(EndpointTotals(instance, kind, requests, errors, processing, node, backlog, busy, hot))
+                backlog, busy, hot, settings = None, None, (), ()
+            out.append(EndpointTotals(instance, kind, requests, errors, processing, node, backlog, busy, hot, settings))
     return out
 
 
@@ -250,14 +265,18 @@ class RateTracker:
 
 def kind_details(totals: Iterable[EndpointTotals]) -> dict[str, dict[str, Any]]:
     """Per kind, what the nodes' endpoint ``data`` says now: ``nodes`` answering for it,
-    ``backlog`` and ``busy`` summed, and the ``hot`` agents (the busiest first, at most
-    :data:`MAX_HOT`)."""
+    ``backlog`` and ``busy`` summed, the ``hot`` agents (the busiest first, at most
+    :data:`MAX_HOT`), and the kind's declared ``settings`` (consistency, persistence, ...);
+    a setting the nodes disagree on (a rolling upgrade) reads ``"mixed"``."""
     out: dict[str, dict[str, Any]] = {}
     hot: dict[str, list[HotAgent]] = {}
     for t in totals:
-        row = out.setdefault(t.kind, {"nodes": [], "backlog": None, "busy": None, "hot": []})
+        row = out.setdefault(t.kind, {"nodes": [], "backlog": None, "busy": None, "hot": [], "settings": {}})
         if t.node not in row["nodes"]:
             row["nodes"].append(t.node)
+        settings = row["settings"]
+        for key, setting in t.settings:
+            settings[key] = setting if settings.get(key, setting) == setting else "mixed"
         for field, value in (("backlog", t.backlog), ("busy", t.busy)):
             if value is not None:
                 row[field] = (row[field] or 0) + value

@@ -35,7 +35,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sized
+from collections.abc import Callable, Iterable, Mapping, Sized
 from typing import Any, Protocol
 
 from ..errors import NatsAgentsError
@@ -132,6 +132,8 @@ class ServiceResponder:
         kinds: the kinds hosted now.
         metrics: the node's metrics (endpoint stats).
         agents: the node's active agents now (``data`` of the endpoint stats).
+        settings: a hosted kind's declared behaviour (``agent.base.kind_summary``): in
+            each endpoint's INFO metadata and STATS ``data.settings``.
     """
 
     def __init__(
@@ -144,6 +146,7 @@ class ServiceResponder:
         metrics: Metrics,
         agents: Callable[[], Iterable[AgentLike]],
         version: str | None = None,
+        settings: Callable[[str], Mapping[str, str]] | None = None,
     ) -> None:
         self._t = transport
         self.prefix = prefix
@@ -152,6 +155,7 @@ class ServiceResponder:
         self._kinds = kinds
         self._metrics = metrics
         self._agents = agents
+        self._settings = settings
         self._started = time.time()
         self._subs: list[Subscription] = []
         self._queue: deque[tuple[str, str, str]] = deque()  # (verb, reply subject, request subject)
@@ -245,7 +249,15 @@ class ServiceResponder:
         return {"name": kind, "subject": f"{self.prefix}.agent.{kind}.*", "queue_group": f"{self.prefix}.agents"}
 
     def _endpoint_metadata(self, kind: str) -> dict[str, str]:
-        return {"kind": kind, "activate": f"{self.prefix}.activate.{kind}"}
+        return {"kind": kind, "activate": f"{self.prefix}.activate.{kind}", **self._kind_settings(kind)}
+
+    def _kind_settings(self, kind: str) -> dict[str, str]:
+        if self._settings is None:
+            return {}
+        try:
+            return dict(self._settings(kind))
+        except KeyError:  # no longer hosted
+            return {}
 
     def _stats(self, kinds: list[str]) -> list[dict[str, Any]]:
         totals = self._metrics.handled_by_kind()
@@ -263,7 +275,10 @@ class ServiceResponder:
                     "last_error": t.last_error if t is not None else "",
                     "processing_time": nanos,
                     "average_processing_time": nanos // requests if requests else 0,
-                    "data": hot.get(kind, {"agents": 0, "backlog": 0, "busy": 0, "hot": []}),
+                    "data": {
+                        **hot.get(kind, {"agents": 0, "backlog": 0, "busy": 0, "hot": []}),
+                        "settings": self._kind_settings(kind),
+                    },
                 }
             )
         return out

@@ -443,6 +443,7 @@ class Transport:
                     with contextlib.suppress(nats.errors.Error):
                         await sub.unsubscribe()
                 with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+                    await self._nc._flush_pending(force_flush=True)  # the UNSUBs first (flush())
                     await self._nc.flush(timeout=max(1, int(self.settings.drain_timeout)))
         finally:
             if not self._nc.is_closed:
@@ -542,6 +543,11 @@ class Transport:
     async def flush(self, timeout: float = 5.0) -> None:
         """Round trip to the server: everything published before is on the server."""
         with map_errors("flush"):
+            # nats-py writes flush()'s PING straight to the socket, ahead of commands still in
+            # its pending buffer (a SUB just made): the PONG could come back before the server
+            # saw them (11 of 300 subscriptions, tests/integration/test_flush.py). Write the
+            # buffer out first.
+            await self._nc._flush_pending(force_flush=True)
             await self._nc.flush(timeout=max(timeout, 0.001))  # type: ignore[arg-type]  # float works
 
     # -- subscribing -----------------------------------------------------------------

@@ -147,6 +147,12 @@ async def drive(browser: Any, client: Mesh, n1: Mesh, n2: Mesh) -> tuple[Path, f
         await until(lambda: "live" in text("#conn-text"), "the page is live")
         await until(lambda: text("#stat-dlq") == "1", "the dead letter counted")
         assert text("#stat-nodes") == "2 / 2"
+        # Kinds: each with its consistency mode (from the nodes' services API), the rest on hover.
+        mode = '#kinds-table tr[data-kind="{}"] td.mode span'
+        await until(lambda: text(mode.format("Presence")) == "eventual", "Presence shown as eventual")
+        assert text(mode.format("Counter")) == "strong"
+        described = find(By.CSS_SELECTOR, mode.format("Presence")).get_attribute("title")
+        assert "persistence: action" in described and "read_only: who" in described, described
         assert {r.get_attribute("data-node") for r in rows(By.CSS_SELECTOR, "#nodes-table tr[data-node]")} == {
             "n1",
             "n2",

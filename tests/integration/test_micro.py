@@ -18,6 +18,7 @@ from nats.aio.client import Client
 from nats.micro.service import ServiceInfo, ServicePing, ServiceStats
 
 from natsagents import ClusterSettings, HandlerError, Hints, Mesh
+from natsagents.agent.base import kind_summary
 from natsagents.observability import Metrics
 from natsagents.observability.micro import QUEUE_LIMIT, ServiceResponder
 from natsagents.testing import wait_for
@@ -114,7 +115,12 @@ async def test_ping_info_and_stats_per_the_spec(mesh_factory: Any, mesh_prefix: 
     assert set(counter) == _ENDPOINT_INFO
     assert counter["subject"] == f"{mesh_prefix}.agent.Counter.*"
     assert counter["queue_group"] == f"{mesh_prefix}.agents"
-    assert counter["metadata"] == {"kind": "Counter", "activate": f"{mesh_prefix}.activate.Counter"}
+    assert counter["metadata"] == {
+        "kind": "Counter",
+        "activate": f"{mesh_prefix}.activate.Counter",
+        **kind_summary(Counter),
+    }
+    assert counter["metadata"]["consistency"] == "strong" and counter["metadata"]["persistence"] == "action"
     assert [e.name for e in ServiceInfo.from_dict(info).endpoints] == ["Counter", "Keeper"]
 
     # STATS: the calls made above, counted by the node's own metrics.
@@ -130,6 +136,7 @@ async def test_ping_info_and_stats_per_the_spec(mesh_factory: Any, mesh_prefix: 
     assert counter["processing_time"] > 0 and isinstance(counter["processing_time"], int)
     assert counter["average_processing_time"] == counter["processing_time"] // 4
     assert counter["data"]["agents"] == 1 and counter["data"]["hot"][0]["agent"] == "Counter/c1"
+    assert counter["data"]["settings"] == kind_summary(Counter)
     assert counter["data"]["hot"][0]["recent"] >= 3  # answered requests the host keeps for copies
     assert (keeper["num_requests"], keeper["num_errors"], keeper["last_error"], keeper["processing_time"]) == (
         0,

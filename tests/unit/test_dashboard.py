@@ -99,8 +99,29 @@ def test_endpoint_data_gives_backlog_and_hottest_agents() -> None:
             {"agent": "Counter/z", "node": "n2", "recent": 4, "backlog": 0, "busy": 0},
             {"agent": "Counter/b", "node": "n1", "recent": 2, "backlog": 0, "busy": 0},
         ],
+        "settings": {},
     }
-    assert details["Keeper"] == {"nodes": ["n3", "n4"], "backlog": None, "busy": None, "hot": []}
+    assert details["Keeper"] == {"nodes": ["n3", "n4"], "backlog": None, "busy": None, "hot": [], "settings": {}}
+
+
+def test_endpoint_data_gives_the_kinds_settings_checked_and_merged() -> None:
+    """``data.settings`` (a kind's consistency, persistence, ...): strings only, bounded;
+    nodes that disagree (a rolling upgrade) show ``mixed``."""
+
+    def with_settings(node: str, kind: str, settings: object) -> bytes:
+        return stats(node, [{**endpoint(f"na.agent.{kind}.*", 1), "data": {"settings": settings}}])
+
+    replies = [
+        with_settings("n1", "Counter", {"consistency": "strong", "persistence": "action", "read_only": "get"}),
+        with_settings("n2", "Counter", {"consistency": "eventual", "persistence": "action", "n": 3, "": "x"}),
+        with_settings("n3", "Keeper", {f"k{i}": "v" * 1000 for i in range(40)}),
+        with_settings("n4", "Tally", ["not", "a", "map"]),
+    ]
+    details = kind_details(parse_stats(replies, "na"))
+    assert details["Counter"]["settings"] == {"consistency": "mixed", "persistence": "action", "read_only": "get"}
+    keeper = details["Keeper"]["settings"]
+    assert len(keeper) == 16 and all(len(v) == 256 for v in keeper.values())
+    assert details["Tally"]["settings"] == {}
 
 
 def test_rates_per_kind_from_successive_samples() -> None:

@@ -290,8 +290,14 @@
         class: "tag mono", title: a.node + ": " + a.recent + " recent, " + a.backlog + " waiting, " + a.busy + " running",
         text: a.agent,
       }));
+      const settings = detail.settings || {};
+      const described = Object.keys(settings).sort().map((k) => k + ": " + (settings[k] || "none")).join("\n");
+      const mode = settings.consistency
+        ? el("span", { class: "tag mode-" + settings.consistency, title: described, text: settings.consistency })
+        : el("span", { class: "muted", text: "–" });
       return el("tr", { dataset: { kind: kind } },
         el("td", null, el("span", { class: "swatch-inline" }), kind),
+        el("td", { class: "mode" }, mode),
         el("td", { class: "num", text: fmtInt((o.counts.kind || {})[kind] || 0) }),
         el("td", { class: "num", text: String(hosts) }),
         el("td", { class: "num", text: fmtNum(rate.rate) }),
@@ -304,7 +310,7 @@
     for (const row of rows) {
       row.cells[0].firstChild.style.background = colorFor("kinds:" + row.dataset.kind);
     }
-    setRows($("kinds-table").tBodies[0], rows, "No kinds hosted yet", 8);
+    setRows($("kinds-table").tBodies[0], rows, "No kinds hosted yet", 9);
   }
 
   async function drainNode(node, agents) {

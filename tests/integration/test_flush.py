@@ -1,0 +1,43 @@
+"""``Transport.flush`` orders after everything written before it.
+
+nats-py's ``Client.flush`` writes its PING straight to the socket while earlier commands
+(a SUB, a PUB) still wait in the client's pending buffer for its flusher task: the PONG
+can come back before the server has seen the SUB. ``Mesh.spawn`` and ``Mesh.host`` promise
+that once they return, a caller on another connection finds the agent (or the host);
+without the fix about 1 spawn in 20 was answered "no responders" by the server
+(tests/integration/test_bad_input.py failed so under load).
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import nats
+import nats.errors
+
+from natsagents.transport import ConnectSettings, Inbound, Transport
+
+
+async def test_a_subscription_is_on_the_server_once_flush_returns(nats_url: str) -> None:
+    t = await Transport.connect(ConnectSettings(servers=(nats_url,), name="flush-test"))
+    raw = await nats.connect(nats_url)
+    try:
+
+        def echo(msg: Inbound) -> None:
+            pass  # a responder's presence is what counts: the request is never answered
+
+        misses = 0
+        for i in range(300):
+            subject = f"flush.{secrets.token_hex(4)}.{i}"
+            await t.subscribe(subject, echo)
+            await t.flush()
+            try:
+                await raw.request(subject, b"", timeout=0.001)
+            except nats.errors.NoRespondersError:
+                misses += 1
+            except nats.errors.TimeoutError:
+                pass  # interest existed: the expected outcome
+        assert misses == 0, f"{misses} of 300 subscriptions were not on the server when flush() returned"
+    finally:
+        await raw.close()
+        await t.close()
