@@ -16,7 +16,7 @@ Write an agent class once, host it on any number of processes, and talk to it by
 
 from .agent import USE_DEFAULT, Agent, AgentFuture, AgentRef, Context, action, all_of, any_of, current_context
 from .agent.policy import TrustedCaller
-from .cluster import ClusterSettings, Hints, Resources
+from .cluster import ClusterSettings, Hints, PartitionEvent, PartitionState, Resources
 from .counters import CountersUnsupported, DistributedCounter
 from .delivery import DeadLetter
 from .delivery.settings import DeliverySettings
@@ -39,6 +39,7 @@ from .errors import (
     NatsAgentsError,
     NotSupportedYet,
     Overloaded,
+    PartitionError,
     PayloadTooLarge,
     ProtocolError,
     ServerBinaryNotFound,
@@ -94,6 +95,9 @@ __all__ = [
     "NatsAgentsError",
     "NotSupportedYet",
     "Overloaded",
+    "PartitionError",
+    "PartitionEvent",
+    "PartitionState",
     "PayloadTooLarge",
     "ProtocolError",
     "Resources",

@@ -38,6 +38,7 @@ exception escapes. Misuse errors also derive from the matching builtin
         ├── Unauthorized (PermissionError)     unauthorized
         ├── ClusterAtCapacity                  at_capacity (no node can host the agent)
         ├── CircuitOpen                        circuit_open (the caller's breaker fails fast; nothing sent)
+        ├── PartitionError                     partition (the agent's node is on the minority side)
         └── AlreadyApplied                     already_applied (a resent request whose result is lost)
 
 :class:`AgentError` subclasses map one-to-one to the wire error codes of protocol v1
@@ -46,6 +47,8 @@ exception escapes. Misuse errors also derive from the matching builtin
 What a caller can conclude (protocol §6.4): ``HandlerError`` — the handler ran and failed;
 ``AlreadyApplied`` — it ran exactly once, its result is lost; ``CallTimeout`` raised
 locally (``remote=False``: no reply) — **unknown**, it may have run and even been stored;
+``PartitionError`` — not on the paused copy that answered (the SDK resent it with the same
+id for ``details.retry_for`` seconds first, so a new owner that ran it would have answered);
 every other code, and ``CallTimeout`` from a reply (``remote=True``) — it did not run.
 
 :class:`JetStreamError` is the one family for errors of the JetStream API, whichever layer
@@ -68,6 +71,7 @@ __all__ = [
     "HANDLER_ERROR",
     "NOT_FOUND",
     "OVERLOADED",
+    "PARTITION",
     "PAYLOAD_TOO_LARGE",
     "TIMEOUT",
     "UNAUTHORIZED",
@@ -96,6 +100,7 @@ __all__ = [
     "NatsAgentsError",
     "NotSupportedYet",
     "Overloaded",
+    "PartitionError",
     "PayloadTooLarge",
     "ProtocolError",
     "ServerBinaryNotFound",
@@ -123,6 +128,7 @@ UNAUTHORIZED: Final = "unauthorized"
 AT_CAPACITY: Final = "at_capacity"
 CIRCUIT_OPEN: Final = "circuit_open"
 ALREADY_APPLIED: Final = "already_applied"
+PARTITION: Final = "partition"
 
 
 class NatsAgentsError(Exception):
@@ -417,6 +423,21 @@ class AlreadyApplied(AgentError):
     code = ALREADY_APPLIED
 
 
+class PartitionError(AgentError):
+    """The node serving the agent is cut off from the majority of the cluster (it cannot
+    write to the JetStream quorum, yet its connection is up) and the agent's kind pauses
+    there (``partition_strategy = "pause_minority"``): that copy did not run the message.
+    The majority side takes the agent over once its lease lapses; the SDK caller resends
+    with the same message id for ``details.retry_for`` seconds (the node's lease) before
+    raising this, so a new owner reachable too answers instead (protocol §6.4). Retry
+    later, or from a caller on the majority side. Distinct from :class:`CallTimeout`
+    (nothing answered) and :class:`Unavailable` (no host, or the agent stopping).
+    ``details``: ``node``, ``state`` (the node's partition status, docs/consistency.md),
+    ``retry_for``."""
+
+    code = PARTITION
+
+
 _BY_CODE: dict[str, type[AgentError]] = {
     cls.code: cls
     for cls in (
@@ -432,6 +453,7 @@ _BY_CODE: dict[str, type[AgentError]] = {
         ClusterAtCapacity,
         AlreadyApplied,
         CircuitOpen,
+        PartitionError,
     )
 }
 

@@ -22,11 +22,13 @@ from .agent.ref import USE_DEFAULT, AgentRef, CallOptions, resolve_target
 from .cluster.directory import DirectoryRecord
 from .cluster.leader import LeaderLease
 from .cluster.node import ClusterNode
+from .cluster.partition import PartitionMonitor
 from .cluster.placement import Hints, Resources
 from .cluster.settings import ClusterSettings, node_id_from_name
 from .cluster.view import ClusterView, NodeStatus
 from .counters import Counters, DistributedCounter
 from .delivery import DeadLetter, PartitionOwners, delete_dead_letter, list_dead_letters, replay_dead_letter
+from .delivery.many import send_many
 from .delivery.publish import DurablePublisher
 from .errors import AgentError, ConfigurationError, MeshClosed
 from .observability import Metrics, Tracing
@@ -521,6 +523,12 @@ class Mesh:
         """The cluster node runtime (for tests, tools and the CLI)."""
         return self._node
 
+    @property
+    def partition(self) -> PartitionMonitor | None:
+        """This node's partition view: ``.state`` (a ``PartitionState``), ``.subscribe(cb)``,
+        ``async for event in .events()`` (docs/consistency.md); ``None`` off a cluster."""
+        return None if self._node is None else self._node.partition
+
     def _cluster_view(self) -> ClusterView:
         if self._view is None:
             self._view = ClusterView(self._transport, self.prefix, identity=self._identity)
@@ -601,37 +609,7 @@ class Mesh:
             ConfigurationError: a malformed entry or option (nothing is sent).
         """
         self._check_open()
-        if type(in_flight) is not int or in_flight < 1:
-            raise ConfigurationError(f"in_flight must be an int >= 1, not {in_flight!r}")
-        items: list[tuple[AgentRef, str, Mapping[str, Any]]] = []
-        for entry in messages:
-            if not (isinstance(entry, tuple) and len(entry) == 3):
-                raise ConfigurationError(f"each message must be (agent, action, params), not {entry!r}")
-            target, action_name, params = entry
-            ref = target if isinstance(target, AgentRef) else self.ref(target)
-            if not isinstance(params, Mapping):
-                raise ConfigurationError(f"params must be a mapping, not {type(params).__name__}")
-            items.append((ref.with_options(delivery=delivery), action_name, params))
-        gate = asyncio.Semaphore(in_flight)
-        chains: dict[str, asyncio.Future[Any]] = {}
-        results: list[AgentError | None] = [None] * len(items)
-
-        async def one(i: int, ref: AgentRef, action_name: str, params: Mapping[str, Any], before: Any) -> None:
-            if before is not None:
-                await asyncio.wait({before})  # the previous message to this agent first
-            async with gate:
-                try:
-                    await ref.send(action_name, params=params, timeout=timeout)
-                except AgentError as exc:
-                    results[i] = exc
-
-        tasks = []
-        for i, (ref, action_name, params) in enumerate(items):
-            task = asyncio.ensure_future(one(i, ref, action_name, params, chains.get(ref.address)))
-            chains[ref.address] = task
-            tasks.append(task)
-        await asyncio.gather(*tasks)
-        return results
+        return await send_many(self.ref, messages, delivery=delivery, timeout=timeout, in_flight=in_flight)
 
     async def counter(self, name: str, *, timeout: float = 5.0) -> DistributedCounter:
         """A native JetStream counter (``add``, ``value``; nats-server ≥ 2.12; protocol §18,

@@ -17,7 +17,9 @@ from .schema import ActionSpec, build_action_spec
 __all__ = [
     "CONSISTENCY_MODES",
     "EXACTLY_ONCE_CONSISTENCY",
+    "PARTITION_STRATEGIES",
     "SUPPORTED_CONSISTENCY",
+    "SUPPORTED_PARTITION_STRATEGIES",
     "Agent",
     "RefFactory",
     "action",
@@ -53,6 +55,10 @@ MAX_READ_REPLICAS = 16
 #: Those that can keep ``exactly_once`` delivery (its sequence is stored with the state
 #: before the reply).
 EXACTLY_ONCE_CONSISTENCY = ("strong", "session")
+#: ``partition_strategy`` values a kind may declare (docs/consistency.md, "Partitions").
+PARTITION_STRATEGIES = ("pause_minority", "continue_degraded", "split_brain_allowed")
+#: Those this version serves; the others are refused when hosted (``NotSupportedYet``).
+SUPPORTED_PARTITION_STRATEGIES = ("pause_minority",)
 
 
 def kind_summary(cls: type[Agent]) -> dict[str, str]:
@@ -66,6 +72,7 @@ def kind_summary(cls: type[Agent]) -> dict[str, str]:
         "max_concurrency": str(cls.max_concurrency),
         "read_only": ",".join(sorted(name for name, spec in cls.__actions__.items() if spec.read_only)),
         "read_replicas": str(cls.read_replicas),
+        "partition_strategy": cls.partition_strategy,
     }
 
 
@@ -194,6 +201,10 @@ def _check_consistency(cls: type[Agent]) -> None:
             f"{name}: consistency = 'eventual' stores the state behind the replies of actions, so it needs "
             f"persistence = 'action', not {cls.persistence!r}"
         )
+    if cls.partition_strategy not in PARTITION_STRATEGIES:
+        raise ActionDefinitionError(
+            f"{name}.partition_strategy must be one of {PARTITION_STRATEGIES}, not {cls.partition_strategy!r}"
+        )
     readers = cls.read_concurrency
     if type(readers) is not int or readers < 1:
         raise ActionDefinitionError(f"{name}.read_concurrency must be an int >= 1, not {readers!r}")
@@ -284,6 +295,11 @@ class Agent:
         session_wait: seconds a replica behind a session's minimum version waits for
             its watch before it forwards the read to the primary (default 0.2).
         flush_interval: eventual only: seconds within which a change is stored (a bound).
+        partition_strategy: what the kind's agents do on a node cut off from the
+            majority (docs/consistency.md, "Partitions"): ``"pause_minority"`` (default:
+            they answer nothing but ``PartitionError`` there; the majority takes them over
+            after their lease). ``"continue_degraded"`` and ``"split_brain_allowed"`` are
+            valid names this version refuses when the kind is hosted (``NotSupportedYet``).
         read_concurrency: read-only actions (``@action(read_only=True)``) of one agent
             that may run at once.
 
@@ -314,6 +330,7 @@ class Agent:
     resources: ClassVar[Mapping[str, Any]] = {}
     consistency: ClassVar[str] = "strong"
     flush_interval: ClassVar[float] = 0.2
+    partition_strategy: ClassVar[str] = "pause_minority"
     read_concurrency: ClassVar[int] = 64
     read_replicas: ClassVar[int] = 0
     session_wait: ClassVar[float] = 0.2

@@ -10,6 +10,7 @@ from .directory import AgentActiveElsewhere, Claim, Directory, DirectoryRecord, 
 from .leader import LeaderLease
 from .membership import MemberRecord, Membership
 from .node import ClusterNode
+from .partition import PartitionEvent, PartitionMonitor, PartitionState
 from .placement import Hints, NodeInfo, NodeLoad, Placer, Resources, ScoreWeights
 from .ring import HashRing, NoNodes
 from .settings import STRATEGIES, ClusterSettings
@@ -31,6 +32,9 @@ __all__ = [
     "NoNodes",
     "NodeInfo",
     "NodeLoad",
+    "PartitionEvent",
+    "PartitionMonitor",
+    "PartitionState",
     "Placer",
     "Resources",
     "ScoreWeights",

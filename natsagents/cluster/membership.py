@@ -171,6 +171,7 @@ class Membership:
         self._gap_ended = float("-inf")
         self._gaps = 0
         self._failed_at = float("-inf")  # loop.time() of our last failed heartbeat
+        self._failed_sent = float("-inf")  # loop.time() that heartbeat was sent
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -204,6 +205,11 @@ class Membership:
     def is_live(self, node_id: str) -> bool:
         return node_id in self.members()
 
+    def known(self) -> set[str]:
+        """Every node with a valid record in our view, live or lapsed (a node that left
+        deleted its record)."""
+        return set(self._records)
+
     async def wait_until(self, predicate: Callable[[dict[str, MemberRecord]], bool], timeout: float) -> None:
         """Wait until ``predicate(members())`` holds (re-checked on every change and every
         ``interval``, so lapsed leases are noticed). Raises: TimeoutError."""
@@ -232,6 +238,16 @@ class Membership:
     def last_beat_ok(self) -> float:
         """``loop.time()`` of the last heartbeat the server accepted."""
         return self._last_ok
+
+    @property
+    def last_beat_failed(self) -> bool:
+        """Whether our latest heartbeat attempt to end failed (none stored since)."""
+        return self._failed_at > self._last_ok
+
+    @property
+    def failed_sent(self) -> float:
+        """``loop.time()`` when the latest heartbeat that failed was sent (``-inf``: none)."""
+        return self._failed_sent
 
     # -- our own lease ---------------------------------------------------------------
 
@@ -383,10 +399,13 @@ class Membership:
             task.add_done_callback(inflight.discard)
 
     async def _beat_once(self) -> None:
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
         try:
             await self._beat(timeout=self.lease)
         except NatsAgentsError as exc:  # keep trying: a lapse is the others' call
-            self._failed_at = asyncio.get_running_loop().time()
+            self._failed_at = loop.time()
+            self._failed_sent = max(self._failed_sent, sent)
             log.warning("heartbeat of %s failed: %s", self.node_id, exc)
 
     async def _watch(self) -> None:

@@ -14,6 +14,8 @@ imports this module):
 * ``placing.Placing``: activation requests and spawns (placement, then activation);
 * ``migration.Migration``: migrate out, adopt, drain;
 * ``controller.Controller``: what the leader does (orphans, rebalancing);
+* ``partition.PartitionMonitor``: which side of a partition the node is on, and its
+  events (``pause_minority`` kinds pause on the minority side: ``Ownership.serving``);
 * ``control.ControlServer``: ``<prefix>.node.<id>.<op>`` requests.
 
 The node owns the task group every part spawns into, and the lifecycle: ``start`` opens
@@ -30,7 +32,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from ..agent.base import Agent, kind_summary
-from ..errors import NatsAgentsError
+from ..errors import AgentError, NatsAgentsError
 from ..observability import Metrics
 from ..observability.micro import ServiceResponder
 from ..runtime.activation import Activation, ActivationState
@@ -52,6 +54,7 @@ from .membership import Membership
 from .migration import Migration
 from .owner_key import load_owner_key
 from .ownership import Ownership
+from .partition import PartitionMonitor
 from .placement import Hints, NodeInfo, Placer, Resources
 from .placing import Placing
 from .replicas import Replicas
@@ -89,6 +92,7 @@ class ClusterNode:
         self.membership = Membership(
             transport, prefix, node_id, describe=local.describe, lease=settings.lease, interval=settings.heartbeat
         )
+        self.partition = PartitionMonitor(self.membership, lambda: transport.is_connected, metrics)
         self.directory = Directory(transport, prefix)
         self.state = StateStore(transport, prefix, max_size=settings.max_state_bytes)
         self.placer = Placer(weights=settings.score_weights)
@@ -103,6 +107,7 @@ class ClusterNode:
             membership=self.membership,
             metrics=metrics,
             tasks=self._tasks,
+            partition=self.partition,
         )
         self._supervisor = Supervisor(
             local,
@@ -187,6 +192,7 @@ class ClusterNode:
         self.directory.add_listener(self._ownership.on_directory_change)
         self.directory.add_listener(self.replicas.on_directory_change)
         await self.membership.start()
+        self._tasks.spawn(self.partition.run(), name="partition monitor")
         await self._control_server.start()
         control = self.control = await open_bucket(self._t, bucket_name(self.prefix, "control"), history=1)
         # Hosts take Na-Stream-Seq and batches only when signed with it (wire.owner).
@@ -363,7 +369,7 @@ class ClusterNode:
     async def save_now(self, act: Activation) -> None:
         await self._ownership.save_now(act)
 
-    def serving(self, act: Activation, deadline_ms: int | None) -> Awaitable[str | None] | None:
+    def serving(self, act: Activation, deadline_ms: int | None) -> Awaitable[str | AgentError | None] | None:
         return self._ownership.serving(act, deadline_ms)
 
     async def stopped(self, act: Activation, *, discard: bool) -> None:

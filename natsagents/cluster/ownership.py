@@ -16,6 +16,11 @@ for claims, state and fencing.
   node's last stored heartbeat is older than its lease (others may be taking it over),
   and after such a gap it re-reads its claim first (a paused or cut-off node that wakes
   up stops its stale copies before it touches their backlog).
+* on the **minority side** of a partition (``partition.PartitionMonitor``: connected,
+  but no heartbeat stored for a lease) a kind with ``partition_strategy =
+  "pause_minority"`` answers ``PartitionError`` at once instead of waiting for its lease,
+  and a save retrying there gives up with it (rolled back): the majority takes the agent
+  over after its lease; at the heal the copy re-verifies its claim and stops if it moved.
 * a **takeover** is judged on a trusted view only: while our own lease is lapsed, or for
   a lease after a gap, every owner counts as live (our view of them is stale).
 """
@@ -36,6 +41,7 @@ from ..errors import (
     HandlerError,
     MeshClosed,
     NatsAgentsError,
+    PartitionError,
     PayloadTooLarge,
     TransportError,
     Unavailable,
@@ -54,6 +60,7 @@ from .asks import ActivationAsk
 from .directory import Claim, Directory
 from .local import LocalNode
 from .membership import Membership
+from .partition import PartitionMonitor
 from .placement import Resources
 
 __all__ = ["Owned", "Ownership"]
@@ -63,6 +70,10 @@ log = logging.getLogger("natsagents.cluster.node")
 # Applied message ids persisted with an agent's state (see runtime.dedup): each until its
 # request's deadline + 1 s (at most REPLY_WINDOW; a durable one DURABLE_WINDOW), with its ok
 # reply, within APPLIED_MAX_BYTES (dedup.trim_applied: the oldest replies go first).
+
+
+async def _refuse(why: str) -> str:
+    return why
 
 
 class Owned:
@@ -139,6 +150,8 @@ class Ownership:
         membership: this node's own lease (``serving``) and whether its view is trusted.
         metrics: where saves and fencings are counted.
         tasks: the node's task group (stopping a fenced copy runs there).
+        partition: the node's partition state (``pause_minority`` kinds pause on the
+            minority side); ``None``: never paused.
     """
 
     def __init__(
@@ -152,7 +165,9 @@ class Ownership:
         membership: Membership,
         metrics: Metrics,
         tasks: TaskGroup,
+        partition: PartitionMonitor | None = None,
     ) -> None:
+        self._partition = partition
         self._local = local
         self._host = host
         self._directory = directory
@@ -434,6 +449,12 @@ class Ownership:
                         details={"retry": True},
                     ) from None
                 except (CallTimeout, TransportError) as exc:
+                    paused = self.paused(act)
+                    if paused is not None:  # cut off: the majority will take the agent over
+                        self._metrics.state_saves.labels(kind, "failed").inc()
+                        if rollback:
+                            self.rollback(act)
+                        raise paused from None
                     if isinstance(exc, MeshClosed) or time.monotonic() > deadline:
                         self._metrics.state_saves.labels(kind, "failed").inc()
                         if rollback:
@@ -608,25 +629,54 @@ class Ownership:
 
     # -- serving under our own lease ---------------------------------------------------
 
-    def serving(self, act: Activation, deadline_ms: int | None) -> Awaitable[str | None] | None:
+    def serving(self, act: Activation, deadline_ms: int | None) -> Awaitable[str | AgentError | None] | None:
         """Whether ``act`` may run a message now: ``None`` when our lease holds and no gap
         happened since its claim was last verified (the fast path: two comparisons).
-        Otherwise an awaitable giving ``None`` (run it) or why it must be refused
-        (``unavailable`` + retry): the lease did not come back before the message's
-        deadline, or another node owns the agent now (this copy stops)."""
+        Otherwise an awaitable giving ``None`` (run it) or why it must be refused: a
+        reason (``unavailable`` + retry: the lease did not come back before the message's
+        deadline, or another node owns the agent now, this copy stops), or a
+        ``PartitionError`` (the node is on the minority side and the kind pauses there)."""
         own: Owned | None = act.cluster
-        if own is None or own.handed_over:
+        if own is None:
             return None
+        if own.handed_over:
+            # Fenced or handed over, being stopped: a message still taken from its mailbox
+            # must not run on this copy's old state (its writes are not stored either).
+            return _refuse(f"{act.address} is owned by another node now; this copy stopped")
         membership = self._membership
         if own.gaps == membership.gaps and membership.own_lease_left() > 0:
             return None
         return self._recheck(act, own, deadline_ms)
 
-    async def _recheck(self, act: Activation, own: Owned, deadline_ms: int | None) -> str | None:
+    def paused(self, act: Activation) -> PartitionError | None:
+        """The refusal of ``act``'s messages while this node is on the minority side and
+        its kind pauses there (``partition_strategy = "pause_minority"``), else ``None``."""
+        if self._partition is None or type(act.agent).partition_strategy != "pause_minority":
+            return None
+        state = self._partition.state
+        if not state.minority:
+            return None
+        node = self._local.node_id
+        return PartitionError(
+            f"node {node} is cut off from the cluster's majority ({state.status}): "
+            f"{act.address} pauses here (pause_minority) until the partition heals",
+            agent=act.address,
+            # Callers resend for this long (same id): the majority may own it by then.
+            details={"node": node, "state": state.status, "retry_for": self._membership.lease},
+        )
+
+    async def _recheck(self, act: Activation, own: Owned, deadline_ms: int | None) -> str | AgentError | None:
         membership = self._membership
-        wait = 10.0 if deadline_ms is None else deadline_ms / 1000 - time.time()
-        if not await membership.wait_own_lease(wait):
-            return f"node {self._local.node_id} lost its lease; {act.address} waits for it"
+        loop = asyncio.get_running_loop()
+        end = loop.time() + (10.0 if deadline_ms is None else deadline_ms / 1000 - time.time())
+        while membership.own_lease_left() <= 0:
+            paused = self.paused(act)
+            if paused is not None:
+                return paused
+            left = end - loop.time()
+            if left <= 0:
+                return f"node {self._local.node_id} lost its lease; {act.address} waits for it"
+            await asyncio.sleep(min(0.01, left))  # a lease check, as Membership.wait_own_lease
         if own.gaps == membership.gaps:
             return None
         verified = await self.verify_claim(act)

@@ -209,6 +209,18 @@ class Metrics:
             ["kind", "outcome"],
             registry=r,
         )
+        self.partition_status = Gauge(
+            "natsagents_partition_status",
+            "1 for this node's partition status now (ok, peers_lapsed, quorum_lost, nats_unreachable), else 0",
+            ["status"],
+            registry=r,
+        )
+        self.partition_events = Counter(
+            "natsagents_partition_events",
+            "Changes of this node's partition status: start, change, heal, by the new status",
+            ["event", "status"],
+            registry=r,
+        )
 
     def rejected_one(self, kind: str, reason: str) -> None:
         self.rejected.labels(kind, reason).inc()

@@ -14,6 +14,7 @@ from ..agent.context import Context, current_context
 from ..agent.ref import USE_DEFAULT, CallOptions, Timeout
 from ..errors import (
     HANDLER_ERROR,
+    PARTITION,
     TIMEOUT,
     UNAVAILABLE,
     AgentError,
@@ -21,6 +22,7 @@ from ..errors import (
     CallTimeout,
     ConfigurationError,
     NatsAgentsError,
+    PartitionError,
     Unauthorized,
     Unavailable,
 )
@@ -42,6 +44,20 @@ __all__ = ["Caller", "CallerSettings"]
 _ACTIVATE_HEADERS = envelope.encode_headers({h.PROTO: h.PROTO_VERSION})
 #: Owner checks (activation requests for stalled requests) in flight per mesh at most.
 _MAX_OWNER_CHECKS = 64
+
+
+def _partition_retry_for(msg: Any) -> float:
+    """Seconds a caller resends after a ``partition`` answer (its ``details.retry_for``:
+    the host's lease, within which the majority takes the agent over; at most 60)."""
+    try:
+        envelope.parse_reply(msg.headers, msg.data)
+    except PartitionError as exc:
+        value = exc.details.get("retry_for")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 60:
+            return float(value)
+    except NatsAgentsError:
+        pass
+    return 0.0
 
 
 def _caller_name(address: str) -> str:
@@ -441,6 +457,7 @@ class Caller:
         address = f"{kind}/{agent_id}"
         last_problem = "no reply"
         no_host: Unavailable | None = None
+        partitioned: float | None = None  # when a paused copy first answered "partition"
         while True:
             remaining = None if deadline is None else deadline - time.time()
             if remaining is not None and remaining <= 0:
@@ -484,17 +501,28 @@ class Caller:
                 raise
             else:
                 status = (msg.headers or {}).get(h.STATUS)
-                if status != UNAVAILABLE:
+                if status == PARTITION:
+                    # A paused copy on the minority side. Another copy on the majority may
+                    # own the agent now and run this very message (both reachable: a
+                    # one-way cut, the heal): resend with the same id for a while, so a
+                    # result is never reported as "did not run".
+                    partitioned = partitioned if partitioned is not None else time.time()
+                    if time.time() - partitioned >= _partition_retry_for(msg):
+                        return msg
+                    last_problem = "partition"
+                    self._metrics.retries.labels(kind, "partition").inc()
+                elif status != UNAVAILABLE:
                     return msg
-                try:
-                    envelope.parse_reply(
-                        msg.headers, msg.data, agent=address, action=action, max_payload=self._t.max_payload
-                    )
-                except Unavailable as exc:
-                    if not exc.details.get("retry"):
-                        raise
-                    last_problem = exc.message
-                    self._metrics.retries.labels(kind, "stopping").inc()
+                else:
+                    try:
+                        envelope.parse_reply(
+                            msg.headers, msg.data, agent=address, action=action, max_payload=self._t.max_payload
+                        )
+                    except Unavailable as exc:
+                        if not exc.details.get("retry"):
+                            raise
+                        last_problem = exc.message
+                        self._metrics.retries.labels(kind, "stopping").inc()
             await self._sleep(delay, deadline)
             delay = min(delay * 2, self.settings.backoff_max)
 

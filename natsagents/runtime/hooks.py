@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Protocol
 
+from ..errors import AgentError
 from ..transport import Inbound
 from ..wire.envelope import RequestMeta
 from .activation import Activation
@@ -52,11 +53,12 @@ class NodeHooks(Protocol):
     async def stopped(self, act: Activation, *, discard: bool) -> None:
         """``act`` stopped: save (unless ``discard``), release the claim."""
 
-    def serving(self, act: Activation, deadline_ms: int | None) -> Awaitable[str | None] | None:
+    def serving(self, act: Activation, deadline_ms: int | None) -> Awaitable[str | AgentError | None] | None:
         """Before each message: ``None`` to run it now; otherwise an awaitable giving
-        ``None`` (run it) or the reason to refuse it with ``unavailable`` + retry (the
+        ``None`` (run it), the reason to refuse it with ``unavailable`` + retry (the
         node's own lease lapsed and did not come back in time, or another node owns the
-        agent now)."""
+        agent now), or the error to answer (``PartitionError``: the node is on the
+        minority side of a partition and the kind pauses there)."""
 
     def reply_block(self, act: Activation, block: bytes) -> bytes:
         """The header block of an ok reply of ``act``: ``block``, or it with the agent's

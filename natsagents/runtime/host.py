@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from ..agent.base import SUPPORTED_CONSISTENCY, Agent, RefFactory
+from ..agent.base import SUPPORTED_CONSISTENCY, SUPPORTED_PARTITION_STRATEGIES, Agent, RefFactory
 from ..agent.policy import Policy, TrustedCaller
 from ..errors import (
     BAD_REQUEST,
@@ -23,6 +23,7 @@ from ..errors import (
     NOT_FOUND,
     TIMEOUT,
     UNAVAILABLE,
+    AgentError,
     ClusterAtCapacity,
     ConfigurationError,
     MeshClosed,
@@ -181,6 +182,9 @@ class Host:
             check = node.serving(act, deadline_ms)
             if check is not None:
                 refusal = await check
+                if isinstance(refusal, AgentError):  # PartitionError: this side pauses
+                    self.replies.refuse(act, msg, refusal.code, refusal.message, details=refusal.details)
+                    return _NOT_RUN
                 if refusal is not None:
                     self._refuse_waiting(act, msg, refusal)
                     return _NOT_RUN
@@ -217,7 +221,8 @@ class Host:
 
         Raises:
             ConfigurationError: not an Agent subclass.
-            NotSupportedYet: the kind declares a ``consistency`` this version cannot serve.
+            NotSupportedYet: the kind declares a ``consistency`` or ``partition_strategy``
+                this version cannot serve.
         """
         if not (isinstance(cls, type) and issubclass(cls, Agent)) or cls is Agent:
             raise ConfigurationError(f"host() takes Agent subclasses, not {cls!r}")
@@ -225,6 +230,12 @@ class Host:
             raise NotSupportedYet(
                 f"{cls.__qualname__}: consistency = {cls.consistency!r} is not supported yet "
                 f"(this version serves {', '.join(map(repr, SUPPORTED_CONSISTENCY))}; docs/consistency.md)"
+            )
+        if cls.partition_strategy not in SUPPORTED_PARTITION_STRATEGIES:
+            raise NotSupportedYet(
+                f"{cls.__qualname__}: partition_strategy = {cls.partition_strategy!r} is not supported yet "
+                f"(this version serves {' and '.join(map(repr, SUPPORTED_PARTITION_STRATEGIES))}; "
+                "docs/consistency.md)"
             )
 
     async def host(self, cls: type[Agent]) -> None:

@@ -234,6 +234,7 @@ def test_exception_tree() -> None:
         "at_capacity",
         "already_applied",
         "circuit_open",
+        "partition",
     }
     err = errors.error_for_code("at_capacity", "full", details={"kind": "K", "rejected": {"n1": "no gpu"}})
     assert isinstance(err, errors.ClusterAtCapacity) and err.kind == "K" and dict(err.rejected) == {"n1": "no gpu"}

@@ -23,7 +23,8 @@
  *     ├── Unauthorized            unauthorized
  *     ├── ClusterAtCapacity       at_capacity
  *     ├── CircuitOpen             circuit_open (never on the wire; for completeness)
- *     └── AlreadyApplied          already_applied
+ *     ├── AlreadyApplied          already_applied
+ *     └── PartitionError          partition
  * ```
  *
  * An error code this client does not know (a newer peer) gives a plain `AgentError` whose
@@ -44,6 +45,7 @@ export const Codes = {
   AT_CAPACITY: "at_capacity",
   CIRCUIT_OPEN: "circuit_open",
   ALREADY_APPLIED: "already_applied",
+  PARTITION: "partition",
 } as const;
 
 /** Root of every error this client raises. */
@@ -186,6 +188,15 @@ export class AlreadyApplied extends AgentError {
   override code: string = Codes.ALREADY_APPLIED;
 }
 
+/**
+ * `partition`: the agent's node is on the minority side of a partition and its kind pauses
+ * there; that copy did not run the message. Another copy on the majority side may own the
+ * agent: resend with the same message id for `details.retry_for` seconds to learn (protocol §6.4).
+ */
+export class PartitionError extends AgentError {
+  override code: string = Codes.PARTITION;
+}
+
 const BY_CODE: Record<string, new (message: string, fields?: AgentErrorFields) => AgentError> = {
   [Codes.BAD_REQUEST]: BadRequest,
   [Codes.UNKNOWN_ACTION]: UnknownAction,
@@ -199,6 +210,7 @@ const BY_CODE: Record<string, new (message: string, fields?: AgentErrorFields) =
   [Codes.AT_CAPACITY]: ClusterAtCapacity,
   [Codes.CIRCUIT_OPEN]: CircuitOpen,
   [Codes.ALREADY_APPLIED]: AlreadyApplied,
+  [Codes.PARTITION]: PartitionError,
 };
 
 /** Every error code of protocol v1. */

@@ -28,6 +28,7 @@ export {
   MeshClosed,
   NatsAgentsError,
   Overloaded,
+  PartitionError,
   PayloadTooLarge,
   ProtocolError,
   TransportError,

@@ -135,7 +135,7 @@ test("compressed bodies follow §9.1", () => {
 });
 
 test("error replies map to one class per code (§6.3)", () => {
-  assert.equal(ERROR_CODES.length, 12);
+  assert.equal(ERROR_CODES.length, 13);
   const reply = errorReply("unknown_action", "Counter has no action 'sub'", {
     agent: "Counter/c-1",
     action: "sub",
