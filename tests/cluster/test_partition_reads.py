@@ -69,10 +69,14 @@ async def test_leader_reads_never_go_back_in_time_through_a_cut_off_server(
     await _lead_from_majority(major, bucket, proxied)
     with partition(proxied, {MINORITY}, clients=False):
         rev2 = await bucket.put("k", b"2", timeout=15)
-        stale = await cut_bucket.get("k")
-        assert stale is not None
-        print(f"direct get through the cut-off server: {stale.value!r} (revision {stale.revision} < {rev2})")
-        assert stale.value == b"1"  # the fast path may be stale: the test sees the stale replica
+        try:
+            stale = await cut_bucket.get("k")
+        except CallTimeout:  # the cut-off replica may also leave a direct get unanswered (seen once)
+            print("direct get through the cut-off server: no answer")
+        else:
+            assert stale is not None
+            print(f"direct get through the cut-off server: {stale.value!r} (revision {stale.revision} < {rev2})")
+            assert stale.value == b"1"  # the fast path may be stale: the test sees the stale replica
         loop = asyncio.get_running_loop()
         began = loop.time()
         with pytest.raises(CallTimeout):
