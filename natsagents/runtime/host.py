@@ -183,7 +183,10 @@ class Host:
             if check is not None:
                 refusal = await check
                 if isinstance(refusal, AgentError):  # PartitionError: this side pauses
-                    self.replies.refuse(act, msg, refusal.code, refusal.message, details=refusal.details)
+                    if act.superseded:  # the new owner answers it (protocol §8.8)
+                        self.replies.drop(act, msg)
+                    else:
+                        self.replies.refuse(act, msg, refusal.code, refusal.message, details=refusal.details)
                     return _NOT_RUN
                 if refusal is not None:
                     self._refuse_waiting(act, msg, refusal)

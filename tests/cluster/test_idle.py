@@ -40,9 +40,8 @@ HELD: dict[str, asyncio.Event] = {}
 
 async def test_an_idle_agent_is_deactivated_and_comes_back_with_its_state(mesh_factory: Any) -> None:
     (n1,) = await nodes(mesh_factory, "n1", kinds=(Visit,))
-    for i in range(20):
+    for i in range(20):  # (on a slow machine the first may be collected before the last runs)
         assert await n1.ref(f"Visit/v{i}").call("add") == 1
-    assert len(n1.local_agents()) == 20
     await wait_for(lambda: n1.local_agents() == [], timeout=5, what="idle agents deactivated")
     assert await stored(n1, "Visit", "v3") == {"n": 1}  # stored on the way out
     records = {r.address for r in await n1.agents()}
