@@ -181,6 +181,7 @@ class ClusterNode:
                 metrics=metrics,
                 agents=lambda: host.activations.values(),
                 settings=lambda kind: kind_summary(host.kinds[kind]),
+                partition=lambda: self.partition.state.status,
             )
 
     # -- lifecycle -------------------------------------------------------------------

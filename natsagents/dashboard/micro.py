@@ -36,6 +36,7 @@ __all__ = [
     "RateTracker",
     "gather_stats",
     "kind_details",
+    "node_partitions",
     "parse_stats",
 ]
 
@@ -211,6 +212,30 @@ def parse_stats(replies: Iterable[bytes], prefix: str) -> list[EndpointTotals]:
             else:
                 backlog, busy, hot, settings = None, None, (), ()
             out.append(EndpointTotals(instance, kind, requests, errors, processing, node, backlog, busy, hot, settings))
+    return out
+
+
+#: What a node may report as its partition status (``cluster.partition``).
+PARTITION_STATUSES = frozenset({"ok", "peers_lapsed", "quorum_lost", "nats_unreachable"})
+
+
+def node_partitions(replies: Iterable[bytes], prefix: str) -> dict[str, str]:
+    """Per node of ``prefix`` (service id), the partition status its ``$SRV.STATS`` reply
+    reports in ``metadata.partition``; unknown values and other meshes are left out."""
+    out: dict[str, str] = {}
+    for raw in replies:
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            continue
+        if not isinstance(body, dict) or body.get("type") != STATS_TYPE:
+            continue
+        service_id, metadata = body.get("id"), body.get("metadata")
+        if not isinstance(service_id, str) or not isinstance(metadata, dict) or metadata.get("prefix") != prefix:
+            continue
+        status = metadata.get("partition")
+        if isinstance(status, str) and status in PARTITION_STATUSES:
+            out[service_id[:64]] = status
     return out
 
 

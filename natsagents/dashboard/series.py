@@ -22,7 +22,7 @@ from ..errors import JetStreamError, NatsAgentsError, StreamNotFound, Unauthoriz
 from ..tasks import TaskGroup
 from ..transport.kv import api_request
 from .catalog import HOLD_REFUSED
-from .micro import STATS_SUBJECT, RateTracker, gather_stats, kind_details, parse_stats
+from .micro import STATS_SUBJECT, RateTracker, gather_stats, kind_details, node_partitions, parse_stats
 
 if TYPE_CHECKING:
     from ..mesh import Mesh
@@ -174,6 +174,9 @@ class Sampler:
             totals = parse_stats(replies, self._mesh.prefix)
             rates = self._rates.update(totals, time.monotonic())
             self.kinds = kind_details(totals)
+            partitions = node_partitions(replies, self._mesh.prefix)
+            for node in self.nodes:  # a node's own view of its side, when it answered
+                node["partition"] = partitions.get(node["node"])
             point["kinds"] = {
                 kind: {"rate": round(r.rate, 3), "errors": round(r.errors, 3), "latency_ms": r.latency_ms}
                 for kind, r in sorted(rates.items())

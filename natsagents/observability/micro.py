@@ -134,6 +134,8 @@ class ServiceResponder:
         agents: the node's active agents now (``data`` of the endpoint stats).
         settings: a hosted kind's declared behaviour (``agent.base.kind_summary``): in
             each endpoint's INFO metadata and STATS ``data.settings``.
+        partition: the node's partition status now (``cluster.partition``): metadata
+            ``partition`` of every answer.
     """
 
     def __init__(
@@ -147,6 +149,7 @@ class ServiceResponder:
         agents: Callable[[], Iterable[AgentLike]],
         version: str | None = None,
         settings: Callable[[str], Mapping[str, str]] | None = None,
+        partition: Callable[[], str] | None = None,
     ) -> None:
         self._t = transport
         self.prefix = prefix
@@ -156,6 +159,7 @@ class ServiceResponder:
         self._metrics = metrics
         self._agents = agents
         self._settings = settings
+        self._partition = partition
         self._started = time.time()
         self._subs: list[Subscription] = []
         self._queue: deque[tuple[str, str, str]] = deque()  # (verb, reply subject, request subject)
@@ -235,6 +239,8 @@ class ServiceResponder:
             "version": self.version,
             "metadata": {"node": self.node_id, "prefix": self.prefix, "kinds": ",".join(kinds), "proto": "1"},
         }
+        if self._partition is not None:
+            out["metadata"]["partition"] = self._partition()
         if verb == "INFO":
             out["description"] = (
                 f"natsagents cluster node {self.node_id} (agents of kinds: {', '.join(kinds) or 'none'})"

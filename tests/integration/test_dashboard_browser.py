@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from natsagents import Mesh
+from natsagents.cluster.membership import Membership
 from natsagents.dashboard import Dashboard
 from natsagents.testing import wait_for
 from natsagents.testing.plugin import MeshFactory
@@ -240,6 +241,16 @@ async def drive(browser: Any, client: Mesh, n1: Mesh, n2: Mesh) -> tuple[Path, f
         await click('a[data-tab="overview"]')
         await until(lambda: "0" == text(f'#nodes-table tr[data-node="{owner}"] td.num'), "the drained node is empty")
         await until(lambda: not rows(By.CSS_SELECTOR, ".toast"), "the notices faded", 10)
+
+        # A member that stops beating (crashed, paused, cut off): each live node reports
+        # its side through the services API, and the page shows it beside the node.
+        ghost = Membership(n1.transport, n1.prefix, "ghost", lease=1.5)
+        await ghost.start()
+        await ghost.stop(leave=False)
+        for node in ("n1", "n2"):
+            badge = f'#nodes-table tr[data-node="{node}"] .badge.partition'
+            await until(lambda badge=badge: text(badge) == "peers lapsed", f"{node} shows its peers lapsed", 15)
+        assert "members it saw live have lapsed" in find(By.CSS_SELECTOR, badge).get_attribute("title")
         shot = ARTIFACTS / "dashboard.png"
         await asyncio.to_thread(browser.save_screenshot, str(shot))
         errors = [e for e in await asyncio.to_thread(browser.get_log, "browser") if e.get("level") == "SEVERE"]

@@ -103,7 +103,13 @@ async def test_ping_info_and_stats_per_the_spec(mesh_factory: Any, mesh_prefix: 
     (pong,) = await gather(raw, f"$SRV.PING.natsagents.{a}", expect=1, prefix=mesh_prefix)
     assert set(pong) == _FIELDS
     check_common(pong, a, "io.nats.micro.v1.ping_response")
-    assert pong["metadata"] == {"node": a, "prefix": mesh_prefix, "kinds": "Counter,Keeper", "proto": "1"}
+    assert pong["metadata"] == {
+        "node": a,
+        "prefix": mesh_prefix,
+        "kinds": "Counter,Keeper",
+        "proto": "1",
+        "partition": "ok",  # the node's own view of its side (cluster.partition)
+    }
     assert ServicePing.from_dict(pong).id == a
 
     # INFO: one endpoint per hosted kind, on the subjects the host serves.

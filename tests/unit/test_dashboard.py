@@ -14,7 +14,7 @@ from natsagents.cli.dashboard import parse_http
 from natsagents.cluster.directory import DirectoryRecord, Status
 from natsagents.dashboard import Dashboard
 from natsagents.dashboard.catalog import AgentCatalog
-from natsagents.dashboard.micro import EndpointTotals, RateTracker, kind_details, parse_stats
+from natsagents.dashboard.micro import EndpointTotals, RateTracker, kind_details, node_partitions, parse_stats
 from natsagents.dashboard.preview import preview
 from natsagents.dashboard.server import _host_name, _is_loopback
 from natsagents.errors import ConfigurationError
@@ -102,6 +102,19 @@ def test_endpoint_data_gives_backlog_and_hottest_agents() -> None:
         "settings": {},
     }
     assert details["Keeper"] == {"nodes": ["n3", "n4"], "backlog": None, "busy": None, "hot": [], "settings": {}}
+
+
+def test_node_partitions_come_from_this_meshs_metadata_checked() -> None:
+    replies = [
+        stats("n1", [], metadata={"prefix": "na", "partition": "ok"}),
+        stats("n2", [], metadata={"prefix": "na", "partition": "quorum_lost"}),
+        stats("n3", [], metadata={"prefix": "na", "partition": "<b>owned</b>"}),  # not a status
+        stats("n4", [], metadata={"prefix": "na", "partition": 1}),
+        stats("n5", [], metadata={"prefix": "zz", "partition": "peers_lapsed"}),  # another mesh
+        stats("n6", [], metadata={"prefix": "na"}),  # an older node: says nothing
+        b"{",
+    ]
+    assert node_partitions(replies, "na") == {"n1": "ok", "n2": "quorum_lost"}
 
 
 def test_endpoint_data_gives_the_kinds_settings_checked_and_merged() -> None:

@@ -237,10 +237,21 @@
     return el("div", { class: "meter" }, el("div", { class: "bar" }, fill), el("span", { class: "val", text: pct.toFixed(0) + "%" }));
   }
 
+  // A node's own view of the partition it may be in (services API metadata.partition).
+  const PARTITION_BADGES = {
+    peers_lapsed: ["warn", "peers lapsed", "majority side: members it saw live have lapsed"],
+    quorum_lost: ["bad", "minority", "cut off from the JetStream quorum: its strong agents pause"],
+    nats_unreachable: ["bad", "no NATS", "its own NATS connection is down"],
+  };
+
   function nodeState(n) {
-    if (!n.live) return el("span", { class: "badge bad", text: "lapsed" });
-    if (n.draining) return el("span", { class: "badge warn", text: "draining" });
-    return el("span", { class: "badge ok", text: "live" });
+    const badges = [];
+    if (!n.live) badges.push(el("span", { class: "badge bad", text: "lapsed" }));
+    else if (n.draining) badges.push(el("span", { class: "badge warn", text: "draining" }));
+    else badges.push(el("span", { class: "badge ok", text: "live" }));
+    const side = PARTITION_BADGES[n.partition];
+    if (side) badges.push(el("span", { class: "badge " + side[0] + " partition", title: side[2], text: side[1] }));
+    return badges;
   }
 
   function renderNodes(nodes) {
@@ -262,7 +273,7 @@
       }
       return el("tr", { dataset: { node: n.node } },
         el("td", { class: "mono", text: n.node }),
-        el("td", null, nodeState(n)),
+        el("td", null, ...nodeState(n)),
         el("td", { class: "num", text: n.live ? fmtInt(load.agents) : "–" }),
         el("td", { class: "num", text: n.live ? fmtInt(load.mailbox_backlog) : "–" }),
         el("td", null, n.live ? meter(load.cpu) : "–"),
