@@ -249,7 +249,11 @@ async def drive(browser: Any, client: Mesh, n1: Mesh, n2: Mesh) -> tuple[Path, f
         await ghost.stop(leave=False)
         for node in ("n1", "n2"):
             badge = f'#nodes-table tr[data-node="{node}"] .badge.partition'
-            await until(lambda badge=badge: text(badge) == "peers lapsed", f"{node} shows its peers lapsed", 15)
+
+            def lapsed_shown(badge: str = badge) -> bool:
+                return text(badge) == "peers lapsed"
+
+            await until(lapsed_shown, f"{node} shows its peers lapsed", 15)
         assert "members it saw live have lapsed" in find(By.CSS_SELECTOR, badge).get_attribute("title")
         shot = ARTIFACTS / "dashboard.png"
         await asyncio.to_thread(browser.save_screenshot, str(shot))
