@@ -67,6 +67,10 @@ __all__ = ["Owned", "Ownership"]
 
 log = logging.getLogger("natsagents.cluster.node")
 
+#: Seconds a message on the minority side waits for a leader read of its claim before it is
+#: answered ``partition`` (``Ownership._paused_or_superseded``).
+_PAUSE_CHECK = 0.25
+
 # Applied message ids persisted with an agent's state (see runtime.dedup): each until its
 # request's deadline + 1 s (at most REPLY_WINDOW; a durable one DURABLE_WINDOW), with its ok
 # reply, within APPLIED_MAX_BYTES (dedup.trim_applied: the oldest replies go first).
@@ -672,7 +676,7 @@ class Ownership:
         while membership.own_lease_left() <= 0:
             paused = self.paused(act)
             if paused is not None:
-                return paused
+                return await self._paused_or_superseded(act, paused)
             left = end - loop.time()
             if left <= 0:
                 return f"node {self._local.node_id} lost its lease; {act.address} waits for it"
@@ -685,6 +689,20 @@ class Ownership:
         if not verified:
             return f"{act.address} is owned by another node now; this copy stopped"
         return None
+
+    async def _paused_or_superseded(self, act: Activation, paused: PartitionError) -> str | AgentError:
+        """On the minority side: ``paused`` (answered ``partition``), unless a quick leader
+        read of the claim (:data:`_PAUSE_CHECK` s; shared by concurrent messages) shows
+        another node owns the agent now. That happens at the heal, when messages held by
+        the cut reach this copy before it hears of its successor: it then stops and drops
+        them (``Activation.superseded``, protocol §8.8), and only the new owner answers."""
+        try:
+            verified = await asyncio.wait_for(asyncio.shield(self.verify_claim(act)), _PAUSE_CHECK)
+        except TimeoutError:  # still cut off
+            return paused
+        if verified is False:
+            return f"{act.address} is owned by another node now; this copy stopped"
+        return paused
 
     async def verify_claim(self, act: Activation) -> bool | None:
         """Re-read the claim of ``act`` after a gap in our heartbeats: ``True`` if it still

@@ -435,7 +435,7 @@ async def test_a_garbage_state_record_makes_only_its_agent_unavailable(mesh_fact
     for i, value in enumerate(values):
         await forge(client, mesh_prefix, "state", agent_key("Counter", f"s{i}"), value)
     results = await asyncio.gather(
-        *(client.ref(f"Counter/s{i}").call("add", timeout=3.0) for i in range(len(values))), return_exceptions=True
+        *(client.ref(f"Counter/s{i}").call("add", timeout=6.0) for i in range(len(values))), return_exceptions=True
     )
     assert all(isinstance(r, Unavailable) for r in results), {
         repr(v)[:40]: r for v, r in zip(values, results, strict=True)
