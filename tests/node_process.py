@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import gc
 import json
 import logging
@@ -32,6 +33,7 @@ import os
 import signal
 import sys
 import tracemalloc
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +213,43 @@ async def main(urls: str, prefix: str, name: str, options: dict[str, Any]) -> No
     if stats == "after_close":
         _print_stats(mesh)
     print("STOPPED", flush=True)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def start(url: str, prefix: str, name: str, options: dict[str, Any]) -> asyncio.subprocess.Process:
+    """Start this script as a process (stdout piped) and return it once it printed ``READY``."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.node_process",
+        url,
+        prefix,
+        name,
+        json.dumps(options),
+        stdout=asyncio.subprocess.PIPE,
+        cwd=str(ROOT),
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    assert line.strip() == b"READY", line
+    return proc
+
+
+@contextlib.asynccontextmanager
+async def running(
+    url: str, prefix: str, name: str, options: dict[str, Any]
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """:func:`start`, and on exit kill the process unless it ended already."""
+    proc = await start(url, prefix, name, options)
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
 
 
 if __name__ == "__main__":

@@ -4,46 +4,24 @@ the others on their next message, both within lease + 1 s, with their state."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import sys
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from natsagents import ClusterSettings, Mesh
 from natsagents.testing import wait_for
+from tests import node_process
 from tests.agents import Counter, Keeper
 
-ROOT = Path(__file__).resolve().parents[2]
 LEASE = 1.5
 
 
 @pytest.fixture
 async def node_proc(nats_url: str, mesh_prefix: str) -> AsyncIterator[asyncio.subprocess.Process]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.node_process",
-        nats_url,
-        mesh_prefix,
-        "doomed",
-        json.dumps({"kinds": ["Counter", "Keeper"], "cluster": {"lease": LEASE, "delivery": None}}),
-        stdout=asyncio.subprocess.PIPE,
-        cwd=str(ROOT),
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        assert line.strip() == b"READY", line
+    options = {"kinds": ["Counter", "Keeper"], "cluster": {"lease": LEASE, "delivery": None}}
+    async with node_process.running(nats_url, mesh_prefix, "doomed", options) as proc:
         yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
 
 
 async def test_killed_node_agents_come_back_within_lease(

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import nats
@@ -25,6 +21,7 @@ from natsagents.errors import ActionDefinitionError
 from natsagents.testing import wait_for
 from natsagents.wire import codec
 from natsagents.wire.ids import agent_key
+from tests import node_process
 from tests.cluster.test_cluster_node import _see_each_other, node_of, nodes, settings
 from tests.node_process import SessionCounter
 
@@ -272,35 +269,13 @@ async def test_replica_options_are_checked() -> None:
 
 # -- the primary's node dies -------------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parents[2]
 LEASE = 1.5
 
 
-@contextlib.asynccontextmanager
-async def doomed_node(nats_url: str, mesh_prefix: str) -> AsyncIterator[asyncio.subprocess.Process]:
-    """A node process hosting ``SessionCounter`` (tests.node_process), killed or stopped on exit."""
+def doomed_node(nats_url: str, mesh_prefix: str) -> contextlib.AbstractAsyncContextManager[asyncio.subprocess.Process]:
+    """A node process hosting ``SessionCounter`` (tests.node_process), killed on exit."""
     options = {"kinds": ["SessionCounter"], "cluster": {"lease": LEASE, "delivery": None}}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.node_process",
-        nats_url,
-        mesh_prefix,
-        "doomed",
-        json.dumps(options),
-        stdout=asyncio.subprocess.PIPE,
-        cwd=str(ROOT),
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        assert line.strip() == b"READY", line
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
+    return node_process.running(nats_url, mesh_prefix, "doomed", options)
 
 
 async def survivors(mesh_factory: Any) -> list[Mesh]:

@@ -3,39 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import pytest
 
 import natsagents as na
 from natsagents import Mesh
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests import node_process
 
 
 async def _start_host(url: str, prefix: str, name: str) -> asyncio.subprocess.Process:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.node_process",
-        url,
-        prefix,
-        name,
-        json.dumps({"kinds": ["Counter", "Typed"]}),
-        stdout=asyncio.subprocess.PIPE,
-        cwd=str(ROOT),
-        env=env,
-    )
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 30)
-    assert line.strip() == b"READY", line
-    return proc
+    return await node_process.start(url, prefix, name, {"kinds": ["Counter", "Typed"]})
 
 
 @pytest.fixture
