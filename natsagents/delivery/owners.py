@@ -175,5 +175,7 @@ class PartitionOwners:
         TTL) cuts the partition's hand-back short, leaving messages in its queues; taken
         over again by the same partition, they would run next to the stream's redelivery
         of the same messages (and be answered twice)."""
-        lease = self._leases[p]  # set before the lease's campaign can start leading
+        lease = self._leases.get(p)  # set before the lease's campaign can start leading
+        if lease is None:  # stopped (close, rebalance) before its campaign led: nothing to run
+            return
         await Partition(self, p, lambda: lease.holds).run()

@@ -19,7 +19,7 @@ import msgpack
 import nats
 import pytest
 
-from natsagents import Agent, ClusterSettings, Mesh, Unavailable, action
+from natsagents import Agent, CallTimeout, ClusterSettings, Mesh, Unavailable, action
 from natsagents.cluster.leader import LeaderLease
 from natsagents.cluster.node import ClusterNode
 from natsagents.delivery.settings import DeliverySettings
@@ -435,11 +435,16 @@ async def test_a_garbage_state_record_makes_only_its_agent_unavailable(mesh_fact
     for i, value in enumerate(values):
         await forge(client, mesh_prefix, "state", agent_key("Counter", f"s{i}"), value)
     results = await asyncio.gather(
-        *(client.ref(f"Counter/s{i}").call("add", timeout=6.0) for i in range(len(values))), return_exceptions=True
+        *(client.ref(f"Counter/s{i}").call("add", timeout=3.0) for i in range(len(values))), return_exceptions=True
     )
-    assert all(isinstance(r, Unavailable) for r in results), {
-        repr(v)[:40]: r for v, r in zip(values, results, strict=True)
-    }
+    # None ran. The caller asks for the activation again until its deadline: the error is
+    # the last attempt's, "corrupt", or a CallTimeout when the deadline cut that attempt
+    # short (seen with the suite three files at a time).
+    refused = {repr(v)[:40]: r for v, r in zip(values, results, strict=True)}
+    assert all(
+        (isinstance(r, Unavailable) and "is corrupt" in str(r)) or isinstance(r, CallTimeout) for r in results
+    ), refused
+    assert any(isinstance(r, Unavailable) for r in results), refused
     await activations_work(client, "ok", count=10)
     for m in (n1, n2):
         assert not any(a.startswith("Counter/s") for a in m.local_agents())
