@@ -62,6 +62,7 @@ from .local import LocalNode
 from .membership import Membership
 from .partition import PartitionMonitor
 from .placement import Resources
+from .successor import Successors
 
 __all__ = ["Owned", "Ownership"]
 
@@ -88,6 +89,8 @@ class Owned:
         "batch",
         "checking",
         "claim",
+        "doubt",
+        "doubted",
         "epoch",
         "eventual",
         "gaps",
@@ -124,6 +127,10 @@ class Owned:
         # of the claim in progress (shared by the messages that wait for it).
         self.gaps = 0
         self.checking: asyncio.Future[bool | None] | None = None
+        # A newer claim by another node being checked with that node (cluster.successor),
+        # and the newest one that came meanwhile: messages wait for the answer.
+        self.doubt: asyncio.Task[None] | None = None
+        self.doubted: Claim | None = None
         # consistency = "eventual" (state.behind): the newest acknowledged value not
         # stored yet, and how many changes were acknowledged / are stored.
         self.eventual = False
@@ -170,8 +177,10 @@ class Ownership:
         metrics: Metrics,
         tasks: TaskGroup,
         partition: PartitionMonitor | None = None,
+        successors: Successors | None = None,
     ) -> None:
         self._partition = partition
+        self._successors = successors
         self._local = local
         self._host = host
         self._directory = directory
@@ -631,6 +640,10 @@ class Ownership:
             self.forget_behind(act, own)
         self._tasks.spawn(self._host.discard(act))
 
+    def _taken_over(self, act: Activation, claim: Claim) -> None:
+        log.warning("%s was taken over by %s (epoch %d)", act.address, claim.record.node, claim.record.epoch)
+        self.fenced(act, claim)
+
     # -- serving under our own lease ---------------------------------------------------
 
     def serving(self, act: Activation, deadline_ms: int | None) -> Awaitable[str | AgentError | None] | None:
@@ -647,10 +660,19 @@ class Ownership:
             # Fenced or handed over, being stopped: a message still taken from its mailbox
             # must not run on this copy's old state (its writes are not stored either).
             return _refuse(f"{act.address} is owned by another node now; this copy stopped")
+        if own.doubt is not None:  # another node's claim is being checked: wait for it
+            return self._after_doubt(act, own.doubt, deadline_ms)
         membership = self._membership
         if own.gaps == membership.gaps and membership.own_lease_left() > 0:
             return None
         return self._recheck(act, own, deadline_ms)
+
+    async def _after_doubt(
+        self, act: Activation, doubt: asyncio.Task[None], deadline_ms: int | None
+    ) -> str | AgentError | None:
+        await asyncio.shield(doubt)  # bounded: successor.CHECK_TIMEOUT and one write
+        again = self.serving(act, deadline_ms)
+        return None if again is None else await again
 
     def paused(self, act: Activation) -> PartitionError | None:
         """The refusal of ``act``'s messages while this node is on the minority side and
@@ -757,7 +779,9 @@ class Ownership:
                 own.claim = claim  # the directory cache's copy of our own write: share it
             return
         if claim.record.node != self._local.node_id:
-            log.warning("%s was taken over by %s (epoch %d)", act.address, claim.record.node, claim.record.epoch)
-            self.fenced(act, claim)
+            if self._successors is not None:  # forged? ask that node first
+                self._successors.check(act, own.claim, claim, self._taken_over)
+            else:
+                self._taken_over(act, claim)
         else:
             own.claim = claim

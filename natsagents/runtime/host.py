@@ -269,6 +269,11 @@ class Host:
 
     # -- activation ------------------------------------------------------------------
 
+    def holds(self, kind: str, agent_id: str) -> bool:
+        """Whether ``kind/agent_id`` is active, starting or stopping here."""
+        key = (kind, agent_id)
+        return key in self.activations or key in self._starting
+
     async def activate(self, kind: str, agent_id: str, options: object = None) -> Activation:
         """Return the activation of ``kind/agent_id``, activating it if needed.
 
