@@ -3,13 +3,17 @@
 Anyone who can write the directory bucket can name another live node as the owner of an
 agent active here. A copy that stopped at once for such a record (fenced, and superseded:
 protocol §8.8, it drops what it has not run) would leave the agent answering nobody: the
-node named holds nothing, and callers that do not resend lose their requests. So before
-stopping, the copy asks the node named (control operation ``holds``, signed with the
-owner key, protocol §10): a node that holds the agent, or is starting it, confirms the
-takeover and the copy stops as before; a node that does not is the sign of a record
-nobody legitimately wrote: the copy writes its own record back (compare-and-set on the
-forged revision), counts it (``natsagents_forged_claims_total``) and goes on. No answer
-within :data:`CHECK_TIMEOUT` counts as a confirmation (the safe side: today's stop).
+node named holds nothing, and callers that do not resend lose their requests.
+
+A takeover bases its claim on the record it replaces: its epoch is above ours, and the
+copy stops at once, as it always did. A record of another node whose epoch is not above
+ours is not a takeover of our line; only one case is legitimate (a garbage record written
+over ours, then replaced by another node as an orphan, protocol §14.2), and then that node
+holds the agent. So the copy asks it (control operation ``holds``, signed with the owner
+key, §14.4): it holds the agent, or is starting it, or does not answer within
+:data:`CHECK_TIMEOUT`: the copy stops. It does not: nobody legitimately wrote the record;
+the copy writes its own record back (compare-and-set on the forged revision), counts it
+(``natsagents_forged_claims_total``) and goes on.
 
 While the question is open the copy runs nothing: its messages wait for the answer
 (``Ownership.serving``), so a real successor never has a second writer beside it. The
@@ -51,6 +55,9 @@ class Successors:
         claim while one is open is judged when it ends) and ``fence`` the copy unless it
         answers that it does not hold it."""
         own = act.cluster
+        if claim.record.epoch > mine.record.epoch:  # a takeover of our line
+            fence(act, claim)
+            return
         if own.doubt is not None:
             own.doubted = claim
             return
@@ -68,7 +75,8 @@ class Successors:
                     if newer is None or newer.revision <= own.claim.revision:
                         return
                     mine, claim = own.claim, newer  # another record came meanwhile
-                    continue
+                    if claim.record.epoch <= mine.record.epoch:
+                        continue
                 fence(act, claim)
                 return
         finally:
