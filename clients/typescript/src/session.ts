@@ -32,7 +32,7 @@ export interface SessionOptions {
   maxAgents?: number;
 }
 
-/** The key of an agent in a session's map: kind and id can never hold a NUL together ambiguously. */
+/** The key of an agent in a session's map (a kind has no NUL, so the split is unambiguous). */
 function key(kind: string, id: string): string {
   return `${kind}\u0000${id}`;
 }
@@ -72,8 +72,14 @@ export class Session {
     return this.versions.get(key(kind, id))?.[2] ?? 0n;
   }
 
-  /** A reply of `kind/id` carried state `version`: remember it if it is the highest. */
+  /**
+   * A reply of `kind/id` carried state `version`: remember it if it is the highest.
+   * @throws ConfigurationError for a version that is not an integer
+   */
   observe(kind: string, id: string, version: bigint | number): void {
+    if (typeof version !== "bigint" && !Number.isSafeInteger(version)) {
+      throw new ConfigurationError(`a state version is an integer, not ${String(version)}`);
+    }
     const v = BigInt(version);
     const k = key(kind, id);
     const known = this.versions.get(k);

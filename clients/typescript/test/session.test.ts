@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { Caller } from "../src/caller.js";
+import { connect } from "../src/mesh.js";
 import type { CallerSettings } from "../src/caller.js";
 import { encode } from "../src/codec.js";
 import { CallTimeout, ConfigurationError, InvalidSessionToken, PartitionError } from "../src/errors.js";
@@ -55,6 +56,7 @@ test("a session keeps the highest version and forgets the least recently raised"
   assert.equal(s.version("K", "a"), 0n);
   assert.equal(s.size, 2);
   assert.throws(() => new Session({ maxAgents: 0 }), ConfigurationError);
+  assert.throws(() => s.observe("K", "a", 1.5), ConfigurationError);
 });
 
 test("tokens carry the newest agents within their bounds", () => {
@@ -239,4 +241,13 @@ test("reads go to the read subject with the session's minimum version, and fall 
   assert.equal(sent[5]!.headers["Na-Min-Version"], undefined);
   assert.equal(session.version("Board", "b"), 12n);
   await assert.rejects(caller.invoke("Board", "b", "get", {}, { session: {} as Session }, false), ConfigurationError);
+});
+
+test("readActions are checked before connecting", async () => {
+  for (const readActions of [{ "1bad": ["get"] }, { Board: ["no-dashes"] }, { Board: "get" }]) {
+    await assert.rejects(
+      connect({ servers: "nats://127.0.0.1:1", readActions: readActions as unknown as Record<string, string[]> }),
+      (err: unknown) => err instanceof ConfigurationError,
+    );
+  }
 });
