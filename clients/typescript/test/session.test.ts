@@ -44,6 +44,16 @@ test("tokens are the Python SDK's, byte for byte (small, 40-bit and 63-bit versi
   assert.equal(back.version("Board", "user@example.com"), 2n ** 40n);
   assert.equal(back.version("Cart", "u-1"), 43n);
   assert.equal(back.token(), python);
+  // str8 kinds and ids, uint16/uint32/uint64 boundaries: observe Kind_kkk… (55) / iii… (150)
+  // 70000, K/éé… (100) 2**32, K/z 2**16
+  const wide = new Session();
+  wide.observe("Kind_" + "k".repeat(50), "i".repeat(150), 70000);
+  wide.observe("K", "é".repeat(100), 2 ** 32);
+  wide.observe("K", "z", 2 ** 16);
+  const widePython =
+    "s1.k5PZN0tpbmRfa2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2vZlmlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpaWlpac4AARFwk6FL2cjDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqcOpw6nDqc8AAAABAAAAAJOhS6F6zgABAAA";
+  assert.equal(wide.token(), widePython);
+  assert.equal(Session.fromToken(widePython).token(), widePython);
 });
 
 test("a session keeps the highest version and forgets the least recently raised", () => {
