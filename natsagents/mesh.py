@@ -367,6 +367,7 @@ class Mesh:
         )
         await node.start()
         self._node = node
+        self._caller.partition_status = lambda: node.partition.state.status
         self._view = ClusterView(self._transport, self.prefix, node=node, identity=self._identity)
         if settings.delivery is not None:
             owners = PartitionOwners(

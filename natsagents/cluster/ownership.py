@@ -49,6 +49,7 @@ from ..errors import (
 from ..observability import Metrics
 from ..runtime.activation import Activation
 from ..runtime.dedup import APPLIED_MAX_BYTES, DURABLE_WINDOW, keep_until_ms, trim_applied
+from ..runtime.hooks import DEGRADED, Degraded
 from ..runtime.host import Host
 from ..state.behind import WriteBehind
 from ..state.store import Applied, FencedOff, StateStore, StoredState
@@ -459,6 +460,17 @@ class Ownership:
                         if rollback:
                             self.rollback(act)
                         raise paused from None
+                    if self.degraded(act) and rollback:
+                        # Cut off, continuing degraded: not stored, rolled back; the
+                        # caller's resend (same id) is queued (protocol §20).
+                        self._metrics.state_saves.labels(kind, "failed").inc()
+                        self.rollback(act)
+                        raise Unavailable(
+                            f"{act.address} was cut off from the majority while storing: not stored; "
+                            "send it again to queue it",
+                            agent=act.address,
+                            details={"retry": True},
+                        ) from None
                     if isinstance(exc, MeshClosed) or time.monotonic() > deadline:
                         self._metrics.state_saves.labels(kind, "failed").inc()
                         if rollback:
@@ -633,7 +645,7 @@ class Ownership:
 
     # -- serving under our own lease ---------------------------------------------------
 
-    def serving(self, act: Activation, deadline_ms: int | None) -> Awaitable[str | AgentError | None] | None:
+    def serving(self, act: Activation, deadline_ms: int | None) -> Awaitable[str | AgentError | Degraded | None] | None:
         """Whether ``act`` may run a message now: ``None`` when our lease holds and no gap
         happened since its claim was last verified (the fast path: two comparisons).
         Otherwise an awaitable giving ``None`` (run it) or why it must be refused: a
@@ -669,12 +681,23 @@ class Ownership:
             details={"node": node, "state": state.status, "retry_for": self._membership.lease},
         )
 
-    async def _recheck(self, act: Activation, own: Owned, deadline_ms: int | None) -> str | AgentError | None:
+    def degraded(self, act: Activation) -> bool:
+        """Whether ``act`` serves degraded now: the node is on the minority side and its
+        kind continues there (``partition_strategy = "continue_degraded"``)."""
+        return (
+            self._partition is not None
+            and type(act.agent).partition_strategy == "continue_degraded"
+            and self._partition.state.minority
+        )
+
+    async def _recheck(
+        self, act: Activation, own: Owned, deadline_ms: int | None
+    ) -> str | AgentError | Degraded | None:
         membership = self._membership
         loop = asyncio.get_running_loop()
         end = loop.time() + (10.0 if deadline_ms is None else deadline_ms / 1000 - time.time())
         while membership.own_lease_left() <= 0:
-            paused = self.paused(act)
+            paused: PartitionError | Degraded | None = DEGRADED if self.degraded(act) else self.paused(act)
             if paused is not None:
                 return await self._paused_or_superseded(act, paused)
             left = end - loop.time()
@@ -690,8 +713,10 @@ class Ownership:
             return f"{act.address} is owned by another node now; this copy stopped"
         return None
 
-    async def _paused_or_superseded(self, act: Activation, paused: PartitionError) -> str | AgentError:
-        """On the minority side: ``paused`` (answered ``partition``), unless a quick leader
+    async def _paused_or_superseded(
+        self, act: Activation, paused: PartitionError | Degraded
+    ) -> str | PartitionError | Degraded:
+        """On the minority side: ``paused`` (answered ``partition``, or served degraded), unless a quick leader
         read of the claim (:data:`_PAUSE_CHECK` s; shared by concurrent messages) shows
         another node owns the agent now. That happens at the heal, when messages held by
         the cut reach this copy before it hears of its successor: it then stops and drops
