@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..agent.base import EXACTLY_ONCE_CONSISTENCY
 from ..delivery.settings import ensure_delivery_streams
-from ..errors import CallTimeout, NatsAgentsError, Overloaded
+from ..errors import BadRequest, CallTimeout, NatsAgentsError, Overloaded
 from ..observability import Metrics
 from ..runtime.activation import Activation
 from ..transport import Transport, jetstream
@@ -130,6 +130,8 @@ class DegradedWrites:
 
         Raises:
             Overloaded: the queue is full (or the disk refused the write); not queued.
+            BadRequest: the write could not be replayed as it is (headers too many or too
+                large for the queue's bounds); not queued.
         """
         queue = self.queue
         if queue is None:  # refused when the kind was hosted: never reached
@@ -153,7 +155,7 @@ class DegradedWrites:
         try:
             write = QueuedWrite.from_record(write.to_record())  # the same checks as a read back
         except ValueError as exc:
-            raise Overloaded(f"the write cannot be queued: {exc}", agent=act.address) from None
+            raise BadRequest(f"the write cannot be queued: {exc}", agent=act.address) from None
         try:
             position = await queue.put(write)
         except QueueFull as exc:

@@ -239,6 +239,16 @@ class Host:
                 return out._replace(reply=flagged, kept=None if out.kept is None else flagged)
             return out
         try:
+            meta = envelope.parse_request(hdrs)  # what the replay would be refused for, refused now
+        except ProtocolError as exc:
+            self.replies.refuse(act, msg, BAD_REQUEST, str(exc))
+            return _NOT_RUN
+        if meta.deadline_ms is not None and time.time() * 1000 >= meta.deadline_ms:
+            # Its caller gave up, and may have had it run elsewhere with the same id (a
+            # copy held by the cut and delivered at the heal): never queue it.
+            self.replies.refuse(act, msg, TIMEOUT, "deadline passed before the agent queued the message")
+            return _NOT_RUN
+        try:
             message_id, position = await node.queue_write(act, hdrs, msg.data)
         except AgentError as exc:
             if not accept:
