@@ -21,6 +21,8 @@ for claims, state and fencing.
   "pause_minority"`` answers ``PartitionError`` at once instead of waiting for its lease,
   and a save retrying there gives up with it (rolled back): the majority takes the agent
   over after its lease; at the heal the copy re-verifies its claim and stops if it moved.
+  A ``"continue_degraded"`` kind is served degraded there instead (``DEGRADED``: reads on
+  the last known state, writes queued, ``cluster.degraded``).
 * a **takeover** is judged on a trusted view only: while our own lease is lapsed, or for
   a lease after a gap, every owner counts as live (our view of them is stale).
 """

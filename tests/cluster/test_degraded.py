@@ -66,6 +66,16 @@ class Tally(Agent):
         return int(self.state.get("n", 0))
 
 
+class EventualTally(Tally):
+    kind = "EventualTally"
+    consistency = "eventual"
+
+
+class SessionTally(Tally):
+    kind = "SessionTally"
+    consistency = "session"
+
+
 @pytest.fixture(scope="module")
 def proxied() -> Iterator[ProxiedCluster]:
     cluster = ProxiedCluster(3, name="degraded")
@@ -119,8 +129,8 @@ class Counts:
     other: dict[str, int] = field(default_factory=dict)
 
 
-async def _far_writer(client: Mesh, name: str, counts: Counts, stop: asyncio.Event) -> None:
-    ref = client.ref(f"Tally/{name}")
+async def _far_writer(client: Mesh, kind: str, name: str, counts: Counts, stop: asyncio.Event) -> None:
+    ref = client.ref(f"{kind}/{name}")
     while not stop.is_set():
         try:
             await ref.call("add", by=1, timeout=6.0)
@@ -132,9 +142,9 @@ async def _far_writer(client: Mesh, name: str, counts: Counts, stop: asyncio.Eve
         counts.acked[name] = counts.acked.get(name, 0) + 1
 
 
-async def _near(client: Mesh, name: str, counts: Counts, stop: asyncio.Event) -> None:
+async def _near(client: Mesh, kind: str, name: str, counts: Counts, stop: asyncio.Event) -> None:
     """Writes and reads from the minority side."""
-    ref = client.ref(f"Tally/{name}").with_options(allow_degraded=False)
+    ref = client.ref(f"{kind}/{name}").with_options(allow_degraded=False)
     while not stop.is_set():
         try:
             await ref.call("add", by=1, timeout=6.0)
@@ -157,9 +167,9 @@ async def _near(client: Mesh, name: str, counts: Counts, stop: asyncio.Event) ->
         await asyncio.sleep(0.05)  # pacing the calls, not a synchronisation
 
 
-async def _hostile(client: Mesh, prefix: str, name: str) -> list[str]:
+async def _hostile(client: Mesh, prefix: str, kind: str, name: str) -> list[str]:
     """Raw requests a peer could send to the degraded copy: each gets a typed answer."""
-    subject = agent_subject(prefix, "Tally", name)
+    subject = agent_subject(prefix, kind, name)
     cases: list[dict[str, str]] = [
         {h.PROTO: "1", h.ACTION: "add", h.MESSAGE_ID: "not an id!"},
         {h.PROTO: "1", h.ACTION: "add", h.DEADLINE: "soon"},
@@ -177,11 +187,13 @@ async def _hostile(client: Mesh, prefix: str, name: str) -> list[str]:
     return codes
 
 
-@pytest.mark.slow  # about 15 s (a cut, a takeover, a heal and the replay); more on a loaded machine
+@pytest.mark.slow  # about 15 s each (a cut, a takeover, a heal and the replay); more on a loaded machine
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("cls", [Tally, EventualTally, SessionTally], ids=["strong", "eventual", "session"])
 async def test_the_minority_serves_degraded_reads_queues_writes_and_the_heal_applies_each_once(
-    proxied: ProxiedCluster, mesh_prefix: str, tmp_path: Path
+    proxied: ProxiedCluster, mesh_prefix: str, tmp_path: Path, cls: type[Tally]
 ) -> None:
+    kind = cls.kind
     major, minor = proxied.servers[0].url, proxied.servers[2].url
     async with (
         await _node(minor, mesh_prefix, "nC", tmp_path) as node_c,
@@ -189,16 +201,16 @@ async def test_the_minority_serves_degraded_reads_queues_writes_and_the_heal_app
         Mesh.connect(major, prefix=mesh_prefix, name="far", default_timeout=10.0) as far,
         Mesh.connect(minor, prefix=mesh_prefix, name="near", default_timeout=10.0) as near,
     ):
-        await node_c.host(Tally)
-        await node_a.host(Tally)
+        await node_c.host(cls)
+        await node_a.host(cls)
         names = ["d0", "d1"]
         for name in names:
-            await node_c.spawn("Tally", name, hints=Hints(pin="nC"))
-        await node_a.spawn("Tally", "m0", hints=Hints(pin="nA"))  # owned on the majority
+            await node_c.spawn(kind, name, hints=Hints(pin="nC"))
+        await node_a.spawn(kind, "m0", hints=Hints(pin="nA"))  # owned on the majority
         counts = Counts()
         for name in names:
             for _ in range(3):
-                await far.ref(f"Tally/{name}").call("add", by=1)
+                await far.ref(f"{kind}/{name}").call("add", by=1)
         a, c = node_a.cluster_node, node_c.cluster_node
         assert a is not None and c is not None and c.degraded.queue is not None
         await wait_for(lambda: a.membership.is_live("nC") and c.membership.is_live("nA"), timeout=5)
@@ -212,18 +224,18 @@ async def test_the_minority_serves_degraded_reads_queues_writes_and_the_heal_app
             began = loop.time()
             await wait_for(lambda: c.partition.state.minority, timeout=4 * LEASE, interval=0.01)
             detection = loop.time() - began
-            tasks = [asyncio.ensure_future(_near(near, n, counts, stop)) for n in names]
-            tasks += [asyncio.ensure_future(_far_writer(far, n, counts, stop)) for n in names]
+            tasks = [asyncio.ensure_future(_near(near, kind, n, counts, stop)) for n in names]
+            tasks += [asyncio.ensure_future(_far_writer(far, kind, n, counts, stop)) for n in names]
             await wait_for(
                 lambda: all(counts.queued.get(n, 0) >= 3 and counts.acked.get(n, 0) >= 3 for n in names),
                 timeout=20,
                 interval=0.05,
             )
-            hostile = await _hostile(near, mesh_prefix, names[0])
+            hostile = await _hostile(near, mesh_prefix, kind, names[0])
             # The minority node calling an agent owned on the majority side.
             began_call = time.time()
             with pytest.raises(PartitionError) as minority_call:
-                await node_c.ref("Tally/m0").call("get", timeout=2.0)
+                await node_c.ref(f"{kind}/m0").call("get", timeout=2.0)
             call_took = time.time() - began_call
             stop.set()
             await asyncio.gather(*tasks)
@@ -237,7 +249,7 @@ async def test_the_minority_serves_degraded_reads_queues_writes_and_the_heal_app
         }
 
         async def finals() -> dict[str, int]:
-            return {n: int(await far.ref(f"Tally/{n}").call("get", timeout=20)) for n in names}
+            return {n: int(await far.ref(f"{kind}/{n}").call("get", timeout=20)) for n in names}
 
         try:
             await wait_for(lambda: _settled(finals, expected, counts.unknown), timeout=30, interval=0.2)
