@@ -383,3 +383,43 @@ async def test_a_minority_caller_gets_partition_error_not_call_timeout(
         assert not isinstance(err, CallTimeout) and not err.remote
         assert err.details == {"state": "quorum_lost", "caller": True}
         assert 0.9 <= took < 3.0  # the same budget as a timeout
+
+
+async def test_a_short_cut_reads_degraded_queues_once_per_id_and_the_owner_applies_it_after_the_heal(
+    proxied: ProxiedCluster, mesh_prefix: str, tmp_path: Path
+) -> None:
+    """No takeover (nobody on the majority calls the agent): the cut-off owner itself
+    serves degraded, and after the heal its own queue comes back to it through the inbox."""
+    major, minor = proxied.servers[0].url, proxied.servers[2].url
+    async with (
+        await _node(minor, mesh_prefix, "nC", tmp_path) as node_c,
+        await _node(major, mesh_prefix, "nA", tmp_path) as node_a,
+        Mesh.connect(minor, prefix=mesh_prefix, name="near") as near,
+    ):
+        await node_c.host(Tally)
+        await node_a.host(Tally)
+        await node_c.spawn("Tally", "s0", hints=Hints(pin="nC"))
+        ref = near.ref("Tally/s0")
+        for _ in range(3):
+            await ref.call("add", by=1)
+        c = node_c.cluster_node
+        assert c is not None and c.degraded.queue is not None
+        with partition(proxied, {2}, clients=False):
+            await wait_for(lambda: c.partition.state.minority, timeout=4 * LEASE, interval=0.01)
+            assert await ref.call("get", timeout=5.0) == 3  # allowed by default: the value
+            with pytest.raises(DegradedReply) as stale:
+                await ref.with_options(allow_degraded=False).call("get", timeout=5.0)
+            once = ref.with_options(message_id="degraded-add-1")
+            with pytest.raises(WriteQueued) as first:
+                await once.call("add", by=10, timeout=5.0)
+            with pytest.raises(WriteQueued) as again:  # a resend of the same message
+                await once.call("add", by=10, timeout=5.0)
+            assert await ref.call("get", timeout=5.0) == 3  # a queued write has not run
+            assert len(c.degraded.queue) == 1
+        await wait_for(lambda: not c.degraded.queue, timeout=20, what="the queue replayed")
+        await wait_for(lambda: _equals(ref, 13), timeout=20, interval=0.1)
+        print(f"\ndegraded read {stale.value.value}; queued {first.value.details}; owner {await node_a.agents()}")
+        assert stale.value.value == 3 and not stale.value.remote
+        assert first.value.details["message_id"] == "degraded-add-1" == again.value.details["message_id"]
+        assert first.value.details["position"] == again.value.details["position"] == 1
+        assert c.degraded.replayed == 1
