@@ -288,9 +288,16 @@ class WriteQueue:
                     f"(at most {self.max_writes}, {self.max_bytes})"
                 )
             frame = _frame(write.to_record())
-            await asyncio.to_thread(self._append, frame)
+            # Counted first: if this task is cancelled while the thread writes, the write
+            # still lands and stays pending here (replayed), never dropped by a rewrite.
             self._pending[write.message_id] = write
             self._bytes += write.size
+            try:
+                await asyncio.to_thread(self._append, frame)
+            except OSError:
+                del self._pending[write.message_id]
+                self._bytes -= write.size
+                raise
             return len(self._pending)
 
     async def done(self, message_id: str) -> None:
