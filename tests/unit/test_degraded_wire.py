@@ -37,7 +37,7 @@ def test_allow_degraded_is_a_ref_option() -> None:
     kept = strict.with_options(priority="high")  # other options keep it
     assert kept._options is not None and kept._options.allow_degraded is False
     with pytest.raises(ConfigurationError, match="allow_degraded"):
-        ref.with_options(allow_degraded="no")
+        ref.with_options(allow_degraded="no")  # type: ignore[arg-type]
 
 
 def test_a_queued_write_keeps_its_identity_and_drops_what_only_its_wait_or_owners_set() -> None:
