@@ -445,7 +445,12 @@ class PartitionError(AgentError):
     later, or from a caller on the majority side. Distinct from :class:`CallTimeout`
     (nothing answered) and :class:`Unavailable` (no host, or the agent stopping).
     ``details``: ``node``, ``state`` (the node's partition status, docs/consistency.md),
-    ``retry_for``."""
+    ``retry_for``.
+
+    Also raised locally (``remote=False``, ``details``: ``state``, ``caller: True``) instead
+    of :class:`CallTimeout` when nothing answered a call by its deadline while the caller's
+    own mesh, a cluster node, is on the minority side (``quorum_lost``) or cut from NATS
+    (``nats_unreachable``): as with a ``CallTimeout``, the message may or may not have run."""
 
     code = PARTITION
 

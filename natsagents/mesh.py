@@ -423,6 +423,8 @@ class Mesh:
             raise ConfigurationError("host() needs at least one Agent class")
         for cls in agent_classes:
             self._host.check_kind(cls)  # before any is announced
+            if self._node is not None:
+                self._node.check_kind(cls)
         for cls in agent_classes:
             if self._node is not None:
                 self._node.kind_added(cls)

@@ -262,13 +262,18 @@ class ClusterNode:
             ConfigurationError: the kind's ``resources`` are malformed, or it continues
                 degraded (``continue_degraded``) and the node has no ``data_dir``.
         """
+        self.check_kind(cls)
+        self._local.add_kind(cls)
+        self._tasks.spawn(self._beat_soon())
+
+    def check_kind(self, cls: type[Agent]) -> None:
+        """Raises: ConfigurationError: ``cls`` continues degraded (``continue_degraded``)
+        and this node has no ``data_dir`` for its write queue."""
         if cls.partition_strategy == "continue_degraded" and self.degraded.queue is None:
             raise ConfigurationError(
                 f"{cls.__qualname__}: partition_strategy = 'continue_degraded' queues writes on the node's "
                 "disk: set ClusterSettings(data_dir=...)"
             )
-        self._local.add_kind(cls)
-        self._tasks.spawn(self._beat_soon())
 
     async def _beat_soon(self) -> None:
         with contextlib.suppress(NatsAgentsError):
