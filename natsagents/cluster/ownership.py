@@ -51,7 +51,7 @@ from ..errors import (
 from ..observability import Metrics
 from ..runtime.activation import Activation
 from ..runtime.dedup import APPLIED_MAX_BYTES, DURABLE_WINDOW, keep_until_ms, trim_applied
-from ..runtime.hooks import DEGRADED, Degraded
+from ..runtime.hooks import Degraded
 from ..runtime.host import Host
 from ..state.behind import WriteBehind
 from ..state.store import Applied, FencedOff, StateStore, StoredState
@@ -63,8 +63,10 @@ from .asks import ActivationAsk
 from .directory import Claim, Directory
 from .local import LocalNode
 from .membership import Membership
+from .minority import cut_off_while_storing, minority_answer
 from .partition import PartitionMonitor
 from .placement import Resources
+from .successor import Successors
 
 __all__ = ["Owned", "Ownership"]
 
@@ -91,6 +93,8 @@ class Owned:
         "batch",
         "checking",
         "claim",
+        "doubt",
+        "doubted",
         "epoch",
         "eventual",
         "gaps",
@@ -127,6 +131,10 @@ class Owned:
         # of the claim in progress (shared by the messages that wait for it).
         self.gaps = 0
         self.checking: asyncio.Future[bool | None] | None = None
+        # A newer claim by another node being checked with that node (cluster.successor),
+        # and the newest one that came meanwhile: messages wait for the answer.
+        self.doubt: asyncio.Task[None] | None = None
+        self.doubted: Claim | None = None
         # consistency = "eventual" (state.behind): the newest acknowledged value not
         # stored yet, and how many changes were acknowledged / are stored.
         self.eventual = False
@@ -173,8 +181,10 @@ class Ownership:
         metrics: Metrics,
         tasks: TaskGroup,
         partition: PartitionMonitor | None = None,
+        successors: Successors | None = None,
     ) -> None:
         self._partition = partition
+        self._successors = successors
         self._local = local
         self._host = host
         self._directory = directory
@@ -456,23 +466,14 @@ class Ownership:
                         details={"retry": True},
                     ) from None
                 except (CallTimeout, TransportError) as exc:
-                    paused = self.paused(act)
-                    if paused is not None:  # cut off: the majority will take the agent over
+                    cut = minority_answer(self._partition, act, self._local.node_id, self._membership.lease)
+                    # Cut off: the majority will take the agent over (pause_minority), or
+                    # the caller's resend is queued (continue_degraded, protocol §20).
+                    if isinstance(cut, PartitionError) or (cut is not None and rollback):
                         self._metrics.state_saves.labels(kind, "failed").inc()
                         if rollback:
                             self.rollback(act)
-                        raise paused from None
-                    if self.degraded(act) and rollback:
-                        # Cut off, continuing degraded: not stored, rolled back; the
-                        # caller's resend (same id) is queued (protocol §20).
-                        self._metrics.state_saves.labels(kind, "failed").inc()
-                        self.rollback(act)
-                        raise Unavailable(
-                            f"{act.address} was cut off from the majority while storing: not stored; "
-                            "send it again to queue it",
-                            agent=act.address,
-                            details={"retry": True},
-                        ) from None
+                        raise (cut if isinstance(cut, PartitionError) else cut_off_while_storing(act)) from None
                     if isinstance(exc, MeshClosed) or time.monotonic() > deadline:
                         self._metrics.state_saves.labels(kind, "failed").inc()
                         if rollback:
@@ -645,6 +646,10 @@ class Ownership:
             self.forget_behind(act, own)
         self._tasks.spawn(self._host.discard(act))
 
+    def _taken_over(self, act: Activation, claim: Claim) -> None:
+        log.warning("%s was taken over by %s (epoch %d)", act.address, claim.record.node, claim.record.epoch)
+        self.fenced(act, claim)
+
     # -- serving under our own lease ---------------------------------------------------
 
     def serving(self, act: Activation, deadline_ms: int | None) -> Awaitable[str | AgentError | Degraded | None] | None:
@@ -661,36 +666,19 @@ class Ownership:
             # Fenced or handed over, being stopped: a message still taken from its mailbox
             # must not run on this copy's old state (its writes are not stored either).
             return _refuse(f"{act.address} is owned by another node now; this copy stopped")
+        if own.doubt is not None:  # another node's claim is being checked: wait for it
+            return self._after_doubt(act, own.doubt, deadline_ms)
         membership = self._membership
         if own.gaps == membership.gaps and membership.own_lease_left() > 0:
             return None
         return self._recheck(act, own, deadline_ms)
 
-    def paused(self, act: Activation) -> PartitionError | None:
-        """The refusal of ``act``'s messages while this node is on the minority side and
-        its kind pauses there (``partition_strategy = "pause_minority"``), else ``None``."""
-        if self._partition is None or type(act.agent).partition_strategy != "pause_minority":
-            return None
-        state = self._partition.state
-        if not state.minority:
-            return None
-        node = self._local.node_id
-        return PartitionError(
-            f"node {node} is cut off from the cluster's majority ({state.status}): "
-            f"{act.address} pauses here (pause_minority) until the partition heals",
-            agent=act.address,
-            # Callers resend for this long (same id): the majority may own it by then.
-            details={"node": node, "state": state.status, "retry_for": self._membership.lease},
-        )
-
-    def degraded(self, act: Activation) -> bool:
-        """Whether ``act`` serves degraded now: the node is on the minority side and its
-        kind continues there (``partition_strategy = "continue_degraded"``)."""
-        return (
-            self._partition is not None
-            and type(act.agent).partition_strategy == "continue_degraded"
-            and self._partition.state.minority
-        )
+    async def _after_doubt(
+        self, act: Activation, doubt: asyncio.Task[None], deadline_ms: int | None
+    ) -> str | AgentError | Degraded | None:
+        await asyncio.shield(doubt)  # bounded: successor.CHECK_TIMEOUT and one write
+        again = self.serving(act, deadline_ms)
+        return None if again is None else await again
 
     async def _recheck(
         self, act: Activation, own: Owned, deadline_ms: int | None
@@ -699,7 +687,7 @@ class Ownership:
         loop = asyncio.get_running_loop()
         end = loop.time() + (10.0 if deadline_ms is None else deadline_ms / 1000 - time.time())
         while membership.own_lease_left() <= 0:
-            paused: PartitionError | Degraded | None = DEGRADED if self.degraded(act) else self.paused(act)
+            paused = minority_answer(self._partition, act, self._local.node_id, membership.lease)
             if paused is not None:
                 return await self._paused_or_superseded(act, paused)
             left = end - loop.time()
@@ -784,7 +772,9 @@ class Ownership:
                 own.claim = claim  # the directory cache's copy of our own write: share it
             return
         if claim.record.node != self._local.node_id:
-            log.warning("%s was taken over by %s (epoch %d)", act.address, claim.record.node, claim.record.epoch)
-            self.fenced(act, claim)
+            if self._successors is not None:  # forged? ask that node first
+                self._successors.check(act, own.claim, claim, self._taken_over)
+            else:
+                self._taken_over(act, claim)
         else:
             own.claim = claim

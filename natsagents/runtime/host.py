@@ -57,15 +57,6 @@ _NOT_RUN = Outcome(None, False, None)
 _DEGRADED_LINE = f"{h.DEGRADED}: 1\r\n\r\n".encode()
 
 
-def _deadline_ms(hdrs: dict[str, str] | None) -> int | None:
-    """The request's ``Na-Deadline`` (unix ms), or ``None`` (absent or malformed: the
-    dispatcher answers a malformed one)."""
-    raw = hdrs.get(h.DEADLINE) if hdrs is not None else None
-    if raw is None or not raw.isascii() or not raw.isdigit() or len(raw) > 15:
-        return None
-    return int(raw)
-
-
 @dataclass(frozen=True, slots=True)
 class HostSettings:
     """Settings of the hosting side.
@@ -179,11 +170,10 @@ class Host:
         Before it runs: a cluster node's lease check (``NodeHooks.serving``), and a
         request with too little of its deadline left (``min_time_left``) is refused."""
         hdrs = msg.headers
-        deadline_ms = _deadline_ms(hdrs)
         node = self._node
         degraded = False
         if node is not None and act.cluster is not None:
-            check = node.serving(act, deadline_ms)
+            check = node.serving(act, envelope.deadline_of(hdrs))
             if check is not None:
                 refusal = await check
                 if refusal is DEGRADED:  # continue_degraded on the minority side
@@ -205,15 +195,10 @@ class Host:
             return await self._degraded(act, msg, node)
         if hdrs is not None and h.BATCH in hdrs:
             return await self._batches.run(act, msg)
-        margin = self.settings.min_time_left
-        if deadline_ms is not None and margin is not None and msg.reply:
-            left = deadline_ms / 1000 - time.time()
-            if 0 < left < margin and hdrs is not None and hdrs.get(h.REPLY_MODE) != h.REPLY_MODE_ACCEPT:
-                why = f"only {left * 1000:.0f} ms of the deadline left: not started (no time to answer)"
-                self.replies.refuse(act, msg, TIMEOUT, why)
-                return _NOT_RUN
         caller = msg.admitted.caller if type(msg) is Verified else None
-        return await self._dispatcher.run(act, hdrs, msg.data, reply=bool(msg.reply), caller=caller)
+        return await self._dispatcher.run(
+            act, hdrs, msg.data, reply=bool(msg.reply), caller=caller, margin=self.settings.min_time_left
+        )
 
     async def _degraded(self, act: Activation, msg: Inbound, node: NodeHooks) -> Outcome:
         """A message to a copy serving degraded (``continue_degraded`` on the minority
@@ -232,7 +217,9 @@ class Host:
         wanted = bool(msg.reply) and not accept
         if spec is None or spec.read_only:  # an unknown action is refused unrun by the dispatcher
             caller = msg.admitted.caller if type(msg) is Verified else None
-            out = await self._dispatcher.run(act, msg.headers, msg.data, reply=bool(msg.reply), caller=caller)
+            out = await self._dispatcher.run(
+                act, msg.headers, msg.data, reply=bool(msg.reply), caller=caller, margin=self.settings.min_time_left
+            )
             reply = out.reply
             if reply is not None and isinstance(reply[0], bytes):  # an ok reply: flag it
                 flagged = (reply[0][:-2] + _DEGRADED_LINE, reply[1])
@@ -331,6 +318,11 @@ class Host:
         await self._t.flush()
 
     # -- activation ------------------------------------------------------------------
+
+    def holds(self, kind: str, agent_id: str) -> bool:
+        """Whether ``kind/agent_id`` is active, starting or stopping here."""
+        key = (kind, agent_id)
+        return key in self.activations or key in self._starting
 
     async def activate(self, kind: str, agent_id: str, options: object = None) -> Activation:
         """Return the activation of ``kind/agent_id``, activating it if needed.
