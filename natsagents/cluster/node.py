@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from ..agent.base import Agent, kind_summary
-from ..errors import AgentError, ConfigurationError, NatsAgentsError
+from ..errors import AgentError, ConfigurationError, NatsAgentsError, Unavailable
 from ..observability import Metrics
 from ..observability.micro import ServiceResponder
 from ..runtime.activation import Activation, ActivationState
@@ -406,6 +406,9 @@ class ClusterNode:
         return self._ownership.serving(act, deadline_ms)
 
     async def queue_write(self, act: Activation, headers: Mapping[str, str], body: bytes) -> tuple[str, int]:
+        if not await self._ownership.still_cut_off(act):
+            why = f"{act.address} is not cut off any more: the write is not queued"
+            raise Unavailable(why, agent=act.address, details={"retry": True})
         return await self.degraded.put(act, headers, body)
 
     async def stopped(self, act: Activation, *, discard: bool) -> None:

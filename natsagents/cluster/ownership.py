@@ -719,6 +719,21 @@ class Ownership:
             return f"{act.address} is owned by another node now; this copy stopped"
         return paused
 
+    async def still_cut_off(self, act: Activation) -> bool:
+        """Before a degraded write is queued: a fresh leader read of the claim (at most
+        :data:`_PAUSE_CHECK` s, never shared with a read started before). ``True``: no
+        answer, still cut off (queue it). ``False``: the directory answers, so the cut is
+        over (a copy held by the cut, delivered at the heal, may have run on the majority
+        under the same id: never queue it); a claim of another node fences this copy."""
+        own: Owned = act.cluster
+        try:
+            current = await asyncio.wait_for(self._directory.get(act.kind, act.agent_id, leader=True), _PAUSE_CHECK)
+        except (TimeoutError, NatsAgentsError):
+            return True
+        if current is None or (current.revision > own.claim.revision and current.record.node != self._local.node_id):
+            self.fenced(act, current)
+        return False
+
     async def verify_claim(self, act: Activation) -> bool | None:
         """Re-read the claim of ``act`` after a gap in our heartbeats: ``True`` if it still
         holds (the agent may run again), ``False`` if another node took it over (this

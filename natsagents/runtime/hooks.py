@@ -78,7 +78,9 @@ class NodeHooks(Protocol):
 
     async def queue_write(self, act: Activation, headers: Mapping[str, str], body: bytes) -> tuple[str, int]:
         """Queue a write taken degraded (replayed after the heal). Returns its message id
-        and position. Raises: Overloaded (the queue is full: not queued)."""
+        and position. Raises: Overloaded (the queue is full: not queued), Unavailable +
+        retry (the node is not cut off any more: not queued; a copy it learnt is
+        superseded sets ``act.superseded``)."""
 
     def reply_block(self, act: Activation, block: bytes) -> bytes:
         """The header block of an ok reply of ``act``: ``block``, or it with the agent's

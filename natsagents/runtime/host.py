@@ -238,7 +238,9 @@ class Host:
         try:
             message_id, position = await node.queue_write(act, hdrs, msg.data)
         except AgentError as exc:
-            if not accept:
+            if act.superseded:  # learnt by the node's check: the new owner answers it
+                self.replies.drop(act, msg)
+            elif not accept:
                 self.replies.refuse(act, msg, exc.code, exc.message, details=exc.details)
             else:
                 log.error("dropped an accepted send to %s (action %s): %s", act.address, action, exc.message)
