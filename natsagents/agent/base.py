@@ -58,7 +58,7 @@ EXACTLY_ONCE_CONSISTENCY = ("strong", "session")
 #: ``partition_strategy`` values a kind may declare (docs/consistency.md, "Partitions").
 PARTITION_STRATEGIES = ("pause_minority", "continue_degraded", "split_brain_allowed")
 #: Those this version serves; the others are refused when hosted (``NotSupportedYet``).
-SUPPORTED_PARTITION_STRATEGIES = ("pause_minority",)
+SUPPORTED_PARTITION_STRATEGIES = ("pause_minority", "continue_degraded")
 
 
 def kind_summary(cls: type[Agent]) -> dict[str, str]:
@@ -298,8 +298,11 @@ class Agent:
         partition_strategy: what the kind's agents do on a node cut off from the
             majority (docs/consistency.md, "Partitions"): ``"pause_minority"`` (default:
             they answer nothing but ``PartitionError`` there; the majority takes them over
-            after their lease). ``"continue_degraded"`` and ``"split_brain_allowed"`` are
-            valid names this version refuses when the kind is hosted (``NotSupportedYet``).
+            after their lease); ``"continue_degraded"`` (they serve read-only actions from
+            their last known state, flagged degraded, and queue other actions on the
+            node's disk, replayed after the heal: a cluster node needs
+            ``ClusterSettings(data_dir=…)``). ``"split_brain_allowed"`` is a valid name
+            this version refuses when the kind is hosted (``NotSupportedYet``).
         read_concurrency: read-only actions (``@action(read_only=True)``) of one agent
             that may run at once.
 
