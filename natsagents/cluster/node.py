@@ -170,6 +170,7 @@ class ClusterNode:
             node_id=node_id,
             metrics=metrics,
             tasks=self._tasks,
+            partition=self.partition,
         )
         self._controller = Controller(local, settings, self.membership, self.directory, self._placing, self._client)
         self._control_server = ControlServer(

@@ -33,14 +33,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..agent.base import Agent
-from ..errors import BAD_REQUEST, NatsAgentsError
+from ..errors import BAD_REQUEST, NatsAgentsError, PartitionError
 from ..observability import Metrics
 from ..runtime.activation import Activation, ActivationState, Outcome
+from ..runtime.hooks import DEGRADED, Degraded
 from ..runtime.host import Host
 from ..state.store import StateStore
 from ..tasks import TaskGroup
@@ -52,6 +53,8 @@ from ..wire.ids import agent_key
 from ..wire.subjects import agent_subject, read_queue, read_subject
 from .directory import Claim, Directory
 from .membership import Membership
+from .minority import minority_answer
+from .partition import PartitionMonitor
 from .ring import HashRing
 
 __all__ = ["Replicas", "versioned_block"]
@@ -80,6 +83,10 @@ def min_version(headers: Mapping[str, str] | None) -> int | None:
     return int(text)
 
 
+#: A read refused before it ran (the refusal is sent).
+_NOT_RUN = Outcome(None, False, None)
+
+
 @dataclass(slots=True)
 class _Renamed:
     """A message received on a read subject, handed on as if received on the agent
@@ -93,12 +100,21 @@ class _Renamed:
 
 class _ReplicaServices:
     """What a replica's activation asks of its host: the host's, except that nothing is
-    ever stored and ok replies carry the replica's version and lag."""
+    ever stored, ok replies carry the replica's version and lag, and on the minority side
+    of a partition the kind's ``partition_strategy`` applies as on its primary
+    (``cluster.minority``: ``PartitionError``, or reads flagged ``Na-Degraded: 1``)."""
 
-    def __init__(self, host: Host, copy: _Replica, node_id: str) -> None:
+    def __init__(
+        self,
+        host: Host,
+        copy: _Replica,
+        node_id: str,
+        minority: Callable[[Activation], PartitionError | Degraded | None],
+    ) -> None:
         self._host = host
         self._copy = copy
         self._node_id = node_id
+        self._minority = minority
         self.dedup = host.dedup
         self.guard = host.guard
 
@@ -111,11 +127,17 @@ class _ReplicaServices:
         return self._host.replies
 
     async def dispatch(self, act: Activation, msg: Any) -> Outcome:
+        answer = self._minority(act)
+        if isinstance(answer, PartitionError):  # pause_minority: as the primary answers there
+            self._host.replies.refuse(act, msg, answer.code, answer.message, details=answer.details)
+            return _NOT_RUN
         outcome = await self._host.dispatch(act, msg)
         reply = outcome.reply
         if reply is not None and reply[0] in (envelope.OK_HEADER_BLOCK, envelope.OK_DEFLATE_BLOCK):
             copy = self._copy
             extra = {h.REPLICA: self._node_id, h.REPLICA_LAG: str(int(copy.lag() * 1000))}
+            if answer is DEGRADED:  # continue_degraded: its last known state, flagged
+                extra[h.DEGRADED] = "1"
             block = versioned_block(reply[0], copy.version, extra)
             outcome = outcome._replace(reply=(block, reply[1]))
         return outcome
@@ -180,8 +202,10 @@ class Replicas:
         node_id: str,
         metrics: Metrics,
         tasks: TaskGroup,
+        partition: PartitionMonitor | None = None,
     ) -> None:
         self._t = transport
+        self._partition = partition
         self._host = host
         self._directory = directory
         self._state = state
@@ -289,6 +313,16 @@ class Replicas:
         ring = self._ring[1]
         return self._node_id in ring.preference(agent_key(cls.kind, agent_id))[: cls.read_replicas]
 
+    def _cut_off(self) -> bool:
+        """Whether this node is on the minority side or its view of the members is not to
+        be trusted: it keeps the replicas it holds (their reads follow the kind's
+        ``partition_strategy``, ``cluster.minority``) instead of dropping them because
+        the others, or itself, look lapsed from here."""
+        partition = self._partition
+        if partition is not None and partition.state.minority:
+            return True
+        return not self._membership.view_trusted()
+
     async def _reconcile(self, key: tuple[str, str]) -> None:
         kind, agent_id = key
         cls = self._host.kinds.get(kind)
@@ -303,7 +337,7 @@ class Replicas:
             and self._wanted(cls, agent_id, record.node)
         )
         if not wanted:
-            if current is not None:
+            if current is not None and not (record is not None and record.node != self._node_id and self._cut_off()):
                 await self._stop(current)
             return
         assert cls is not None and record is not None
@@ -314,25 +348,38 @@ class Replicas:
         copy.task = self._tasks.spawn(self._follow(copy), name=f"replica {kind}/{agent_id}")
 
     async def _follow(self, copy: _Replica) -> None:
-        """Watch the agent's state record; serve the read subject once it is loaded."""
-        try:
-            async with self._state.bucket.watch(agent_key(copy.kind, copy.agent_id)) as watch:
-                async for entry in watch:
-                    if entry is None:  # the current value is loaded (or there is none)
-                        if copy.subscription is None:
-                            await self._serve(copy)
-                        continue
-                    copy.heard_of(entry.revision)
-                    if copy.held:
-                        copy.held_entries.append(entry)
-                        continue
-                    self._apply(copy, entry)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("replica of %s/%s stopped: %s", copy.kind, copy.agent_id, exc)
-            self._replicas.pop((copy.kind, copy.agent_id), None)
-            await self._unsubscribe(copy)
+        """Watch the agent's state record; serve the read subject once it is loaded. A
+        watch that fails while this node is cut off (``_cut_off``) is started again, with
+        backoff, and the replica keeps serving what it holds meanwhile (its reads follow
+        the kind's ``partition_strategy``); otherwise the replica stops."""
+        delay = 0.1
+        while True:
+            try:
+                async with self._state.bucket.watch(agent_key(copy.kind, copy.agent_id)) as watch:
+                    async for entry in watch:
+                        delay = 0.1
+                        if entry is None:  # the current value is loaded (or there is none)
+                            if copy.subscription is None:
+                                await self._serve(copy)
+                            continue
+                        copy.heard_of(entry.revision)
+                        if copy.held:
+                            copy.held_entries.append(entry)
+                            continue
+                        self._apply(copy, entry)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if copy.subscription is not None and self._cut_off():
+                    log.info("replica of %s/%s: state watch lost while cut off (%s)", copy.kind, copy.agent_id, exc)
+                    await asyncio.sleep(delay)  # backoff before watching again
+                    delay = min(delay * 2, 2.0)
+                    continue
+                log.warning("replica of %s/%s stopped: %s", copy.kind, copy.agent_id, exc)
+                self._replicas.pop((copy.kind, copy.agent_id), None)
+                await self._unsubscribe(copy)
+                return
 
     def _apply(self, copy: _Replica, entry: Any) -> None:
         agent = self._activation(copy).agent
@@ -357,10 +404,13 @@ class Replicas:
         """The replica's agent instance and mailbox (made on its first state)."""
         if copy.act is None:
             agent = copy.cls()
-            services = _ReplicaServices(self._host, copy, self._node_id)
+            services = _ReplicaServices(self._host, copy, self._node_id, self._minority)
             copy.act = Activation(services, agent, copy.agent_id)  # type: ignore[arg-type]
             agent._bind(copy.agent_id, self._host.refs_for, copy.act)
         return copy.act
+
+    def _minority(self, act: Activation) -> PartitionError | Degraded | None:
+        return minority_answer(self._partition, act, self._node_id, self._membership.lease)
 
     async def _serve(self, copy: _Replica) -> None:
         act = self._activation(copy)

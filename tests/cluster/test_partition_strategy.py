@@ -53,7 +53,7 @@ def _settings(node: str) -> ClusterSettings:
     return ClusterSettings(node_id=node, lease=LEASE, rebalance=False, delivery=None)
 
 
-async def _node(url: str, prefix: str, node: str) -> Mesh:
+async def _node(url: str, prefix: str, node: str, settings: ClusterSettings | None = None) -> Mesh:
     """A node on a freshly made cluster: its first heartbeat may find the new members
     stream without a leader yet on a loaded machine (no responders), or a server not yet in
     the JetStream group (no suitable peers, seen in CI three files at a time): try again for
@@ -62,7 +62,7 @@ async def _node(url: str, prefix: str, node: str) -> Mesh:
     end = loop.time() + 30.0
     while True:
         try:
-            return await Mesh.connect(url, prefix=prefix, name=node, cluster=_settings(node))
+            return await Mesh.connect(url, prefix=prefix, name=node, cluster=settings or _settings(node))
         except NatsAgentsError:
             if loop.time() > end:
                 raise
