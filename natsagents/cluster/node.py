@@ -16,7 +16,10 @@ imports this module):
 * ``controller.Controller``: what the leader does (orphans, rebalancing);
 * ``partition.PartitionMonitor``: which side of a partition the node is on, and its
   events (``pause_minority`` kinds pause on the minority side: ``Ownership.serving``);
-* ``control.ControlServer``: ``<prefix>.node.<id>.<op>`` requests.
+* ``control.ControlServer``: ``<prefix>.node.<id>.<op>`` requests;
+* ``crdts.CrdtCopies``: the copies of ``consistency = "crdt"`` kinds (no claim, no lease:
+  deltas over core NATS, merges into the state record); the host hooks below send their
+  activations there instead of to ``Ownership``.
 
 The node owns the task group every part spawns into, and the lifecycle: ``start`` opens
 the buckets, joins, serves and campaigns; ``close`` hands off or stops; the host stops
@@ -32,7 +35,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from ..agent.base import Agent, kind_summary
-from ..errors import AgentError, NatsAgentsError
+from ..errors import AgentError, MeshClosed, NatsAgentsError
 from ..observability import Metrics
 from ..observability.micro import ServiceResponder
 from ..runtime.activation import Activation, ActivationState
@@ -46,6 +49,7 @@ from ..wire.subjects import bucket_name
 from .asks import NodeClient
 from .control import ControlServer
 from .controller import Controller
+from .crdts import CrdtCopies, CrdtCopy
 from .directory import Directory
 from .leader import LeaderLease
 from .load import LoadSampler
@@ -155,6 +159,9 @@ class ClusterNode:
             metrics=metrics,
             tasks=self._tasks,
         )
+        self.crdts = CrdtCopies(
+            transport, host, self.state, prefix=prefix, node_id=node_id, metrics=metrics, tasks=self._tasks
+        )
         self._controller = Controller(local, settings, self.membership, self.directory, self._placing, self._client)
         self._control_server = ControlServer(
             transport,
@@ -194,6 +201,7 @@ class ClusterNode:
         self.directory.add_listener(self.replicas.on_directory_change)
         await self.membership.start()
         self._tasks.spawn(self.partition.run(), name="partition monitor")
+        self.partition.subscribe(self.crdts.on_partition)
         await self._control_server.start()
         control = self.control = await open_bucket(self._t, bucket_name(self.prefix, "control"), history=1)
         # Hosts take Na-Stream-Seq and batches only when signed with it (wire.owner).
@@ -224,6 +232,7 @@ class ClusterNode:
             if permanent:
                 await self._migration.hand_off(permanent, self.settings.rebalance_strategy)
         local.closing = True
+        await self.crdts.close()
         await self.replicas.close()
         if self._leader is not None:
             await self._leader.stop()
@@ -244,6 +253,8 @@ class ClusterNode:
             ConfigurationError: the kind's ``resources`` are malformed.
         """
         self._local.add_kind(cls)
+        if cls.consistency == "crdt":
+            self.crdts.kind_added(cls)
         self._tasks.spawn(self._beat_soon())
 
     async def _beat_soon(self) -> None:
@@ -334,9 +345,18 @@ class ClusterNode:
     # -- host hooks (runtime.hooks.NodeHooks) ------------------------------------------
 
     async def answer_activation(self, msg: Inbound) -> None:
+        cls = self._host.kinds.get(msg.subject.rsplit(".", 1)[-1])
+        if cls is not None and cls.consistency == "crdt":
+            await self._host.activate_here(msg)  # multi-active: a copy here, no placement
+            return
         await self._placing.answer_activation(msg)
 
     async def starting(self, act: Activation, options: object) -> None:
+        if type(act.agent).consistency == "crdt":
+            if self._local.closing:
+                raise MeshClosed("the node is closing")
+            await self.crdts.starting(act)
+            return
         await self._ownership.starting(act, options)
         try:
             await self.replicas.primary_starting(act)
@@ -346,36 +366,57 @@ class ClusterNode:
             raise
 
     def begin_batch(self, act: Activation) -> None:
-        self._ownership.begin_batch(act)
+        if not isinstance(act.cluster, CrdtCopy):  # a crdt copy: each item's delta as it runs
+            self._ownership.begin_batch(act)
 
     async def end_batch(self, act: Activation) -> None:
-        await self._ownership.end_batch(act)
+        if not isinstance(act.cluster, CrdtCopy):
+            await self._ownership.end_batch(act)
 
     def abort_batch(self, act: Activation) -> None:
-        self._ownership.abort_batch(act)
+        if not isinstance(act.cluster, CrdtCopy):
+            self._ownership.abort_batch(act)
 
     async def after_action(
         self, act: Activation, meta: RequestMeta, answered: bool, seq: int = 0, reply: bytes | None = None
     ) -> None:
         self._supervisor.succeeded(act)
+        if isinstance(act.cluster, CrdtCopy):
+            await self.crdts.after_action(act, meta)
+            return
         await self._ownership.after_action(act, meta, answered, seq, reply)
 
     def applied_seq(self, act: Activation) -> int:
+        if isinstance(act.cluster, CrdtCopy):
+            return 0
         return self._ownership.applied_seq(act)
 
     def action_failed(self, act: Activation, exc: BaseException) -> None:
-        self._ownership.action_failed(act)
+        if isinstance(act.cluster, CrdtCopy):
+            self.crdts.rollback(act)
+        else:
+            self._ownership.action_failed(act)
         self._supervisor.failed(act)
 
     async def save_now(self, act: Activation) -> None:
+        if isinstance(act.cluster, CrdtCopy):
+            await self.crdts.save_now(act)
+            return
         await self._ownership.save_now(act)
 
     def serving(self, act: Activation, deadline_ms: int | None) -> Awaitable[str | AgentError | None] | None:
+        if isinstance(act.cluster, CrdtCopy):
+            return None  # no lease, no pause: a crdt copy serves on every side
         return self._ownership.serving(act, deadline_ms)
 
     async def stopped(self, act: Activation, *, discard: bool) -> None:
+        if isinstance(act.cluster, CrdtCopy):
+            await self.crdts.stopped(act, discard=discard)
+            return
         await self.replicas.primary_stopped(act)
         await self._ownership.stopped(act, discard=discard)
 
     def reply_block(self, act: Activation, block: bytes) -> bytes:
+        if isinstance(act.cluster, CrdtCopy):
+            return block
         return self.replicas.reply_block(act, block)

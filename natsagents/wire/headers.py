@@ -11,6 +11,7 @@ __all__ = [
     "CALLER_KEY",
     "CALLER_SIG",
     "CORRELATION_ID",
+    "CRDT_NODE",
     "DEADLINE",
     "DELIVERY",
     "DELIVERY_AT_LEAST_ONCE",
@@ -51,6 +52,8 @@ PROTO_VERSION = "1"
 #: Unique id of this logical message (22 base64url characters from the SDK; any
 #: 1-64 characters ``[A-Za-z0-9_-]`` from other peers).
 MESSAGE_ID = "Na-Msg-Id"
+#: On a crdt delta (``<prefix>.crdt.<kind>.<token>``, protocol §20): the node that sent it.
+CRDT_NODE = "Na-Crdt-Node"
 #: Id shared by every message caused by one external request.
 CORRELATION_ID = "Na-Corr-Id"
 #: Name of the action to run.
