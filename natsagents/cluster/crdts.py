@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from ..agent.base import Agent
@@ -49,12 +51,19 @@ from ..wire import headers as h
 from ..wire.envelope import RequestMeta
 from ..wire.ids import agent_key, decode_id, encode_id, validate_kind
 from ..wire.subjects import crdt_subject
-from .partition import PartitionEvent
+from .partition import PartitionEvent, PartitionMonitor
 
 __all__ = ["CrdtCopies", "CrdtCopy"]
 
 log = logging.getLogger("natsagents.cluster.crdt")
 
+#: Most deltas of one action joined into the delta it ships; beyond, the whole state is
+#: shipped (joining thousands of deltas one by one is quadratic; the state is a valid delta).
+_MAX_DELTAS = 64
+#: Seconds between two rounds of whole-state publishes while the node is not ``ok``.
+_GOSSIP_EVERY = 0.5
+#: Seconds after a heal at which every copy publishes its whole state a second time.
+_RESYNC_AGAIN = 1.0
 #: Read-merge-CAS attempts of one flush before it counts as failed (and is retried later).
 _CAS_ATTEMPTS = 8
 
@@ -62,7 +71,7 @@ _CAS_ATTEMPTS = 8
 class CrdtCopy:
     """The node's record of one crdt copy (``Activation.cluster``)."""
 
-    __slots__ = ("acked", "marks", "replica", "revision", "stored_marks", "token")
+    __slots__ = ("acked", "last_whole", "marks", "replica", "revision", "stored_marks", "token", "wire")
 
     def __init__(self, replica: str, token: str, acked: Crdt, revision: int) -> None:
         self.replica = replica
@@ -71,13 +80,28 @@ class CrdtCopy:
         self.acked = acked
         #: The newest record revision merged here or written by this copy.
         self.revision = revision
-        #: Changes (own actions, merged deltas) made / known to be in the record.
+        #: Changes (own actions, deltas of other copies merged here) made / known to be in
+        #: the record. Only own changes schedule a merge into the record; a received one is
+        #: stored with the next, or at the stop.
         self.marks = 0
         self.stored_marks = 0
+        #: Digest of the last whole state received (a repeat is not decoded again).
+        self.last_whole = b""
+        #: The last whole state published and its bytes (a repeat is not encoded again).
+        self.wire: tuple[Crdt, bytes] | None = None
 
     @property
     def dirty(self) -> bool:
         return self.marks != self.stored_marks
+
+
+def _join(deltas: list[Crdt]) -> Crdt:
+    """The join of ``deltas``, pairwise (balanced: each level is linear in what it joins)."""
+    while len(deltas) > 1:
+        deltas = [
+            deltas[i].merge(deltas[i + 1]) if i + 1 < len(deltas) else deltas[i] for i in range(0, len(deltas), 2)
+        ]
+    return deltas[0]
 
 
 def _is_crdt_copy(act: Activation) -> bool:
@@ -126,6 +150,9 @@ class CrdtCopies:
         # new replica id (what the old one wrote may live on elsewhere, unknown here).
         self._generations: dict[tuple[str, str], int] = {}
         self._closing = False
+        self._gossip: asyncio.Task[None] | None = None
+        #: The node's partition status (``ClusterNode`` sets it; "ok" until then).
+        self._state_of: Callable[[], str] = lambda: "ok"
         self.behind: WriteBehind[Activation] = WriteBehind(
             self._flush,
             tasks,
@@ -222,9 +249,8 @@ class CrdtCopies:
         try:
             delta: Crdt = state
             if deltas:
-                delta = deltas[0]
-                for more in deltas[1:]:
-                    delta = delta.merge(more)
+                if len(deltas) <= _MAX_DELTAS:
+                    delta = _join(deltas)
             elif state == before:
                 return
             merged = state.merge(before)
@@ -288,15 +314,27 @@ class CrdtCopies:
 
     # -- deltas (core NATS) --------------------------------------------------------------
 
-    async def _publish(self, act: Activation, delta: Crdt) -> None:
+    async def _publish(self, act: Activation, delta: Crdt, *, whole: bool = False) -> None:
+        """Publish a delta (``whole``: the copy's whole state, which a copy holding more
+        answers with its own: one round trip merges both ways)."""
         kind = act.kind
+        copy = act.cluster
         try:
-            data = delta.to_wire()
+            cached = copy.wire if isinstance(copy, CrdtCopy) else None
+            if cached is not None and cached[0] is delta:
+                data = cached[1]  # immutable: the same value, the same bytes
+            else:
+                data = delta.to_wire()
+                if whole and isinstance(copy, CrdtCopy):
+                    copy.wire = (delta, data)
             if len(data) + 256 > self._t.max_payload:
                 self._metrics.crdt_deltas.labels(kind, "too_large").inc()
                 return  # the record carries it (anti-entropy)
             subject = crdt_subject(self._prefix, kind, act.agent_id)
-            await self._t.publish(subject, data, headers={h.CRDT_NODE: self._node})
+            headers = {h.CRDT_NODE: self._node}
+            if whole:
+                headers[h.CRDT_WHOLE] = "1"
+            await self._t.publish(subject, data, headers=headers)
         except (NatsAgentsError, ValueError, TypeError) as exc:
             # Not connected, or closing: the record carries it.
             log.debug("publishing a delta of %s failed: %s", act.address, exc)
@@ -320,21 +358,35 @@ class CrdtCopies:
             return
         if act.state is not ActivationState.ACTIVE:
             return
-        self._merge_delta(act, msg.data)
+        self._merge_delta(act, msg.data, whole=hdrs is not None and hdrs.get(h.CRDT_WHOLE) == "1")
 
-    def _merge_delta(self, act: Activation, data: bytes) -> None:
+    def _merge_delta(self, act: Activation, data: bytes, *, whole: bool = False) -> None:
         copy: CrdtCopy = act.cluster
+        if whole:
+            # A partition's gossip repeats an unchanged state every second: decode it once.
+            digest = hashlib.blake2b(data, digest_size=16).digest()
+            if digest == copy.last_whole:
+                self._metrics.crdt_deltas.labels(act.kind, "repeated").inc()
+                return
+            copy.last_whole = digest
         remote = self._decode_wire(act, copy.acked, data, "delta")
         if remote is None:
             self._metrics.crdt_deltas.labels(act.kind, "dropped").inc()
             return
-        if self._merge_in(act, copy, remote) is None:
+        merged = self._merge_in(act, copy, remote)
+        if merged is None:
             self._metrics.crdt_deltas.labels(act.kind, "dropped").inc()
             return
+        if whole and self._gossip is None and merged != remote and not self._tasks.closed:
+            # A copy that missed ours (across a cut) and we do not gossip ourselves: answer
+            # with everything at once.
+            self._tasks.spawn(self._publish(act, merged, whole=True), name="crdt answer")
         self._metrics.crdt_deltas.labels(act.kind, "applied").inc()
-        # Stored by every copy that has it: a crash of the writer loses only what no other
-        # copy received (merged into the record by whichever copy flushes first).
-        self._changed(act, copy)
+        # Not stored from here: its writer merges it into the record. Should the writer
+        # crash first, this copy still holds it, and stores it with its own next change,
+        # when the record's next change shows the record lacks it (``_pull``), at a heal,
+        # or when it stops (it is marked as received-but-unstored).
+        copy.marks += 1  # counted, not scheduled
 
     def _follow(self, kind: str, token: str, data: bytes) -> None:
         """A delta for an agent of a kind we host but hold no copy of: start one (it loads
@@ -459,14 +511,17 @@ class CrdtCopies:
     def _merge_in(self, act: Activation, copy: CrdtCopy, remote: Crdt) -> Crdt | None:
         """Merge ``remote`` into the acknowledged state and the live one (an action running
         now keeps it: its result is merged with ``acked`` when it ends)."""
+        before = copy.acked
         try:
-            merged = copy.acked.merge(remote)
+            merged = before.merge(remote)
         except (CrdtError, CrdtTypeError, TypeError) as exc:
             warn_ignored(log, "crdt value", act.address, exc)
             return None
         copy.acked = merged
         live = act.agent.state
-        if live is not merged:
+        if live is before:  # no action under way: nothing else to merge it into
+            act.agent.state = merged
+        elif live is not merged:
             try:
                 act.agent.state = live.merge(remote) if isinstance(live, type(merged)) else merged
             except (CrdtError, CrdtTypeError, TypeError):
@@ -499,20 +554,62 @@ class CrdtCopies:
 
     # -- partitions ---------------------------------------------------------------------
 
+    def watch_partition(self, monitor: PartitionMonitor) -> None:
+        """Follow the node's partition state (``on_partition``)."""
+        self._state_of = lambda: monitor.state.status
+        monitor.subscribe(self.on_partition)
+
     def on_partition(self, event: PartitionEvent) -> None:
-        """At a heal: every copy publishes its whole state and merges into its record now."""
-        if event.kind != "heal" or self._closing or self._tasks.closed:
+        """While the node is not ``ok``: every second, each copy changed since the partition
+        began publishes its whole state (lost while the cut lasts; the first to cross once
+        the routes are back merges the sides, without waiting for JetStream). At the heal:
+        every copy publishes its whole state and merges into its record now."""
+        if self._closing or self._tasks.closed:
             return
-        self._tasks.spawn(self._resync(), name="crdt heal")
+        if event.kind == "heal":
+            self._tasks.spawn(self._resync(), name="crdt heal")
+        elif event.kind == "start" and self._gossip is None:
+            self._gossip = self._tasks.spawn(self._gossip_while_cut(), name="crdt gossip")
+
+    async def _gossip_while_cut(self) -> None:
+        try:
+            since = {id(act): act.cluster.marks for act in self._copies.values() if _is_crdt_copy(act)}
+            while not self._closing:
+                await asyncio.sleep(_GOSSIP_EVERY)
+                if self._state_of() == "ok":
+                    return
+                for act in list(self._copies.values()):
+                    copy = act.cluster
+                    if not isinstance(copy, CrdtCopy) or act.state is not ActivationState.ACTIVE:
+                        continue
+                    if copy.marks > since.get(id(act), 0):
+                        await self._publish(act, copy.acked, whole=True)
+        finally:
+            self._gossip = None
 
     async def _resync(self) -> None:
-        for act in list(self._copies.values()):
-            copy = act.cluster
-            if not isinstance(copy, CrdtCopy) or act.state is not ActivationState.ACTIVE:
-                continue
-            await self._publish(act, copy.acked)
-            copy.marks += 1
-            self.behind.mark(act, 0.001)
+        # Twice: the routes between the servers may come back a moment after this node's
+        # own view does, and a core NATS message published before that is lost.
+        for round_ in range(2):
+            if round_:
+                await asyncio.sleep(_RESYNC_AGAIN)
+            for act in list(self._copies.values()):
+                copy = act.cluster
+                if not isinstance(copy, CrdtCopy) or act.state is not ActivationState.ACTIVE:
+                    continue
+                await self._publish(act, copy.acked, whole=True)
+                if not round_:
+                    copy.marks += 1
+                    self._tasks.spawn(self._flush_soon(act), name="crdt heal flush")
+
+    async def _flush_soon(self, act: Activation) -> None:
+        """Merge into the record now (a retry's backoff timer is cancelled)."""
+        try:
+            await self.behind.flush_now(act)
+        except Exception as exc:
+            log.warning("merging %s into its record after the heal failed (%s): retried", act.address, exc)
+            if not self._tasks.closed and act.state is ActivationState.ACTIVE:
+                self.behind.mark(act, type(act.agent).flush_interval)
 
     def held(self) -> list[str]:
         """The addresses of the crdt copies held here."""

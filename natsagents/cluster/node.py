@@ -201,7 +201,7 @@ class ClusterNode:
         self.directory.add_listener(self.replicas.on_directory_change)
         await self.membership.start()
         self._tasks.spawn(self.partition.run(), name="partition monitor")
-        self.partition.subscribe(self.crdts.on_partition)
+        self.crdts.watch_partition(self.partition)
         await self._control_server.start()
         control = self.control = await open_bucket(self._t, bucket_name(self.prefix, "control"), history=1)
         # Hosts take Na-Stream-Seq and batches only when signed with it (wire.owner).

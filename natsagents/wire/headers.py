@@ -12,6 +12,7 @@ __all__ = [
     "CALLER_SIG",
     "CORRELATION_ID",
     "CRDT_NODE",
+    "CRDT_WHOLE",
     "DEADLINE",
     "DELIVERY",
     "DELIVERY_AT_LEAST_ONCE",
@@ -54,6 +55,9 @@ PROTO_VERSION = "1"
 MESSAGE_ID = "Na-Msg-Id"
 #: On a crdt delta (``<prefix>.crdt.<kind>.<token>``, protocol §20): the node that sent it.
 CRDT_NODE = "Na-Crdt-Node"
+#: ``1`` on a crdt delta that is the sender's whole state (a heal, a partition's gossip):
+#: a copy holding more answers with its own whole state.
+CRDT_WHOLE = "Na-Crdt-Whole"
 #: Id shared by every message caused by one external request.
 CORRELATION_ID = "Na-Corr-Id"
 #: Name of the action to run.
