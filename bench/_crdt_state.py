@@ -208,3 +208,76 @@ async def bench_convergence(cfg: Any) -> dict[str, Any]:
             }
     finally:
         cluster.stop()
+
+
+async def bench_kill(url: str, cfg: Any, start_host: Any) -> dict[str, Any]:
+    """SIGKILL a node process holding crdt counters under load; count the acknowledged
+    increments missing afterwards: with one copy (the node's own; the record is all that
+    is left) and with two (a second copy in this process, which received the deltas and
+    merges them into the record when it stops)."""
+    from natsagents.state import StateStore
+
+    out: dict[str, Any] = {}
+    agents = 20
+    for copies in (1, 2):
+        prefix = "bq" + hex(time.time_ns())[-6:]
+        host = start_host(url, prefix, "kc")
+        survivor: Mesh | None = None
+        try:
+            async with Mesh.connect(url, prefix=prefix, name="load") as client:
+                if copies == 2:
+                    settings = ClusterSettings(node_id="ks", lease=1.5, rebalance=False, delivery=None)
+                    survivor = await Mesh.connect(url, prefix=prefix, name="ks", cluster=settings)
+                    await survivor.host(CrdtCounter)
+                refs = [client.ref("CrdtCounter", f"q{i}") for i in range(agents)]
+                acked = [0] * agents
+                for i, ref in enumerate(refs):  # activated, and followed by the second copy
+                    await ref.call("add", timeout=30)
+                    acked[i] += 1
+                if survivor is not None:
+                    end = time.monotonic() + 10
+                    while len(survivor.local_agents()) < agents and time.monotonic() < end:
+                        for i, ref in enumerate(refs):
+                            await ref.call("add", timeout=30)
+                            acked[i] += 1
+                        await asyncio.sleep(0.05)
+
+                failed: list[int] = []
+
+                async def loop(ref: Any, i: int, acked: list[int] = acked, failed: list[int] = failed) -> None:
+                    while True:  # until cancelled after the kill
+                        try:
+                            await ref.call("add", timeout=2.0)
+                        except NatsAgentsError:
+                            failed.append(i)
+                            return
+                        acked[i] += 1
+
+                load = asyncio.ensure_future(asyncio.gather(*(loop(ref, i) for i, ref in enumerate(refs))))
+                await asyncio.sleep(cfg.kill_after)
+                host.proc.kill()
+                host.proc.wait()
+                if survivor is not None:
+                    await asyncio.sleep(0.5)  # calls keep going to the surviving copy for a moment
+                load.cancel()  # a call in flight now may have run: counted in "over", not "lost"
+                await asyncio.gather(load, return_exceptions=True)
+                unknown = len(failed)
+                if survivor is not None:
+                    await survivor.aclose()  # its copies merge into the records as they stop
+                    survivor = None
+                store = StateStore(client._transport, prefix)
+                await store.start()
+                lost = over = 0
+                for i in range(agents):
+                    stored = await store.load("CrdtCounter", f"q{i}")
+                    n = PNCounter.from_wire(stored.data).value if isinstance(stored.data, bytes) else 0
+                    lost += max(0, acked[i] - n)
+                    over += max(0, n - acked[i])
+                total = sum(acked)
+                out[f"copies_{copies}"] = {"acked": total, "lost": lost, "unknown_outcome": unknown, "over": over}
+                log(f"crdt kill, {copies} copies: {total} acked, {lost} lost, {unknown} unknown, {over} over")
+        finally:
+            if survivor is not None:
+                await survivor.aclose()
+            host.stop()
+    return out

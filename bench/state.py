@@ -61,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Child, CpuMeter, format_table, machine_info, percentile, signal_ready, wait_for_stdin_eof
 from _crdt_state import CrdtCounter, bench_convergence
+from _crdt_state import bench_kill as bench_kill_crdt
 
 from natsagents import Agent, ClusterSettings, Mesh, NatsAgentsError, action
 from natsagents.wire import codec
@@ -442,6 +443,7 @@ async def run(cfg: argparse.Namespace) -> dict[str, Any]:
         results["kill"] = await bench_kill(server.url, cfg)
         results["reads"] = await bench_reads(server.url, cfg)
         results["replicas"] = await bench_replicas(server.url, cfg)
+        results["crdt_kill"] = await bench_kill_crdt(server.url, cfg, start_host)
     finally:
         server.stop()
     results["crdt_convergence"] = await bench_convergence(cfg)
@@ -484,6 +486,14 @@ def report(results: dict[str, Any], cfg: argparse.Namespace) -> dict[str, Any]:
             "",
             "≤ 2",
             ("ok" if cv["convergence_s"] <= 2.0 else "ABOVE") + f", state {cv['state_bytes']:,} bytes",
+        ],
+        [
+            "crdt acked increments lost on SIGKILL, 1 copy / 2 copies",
+            f"{results['crdt_kill']['copies_1']['lost']} / {results['crdt_kill']['copies_2']['lost']}",
+            "",
+            "",
+            "1 copy: the unflushed window",
+            f"of {results['crdt_kill']['copies_1']['acked']} / {results['crdt_kill']['copies_2']['acked']} acked",
         ],
         [
             "host + server CPU µs per write, strong / eventual (hot)",
@@ -571,6 +581,9 @@ def report(results: dict[str, Any], cfg: argparse.Namespace) -> dict[str, Any]:
         "crdt_writes_per_s": w["hot_crdt_writes_per_s"],
         "cpu_ratio_strong_crdt": round(w["hot_strong_cpu_us_per_write"] / max(w["hot_crdt_cpu_us_per_write"], 1e-9), 2),
         "convergence_10k_s": cv["convergence_s"],
+        "convergence_10k_routed_s": cv["routed_s"],
+        "crdt_lost_on_kill_1_copy": results["crdt_kill"]["copies_1"]["lost"],
+        "crdt_lost_on_kill_2_copies": results["crdt_kill"]["copies_2"]["lost"],
     }
 
 
