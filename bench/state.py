@@ -610,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     flat = report(results, cfg)
     summary = {"bench": "state", "quick": cfg.quick, **flat, "sections": results, "machine": machine_info()}
     summary["wall_s"] = round(time.perf_counter() - started, 1)
+    summary["load_avg_1m"] = round(os.getloadavg()[0], 2)  # a shared machine: say how busy it was
     print(json.dumps(summary, separators=(",", ":"), default=str))
     return 0
 
