@@ -48,7 +48,7 @@ from ..state.store import FencedOff, StateStore
 from ..tasks import TaskGroup
 from ..transport import Inbound, Subscription, Transport
 from ..wire import headers as h
-from ..wire.envelope import RequestMeta
+from ..wire.envelope import RequestMeta, encode_headers
 from ..wire.ids import agent_key, decode_id, encode_id, validate_kind
 from ..wire.subjects import crdt_subject
 from .partition import PartitionEvent, PartitionMonitor
@@ -150,6 +150,9 @@ class CrdtCopies:
         # new replica id (what the old one wrote may live on elsewhere, unknown here).
         self._generations: dict[tuple[str, str], int] = {}
         self._closing = False
+        # Header blocks of our deltas, built once (protocol §20.2).
+        self._block = encode_headers({h.CRDT_NODE: node_id})
+        self._whole_block = encode_headers({h.CRDT_NODE: node_id, h.CRDT_WHOLE: "1"})
         self._gossip: asyncio.Task[None] | None = None
         #: The node's partition status (``ClusterNode`` sets it; "ok" until then).
         self._state_of: Callable[[], str] = lambda: "ok"
@@ -330,11 +333,10 @@ class CrdtCopies:
             if len(data) + 256 > self._t.max_payload:
                 self._metrics.crdt_deltas.labels(kind, "too_large").inc()
                 return  # the record carries it (anti-entropy)
-            subject = crdt_subject(self._prefix, kind, act.agent_id)
-            headers = {h.CRDT_NODE: self._node}
-            if whole:
-                headers[h.CRDT_WHOLE] = "1"
-            await self._t.publish(subject, data, headers=headers)
+            subject = f"{self._prefix}.crdt.{kind}.{copy.token}" if isinstance(copy, CrdtCopy) else ""
+            if not subject:
+                subject = crdt_subject(self._prefix, kind, act.agent_id)
+            await self._t.publish(subject, data, headers=self._whole_block if whole else self._block)
         except (NatsAgentsError, ValueError, TypeError) as exc:
             # Not connected, or closing: the record carries it.
             log.debug("publishing a delta of %s failed: %s", act.address, exc)
