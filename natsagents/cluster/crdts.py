@@ -212,17 +212,24 @@ class CrdtCopies:
             )
         kind, agent_id = act.kind, act.agent_id
         await self.ensure_kind(kind)
-        stored = await self._state.load(kind, agent_id, leader=True)
+        # From the stream leader: a lagging replica would only make the copy catch up later.
+        entry = await self._state.bucket.get(agent_key(kind, agent_id), leader=True)
         state = initial
-        if stored.revision and not stored.empty:
-            remote = self._decode(act, initial, stored.data, "state record")
+        revision = 0
+        if entry is not None:
+            revision = entry.revision
+            remote = self._decode_record(act, initial, entry.value)  # garbage: ignored, overwritten
             if remote is not None:
                 state = initial.merge(remote)
         key = (kind, agent_id)
+        token = encode_id(agent_id)
+        if (kind, token) in self._copies:
+            # The previous copy here is still stopping: its last changes may not be in the
+            # record read above, so this copy must not write under the same replica id.
+            self._generations[key] = self._generations.get(key, 0) + 1
         generation = self._generations.get(key, 0)
         replica = f"{self._node}:{self._incarnation}" + (f":{generation}" if generation else "")
-        token = encode_id(agent_id)
-        act.cluster = CrdtCopy(replica, token, state, stored.revision)
+        act.cluster = CrdtCopy(replica, token, state, revision)
         agent._replica = replica
         agent._deltas = None
         agent.state = state
@@ -295,8 +302,6 @@ class CrdtCopies:
         copy: CrdtCopy | None = act.cluster
         if copy is None:
             return
-        if self._copies.get((act.kind, copy.token)) is act:
-            del self._copies[(act.kind, copy.token)]
         try:
             if copy.dirty:
                 await self.behind.flush_now(act)
@@ -314,6 +319,8 @@ class CrdtCopies:
             self._metrics.crdt_merges.labels(act.kind, "lost").inc()
         finally:
             self.behind.forget(act)
+            if self._copies.get((act.kind, copy.token)) is act:  # not replaced by a newer copy
+                del self._copies[(act.kind, copy.token)]
 
     # -- deltas (core NATS) --------------------------------------------------------------
 
