@@ -281,3 +281,51 @@ async def bench_kill(url: str, cfg: Any, start_host: Any) -> dict[str, Any]:
                 await survivor.aclose()
             host.stop()
     return out
+
+
+async def bench_lag(url: str, samples: int) -> dict[str, Any]:
+    """Replication lag of a crdt counter: two nodes (in this process) hold a copy; after
+    each acknowledged ``add`` (one caller, sequential), the time until both copies read
+    the acknowledged total (the delta over core NATS, merged by the other copy). The copy
+    publishes the delta before the reply, on the same connection: the other copy usually
+    has it before the caller has the reply (then the lag counts as ~0). Everything runs in
+    one process here, so this shows the ordering more than a network's latency."""
+    from _common import percentile
+
+    prefix = "bl" + hex(time.time_ns())[-6:]
+    settings = [ClusterSettings(node_id=n, lease=1.5, rebalance=False, delivery=None) for n in ("la", "lb")]
+    nodes = [await Mesh.connect(url, prefix=prefix, name=s.node_id, cluster=s) for s in settings]
+    try:
+        for node in nodes:
+            await node.host(CrdtCounter)
+        async with Mesh.connect(url, prefix=prefix, name="load") as client:
+            ref = client.ref("CrdtCounter", "lag")
+
+            def values() -> list[Any]:
+                out = []
+                for node in nodes:
+                    agent = node._host.agent_instance("CrdtCounter", "lag")
+                    out.append(None if agent is None else agent.state.value)
+                return out
+
+            total = 0
+            end = time.monotonic() + 10
+            while None in values() and time.monotonic() < end:  # the second copy follows
+                await ref.call("add", timeout=30)
+                total += 1
+                await asyncio.sleep(0.01)
+            lags: list[float] = []
+            for _ in range(samples):
+                await ref.call("add", timeout=30)
+                total += 1
+                acked = time.perf_counter()
+                while values() != [total, total]:  # noqa: ASYNC110 (polling two agents' state)
+                    await asyncio.sleep(0)
+                lags.append((time.perf_counter() - acked) * 1000)
+            lags.sort()
+            p50, p99 = round(percentile(lags, 50), 3), round(percentile(lags, 99), 3)
+            log(f"crdt replication lag (reply → both copies), p50 {p50} ms, p99 {p99} ms, {samples} samples")
+            return {"samples": samples, "p50_ms": p50, "p99_ms": p99, "max_ms": round(lags[-1], 3)}
+    finally:
+        for node in nodes:
+            await node.aclose()

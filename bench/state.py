@@ -62,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Child, CpuMeter, format_table, machine_info, percentile, signal_ready, wait_for_stdin_eof
 from _crdt_state import CrdtCounter, bench_convergence
 from _crdt_state import bench_kill as bench_kill_crdt
+from _crdt_state import bench_lag as bench_lag_crdt
 
 from natsagents import Agent, ClusterSettings, Mesh, NatsAgentsError, action
 from natsagents.wire import codec
@@ -444,6 +445,7 @@ async def run(cfg: argparse.Namespace) -> dict[str, Any]:
         results["reads"] = await bench_reads(server.url, cfg)
         results["replicas"] = await bench_replicas(server.url, cfg)
         results["crdt_kill"] = await bench_kill_crdt(server.url, cfg, start_host)
+        results["crdt_lag"] = await bench_lag_crdt(server.url, 200 if cfg.quick else 1000)
     finally:
         server.stop()
     results["crdt_convergence"] = await bench_convergence(cfg)
@@ -486,6 +488,14 @@ def report(results: dict[str, Any], cfg: argparse.Namespace) -> dict[str, Any]:
             "",
             "≤ 2",
             ("ok" if cv["convergence_s"] <= 2.0 else "ABOVE") + f", state {cv['state_bytes']:,} bytes",
+        ],
+        [
+            "crdt replication lag reply → other copy, p50 / p99 ms",
+            f"{results['crdt_lag']['p50_ms']} / {results['crdt_lag']['p99_ms']}",
+            "",
+            "",
+            "",
+            "deltas over core NATS",
         ],
         [
             "crdt acked increments lost on SIGKILL, 1 copy / 2 copies",
@@ -584,6 +594,8 @@ def report(results: dict[str, Any], cfg: argparse.Namespace) -> dict[str, Any]:
         "convergence_10k_routed_s": cv["routed_s"],
         "crdt_lost_on_kill_1_copy": results["crdt_kill"]["copies_1"]["lost"],
         "crdt_lost_on_kill_2_copies": results["crdt_kill"]["copies_2"]["lost"],
+        "crdt_lag_p50_ms": results["crdt_lag"]["p50_ms"],
+        "crdt_lag_p99_ms": results["crdt_lag"]["p99_ms"],
     }
 
 
