@@ -5,11 +5,12 @@ one). No directory record, no lease, no fencing: every node that serves a ``kind
 its own copy, writing as its own replica id, and the copies converge by merging.
 
 * **Where copies run.** An activation request for a crdt kind is answered by the node that
-  receives it (no placement): the host queue group prefers a subscriber on the caller's own
-  server, and during a partition only the caller's side answers, so each side activates a
-  copy of its own. A node hosting the kind also starts a copy when it hears a delta for an
-  agent it does not hold ("follow"), so every node that hosts the kind holds a copy of each
-  agent being written, and callers reach the copy on their own server (protocol §20.1).
+  receives it (no placement), so a side of a partition that reaches no copy starts its own.
+  A node hosting the kind also starts a copy when it hears a delta for an agent it does not
+  hold ("follow"), so every node that hosts the kind holds a copy of each agent being
+  written. Calls reach any copy (the agent queue group; NATS does not prefer the caller's
+  server, and keeps routing to the far side of a cut until it drops the route: protocol
+  §20.1).
 * **Fast path.** After each action that changed the state the copy publishes the delta
   (``Agent.mutate``; the whole state when the action assigned ``self.state``) on
   ``<prefix>.crdt.<kind>.<token>`` over core NATS; the other copies merge it. A delta that
@@ -21,8 +22,12 @@ its own copy, writing as its own replica id, and the copies converge by merging.
   the same backoff). One watch per hosted kind merges every record change into the local
   copy (and a copy that finds itself ahead of the record flushes again). A copy that missed
   deltas, was partitioned or starts later catches up from the record.
-* **Heal.** When the node's partition state comes back to ``ok`` every copy publishes its
-  whole state (when it fits in a message) and flushes now.
+* **Partitions.** While the node's partition state is not ``ok``, copies changed since it
+  began publish their whole state every 0.5 s (lost during the cut; the first to cross once
+  the servers route again merges the sides); a copy that receives a whole state lacking
+  something it holds answers with its own (unless it gossips itself). When the state
+  comes back to ``ok`` every copy publishes its whole state (when it fits in a message),
+  twice, and merges into the record now.
 * **Stop** (deactivation, idle, drain, node close): the copy flushes before it goes.
 """
 
