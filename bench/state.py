@@ -24,6 +24,11 @@ Sections:
   same kind without replicas (the baseline, every read on the primary):
   ``ratio_reads_replicas_primary``. Session writes against strong are part of ``writes``
   (hot shape): ``ratio_session_strong``.
+* ``crdt``: the same hot writes on a ``consistency = "crdt"`` counter (``PNCounter``, one copy,
+  deltas over core NATS, merged into the record within 0.2 s) against strong:
+  ``ratio_crdt_strong`` (target at least 3); and ``convergence_10k_s`` (target at most 2 s):
+  two copies of an ORMap diverged by 10,000 keys across a real (proxied) cut, timed from
+  the heal until both read the same (``bench/_crdt_state.py``).
 * ``reads``: one agent, 50 concurrent callers, an action that awaits 10 ms: marked
   ``@action(read_only=True)`` against the same action without it (the baseline, one at a
   time). Reported as calls/s and their ratio.
@@ -36,8 +41,7 @@ Usage::
 The last line of the output is one JSON object with every figure
 (``ratio_eventual_strong``, ``eventual_lag_p50_ms``, ``eventual_lag_p99_ms``,
 ``eventual_lost_on_kill``, ``ratio_read_only_exclusive``, ``ratio_session_strong``,
-``ratio_reads_replicas_primary`` …). CRDT figures
-(``ratio_crdt_strong``, ``convergence_10k_s``) are not measured: CRDT agents are not built yet.
+``ratio_reads_replicas_primary``, ``ratio_crdt_strong``, ``convergence_10k_s`` …).
 """
 
 from __future__ import annotations
@@ -56,6 +60,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Child, CpuMeter, format_table, machine_info, percentile, signal_ready, wait_for_stdin_eof
+from _crdt_state import CrdtCounter, bench_convergence
+from _crdt_state import bench_kill as bench_kill_crdt
+from _crdt_state import bench_lag as bench_lag_crdt
 
 from natsagents import Agent, ClusterSettings, Mesh, NatsAgentsError, action
 from natsagents.wire import codec
@@ -150,7 +157,9 @@ def pcts(values: list[float]) -> dict[str, float]:
 async def serve(url: str, prefix: str, node: str) -> None:
     settings = ClusterSettings(node_id=node, lease=1.5, rebalance=False, delivery=None)
     async with Mesh.connect(url, prefix=prefix, name=node, cluster=settings) as mesh:
-        await mesh.host(StrongCounter, EventualCounter, SessionCounter, Reader, Catalog, CatalogPrimaryOnly)
+        await mesh.host(
+            StrongCounter, EventualCounter, SessionCounter, CrdtCounter, Reader, Catalog, CatalogPrimaryOnly
+        )
         signal_ready()
         await wait_for_stdin_eof()
 
@@ -240,7 +249,7 @@ async def bench_writes(url: str, cfg: argparse.Namespace, server_pid: int | None
         async with Mesh.connect(url, prefix=prefix, name="load") as client:
             # Hot agents: few agents, several callers each (a rate counter, a presence map).
             hot: dict[str, float] = {}
-            for kind in ("StrongCounter", "EventualCounter", "SessionCounter"):
+            for kind in ("StrongCounter", "EventualCounter", "SessionCounter", "CrdtCounter"):
                 meter = CpuMeter({"host": host.pid, "server": server_pid})
                 meter.start()
                 acks = Acks()
@@ -275,6 +284,9 @@ async def bench_writes(url: str, cfg: argparse.Namespace, server_pid: int | None
         "hot_session_writes_per_s": round(hot["SessionCounter"], 1),
         "hot_session_ratio": round(hot["SessionCounter"] / hot["StrongCounter"], 2),
         "hot_session_cpu_us_per_write": round(cpu_us["SessionCounter"], 1),
+        "hot_crdt_writes_per_s": round(hot["CrdtCounter"], 1),
+        "hot_crdt_ratio": round(hot["CrdtCounter"] / hot["StrongCounter"], 2),
+        "hot_crdt_cpu_us_per_write": round(cpu_us["CrdtCounter"], 1),
         "hot_strong_cpu_us_per_write": round(cpu_us["StrongCounter"], 1),
         "hot_eventual_cpu_us_per_write": round(cpu_us["EventualCounter"], 1),
         "hot_cpu_ratio": round(cpu_us["StrongCounter"] / cpu_us["EventualCounter"], 2),
@@ -426,18 +438,23 @@ async def run(cfg: argparse.Namespace) -> dict[str, Any]:
     from natsagents.server import NatsServer
 
     server = NatsServer(jetstream=True).start()
+    results: dict[str, Any] = {}
     try:
-        results = {"writes": await bench_writes(server.url, cfg, server.pid)}
+        results["writes"] = await bench_writes(server.url, cfg, server.pid)
         results["kill"] = await bench_kill(server.url, cfg)
         results["reads"] = await bench_reads(server.url, cfg)
         results["replicas"] = await bench_replicas(server.url, cfg)
-        return results
+        results["crdt_kill"] = await bench_kill_crdt(server.url, cfg, start_host)
+        results["crdt_lag"] = await bench_lag_crdt(server.url, 200 if cfg.quick else 1000)
     finally:
         server.stop()
+    results["crdt_convergence"] = await bench_convergence(cfg)
+    return results
 
 
 def report(results: dict[str, Any], cfg: argparse.Namespace) -> dict[str, Any]:
     w, k, rd, rp = results["writes"], results["kill"], results["reads"], results["replicas"]
+    cv = results["crdt_convergence"]
     rows = [
         [
             f"writes/s, eventual vs strong, {w['hot_agents']} hot agents x {w['hot_callers_per_agent']} callers",
@@ -454,6 +471,39 @@ def report(results: dict[str, Any], cfg: argparse.Namespace) -> dict[str, Any]:
             f"{w['hot_session_ratio']:.2f}",
             "≈ 1",
             f"{w['hot_session_cpu_us_per_write']:.0f} µs CPU per write",
+        ],
+        [
+            f"writes/s, crdt vs strong, {w['hot_agents']} hot agents x {w['hot_callers_per_agent']} callers",
+            f"{w['hot_crdt_writes_per_s']:,.0f}",
+            f"{w['hot_strong_writes_per_s']:,.0f}",
+            f"{w['hot_crdt_ratio']:.2f}",
+            "≥ 3",
+            ("ok" if w["hot_crdt_ratio"] >= TARGET_RATIO else "BELOW")
+            + f", {w['hot_crdt_cpu_us_per_write']:.0f} µs CPU per write",
+        ],
+        [
+            f"crdt convergence after a heal, {cv['keys']:,} keys diverged {cv['diverged']} (s)",
+            f"{cv['convergence_s']:.2f}",
+            "",
+            "",
+            "≤ 2",
+            ("ok" if cv["convergence_s"] <= 2.0 else "ABOVE") + f", state {cv['state_bytes']:,} bytes",
+        ],
+        [
+            "crdt replication lag reply → other copy, p50 / p99 ms",
+            f"{results['crdt_lag']['p50_ms']} / {results['crdt_lag']['p99_ms']}",
+            "",
+            "",
+            "",
+            "deltas over core NATS",
+        ],
+        [
+            "crdt acked increments lost on SIGKILL, 1 copy / 2 copies",
+            f"{results['crdt_kill']['copies_1']['lost']} / {results['crdt_kill']['copies_2']['lost']}",
+            "",
+            "",
+            "1 copy: the unflushed window",
+            f"of {results['crdt_kill']['copies_1']['acked']} / {results['crdt_kill']['copies_2']['acked']} acked",
         ],
         [
             "host + server CPU µs per write, strong / eventual (hot)",
@@ -537,6 +587,15 @@ def report(results: dict[str, Any], cfg: argparse.Namespace) -> dict[str, Any]:
         "replica_reads_per_s": rp["Catalog"]["reads_per_s"],
         "primary_only_reads_per_s": rp["CatalogPrimaryOnly"]["reads_per_s"],
         "ratio_busiest_node_cpu_primary_replicas": rp["busiest_cpu_ratio"],
+        "ratio_crdt_strong": w["hot_crdt_ratio"],
+        "crdt_writes_per_s": w["hot_crdt_writes_per_s"],
+        "cpu_ratio_strong_crdt": round(w["hot_strong_cpu_us_per_write"] / max(w["hot_crdt_cpu_us_per_write"], 1e-9), 2),
+        "convergence_10k_s": cv["convergence_s"],
+        "convergence_10k_routed_s": cv["routed_s"],
+        "crdt_lost_on_kill_1_copy": results["crdt_kill"]["copies_1"]["lost"],
+        "crdt_lost_on_kill_2_copies": results["crdt_kill"]["copies_2"]["lost"],
+        "crdt_lag_p50_ms": results["crdt_lag"]["p50_ms"],
+        "crdt_lag_p99_ms": results["crdt_lag"]["p99_ms"],
     }
 
 
@@ -563,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     flat = report(results, cfg)
     summary = {"bench": "state", "quick": cfg.quick, **flat, "sections": results, "machine": machine_info()}
     summary["wall_s"] = round(time.perf_counter() - started, 1)
+    summary["load_avg_1m"] = round(os.getloadavg()[0], 2)  # a shared machine: say how busy it was
     print(json.dumps(summary, separators=(",", ":"), default=str))
     return 0
 

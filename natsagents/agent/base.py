@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol, TypeVar, overload
 
@@ -16,6 +17,7 @@ from .schema import ActionSpec, build_action_spec
 
 __all__ = [
     "CONSISTENCY_MODES",
+    "CRDT_PARTITION_STRATEGY",
     "EXACTLY_ONCE_CONSISTENCY",
     "PARTITION_STRATEGIES",
     "SUPPORTED_CONSISTENCY",
@@ -27,6 +29,7 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C")
 
 
 class RefFactory(Protocol):
@@ -37,7 +40,18 @@ class RefFactory(Protocol):
 
 _ACTION_ATTR = "__natsagents_action__"
 _RESERVED_ACTIONS = frozenset(
-    {"on_start", "on_stop", "initial_state", "ref", "context", "checkpoint", "restore", "save_state"}
+    {
+        "on_start",
+        "on_stop",
+        "initial_state",
+        "ref",
+        "context",
+        "checkpoint",
+        "restore",
+        "save_state",
+        "mutate",
+        "replica",
+    }
 )
 PERSISTENCE_MODES = ("action", "manual", "none")
 RESTART_POLICIES = ("permanent", "transient", "temporary")
@@ -47,7 +61,7 @@ UNHEALTHY_POLICIES = ("throttle", "restart")
 #: ``consistency`` values a kind may declare (docs/consistency.md).
 CONSISTENCY_MODES = ("strong", "eventual", "session", "crdt")
 #: Those this version serves; the others are refused when hosted (``NotSupportedYet``).
-SUPPORTED_CONSISTENCY = ("strong", "eventual", "session")
+SUPPORTED_CONSISTENCY = ("strong", "eventual", "session", "crdt")
 #: Those that may have read replicas (``read_replicas``).
 REPLICA_CONSISTENCY = ("eventual", "session")
 #: Most read replicas a kind may ask for.
@@ -59,6 +73,9 @@ EXACTLY_ONCE_CONSISTENCY = ("strong", "session")
 PARTITION_STRATEGIES = ("pause_minority", "continue_degraded", "split_brain_allowed")
 #: Those this version serves; the others are refused when hosted (``NotSupportedYet``).
 SUPPORTED_PARTITION_STRATEGIES = ("pause_minority", "continue_degraded")
+#: The ``partition_strategy`` of a ``crdt`` kind: it keeps serving on every side (set for it
+#: when the kind names none; any other value is refused when the class is defined).
+CRDT_PARTITION_STRATEGY = "split_brain_allowed"
 
 
 def kind_summary(cls: type[Agent]) -> dict[str, str]:
@@ -205,6 +222,8 @@ def _check_consistency(cls: type[Agent]) -> None:
         raise ActionDefinitionError(
             f"{name}.partition_strategy must be one of {PARTITION_STRATEGIES}, not {cls.partition_strategy!r}"
         )
+    if cls.consistency == "crdt":
+        _check_crdt(cls)
     readers = cls.read_concurrency
     if type(readers) is not int or readers < 1:
         raise ActionDefinitionError(f"{name}.read_concurrency must be an int >= 1, not {readers!r}")
@@ -226,6 +245,24 @@ def _check_consistency(cls: type[Agent]) -> None:
     wait = cls.session_wait
     if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 10:
         raise ActionDefinitionError(f"{name}.session_wait must be a number of seconds in [0, 10], not {wait!r}")
+
+
+def _check_crdt(cls: type[Agent]) -> None:
+    """A ``crdt`` kind: multi-active, its state stored by merging (docs/consistency.md)."""
+    name = cls.__qualname__
+    if cls.persistence != "action":
+        raise ActionDefinitionError(
+            f"{name}: consistency = 'crdt' merges the state into its record behind the replies of actions, "
+            f"so it needs persistence = 'action', not {cls.persistence!r}"
+        )
+    declared = any("partition_strategy" in c.__dict__ for c in cls.__mro__ if c is not Agent)
+    if not declared:
+        cls.partition_strategy = CRDT_PARTITION_STRATEGY  # serves on every side: the point of it
+    elif cls.partition_strategy != CRDT_PARTITION_STRATEGY:
+        raise ActionDefinitionError(
+            f"{name}: a crdt kind keeps serving on every side of a partition and merges at the heal: "
+            f"partition_strategy must be {CRDT_PARTITION_STRATEGY!r} (or left unset), not {cls.partition_strategy!r}"
+        )
 
 
 class Agent:
@@ -286,9 +323,11 @@ class Agent:
             does not wait: changes are coalesced and stored within ``flush_interval``, and a
             crash loses at most that window) or ``"session"`` (writes as strong; every reply
             carries the state version, and reads served by replicas are never older than
-            what the caller's session saw). ``"crdt"`` is a valid name that this version
-            refuses when the kind is hosted (``NotSupportedYet``). ``exactly_once``
-            delivery needs ``"strong"`` or ``"session"``.
+            what the caller's session saw) or ``"crdt"`` (multi-active: ``initial_state()``
+            returns a CRDT of ``natsagents.crdt``; every node that serves the agent holds a
+            copy that answers at once and ships its deltas with :meth:`mutate`; copies merge,
+            on every side of a partition). ``exactly_once`` delivery needs ``"strong"`` or
+            ``"session"``.
         read_replicas: eventual and session kinds: read-only copies of each active agent
             on this many other nodes, fed by a watch of its stored state, that serve its
             ``@action(read_only=True)`` actions beside the primary (default 0).
@@ -302,7 +341,8 @@ class Agent:
             their last known state, flagged degraded, and queue other actions on the
             node's disk, replayed after the heal: a cluster node needs
             ``ClusterSettings(data_dir=…)``). ``"split_brain_allowed"`` is a valid name
-            this version refuses when the kind is hosted (``NotSupportedYet``).
+            this version refuses when the kind is hosted (``NotSupportedYet``), except
+            that a crdt kind is ``"split_brain_allowed"`` (set when it names none).
         read_concurrency: read-only actions (``@action(read_only=True)``) of one agent
             that may run at once.
 
@@ -415,6 +455,10 @@ class Agent:
     _refs: RefFactory | None = None
     _logger: logging.LoggerAdapter[logging.Logger] | None = None
     _activation: Any = None  # the runtime's Activation (save_state goes through it)
+    # crdt kinds: this copy's replica id (set by the cluster node) and the deltas of the
+    # running action (``mutate``), which the node ships after it.
+    _replica: str | None = None
+    _deltas: list[Any] | None = None
 
     def _bind(self, agent_id: str, refs_for: Callable[[str], RefFactory], activation: Any = None) -> None:
         self.id = agent_id
@@ -457,8 +501,32 @@ class Agent:
         return refs.ref(target, agent_id)
 
     def initial_state(self) -> Any:
-        """State of a newly activated agent (default: an empty dict)."""
+        """State of a newly activated agent (default: an empty dict). A ``crdt`` kind
+        returns an empty CRDT of ``natsagents.crdt`` (``PNCounter()``, ``ORMap(ORSet)``…)."""
         return {}
+
+    @property
+    def replica(self) -> str:
+        """``crdt`` kinds: the replica id this copy writes as (``self.state.increment(
+        self.replica, 1)``); one per copy, never shared (docs/consistency.md)."""
+        replica = self._replica
+        if replica is None:  # a standalone host: one copy per process
+            replica = self._replica = f"{self.address}@{uuid.uuid4().hex[:12]}"
+        return replica
+
+    def mutate(self, mutation: tuple[C, C]) -> C:
+        """``crdt`` kinds: apply a mutation of ``self.state`` (what a CRDT mutator returns,
+        ``Mutation(state, delta)``) and ship its delta to the other copies after the
+        action: ``self.mutate(self.state.add(self.replica, "x"))``. Returns the new state.
+        (Assigning ``self.state`` works too; the whole state is shipped then.)"""
+        state, delta = mutation
+        self.state = state
+        deltas = self._deltas
+        if deltas is None:
+            self._deltas = [delta]
+        else:
+            deltas.append(delta)
+        return state
 
     def checkpoint(self) -> Any:
         """What to persist and to ship on migration (default: ``self.state``). Override for

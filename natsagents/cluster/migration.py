@@ -103,6 +103,10 @@ class Migration:
         act = self._host.activations.get(key)
         if act is None or act.state is not ActivationState.ACTIVE or act.cluster is None:
             raise AgentNotFound(f"{address} is not active on {node_id}", agent=address)
+        if not isinstance(act.cluster, Owned):  # a crdt copy: other nodes hold their own
+            raise BadRequest(
+                f"{address} is a crdt copy: it is stopped (merged into its record), not moved", agent=address
+            )
         if target == node_id:
             return {"agent": address, "from": node_id, "to": target, "pause_ms": 0.0, "moved": False}
         rec = self._membership.members().get(target)

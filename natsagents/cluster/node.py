@@ -18,7 +18,10 @@ imports this module):
   events (``pause_minority`` kinds pause on the minority side: ``Ownership.serving``);
 * ``degraded.DegradedWrites``: the writes ``continue_degraded`` kinds queue on the
   minority side (a file under ``data_dir``), replayed after the heal;
-* ``control.ControlServer``: ``<prefix>.node.<id>.<op>`` requests.
+* ``control.ControlServer``: ``<prefix>.node.<id>.<op>`` requests;
+* ``crdts.CrdtCopies``: the copies of ``consistency = "crdt"`` kinds (no claim, no lease:
+  deltas over core NATS, merges into the state record); the host hooks below send their
+  activations there instead of to ``Ownership``.
 
 The node owns the task group every part spawns into, and the lifecycle: ``start`` opens
 the buckets, joins, serves and campaigns; ``close`` hands off or stops; the host stops
@@ -34,7 +37,7 @@ from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from ..agent.base import Agent, kind_summary
-from ..errors import AgentError, ConfigurationError, NatsAgentsError, Unavailable
+from ..errors import AgentError, ConfigurationError, MeshClosed, NatsAgentsError, Unavailable
 from ..observability import Metrics
 from ..observability.micro import ServiceResponder
 from ..runtime.activation import Activation, ActivationState
@@ -49,6 +52,7 @@ from ..wire.subjects import bucket_name
 from .asks import NodeClient
 from .control import ControlServer
 from .controller import Controller
+from .crdts import CrdtCopies, CrdtCopy
 from .degraded import DegradedWrites
 from .directory import Directory
 from .leader import LeaderLease
@@ -172,6 +176,9 @@ class ClusterNode:
             tasks=self._tasks,
             partition=self.partition,
         )
+        self.crdts = CrdtCopies(
+            transport, host, self.state, prefix=prefix, node_id=node_id, metrics=metrics, tasks=self._tasks
+        )
         self._controller = Controller(local, settings, self.membership, self.directory, self._placing, self._client)
         self._control_server = ControlServer(
             transport,
@@ -215,6 +222,7 @@ class ClusterNode:
         self.degraded.open()  # writes an earlier run queued: replayed once on the majority side
         self.partition.subscribe(lambda _: self.degraded.wake())
         self._tasks.spawn(self.degraded.run(), name="degraded writes")
+        self.crdts.watch_partition(self.partition)
         await self._control_server.start()
         control = self.control = await open_bucket(self._t, bucket_name(self.prefix, "control"), history=1)
         # Hosts take Na-Stream-Seq and batches only when signed with it (wire.owner).
@@ -245,6 +253,7 @@ class ClusterNode:
             if permanent:
                 await self._migration.hand_off(permanent, self.settings.rebalance_strategy)
         local.closing = True
+        await self.crdts.close()
         await self.replicas.close()
         if self._leader is not None:
             await self._leader.stop()
@@ -268,6 +277,8 @@ class ClusterNode:
         """
         self.check_kind(cls)
         self._local.add_kind(cls)
+        if cls.consistency == "crdt":
+            self.crdts.kind_added(cls)
         self._tasks.spawn(self._beat_soon())
 
     def check_kind(self, cls: type[Agent]) -> None:
@@ -367,9 +378,18 @@ class ClusterNode:
     # -- host hooks (runtime.hooks.NodeHooks) ------------------------------------------
 
     async def answer_activation(self, msg: Inbound) -> None:
+        cls = self._host.kinds.get(msg.subject.rsplit(".", 1)[-1])
+        if cls is not None and cls.consistency == "crdt":
+            await self._host.activate_here(msg)  # multi-active: a copy here, no placement
+            return
         await self._placing.answer_activation(msg)
 
     async def starting(self, act: Activation, options: object) -> None:
+        if type(act.agent).consistency == "crdt":
+            if self._local.closing:
+                raise MeshClosed("the node is closing")
+            await self.crdts.starting(act)
+            return
         await self._ownership.starting(act, options)
         try:
             await self.replicas.primary_starting(act)
@@ -379,31 +399,47 @@ class ClusterNode:
             raise
 
     def begin_batch(self, act: Activation) -> None:
-        self._ownership.begin_batch(act)
+        if not isinstance(act.cluster, CrdtCopy):  # a crdt copy: each item's delta as it runs
+            self._ownership.begin_batch(act)
 
     async def end_batch(self, act: Activation) -> None:
-        await self._ownership.end_batch(act)
+        if not isinstance(act.cluster, CrdtCopy):
+            await self._ownership.end_batch(act)
 
     def abort_batch(self, act: Activation) -> None:
-        self._ownership.abort_batch(act)
+        if not isinstance(act.cluster, CrdtCopy):
+            self._ownership.abort_batch(act)
 
     async def after_action(
         self, act: Activation, meta: RequestMeta, answered: bool, seq: int = 0, reply: bytes | None = None
     ) -> None:
         self._supervisor.succeeded(act)
+        if isinstance(act.cluster, CrdtCopy):
+            await self.crdts.after_action(act, meta)
+            return
         await self._ownership.after_action(act, meta, answered, seq, reply)
 
     def applied_seq(self, act: Activation) -> int:
+        if isinstance(act.cluster, CrdtCopy):
+            return 0
         return self._ownership.applied_seq(act)
 
     def action_failed(self, act: Activation, exc: BaseException) -> None:
-        self._ownership.action_failed(act)
+        if isinstance(act.cluster, CrdtCopy):
+            self.crdts.rollback(act)
+        else:
+            self._ownership.action_failed(act)
         self._supervisor.failed(act)
 
     async def save_now(self, act: Activation) -> None:
+        if isinstance(act.cluster, CrdtCopy):
+            await self.crdts.save_now(act)
+            return
         await self._ownership.save_now(act)
 
     def serving(self, act: Activation, deadline_ms: int | None) -> Awaitable[str | AgentError | Degraded | None] | None:
+        if isinstance(act.cluster, CrdtCopy):
+            return None  # no lease, no pause: a crdt copy serves on every side
         return self._ownership.serving(act, deadline_ms)
 
     async def queue_write(self, act: Activation, headers: Mapping[str, str], body: bytes) -> tuple[str, int]:
@@ -413,8 +449,13 @@ class ClusterNode:
         return await self.degraded.put(act, headers, body)
 
     async def stopped(self, act: Activation, *, discard: bool) -> None:
+        if isinstance(act.cluster, CrdtCopy):
+            await self.crdts.stopped(act, discard=discard)
+            return
         await self.replicas.primary_stopped(act)
         await self._ownership.stopped(act, discard=discard)
 
     def reply_block(self, act: Activation, block: bytes) -> bytes:
+        if isinstance(act.cluster, CrdtCopy):
+            return block
         return self.replicas.reply_block(act, block)

@@ -209,6 +209,21 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.crdt_deltas = Counter(
+            "natsagents_crdt_deltas",
+            "CRDT deltas of crdt kinds by outcome: sent, applied, no_copy (no copy here), dropped "
+            "(malformed or of another type: ignored)",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.crdt_merges = Counter(
+            "natsagents_crdt_merges",
+            "Merges of crdt agents' state records: stored (merged into the record), pulled (the record "
+            "merged into a copy), failed, dropped (a malformed record ignored), lost (a copy stopped "
+            "with changes it could not store)",
+            ["kind", "outcome"],
+            registry=r,
+        )
         self.replica_reads = Counter(
             "natsagents_replica_reads",
             "Messages on read subjects reaching a replica here, by outcome (served, waited, forwarded, refused)",

@@ -286,7 +286,7 @@ class Host:
                 f"{cls.__qualname__}: consistency = {cls.consistency!r} is not supported yet "
                 f"(this version serves {', '.join(map(repr, SUPPORTED_CONSISTENCY))}; docs/consistency.md)"
             )
-        if cls.partition_strategy not in SUPPORTED_PARTITION_STRATEGIES:
+        if cls.consistency != "crdt" and cls.partition_strategy not in SUPPORTED_PARTITION_STRATEGIES:
             raise NotSupportedYet(
                 f"{cls.__qualname__}: partition_strategy = {cls.partition_strategy!r} is not supported yet "
                 f"(this version serves {' and '.join(map(repr, SUPPORTED_PARTITION_STRATEGIES))}; "
@@ -548,6 +548,11 @@ class Host:
                 await asyncio.gather(*(stop(a) for a in idle), return_exceptions=True)
 
     # -- activation requests ---------------------------------------------------------
+
+    async def activate_here(self, msg: Inbound) -> None:
+        """Answer an activation request by activating the agent on this host, without
+        placement (a cluster node does this for ``crdt`` kinds: every node may hold a copy)."""
+        await self._answer_activation(msg)
 
     def _on_activate_request(self, msg: Inbound) -> None:
         node = self.node

@@ -311,6 +311,7 @@ def _node(p: str, u: str, inbox: str, kinds: tuple[str, ...] | None, replies: Se
     for k in _kinds(kinds):
         # <prefix>.agents.<n>: a cluster agent's own queue group (docs/protocol.md §3).
         sub += [f"{p}.agent.{k}.* {p}.agents", f"{p}.agent.{k}.* {p}.agents.*", f"{p}.activate.{k} {p}.hosts.{k}"]
+        sub.append(f"{p}.crdt.{k}.*")  # the deltas of crdt kinds' copies (protocol §21)
     sub.append(f"{p}.node.{u}.*")
     # The NATS services API (protocol §16): $SRV.<verb>, .natsagents, .natsagents.<node>.
     sub += [
@@ -323,6 +324,7 @@ def _node(p: str, u: str, inbox: str, kinds: tuple[str, ...] | None, replies: Se
     # Handlers call agents of any kind; partition owners forward durable messages of every
     # kind; placement forwards activations and migrations to other nodes.
     pub += [f"{p}.agent.*.*", f"{p}.activate.*", f"{p}.node.*.*", f"{p}.inbox.*.*", f"{p}.dlq.*.*"]
+    pub += [f"{p}.crdt.{k}.*" for k in _kinds(kinds)]
     pub += _kv_api(bucket_name(p, "members"), write=True, watch=True)
     pub += _kv_api(bucket_name(p, "directory"), write=True, watch=True)  # the leader removes any kind's records
     pub += _kv_api(bucket_name(p, "control"), write=True, watch=False)
@@ -337,6 +339,11 @@ def _node(p: str, u: str, inbox: str, kinds: tuple[str, ...] | None, replies: Se
         # An activation restores state from the stream leader (STREAM.MSG.GET names the
         # key in its body): reads of other kinds' state are not confined by subject.
         pub.append(f"$JS.API.STREAM.MSG.GET.{stream}")
+    # Watches of state records: crdt copies merge each new revision (protocol §21.3), read
+    # replicas follow their primary's (§19.3).
+    state_stream = f"KV_{state}"
+    pub += [f"$JS.API.CONSUMER.CREATE.{state_stream}.>", f"$JS.API.CONSUMER.DELETE.{state_stream}.>"]
+    pub.append(f"$JS.FC.{state_stream}.>")
     for stream in (bucket_name(p, "inbox"), bucket_name(p, "dlq")):
         pub += [f"$JS.API.STREAM.CREATE.{stream}", f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.UPDATE.{stream}"]
     inbox_stream = bucket_name(p, "inbox")

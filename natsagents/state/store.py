@@ -16,8 +16,9 @@ integers within ``[0, 2**53]``; anything else is corrupt and that agent cannot a
 (``NatsAgentsError``, which the cluster node answers as ``unavailable``) until the record
 is fixed or removed. Other agents are not affected.
 
-Strong kinds save before each reply; eventual kinds save through the same CAS, later
-(``state.behind``); session and CRDT kinds and event sourcing are to come.
+Strong and session kinds save before each reply; eventual kinds save through the same CAS,
+later (``state.behind``); crdt kinds merge into their record by read-merge-CAS
+(``cluster.crdts``: ``data`` is the CRDT's encoding, ``epoch`` 0). Event sourcing is to come.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ __all__ = [
     "CALLER_KEY",
     "CALLER_SIG",
     "CORRELATION_ID",
+    "CRDT_NODE",
+    "CRDT_WHOLE",
     "DEADLINE",
     "DEGRADED",
     "DELIVERY",
@@ -52,6 +54,11 @@ PROTO_VERSION = "1"
 #: Unique id of this logical message (22 base64url characters from the SDK; any
 #: 1-64 characters ``[A-Za-z0-9_-]`` from other peers).
 MESSAGE_ID = "Na-Msg-Id"
+#: On a crdt delta (``<prefix>.crdt.<kind>.<token>``, protocol §21): the node that sent it.
+CRDT_NODE = "Na-Crdt-Node"
+#: ``1`` on a crdt delta that is the sender's whole state (a heal, a partition's gossip):
+#: a copy holding more answers with its own whole state.
+CRDT_WHOLE = "Na-Crdt-Whole"
 #: Id shared by every message caused by one external request.
 CORRELATION_ID = "Na-Corr-Id"
 #: Name of the action to run.

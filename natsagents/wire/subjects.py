@@ -27,6 +27,7 @@ __all__ = [
     "agent_subject",
     "agent_wildcard",
     "bucket_name",
+    "crdt_subject",
     "dead_letter_subject",
     "durable_subject",
     "is_reply_subject",
@@ -70,6 +71,11 @@ def read_subject(prefix: str, kind: str, agent_id: str) -> str:
     """Where read-only actions of a kind with read replicas go: the primary and the
     replicas of ``kind/agent_id`` subscribe it in :func:`read_queue` (protocol §19)."""
     return f"{prefix}.read.{validate_kind(kind)}.{encode_id(agent_id)}"
+
+
+def crdt_subject(prefix: str, kind: str, agent_id: str) -> str:
+    """Where the copies of a crdt agent publish their deltas (protocol §21)."""
+    return f"{prefix}.crdt.{validate_kind(kind)}.{encode_id(agent_id)}"
 
 
 def read_queue(prefix: str) -> str:

@@ -45,6 +45,7 @@ from natsagents import (
 )
 from natsagents.cli import Exit, main
 from natsagents.cli.auth import CONFIG_NAME
+from natsagents.crdt import PNCounter
 from natsagents.delivery.settings import DeliverySettings
 from natsagents.server import NatsServer
 from natsagents.server.permissions import Role, permissions_for, validate_subject
@@ -480,6 +481,7 @@ NODE_PROCESS = """
 import asyncio, sys
 from natsagents import Auth, ClusterSettings, Mesh
 from natsagents.delivery.settings import DeliverySettings
+from natsagents.crdt import PNCounter
 from tests.agents import Counter
 
 async def main(url, seed):
@@ -736,3 +738,44 @@ async def _stream_names(transport: Transport) -> AsyncIterator[str]:
     reply = await transport.request("$JS.API.STREAM.NAMES", b"{}", timeout=5)
     for name in json.loads(reply.data).get("streams") or ():
         yield name
+
+
+class CrdtLedger(Agent):
+    """The node role's ``Ledger`` kind, as a crdt kind (protocol §21)."""
+
+    kind = "Ledger"
+    consistency = "crdt"
+    flush_interval = 0.05
+
+    def initial_state(self) -> PNCounter:
+        return PNCounter()
+
+    @action
+    async def add(self, value: int) -> int:
+        return int(self.mutate(self.state.increment(self.replica, value)).value)
+
+
+async def test_a_node_runs_a_crdt_kind_within_its_permissions(
+    server: NatsServer, creds: Path, connect_as: Opener
+) -> None:
+    """Deltas on <prefix>.crdt.<kind>.<token>, the record merge and the watch of the
+    kind's state records: all within the node role (no violation, no client error)."""
+    before = violations(server, creds)
+    n1 = await connect_as("n1", Counter, CrdtLedger, node=True)
+    ref = n1.ref("Ledger/crdt")
+    assert await ref.call("add", value=2) == 2
+    node = n1.cluster_node
+    assert node is not None
+
+    async def stored() -> int | None:
+        entry = await node.state.bucket.get("Ledger.crdt")
+        return None if entry is None else PNCounter.from_wire(msgpack.unpackb(entry.value)["data"]).value
+
+    await wait_for(lambda: _is(stored(), 2), what="merged into the record")
+    assert await n1.deactivate("Ledger", "crdt")
+    assert await ref.call("add", value=1) == 3  # a new copy starts from the record
+    assert violations(server, creds) == before
+
+
+async def _is(value: Awaitable[Any], want: Any) -> bool:
+    return await value == want

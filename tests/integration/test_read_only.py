@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import pytest
 
-from natsagents import Agent, CallTimeout, Mesh, NotSupportedYet, action
+from natsagents import Agent, CallTimeout, Mesh, action
 from natsagents.testing import wait_for
 
 
@@ -191,12 +190,23 @@ async def test_deactivation_waits_for_reads_in_flight(board: Mesh) -> None:
     assert await asyncio.gather(*reads) == [1] * 10
 
 
-@pytest.mark.parametrize("mode", ["crdt"])
-async def test_hosting_a_mode_not_built_yet_is_refused(mesh: Mesh, mode: str) -> None:
-    cls: Any = type("Later", (Agent,), {"consistency": mode, "kind": f"Later{mode}"})
-    with pytest.raises(NotSupportedYet):
-        await mesh.host(cls)
-    assert f"Later{mode}" not in mesh.hosted_kinds
+async def test_a_crdt_kind_is_hosted_standalone(mesh: Mesh) -> None:
+    """On a standalone host a crdt kind is one in-process copy (nothing is stored)."""
+    from natsagents.crdt import PNCounter
+
+    class Hits(Agent):
+        consistency = "crdt"
+
+        def initial_state(self) -> PNCounter:
+            return PNCounter()
+
+        @action
+        async def hit(self) -> int:
+            return int(self.mutate(self.state.increment(self.replica, 1)).value)
+
+    await mesh.host(Hits)
+    assert await mesh.ref("Hits/a").call("hit") == 1
+    assert await mesh.ref("Hits/a").call("hit") == 2
 
 
 async def test_overlapping_reads_do_not_look_like_a_hung_handler(board: Mesh) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from natsagents import ActionDefinitionError, Agent, ConfigurationError, NotSupportedYet, action
+from natsagents import ActionDefinitionError, Agent, ConfigurationError, action
 from natsagents.runtime.host import Host
 
 
@@ -67,10 +67,24 @@ def test_read_only_must_be_a_bool() -> None:
         action(read_only="yes")  # type: ignore[call-overload]
 
 
-@pytest.mark.parametrize("mode", ["crdt"])
-def test_modes_not_built_yet_are_valid_names_refused_when_hosted(mode: str) -> None:
-    cls: Any = type("Later", (Agent,), {"consistency": mode})  # defining is fine
-    with pytest.raises(NotSupportedYet, match=f"consistency = '{mode}' is not supported yet"):
-        Host.check_kind(cls)
-    assert issubclass(NotSupportedYet, ConfigurationError)
+def test_crdt_kinds_are_hosted_and_serve_on_every_side() -> None:
+    cls: Any = type("Multi", (Agent,), {"consistency": "crdt"})
+    Host.check_kind(cls)
+    assert cls.partition_strategy == "split_brain_allowed"  # set: it serves on every side
+    sub: Any = type("Sub", (cls,), {})
+    assert sub.partition_strategy == "split_brain_allowed"
+    explicit: Any = type("Explicit", (Agent,), {"consistency": "crdt", "partition_strategy": "split_brain_allowed"})
+    Host.check_kind(explicit)
+    with pytest.raises(ActionDefinitionError, match="a crdt kind keeps serving on every side"):
+        type("Paused", (Agent,), {"consistency": "crdt", "partition_strategy": "pause_minority"})
+    with pytest.raises(ActionDefinitionError, match="persistence = 'action'"):
+        type("Manual", (Agent,), {"consistency": "crdt", "persistence": "manual"})
+    with pytest.raises(ActionDefinitionError, match="read_replicas"):
+        type("Replicated", (Agent,), {"consistency": "crdt", "read_replicas": 1})
+    with pytest.raises(ActionDefinitionError, match="reserved"):
+        type("Clash", (Agent,), {"consistency": "crdt", "mutate": action(_noop)})
     Host.check_kind(Plain)
+
+
+async def _noop(self: Any) -> None:
+    return None
