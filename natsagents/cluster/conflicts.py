@@ -207,12 +207,15 @@ class Conflicts:
         writers = sorted({n for s in kept for n in s.version})
         if lost:
             log.warning(
-                "%s: %d concurrent versions (writers %s) resolved by %s: %d acknowledged change(s) overwritten",
+                "%s: %d concurrent versions (writers %s) resolved by %s: %d acknowledged change(s) overwritten "
+                "(kept %s, overwritten %s)",
                 act.address,
                 len(kept),
                 ", ".join(writers),
                 name,
                 lost,
+                dict(res.siblings[-1].version.as_dict()),
+                [dict(s.version.as_dict()) for s in res.overwritten],
             )
         else:
             log.info("%s: %d concurrent versions (writers %s) resolved by %s", act.address, len(kept), writers, name)
