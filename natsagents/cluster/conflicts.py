@@ -3,7 +3,7 @@ and ``partition_strategy = "split_brain_allowed"`` (docs/consistency.md, "Confli
 
 Every stored state of an eventual kind carries a version vector (acknowledged changes
 stored, per writer node) and the HLC timestamp of its newest change (``state.store``,
-protocol §10.2). A copy's flush writes ``vv + {node: changes since the last store}``.
+protocol §14.5). A copy's flush writes ``vv + {node: changes since the last store}``.
 
 Two writers exist by design under ``split_brain_allowed`` (the minority keeps serving
 while the majority takes the agent over), and by accident when a paused copy flushes late.

@@ -21,7 +21,7 @@ Strong kinds save before each reply; eventual kinds save through the same CAS, l
 changes stored per writer node), ``"hlc"`` (the hybrid-logical-clock timestamp of the
 newest change) and, after a split brain (``partition_strategy = "split_brain_allowed"``),
 ``"siblings"``: concurrent versions the owner has not resolved yet
-(``[{"data", "vv", "hlc"}, …]``; docs/protocol.md §10.2). Records without them load as an
+(``[{"data", "vv", "hlc"}, …]``; docs/protocol.md §14.5). Records without them load as an
 empty vector and no timestamp.
 """
 
