@@ -303,13 +303,20 @@ class Conflicts:
         theirs = [current.sibling(), *current.siblings]
         for s in theirs:
             self._observe(s.stamp)
-        res = self.resolve(act, [ours, *theirs])
         own.revision = current.revision
-        own.saved = StateStore.encode(current.data, own.epoch)
         v.vv = VersionVector.merge_all([v.vv, *(s.version for s in theirs)])  # our changes stay extra
-        v.stamp = max(v.stamp or NO_STAMP, res.stamp)
-        agent.restore(res.value)
-        self._mark(act, own, StateStore.encode(agent.checkpoint(), own.epoch))
+        try:
+            res = self.resolve(act, [ours, *theirs])
+            own.saved = StateStore.encode(current.data, own.epoch)
+            agent.restore(res.value)
+            value = StateStore.encode(agent.checkpoint(), own.epoch)
+        except Exception:  # hostile siblings, a restore that cannot take the result
+            log.exception("%s: resolving concurrent versions failed: keeping this copy's state", act.address)
+            agent.restore(ours.value)
+            value = StateStore.encode(ours.value, own.epoch)
+        else:
+            v.stamp = max(v.stamp or NO_STAMP, res.stamp)
+        self._mark(act, own, value)
 
     # -- a stale copy ----------------------------------------------------------------------
 
@@ -334,18 +341,17 @@ class Conflicts:
             end, delay = loop.time() + _SETTLE_FOR, 0.05
             while True:
                 try:
-                    stored = await self._store_sibling(act, ours)
-                except FencedOff:
-                    continue  # someone wrote meanwhile: look again
+                    stored = await self._store_sibling(act, ours, own.epoch)
                 except PayloadTooLarge as exc:
                     log.error("%s: its unstored changes do not fit beside the owner's state: %s", act.address, exc)
                     return
-                except NatsAgentsError as exc:
+                except NatsAgentsError as exc:  # FencedOff (someone wrote meanwhile) included
                     if loop.time() > end:
                         log.error("%s: storing its unstored changes as a sibling failed: %s", act.address, exc)
                         return
-                    await asyncio.sleep(delay)  # a retry's backoff
-                    delay = min(delay * 2, 1.0)
+                    if not isinstance(exc, FencedOff):
+                        await asyncio.sleep(delay)  # a retry's backoff
+                        delay = min(delay * 2, 1.0)
                     continue
                 own.stored_marks = own.marks
                 own.unflushed = None
@@ -360,14 +366,15 @@ class Conflicts:
                     )
                 return
 
-    async def _store_sibling(self, act: Activation, ours: Sibling[Any]) -> bool:
-        """One CAS storing ``ours`` in the record; ``False`` if the record had seen it."""
+    async def _store_sibling(self, act: Activation, ours: Sibling[Any], epoch: int) -> bool:
+        """One CAS storing ``ours`` in the record (``epoch``: ours, for a record that is
+        gone); ``False`` if the record had seen it."""
         kind, agent_id = act.kind, act.agent_id
         current = await self._state.load(kind, agent_id, leader=True)
         limit = type(act.agent).max_state_bytes
         if current.revision == 0 or current.empty:  # nothing stored but a takeover's fence
             value = StateStore.with_extras(
-                StateStore.encode(ours.value, current.epoch), (), vv=ours.version, stamp=ours.stamp
+                StateStore.encode(ours.value, current.epoch or epoch), (), vv=ours.version, stamp=ours.stamp
             )
             await self._state.save_encoded(kind, agent_id, value, revision=current.revision, max_size=limit)
             return True

@@ -147,15 +147,17 @@ async def test_a_superseded_copy_keeps_its_unstored_changes_as_a_sibling(mesh_fa
     n2_stamp = node_of(n2).conflicts.hlc.now()  # n2's change, before n1's next two
     assert await ref.call("add") == 4
     assert await ref.call("add") == 5  # acknowledged by n1, not stored (flush_interval 30 s)
-    # n2 takes the agent over as if n1's lease had lapsed, and writes a change of its own.
+    # n2 takes the agent over as if n1's lease had lapsed, and writes a change of its own
+    # (state first, then the directory claim n1 hears of: a fixed order for the test).
     d2 = node_of(n2)
-    claim = await d2.directory.claim("SlowSbCounter", "f", "n2", is_live=lambda node: False)
-    adopted = await d2.state.adopt("SlowSbCounter", "f", claim.record.epoch)
+    adopted = await d2.state.adopt("SlowSbCounter", "f", 2)
     assert adopted.vv == base.vv and adopted.stamp == base.stamp  # adoption keeps the version
     value = StateStore.with_extras(
-        StateStore.encode({"n": 10}, claim.record.epoch), (), vv=VersionVector({"n1": 3, "n2": 1}), stamp=n2_stamp
+        StateStore.encode({"n": 10}, 2), (), vv=VersionVector({"n1": 3, "n2": 1}), stamp=n2_stamp
     )
     await d2.state.save_encoded("SlowSbCounter", "f", value, revision=adopted.revision)
+    claim = await d2.directory.claim("SlowSbCounter", "f", "n2", is_live=lambda node: False)
+    assert claim.record.epoch == 2
     # n1 hears of it, stores its two changes beside n2's state and stops its copy.
     await wait_for(lambda: n1.local_agents() == [], timeout=5, what="stale copy stopped")
     rec = await _record(n2, "SlowSbCounter", "f")
@@ -168,3 +170,25 @@ async def test_a_superseded_copy_keeps_its_unstored_changes_as_a_sibling(mesh_fa
     assert n2.local_agents() == ["SlowSbCounter/f"]
     assert node_of(n2).conflicts.total("overwritten") == 1
     assert await ref.call("add") == 6
+
+
+async def test_a_sibling_the_rule_cannot_merge_falls_back_to_last_write_wins(mesh_factory: Any) -> None:
+    (n1,) = await nodes(mesh_factory, "n1", kinds=(SbSet,))
+    client = await mesh_factory(name="client")
+    items = client.ref("SbSet/h")
+    await items.call("put", item="a")
+    await wait_for(lambda: _record(n1, "SbSet", "h"), timeout=5)
+
+    async def stored_a() -> bool:
+        rec = await _record(n1, "SbSet", "h")
+        return rec is not None and rec.data == {"items": ["a"]}
+
+    await wait_for(stored_a, timeout=5)
+    # Anyone who may write the bucket may store this: data merge_states cannot take, older.
+    hostile = Sibling("garbage", VersionVector({"ghost": 2}), Timestamp(1, 0, "ghost"))
+    await _put_sibling(n1, "SbSet", "h", hostile)
+    conflicts = node_of(n1).conflicts
+    await wait_for(lambda: conflicts.total("resolved", "SbSet") == 1, timeout=5)
+    assert conflicts.total("overwritten", "SbSet") == 2  # the older sibling lost
+    assert await items.call("put", item="b") == 2  # the agent goes on with its own state
+    assert await items.call("items") == ["a", "b"]
