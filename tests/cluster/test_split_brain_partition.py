@@ -10,10 +10,10 @@ whole cut. Asserted, with the counts printed:
 * after the heal every caller reads the same state, which is the stored one (no sibling
   left), and ``nC`` holds no copy any more;
 * merged sets: every acknowledged item of both sides is there (nothing lost);
-* last-write-wins counters: the changes the rule overwrote are counted, and the count is
-  what the test computes: acknowledged increments minus the final value, plus at most the
-  calls in flight at the cut (run on both sides, acknowledged once) and those whose
-  outcome is unknown.
+* last-write-wins counters: the changes the rule overwrote are counted: at least what the
+  test computes (acknowledged increments minus the final value: nothing dropped
+  unreported), more by the calls that ran on both sides and were acknowledged once (in
+  flight at the cut, or held by the cut route and delivered to the old copy at the heal).
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ async def test_both_sides_write_through_a_partition_and_converge_at_the_heal(
         )
         print(
             f"counters: acknowledged {acked}, final {{{', '.join(f'{n}: {finals[n]}' for n in COUNTERS)}}}; "
-            f"overwritten reported {overwritten}, computed {computed}; "
+            f"overwritten reported {overwritten}, computed {computed} (ran on both sides: {overwritten - computed}); "
             f"siblings stored {siblings}, resolutions {resolved}"
         )
         for n in SETS:
@@ -190,9 +190,13 @@ async def test_both_sides_write_through_a_partition_and_converge_at_the_heal(
             print(f"set {n}: {len(items)} items, {len(want)} acknowledged, missing {sorted(want - items)}")
             assert want <= items, f"{n} lost acknowledged items {sorted(want - items)}"
         assert siblings >= 1 and resolved >= 1
-        # Changes are counted, replies acknowledged: they differ by the calls in flight at the
-        # cut. The far caller's call then reached nC, ran, and its reply was cut off; resent
-        # with the same id it ran again at nA (whose dedup cannot know what nC ran and never
-        # stored): one acknowledgement, one change on each side. At most one per writer; a
-        # call whose outcome is unknown may have run on both sides, unacknowledged.
-        assert computed <= overwritten <= computed + len(COUNTERS) + 2 * sum(unknown.values())
+        # Nothing acknowledged is dropped unreported: every acknowledged increment missing
+        # from the final value is counted. The count may be higher: it counts changes, the
+        # test counts acknowledgements, and a call can run on both sides and be acknowledged
+        # once: (1) in flight at the cut, it ran at nC, its reply was cut off, and resent with
+        # the same id it ran at nA (whose dedup cannot know what nC never stored); (2) a
+        # far caller's message to nC's queue group held in the blackholed route is delivered
+        # at the heal and runs at nC before nC learns it was superseded, after nA ran it.
+        # Each far call runs at most twice, so the excess is bounded by the far calls.
+        far_calls = sum(sides["far"].acked.get(n, 0) for n in COUNTERS)
+        assert computed <= overwritten <= computed + far_calls + 2 * sum(unknown.values())
