@@ -200,8 +200,9 @@ def parse_adopt(body: object) -> tuple[str, ActivationAsk]:
 
 #: Control operations only a cluster node may ask for: signed with the owner key
 #: (``wire.owner``), refused ``unauthorized`` otherwise. ``adopt`` carries an agent's state
-#: (a forged one would write any state into any agent); ``activate`` places an agent here.
-NODE_OPS = frozenset({"activate", "adopt"})
+#: (a forged one would write any state into any agent); ``activate`` places an agent here;
+#: ``holds`` asks whether an agent is active (or starting) here (``cluster.successor``).
+NODE_OPS = frozenset({"activate", "adopt", "holds"})
 #: The operator's control operations: with trusted operators configured
 #: (``ClusterSettings.trusted_operators``) they need an operator's signature
 #: (``wire.identity``) or the owner key; otherwise NATS permissions alone decide.

@@ -50,6 +50,7 @@ class ControlServer:
         placing: activates what placement chose.
         migration: ``migrate``, ``adopt`` and ``drain``.
         info: this node's ``info`` answer.
+        holds: whether an agent (kind, id) is active or starting here (``holds``).
         traceback: the traceback of a failed activation, for its ``handler_error``.
         tasks: the node's task group (each request is answered in its own task).
         owner_key: the cluster's owner key, once known (``Na-Owner-Mac``).
@@ -67,6 +68,7 @@ class ControlServer:
         placing: Placing,
         migration: Migration,
         info: Callable[[], dict[str, Any]],
+        holds: Callable[[str, str], bool],
         traceback: Callable[[BaseException], str | None],
         tasks: TaskGroup,
         owner_key: Callable[[], bytes | None] = lambda: None,
@@ -82,6 +84,7 @@ class ControlServer:
         self._placing = placing
         self._migration = migration
         self._info = info
+        self._holds = holds
         self._traceback = traceback
         self._tasks = tasks
         self._sub: Subscription | None = None
@@ -113,6 +116,10 @@ class ControlServer:
                 result = await self._activate(body)
             elif op == "info":
                 result = self._info()
+            elif op == "holds":
+                if not isinstance(body, dict):
+                    raise BadRequest("holds body must be a map")
+                result = {"holds": self._holds(validate_kind(body.get("kind")), _str(body, "id"))}
             elif op == "migrate":
                 if not isinstance(body, dict):
                     raise BadRequest("migrate body must be a map")

@@ -286,6 +286,14 @@ class Directory:
         entry = await self.bucket.get(agent_key(claim.record.kind, claim.record.agent_id), leader=True)
         return entry is not None and entry.revision == claim.revision
 
+    async def restore(self, mine: Claim, forged: Claim) -> Claim:
+        """Write our record ``mine`` back over ``forged`` (CAS on its revision): a record
+        naming another node that does not hold the agent (``cluster.successor``).
+        Raises: CasConflict when the record changed again."""
+        rec = mine.record
+        revision = await self.bucket.update(agent_key(rec.kind, rec.agent_id), rec.to_wire(), revision=forged.revision)
+        return Claim(rec, revision)
+
     async def set_status(self, claim: Claim, status: Status) -> Claim:
         """Change the status under the claim (CAS). Raises: CasConflict when fenced off."""
         rec = claim.record.with_(status=status, since=time.time())

@@ -178,7 +178,10 @@ class Membership:
     async def start(self) -> None:
         """Open the bucket, write the first heartbeat and start watching."""
         self._bucket = await open_bucket(self._t, bucket_name(self.prefix, "members"), history=1)
-        await self._beat()
+        # The first heartbeat gets the start's budget, not one interval: a bucket another node
+        # created a moment before, or whose stream leader is still being elected, may not
+        # serve its subjects yet ("no responders").
+        await self._beat(timeout=max(5.0, self.lease))
         self._tasks.spawn(self._heartbeats(), name="heartbeats")
         self._tasks.spawn(self._watch(), name="membership watch")
         await asyncio.wait_for(self._ready.wait(), max(5.0, self.lease))

@@ -61,6 +61,7 @@ from .placing import Placing
 from .replicas import Replicas
 from .roster import Roster
 from .settings import ClusterSettings, validate_node_id
+from .successor import Successors
 from .supervision import Supervisor
 
 __all__ = ["ClusterNode"]
@@ -109,6 +110,7 @@ class ClusterNode:
             metrics=metrics,
             tasks=self._tasks,
             partition=self.partition,
+            successors=Successors(self._client, self.directory, metrics, self._tasks),
         )
         self._supervisor = Supervisor(
             local,
@@ -165,6 +167,7 @@ class ClusterNode:
             placing=self._placing,
             migration=self._migration,
             info=self.info,
+            holds=host.holds,
             traceback=host.traceback,
             tasks=self._tasks,
             owner_key=lambda: self.owner_key,

@@ -41,6 +41,8 @@ class Owned:
         "batch",
         "checking",
         "claim",
+        "doubt",
+        "doubted",
         "epoch",
         "eventual",
         "gaps",
@@ -78,6 +80,10 @@ class Owned:
         # of the claim in progress (shared by the messages that wait for it).
         self.gaps = 0
         self.checking: asyncio.Future[bool | None] | None = None
+        # A newer claim by another node being checked with that node (cluster.successor),
+        # and the newest one that came meanwhile: messages wait for the answer.
+        self.doubt: asyncio.Task[None] | None = None
+        self.doubted: Claim | None = None
         # consistency = "eventual" (state.behind): the newest acknowledged value not
         # stored yet, and how many changes were acknowledged / are stored.
         self.eventual = False

@@ -64,6 +64,7 @@ from .membership import Membership
 from .owned import Owned
 from .partition import PartitionMonitor
 from .placement import Resources
+from .successor import Successors
 
 __all__ = ["Owned", "Ownership"]  # Owned: re-exported from .owned
 
@@ -110,8 +111,10 @@ class Ownership:
         metrics: Metrics,
         tasks: TaskGroup,
         partition: PartitionMonitor | None = None,
+        successors: Successors | None = None,
     ) -> None:
         self._partition = partition
+        self._successors = successors
         self._local = local
         self._host = host
         self._directory = directory
@@ -608,6 +611,10 @@ class Ownership:
         self.forget_behind(act, own)  # what could not be stored is counted as lost
         await self._host.discard(act)
 
+    def _taken_over(self, act: Activation, claim: Claim) -> None:
+        log.warning("%s was taken over by %s (epoch %d)", act.address, claim.record.node, claim.record.epoch)
+        self.fenced(act, claim)
+
     # -- serving under our own lease ---------------------------------------------------
 
     def serving(self, act: Activation, deadline_ms: int | None) -> Awaitable[str | AgentError | None] | None:
@@ -624,12 +631,21 @@ class Ownership:
             # Fenced or handed over, being stopped: a message still taken from its mailbox
             # must not run on this copy's old state (its writes are not stored either).
             return _refuse(f"{act.address} is owned by another node now; this copy stopped")
+        if own.doubt is not None:  # another node's claim is being checked: wait for it
+            return self._after_doubt(act, own.doubt, deadline_ms)
         membership = self._membership
         if own.gaps == membership.gaps and membership.own_lease_left() > 0:
             return None
         if own.versions is not None and own.versions.split and membership.own_lease_left() <= 0:
             return None  # split_brain_allowed: serves while cut off; the heal reconciles
         return self._recheck(act, own, deadline_ms)
+
+    async def _after_doubt(
+        self, act: Activation, doubt: asyncio.Task[None], deadline_ms: int | None
+    ) -> str | AgentError | None:
+        await asyncio.shield(doubt)  # bounded: successor.CHECK_TIMEOUT and one write
+        again = self.serving(act, deadline_ms)
+        return None if again is None else await again
 
     def paused(self, act: Activation) -> PartitionError | None:
         """The refusal of ``act``'s messages while this node is on the minority side and
@@ -736,7 +752,9 @@ class Ownership:
                 own.claim = claim  # the directory cache's copy of our own write: share it
             return
         if claim.record.node != self._local.node_id:
-            log.warning("%s was taken over by %s (epoch %d)", act.address, claim.record.node, claim.record.epoch)
-            self.fenced(act, claim)
+            if self._successors is not None:  # forged? ask that node first
+                self._successors.check(act, own.claim, claim, self._taken_over)
+            else:
+                self._taken_over(act, claim)
         else:
             own.claim = claim

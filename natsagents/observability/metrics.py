@@ -150,6 +150,12 @@ class Metrics:
         self.fenced = Counter(
             "natsagents_fenced", "Stale agent copies stopped because another node owns the agent", ["kind"], registry=r
         )
+        self.forged_claims = Counter(
+            "natsagents_forged_claims",
+            "Directory records naming another node as an agent's owner that did not hold it (written back)",
+            ["kind"],
+            registry=r,
+        )
         self.state_saves = Counter(
             "natsagents_state_saves", "Agent state writes to the store", ["kind", "outcome"], registry=r
         )

@@ -33,6 +33,8 @@ class Outcome(NamedTuple):
     kept: Reply | None
     action: str | None = None
     ran: bool = False
+    deadline_ms: int | None = None  # the request's (how long its copies may come: dedup)
+    durable: bool = False  # a durable message (its partition owner may send it again)
 
 
 class Answers(Protocol):
@@ -438,7 +440,7 @@ class Activation:
             message_id = msg.headers.get(h.MESSAGE_ID) if msg.headers is not None else None
             # deliver() recorded only well-formed ids as in progress: no need to check again.
             if message_id is not None and (recent.get(message_id) is IN_PROGRESS or envelope.is_message_id(message_id)):
-                host.dedup.finish(self, message_id, kept, msg.headers)
+                host.dedup.finish(self, message_id, kept, outcome.deadline_ms, outcome.durable)
 
     async def wait_idle(self) -> None:
         """Return once no worker runs (the mailbox is empty or refused)."""

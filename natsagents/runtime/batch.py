@@ -117,6 +117,6 @@ class BatchRunner:
             # Like a message that came alone: its reply is kept for a replay (§15.1) or a copy.
             if not isinstance(reply[0], bytes) or h.MESSAGE_ID not in hdrs:
                 continue  # only ok replies (prebuilt blocks) are worth keeping
-            self._dedup.finish(act, hdrs[h.MESSAGE_ID], reply, hdrs)
+            self._dedup.finish(act, hdrs[h.MESSAGE_ID], reply, envelope.deadline_of(hdrs), h.STREAM_SEQ in hdrs)
         out = wire_batch.batch_reply(replies)
         return Outcome(out, True, out)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final, Protocol
 
 from ..wire import envelope
@@ -207,11 +207,17 @@ class Dedup:
         recent[message_id] = IN_PROGRESS
 
     def finish(
-        self, act: Remembers, message_id: str, reply: Reply | None, headers: Mapping[str, str] | None = None
+        self,
+        act: Remembers,
+        message_id: str,
+        reply: Reply | None,
+        deadline_ms: int | None = None,
+        durable: bool = False,
     ) -> None:
         """The request was answered with ``reply`` (``None``: nothing worth keeping, e.g.
-        refused before running, or its state not stored; a copy may run it). ``headers``:
-        the request's (its ``Na-Deadline`` says how long copies may come)."""
+        refused before running, or its state not stored; a copy may run it). How long
+        copies may come: until the request's deadline (``Na-Deadline``, ``deadline_ms``),
+        for a ``durable`` message (redelivered by its partition owner) the durable window."""
         recent = act.recent
         if recent is None:
             return
@@ -222,7 +228,20 @@ class Dedup:
                     act.recent = None
             return
         now = time.time()
-        entry: Entry = (reply[0], reply[1], self._until(headers, now))
+        # Until when copies may come: keep_until_ms() with floor_ms = ttl, in float seconds
+        # (inlined: this runs for every answered request).
+        if durable:
+            until = now + max(self.window, DURABLE_WINDOW)
+        else:
+            until = now + self.window
+            if deadline_ms is not None:
+                end = deadline_ms / 1000 + 1.0
+                if end < until:
+                    until = end
+            floor = now + self.ttl
+            if until < floor:
+                until = floor
+        entry: Entry = (reply[0], reply[1], until)
         recent[message_id] = entry
         # _account(), inlined for the usual case (once a request).
         kept = self._kept
@@ -241,23 +260,6 @@ class Dedup:
             self._due.append((now + self.ttl, act))
         if self._due[0][0] <= now:
             self._expire(now)
-
-    def _until(self, headers: Mapping[str, str] | None, now: float) -> float:
-        """Until when (Unix s) copies of a request with these headers may come: as
-        :func:`keep_until_ms` with ``floor_ms`` = ``ttl``, in float seconds (this runs for
-        every answered request; ``int(float)`` is slow)."""
-        raw = None
-        if headers is not None:
-            if h.STREAM_SEQ in headers:
-                return now + max(self.window, DURABLE_WINDOW)  # redelivered by its owner
-            raw = headers.get(h.DEADLINE)
-        until = now + self.window
-        if raw is not None and len(raw) <= 15 and raw.isascii() and raw.isdigit():
-            deadline = int(raw) / 1000 + 1.0
-            if deadline < until:
-                until = deadline
-        floor = now + self.ttl
-        return until if until > floor else floor
 
     def _account(self, act: Remembers, message_id: str, entry: Entry, now: float) -> None:
         """Count the reply ``entry`` holds against ``max_bytes``; past it, the oldest

@@ -116,9 +116,11 @@ class Dispatcher:
         *,
         reply: bool,
         caller: TrustedCaller | None = None,
+        margin: float | None = None,
     ) -> Outcome:
         """Run one message (``reply``: it has a reply subject; ``caller``: its verified
-        caller, ``runtime.guard``). Never raises."""
+        caller, ``runtime.guard``; ``margin``: a request whose caller waits for its result
+        is not started with less than this many seconds of its deadline left). Never raises."""
         started = time.perf_counter()
         kind, address = act.kind, act.address
         try:
@@ -133,7 +135,7 @@ class Dispatcher:
         durable = headers is not None and h.STREAM_SEQ in headers
         weight = 0  # bytes held against the decode budget until the handler returns
         try:
-            spec, kwargs, seq, weight = self._admit(act, meta, headers, data)
+            spec, kwargs, seq, weight = self._admit(act, meta, headers, data, margin if wanted else None)
             held: tuple[Bulkhead, ...] = ()
             if spec.bulkhead is not None or type(act.agent).bulkhead is not None:
                 held = await self._enter_bulkheads(act, spec, meta.deadline_ms)
@@ -171,7 +173,7 @@ class Dispatcher:
                 details={"exception": type(exc).__name__},
             )
             # A durable message is tried again by its partition owner: let a copy run.
-            return Outcome(failed, wanted, None if durable else (kept or failed), action, ran=True)
+            return Outcome(failed, wanted, None if durable else (kept or failed), action, True, meta.deadline_ms)
         finally:
             if weight:
                 self.budget.release(weight)
@@ -203,7 +205,7 @@ class Dispatcher:
             tracing.end(span)
         self._metrics.handled_one(kind, action, "ok", time.perf_counter() - started)
         if not wanted:
-            return Outcome(None, False, kept, action, True)
+            return Outcome(None, False, kept, action, True, meta.deadline_ms, durable)
         try:
             if body is None:
                 body = codec.encode(result)
@@ -211,7 +213,7 @@ class Dispatcher:
             failed = envelope.error_reply(
                 HANDLER_ERROR, f"result cannot be encoded: {exc}", agent=address, action=action
             )
-            return Outcome(failed, True, failed, action, ran=True)
+            return Outcome(failed, True, failed, action, True, meta.deadline_ms, durable)
         block = envelope.OK_HEADER_BLOCK
         threshold = self._compress_above
         if (
@@ -226,12 +228,12 @@ class Dispatcher:
         if node is not None:
             block = node.reply_block(act, block)
         reply_ok = (block, body)
-        return Outcome(reply_ok, True, reply_ok, action, True)
+        return Outcome(reply_ok, True, reply_ok, action, True, meta.deadline_ms, durable)
 
     # -- the steps -------------------------------------------------------------------
 
     def _admit(
-        self, act: Activation, meta: RequestMeta, headers: dict[str, str] | None, data: bytes
+        self, act: Activation, meta: RequestMeta, headers: dict[str, str] | None, data: bytes, margin: float | None
     ) -> tuple[ActionSpec, dict[str, Any], int, int]:
         """The checks before a handler may run: the action, its parameters (inflated and
         decoded within ``wire.codec``'s limits), for a durable message its stream sequence,
@@ -239,12 +241,19 @@ class Dispatcher:
         bytes are held against the budget (the caller releases them).
 
         Raises:
-            Refused: the deadline passed, no such action, bad parameters, a stream
-                sequence that was applied already, or the decode budget is full.
+            Refused: the deadline passed (or less than ``margin`` of it is left), no such
+                action, bad parameters, a stream sequence that was applied already, or the
+                decode budget is full.
         """
         kind, action = act.kind, meta.action
-        if meta.deadline_ms is not None and time.time() * 1000 >= meta.deadline_ms:
-            raise Refused(TIMEOUT, "deadline passed before the agent ran the message", reason="expired")
+        deadline_ms = meta.deadline_ms
+        if deadline_ms is not None:
+            left = deadline_ms / 1000 - time.time()
+            if left <= 0:
+                raise Refused(TIMEOUT, "deadline passed before the agent ran the message", reason="expired")
+            if margin is not None and left < margin:
+                why = f"only {left * 1000:.0f} ms of the deadline left: not started (no time to answer)"
+                raise Refused(TIMEOUT, why)
         spec = act.agent.__actions__.get(action)
         if spec is None:
             raise Refused(

@@ -21,7 +21,6 @@ from ..errors import (
     BAD_REQUEST,
     HANDLER_ERROR,
     NOT_FOUND,
-    TIMEOUT,
     UNAVAILABLE,
     AgentError,
     ClusterAtCapacity,
@@ -52,15 +51,6 @@ log = logging.getLogger("natsagents.runtime")
 _CLOSE_CONCURRENCY = 128
 #: A message refused before it ran (the refusal is already sent; a copy may run).
 _NOT_RUN = Outcome(None, False, None)
-
-
-def _deadline_ms(hdrs: dict[str, str] | None) -> int | None:
-    """The request's ``Na-Deadline`` (unix ms), or ``None`` (absent or malformed: the
-    dispatcher answers a malformed one)."""
-    raw = hdrs.get(h.DEADLINE) if hdrs is not None else None
-    if raw is None or not raw.isascii() or not raw.isdigit() or len(raw) > 15:
-        return None
-    return int(raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,10 +166,9 @@ class Host:
         Before it runs: a cluster node's lease check (``NodeHooks.serving``), and a
         request with too little of its deadline left (``min_time_left``) is refused."""
         hdrs = msg.headers
-        deadline_ms = _deadline_ms(hdrs)
         node = self._node
         if node is not None and act.cluster is not None:
-            check = node.serving(act, deadline_ms)
+            check = node.serving(act, envelope.deadline_of(hdrs))
             if check is not None:
                 refusal = await check
                 if isinstance(refusal, AgentError):  # PartitionError: this side pauses
@@ -196,15 +185,10 @@ class Host:
             return _NOT_RUN
         if hdrs is not None and h.BATCH in hdrs:
             return await self._batches.run(act, msg)
-        margin = self.settings.min_time_left
-        if deadline_ms is not None and margin is not None and msg.reply:
-            left = deadline_ms / 1000 - time.time()
-            if 0 < left < margin and hdrs is not None and hdrs.get(h.REPLY_MODE) != h.REPLY_MODE_ACCEPT:
-                why = f"only {left * 1000:.0f} ms of the deadline left: not started (no time to answer)"
-                self.replies.refuse(act, msg, TIMEOUT, why)
-                return _NOT_RUN
         caller = msg.admitted.caller if type(msg) is Verified else None
-        return await self._dispatcher.run(act, hdrs, msg.data, reply=bool(msg.reply), caller=caller)
+        return await self._dispatcher.run(
+            act, hdrs, msg.data, reply=bool(msg.reply), caller=caller, margin=self.settings.min_time_left
+        )
 
     async def save_state(self, act: Activation) -> None:
         """``Agent.save_state()``: a cluster node persists the state now."""
@@ -268,6 +252,11 @@ class Host:
         await self._t.flush()
 
     # -- activation ------------------------------------------------------------------
+
+    def holds(self, kind: str, agent_id: str) -> bool:
+        """Whether ``kind/agent_id`` is active, starting or stopping here."""
+        key = (kind, agent_id)
+        return key in self.activations or key in self._starting
 
     async def activate(self, kind: str, agent_id: str, options: object = None) -> Activation:
         """Return the activation of ``kind/agent_id``, activating it if needed.

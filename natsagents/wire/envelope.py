@@ -246,6 +246,15 @@ def parse_request(headers: Mapping[str, str] | None) -> RequestMeta:
     )
 
 
+def deadline_of(headers: Mapping[str, str] | None) -> int | None:
+    """The request's ``Na-Deadline`` (unix ms), or ``None`` when absent or malformed
+    (:func:`parse_request` refuses a malformed one)."""
+    raw = headers.get(h.DEADLINE) if headers is not None else None
+    if raw is None or not raw.isascii() or not raw.isdigit() or len(raw) > 15:
+        return None
+    return int(raw)
+
+
 _EMPTY: Mapping[str, str] = {}
 _OK_HEADERS: Mapping[str, str] = {h.PROTO: h.PROTO_VERSION, h.STATUS: h.STATUS_OK}
 #: The header block of every ok reply, encoded once.

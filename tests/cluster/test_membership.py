@@ -10,6 +10,9 @@ import pytest
 import natsagents as na
 from natsagents.cluster.membership import MemberRecord, Membership
 from natsagents.transport import ConnectSettings, Transport
+from natsagents.transport.jetstream import api_request, stream_info
+from natsagents.transport.kv import open_bucket
+from natsagents.wire.subjects import bucket_name
 
 Factory = Callable[..., Awaitable[Membership]]
 
@@ -82,4 +85,35 @@ async def test_bad_settings(nats_url: str) -> None:
         with pytest.raises(na.ConfigurationError):
             Membership(t, "p", "n", lease=1, interval=2)
     finally:
+        await t.close()
+
+
+async def test_the_first_heartbeat_waits_for_a_bucket_not_yet_serving(nats_url: str, mesh_prefix: str) -> None:
+    """A node starting beside others on a fresh cluster may bind the members bucket while its
+    stream does not serve its subjects yet (created by another node a moment before, or its
+    leader still being elected): the first heartbeat waits for it like the rest of the start,
+    not one heartbeat interval (it failed the start with ``no responders`` in CI)."""
+    t = await Transport.connect(ConnectSettings(servers=(nats_url,), name="setup"))
+    bucket = bucket_name(mesh_prefix, "members")
+    stream = f"KV_{bucket}"
+    await open_bucket(t, bucket, history=1)
+    config = (await stream_info(t, stream))["config"]
+    # Bound by the node's open_bucket, but deaf to $KV.<bucket>.> for now.
+    await api_request(t, f"$JS.API.STREAM.UPDATE.{stream}", dict(config, subjects=[f"not-yet.{bucket}.>"]), 5.0)
+    attempted = asyncio.Event()
+    # Hears the first put (so it is not a "no responders"), answers nothing: the attempt
+    # waits out its own timeout while the stream starts serving the subject.
+    sub = await t.subscribe(f"$KV.{bucket}.node-a", lambda msg: attempted.set())
+    m = Membership(t, mesh_prefix, "node-a", lease=1.5)  # heartbeat interval 0.5 s
+    starting = asyncio.create_task(m.start())
+    try:
+        await asyncio.wait_for(attempted.wait(), 5)
+        await sub.unsubscribe()
+        await api_request(t, f"$JS.API.STREAM.UPDATE.{stream}", dict(config, subjects=[f"$KV.{bucket}.>"]), 5.0)
+        await asyncio.wait_for(starting, 10)
+        await m.wait_until(lambda live: "node-a" in live, timeout=5)  # its next heartbeat
+    finally:
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await m.stop(leave=False)
         await t.close()

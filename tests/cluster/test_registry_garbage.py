@@ -27,7 +27,7 @@ from natsagents.testing import wait_for
 from natsagents.transport.kv import Bucket, open_bucket
 from natsagents.wire.ids import agent_key
 from natsagents.wire.owner import owner_mac
-from natsagents.wire.subjects import activate_subject, bucket_name, node_subject
+from natsagents.wire.subjects import activate_subject, agent_subject, bucket_name, node_subject
 from tests.agents import Counter, Keeper
 
 LEASE = 1.5
@@ -547,3 +547,50 @@ async def test_every_activation_request_gets_exactly_one_answer(
         assert all(statuses[i] == "ok" for i in bad), {repr(NASTY_BODIES[i])[:60]: statuses[i] for i in bad}
     finally:
         await nc.close()
+
+
+async def test_a_forged_claim_naming_a_live_node_does_not_silence_a_live_copy(
+    mesh_factory: Any, mesh_prefix: str, nats_url: str
+) -> None:
+    """A directory record naming another *live* node as the owner of an agent active here
+    (as the fuzz's directory puts did): the copy asks that node whether it holds the agent
+    before it stops. It does not: the copy keeps answering, even callers that never resend
+    (no ``Na-Msg-Id``), its state goes on, and its claim is written back."""
+    n1, n2 = await start_nodes(mesh_factory, "n1", "n2")
+    client = await mesh_factory(name="client")
+    assert await client.ref("Counter/held").call("add", by=5, timeout=10) == 5
+    owner, other = (n1, n2) if "Counter/held" in n1.local_agents() else (n2, n1)
+    directory = node_of(owner).directory
+    mine = directory.lookup_claim("Counter", "held")
+    assert mine is not None
+    record = {
+        "kind": "Counter",
+        "id": "held",
+        "node": other.name,
+        "epoch": 1,
+        "status": "active",
+        "since": time.time(),
+    }
+    await forge(client, mesh_prefix, "directory", agent_key("Counter", "held"), record)
+    await wait_for(
+        lambda: (c := directory.lookup_claim("Counter", "held")) is not None and c.revision > mine.revision,
+        what="the forgery seen by the owner",
+    )
+    raw = await nats.connect(nats_url)
+    try:
+        subject = agent_subject(mesh_prefix, "Counter", "held")
+        headers = {"Na-Proto": "1", "Na-Action": "add"}
+        values = []
+        for _ in range(5):  # a raw caller: no Na-Msg-Id, no resend
+            msg = await raw.request(subject, msgpack.packb({"by": 1}), timeout=3, headers=headers)
+            values.append(msgpack.unpackb(msg.data))
+    finally:
+        await raw.close()
+    assert values == [6, 7, 8, 9, 10]
+    assert "Counter/held" in owner.local_agents()
+    await wait_for(
+        lambda: (c := directory.lookup_claim("Counter", "held")) is not None and c.record.node == owner.name,
+        timeout=5,
+        what="the owner's claim written back",
+    )
+    assert await client.ref("Counter/held").call("get", timeout=10) == 10

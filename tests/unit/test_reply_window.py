@@ -23,8 +23,9 @@ class _Act:
     recent: Any = None
 
 
-def _deadline(seconds: float) -> dict[str, str]:
-    return {"Na-Deadline": str(int((time.time() + seconds) * 1000))}
+def _deadline(seconds: float) -> int | None:
+    """The ``Na-Deadline`` of a request due in ``seconds``, as the host parses it."""
+    return envelope.deadline_of({"Na-Deadline": str(int((time.time() + seconds) * 1000))})
 
 
 def test_keep_until_follows_the_deadline_within_the_window() -> None:
@@ -44,7 +45,7 @@ def test_an_answer_is_kept_until_its_deadline_not_just_the_ttl() -> None:
     dedup.finish(act, "short", (b"h", b"s"), _deadline(-5))  # deadline passed: ttl only
     dedup.finish(other, "tick", (b"h", b"t"), _deadline(-5))  # expires what is due
     assert act.recent is not None and Dedup.lookup(act, "long")[:2] == (b"h", b"r")
-    garbage = {"Na-Deadline": "soon"}  # a malformed deadline: the whole window
+    garbage = envelope.deadline_of({"Na-Deadline": "soon"})  # a malformed deadline: the whole window
     Dedup.begin(act, "g")
     dedup.finish(act, "g", (b"h", b"g"), garbage)
     assert Dedup.lookup(act, "g")[2] > time.time() + 59
@@ -125,7 +126,7 @@ def test_a_durable_answer_is_kept_for_its_redelivery_window() -> None:
     dedup = Dedup()
     act = _Act()
     Dedup.begin(act, "d")
-    dedup.finish(act, "d", (b"h", b"r"), {"Na-Stream-Seq": "7", **_deadline(5)})
+    dedup.finish(act, "d", (b"h", b"r"), _deadline(5), durable=True)  # Na-Stream-Seq: 7
     assert Dedup.lookup(act, "d")[2] >= time.time() + 119
 
 

@@ -1,0 +1,113 @@
+"""Whether a newer claim by another node is real before a live copy stops for it.
+
+Anyone who can write the directory bucket can name another live node as the owner of an
+agent active here. A copy that stopped at once for such a record (fenced, and superseded:
+protocol §8.8, it drops what it has not run) would leave the agent answering nobody: the
+node named holds nothing, and callers that do not resend lose their requests.
+
+A takeover bases its claim on the record it replaces: its epoch is above ours, and the
+copy stops at once, as it always did. A record of another node whose epoch is not above
+ours is not a takeover of our line; only one case is legitimate (a garbage record written
+over ours, then replaced by another node as an orphan, protocol §14.2), and then that node
+holds the agent. So the copy asks it (control operation ``holds``, signed with the owner
+key, §14.4): it holds the agent, or is starting it, or does not answer within
+:data:`CHECK_TIMEOUT`: the copy stops. It does not: nobody legitimately wrote the record;
+the copy writes its own record back (compare-and-set on the forged revision), counts it
+(``natsagents_forged_claims_total``) and goes on.
+
+While the question is open the copy runs nothing: its messages wait for the answer
+(``Ownership.serving``), so a real successor never has a second writer beside it. The
+state store's compare-and-set fences a real successor's takeover in any case; this check
+only keeps a forgery from silencing a live agent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from ..errors import NatsAgentsError
+from ..observability.metrics import Metrics
+from ..runtime.activation import Activation
+from ..tasks import TaskGroup
+from .asks import NodeClient
+from .directory import Claim, Directory
+
+__all__ = ["CHECK_TIMEOUT", "Successors"]
+
+log = logging.getLogger("natsagents.cluster.node")
+
+#: Seconds the node named by a newer claim has to say whether it holds the agent.
+CHECK_TIMEOUT = 1.0
+
+
+class Successors:
+    """Checks the newer claims of other nodes on agents active here (see the module)."""
+
+    def __init__(self, client: NodeClient, directory: Directory, metrics: Metrics, tasks: TaskGroup) -> None:
+        self._client = client
+        self._directory = directory
+        self._metrics = metrics
+        self._tasks = tasks
+
+    def check(self, act: Activation, mine: Claim, claim: Claim, fence: Callable[[Activation, Claim], None]) -> None:
+        """Ask ``claim``'s node about ``act`` (one question at a time per copy; a newer
+        claim while one is open is judged when it ends) and ``fence`` the copy unless it
+        answers that it does not hold it."""
+        own = act.cluster
+        if claim.record.epoch > mine.record.epoch:  # a takeover of our line
+            fence(act, claim)
+            return
+        if own.doubt is not None:
+            own.doubted = claim
+            return
+        own.doubt = self._tasks.spawn(self._check(act, mine, claim, fence), name=f"successor of {act.address}")
+
+    async def _check(
+        self, act: Activation, mine: Claim, claim: Claim, fence: Callable[[Activation, Claim], None]
+    ) -> None:
+        own = act.cluster
+        try:
+            while True:
+                if await self._forged(act, mine, claim):
+                    newer = own.doubted
+                    own.doubted = None
+                    if newer is None or newer.revision <= own.claim.revision:
+                        return
+                    mine, claim = own.claim, newer  # another record came meanwhile
+                    if claim.record.epoch <= mine.record.epoch:
+                        continue
+                fence(act, claim)
+                return
+        finally:
+            own.doubt = None
+
+    async def _forged(self, act: Activation, mine: Claim, claim: Claim) -> bool:
+        """Whether ``claim`` was forged (its node does not hold the agent) and our record
+        is back."""
+        node = claim.record.node
+        try:
+            reply = await self._client.request(
+                node, "holds", {"kind": act.kind, "id": act.agent_id}, timeout=CHECK_TIMEOUT
+            )
+        except NatsAgentsError:
+            return False  # no answer: assume it does (the stop is the safe side)
+        if not isinstance(reply, dict) or reply.get("holds") is not False:
+            return False
+        own = act.cluster
+        if own.handed_over:
+            return False
+        try:
+            own.claim = await self._directory.restore(mine, claim)
+        except NatsAgentsError as exc:  # changed again (CasConflict), or unreachable
+            log.warning("%s: could not write back the claim of %s: %s", act.address, node, exc)
+            return False
+        self._metrics.forged_claims.labels(act.kind).inc()
+        log.warning(
+            "%s: a directory record named %s (epoch %d) as its owner, which does not hold it: "
+            "this copy goes on and its claim is written back",
+            act.address,
+            node,
+            claim.record.epoch,
+        )
+        return True
