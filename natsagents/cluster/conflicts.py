@@ -45,7 +45,7 @@ from ..crdt.resolve import Resolution, Sibling, frontier, last_write_wins, resol
 from ..crdt.vclock import VersionVector
 from ..errors import NatsAgentsError, PayloadTooLarge, Unavailable
 from ..observability import Metrics
-from ..runtime.activation import Activation
+from ..runtime.activation import Activation, ActivationState
 from ..state.store import MAX_SIBLINGS, NO_STAMP, FencedOff, StateStore, StoredState
 from ..tasks import TaskGroup
 from ..wire import codec
@@ -136,6 +136,8 @@ class Conflicts:
         split = cls.partition_strategy == "split_brain_allowed"
         vv = None if stored is None else (stored.vv or VersionVector())
         v = own.versions = Versions(vv, None if stored is None else stored.stamp, split)
+        if split:
+            v.watch = self._tasks.spawn(self._watch(act, own), name=f"versions {act.address}")
         if stored is None:
             return
         self._observe(stored.stamp)
@@ -147,8 +149,6 @@ class Conflicts:
             v.stamp = res.stamp
             act.agent.restore(res.value)
             self._mark(act, own, StateStore.encode(act.agent.checkpoint(), own.epoch))
-        if split:
-            v.watch = self._tasks.spawn(self._watch(act, own), name=f"versions {act.address}")
 
     def changed(self, own: Owned) -> None:
         """An acknowledged change: stamp it (last-write-wins orders by it)."""
@@ -229,7 +229,7 @@ class Conflicts:
         try:
             async with self._state.bucket.watch(agent_key(act.kind, act.agent_id), headers_only=True) as watch:
                 async for entry in watch:
-                    if own.handed_over:
+                    if own.handed_over or act.state is ActivationState.STOPPED:
                         return
                     if entry is not None and entry.operation == "put" and entry.revision > own.revision:
                         await self._check(act, own, entry.revision)

@@ -192,3 +192,28 @@ async def test_a_sibling_the_rule_cannot_merge_falls_back_to_last_write_wins(mes
     assert conflicts.total("overwritten", "SbSet") == 2  # the older sibling lost
     assert await items.call("put", item="b") == 2  # the agent goes on with its own state
     assert await items.call("items") == ["a", "b"]
+
+
+async def test_after_a_migration_the_new_owner_keeps_the_version_and_resolves(mesh_factory: Any) -> None:
+    _, n2 = await nodes(mesh_factory, "n1", "n2", kinds=(SbCounter,))
+    client = await mesh_factory(name="client")
+    ref = client.ref("SbCounter/m")
+    await client.spawn("SbCounter/m", hints=Hints(pin="n1"))
+    for _ in range(3):
+        await ref.call("add")
+    result = await client.migrate("SbCounter/m", to="n2", strategy="state_transfer")
+    assert result["moved"] and result["to"] == "n2"
+    assert await ref.call("add") == 4
+
+    async def stored_4() -> bool:
+        rec = await _record(n2, "SbCounter", "m")
+        return rec is not None and rec.data == {"n": 4}
+
+    await wait_for(stored_4, timeout=5)
+    rec = await _record(n2, "SbCounter", "m")
+    assert rec.vv == VersionVector({"n1": 3, "n2": 1})  # n1's changes travel with the state
+    ghost = Sibling({"n": 50}, VersionVector({"n1": 3, "ghost": 1}), Timestamp(_ms() + 5_000, 0, "ghost"))
+    await _put_sibling(n2, "SbCounter", "m", ghost)
+    await wait_for(lambda: node_of(n2).conflicts.total("resolved") == 1, timeout=5)
+    assert await ref.call("get") == 50
+    assert node_of(n2).conflicts.total("overwritten") == 1  # n2's one change after the move
