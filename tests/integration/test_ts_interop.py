@@ -6,7 +6,11 @@
 2. TS sends exactly-once durable messages through the inbox stream to a Python cluster
    node: a message published twice under one id runs once;
 3. Python calls a TS-hosted kind: activation on demand, typed errors, sends, resends of a
-   slow request answered once, forged owner-only headers and non-inbox reply subjects.
+   slow request answered once, forged owner-only headers and non-inbox reply subjects;
+4. TS calls a Python cluster node whose copy answers ``partition``: resent with the same
+   message id for ``details.retry_for`` (§6.4), then ``PartitionError`` or the deadline;
+5. TS reads a Python session kind through a lagging read replica (§19): read-your-writes
+   with a session token made in Python, and Python keeps it with a token made in TS.
 
 The TS side is ``clients/typescript/test/interop.ts`` built by ``npm run build``. Skipped
 when ``node`` or ``clients/typescript/node_modules`` is missing (``.ci/run`` installs both).
@@ -37,6 +41,7 @@ from natsagents import (
     ClusterSettings,
     HandlerError,
     Mesh,
+    PartitionError,
     UnknownAction,
     action,
 )
@@ -44,6 +49,7 @@ from natsagents.delivery.settings import DeliverySettings
 from natsagents.server import NatsServer
 from natsagents.testing import wait_for
 from tests.agents import Counter
+from tests.cluster.test_cluster_node import node_of, nodes
 
 ROOT = Path(__file__).resolve().parents[2]
 TS = ROOT / "clients" / "typescript"
@@ -413,10 +419,13 @@ def test_the_ts_host_checks_pass(nats_url: str, ts_built: Path) -> None:
 
 def test_the_ts_client_unit_checks_pass(ts_built: Path) -> None:
     """The client's own checks of its pure parts (``npm test``): ids, header blocks, codec
-    limits, compression, error mapping, parameters, against the protocol's examples."""
+    limits, compression, error mapping, parameters, against the protocol's examples; session
+    tokens (byte for byte against Python's), the partition resend and the read subject."""
     assert NODE is not None
-    proc = subprocess.run([NODE, "--test", str(TS / "dist" / "test" / "unit.test.js")], capture_output=True, timeout=60)
-    assert proc.returncode == 0, proc.stdout.decode()[-4000:]
+    files = [str(TS / "dist" / "test" / name) for name in ("unit.test.js", "session.test.js")]
+    proc = subprocess.run([NODE, "--test", *files], capture_output=True, timeout=60)
+    out = proc.stdout.decode()
+    assert proc.returncode == 0 and "# fail 0" in out, out[-4000:]
 
 
 PERM_USERS = """
@@ -451,3 +460,136 @@ async def test_a_publish_the_server_refuses_ends_a_ts_call_at_once(ts_built: Pat
         and "perm.activate.Quiet" in r["refused_activation"]["message"]
     )
     assert r["refused_ms"] < 2000
+
+
+class PyPaused(Agent):
+    """Counts its runs; the test makes its node answer ``partition`` for some copies."""
+
+    runs: dict[str, int] = {}
+
+    @action
+    async def add(self) -> int:
+        PyPaused.runs[self.id] = PyPaused.runs.get(self.id, 0) + 1
+        return PyPaused.runs[self.id]
+
+
+async def test_ts_resends_partition_answers_for_retry_for(
+    mesh_factory: Any, nats_url: str, mesh_prefix: str, ts_built: Path
+) -> None:
+    """A copy on the minority side answers ``partition`` (its node's real refusal path,
+    ``NodeHooks.serving``, made to say so here instead of cutting a real cluster: that is
+    tests/cluster/test_partition_strategy.py). The TS caller resends the same message for
+    ``details.retry_for`` seconds, as the Python caller does: ``recover`` (paused for its
+    first 3 copies) runs once and answers; ``stuck`` (always paused, 0.3 s) ends with
+    ``PartitionError`` after 0.3 s; ``deadline`` (30 s) ends with the call's deadline."""
+    PyPaused.runs = {}
+    node = await mesh_factory(
+        name="n1", cluster=ClusterSettings(node_id="n1", lease=1.5, rebalance=False, delivery=None)
+    )
+    await node.host(PyPaused)
+    cluster = node_of(node)
+    real_serving = cluster.serving
+    pause = {"recover": (3, 5.0), "stuck": (None, 0.3), "deadline": (None, 30.0)}
+    refused: dict[str, int] = {}
+    seen_ids: dict[str, set[str | None]] = {}
+
+    async def answer(err: PartitionError) -> PartitionError:
+        return err
+
+    def serving(act: Any, deadline_ms: int | None) -> Any:
+        times, retry_for = pause.get(act.agent_id, (0, 0.0))
+        if times is None or refused.get(act.agent_id, 0) < times:
+            refused[act.agent_id] = refused.get(act.agent_id, 0) + 1
+            details = {"node": "n1", "state": "quorum_lost", "retry_for": retry_for}
+            return answer(PartitionError("n1 is cut off (test)", agent=act.address, details=details))
+        return real_serving(act, deadline_ms)
+
+    real_dispatch = node._host.dispatch
+
+    async def dispatch(act: Any, msg: Any) -> Any:
+        seen_ids.setdefault(act.agent_id, set()).add((msg.headers or {}).get("Na-Msg-Id"))
+        return await real_dispatch(act, msg)
+
+    cluster.serving = serving  # type: ignore[method-assign]
+    node._host.dispatch = dispatch  # type: ignore[method-assign]
+    r = await run_ts("partition", nats_url, mesh_prefix)
+    assert r["recover"] == {"ok": 1}
+    assert refused["recover"] == 3 and PyPaused.runs["recover"] == 1
+    assert len(seen_ids["recover"]) == 1  # every copy was the same message
+    assert r["stuck"]["class"] == "PartitionError" and r["stuck"]["code"] == "partition"
+    assert r["stuck"]["details"] == {"node": "n1", "state": "quorum_lost", "retry_for": 0.3}
+    assert r["stuck"]["agent"] == "PyPaused/stuck" and r["stuck"]["action"] == "add"
+    assert 300 <= r["stuck_ms"] < 5000 and refused["stuck"] >= 3 and len(seen_ids["stuck"]) == 1
+    assert r["deadline"]["class"] == "CallTimeout" and r["deadline"]["remote"] is False
+    assert "partition" in r["deadline"]["message"] and r["deadline_ms"] < 5000
+    assert "stuck" not in PyPaused.runs and "deadline" not in PyPaused.runs
+
+
+class PyBoard(Agent):
+    """A session kind with one read replica; ``get`` is read-only (the TS side declares it
+    with ``connect({ readActions: { PyBoard: ["get"] } })``)."""
+
+    consistency = "session"
+    read_replicas = 1
+    session_wait = 0.1
+
+    def initial_state(self) -> dict[str, Any]:
+        return {"n": 0}
+
+    @action
+    async def add(self, by: int = 1) -> int:
+        self.state["n"] += by
+        return int(self.state["n"])
+
+    @action(read_only=True)
+    async def get(self) -> int:
+        return int(self.state["n"])
+
+
+async def test_session_tokens_keep_read_your_writes_between_python_and_ts(
+    mesh_factory: Any, nats_url: str, mesh_prefix: str, ts_built: Path
+) -> None:
+    """Two Python nodes, ``PyBoard/b`` with its one replica held at version 1 (it stops
+    following the state). A Python session writes (n = 2) and hands its token to TS: every
+    TS read with it sees 2, while TS reads with new sessions see the replica's stale 1 (so
+    the replica was reached). TS writes (n = 3) with its own session and hands that token
+    back: every Python read with it sees 3."""
+    meshes = await nodes(mesh_factory, "n1", "n2", kinds=(PyBoard,))
+    client = await mesh_factory(name="client")
+    assert await client.ref(PyBoard, "b").call("add") == 1
+    await wait_for(
+        lambda: any("PyBoard/b" in node_of(m).replicas.held() for m in meshes), timeout=10, what="a replica of b"
+    )
+    (replica,) = [m for m in meshes if "PyBoard/b" in node_of(m).replicas.held()]
+    await wait_for(
+        lambda: (node_of(replica).replicas.lag("PyBoard", "b") or {}).get("version", 0) > 0,
+        timeout=10,
+        what="the replica loaded b",
+    )
+    node_of(replica).replicas.hold("PyBoard", "b", True)
+    session = client.session()
+    assert await client.ref(PyBoard, "b", session=session).call("add") == 2
+    token = session.token()
+    r = await run_ts("session", nats_url, mesh_prefix, env={"NA_TOKEN": token})
+    assert r["python_token_again"] == token  # read and written in one format
+    assert int(r["python_version"]) == session.version("PyBoard", "b") > 0
+    assert r["with_python_token"] == [2] * 20  # read-your-writes, wherever the reads went
+    assert 1 in r["fresh_sessions"], "no TS read reached the held replica"
+    assert set(r["fresh_sessions"]) <= {1, 2}
+    assert r["ts_write"] == 3 and int(r["ts_version"]) > int(r["python_version"])
+    assert r["with_ts_session"] == [3] * 20
+    assert r["primary_read"] == 3
+    assert r["inactive_read"] == {"ok": 0}
+    assert r["bad_tokens"] == ["InvalidSessionToken"] * 3
+
+    def reads(outcome: str) -> float:
+        return sum(
+            m.metrics.value("natsagents_replica_reads_total", {"kind": "PyBoard", "outcome": outcome}) for m in meshes
+        )
+
+    assert reads("served") > 0 and reads("forwarded") > 0  # the replica served some, forwarded the sessions'
+    other = await mesh_factory(name="other")
+    resumed = other.session(token=r["ts_token"])
+    assert resumed.version("PyBoard", "b") == int(r["ts_version"])
+    for _ in range(20):
+        assert await other.ref(PyBoard, "b", session=resumed).call("get") == 3

@@ -1,11 +1,14 @@
 /**
  * The calling side (protocol §7): envelopes, deadlines, activation on demand, retries of
- * "no responders" and of `unavailable` + `retry`, resends of unanswered requests.
+ * "no responders" and of `unavailable` + `retry`, resends of unanswered requests, resends
+ * after a `partition` answer (§6.4), and reads on read subjects with a session's minimum
+ * version (§19).
  */
 import { deflate, encode } from "./codec.js";
 import { currentContext } from "./context.js";
-import { AgentError, BadRequest, CallTimeout, ConfigurationError, Unavailable } from "./errors.js";
+import { AgentError, BadRequest, CallTimeout, ConfigurationError, PartitionError, Unavailable } from "./errors.js";
 import { parseReply } from "./reply.js";
+import { Session, parseVersion } from "./session.js";
 import { NoResponders } from "./transport.js";
 import type { Inbound, Transport } from "./transport.js";
 import {
@@ -19,6 +22,7 @@ import {
   agentSubject,
   encodeId,
   newMessageId,
+  readSubject,
   validateAction,
   validateKind,
 } from "./wire.js";
@@ -46,6 +50,19 @@ export interface CallOptions {
   /** W3C trace context to send (default: the running handler's, passed through). */
   traceparent?: string;
   tracestate?: string;
+  /**
+   * The caller session (`mesh.session()`) whose versions this call raises and, for a read,
+   * sends as `Na-Min-Version` (§19.2). Default: the mesh's own session.
+   */
+  session?: Session;
+  /**
+   * The action is read-only: send it on the read subject `<prefix>.read.<kind>.<token>`,
+   * where the agent's read replicas answer too (§19.1), falling back to the agent subject
+   * when nobody serves it. Default: whether `connect({ readActions })` lists the action for
+   * the kind. Only for kinds with read replicas; ignored for durable and fire-and-forget
+   * messages (they always go to the agent's subject or inbox).
+   */
+  readOnly?: boolean;
 }
 
 export interface CallerSettings {
@@ -59,6 +76,25 @@ export interface CallerSettings {
   compressAbove: number | null;
   backoffInitial: number;
   backoffMax: number;
+  /** Read-only actions per kind (`connect({ readActions })`): sent on the read subject. */
+  readActions: ReadonlyMap<string, ReadonlySet<string>>;
+}
+
+/** Options of {@link Caller.deliver}. */
+export interface DeliverOptions {
+  /** Stop waiting when aborted. */
+  signal?: AbortSignal | undefined;
+  /**
+   * The agent subject of a read sent on its read subject: taken when nobody serves the
+   * read subject (the agent is not active anywhere: activate it there, §19.1).
+   */
+  fallback?: string | undefined;
+}
+
+/** Seconds a paused copy asks callers to resend for (`details.retry_for`, at most 60), else 0. */
+export function partitionRetryFor(err: PartitionError): number {
+  const v = err.details["retry_for"];
+  return typeof v === "number" && Number.isFinite(v) && v >= 0 && v <= 60 ? v : 0;
 }
 
 /** The durable path (`durable.ts`), plugged in by the mesh. */
@@ -73,6 +109,7 @@ export interface DurablePath {
     acceptOnly: boolean,
     delivery: Delivery,
     messageTtl: number | undefined,
+    onReply?: (headers: HeaderMap | null) => void,
   ): Promise<unknown>;
 }
 
@@ -101,6 +138,12 @@ export function checkOptions(o: CallOptions): void {
   if (o.messageTtl !== undefined && !(typeof o.messageTtl === "number" && o.messageTtl > 0)) {
     throw new ConfigurationError("messageTtl must be a positive number of ms");
   }
+  if (o.session !== undefined && !(o.session instanceof Session)) {
+    throw new ConfigurationError("session must come from mesh.session()");
+  }
+  if (o.readOnly !== undefined && typeof o.readOnly !== "boolean") {
+    throw new ConfigurationError("readOnly must be a boolean");
+  }
   for (const k of ["traceparent", "tracestate"] as const) {
     const v = o[k];
     if (v !== undefined && (typeof v !== "string" || /[\r\n]/.test(v))) {
@@ -112,6 +155,11 @@ export function checkOptions(o: CallOptions): void {
 export class Caller {
   /** The durable publish path, plugged in by the mesh. */
   durable: DurablePath | null = null;
+  /**
+   * The session of calls that name none (`CallOptions.session`): read-your-writes and
+   * monotonic reads for everything this mesh calls.
+   */
+  readonly session = new Session();
 
   constructor(
     readonly transport: Transport,
@@ -197,6 +245,11 @@ export class Caller {
         opts,
         acceptOnly ? "accept" : "result",
       );
+      const session = opts.session ?? this.session;
+      const observe = (h: HeaderMap | null): void => {
+        const version = parseVersion(h?.[H.STATE_VERSION]);
+        if (version !== null) session.observe(kind, id, version);
+      };
       const delivery = opts.delivery ?? "at_most_once";
       if (delivery !== "at_most_once") {
         if (this.durable === null) throw new ConfigurationError("durable delivery is not available");
@@ -210,17 +263,20 @@ export class Caller {
           acceptOnly,
           delivery,
           opts.messageTtl,
+          observe,
         );
       }
-      const msg = await this.deliver(
-        agentSubject(this.settings.prefix, kind, id),
-        body,
-        headers,
-        deadline,
-        kind,
-        id,
-        action,
-      );
+      const subject = agentSubject(this.settings.prefix, kind, id);
+      let msg: Inbound;
+      if (opts.readOnly ?? this.settings.readActions.get(kind)?.has(action) ?? false) {
+        const floor = session.version(kind, id);
+        if (floor > 0n) headers[H.MIN_VERSION] = floor.toString();
+        const read = readSubject(this.settings.prefix, kind, id);
+        msg = await this.deliver(read, body, headers, deadline, kind, id, action, { fallback: subject });
+      } else {
+        msg = await this.deliver(subject, body, headers, deadline, kind, id, action);
+      }
+      observe(msg.headers);
       const result = parseReply(msg, address, action, this.transport.maxPayload);
       return acceptOnly ? undefined : result;
     } catch (err) {
@@ -251,8 +307,13 @@ export class Caller {
 
   /**
    * One request, activating the agent on demand and retrying "no responders" and
-   * `unavailable` + `retry` answers until `deadline` (§7.2). Returns the reply (any status).
-   * @throws CallTimeout, Unavailable (no host of the kind), MeshClosed
+   * `unavailable` + `retry` answers until `deadline` (§7.2). A `partition` answer (a paused
+   * copy on the minority side, §6.4) is resent with the same message id for its
+   * `details.retry_for` seconds: a copy on the majority side may own the agent by then and
+   * answer (with the result, if it ran this very message); only after that is the
+   * `partition` reply returned. Returns the reply (any status).
+   * @throws CallTimeout (also when the deadline comes within a partition's `retry_for`),
+   *   Unavailable (no host of the kind), MeshClosed
    */
   async deliver(
     subject: string,
@@ -262,12 +323,15 @@ export class Caller {
     kind: string,
     id: string,
     action: string,
-    signal?: AbortSignal,
+    options: DeliverOptions = {},
   ): Promise<Inbound> {
+    const { signal } = options;
+    let fallback = options.fallback;
     const address = `${kind}/${id}`;
     let delay = this.settings.backoffInitial;
     let lastProblem = "no reply";
     let noHost: Unavailable | null = null;
+    let partitioned: number | null = null; // when a paused copy first answered "partition"
     for (;;) {
       signal?.throwIfAborted();
       const remaining = deadline === null ? undefined : deadline - Date.now();
@@ -281,18 +345,43 @@ export class Caller {
           resendAfterMs: this.settings.resendAfter ?? undefined,
           signal,
         });
-        if (msg.headers?.[H.STATUS] !== "unavailable") return msg;
-        try {
-          parseReply(msg, address, action, this.transport.maxPayload);
-        } catch (err) {
-          if (!(err instanceof Unavailable) || err.details["retry"] !== true) return msg;
-          lastProblem = err.message;
+        const status = msg.headers?.[H.STATUS];
+        if (status === "partition") {
+          // A paused copy on the minority side. Another copy on the majority may own the
+          // agent now and run this very message (both reachable: a one-way cut, the heal):
+          // resend with the same id for a while, so a result is never reported as "did
+          // not run" (§6.4).
+          partitioned ??= Date.now();
+          let retryFor = 0;
+          try {
+            parseReply(msg, address, action, this.transport.maxPayload);
+          } catch (err) {
+            if (err instanceof PartitionError) retryFor = partitionRetryFor(err);
+          }
+          if (Date.now() - partitioned >= retryFor * 1000) return msg;
+          lastProblem = "partition";
+        } else if (status !== "unavailable") {
+          return msg;
+        } else {
+          try {
+            parseReply(msg, address, action, this.transport.maxPayload);
+          } catch (err) {
+            if (!(err instanceof Unavailable) || err.details["retry"] !== true) return msg;
+            lastProblem = err.message;
+          }
         }
       } catch (err) {
         if (err instanceof CallTimeout) {
           throw new CallTimeout(err.message, { agent: address, action, remote: false });
         }
         if (!(err instanceof NoResponders)) throw err;
+        if (fallback !== undefined) {
+          // Nobody serves the read subject: the agent is not active anywhere. The agent
+          // subject activates it (§19.1).
+          subject = fallback;
+          fallback = undefined;
+          continue;
+        }
         lastProblem = "agent not active";
         let activated = false;
         try {

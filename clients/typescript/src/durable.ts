@@ -63,6 +63,7 @@ export class DurablePublisher implements DurablePath {
     acceptOnly: boolean,
     delivery: Delivery,
     messageTtl: number | undefined,
+    onReply?: (headers: HeaderMap | null) => void,
   ): Promise<unknown> {
     const address = `${kind}/${id}`;
     const hdrs: HeaderMap = { ...headers };
@@ -102,6 +103,7 @@ export class DurablePublisher implements DurablePath {
         );
       }
     }
+    onReply?.(msg.headers);
     return parseReply(msg, address, action, this.transport.maxPayload);
   }
 
@@ -243,7 +245,7 @@ export class DurablePublisher implements DurablePath {
       kind,
       id,
       action,
-      stop.signal,
+      { signal: stop.signal },
     );
     try {
       return await firstOf([reply.wait, ask]);

@@ -4,8 +4,9 @@
  * ```text
  * NatsAgentsError
  * ├── ConfigurationError          bad settings or arguments (a kind, id, action, option)
- * │   └── InvalidAddress
- * │       └── InvalidAgentId
+ * │   ├── InvalidAddress
+ * │   │   └── InvalidAgentId
+ * │   └── InvalidSessionToken     a session token that is not one (§19.4)
  * ├── TransportError              talking to NATS failed
  * │   ├── ConnectError            servers unreachable, credentials refused
  * │   ├── MeshClosed              the mesh (connection) is closed or closing
@@ -64,6 +65,12 @@ export class InvalidAddress extends ConfigurationError {}
 
 /** An agent id is empty, too long, or not encodable. */
 export class InvalidAgentId extends InvalidAddress {}
+
+/**
+ * A session token (`session.token()`, protocol §19.4) is malformed, too large, or names
+ * invalid agents or versions: it came from elsewhere and is refused whole.
+ */
+export class InvalidSessionToken extends ConfigurationError {}
 
 /** Talking to NATS failed. */
 export class TransportError extends NatsAgentsError {}

@@ -5,6 +5,8 @@
 export { connect, Mesh, AgentRef } from "./mesh.js";
 export type { ConnectOptions } from "./mesh.js";
 export type { CallOptions } from "./caller.js";
+export { Session, MAX_TOKEN_AGENTS, MAX_TOKEN_CHARS, MAX_VERSION } from "./session.js";
+export type { SessionOptions } from "./session.js";
 export type { KindOptions, ActionDef, Handler } from "./host.js";
 export type { ParamSpec, ParamType } from "./params.js";
 export type { MessageContext } from "./context.js";
@@ -24,6 +26,7 @@ export {
   HandlerError,
   InvalidAddress,
   InvalidAgentId,
+  InvalidSessionToken,
   JetStreamError,
   MeshClosed,
   NatsAgentsError,
@@ -42,6 +45,7 @@ export {
   H as Headers,
   agentSubject,
   activateSubject,
+  readSubject,
   durableSubject,
   decodeId,
   encodeId,

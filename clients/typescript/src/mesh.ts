@@ -6,9 +6,18 @@ import type { CallOptions } from "./caller.js";
 import { DurablePublisher } from "./durable.js";
 import { ConfigurationError, ConnectError, MeshClosed } from "./errors.js";
 import { Host } from "./host.js";
+import { Session } from "./session.js";
+import type { SessionOptions } from "./session.js";
 import type { KindOptions } from "./host.js";
 import { Transport } from "./transport.js";
-import { DEFAULT_PREFIX, DEFAULT_REPLY_PREFIXES, encodeId, validateKind, validatePrefix } from "./wire.js";
+import {
+  DEFAULT_PREFIX,
+  DEFAULT_REPLY_PREFIXES,
+  encodeId,
+  validateAction,
+  validateKind,
+  validatePrefix,
+} from "./wire.js";
 
 /** Options of {@link connect}. Durations are milliseconds. */
 export interface ConnectOptions {
@@ -40,6 +49,12 @@ export interface ConnectOptions {
   maxAgents?: number | null;
   /** Create the durable inbox streams when a durable send finds none (default `true`). */
   createStreams?: boolean;
+  /**
+   * Read-only actions per kind with read replicas, e.g. `{ Board: ["get", "list"] }`: calls
+   * of them go to the read subject, where replicas answer too (§19.1). Like action names,
+   * they are part of a kind's API; a call's `readOnly` option overrides this.
+   */
+  readActions?: Record<string, readonly string[]>;
   /** Anything else for `@nats-io/transport-node`'s `connect` (credentials, TLS …). */
   nats?: Partial<NodeConnectionOptions>;
 }
@@ -121,6 +136,23 @@ export class Mesh {
     validateKind(kind);
     encodeId(id);
     return new AgentRef(kind, id, this.caller);
+  }
+
+  /**
+   * A new caller session (§19.4): pass it to calls (`{ session }`, or
+   * `ref.withOptions({ session })`) to read your own writes and never go back in time
+   * through read replicas. With `token` (from `session.token()` here or in Python), the
+   * session another process exported.
+   * @throws InvalidSessionToken (a malformed token), ConfigurationError
+   */
+  session(options: SessionOptions & { token?: string } = {}): Session {
+    const { token, ...rest } = options;
+    return token === undefined ? new Session(rest) : Session.fromToken(token, rest);
+  }
+
+  /** The session of calls that name none: read-your-writes for everything this mesh calls. */
+  get defaultSession(): Session {
+    return this.caller.session;
   }
 
   /** Serve agent kind `kind` from this process (a standalone peer host, §8). */
@@ -205,6 +237,12 @@ export async function connect(options: ConnectOptions = {}): Promise<Mesh> {
   ) {
     throw new ConfigurationError("replyPrefixes must be non-empty strings ending with '.'");
   }
+  const readActions = new Map<string, ReadonlySet<string>>();
+  for (const [kind, actions] of Object.entries(options.readActions ?? {})) {
+    validateKind(kind);
+    if (!Array.isArray(actions)) throw new ConfigurationError(`readActions.${kind} must be an array of action names`);
+    readActions.set(kind, new Set(actions.map((a) => validateAction(a))));
+  }
   const inboxPrefix = options.inboxPrefix ?? "_INBOX";
   let nc;
   try {
@@ -226,6 +264,7 @@ export async function connect(options: ConnectOptions = {}): Promise<Mesh> {
     compressAbove: options.compressAbove === undefined ? 64 * 1024 : options.compressAbove,
     backoffInitial: 5,
     backoffMax: 250,
+    readActions,
   });
   caller.durable = new DurablePublisher(transport, caller, { prefix, createStreams: options.createStreams ?? true });
   const host = new Host(transport, {

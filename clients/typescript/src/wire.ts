@@ -26,6 +26,10 @@ export const H = {
   TRACEPARENT: "traceparent",
   TRACESTATE: "tracestate",
   NATS_MSG_ID: "Nats-Msg-Id",
+  STATE_VERSION: "Na-State-Version",
+  MIN_VERSION: "Na-Min-Version",
+  REPLICA: "Na-Replica",
+  REPLICA_LAG: "Na-Replica-Lag",
 } as const;
 
 export const PROTO_VERSION = "1";
@@ -150,6 +154,14 @@ export function parseAddress(address: string): [string, string] {
 /** `<prefix>.agent.<kind>.<token>` (§3). */
 export function agentSubject(prefix: string, kind: string, agentId: string): string {
   return `${prefix}.agent.${validateKind(kind)}.${encodeId(agentId)}`;
+}
+
+/**
+ * `<prefix>.read.<kind>.<token>`: where read-only actions of a kind with read replicas go;
+ * its primary and replicas subscribe it (§19.1).
+ */
+export function readSubject(prefix: string, kind: string, agentId: string): string {
+  return `${prefix}.read.${validateKind(kind)}.${encodeId(agentId)}`;
 }
 
 /** `<prefix>.activate.<kind>` (§3). */

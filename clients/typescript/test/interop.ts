@@ -7,6 +7,8 @@
  *   node dist/test/interop.js durable <url> <prefix>   exactly-once sends to PyCounter
  *   node dist/test/interop.js host    <url> <prefix>   host TsCounter until stdin closes
  *   NA_USER=… NA_PASS=… node dist/test/interop.js perm <url> <prefix>   publishes the server refuses
+ *   node dist/test/interop.js partition <url> <prefix> PyPaused copies that answer `partition` (§6.4)
+ *   NA_TOKEN=… node dist/test/interop.js session <url> <prefix>   PyBoard reads through a replica (§19)
  *   node dist/test/interop.js bench   <url> <prefix>   calls/s to PyCounter beside raw nats.js (not in the suite)
  */
 import {
@@ -235,6 +237,66 @@ async function permScenario(mesh: Mesh): Promise<Result> {
   return out;
 }
 
+/**
+ * PyPaused agents whose Python node answers `partition` (§6.4): `recover` for its first
+ * copies only, `stuck` always with `retry_for` 0.3 s, `deadline` always with `retry_for` 30 s.
+ */
+async function partitionScenario(mesh: Mesh): Promise<Result> {
+  const out: Result = {};
+  let started = Date.now();
+  out["recover"] = await caught(mesh.agent("PyPaused", "recover").call("add"));
+  out["recover_ms"] = Date.now() - started;
+  started = Date.now();
+  out["stuck"] = await caught(mesh.agent("PyPaused", "stuck").call("add"));
+  out["stuck_ms"] = Date.now() - started;
+  started = Date.now();
+  out["deadline"] = await caught(mesh.agent("PyPaused", "deadline").call("add", {}, { timeout: 400 }));
+  out["deadline_ms"] = Date.now() - started;
+  return out;
+}
+
+/**
+ * Session consistency through PyBoard's read replica (§19), the replica held back at an old
+ * version by the Python side: a token made in Python (`NA_TOKEN`) keeps read-your-writes
+ * here, and this client's own session's token goes back to Python (`ts_token`).
+ */
+async function sessionScenario(mesh: Mesh): Promise<Result> {
+  const out: Result = {};
+  const board = mesh.agent("PyBoard", "b");
+  const reads = async (n: number, options: Parameters<typeof board.call>[2]): Promise<number[]> => {
+    const seen: number[] = [];
+    for (let i = 0; i < n; i++) seen.push((await board.call("get", {}, options)) as number);
+    return seen;
+  };
+  const fromPython = mesh.session({ token: process.env["NA_TOKEN"] ?? "" });
+  out["python_token_again"] = fromPython.token(); // the same text: one format
+  out["python_version"] = fromPython.version("PyBoard", "b").toString();
+  out["with_python_token"] = await reads(20, { session: fromPython });
+  // New sessions each time (no minimum version): the held replica answers some of them.
+  const fresh: number[] = [];
+  for (let i = 0; i < 20; i++) fresh.push(...(await reads(1, { session: mesh.session() })));
+  out["fresh_sessions"] = fresh;
+  const mine = mesh.session();
+  out["ts_write"] = await board.call("add", { by: 1 }, { session: mine });
+  out["ts_version"] = mine.version("PyBoard", "b").toString();
+  out["with_ts_session"] = await reads(20, { session: mine });
+  out["ts_token"] = mine.token();
+  // An explicit readOnly: false goes to the agent subject (the primary).
+  out["primary_read"] = await board.call("get", {}, { session: mesh.session(), readOnly: false });
+  // A read of an agent that is not active: nobody serves its read subject; the agent
+  // subject activates it.
+  out["inactive_read"] = await caught(mesh.agent("PyBoard", "fresh").call("get", {}, { readOnly: true }));
+  out["bad_tokens"] = ["s1.garbage!", "x".repeat(100_000), "s1.kZOkQ2FydKN1LTEq".slice(0, -3) + "@@@"].map((t) => {
+    try {
+      mesh.session({ token: t });
+      return "accepted";
+    } catch (err) {
+      return (err as Error).constructor.name;
+    }
+  });
+  return out;
+}
+
 /** Sequential calls per second: the client against a Python agent, and raw nats.js request/reply. */
 async function benchScenario(mesh: Mesh): Promise<Result> {
   const n = Number(process.env["NA_BENCH_N"] ?? "2000");
@@ -265,6 +327,7 @@ async function main(): Promise<void> {
     prefix: prefix!,
     name: "ts-interop",
     node: "ts-node-1",
+    readActions: { PyBoard: ["get"] },
     ...(user ? { inboxPrefix: `_INBOX.${user}`, nats: { user, pass: process.env["NA_PASS"] ?? "" } } : {}),
   });
   let result: Result;
@@ -273,6 +336,8 @@ async function main(): Promise<void> {
     else if (scenario === "durable") result = await durableScenario(mesh);
     else if (scenario === "host") result = await hostScenario(mesh);
     else if (scenario === "perm") result = await permScenario(mesh);
+    else if (scenario === "partition") result = await partitionScenario(mesh);
+    else if (scenario === "session") result = await sessionScenario(mesh);
     else if (scenario === "bench") result = await benchScenario(mesh);
     else throw new Error(`unknown scenario ${scenario}`);
   } finally {
