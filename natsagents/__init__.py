@@ -31,6 +31,7 @@ from .errors import (
     ClusterAtCapacity,
     ConfigurationError,
     ConnectError,
+    DegradedReply,
     HandlerError,
     InvalidAddress,
     InvalidAgentId,
@@ -48,6 +49,7 @@ from .errors import (
     Unauthorized,
     Unavailable,
     UnknownAction,
+    WriteQueued,
 )
 from .mesh import Mesh, MeshState
 from .observability import CorrelationIdFilter, install_correlation_filter
@@ -81,6 +83,7 @@ __all__ = [
     "CorrelationIdFilter",
     "CountersUnsupported",
     "DeadLetter",
+    "DegradedReply",
     "DeliverySettings",
     "DistributedCounter",
     "HandlerError",
@@ -110,6 +113,7 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "UnknownAction",
+    "WriteQueued",
     "__version__",
     "action",
     "all_of",

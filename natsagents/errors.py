@@ -38,7 +38,9 @@ exception escapes. Misuse errors also derive from the matching builtin
         ├── Unauthorized (PermissionError)     unauthorized
         ├── ClusterAtCapacity                  at_capacity (no node can host the agent)
         ├── CircuitOpen                        circuit_open (the caller's breaker fails fast; nothing sent)
-        ├── PartitionError                     partition (the agent's node is on the minority side)
+        ├── PartitionError                     partition (the agent's node, or the caller, is on the minority side)
+        ├── WriteQueued                        queued (continue_degraded: queued on the minority side, not run yet)
+        ├── DegradedReply                      degraded (a degraded read refused by the caller's allow_degraded=False)
         └── AlreadyApplied                     already_applied (a resent request whose result is lost)
 
 :class:`AgentError` subclasses map one-to-one to the wire error codes of protocol v1
@@ -47,8 +49,12 @@ exception escapes. Misuse errors also derive from the matching builtin
 What a caller can conclude (protocol §6.4): ``HandlerError`` — the handler ran and failed;
 ``AlreadyApplied`` — it ran exactly once, its result is lost; ``CallTimeout`` raised
 locally (``remote=False``: no reply) — **unknown**, it may have run and even been stored;
-``PartitionError`` — not on the paused copy that answered (the SDK resent it with the same
-id for ``details.retry_for`` seconds first, so a new owner that ran it would have answered);
+``PartitionError`` from a reply — not on the paused copy that answered (the SDK resent it
+with the same id for ``details.retry_for`` seconds first, so a new owner that ran it would
+have answered); ``PartitionError`` raised locally (``remote=False``: the caller itself is on
+the minority side and nothing answered) — **unknown**, as a local ``CallTimeout``;
+``WriteQueued`` — not run yet: queued on the minority node's disk, applied once after the
+heal (unless that disk is lost);
 every other code, and ``CallTimeout`` from a reply (``remote=True``) — it did not run.
 
 :class:`JetStreamError` is the one family for errors of the JetStream API, whichever layer
@@ -68,11 +74,13 @@ __all__ = [
     "AT_CAPACITY",
     "BAD_REQUEST",
     "CIRCUIT_OPEN",
+    "DEGRADED",
     "HANDLER_ERROR",
     "NOT_FOUND",
     "OVERLOADED",
     "PARTITION",
     "PAYLOAD_TOO_LARGE",
+    "QUEUED",
     "TIMEOUT",
     "UNAUTHORIZED",
     "UNAVAILABLE",
@@ -89,6 +97,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectError",
     "ConsumerNotFound",
+    "DegradedReply",
     "HandlerError",
     "InvalidAddress",
     "InvalidAgentId",
@@ -110,6 +119,7 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "UnknownAction",
+    "WriteQueued",
     "error_for_code",
 ]
 
@@ -129,6 +139,8 @@ AT_CAPACITY: Final = "at_capacity"
 CIRCUIT_OPEN: Final = "circuit_open"
 ALREADY_APPLIED: Final = "already_applied"
 PARTITION: Final = "partition"
+QUEUED: Final = "queued"
+DEGRADED: Final = "degraded"
 
 
 class NatsAgentsError(Exception):
@@ -433,9 +445,39 @@ class PartitionError(AgentError):
     later, or from a caller on the majority side. Distinct from :class:`CallTimeout`
     (nothing answered) and :class:`Unavailable` (no host, or the agent stopping).
     ``details``: ``node``, ``state`` (the node's partition status, docs/consistency.md),
-    ``retry_for``."""
+    ``retry_for``.
+
+    Also raised locally (``remote=False``, ``details``: ``state``, ``caller: True``) instead
+    of :class:`CallTimeout` when nothing answered a call by its deadline while the caller's
+    own mesh, a cluster node, is on the minority side (``quorum_lost``) or cut from NATS
+    (``nats_unreachable``): as with a ``CallTimeout``, the message may or may not have run."""
 
     code = PARTITION
+
+
+class WriteQueued(AgentError):
+    """The agent's node is on the minority side and its kind continues degraded
+    (``partition_strategy = "continue_degraded"``): the action was **not run**; it was
+    queued on that node's disk (fsynced) and is replayed through the durable inbox after
+    the heal, then applied once by the agent's owner. This is not its result, and no
+    result will come to this caller. A resend with the same message id is not queued
+    twice. Lost only with that node's disk (protocol §20). ``details``: ``node``,
+    ``state``, ``message_id``, ``position`` (its place in the node's queue)."""
+
+    code = QUEUED
+
+
+class DegradedReply(AgentError):
+    """Raised by the caller (never sent) for an ok reply flagged ``Na-Degraded: 1`` when
+    the ref was made with ``with_options(allow_degraded=False)``: the action ran on a copy
+    cut off from the majority, on its last known state, which may be stale. ``value`` is
+    that reply's result."""
+
+    code = DEGRADED
+
+    def __init__(self, message: str, *, value: Any = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.value = value
 
 
 _BY_CODE: dict[str, type[AgentError]] = {
@@ -454,6 +496,8 @@ _BY_CODE: dict[str, type[AgentError]] = {
         AlreadyApplied,
         CircuitOpen,
         PartitionError,
+        WriteQueued,
+        DegradedReply,
     )
 }
 

@@ -367,6 +367,7 @@ class Mesh:
         )
         await node.start()
         self._node = node
+        self._caller.partition_status = lambda: node.partition.state.status
         self._view = ClusterView(self._transport, self.prefix, node=node, identity=self._identity)
         if settings.delivery is not None:
             owners = PartitionOwners(
@@ -422,6 +423,8 @@ class Mesh:
             raise ConfigurationError("host() needs at least one Agent class")
         for cls in agent_classes:
             self._host.check_kind(cls)  # before any is announced
+            if self._node is not None:
+                self._node.check_kind(cls)
         for cls in agent_classes:
             if self._node is not None:
                 self._node.kind_added(cls)

@@ -71,6 +71,22 @@ class SessionCounter(Agent):
         return int(self.state.get("n", 0))
 
 
+class DegradedCounter(Agent):
+    """A counter that keeps serving on the minority side (``continue_degraded``: reads
+    degraded, writes queued on the node's disk; tests/cluster/test_degraded.py)."""
+
+    partition_strategy = "continue_degraded"
+
+    @action
+    async def add(self, by: int = 1) -> int:
+        self.state["n"] = self.state.get("n", 0) + by
+        return int(self.state["n"])
+
+    @action(read_only=True)
+    async def get(self) -> int:
+        return int(self.state.get("n", 0))
+
+
 class Crasher(Agent):
     """``boom`` kills the process that runs it: a poison message that crashes its host."""
 
@@ -89,6 +105,7 @@ KINDS: dict[str, type[Agent]] = {
         PermCounter,
         EventualCounter,
         SessionCounter,
+        DegradedCounter,
         Crasher,
         Canary,
         Tally,

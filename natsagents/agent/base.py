@@ -71,7 +71,7 @@ EXACTLY_ONCE_CONSISTENCY = ("strong", "session")
 #: ``partition_strategy`` values a kind may declare (docs/consistency.md, "Partitions").
 PARTITION_STRATEGIES = ("pause_minority", "continue_degraded", "split_brain_allowed")
 #: Those this version serves; the others are refused when hosted (``NotSupportedYet``).
-SUPPORTED_PARTITION_STRATEGIES = ("pause_minority", "split_brain_allowed")
+SUPPORTED_PARTITION_STRATEGIES = ("pause_minority", "continue_degraded", "split_brain_allowed")
 #: Modes that may keep two writers through a partition (``split_brain_allowed``): strong
 #: means never two writers, and a session's read-your-writes needs one line of versions.
 SPLIT_BRAIN_CONSISTENCY = ("eventual", "crdt")
@@ -343,10 +343,12 @@ class Agent:
         partition_strategy: what the kind's agents do on a node cut off from the
             majority (docs/consistency.md, "Partitions"): ``"pause_minority"`` (default:
             they answer nothing but ``PartitionError`` there; the majority takes them over
-            after their lease) or ``"split_brain_allowed"`` (eventual kinds: both sides keep
-            serving; at the heal the two lines of state are reconciled by
-            ``conflict_resolution``). ``"continue_degraded"`` is a valid name this version
-            refuses when the kind is hosted (``NotSupportedYet``).
+            after their lease); ``"continue_degraded"`` (they serve read-only actions from
+            their last known state, flagged degraded, and queue other actions on the
+            node's disk, replayed after the heal: a cluster node needs
+            ``ClusterSettings(data_dir=…)``); or ``"split_brain_allowed"`` (eventual kinds:
+            both sides keep serving; at the heal the two lines of state are reconciled by
+            ``conflict_resolution``).
         conflict_resolution: how concurrent versions of an eventual kind's state are
             reconciled (a split brain, a stale copy's late flush): ``"last_write_wins"``
             (default; the newest hybrid-logical-clock timestamp, node id breaking ties; the

@@ -73,6 +73,10 @@ class CallOptions:
             own session).
         read: set per call by the ref: a read-only action of a kind with read replicas,
             sent on the read subject (protocol §19).
+        allow_degraded: whether an ok reply flagged ``Na-Degraded: 1`` (served on the
+            minority side of a partition from a possibly stale state, protocol §20) is
+            returned as the result (the default) or raised as
+            :class:`~natsagents.DegradedReply` (its ``value`` holds the result).
     """
 
     retry: Any = USE_DEFAULT
@@ -83,6 +87,7 @@ class CallOptions:
     message_id: str | None = None
     session: Any = None
     read: bool = False
+    allow_degraded: bool = True
 
 
 class Invoker(Protocol):
@@ -164,6 +169,7 @@ class AgentRef:
         message_ttl: float | None = None,
         message_id: str | None = None,
         session: Any = None,
+        allow_degraded: bool | None = None,
     ) -> AgentRef:
         """The same agent, called with these options (see :class:`CallOptions`); options
         not given keep this ref's.
@@ -195,6 +201,8 @@ class AgentRef:
             raise ConfigurationError(f"message_ttl must be > 0 seconds or None, not {message_ttl!r}")
         if message_id is not None and not is_message_id(message_id):
             raise ConfigurationError(f"message_id must be 1-64 characters [A-Za-z0-9_-], not {message_id!r}")
+        if allow_degraded is not None and not isinstance(allow_degraded, bool):
+            raise ConfigurationError(f"allow_degraded must be a bool or None, not {allow_degraded!r}")
         if session is not None and not (callable(getattr(session, "observe", None)) and hasattr(session, "token")):
             raise ConfigurationError(f"session must come from mesh.session(), not {type(session).__name__}")
         old = self._options or CallOptions()
@@ -206,6 +214,7 @@ class AgentRef:
             old.message_ttl if message_ttl is None else message_ttl,
             old.message_id if message_id is None else message_id,
             old.session if session is None else session,
+            allow_degraded=old.allow_degraded if allow_degraded is None else allow_degraded,
         )
         return AgentRef(self.kind, self.id, self._invoker, options, self._cls)
 
@@ -231,6 +240,7 @@ class AgentRef:
                 base.message_id,
                 base.session,
                 read,
+                base.allow_degraded,
             )
         return options
 

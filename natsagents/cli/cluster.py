@@ -356,6 +356,13 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
         "obeys; once one is given, unsigned ones are refused (repeatable; see 'drain --identity')",
     )
     parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=None,
+        help="a directory on this machine's disk for the node's degraded write queue; needed to host kinds "
+        "with partition_strategy = 'continue_degraded' (docs/consistency.md)",
+    )
+    parser.add_argument(
         "--http",
         metavar="HOST:PORT",
         type=_host_port,
@@ -393,6 +400,7 @@ def _node(args: argparse.Namespace) -> int:
         weight=args.weight,
         rebalance=args.rebalance,
         trusted_operators=args.trusted_operators,
+        data_dir=args.data_dir,
     )
     classes = load_agent_classes(args.modules)
     return asyncio.run(_serve_node(args, node_id, settings, classes))

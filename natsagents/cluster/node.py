@@ -16,6 +16,8 @@ imports this module):
 * ``controller.Controller``: what the leader does (orphans, rebalancing);
 * ``partition.PartitionMonitor``: which side of a partition the node is on, and its
   events (``pause_minority`` kinds pause on the minority side: ``Ownership.serving``);
+* ``degraded.DegradedWrites``: the writes ``continue_degraded`` kinds queue on the
+  minority side (a file under ``data_dir``), replayed after the heal;
 * ``control.ControlServer``: ``<prefix>.node.<id>.<op>`` requests.
 
 The node owns the task group every part spawns into, and the lifecycle: ``start`` opens
@@ -28,14 +30,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from ..agent.base import Agent, kind_summary
-from ..errors import AgentError, NatsAgentsError
+from ..errors import AgentError, ConfigurationError, NatsAgentsError, Unavailable
 from ..observability import Metrics
 from ..observability.micro import ServiceResponder
 from ..runtime.activation import Activation, ActivationState
+from ..runtime.hooks import Degraded
 from ..runtime.host import Host
 from ..state.store import StateStore
 from ..tasks import TaskGroup
@@ -47,6 +50,7 @@ from .asks import NodeClient
 from .conflicts import Conflicts
 from .control import ControlServer
 from .controller import Controller
+from .degraded import DegradedWrites
 from .directory import Directory
 from .leader import LeaderLease
 from .load import LoadSampler
@@ -95,6 +99,16 @@ class ClusterNode:
             transport, prefix, node_id, describe=local.describe, lease=settings.lease, interval=settings.heartbeat
         )
         self.partition = PartitionMonitor(self.membership, lambda: transport.is_connected, metrics)
+        self.degraded = DegradedWrites(
+            transport,
+            prefix=prefix,
+            node_id=node_id,
+            data_dir=settings.data_dir,
+            partition=self.partition,
+            metrics=metrics,
+            max_writes=settings.degraded_max_writes,
+            max_bytes=settings.degraded_max_bytes,
+        )
         self.directory = Directory(transport, prefix)
         self.state = StateStore(transport, prefix, max_size=settings.max_state_bytes)
         self.placer = Placer(weights=settings.score_weights)
@@ -198,6 +212,9 @@ class ClusterNode:
         self.directory.add_listener(self.replicas.on_directory_change)
         await self.membership.start()
         self._tasks.spawn(self.partition.run(), name="partition monitor")
+        self.degraded.open()  # writes an earlier run queued: replayed once on the majority side
+        self.partition.subscribe(lambda _: self.degraded.wake())
+        self._tasks.spawn(self.degraded.run(), name="degraded writes")
         await self._control_server.start()
         control = self.control = await open_bucket(self._t, bucket_name(self.prefix, "control"), history=1)
         # Hosts take Na-Stream-Seq and batches only when signed with it (wire.owner).
@@ -238,6 +255,7 @@ class ClusterNode:
     async def after_host_closed(self) -> None:
         """Called once the host stopped every agent (saves and releases done)."""
         await self._tasks.aclose()
+        self.degraded.close()
         await self.membership.stop(leave=True)
         await self.directory.stop()
 
@@ -245,10 +263,21 @@ class ClusterNode:
         """Validate the kind's cluster options; the next heartbeat announces it.
 
         Raises:
-            ConfigurationError: the kind's ``resources`` are malformed.
+            ConfigurationError: the kind's ``resources`` are malformed, or it continues
+                degraded (``continue_degraded``) and the node has no ``data_dir``.
         """
+        self.check_kind(cls)
         self._local.add_kind(cls)
         self._tasks.spawn(self._beat_soon())
+
+    def check_kind(self, cls: type[Agent]) -> None:
+        """Raises: ConfigurationError: ``cls`` continues degraded (``continue_degraded``)
+        and this node has no ``data_dir`` for its write queue."""
+        if cls.partition_strategy == "continue_degraded" and self.degraded.queue is None:
+            raise ConfigurationError(
+                f"{cls.__qualname__}: partition_strategy = 'continue_degraded' queues writes on the node's "
+                "disk: set ClusterSettings(data_dir=...)"
+            )
 
     async def _beat_soon(self) -> None:
         with contextlib.suppress(NatsAgentsError):
@@ -380,8 +409,14 @@ class ClusterNode:
     async def save_now(self, act: Activation) -> None:
         await self._ownership.save_now(act)
 
-    def serving(self, act: Activation, deadline_ms: int | None) -> Awaitable[str | AgentError | None] | None:
+    def serving(self, act: Activation, deadline_ms: int | None) -> Awaitable[str | AgentError | Degraded | None] | None:
         return self._ownership.serving(act, deadline_ms)
+
+    async def queue_write(self, act: Activation, headers: Mapping[str, str], body: bytes) -> tuple[str, int]:
+        if not await self._ownership.still_cut_off(act):
+            why = f"{act.address} is not cut off any more: the write is not queued"
+            raise Unavailable(why, agent=act.address, details={"retry": True})
+        return await self.degraded.put(act, headers, body)
 
     async def stopped(self, act: Activation, *, discard: bool) -> None:
         await self.replicas.primary_stopped(act)

@@ -21,6 +21,8 @@ for claims, state and fencing.
   "pause_minority"`` answers ``PartitionError`` at once instead of waiting for its lease,
   and a save retrying there gives up with it (rolled back): the majority takes the agent
   over after its lease; at the heal the copy re-verifies its claim and stops if it moved.
+  A ``"continue_degraded"`` kind is served degraded there instead (``DEGRADED``: reads on
+  the last known state, writes queued, ``cluster.degraded``).
 * a **takeover** is judged on a trusted view only: while our own lease is lapsed, or for
   a lease after a gap, every owner counts as live (our view of them is stale).
 """
@@ -49,6 +51,7 @@ from ..errors import (
 from ..observability import Metrics
 from ..runtime.activation import Activation
 from ..runtime.dedup import APPLIED_MAX_BYTES, DURABLE_WINDOW, keep_until_ms, trim_applied
+from ..runtime.hooks import Degraded
 from ..runtime.host import Host
 from ..state.behind import WriteBehind
 from ..state.store import Applied, FencedOff, StateStore, StoredState
@@ -61,6 +64,7 @@ from .conflicts import Conflicts, Deferred
 from .directory import Claim, Directory
 from .local import LocalNode
 from .membership import Membership
+from .minority import cut_off_while_storing, minority_answer
 from .owned import Owned
 from .partition import PartitionMonitor
 from .placement import Resources
@@ -408,12 +412,14 @@ class Ownership:
                         details={"retry": True},
                     ) from None
                 except (CallTimeout, TransportError) as exc:
-                    paused = self.paused(act)
-                    if paused is not None:  # cut off: the majority will take the agent over
+                    cut = minority_answer(self._partition, act, self._local.node_id, self._membership.lease)
+                    # Cut off: the majority will take the agent over (pause_minority), or
+                    # the caller's resend is queued (continue_degraded, protocol §20).
+                    if isinstance(cut, PartitionError) or (cut is not None and rollback):
                         self._metrics.state_saves.labels(kind, "failed").inc()
                         if rollback:
                             self.rollback(act)
-                        raise paused from None
+                        raise (cut if isinstance(cut, PartitionError) else cut_off_while_storing(act)) from None
                     if isinstance(exc, MeshClosed) or time.monotonic() > deadline:
                         self._metrics.state_saves.labels(kind, "failed").inc()
                         if rollback:
@@ -617,7 +623,7 @@ class Ownership:
 
     # -- serving under our own lease ---------------------------------------------------
 
-    def serving(self, act: Activation, deadline_ms: int | None) -> Awaitable[str | AgentError | None] | None:
+    def serving(self, act: Activation, deadline_ms: int | None) -> Awaitable[str | AgentError | Degraded | None] | None:
         """Whether ``act`` may run a message now: ``None`` when our lease holds and no gap
         happened since its claim was last verified (the fast path: two comparisons).
         Otherwise an awaitable giving ``None`` (run it) or why it must be refused: a
@@ -642,34 +648,19 @@ class Ownership:
 
     async def _after_doubt(
         self, act: Activation, doubt: asyncio.Task[None], deadline_ms: int | None
-    ) -> str | AgentError | None:
+    ) -> str | AgentError | Degraded | None:
         await asyncio.shield(doubt)  # bounded: successor.CHECK_TIMEOUT and one write
         again = self.serving(act, deadline_ms)
         return None if again is None else await again
 
-    def paused(self, act: Activation) -> PartitionError | None:
-        """The refusal of ``act``'s messages while this node is on the minority side and
-        its kind pauses there (``partition_strategy = "pause_minority"``), else ``None``."""
-        if self._partition is None or type(act.agent).partition_strategy != "pause_minority":
-            return None
-        state = self._partition.state
-        if not state.minority:
-            return None
-        node = self._local.node_id
-        return PartitionError(
-            f"node {node} is cut off from the cluster's majority ({state.status}): "
-            f"{act.address} pauses here (pause_minority) until the partition heals",
-            agent=act.address,
-            # Callers resend for this long (same id): the majority may own it by then.
-            details={"node": node, "state": state.status, "retry_for": self._membership.lease},
-        )
-
-    async def _recheck(self, act: Activation, own: Owned, deadline_ms: int | None) -> str | AgentError | None:
+    async def _recheck(
+        self, act: Activation, own: Owned, deadline_ms: int | None
+    ) -> str | AgentError | Degraded | None:
         membership = self._membership
         loop = asyncio.get_running_loop()
         end = loop.time() + (10.0 if deadline_ms is None else deadline_ms / 1000 - time.time())
         while membership.own_lease_left() <= 0:
-            paused = self.paused(act)
+            paused = minority_answer(self._partition, act, self._local.node_id, membership.lease)
             if paused is not None:
                 return await self._paused_or_superseded(act, paused)
             left = end - loop.time()
@@ -685,8 +676,10 @@ class Ownership:
             return f"{act.address} is owned by another node now; this copy stopped"
         return None
 
-    async def _paused_or_superseded(self, act: Activation, paused: PartitionError) -> str | AgentError:
-        """On the minority side: ``paused`` (answered ``partition``), unless a quick leader
+    async def _paused_or_superseded(
+        self, act: Activation, paused: PartitionError | Degraded
+    ) -> str | PartitionError | Degraded:
+        """On the minority side: ``paused`` (answered ``partition``, or served degraded), unless a quick leader
         read of the claim (:data:`_PAUSE_CHECK` s; shared by concurrent messages) shows
         another node owns the agent now. That happens at the heal, when messages held by
         the cut reach this copy before it hears of its successor: it then stops and drops
@@ -698,6 +691,21 @@ class Ownership:
         if verified is False:
             return f"{act.address} is owned by another node now; this copy stopped"
         return paused
+
+    async def still_cut_off(self, act: Activation) -> bool:
+        """Before a degraded write is queued: a fresh leader read of the claim (at most
+        :data:`_PAUSE_CHECK` s, never shared with a read started before). ``True``: no
+        answer, still cut off (queue it). ``False``: the directory answers, so the cut is
+        over (a copy held by the cut, delivered at the heal, may have run on the majority
+        under the same id: never queue it); a claim of another node fences this copy."""
+        own: Owned = act.cluster
+        try:
+            current = await asyncio.wait_for(self._directory.get(act.kind, act.agent_id, leader=True), _PAUSE_CHECK)
+        except (TimeoutError, NatsAgentsError):
+            return True
+        if current is None or (current.revision > own.claim.revision and current.record.node != self._local.node_id):
+            self.fenced(act, current)
+        return False
 
     async def verify_claim(self, act: Activation) -> bool | None:
         """Re-read the claim of ``act`` after a gap in our heartbeats: ``True`` if it still

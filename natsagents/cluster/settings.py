@@ -88,6 +88,12 @@ class ClusterSettings:
             refused ``unauthorized``. Unset: NATS permissions alone decide who may ask.
         services_api: answer the NATS services API (``$SRV.PING|INFO|STATS``,
             ``observability.micro``) so that ``nats micro ls`` lists the node.
+        data_dir: a directory on this node's own disk for its degraded write queue
+            (``<data_dir>/<node_id>.degraded``, ``cluster.write_queue``): writes taken on
+            the minority side by ``continue_degraded`` kinds, replayed after the heal.
+            Needed to host such kinds (``None``: they are refused).
+        degraded_max_writes, degraded_max_bytes: the queue's bounds; a write beyond them
+            is refused ``overloaded``.
     """
 
     node_id: str | None = None
@@ -109,6 +115,9 @@ class ClusterSettings:
     delivery: DeliverySettings | None = field(default_factory=DeliverySettings)
     trusted_operators: TrustedOperatorsSpec = None
     services_api: bool = True
+    data_dir: str | os.PathLike[str] | None = None
+    degraded_max_writes: int = 10_000
+    degraded_max_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.node_id is not None:
@@ -127,6 +136,10 @@ class ClusterSettings:
             raise ConfigurationError("queue_timeout must be > 0")
         if type(self.max_queued) is not int or self.max_queued < 0:
             raise ConfigurationError(f"max_queued must be an int >= 0, not {self.max_queued!r}")
+        for name in ("degraded_max_writes", "degraded_max_bytes"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ConfigurationError(f"{name} must be an int >= 1, not {value!r}")
         if not 0 <= self.imbalance < 1:
             raise ConfigurationError("imbalance must be within [0, 1)")
         capacity = self.capacity

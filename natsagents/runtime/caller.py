@@ -21,6 +21,7 @@ from ..errors import (
     BadRequest,
     CallTimeout,
     ConfigurationError,
+    DegradedReply,
     NatsAgentsError,
     PartitionError,
     Unauthorized,
@@ -58,6 +59,21 @@ def _partition_retry_for(msg: Any) -> float:
     except NatsAgentsError:
         pass
     return 0.0
+
+
+def _result(msg: Any, address: str, action: str, options: CallOptions | None, max_payload: int) -> Any:
+    """The result of a reply (``envelope.parse_reply``); a degraded ok reply raises
+    ``DegradedReply`` when the ref does not allow them (``allow_degraded=False``)."""
+    value = envelope.parse_reply(msg.headers, msg.data, agent=address, action=action, max_payload=max_payload)
+    if options is not None and not options.allow_degraded and msg.headers and msg.headers.get(h.DEGRADED) == "1":
+        raise DegradedReply(
+            f"{address} answered from a copy cut off from the majority (degraded, possibly stale)",
+            value=value,
+            agent=address,
+            action=action,
+            details={"degraded": True},
+        )
+    return value
 
 
 def _caller_name(address: str) -> str:
@@ -180,6 +196,10 @@ class Caller:
         #: The session of calls that name none (``CallOptions.session``): read-your-writes
         #: and monotonic reads for everything this mesh calls (``runtime.session``).
         self.session = Session()
+        #: This mesh's partition status (a cluster node's ``PartitionMonitor``, plugged in
+        #: by the mesh): a call nothing answered raises ``PartitionError`` instead of
+        #: ``CallTimeout`` while it is ``quorum_lost`` or ``nats_unreachable``.
+        self.partition_status: Callable[[], str] | None = None
 
     def _breaker_changed(self, kind: str, destination: str, state: CircuitState) -> None:
         self._metrics.circuit_transitions.labels(kind, state.value).inc()
@@ -202,6 +222,7 @@ class Caller:
         other.durable = self.durable
         other._probing = self._probing
         other.session = self.session
+        other.partition_status = self.partition_status
         return other
 
     def spawn_task(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
@@ -328,12 +349,10 @@ class Caller:
                     msg = await self._deliver(read, body, block, deadline, kind, agent_id, action, fallback=subject)
                 if msg.headers is not None and h.STATE_VERSION in msg.headers:
                     _observe(session, kind, agent_id, msg.headers)
-                return envelope.parse_reply(
-                    msg.headers, msg.data, agent=address, action=action, max_payload=self._t.max_payload
-                )
+                return _result(msg, address, action, options, self._t.max_payload)
             idempotent = bool(options is not None and options.idempotent)
             return await self._attempts(
-                subject, body, block, hdrs, deadline, kind, agent_id, action, policy, idempotent, session, read
+                subject, body, block, hdrs, deadline, kind, agent_id, action, policy, idempotent, session, read, options
             )
         except AgentError as exc:
             outcome = exc.code
@@ -365,6 +384,7 @@ class Caller:
         idempotent: bool,
         session: Session,
         read: str | None = None,
+        options: CallOptions | None = None,
     ) -> Any:
         """Deliver with the circuit breaker and the retry policy (see ``resilience``)."""
         address = f"{kind}/{agent_id}"
@@ -386,12 +406,11 @@ class Caller:
                         msg = await self._deliver(read, body, block, until, kind, agent_id, action, fallback=subject)
                     if msg.headers is not None and h.STATE_VERSION in msg.headers:
                         _observe(session, kind, agent_id, msg.headers)
-                    result = envelope.parse_reply(
-                        msg.headers, msg.data, agent=address, action=action, max_payload=self._t.max_payload
-                    )
+                    result = _result(msg, address, action, options, self._t.max_payload)
                 except AgentError as exc:
-                    # Only a local timeout (no reply) leaves open whether the message ran.
-                    answered = exc.remote or exc.code != TIMEOUT
+                    # Only a local timeout (no reply; a local partition error is one too)
+                    # leaves open whether the message ran.
+                    answered = exc.remote or exc.code not in (TIMEOUT, PARTITION)
                     if breakers is not None:
                         breakers.after(kind, address, exc.code)
                     raise
@@ -466,7 +485,7 @@ class Caller:
                         raise no_host
                     finally:
                         no_host = None  # not kept by this frame: no cycle with its traceback
-                raise CallTimeout(f"deadline passed ({last_problem})", agent=address, action=action)
+                raise self._no_answer(f"deadline passed ({last_problem})", address, action)
             try:
                 msg = await self._t.request(
                     subject,
@@ -494,7 +513,7 @@ class Caller:
                     no_host = None
                     continue
             except CallTimeout as exc:
-                raise CallTimeout(exc.message, agent=address, action=action) from None
+                raise self._no_answer(exc.message, address, action) from None
             except Unauthorized as exc:
                 if exc.agent is None:  # refused by the NATS server, not by the agent
                     raise Unauthorized(exc.message, agent=address, action=action) from None
@@ -525,6 +544,22 @@ class Caller:
                         self._metrics.retries.labels(kind, "stopping").inc()
             await self._sleep(delay, deadline)
             delay = min(delay * 2, self.settings.backoff_max)
+
+    def _no_answer(self, message: str, address: str, action: str) -> AgentError:
+        """The error for a call nothing answered by its deadline: ``CallTimeout``, or a
+        local ``PartitionError`` when this mesh is a cluster node on the minority side
+        (``quorum_lost``) or cut from NATS (``nats_unreachable``) — the agent's owner may
+        be on the other side. Either way the message may have run (protocol §6.4)."""
+        status = self.partition_status() if self.partition_status is not None else None
+        if status in ("quorum_lost", "nats_unreachable"):
+            return PartitionError(
+                f"no reply, and this caller is cut off from the cluster's majority ({status}): {message}; "
+                "the message may or may not have run",
+                agent=address,
+                action=action,
+                details={"state": status, "caller": True},
+            )
+        return CallTimeout(message, agent=address, action=action)
 
     def _stalled(self, subject: str, again: Callable[[], None]) -> None:
         """A request to an agent is resent (no reply within ``resend_after``). Its owner

@@ -8,7 +8,7 @@ only the node understands (its placement request, its per-activation record) cro
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Protocol
 
 from ..errors import AgentError
@@ -16,7 +16,22 @@ from ..transport import Inbound
 from ..wire.envelope import RequestMeta
 from .activation import Activation
 
-__all__ = ["NodeHooks"]
+__all__ = ["DEGRADED", "Degraded", "NodeHooks"]
+
+
+class Degraded:
+    """What ``NodeHooks.serving`` gives for a message to run degraded: the node is on the
+    minority side and the kind continues there (``partition_strategy =
+    "continue_degraded"``): read-only actions run on the last known state, flagged
+    ``Na-Degraded: 1``; other actions are queued (``NodeHooks.queue_write``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DEGRADED"
+
+
+DEGRADED = Degraded()
 
 
 class NodeHooks(Protocol):
@@ -53,12 +68,19 @@ class NodeHooks(Protocol):
     async def stopped(self, act: Activation, *, discard: bool) -> None:
         """``act`` stopped: save (unless ``discard``), release the claim."""
 
-    def serving(self, act: Activation, deadline_ms: int | None) -> Awaitable[str | AgentError | None] | None:
+    def serving(self, act: Activation, deadline_ms: int | None) -> Awaitable[str | AgentError | Degraded | None] | None:
         """Before each message: ``None`` to run it now; otherwise an awaitable giving
         ``None`` (run it), the reason to refuse it with ``unavailable`` + retry (the
         node's own lease lapsed and did not come back in time, or another node owns the
-        agent now), or the error to answer (``PartitionError``: the node is on the
-        minority side of a partition and the kind pauses there)."""
+        agent now), the error to answer (``PartitionError``: the node is on the
+        minority side of a partition and the kind pauses there), or :data:`DEGRADED`
+        (the kind continues degraded there)."""
+
+    async def queue_write(self, act: Activation, headers: Mapping[str, str], body: bytes) -> tuple[str, int]:
+        """Queue a write taken degraded (replayed after the heal). Returns its message id
+        and position. Raises: Overloaded (the queue is full: not queued), Unavailable +
+        retry (the node is not cut off any more: not queued; a copy it learnt is
+        superseded sets ``act.superseded``)."""
 
     def reply_block(self, act: Activation, block: bytes) -> bytes:
         """The header block of an ok reply of ``act``: ``block``, or it with the agent's

@@ -21,6 +21,9 @@ from ..errors import (
     BAD_REQUEST,
     HANDLER_ERROR,
     NOT_FOUND,
+    PARTITION,
+    QUEUED,
+    TIMEOUT,
     UNAVAILABLE,
     AgentError,
     ClusterAtCapacity,
@@ -42,7 +45,7 @@ from .batch import BatchRunner
 from .dedup import Dedup
 from .dispatch import Dispatcher
 from .guard import Guard, Verified
-from .hooks import NodeHooks
+from .hooks import DEGRADED, NodeHooks
 from .replies import Replies
 
 __all__ = ["Host", "HostSettings", "NodeHooks"]
@@ -51,6 +54,7 @@ log = logging.getLogger("natsagents.runtime")
 _CLOSE_CONCURRENCY = 128
 #: A message refused before it ran (the refusal is already sent; a copy may run).
 _NOT_RUN = Outcome(None, False, None)
+_DEGRADED_LINE = f"{h.DEGRADED}: 1\r\n\r\n".encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,28 +171,92 @@ class Host:
         request with too little of its deadline left (``min_time_left``) is refused."""
         hdrs = msg.headers
         node = self._node
+        degraded = False
         if node is not None and act.cluster is not None:
             check = node.serving(act, envelope.deadline_of(hdrs))
             if check is not None:
                 refusal = await check
-                if isinstance(refusal, AgentError):  # PartitionError: this side pauses
+                if refusal is DEGRADED:  # continue_degraded on the minority side
+                    degraded = True
+                elif isinstance(refusal, AgentError):  # PartitionError: this side pauses
                     if act.superseded:  # the new owner answers it (protocol §8.8)
                         self.replies.drop(act, msg)
                     else:
                         self.replies.refuse(act, msg, refusal.code, refusal.message, details=refusal.details)
                     return _NOT_RUN
-                if refusal is not None:
+                elif isinstance(refusal, str):
                     self._refuse_waiting(act, msg, refusal)
                     return _NOT_RUN
         if act.superseded:  # learnt while it waited in the mailbox: the new owner answers it
             self.replies.drop(act, msg)
             return _NOT_RUN
+        if degraded:
+            assert node is not None
+            return await self._degraded(act, msg, node)
         if hdrs is not None and h.BATCH in hdrs:
             return await self._batches.run(act, msg)
         caller = msg.admitted.caller if type(msg) is Verified else None
         return await self._dispatcher.run(
             act, hdrs, msg.data, reply=bool(msg.reply), caller=caller, margin=self.settings.min_time_left
         )
+
+    async def _degraded(self, act: Activation, msg: Inbound, node: NodeHooks) -> Outcome:
+        """A message to a copy serving degraded (``continue_degraded`` on the minority
+        side, protocol §20): a read-only action runs on the last known state, its ok
+        reply flagged ``Na-Degraded: 1``; any other action is queued by the node (not
+        run) and answered ``queued``; batches and durable messages are refused
+        ``partition`` (their partition owner sends them again)."""
+        hdrs = msg.headers or {}
+        action = hdrs.get(h.ACTION)
+        if h.BATCH in hdrs or h.STREAM_SEQ in hdrs:
+            why = f"{act.address} serves degraded on the minority side: no batches or durable messages until the heal"
+            self.replies.refuse(act, msg, PARTITION, why, details={"degraded": True})
+            return _NOT_RUN
+        spec = act.agent.__actions__.get(action) if action is not None else None
+        accept = hdrs.get(h.REPLY_MODE) == h.REPLY_MODE_ACCEPT
+        wanted = bool(msg.reply) and not accept
+        if spec is None or spec.read_only:  # an unknown action is refused unrun by the dispatcher
+            caller = msg.admitted.caller if type(msg) is Verified else None
+            out = await self._dispatcher.run(
+                act, msg.headers, msg.data, reply=bool(msg.reply), caller=caller, margin=self.settings.min_time_left
+            )
+            reply = out.reply
+            if reply is not None and isinstance(reply[0], bytes):  # an ok reply: flag it
+                flagged = (reply[0][:-2] + _DEGRADED_LINE, reply[1])
+                return out._replace(reply=flagged, kept=None if out.kept is None else flagged)
+            return out
+        try:
+            meta = envelope.parse_request(hdrs)  # what the replay would be refused for, refused now
+        except ProtocolError as exc:
+            self.replies.refuse(act, msg, BAD_REQUEST, str(exc))
+            return _NOT_RUN
+        if meta.deadline_ms is not None and time.time() * 1000 >= meta.deadline_ms:
+            # Its caller gave up, and may have had it run elsewhere with the same id (a
+            # copy held by the cut and delivered at the heal): never queue it.
+            self.replies.refuse(act, msg, TIMEOUT, "deadline passed before the agent queued the message")
+            return _NOT_RUN
+        try:
+            message_id, position = await node.queue_write(act, hdrs, msg.data)
+        except AgentError as exc:
+            if act.superseded:  # learnt by the node's check: the new owner answers it
+                self.replies.drop(act, msg)
+            elif not accept:
+                self.replies.refuse(act, msg, exc.code, exc.message, details=exc.details)
+            else:
+                log.error("dropped an accepted send to %s (action %s): %s", act.address, action, exc.message)
+            return _NOT_RUN
+        headers, body = envelope.error_reply(
+            QUEUED,
+            f"{act.address} is cut off from the majority: {action} was queued (position {position}) "
+            "and will be applied after the heal; it has not run",
+            agent=act.address,
+            action=action,
+            details={"node": self.settings.node, "message_id": message_id, "position": position, "degraded": True},
+        )
+        headers[h.DEGRADED] = "1"
+        # Not kept for copies: the replay carries the same id and must run. A copy sent
+        # before the heal is recognised by the node's queue (same id, queued once).
+        return Outcome((headers, body), wanted, None, action)
 
     async def save_state(self, act: Activation) -> None:
         """``Agent.save_state()``: a cluster node persists the state now."""

@@ -12,6 +12,7 @@ __all__ = [
     "CALLER_SIG",
     "CORRELATION_ID",
     "DEADLINE",
+    "DEGRADED",
     "DELIVERY",
     "DELIVERY_AT_LEAST_ONCE",
     "DELIVERY_EXACTLY_ONCE",
@@ -108,6 +109,10 @@ STATE_VERSION = "Na-State-Version"
 MIN_VERSION = "Na-Min-Version"
 #: On replies from a read replica: the replica's node, and how far behind the newest
 #: version it knows of it was, in ms (0: current).
+#: ``1`` on a reply from a copy on the minority side of a partition serving degraded
+#: (``partition_strategy = "continue_degraded"``): an ok reply ran on its last known
+#: state; a ``queued`` reply did not run (protocol §20).
+DEGRADED = "Na-Degraded"
 REPLICA = "Na-Replica"
 REPLICA_LAG = "Na-Replica-Lag"
 #: W3C trace context, passed through unchanged.

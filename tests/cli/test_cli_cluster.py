@@ -376,6 +376,14 @@ def test_argparse_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["drain"]) == 2
 
 
+def test_node_takes_a_data_dir_for_its_degraded_write_queue() -> None:
+    from natsagents.cli.main import build_parser
+
+    args = build_parser().parse_args(["node", "--module", "m", "--data-dir", "/var/lib/na"])
+    assert args.data_dir == "/var/lib/na"
+    assert build_parser().parse_args(["node", "--module", "m"]).data_dir is None
+
+
 # -- helpers --------------------------------------------------------------------------
 
 

@@ -235,6 +235,8 @@ def test_exception_tree() -> None:
         "already_applied",
         "circuit_open",
         "partition",
+        "queued",
+        "degraded",
     }
     err = errors.error_for_code("at_capacity", "full", details={"kind": "K", "rejected": {"n1": "no gpu"}})
     assert isinstance(err, errors.ClusterAtCapacity) and err.kind == "K" and dict(err.rejected) == {"n1": "no gpu"}
