@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar, overload
 
+from ..crdt.resolve import Sibling
 from ..errors import ActionDefinitionError, ConfigurationError
 from ..wire.envelope import ACTION_RE
 from ..wire.ids import validate_kind
@@ -16,6 +17,7 @@ from .ref import AgentRef
 from .schema import ActionSpec, build_action_spec
 
 __all__ = [
+    "CONFLICT_RULES",
     "CONSISTENCY_MODES",
     "CRDT_PARTITION_STRATEGY",
     "EXACTLY_ONCE_CONSISTENCY",
@@ -51,6 +53,8 @@ _RESERVED_ACTIONS = frozenset(
         "save_state",
         "mutate",
         "replica",
+        "resolve",
+        "merge_states",
     }
 )
 PERSISTENCE_MODES = ("action", "manual", "none")
@@ -72,10 +76,15 @@ EXACTLY_ONCE_CONSISTENCY = ("strong", "session")
 #: ``partition_strategy`` values a kind may declare (docs/consistency.md, "Partitions").
 PARTITION_STRATEGIES = ("pause_minority", "continue_degraded", "split_brain_allowed")
 #: Those this version serves; the others are refused when hosted (``NotSupportedYet``).
-SUPPORTED_PARTITION_STRATEGIES = ("pause_minority", "continue_degraded")
+SUPPORTED_PARTITION_STRATEGIES = ("pause_minority", "continue_degraded", "split_brain_allowed")
 #: The ``partition_strategy`` of a ``crdt`` kind: it keeps serving on every side (set for it
 #: when the kind names none; any other value is refused when the class is defined).
 CRDT_PARTITION_STRATEGY = "split_brain_allowed"
+#: Modes that may keep two writers through a partition (``split_brain_allowed``): strong
+#: means never two writers, and a session's read-your-writes needs one line of versions.
+SPLIT_BRAIN_CONSISTENCY = ("eventual", "crdt")
+#: Named ``conflict_resolution`` rules (or any callable, called like ``Agent.resolve``).
+CONFLICT_RULES = ("last_write_wins", "vector_clock", "merge")
 
 
 def kind_summary(cls: type[Agent]) -> dict[str, str]:
@@ -224,6 +233,7 @@ def _check_consistency(cls: type[Agent]) -> None:
         )
     if cls.consistency == "crdt":
         _check_crdt(cls)
+    _check_conflicts(cls)
     readers = cls.read_concurrency
     if type(readers) is not int or readers < 1:
         raise ActionDefinitionError(f"{name}.read_concurrency must be an int >= 1, not {readers!r}")
@@ -262,6 +272,32 @@ def _check_crdt(cls: type[Agent]) -> None:
         raise ActionDefinitionError(
             f"{name}: a crdt kind keeps serving on every side of a partition and merges at the heal: "
             f"partition_strategy must be {CRDT_PARTITION_STRATEGY!r} (or left unset), not {cls.partition_strategy!r}"
+        )
+
+
+def _check_conflicts(cls: type[Agent]) -> None:
+    name = cls.__qualname__
+    if cls.partition_strategy == "split_brain_allowed" and cls.consistency not in SPLIT_BRAIN_CONSISTENCY:
+        why = (
+            "strong means never two writers"
+            if cls.consistency == "strong"
+            else "a session's versions must form one line"
+        )
+        raise ActionDefinitionError(
+            f"{name}: partition_strategy = 'split_brain_allowed' keeps two writers through a partition; "
+            f"it needs consistency 'eventual' (or 'crdt'), not {cls.consistency!r} ({why})"
+        )
+    rule = cls.conflict_resolution
+    if callable(rule):
+        return
+    if rule not in CONFLICT_RULES:
+        raise ActionDefinitionError(
+            f"{name}.conflict_resolution must be one of {CONFLICT_RULES} or a callable, not {rule!r}"
+        )
+    needs = {"vector_clock": "resolve", "merge": "merge_states"}.get(rule)
+    if needs is not None and getattr(cls, needs) is getattr(Agent, needs):
+        raise ActionDefinitionError(
+            f"{name}: conflict_resolution = {rule!r} needs the agent to define {needs}() (docs/consistency.md)"
         )
 
 
@@ -340,9 +376,16 @@ class Agent:
             after their lease); ``"continue_degraded"`` (they serve read-only actions from
             their last known state, flagged degraded, and queue other actions on the
             node's disk, replayed after the heal: a cluster node needs
-            ``ClusterSettings(data_dir=…)``). ``"split_brain_allowed"`` is a valid name
-            this version refuses when the kind is hosted (``NotSupportedYet``), except
-            that a crdt kind is ``"split_brain_allowed"`` (set when it names none).
+            ``ClusterSettings(data_dir=…)``); or ``"split_brain_allowed"`` (eventual kinds:
+            both sides keep serving; at the heal the two lines of state are reconciled by
+            ``conflict_resolution``; a crdt kind is ``"split_brain_allowed"``, set when it
+            names none).
+        conflict_resolution: how concurrent versions of an eventual kind's state are
+            reconciled (a split brain, a stale copy's late flush): ``"last_write_wins"``
+            (default; the newest hybrid-logical-clock timestamp, node id breaking ties; the
+            overwritten changes are counted and logged), ``"vector_clock"`` (the agent's
+            :meth:`resolve` gets every sibling), ``"merge"`` (the agent's
+            :meth:`merge_states`), or a callable called like :meth:`resolve`.
         read_concurrency: read-only actions (``@action(read_only=True)``) of one agent
             that may run at once.
 
@@ -374,6 +417,7 @@ class Agent:
     consistency: ClassVar[str] = "strong"
     flush_interval: ClassVar[float] = 0.2
     partition_strategy: ClassVar[str] = "pause_minority"
+    conflict_resolution: ClassVar[Any] = "last_write_wins"
     read_concurrency: ClassVar[int] = 64
     read_replicas: ClassVar[int] = 0
     session_wait: ClassVar[float] = 0.2
@@ -547,6 +591,20 @@ class Agent:
         """
         if self._activation is not None:
             await self._activation.save_state()
+
+    def resolve(self, siblings: Sequence[Sibling[Any]]) -> Any:
+        """``conflict_resolution = "vector_clock"``: the state to keep from concurrent
+        versions (``Sibling``: ``value``, ``version``, ``stamp``), given in a canonical order.
+        Must be deterministic: every node gets the same siblings and must return the same
+        state (use only the siblings, never the clock or this instance's state)."""
+        raise NotImplementedError
+
+    def merge_states(self, a: Any, b: Any) -> Any:
+        """``conflict_resolution = "merge"``: one state holding both ``a`` and ``b`` (folded
+        over the siblings in canonical order). Deterministic, as :meth:`resolve`; a merge
+        that is commutative, associative and idempotent (a union, a per-key maximum)
+        loses nothing."""
+        raise NotImplementedError
 
     async def on_start(self) -> None:
         """Called after activation, before the first message."""

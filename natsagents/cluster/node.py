@@ -50,6 +50,7 @@ from ..transport.kv import open_bucket
 from ..wire.envelope import RequestMeta
 from ..wire.subjects import bucket_name
 from .asks import NodeClient
+from .conflicts import Conflicts
 from .control import ControlServer
 from .controller import Controller
 from .crdts import CrdtCopies, CrdtCopy
@@ -313,6 +314,12 @@ class ClusterNode:
     def reserved(self) -> Resources:
         """Resources reserved by the agents on this node."""
         return self._local.reserved
+
+    @property
+    def conflicts(self) -> Conflicts:
+        """Versions and conflict resolution of this node's eventual agents (split brain):
+        ``conflicts.total("overwritten")`` and the other counts (docs/consistency.md)."""
+        return self._ownership.conflicts
 
     @property
     def draining(self) -> bool:

@@ -60,15 +60,17 @@ from ..wire import codec
 from ..wire.envelope import RequestMeta
 from ..wire.ids import agent_key
 from .asks import ActivationAsk
+from .conflicts import Conflicts, Deferred
 from .directory import Claim, Directory
 from .local import LocalNode
 from .membership import Membership
 from .minority import cut_off_while_storing, minority_answer
+from .owned import Owned
 from .partition import PartitionMonitor
 from .placement import Resources
 from .successor import Successors
 
-__all__ = ["Owned", "Ownership"]
+__all__ = ["Owned", "Ownership"]  # Owned: re-exported from .owned
 
 log = logging.getLogger("natsagents.cluster.node")
 
@@ -83,74 +85,6 @@ _PAUSE_CHECK = 0.25
 
 async def _refuse(why: str) -> str:
     return why
-
-
-class Owned:
-    """The node's record of one activation it owns (``Activation.cluster``)."""
-
-    __slots__ = (
-        "applied",
-        "batch",
-        "checking",
-        "claim",
-        "doubt",
-        "doubted",
-        "epoch",
-        "eventual",
-        "gaps",
-        "handed_over",
-        "lock",
-        "marks",
-        "needs",
-        "pending",
-        "persistence",
-        "revision",
-        "saved",
-        "seq",
-        "stored_marks",
-        "unflushed",
-    )
-
-    def __init__(self, claim: Claim, revision: int, needs: Resources, persistence: str, saved: bytes | None) -> None:
-        self.claim = claim
-        self.epoch = claim.record.epoch
-        self.revision = revision
-        self.needs = needs
-        self.persistence = persistence
-        self.saved = saved  # the last stored value without "applied" (StateStore.encode)
-        self.lock: asyncio.Lock | None = None  # made on the first save
-        self.handed_over = False
-        # Requests whose effect is in the state and that may still be resent: (id, expires ms).
-        self.applied: list[Applied] | None = None
-        self.seq = 0  # the inbox stream sequence of the last exactly-once message applied
-        # While a batch of durable messages runs (runtime.batch): the seq and applied
-        # ids to go back to if its one write fails, and the state to write (not yet stored).
-        self.batch: tuple[int, list[Applied] | None] | None = None
-        self.pending: bytes | None = None
-        # Our own lease gaps (Membership.gaps) this claim was verified after; a re-check
-        # of the claim in progress (shared by the messages that wait for it).
-        self.gaps = 0
-        self.checking: asyncio.Future[bool | None] | None = None
-        # A newer claim by another node being checked with that node (cluster.successor),
-        # and the newest one that came meanwhile: messages wait for the answer.
-        self.doubt: asyncio.Task[None] | None = None
-        self.doubted: Claim | None = None
-        # consistency = "eventual" (state.behind): the newest acknowledged value not
-        # stored yet, and how many changes were acknowledged / are stored.
-        self.eventual = False
-        self.unflushed: bytes | None = None
-        self.marks = 0
-        self.stored_marks = 0
-
-    def applied_now(self) -> list[Applied]:
-        """The applied ids still worth persisting (expired ones dropped)."""
-        applied = self.applied
-        if not applied:
-            return []
-        now_ms = int(time.time() * 1000)
-        if applied[0][1] <= now_ms:
-            applied[:] = [a for a in applied if a[1] > now_ms]
-        return applied
 
 
 class Ownership:
@@ -199,6 +133,7 @@ class Ownership:
             dirty=lambda act: act.cluster is not None and act.cluster.unflushed is not None,
             stale=lambda act: act.cluster is None or act.cluster.handed_over,
         )
+        self.conflicts = Conflicts(local.node_id, state, metrics, tasks, self._mark_resolved)
 
     def owner_live(self, node: str) -> bool:
         """Whether a claim must treat ``node`` as a live owner: it is live in our view, or
@@ -235,8 +170,9 @@ class Ownership:
             applied = list(ask.applied)
             seq = ask.seq
             empty = False  # the stored record only fences a takeover (no state saved yet)
+            record: StoredState | None = None  # what was loaded or adopted (its version)
             if transfer is None and persist:
-                stored = await self._load_state(kind, agent_id, ask.min_revision)
+                stored = record = await self._load_state(kind, agent_id, ask.min_revision)
                 stored_data, stored_epoch, revision = stored.data, stored.epoch, stored.revision
                 empty = stored.empty
                 applied.extend(a for a in stored.applied if a not in applied)
@@ -258,7 +194,7 @@ class Ownership:
             )
             if claim.taken_over and persist:
                 # Fence the lapsed owner: rewrite the state under our epoch (CAS).
-                adopted = await self._adopt_state(kind, agent_id, claim.record.epoch)
+                adopted = record = await self._adopt_state(kind, agent_id, claim.record.epoch)
                 stored_data, revision, empty = adopted.data, adopted.revision, adopted.empty
                 applied.extend(a for a in adopted.applied if a not in applied)
                 seq = max(seq, adopted.seq)
@@ -270,6 +206,8 @@ class Ownership:
                 saved = StateStore.encode(agent.checkpoint(), claim.record.epoch)
             own = act.cluster = Owned(claim, revision, needs, cls.persistence, saved)
             own.eventual = cls.consistency == "eventual"
+            if own.eventual:
+                self.conflicts.started(act, own, record)
             own.seq = seq
             own.gaps = gaps
             act.group = claim.record.group  # the queue group of this line of ownership
@@ -357,6 +295,8 @@ class Ownership:
         try:
             if own.eventual:
                 self._behind_mark(act, own, value)  # stored within flush_interval
+                if own.versions is not None and own.versions.incoming is not None and act.max_workers == 1:
+                    self.conflicts.apply(act, own)  # between messages: a stale copy's sibling
             else:
                 await self.save(act, value)
         except BaseException:
@@ -423,7 +363,7 @@ class Ownership:
         if value != own.saved:
             await self.save(act, value)
 
-    async def save(self, act: Activation, value: bytes, *, rollback: bool = True) -> None:
+    async def save(self, act: Activation, value: bytes, *, rollback: bool = True, changes: int = 1) -> None:
         """Store ``value`` (``StateStore.encode``) with the applied ids and sequence: a CAS
         on the revision this copy last wrote, retried while its outcome is unknown.
 
@@ -431,15 +371,19 @@ class Ownership:
             PayloadTooLarge: over the kind's ``max_state_bytes`` (rolled back).
             Unavailable: fenced off (this copy stops) or not stored in time (rolled back
                 unless ``rollback`` is false: an eventual flush keeps the acknowledged state).
+            Deferred: a split-brain kind's record holds concurrent versions to resolve first.
         """
         own: Owned = act.cluster
         kind = act.kind
         limit = type(act.agent).max_state_bytes
         plain = value
-        value = StateStore.with_extras(plain, own.applied_now(), own.seq)
         if own.lock is None:
             own.lock = asyncio.Lock()
         async with own.lock:
+            vv = stamp = None
+            if own.versions is not None:  # eventual: the version vector and stamp (conflicts.py)
+                vv, stamp = await self.conflicts.next_version(act, own, changes)
+            value = StateStore.with_extras(plain, own.applied_now(), own.seq, vv=vv, stamp=stamp)
             deadline = time.monotonic() + 10.0
             delay = 0.01
             while True:
@@ -458,6 +402,8 @@ class Ownership:
                     if landed:
                         own.revision = landed
                         break
+                    if own.versions is not None and own.versions.split:
+                        await self.conflicts.fenced_write(act, own)  # Deferred: resolve first
                     self._metrics.state_saves.labels(kind, "fenced").inc()
                     self.fenced(act)
                     raise Unavailable(
@@ -491,6 +437,8 @@ class Ownership:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 0.5)
             own.saved = plain
+            if own.versions is not None:
+                own.versions.vv = vv
             self._metrics.state_saves.labels(kind, "ok").inc()
 
     async def _read_back(self, act: Activation, value: bytes) -> int:
@@ -528,6 +476,12 @@ class Ownership:
             )
         own.unflushed = value
         own.marks += 1
+        self.conflicts.changed(own)
+        self.behind.mark(act, type(act.agent).flush_interval)
+
+    def _mark_resolved(self, act: Activation, own: Owned, value: bytes) -> None:
+        """Store a resolved state behind (``Conflicts``; not an acknowledged change)."""
+        own.unflushed = value
         self.behind.mark(act, type(act.agent).flush_interval)
 
     async def _flush_behind(self, act: Activation) -> None:
@@ -536,7 +490,10 @@ class Ownership:
         if own is None or own.handed_over or own.unflushed is None:
             return
         value, marks = own.unflushed, own.marks
-        await self.save(act, value, rollback=False)
+        try:
+            await self.save(act, value, rollback=False, changes=marks - own.stored_marks)
+        except Deferred:
+            return  # concurrent versions are resolved first; the result is flushed after
         own.stored_marks = max(own.stored_marks, marks)
         if own.marks == marks:
             own.unflushed = None
@@ -596,8 +553,12 @@ class Ownership:
             return
         self.release(own)
         if own.eventual:
+            self.conflicts.stop(own)
             if not discard and not own.handed_over:
                 await self.flush_behind(act)
+                if own.versions is not None and own.versions.incoming is not None:
+                    self.conflicts.apply(act, own)  # concurrent versions found: nothing runs now
+                    await self.flush_behind(act)
             self.forget_behind(act, own)
         if own.handed_over:
             return
@@ -643,8 +604,18 @@ class Ownership:
         own.handed_over = True  # not ours any more: no final save, no release
         self._metrics.fenced.labels(act.kind).inc()
         if own.eventual:
+            self.conflicts.stop(own)
+            if own.versions is not None and own.versions.split and own.unflushed is not None:
+                self.behind.forget(act)
+                self._tasks.spawn(self._settle(act, own))  # split brain: kept as a sibling
+                return
             self.forget_behind(act, own)
         self._tasks.spawn(self._host.discard(act))
+
+    async def _settle(self, act: Activation, own: Owned) -> None:
+        await self.conflicts.settle(act, own)
+        self.forget_behind(act, own)  # what could not be stored is counted as lost
+        await self._host.discard(act)
 
     def _taken_over(self, act: Activation, claim: Claim) -> None:
         log.warning("%s was taken over by %s (epoch %d)", act.address, claim.record.node, claim.record.epoch)
@@ -671,6 +642,8 @@ class Ownership:
         membership = self._membership
         if own.gaps == membership.gaps and membership.own_lease_left() > 0:
             return None
+        if own.versions is not None and own.versions.split and membership.own_lease_left() <= 0:
+            return None  # split_brain_allowed: serves while cut off; the heal reconciles
         return self._recheck(act, own, deadline_ms)
 
     async def _after_doubt(

@@ -159,6 +159,13 @@ class Metrics:
         self.state_saves = Counter(
             "natsagents_state_saves", "Agent state writes to the store", ["kind", "outcome"], registry=r
         )
+        self.state_conflicts = Counter(
+            "natsagents_state_conflicts",
+            "Concurrent versions of eventual state (split brain): siblings stored, resolutions, "
+            "and acknowledged changes the conflict rule overwrote",
+            ["kind", "outcome"],
+            registry=r,
+        )
         self.duplicates = Counter(
             "natsagents_duplicates",
             "Copies of a request already seen (a resend): in_progress, replayed or applied",

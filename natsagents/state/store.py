@@ -17,7 +17,12 @@ integers within ``[0, 2**53]``; anything else is corrupt and that agent cannot a
 is fixed or removed. Other agents are not affected.
 
 Strong and session kinds save before each reply; eventual kinds save through the same CAS,
-later (``state.behind``); crdt kinds merge into their record by read-merge-CAS
+later (``state.behind``), and their records carry ``"vv"`` (the version vector: acknowledged
+changes stored per writer node), ``"hlc"`` (the hybrid-logical-clock timestamp of the
+newest change) and, after a split brain (``partition_strategy = "split_brain_allowed"``),
+``"siblings"``: concurrent versions the owner has not resolved yet
+(``[{"data", "vv", "hlc"}, …]``; docs/protocol.md §14.5). Records without them load as an
+empty vector and no timestamp. Crdt kinds merge into their record by read-merge-CAS
 (``cluster.crdts``: ``data`` is the CRDT's encoding, ``epoch`` 0). Event sourcing is to come.
 """
 
@@ -28,6 +33,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..crdt.hlc import Timestamp
+from ..crdt.resolve import Sibling
+from ..crdt.vclock import VersionVector
 from ..errors import NatsAgentsError, PayloadTooLarge
 from ..observability.logging import warn_ignored
 from ..transport import Transport
@@ -36,7 +44,18 @@ from ..wire import codec
 from ..wire.ids import agent_key
 from ..wire.subjects import bucket_name
 
-__all__ = ["Applied", "FencedOff", "StateStore", "StoredState", "applied_wire", "parse_applied"]
+__all__ = [
+    "MAX_SIBLINGS",
+    "NO_STAMP",
+    "Applied",
+    "FencedOff",
+    "StateStore",
+    "StoredState",
+    "applied_wire",
+    "parse_applied",
+    "sibling_of",
+    "sibling_wire",
+]
 
 #: An applied message: id, expiry (Unix ms) and, for exactly-once messages, the ok reply body.
 Applied = tuple[str, int, bytes | None]
@@ -47,6 +66,10 @@ log = logging.getLogger("natsagents.state")
 _MAX_COUNTER = 2**53
 #: Most objects a state record may decode to (``codec``'s count; a peer's body: half of it).
 _MAX_OBJECTS = 2 * codec.MAX_OBJECTS
+#: Most unresolved siblings a record holds (a writer beyond folds them into one).
+MAX_SIBLINGS = 16
+#: The timestamp of a version stored without one (older records): before every other.
+NO_STAMP = Timestamp(0, 0, "-")
 
 
 class FencedOff(NatsAgentsError):
@@ -69,6 +92,15 @@ class StoredState:
     applied: tuple[Applied, ...] = ()
     seq: int = 0
     empty: bool = False  # a record only fencing a takeover: no agent state was ever saved
+    #: Eventual kinds: the version vector and timestamp of ``data`` (``None``: not stored)
+    #: and the concurrent versions stored beside it, not resolved yet (split brain).
+    vv: VersionVector | None = None
+    stamp: Timestamp | None = None
+    siblings: tuple[Sibling[Any], ...] = ()
+
+    def sibling(self) -> Sibling[Any]:
+        """``data`` as a sibling (an empty vector and :data:`NO_STAMP` when not stored)."""
+        return Sibling(self.data, self.vv or VersionVector(), self.stamp or NO_STAMP)
 
 
 class StateStore:
@@ -115,22 +147,13 @@ class StateStore:
             return StoredState(None, 0, 0)
         problem: str | None = None
         try:
-            body, epoch, seq = _parse_record(entry.value)
+            return _stored(entry.value, entry.revision, applied=True)
         except ValueError as exc:
             problem = str(exc)
-        if problem is not None:
-            # Raised here, with no decoded garbage in scope: an error someone keeps (a failed
-            # activation, retried) must not keep a record's objects alive (tens of MiB).
-            warn_ignored(log, "state record", f"{kind}/{agent_id}", problem)
-            raise NatsAgentsError(f"state of {kind}/{agent_id} is corrupt: {problem}")
-        return StoredState(
-            body.get("data"),
-            epoch,
-            entry.revision,
-            parse_applied(body.get("applied")),
-            seq,
-            body.get("empty") is True,
-        )
+        # Raised here, with no decoded garbage in scope: an error someone keeps (a failed
+        # activation, retried) must not keep a record's objects alive (tens of MiB).
+        warn_ignored(log, "state record", f"{kind}/{agent_id}", problem)
+        raise NatsAgentsError(f"state of {kind}/{agent_id} is corrupt: {problem}")
 
     @staticmethod
     def parse(value: bytes, revision: int = 0) -> StoredState:
@@ -139,10 +162,9 @@ class StateStore:
         Raises:
             NatsAgentsError: the bytes are not a state record."""
         try:
-            body, epoch, seq = _parse_record(value)
+            return _stored(value, revision)
         except ValueError as exc:
             raise NatsAgentsError(f"not a state record: {exc}") from None
-        return StoredState(body.get("data"), epoch, revision, (), seq, body.get("empty") is True)
 
     async def adopt(self, kind: str, agent_id: str, epoch: int) -> StoredState:
         """Take the state over for a new owner ``epoch``: rewrite it unchanged under the
@@ -164,9 +186,25 @@ class StateStore:
             value = codec.encode({"epoch": epoch, "data": None, "empty": True})
             revision = await self.save_encoded(kind, agent_id, value, revision=current.revision)
             return StoredState(None, epoch, revision, (), 0, True)
-        value = self.with_extras(self.encode(current.data, epoch), current.applied, current.seq)
+        value = self.with_extras(
+            self.encode(current.data, epoch),
+            current.applied,
+            current.seq,
+            vv=current.vv,
+            stamp=current.stamp,
+            siblings=current.siblings,
+        )
         revision = await self.save_encoded(kind, agent_id, value, revision=current.revision)
-        return StoredState(current.data, epoch, revision, current.applied, current.seq)
+        return StoredState(
+            current.data,
+            epoch,
+            revision,
+            current.applied,
+            current.seq,
+            vv=current.vv,
+            stamp=current.stamp,
+            siblings=current.siblings,
+        )
 
     @staticmethod
     def encode(data: Any, epoch: int) -> bytes:
@@ -174,9 +212,18 @@ class StateStore:
         return codec.encode({"epoch": epoch, "data": data})
 
     @staticmethod
-    def with_extras(value: bytes, applied: Sequence[Applied], seq: int = 0) -> bytes:
-        """``value`` (from :meth:`encode`) with the ``applied`` messages and ``seq`` added."""
-        if not applied and not seq:
+    def with_extras(
+        value: bytes,
+        applied: Sequence[Applied],
+        seq: int = 0,
+        *,
+        vv: VersionVector | None = None,
+        stamp: Timestamp | None = None,
+        siblings: Sequence[Sibling[Any]] = (),
+    ) -> bytes:
+        """``value`` (from :meth:`encode`) with the ``applied`` messages, ``seq`` and an
+        eventual kind's version (``vv``, ``stamp``, unresolved ``siblings``) added."""
+        if not applied and not seq and vv is None and stamp is None and not siblings:
             return value
         if value[0] != 0x82:  # a msgpack map of two entries, as encode() makes it
             raise ValueError("not a value made by StateStore.encode")
@@ -188,6 +235,15 @@ class StateStore:
         if seq:
             entries += 1
             extra += codec.encode("seq") + codec.encode(seq)
+        if vv is not None:
+            entries += 1
+            extra += codec.encode("vv") + codec.encode(vv.to_obj())
+        if stamp is not None:
+            entries += 1
+            extra += codec.encode("hlc") + codec.encode(stamp.to_obj())
+        if siblings:
+            entries += 1
+            extra += codec.encode("siblings") + codec.encode([sibling_wire(s) for s in siblings])
         return bytes([0x80 | entries]) + value[1:] + extra
 
     async def save(self, kind: str, agent_id: str, data: Any, *, epoch: int, revision: int) -> StoredState:
@@ -249,6 +305,50 @@ def parse_applied(raw: object) -> tuple[Applied, ...]:
             continue
         out.append((item[0], item[1], body))
     return tuple(out)
+
+
+def sibling_wire(s: Sibling[Any]) -> dict[str, Any]:
+    """A sibling's stored form: ``{"data", "vv", "hlc"}``."""
+    return {"data": s.value, "vv": s.version.to_obj(), "hlc": s.stamp.to_obj()}
+
+
+def sibling_of(obj: Any) -> Sibling[Any]:
+    """The inverse of :func:`sibling_wire`. Raises: ValueError."""
+    if not isinstance(obj, dict) or "vv" not in obj or "hlc" not in obj:
+        raise ValueError("a sibling is a map with data, vv and hlc")
+    try:
+        return Sibling(obj.get("data"), VersionVector.from_obj(obj["vv"]), Timestamp.from_obj(obj["hlc"]))
+    except (NatsAgentsError, TypeError, ValueError) as exc:
+        raise ValueError(f"sibling: {exc}") from None
+
+
+def _stored(value: bytes, revision: int, *, applied: bool = False) -> StoredState:
+    """A record's bytes as a :class:`StoredState`. Raises: ValueError (not a record)."""
+    body, epoch, seq = _parse_record(value)
+    vv = stamp = None
+    siblings: tuple[Sibling[Any], ...] = ()
+    try:
+        if "vv" in body:
+            vv = VersionVector.from_obj(body["vv"])
+        if "hlc" in body:
+            stamp = Timestamp.from_obj(body["hlc"])
+    except (NatsAgentsError, TypeError, ValueError) as exc:
+        raise ValueError(f"version: {exc}") from None
+    raw = body.get("siblings", [])
+    if not isinstance(raw, list) or len(raw) > MAX_SIBLINGS:
+        raise ValueError(f"siblings must be a list of at most {MAX_SIBLINGS}")
+    siblings = tuple(sibling_of(s) for s in raw)
+    return StoredState(
+        body.get("data"),
+        epoch,
+        revision,
+        parse_applied(body.get("applied")) if applied else (),
+        seq,
+        body.get("empty") is True,
+        vv,
+        stamp,
+        siblings,
+    )
 
 
 def _parse_record(value: bytes) -> tuple[dict[str, Any], int, int]:
