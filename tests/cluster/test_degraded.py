@@ -404,8 +404,13 @@ async def test_a_short_cut_reads_degraded_queues_once_per_id_and_the_owner_appli
         ref = near.ref("Tally/s0")
         for _ in range(3):
             await ref.call("add", by=1)
-        c = node_c.cluster_node
-        assert c is not None and c.degraded.queue is not None
+        a, c = node_a.cluster_node, node_c.cluster_node
+        assert a is not None and c is not None and c.degraded.queue is not None
+        # A cut-off stream leader keeps answering as leader for a few seconds (its reads
+        # would say "not cut off": the write refused, not queued): leaders on the majority.
+        for bucket in (a.membership.bucket, a.directory.bucket, a.state.bucket):
+            await _lead_from_majority(near.transport, bucket, proxied)
+        await _stream_lead_from_majority(near.transport, inbox_stream(mesh_prefix), proxied)
         with partition(proxied, {2}, clients=False):
             await wait_for(lambda: c.partition.state.minority, timeout=4 * LEASE, interval=0.01)
             assert await ref.call("get", timeout=5.0) == 3  # allowed by default: the value
