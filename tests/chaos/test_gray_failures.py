@@ -154,6 +154,35 @@ class GrayLoad:
         return [e for d in self.drivers.values() for e in d.errors]
 
 
+class Stalls:
+    """How long this process was kept from running while it waited (CPU starvation: the
+    suite runs several files at once on 2 cores): a 10 ms ticker adds up every delay
+    beyond 5 ms. The node processes starve alike, so the recovery bound adds it: on an
+    idle machine it is about 0 and the bound is the promise."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> Stalls:
+        self._task = asyncio.ensure_future(self._tick())
+        return self
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.01)
+            late = loop.time() - before - 0.01
+            if late > 0.005:
+                self.total += late
+
+    def stop(self) -> float:
+        if self._task is not None:
+            self._task.cancel()
+        return self.total
+
+
 @pytest.fixture
 async def client(nats_cluster: NatsCluster, mesh_prefix: str) -> AsyncIterator[Mesh]:
     async with Mesh.connect(nats_cluster.urls, prefix=mesh_prefix, name="load", default_timeout=10.0) as mesh:
@@ -192,10 +221,13 @@ async def _scenario(
             per_kind = {k: sum(a.startswith(k + "/") for a in doomed) for k in KINDS}
             assert all(n >= 3 for n in per_kind.values()), f"too few agents on the victim: {per_kind}"
 
+            stalls = Stalls().start()  # the machine's own stalls in the promise's window
             away()
             t0 = time.monotonic()
             recovered_by = t0 + promise + MARGIN
             await asyncio.sleep(max(0.0, recovered_by - time.monotonic()) + 0.5)
+            stalled = stalls.stop()
+            bound = promise + MARGIN + stalled
             still = {a: load.drivers[a].answered_after(t0) for a in doomed}
             if while_away is not None:
                 await while_away()
@@ -227,13 +259,14 @@ async def _scenario(
             f"\n{what}: {len(doomed)} agents on {victim.node_id} ({per_kind}); answered again after "
             f"p50 {statistics.median(times):.2f} s, max {max(times):.2f} s "
             f"(all: {' '.join(f'{t:.2f}' for t in sorted(times))}; promise {promise:.1f} s + margin "
-            f"{MARGIN:.1f} s; not answered by then: {sorted(a for a, t in still.items() if t is None)}); "
+            f"{MARGIN:.1f} s + this process stalled {stalled:.2f} s; "
+            f"not answered by then: {sorted(a for a, t in still.items() if t is None)}); "
             f"after recovery {len(after)} calls ({len(during)} while the victim was away), "
             f"{len(slow)} over {SLOW_CALL:.0f} s (max {longest:.2f} s); "
             f"{figures}; errors {sorted(set(load.errors()))[:5]}"
         )
-        unanswered = sorted(a for a, t in still.items() if t is None or t > promise + MARGIN)
-        assert not unanswered, f"{len(unanswered)} agents did not answer within {promise + MARGIN:.1f} s: {unanswered}"
+        unanswered = sorted(a for a, t in still.items() if t is None or t > bound)
+        assert not unanswered, f"{len(unanswered)} agents did not answer within {bound:.2f} s: {unanswered}"
         assert not taken_back, f"the returning victim took {taken_back} from live owners"
         assert figures["lost"] == 0 and figures["doubled"] == 0, figures
         assert figures["failed"] == 0, f"{figures['failed']} calls failed: {sorted(set(load.errors()))[:5]}"
