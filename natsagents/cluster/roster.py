@@ -70,9 +70,12 @@ class Roster:
                 heartbeat += placed  # placements since its last heartbeat
             agents = max(agents, heartbeat)
             draining = rec.draining
+        # This node's own kinds as hosted now: its record comes back through the watch a
+        # moment after host() announced a new kind ("no node serves kind" meanwhile).
+        kinds = frozenset(self._host.kinds) if rec.node_id == local.node_id else frozenset(rec.kinds)
         return NodeInfo(
             node_id=rec.node_id,
-            kinds=frozenset(rec.kinds),
+            kinds=kinds,
             capacity=capacity_from_wire(rec.capacity),
             reserved=reserved,
             load=NodeLoad(

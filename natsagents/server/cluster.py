@@ -4,7 +4,9 @@ Every node's ports are picked before any node starts, so each node's route list 
 all the others. :meth:`NatsCluster.start` launches all nodes at once (a JetStream node
 is not healthy until a meta leader exists, which needs a quorum) and then waits until
 the cluster can take writes: ``/healthz`` answers 200 on every node, each node has
-routes to every other live node (``/routez``) and knows the meta leader (``/jsz``).
+routes to every other live node (``/routez``) and knows the meta leader (``/jsz``), and the
+meta leader counts every other live node as a current peer (else an R3 stream created at
+once fails: "no suitable peers for placement, peer offline").
 """
 
 from __future__ import annotations
@@ -168,7 +170,8 @@ class NatsCluster(_ContextManaged):
 
         A node that was killed or stopped on purpose (or is paused) is left out; a node
         that crashed is an error. For each other node: ``/healthz`` answers 200, ``/routez``
-        lists a route to every other live node and ``/jsz`` names a meta leader.
+        lists a route to every other live node and ``/jsz`` names a meta leader, which counts
+        every other live node as a current peer.
 
         Args:
             timeout: seconds to wait.
@@ -294,6 +297,18 @@ class NatsCluster(_ContextManaged):
         meta = jsz.get("meta_cluster")
         if not isinstance(meta, dict) or not meta.get("leader"):
             return "no JetStream meta leader known"
+        if meta.get("leader") == server.name:
+            # The leader places streams: a peer it does not count as current and online yet
+            # fails an R3 stream's creation ("no suitable peers for placement, peer offline").
+            replicas = {r.get("name"): r for r in _dicts(meta.get("replicas"))}
+            behind = sorted(
+                s.name
+                for s in live
+                if s is not server
+                and not (replicas.get(s.name, {}).get("current") and not replicas[s.name].get("offline"))
+            )
+            if behind:
+                return f"the meta leader does not count {', '.join(behind)} as current yet"
         return None
 
 

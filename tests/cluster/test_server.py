@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import socket
 import stat
@@ -326,3 +327,26 @@ def test_lookup_order(fake_binary: str, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("NATS_SERVER_BIN", fake_binary + ".missing")
     with pytest.raises(ServerBinaryNotFound, match="is not an executable file"):
         find_server_binary()
+
+
+def test_a_started_cluster_places_a_three_replica_stream_at_once() -> None:
+    """``start()`` returns once the meta leader counts every node as a current peer: an R3
+    stream created right away was refused "no suitable peers for placement, peer offline"
+    (partition tests in CI, on a fresh proxied cluster)."""
+    for attempt in range(3):
+        cluster = NatsCluster(3, name=f"fresh{attempt}")
+        cluster.start()
+        try:
+            leaders = []
+            for server in cluster.servers:
+                with urllib.request.urlopen(f"{server.monitor_url}/jsz", timeout=5) as resp:
+                    meta = json.load(resp)["meta_cluster"]
+                if meta.get("leader") == server.name:
+                    leaders.append(server.name)
+                    peers = {r["name"]: r for r in meta.get("replicas", [])}
+                    others = {s.name for s in cluster.servers} - {server.name}
+                    assert others <= set(peers), meta
+                    assert all(peers[n].get("current") and not peers[n].get("offline") for n in others), meta
+            assert len(leaders) == 1
+        finally:
+            cluster.stop()
