@@ -38,6 +38,28 @@ def proxied() -> Iterator[ProxiedCluster]:
         cluster.stop()
 
 
+@pytest.fixture(autouse=True)
+async def _three_replicas_placeable(proxied: ProxiedCluster, connect: Connect) -> None:
+    """Each test starts once the cluster places an R3 stream: a fresh cluster's meta leader
+    may not have every peer's stats yet (or lost them in the previous test's cut) and refuse
+    "no suitable peers for placement, peer offline" (seen in CI with three files at a time)."""
+    transport = await connect(proxied.servers[0].url)
+    probe = {"name": "R3PROBE", "subjects": ["r3probe.>"], "num_replicas": 3, "storage": "memory"}
+
+    async def placed() -> bool:
+        try:
+            await api_request(transport, "$JS.API.STREAM.CREATE.R3PROBE", probe, 2.0)
+        except NatsAgentsError as exc:
+            if "peer offline" in str(exc) or isinstance(exc, CallTimeout):
+                return False
+            if "already in use" not in str(exc):
+                raise
+        return True
+
+    await wait_for(placed, timeout=30, interval=0.5, what="an R3 stream placeable")
+    await api_request(transport, "$JS.API.STREAM.DELETE.R3PROBE", None, 5.0)
+
+
 async def _lead_from_majority(transport: Transport, bucket: Bucket, proxied: ProxiedCluster) -> None:
     """Move the stream's leader off the server to be cut (an isolated Raft leader keeps
     answering as leader until it notices it lost its quorum: see docs/architecture.md)."""

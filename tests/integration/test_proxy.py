@@ -143,8 +143,15 @@ async def test_a_nats_client_behind_a_blackholed_proxy_is_alive_but_deaf() -> No
                 await behind.publish(msg.reply, b"pong")
 
             await behind.subscribe("svc", cb=pong)
-            await behind.flush()
-            assert (await direct.request("svc", b"", timeout=2)).data == b"pong"
+            await behind.flush()  # nats-py may PING before its pending SUB is written (nats-facts.md)
+
+            async def answers() -> bool:
+                try:
+                    return (await direct.request("svc", b"", timeout=2)).data == b"pong"
+                except nats.errors.NoRespondersError:
+                    return False
+
+            await wait_for(answers, timeout=5, what="the subscription behind the proxy")
             proxy.blackhole()
             with pytest.raises(nats.errors.TimeoutError):  # its subscription stays: no "no responders"
                 await direct.request("svc", b"", timeout=0.5)
