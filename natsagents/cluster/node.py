@@ -33,29 +33,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from ..agent.base import Agent, kind_summary
-from ..errors import AgentError, ConfigurationError, MeshClosed, NatsAgentsError, Unavailable
+from ..errors import ConfigurationError, NatsAgentsError
 from ..observability import Metrics
 from ..observability.micro import ServiceResponder
-from ..runtime.activation import Activation, ActivationState
-from ..runtime.hooks import Degraded
+from ..runtime.activation import ActivationState
 from ..runtime.host import Host
 from ..state.store import StateStore
 from ..tasks import TaskGroup
-from ..transport import Inbound, Transport
+from ..transport import Transport
 from ..transport.kv import open_bucket
-from ..wire.envelope import RequestMeta
 from ..wire.subjects import bucket_name
 from .asks import NodeClient
 from .conflicts import Conflicts
 from .control import ControlServer
 from .controller import Controller
-from .crdts import CrdtCopies, CrdtCopy
+from .crdts import CrdtCopies
 from .degraded import DegradedWrites
 from .directory import Directory
+from .hooks import AgentHooks
 from .leader import LeaderLease
 from .load import LoadSampler
 from .local import LocalNode
@@ -180,6 +178,17 @@ class ClusterNode:
         self.crdts = CrdtCopies(
             transport, host, self.state, prefix=prefix, node_id=node_id, metrics=metrics, tasks=self._tasks
         )
+        #: What the host asks of this node around each activation (``Host.node``).
+        self.hooks = AgentHooks(
+            host,
+            local,
+            ownership=self._ownership,
+            crdts=self.crdts,
+            replicas=self.replicas,
+            supervisor=self._supervisor,
+            placing=self._placing,
+            degraded=self.degraded,
+        )
         self._controller = Controller(local, settings, self.membership, self.directory, self._placing, self._client)
         self._control_server = ControlServer(
             transport,
@@ -234,7 +243,7 @@ class ClusterNode:
         self._leader.start()
         self._tasks.spawn(self._supervisor.run(), name="supervisor")
         self._tasks.spawn(self.replicas.run(), name="replicas")
-        self._host.node = self
+        self._host.node = self.hooks
         await self._t.flush()
         if self.services is not None:  # last: nothing after it can fail and leave it running
             await self.services.start()
@@ -381,88 +390,3 @@ class ClusterNode:
     async def undrain(self) -> dict[str, Any]:
         """Take new agents again after a drain (see ``Migration.undrain``)."""
         return await self._migration.undrain()
-
-    # -- host hooks (runtime.hooks.NodeHooks) ------------------------------------------
-
-    async def answer_activation(self, msg: Inbound) -> None:
-        cls = self._host.kinds.get(msg.subject.rsplit(".", 1)[-1])
-        if cls is not None and cls.consistency == "crdt":
-            await self._host.activate_here(msg)  # multi-active: a copy here, no placement
-            return
-        await self._placing.answer_activation(msg)
-
-    async def starting(self, act: Activation, options: object) -> None:
-        if type(act.agent).consistency == "crdt":
-            if self._local.closing:
-                raise MeshClosed("the node is closing")
-            await self.crdts.starting(act)
-            return
-        await self._ownership.starting(act, options)
-        try:
-            await self.replicas.primary_starting(act)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self._ownership.stopped(act, discard=True)
-            raise
-
-    def begin_batch(self, act: Activation) -> None:
-        if not isinstance(act.cluster, CrdtCopy):  # a crdt copy: each item's delta as it runs
-            self._ownership.begin_batch(act)
-
-    async def end_batch(self, act: Activation) -> None:
-        if not isinstance(act.cluster, CrdtCopy):
-            await self._ownership.end_batch(act)
-
-    def abort_batch(self, act: Activation) -> None:
-        if not isinstance(act.cluster, CrdtCopy):
-            self._ownership.abort_batch(act)
-
-    async def after_action(
-        self, act: Activation, meta: RequestMeta, answered: bool, seq: int = 0, reply: bytes | None = None
-    ) -> None:
-        self._supervisor.succeeded(act)
-        if isinstance(act.cluster, CrdtCopy):
-            await self.crdts.after_action(act, meta)
-            return
-        await self._ownership.after_action(act, meta, answered, seq, reply)
-
-    def applied_seq(self, act: Activation) -> int:
-        if isinstance(act.cluster, CrdtCopy):
-            return 0
-        return self._ownership.applied_seq(act)
-
-    def action_failed(self, act: Activation, exc: BaseException) -> None:
-        if isinstance(act.cluster, CrdtCopy):
-            self.crdts.rollback(act)
-        else:
-            self._ownership.action_failed(act)
-        self._supervisor.failed(act)
-
-    async def save_now(self, act: Activation) -> None:
-        if isinstance(act.cluster, CrdtCopy):
-            await self.crdts.save_now(act)
-            return
-        await self._ownership.save_now(act)
-
-    def serving(self, act: Activation, deadline_ms: int | None) -> Awaitable[str | AgentError | Degraded | None] | None:
-        if isinstance(act.cluster, CrdtCopy):
-            return None  # no lease, no pause: a crdt copy serves on every side
-        return self._ownership.serving(act, deadline_ms)
-
-    async def queue_write(self, act: Activation, headers: Mapping[str, str], body: bytes) -> tuple[str, int]:
-        if not await self._ownership.still_cut_off(act):
-            why = f"{act.address} is not cut off any more: the write is not queued"
-            raise Unavailable(why, agent=act.address, details={"retry": True})
-        return await self.degraded.put(act, headers, body)
-
-    async def stopped(self, act: Activation, *, discard: bool) -> None:
-        if isinstance(act.cluster, CrdtCopy):
-            await self.crdts.stopped(act, discard=discard)
-            return
-        await self.replicas.primary_stopped(act)
-        await self._ownership.stopped(act, discard=discard)
-
-    def reply_block(self, act: Activation, block: bytes) -> bytes:
-        if isinstance(act.cluster, CrdtCopy):
-            return block
-        return self.replicas.reply_block(act, block)

@@ -11,7 +11,8 @@ ours is not a takeover of our line; only one case is legitimate (a garbage recor
 over ours, then replaced by another node as an orphan, protocol §14.2), and then that node
 holds the agent. So the copy asks it (control operation ``holds``, signed with the owner
 key, §14.4): it holds the agent, or is starting it, or does not answer within
-:data:`CHECK_TIMEOUT`: the copy stops. It does not: nobody legitimately wrote the record;
+:data:`CHECK_TIMEOUT`: the copy stops. It does not, or no such node listens ("no
+responders"): nobody legitimately wrote the record;
 the copy writes its own record back (compare-and-set on the forged revision), counts it
 (``natsagents_forged_claims_total``) and goes on.
 
@@ -30,6 +31,7 @@ from ..errors import NatsAgentsError
 from ..observability.metrics import Metrics
 from ..runtime.activation import Activation
 from ..tasks import TaskGroup
+from ..transport.connection import NoResponders
 from .asks import NodeClient
 from .directory import Claim, Directory
 
@@ -90,8 +92,10 @@ class Successors:
             reply = await self._client.request(
                 node, "holds", {"kind": act.kind, "id": act.agent_id}, timeout=CHECK_TIMEOUT
             )
+        except NoResponders:
+            reply = {"holds": False}  # no such node listens (the fuzz's "ghost"): it holds nothing
         except NatsAgentsError:
-            return False  # no answer: assume it does (the stop is the safe side)
+            return False  # no answer in time: assume it does (the stop is the safe side)
         if not isinstance(reply, dict) or reply.get("holds") is not False:
             return False
         own = act.cluster

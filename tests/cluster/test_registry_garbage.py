@@ -594,3 +594,33 @@ async def test_a_forged_claim_naming_a_live_node_does_not_silence_a_live_copy(
         what="the owner's claim written back",
     )
     assert await client.ref("Counter/held").call("get", timeout=10) == 10
+
+
+async def test_a_forged_claim_naming_no_node_does_not_silence_a_live_copy(
+    mesh_factory: Any, mesh_prefix: str, nats_url: str
+) -> None:
+    """The same with a record naming a node that does not exist (the fuzz's ``ghost``):
+    nobody answers ``holds`` ("no responders"), which says nobody holds the agent there."""
+    n1, n2 = await start_nodes(mesh_factory, "n1", "n2")
+    client = await mesh_factory(name="client")
+    assert await client.ref("Counter/held").call("add", by=5, timeout=10) == 5
+    owner = n1 if "Counter/held" in n1.local_agents() else n2
+    directory = node_of(owner).directory
+    mine = directory.lookup_claim("Counter", "held")
+    assert mine is not None
+    record = {"kind": "Counter", "id": "held", "node": "ghost", "epoch": 1, "status": "active", "since": time.time()}
+    await forge(client, mesh_prefix, "directory", agent_key("Counter", "held"), record)
+    await wait_for(
+        lambda: (c := directory.lookup_claim("Counter", "held")) is not None and c.revision > mine.revision,
+        what="the forgery seen by the owner",
+    )
+    raw = await nats.connect(nats_url)
+    try:
+        subject = agent_subject(mesh_prefix, "Counter", "held")
+        msg = await raw.request(
+            subject, msgpack.packb({"by": 1}), timeout=3, headers={"Na-Proto": "1", "Na-Action": "add"}
+        )
+        assert msgpack.unpackb(msg.data) == 6
+    finally:
+        await raw.close()
+    assert "Counter/held" in owner.local_agents()

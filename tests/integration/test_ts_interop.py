@@ -488,7 +488,7 @@ async def test_ts_resends_partition_answers_for_retry_for(
     )
     await node.host(PyPaused)
     cluster = node_of(node)
-    real_serving = cluster.serving
+    real_serving = cluster.hooks.serving
     pause = {"recover": (3, 5.0), "stuck": (None, 0.3), "deadline": (None, 30.0)}
     refused: dict[str, int] = {}
     seen_ids: dict[str, set[str | None]] = {}
@@ -510,7 +510,7 @@ async def test_ts_resends_partition_answers_for_retry_for(
         seen_ids.setdefault(act.agent_id, set()).add((msg.headers or {}).get("Na-Msg-Id"))
         return await real_dispatch(act, msg)
 
-    cluster.serving = serving  # type: ignore[method-assign]
+    cluster.hooks.serving = serving  # type: ignore[method-assign]
     node._host.dispatch = dispatch  # type: ignore[method-assign]
     r = await run_ts("partition", nats_url, mesh_prefix)
     assert r["recover"] == {"ok": 1}
