@@ -183,8 +183,8 @@ async def test_a_circuit_opens_fails_fast_half_opens_and_closes(mesh: Mesh, mesh
     settings = BreakerSettings(failure_threshold=3, reset_timeout=0.3)
     client = await mesh_factory(name="client", circuit_breaker=settings)
     ref = client.ref("Cold/c")
-    for _ in range(3):  # nobody hosts Cold yet: each call fails with "no host" (at once;
-        # the timeout only bounds it: 0.1 s ran out first in CI, three files at a time)
+    for _ in range(3):  # nobody hosts Cold yet: each call fails with "no host" (raised at
+        # its deadline; with 0.1 s a slow "no host" answer in CI left only a CallTimeout)
         with pytest.raises(Unavailable):
             await ref.call("ping", timeout=2.0)
     assert client.circuit("Cold/c") is CircuitState.OPEN
