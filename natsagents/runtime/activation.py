@@ -6,6 +6,7 @@ import asyncio
 import enum
 import time
 from collections import deque
+from collections.abc import Awaitable
 from typing import Any, NamedTuple, Protocol
 
 from ..agent.base import Agent
@@ -69,6 +70,7 @@ class Answers(Protocol):
         *,
         agent: str | None = None,
         action: str | None = None,
+        vetted: bool = False,
     ) -> None: ...
 
 
@@ -84,7 +86,7 @@ class Services(Protocol):
     owner_key: bytes | None
     guard: Guard
 
-    async def dispatch(self, act: Activation, msg: Inbound) -> Outcome: ...
+    def dispatch(self, act: Activation, msg: Inbound) -> Awaitable[Outcome]: ...
 
     async def save_state(self, act: Activation) -> None: ...
 
@@ -107,6 +109,11 @@ class ActivationState(enum.Enum):
     ACTIVE = "active"
     STOPPING = "stopping"
     STOPPED = "stopped"
+
+
+_ACTIVE = ActivationState.ACTIVE
+#: Whether a ``Na-Msg-Id`` is well-formed (``envelope.is_message_id`` for a header value).
+_match_id = envelope.MESSAGE_ID_RE.fullmatch
 
 
 class Activation:
@@ -190,63 +197,73 @@ class Activation:
             self.health = Health(cls.throttle_backlog, cls.throttle_latency)
 
     def deliver(self, msg: Inbound) -> None:
+        """Take one message from the agent's subscriptions: enqueue it or answer it.
+
+        Messages come only from ``service`` subscriptions (``Transport.subscribe``): their
+        reply subject is one a host may answer, checked on arrival, so the reply to a
+        message that ran is sent without checking it again. Runs for every message, in the
+        reader task: each header is read once."""
+        replies = self.host.replies
         if self.superseded:
-            self.host.replies.drop(self, msg)  # the new owner answers it
+            replies.drop(self, msg)  # the new owner answers it
             return
-        if self.state is not ActivationState.ACTIVE:
-            self.host.replies.refuse(self, msg, UNAVAILABLE, "the agent is stopping", retry=True)
+        if self.state is not _ACTIVE:
+            replies.refuse(self, msg, UNAVAILABLE, "the agent is stopping", retry=True)
             return
         hdrs = msg.headers
+        mode = priority = None
         if hdrs is not None:
+            mode = hdrs.get(h.REPLY_MODE)
             if h.STREAM_SEQ in hdrs or h.BATCH in hdrs:
                 # Owner-only orders (exactly-once sequences, batches): signed or refused.
-                if h.BATCH in hdrs and h.REPLY_MODE in hdrs:  # a batch is answered once, with its results
-                    self.host.replies.refuse(self, msg, BAD_REQUEST, f"a batch takes no {h.REPLY_MODE}")
+                if h.BATCH in hdrs and mode is not None:  # a batch is answered once, with its results
+                    replies.refuse(self, msg, BAD_REQUEST, f"a batch takes no {h.REPLY_MODE}")
                     return
                 if not verify_owner_mac(self.host.owner_key, msg.subject, hdrs, msg.data):
-                    self.host.replies.refuse(
+                    replies.refuse(
                         self,
                         msg,
                         UNAUTHORIZED,
                         f"{h.STREAM_SEQ} and {h.BATCH} are accepted from partition owners only (a valid {h.OWNER_MAC})",
                     )
                     return
-            elif hdrs.get(h.REPLY_MODE) == h.REPLY_MODE_REPLAY:
-                self.host.replies.replay(self, msg)  # a question about an earlier message: nothing runs
+            elif mode == h.REPLY_MODE_REPLAY:
+                replies.replay(self, msg)  # a question about an earlier message: nothing runs
                 return
+            priority = hdrs.get(h.PRIORITY)
         if len(self.mailbox) + self.busy >= self.capacity:
-            self.host.replies.refuse(self, msg, OVERLOADED, f"mailbox of {self.address} is full ({self.capacity})")
+            replies.refuse(self, msg, OVERLOADED, f"mailbox of {self.address} is full ({self.capacity})")
             return
-        priority = msg.headers.get(h.PRIORITY) if msg.headers is not None else None
         if priority is not None and priority not in h.PRIORITIES:
-            self.host.replies.refuse(self, msg, BAD_REQUEST, f"{h.PRIORITY} must be one of {h.PRIORITIES}")
+            replies.refuse(self, msg, BAD_REQUEST, f"{h.PRIORITY} must be one of {h.PRIORITIES}")
             return
         health = self.health
         if health is not None:
             reason = health.admit(len(self.mailbox), self.busy, self.max_workers)
             if reason is not None:
-                self.host.replies.throttle(self, msg, reason)
+                replies.throttle(self, msg, reason)
                 return
         message_id = None
-        if msg.reply and hdrs is not None:
+        if hdrs is not None and msg.reply:
             message_id = hdrs.get(h.MESSAGE_ID)
-            if message_id is not None and not envelope.is_message_id(message_id):
-                message_id = None  # a malformed id identifies nothing: the request gets its bad_request
-            recent = self.recent
-            if recent is not None and message_id is not None:
-                entry = recent.get(message_id)
-                if entry is not None:
-                    seen = recent.fingerprints.get(message_id)
-                    if seen is not None and seen != fingerprint(hdrs.get(h.ACTION), msg.data):
-                        self.host.replies.refuse(
-                            self,
-                            msg,
-                            BAD_REQUEST,
-                            f"{h.MESSAGE_ID} {message_id} was used for another request: ids name one message",
-                        )
+            if message_id is not None:
+                recent = self.recent
+                if _match_id(message_id) is None:
+                    message_id = None  # a malformed id identifies nothing: the request gets its bad_request
+                elif recent is not None:
+                    entry = recent.get(message_id)
+                    if entry is not None:
+                        seen = recent.fingerprints.get(message_id)
+                        if seen is not None and seen != fingerprint(hdrs.get(h.ACTION), msg.data):
+                            replies.refuse(
+                                self,
+                                msg,
+                                BAD_REQUEST,
+                                f"{h.MESSAGE_ID} {message_id} was used for another request: ids name one message",
+                            )
+                            return
+                        replies.duplicate(self, msg, entry)  # a resend: never run twice
                         return
-                    self.host.replies.duplicate(self, msg, entry)  # a resend: never run twice
-                    return
         guard = self.host.guard
         if guard.active and (hdrs is None or h.BATCH not in hdrs):  # batch items: checked one by one
             try:
@@ -259,31 +276,31 @@ class Activation:
                     durable=hdrs is not None and h.STREAM_SEQ in hdrs,
                 )
             except Denied as denied:
-                self.host.replies.refuse(self, msg, UNAUTHORIZED, denied.message, details={"reason": denied.reason})
+                replies.refuse(self, msg, UNAUTHORIZED, denied.message, details={"reason": denied.reason})
                 return
             if admitted is not None:
                 if not admitted.durable and guard.ran_before(admitted):
                     # A copy of a signed request that ran here and that the dedup forgot.
-                    self.host.replies.duplicate(self, msg, _APPLIED)
+                    replies.duplicate(self, msg, _APPLIED)
                     return
                 msg = Verified(msg, admitted)
-        if msg.reply and hdrs is not None and hdrs.get(h.REPLY_MODE) == h.REPLY_MODE_ACCEPT:
+        if mode == h.REPLY_MODE_ACCEPT and msg.reply:
             # Check what can be checked before acknowledging: an accepted send gets one reply.
             try:
                 meta = envelope.parse_request(hdrs)
             except ProtocolError as exc:
-                self.host.replies.refuse(self, msg, BAD_REQUEST, str(exc))
+                replies.refuse(self, msg, BAD_REQUEST, str(exc))
                 return
             if meta.deadline_ms is not None and time.time() * 1000 >= meta.deadline_ms:
-                self.host.replies.refuse(self, msg, TIMEOUT, "deadline passed before the message was accepted")
+                replies.refuse(self, msg, TIMEOUT, "deadline passed before the message was accepted")
                 return
-            self.host.replies.accepted(msg)
-        if message_id is not None:
+            replies.accepted(msg)
+        if message_id is not None:  # (so hdrs is not None)
             recent = self.recent
             if recent is None:
                 recent = self.recent = Recent()
             recent[message_id] = IN_PROGRESS
-            recent.fingerprints[message_id] = fingerprint(hdrs.get(h.ACTION) if hdrs is not None else None, msg.data)
+            recent.fingerprints[message_id] = fingerprint(hdrs.get(h.ACTION), msg.data)  # type: ignore[union-attr]
         mailbox = self.mailbox
         if mailbox is _NO_MAIL:
             mailbox = self.mailbox = deque()
@@ -413,16 +430,20 @@ class Activation:
         self.busy += 1
         try:
             outcome = await host.dispatch(self, msg)
-            if outcome.reply is not None and self.superseded and not outcome.ran:
-                host.replies.drop(self, msg)  # refused (e.g. fenced off): the new owner answers it
-            elif outcome.reply is not None:  # the dispatcher answers; we say where
-                await host.replies.send(
-                    msg.reply if outcome.wanted else "",
-                    *outcome.reply,
-                    agent=self.address,
-                    action=outcome.action,
-                )
-            kept = outcome.kept
+            reply = outcome.reply
+            if reply is not None:
+                if self.superseded and not outcome.ran:
+                    host.replies.drop(self, msg)  # refused (e.g. fenced off): the new owner answers it
+                else:  # the dispatcher answers; we say where
+                    # msg.reply was vetted on arrival (deliver's docstring): not checked again.
+                    await host.replies.send(
+                        msg.reply if outcome.wanted else "",
+                        reply[0],
+                        reply[1],
+                        agent=self.address,
+                        action=outcome.action,
+                        vetted=True,
+                    )
         finally:
             self.busy -= 1
             if not self.busy:
@@ -433,14 +454,15 @@ class Activation:
                 if count is not None and count.isdigit() and int(count) > 1:
                     took /= int(count)  # a batch (wire.batch): the time per message
                 self.health.handled(took, len(self.mailbox))
-        if outcome.ran and type(msg) is Verified and not msg.admitted.durable:
+        if type(msg) is Verified and outcome.ran and not msg.admitted.durable:
             host.guard.remember(msg.admitted)
         recent = self.recent
-        if recent is not None and msg.reply:
-            message_id = msg.headers.get(h.MESSAGE_ID) if msg.headers is not None else None
+        hdrs = msg.headers
+        if recent is not None and hdrs is not None and msg.reply:
+            message_id = hdrs.get(h.MESSAGE_ID)
             # deliver() recorded only well-formed ids as in progress: no need to check again.
-            if message_id is not None and (recent.get(message_id) is IN_PROGRESS or envelope.is_message_id(message_id)):
-                host.dedup.finish(self, message_id, kept, outcome.deadline_ms, outcome.durable)
+            if message_id is not None and (recent.get(message_id) is IN_PROGRESS or _match_id(message_id) is not None):
+                host.dedup.finish(self, message_id, outcome.kept, outcome.deadline_ms, outcome.durable)
 
     async def wait_idle(self) -> None:
         """Return once no worker runs (the mailbox is empty or refused)."""

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..agent.base import SUPPORTED_CONSISTENCY, SUPPORTED_PARTITION_STRATEGIES, Agent, RefFactory
@@ -164,16 +164,30 @@ class Host:
 
     # -- what activations ask of their host (activation.Services) ---------------------
 
-    async def dispatch(self, act: Activation, msg: Inbound) -> Outcome:
+    def dispatch(self, act: Activation, msg: Inbound, *, checked: bool = False) -> Awaitable[Outcome]:
         """Run one message (a batch request through the batch runner); never raises.
 
         Before it runs: a cluster node's lease check (``NodeHooks.serving``), and a
-        request with too little of its deadline left (``min_time_left``) is refused."""
+        request with too little of its deadline left (``min_time_left``) is refused.
+        Returns the awaitable: a message with nothing to check first goes straight to
+        the dispatcher, one coroutine less per message (``checked``: the checks are done).
+        """
+        if not checked and (act.superseded or (self._node is not None and act.cluster is not None)):
+            return self._dispatch_checked(act, msg)
         hdrs = msg.headers
+        if hdrs is not None and h.BATCH in hdrs:
+            return self._batches.run(act, msg)
+        caller = msg.admitted.caller if type(msg) is Verified else None
+        return self._dispatcher.run(
+            act, hdrs, msg.data, reply=bool(msg.reply), caller=caller, margin=self.settings.min_time_left
+        )
+
+    async def _dispatch_checked(self, act: Activation, msg: Inbound) -> Outcome:
+        """:meth:`dispatch` of a message to a cluster node's activation, or to a superseded one."""
         node = self._node
         degraded = False
         if node is not None and act.cluster is not None:
-            check = node.serving(act, envelope.deadline_of(hdrs))
+            check = node.serving(act, envelope.deadline_of(msg.headers))
             if check is not None:
                 refusal = await check
                 if refusal is DEGRADED:  # continue_degraded on the minority side
@@ -193,12 +207,7 @@ class Host:
         if degraded:
             assert node is not None
             return await self._degraded(act, msg, node)
-        if hdrs is not None and h.BATCH in hdrs:
-            return await self._batches.run(act, msg)
-        caller = msg.admitted.caller if type(msg) is Verified else None
-        return await self._dispatcher.run(
-            act, hdrs, msg.data, reply=bool(msg.reply), caller=caller, margin=self.settings.min_time_left
-        )
+        return await self.dispatch(act, msg, checked=True)
 
     async def _degraded(self, act: Activation, msg: Inbound, node: NodeHooks) -> Outcome:
         """A message to a copy serving degraded (``continue_degraded`` on the minority

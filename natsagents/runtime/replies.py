@@ -66,8 +66,11 @@ class Replies:
         *,
         agent: str | None = None,
         action: str | None = None,
+        vetted: bool = False,
     ) -> None:
-        """Publish a reply to ``subject`` (``""``: nobody asked for one; an error is logged)."""
+        """Publish a reply to ``subject`` (``""``: nobody asked for one; an error is logged).
+        ``vetted``: the reply subject of a message from a ``service`` subscription
+        (``Transport.publish_reply``)."""
         if not subject:
             status = h.STATUS_OK if isinstance(headers, bytes) else headers.get(h.STATUS, h.STATUS_OK)
             if status not in (h.STATUS_OK, HANDLER_ERROR):  # handler errors are logged by dispatch
@@ -85,7 +88,7 @@ class Replies:
                 )
             return
         try:
-            if not await self._t.publish_reply(subject, body, headers=headers, on=agent or "a host"):
+            if not await self._t.publish_reply(subject, body, headers=headers, on=agent or "a host", vetted=vetted):
                 self._metrics.rejected_one(agent.partition("/")[0] if agent else "", "reply_subject")
         except NatsAgentsError as exc:
             if getattr(exc, "code", None) == PAYLOAD_TOO_LARGE:

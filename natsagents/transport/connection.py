@@ -515,11 +515,19 @@ class Transport:
             )
 
     async def publish_reply(
-        self, subject: str, payload: bytes, *, headers: Mapping[str, str] | bytes | None = None, on: str = ""
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        headers: Mapping[str, str] | bytes | None = None,
+        on: str = "",
+        vetted: bool = False,
     ) -> bool:
         """:meth:`publish` an answer to ``subject`` if :meth:`may_answer` allows it;
-        ``False`` (counted, logged) when it does not."""
-        if not self.may_answer(subject):
+        ``False`` (counted, logged) when it does not. ``vetted``: ``subject`` is the reply
+        subject of a message received on a ``service`` subscription, whose sink checked
+        it on arrival (not checked again: a regular expression per request)."""
+        if not vetted and not self.may_answer(subject):
             self.refused_reply(subject, on or "a reply")
             return False
         # What publish() does, one coroutine less per reply.

@@ -24,6 +24,7 @@ __all__ = [
     "INFLATE_RATIO",
     "MALFORMED",
     "MAX_INFLATED",
+    "MESSAGE_ID_RE",
     "OK_HEADER_BLOCK",
     "RequestMeta",
     "deflate",
@@ -41,7 +42,8 @@ __all__ = [
     "request_headers",
 ]
 
-_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: What a ``Na-Msg-Id`` or ``Na-Correlation-Id`` must match (1-64 of ``[A-Za-z0-9_-]``).
+MESSAGE_ID_RE = _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def is_message_id(value: object) -> bool:
@@ -142,15 +144,35 @@ def parse_header_block(raw: bytes) -> dict[str, str] | None:
             description = description.strip()
             if description:
                 out["Description"] = description
+    names = _NAMES
     for line in rest.split("\r\n"):
-        name, sep, value = line.partition(":")
+        raw_name, sep, value = line.partition(":")
         if not sep:
             continue
-        name = name.strip()
-        if not name or not name.isascii() or " " in name or "\t" in name:
-            continue
-        out[name] = value.strip()
+        name = names.get(raw_name)
+        if name is None:
+            name = _header_name(raw_name)
+        if name:
+            out[name] = value.strip()
     return out or None
+
+
+#: Header names as they stand before the colon → the name they give (``""``: a line to
+#: skip). A block's names are nearly always the same few, so each is read once; at most
+#: ``_MAX_NAMES`` are kept (names past it are read every time, never cached).
+_NAMES: dict[str, str] = {}
+_MAX_NAMES = 512
+
+
+def _header_name(raw: str) -> str:
+    """The name ``raw`` gives (stripped), or ``""`` when it is empty or has whitespace or
+    non-ASCII characters (that line is skipped)."""
+    name = raw.strip()
+    if not name or not name.isascii() or " " in name or "\t" in name:
+        name = ""
+    if len(_NAMES) < _MAX_NAMES:
+        _NAMES[raw] = name
+    return name
 
 
 def headers_size(headers: Mapping[str, str] | None) -> int:
@@ -201,6 +223,12 @@ def request_headers(
     return out
 
 
+#: Action names that matched :data:`ACTION_RE` (a regular expression per request is most of
+#: what checking one costs); at most ``_MAX_ACTIONS``, later ones are matched every time.
+_ACTIONS: set[str] = set()
+_MAX_ACTIONS = 4096
+
+
 def parse_request(headers: Mapping[str, str] | None) -> RequestMeta:
     """Read and check the headers of a request.
 
@@ -217,8 +245,11 @@ def parse_request(headers: Mapping[str, str] | None) -> RequestMeta:
     action = get(h.ACTION)
     if action is None:
         raise ProtocolError(f"missing {h.ACTION} header")
-    if not ACTION_RE.fullmatch(action):
-        raise ProtocolError(f"malformed {h.ACTION} header {action[:80]!r}")
+    if action not in _ACTIONS:
+        if not ACTION_RE.fullmatch(action):
+            raise ProtocolError(f"malformed {h.ACTION} header {action[:80]!r}")
+        if len(_ACTIONS) < _MAX_ACTIONS:
+            _ACTIONS.add(action)
     message_id = get(h.MESSAGE_ID)
     if message_id is None:
         message_id = new_message_id()
