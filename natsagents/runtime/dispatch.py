@@ -135,7 +135,7 @@ class Dispatcher:
         durable = headers is not None and h.STREAM_SEQ in headers
         weight = 0  # bytes held against the decode budget until the handler returns
         try:
-            spec, kwargs, seq, weight = self._admit(act, meta, headers, data, margin if wanted else None)
+            spec, kwargs, seq, weight = self._admit(act, meta, headers, data, margin if wanted else None, durable)
             held: tuple[Bulkhead, ...] = ()
             if spec.bulkhead is not None or type(act.agent).bulkhead is not None:
                 held = await self._enter_bulkheads(act, spec, meta.deadline_ms)
@@ -233,19 +233,25 @@ class Dispatcher:
     # -- the steps -------------------------------------------------------------------
 
     def _admit(
-        self, act: Activation, meta: RequestMeta, headers: dict[str, str] | None, data: bytes, margin: float | None
+        self,
+        act: Activation,
+        meta: RequestMeta,
+        headers: dict[str, str] | None,
+        data: bytes,
+        margin: float | None,
+        durable: bool,
     ) -> tuple[ActionSpec, dict[str, Any], int, int]:
         """The checks before a handler may run: the action, its parameters (inflated and
         decoded within ``wire.codec``'s limits), for a durable message its stream sequence,
-        and room in the decode budget. Returns ``(spec, kwargs, seq, weight)``: ``weight``
-        bytes are held against the budget (the caller releases them).
+        and room in the decode budget (``durable``: the headers hold ``Na-Stream-Seq``).
+        Returns ``(spec, kwargs, seq, weight)``: ``weight`` bytes are held against the
+        budget (the caller releases them).
 
         Raises:
             Refused: the deadline passed (or less than ``margin`` of it is left), no such
                 action, bad parameters, a stream sequence that was applied already, or the
                 decode budget is full.
         """
-        kind, action = act.kind, meta.action
         deadline_ms = meta.deadline_ms
         if deadline_ms is not None:
             left = deadline_ms / 1000 - time.time()
@@ -254,11 +260,11 @@ class Dispatcher:
             if margin is not None and left < margin:
                 why = f"only {left * 1000:.0f} ms of the deadline left: not started (no time to answer)"
                 raise Refused(TIMEOUT, why)
-        spec = act.agent.__actions__.get(action)
+        spec = act.agent.__actions__.get(meta.action)
         if spec is None:
             raise Refused(
                 UNKNOWN_ACTION,
-                f"{kind} has no action {action!r}",
+                f"{act.kind} has no action {meta.action!r}",
                 details={"actions": sorted(act.agent.__actions__)},
             )
         try:
@@ -275,7 +281,7 @@ class Dispatcher:
             ) from None
         except (ProtocolError, ValueError) as exc:
             raise Refused(BAD_REQUEST, str(exc)) from None
-        seq = self._exactly_once(act, headers) if headers is not None and h.STREAM_SEQ in headers else 0
+        seq = self._exactly_once(act, headers) if durable and headers is not None else 0
         budget = self.budget
         if weight and not budget.try_take(weight):
             raise Refused(

@@ -175,3 +175,53 @@ def test_message_ids_are_unique_and_differ_after_fork() -> None:
     child_id = os.read(r, 64).decode()
     os.waitpid(pid, 0)
     assert child_id not in ids_here and child_id[:12] != envelope.new_message_id()[:12]
+
+
+def _reference_header_block(raw: bytes) -> dict[str, str] | None:
+    """parse_header_block as it read every name before names were cached (its rules)."""
+    if not raw.startswith(b"NATS/1.0"):
+        return {envelope.MALFORMED: "the header block does not start with NATS/1.0"}
+    text = raw[len(b"NATS/1.0") :].decode("utf-8", "replace")
+    first, _, rest = text.partition("\r\n")
+    out: dict[str, str] = {}
+    if first:
+        if first[0] != " ":
+            return {envelope.MALFORMED: "the header block's first line is not NATS/1.0"}
+        code, _, description = first.strip().partition(" ")
+        if len(code) == 3 and code.isascii() and code.isdigit():
+            out["Status"] = code
+            if description.strip():
+                out["Description"] = description.strip()
+    for line in rest.split("\r\n"):
+        name, sep, value = line.partition(":")
+        name = name.strip()
+        if sep and name and name.isascii() and " " not in name and "\t" not in name:
+            out[name] = value.strip()
+    return out or None
+
+
+_header_text = st.text(alphabet=st.sampled_from(list("Na-Ac:tion \t\r\né1")), max_size=12)
+
+
+@given(st.lists(st.tuples(_header_text, _header_text), max_size=6), st.sampled_from(["", " 503", " 100 Idle"]))
+def test_header_blocks_read_as_before_names_were_cached(lines: list[tuple[str, str]], status: str) -> None:
+    raw = ("NATS/1.0" + status + "\r\n" + "".join(f"{k}:{v}\r\n" for k, v in lines) + "\r\n").encode()
+    assert envelope.parse_header_block(raw) == _reference_header_block(raw)
+    assert envelope.parse_header_block(raw) == _reference_header_block(raw)  # now from the cache
+
+
+def test_header_name_and_action_caches_stay_bounded_and_exact() -> None:
+    for i in range(envelope._MAX_NAMES + 50):  # past the bound: read every time, still right
+        raw = f"NATS/1.0\r\nX-{i}: v\r\nbad name {i}: w\r\n\r\n".encode()
+        assert envelope.parse_header_block(raw) == {f"X-{i}": "v"}
+    assert len(envelope._NAMES) <= envelope._MAX_NAMES
+    hdrs = {h.ACTION: "ok"}
+    for i in range(envelope._MAX_ACTIONS + 50):
+        hdrs[h.ACTION] = f"a{i}"
+        assert envelope.parse_request(hdrs).action == f"a{i}"
+        assert envelope.parse_request(hdrs).action == f"a{i}"
+    assert len(envelope._ACTIONS) <= envelope._MAX_ACTIONS
+    for bad in ("1a", "a b", "", "a" * 65, "é"):
+        hdrs[h.ACTION] = bad
+        with pytest.raises(na.ProtocolError):
+            envelope.parse_request(hdrs)
