@@ -86,6 +86,8 @@ class Services(Protocol):
 
     async def dispatch(self, act: Activation, msg: Inbound) -> Outcome: ...
 
+    def replay(self, act: Activation, msg: Inbound) -> None: ...
+
     async def save_state(self, act: Activation) -> None: ...
 
 
@@ -212,7 +214,7 @@ class Activation:
                     )
                     return
             elif hdrs.get(h.REPLY_MODE) == h.REPLY_MODE_REPLAY:
-                self.host.replies.replay(self, msg)  # a question about an earlier message: nothing runs
+                self.host.replay(self, msg)  # a question about an earlier message: nothing runs
                 return
         if len(self.mailbox) + self.busy >= self.capacity:
             self.host.replies.refuse(self, msg, OVERLOADED, f"mailbox of {self.address} is full ({self.capacity})")

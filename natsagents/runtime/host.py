@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..agent.base import SUPPORTED_CONSISTENCY, SUPPORTED_PARTITION_STRATEGIES, Agent, RefFactory
@@ -45,13 +45,16 @@ from .batch import BatchRunner
 from .dedup import Dedup
 from .dispatch import Dispatcher
 from .guard import Guard, Verified
-from .hooks import DEGRADED, NodeHooks
+from .hooks import DEGRADED, Degraded, NodeHooks
 from .replies import Replies
 
 __all__ = ["Host", "HostSettings", "NodeHooks"]
 
 log = logging.getLogger("natsagents.runtime")
 _CLOSE_CONCURRENCY = 128
+#: Replay questions (protocol §7.5) that may wait at once, per host, for their copy's
+#: ownership to be confirmed (``Host.replay``).
+MAX_WAITING_REPLAYS = 1024
 #: A message refused before it ran (the refusal is already sent; a copy may run).
 _NOT_RUN = Outcome(None, False, None)
 _DEGRADED_LINE = f"{h.DEGRADED}: 1\r\n\r\n".encode()
@@ -123,6 +126,7 @@ class Host:
         self.activations: dict[tuple[str, str], Activation] = {}
         self._starting: dict[tuple[str, str], asyncio.Future[Activation]] = {}
         self._tasks = TaskGroup("host", log)
+        self._waiting_replays = 0  # replay questions waiting for their copy's ownership (replay)
         self._closing = False
         self._collecting = False  # the idle-agent collector runs (a kind has idle_timeout)
         self.idle_sweeps = 0  # its sweeps so far
@@ -437,6 +441,44 @@ class Host:
                 await self.node.stopped(act, discard=discard)
             except Exception:
                 log.exception("releasing %s failed", act.address)
+
+    def replay(self, act: Activation, msg: Inbound) -> None:
+        """A replay question (``Na-Reply-Mode: replay``, protocol §7.5): runs nothing, so it
+        skips the mailbox, but on a cluster copy it is answered only by an owner in good
+        standing, as any message is: while its lease is lapsed or another node's newer
+        claim is being checked it waits (``NodeHooks.serving``), and a copy that turns out
+        superseded drops it (the successor answers, §8.8) — else both copies would answer
+        it. At most :data:`MAX_WAITING_REPLAYS` wait per host; more are refused
+        ``unavailable`` + retry."""
+        node = self._node
+        check = None
+        if node is not None and act.cluster is not None:
+            check = node.serving(act, envelope.deadline_of(msg.headers))
+        if check is None:
+            self.replies.replay(act, msg)
+        elif self._waiting_replays >= MAX_WAITING_REPLAYS:
+            if asyncio.iscoroutine(check):
+                check.close()  # never awaited
+            self._refuse_waiting(act, msg, f"too many replay questions wait for {act.address}'s owner")
+        else:
+            self._waiting_replays += 1
+            self._tasks.spawn(self._replay_when_serving(act, msg, check), name=f"replay for {act.address}")
+
+    async def _replay_when_serving(
+        self, act: Activation, msg: Inbound, check: Awaitable[str | AgentError | Degraded | None]
+    ) -> None:
+        try:
+            refusal = await check
+        finally:
+            self._waiting_replays -= 1
+        if act.superseded:
+            self.replies.drop(act, msg)
+        elif isinstance(refusal, AgentError):
+            self.replies.refuse(act, msg, refusal.code, refusal.message, details=refusal.details)
+        elif isinstance(refusal, str):
+            self._refuse_waiting(act, msg, refusal)
+        else:  # run-able (or degraded: a replay runs nothing, it answers from memory)
+            self.replies.replay(act, msg)
 
     def _refuse_waiting(self, act: Activation, msg: Inbound, why: str) -> None:
         """A message this copy will not run: dropped when the copy is superseded (the new

@@ -25,6 +25,7 @@ from natsagents.cluster.node import ClusterNode
 from natsagents.delivery.settings import DeliverySettings
 from natsagents.testing import wait_for
 from natsagents.transport.kv import Bucket, open_bucket
+from natsagents.wire import envelope
 from natsagents.wire.ids import agent_key
 from natsagents.wire.owner import owner_mac
 from natsagents.wire.subjects import activate_subject, agent_subject, bucket_name, node_subject
@@ -549,33 +550,56 @@ async def test_every_activation_request_gets_exactly_one_answer(
         await nc.close()
 
 
-async def test_a_forged_claim_naming_a_live_node_does_not_silence_a_live_copy(
-    mesh_factory: Any, mesh_prefix: str, nats_url: str
-) -> None:
-    """A directory record naming another *live* node as the owner of an agent active here
-    (as the fuzz's directory puts did): the copy asks that node whether it holds the agent
-    before it stops. It does not: the copy keeps answering, even callers that never resend
-    (no ``Na-Msg-Id``), its state goes on, and its claim is written back."""
+async def held_counter(mesh_factory: Any) -> tuple[Mesh, Mesh, Mesh]:
+    """Two nodes and a client; ``Counter/held`` at 5 on one of them: (owner, other, client)."""
     n1, n2 = await start_nodes(mesh_factory, "n1", "n2")
     client = await mesh_factory(name="client")
     assert await client.ref("Counter/held").call("add", by=5, timeout=10) == 5
     owner, other = (n1, n2) if "Counter/held" in n1.local_agents() else (n2, n1)
+    return owner, other, client
+
+
+async def forge_claim(client: Mesh, prefix: str, owner: Mesh, node: str, epoch: int, group: int = 0) -> None:
+    """Write a directory record naming ``node`` as the owner of ``Counter/held`` and wait
+    until its owner has seen it."""
     directory = node_of(owner).directory
     mine = directory.lookup_claim("Counter", "held")
     assert mine is not None
-    record = {
+    record: dict[str, Any] = {
         "kind": "Counter",
         "id": "held",
-        "node": other.name,
-        "epoch": 1,
+        "node": node,
+        "epoch": epoch,
         "status": "active",
         "since": time.time(),
     }
-    await forge(client, mesh_prefix, "directory", agent_key("Counter", "held"), record)
+    if group:
+        record["group"] = group
+    await forge(client, prefix, "directory", agent_key("Counter", "held"), record)
     await wait_for(
         lambda: (c := directory.lookup_claim("Counter", "held")) is not None and c.revision > mine.revision,
         what="the forgery seen by the owner",
     )
+
+
+@pytest.mark.parametrize(
+    ("named", "epoch"),
+    [("other", 1), ("other", 2), ("ghost", 1), ("ghost", 2)],
+    ids=["live-node-same-epoch", "live-node-epoch-above", "no-node-same-epoch", "no-node-epoch-above"],
+)
+async def test_a_forged_claim_does_not_silence_a_live_copy(
+    mesh_factory: Any, mesh_prefix: str, nats_url: str, named: str, epoch: int
+) -> None:
+    """A directory record naming another node as the owner of an agent active here (as the
+    fuzz's directory puts did), whatever its epoch — above ours looks like a takeover of
+    our line: the copy asks that node whether it holds the agent before it stops. The
+    other *live* node does not; a node that does not exist (the fuzz's ``ghost``) has
+    nobody to answer ("no responders"). Either way the copy keeps answering, even callers
+    that never resend (no ``Na-Msg-Id``), its state goes on, and its claim is written back.
+    The 100k fuzz lost the requests of such callers to copies silenced by records of
+    epoch 2 naming a live node (``Tally/order/7``)."""
+    owner, other, client = await held_counter(mesh_factory)
+    await forge_claim(client, mesh_prefix, owner, other.name if named == "other" else "ghost", epoch)
     raw = await nats.connect(nats_url)
     try:
         subject = agent_subject(mesh_prefix, "Counter", "held")
@@ -588,6 +612,7 @@ async def test_a_forged_claim_naming_a_live_node_does_not_silence_a_live_copy(
         await raw.close()
     assert values == [6, 7, 8, 9, 10]
     assert "Counter/held" in owner.local_agents()
+    directory = node_of(owner).directory
     await wait_for(
         lambda: (c := directory.lookup_claim("Counter", "held")) is not None and c.record.node == owner.name,
         timeout=5,
@@ -596,31 +621,46 @@ async def test_a_forged_claim_naming_a_live_node_does_not_silence_a_live_copy(
     assert await client.ref("Counter/held").call("get", timeout=10) == 10
 
 
-async def test_a_forged_claim_naming_no_node_does_not_silence_a_live_copy(
-    mesh_factory: Any, mesh_prefix: str, nats_url: str
+@pytest.mark.parametrize("holds", [True, False])
+async def test_a_replay_question_waits_while_another_nodes_claim_is_checked(
+    mesh_factory: Any, mesh_prefix: str, nats_url: str, holds: bool
 ) -> None:
-    """The same with a record naming a node that does not exist (the fuzz's ``ghost``):
-    nobody answers ``holds`` ("no responders"), which says nobody holds the agent there."""
-    n1, n2 = await start_nodes(mesh_factory, "n1", "n2")
-    client = await mesh_factory(name="client")
-    assert await client.ref("Counter/held").call("add", by=5, timeout=10) == 5
-    owner = n1 if "Counter/held" in n1.local_agents() else n2
-    directory = node_of(owner).directory
-    mine = directory.lookup_claim("Counter", "held")
-    assert mine is not None
-    record = {"kind": "Counter", "id": "held", "node": "ghost", "epoch": 1, "status": "active", "since": time.time()}
-    await forge(client, mesh_prefix, "directory", agent_key("Counter", "held"), record)
-    await wait_for(
-        lambda: (c := directory.lookup_claim("Counter", "held")) is not None and c.revision > mine.revision,
-        what="the forgery seen by the owner",
-    )
+    """While a copy asks the node named by a newer claim whether it holds the agent, it
+    answers nothing — a replay question (§7.5) included, though it runs nothing. The 100k
+    fuzz got two ``unavailable`` answers to one replay question: the doubted copy
+    answered it at once, and so did the real owner's copy in its own queue group. Here a
+    raw connection plays node ``n9`` and answers ``holds`` only when the test says so:
+    ``true`` — the copy stops, superseded, and drops the question (the successor answers
+    it); ``false`` — the copy goes on and answers it once."""
+    owner, _, client = await held_counter(mesh_factory)
     raw = await nats.connect(nats_url)
     try:
-        subject = agent_subject(mesh_prefix, "Counter", "held")
-        msg = await raw.request(
-            subject, msgpack.packb({"by": 1}), timeout=3, headers={"Na-Proto": "1", "Na-Action": "add"}
-        )
-        assert msgpack.unpackb(msg.data) == 6
+        questions: asyncio.Queue[Any] = asyncio.Queue()
+        await raw.subscribe(node_subject(mesh_prefix, "n9", "holds"), cb=questions.put)
+        await raw.flush()
+        await forge_claim(client, mesh_prefix, owner, "n9", 2, group=2)  # a new line of ownership
+        asked = await asyncio.wait_for(questions.get(), 5)  # the copy doubts: its question is open
+        answers: asyncio.Queue[Any] = asyncio.Queue()
+        inbox = raw.new_inbox()
+        await raw.subscribe(inbox, cb=answers.put)
+        headers = {"Na-Proto": "1", "Na-Reply-Mode": "replay", "Na-Msg-Id": "Qk9HVVMtUkVQTEFZLTAwMDE"}
+        await raw.publish(agent_subject(mesh_prefix, "Counter", "held"), b"", reply=inbox, headers=headers)
+        await raw.flush()
+        with pytest.raises(TimeoutError):  # the old code answered within milliseconds
+            await asyncio.wait_for(answers.get(), 0.3)
+        hdrs, body = envelope.ok_reply({"holds": holds})
+        await raw.publish(asked.reply, body, headers=hdrs)
+        await raw.flush()
+        if holds:
+            await wait_for(lambda: "Counter/held" not in owner.local_agents(), timeout=5, what="the copy stopped")
+            await raw.flush()
+            assert answers.empty(), "a superseded copy answered a replay question"
+        else:
+            got = await asyncio.wait_for(answers.get(), 5)
+            assert got.headers["Na-Status"] == "unavailable"
+            assert msgpack.unpackb(got.data)["details"] == {"retry": True, "result": "unknown"}
+            assert "Counter/held" in owner.local_agents()
+            await raw.flush()
+            assert answers.empty()
     finally:
         await raw.close()
-    assert "Counter/held" in owner.local_agents()
