@@ -330,6 +330,13 @@ class Host:
         key = (kind, agent_id)
         return key in self.activations or key in self._starting
 
+    async def settled(self, kind: str, agent_id: str) -> None:
+        """Wait until a start of ``kind/agent_id`` in progress here has ended, either way
+        (at once when none is)."""
+        pending = self._starting.get((kind, agent_id))
+        if pending is not None:
+            await asyncio.wait((pending,))  # its outcome is the starter's business
+
     async def activate(self, kind: str, agent_id: str, options: object = None) -> Activation:
         """Return the activation of ``kind/agent_id``, activating it if needed.
 

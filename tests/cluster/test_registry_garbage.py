@@ -664,3 +664,62 @@ async def test_a_replay_question_waits_while_another_nodes_claim_is_checked(
             assert answers.empty()
     finally:
         await raw.close()
+
+
+class Gate(Agent):
+    """Its start waits for ``opened`` while ``closed`` is set (a start held half-way)."""
+
+    closed = False
+    entered: asyncio.Event | None = None
+    opened: asyncio.Event | None = None
+
+    async def on_start(self) -> None:
+        if Gate.closed and Gate.opened is not None and Gate.entered is not None:
+            Gate.entered.set()
+            await Gate.opened.wait()
+
+    @action
+    async def ping(self) -> str:
+        return "pong"
+
+
+async def test_a_claim_written_while_the_agent_starts_is_judged_once_it_started(
+    mesh_factory: Any, mesh_prefix: str
+) -> None:
+    """A record of another node that lands while an agent is being started here is not
+    lost: the copy is not active yet when the directory watch reports it, so it is judged
+    (asked ``holds``) once the start has ended. In the 100k fuzz a forged record named n2
+    for an agent live on n1; n2 started a copy on it, n1 wrote its own record back during
+    that start, and both copies (two queue groups) answered every message for 20 s: 62
+    requests answered twice. Here the record landing mid-start names n1, which holds
+    nothing: n2 writes its own back, and keeps serving."""
+    n1, n2 = await start_nodes(mesh_factory, "n1", "n2")
+    for m in (n1, n2):
+        await m.host(Gate)
+    client = await mesh_factory(name="client")
+    Gate.closed, Gate.entered, Gate.opened = True, asyncio.Event(), asyncio.Event()
+    try:
+        here = {"kind": "Gate", "id": "x", "node": "n2", "epoch": 1, "status": "active", "since": time.time()}
+        await forge(client, mesh_prefix, "directory", agent_key("Gate", "x"), here)
+        await wait_for(
+            lambda: (c := node_of(n2).directory.lookup_claim("Gate", "x")) is not None and c.record.node == "n2",
+            what="n2 named",
+        )
+        call = asyncio.ensure_future(client.ref("Gate/x").call("ping", timeout=10))
+        await asyncio.wait_for(Gate.entered.wait(), 10)  # n2 claimed the record naming it, and starts
+        there = {**here, "node": "n1", "epoch": 3, "group": 3}
+        await forge(client, mesh_prefix, "directory", agent_key("Gate", "x"), there)
+        await wait_for(
+            lambda: (c := node_of(n2).directory.lookup_claim("Gate", "x")) is not None and c.record.node == "n1",
+            what="n2 hears of n1's record while it starts",
+        )
+        Gate.opened.set()
+        assert await call == "pong"
+        await wait_for(
+            lambda: (c := node_of(n2).directory.lookup_claim("Gate", "x")) is not None and c.record.node == "n2",
+            timeout=5,
+            what="n2 asked n1, which holds nothing, and wrote its own record back",
+        )
+        assert n2.local_agents().count("Gate/x") == 1 and "Gate/x" not in n1.local_agents()
+    finally:
+        Gate.closed, Gate.entered, Gate.opened = False, None, None
