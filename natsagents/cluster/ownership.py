@@ -191,6 +191,9 @@ class Ownership:
                 needs=needs.to_wire(),
                 hints=ask.hints.to_wire(),
                 min_revision=ask.claim_revision,
+                # No copy here (a stopping one still saves) and no hand-over: a record
+                # naming this node is not a line it runs (Directory.claim).
+                fresh=transfer is None and ask.claim_revision <= 0 and (kind, agent_id) not in self._host.activations,
             )
             if claim.taken_over and persist:
                 # Fence the lapsed owner: rewrite the state under our epoch (CAS).

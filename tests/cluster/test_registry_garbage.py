@@ -723,3 +723,24 @@ async def test_a_claim_written_while_the_agent_starts_is_judged_once_it_started(
         assert n2.local_agents().count("Gate/x") == 1 and "Gate/x" not in n1.local_agents()
     finally:
         Gate.closed, Gate.entered, Gate.opened = False, None, None
+
+
+async def test_a_record_naming_a_node_that_holds_no_copy_is_taken_over_when_it_starts_one(
+    mesh_factory: Any, mesh_prefix: str
+) -> None:
+    """A node starting an agent whose record already names it, though it holds no copy and
+    nothing is handed over to it (a forged record; a process of the same id that stopped
+    without releasing it), takes the record over as a lapsed owner's: a write with
+    ``epoch + 1`` and a queue group of its own. Using the record as it was (the old code)
+    let a live copy elsewhere write its own record back over it unnoticed, and two copies
+    in two queue groups answered every message (the 100k fuzz: 3 requests answered twice
+    after the fixes above)."""
+    n1, n2 = await start_nodes(mesh_factory, "n1", "n2")
+    client = await mesh_factory(name="client")
+    forged = {"kind": "Counter", "id": "named", "node": "n2", "epoch": 4, "status": "active", "since": time.time()}
+    revision = await forge(client, mesh_prefix, "directory", agent_key("Counter", "named"), forged)
+    assert await client.ref("Counter/named").call("add", by=1, timeout=10) == 1
+    assert n2.local_agents() == ["Counter/named"]  # the record named n2: the activation went there
+    claim = node_of(n2).directory.lookup_claim("Counter", "named")
+    assert claim is not None and claim.revision > revision
+    assert claim.record.node == "n2" and claim.record.epoch == 5 and claim.record.group == 5
