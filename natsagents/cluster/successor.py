@@ -62,7 +62,9 @@ class Successors:
         if own.doubt is not None:
             own.doubted = claim
             return
-        own.doubt = self._tasks.spawn(self._check(act, mine, claim, fence), name=f"successor of {act.address}")
+        act.hold = own.doubt = self._tasks.spawn(
+            self._check(act, mine, claim, fence), name=f"successor of {act.address}"
+        )
 
     async def _check(
         self, act: Activation, mine: Claim, claim: Claim, fence: Callable[[Activation, Claim], None]
@@ -80,7 +82,7 @@ class Successors:
                 fence(act, claim)
                 return
         finally:
-            own.doubt = None
+            act.hold = own.doubt = None
 
     async def _forged(self, act: Activation, mine: Claim, claim: Claim) -> bool:
         """Whether ``claim`` was forged (its node does not hold the agent) and our record

@@ -622,16 +622,16 @@ async def test_a_forged_claim_does_not_silence_a_live_copy(
 
 
 @pytest.mark.parametrize("holds", [True, False])
-async def test_a_replay_question_waits_while_another_nodes_claim_is_checked(
+async def test_nothing_is_answered_while_another_nodes_claim_is_checked(
     mesh_factory: Any, mesh_prefix: str, nats_url: str, holds: bool
 ) -> None:
     """While a copy asks the node named by a newer claim whether it holds the agent, it
-    answers nothing — a replay question (§7.5) included, though it runs nothing. The 100k
-    fuzz got two ``unavailable`` answers to one replay question: the doubted copy
-    answered it at once, and so did the real owner's copy in its own queue group. Here a
-    raw connection plays node ``n9`` and answers ``holds`` only when the test says so:
-    ``true`` — the copy stops, superseded, and drops the question (the successor answers
-    it); ``false`` — the copy goes on and answers it once."""
+    answers nothing — not a replay question (§7.5), which runs nothing, nor a refusal it
+    would give on arrival (a batch with a reply mode: ``bad_request``). The 100k fuzz got
+    both twice: the doubted copy answered at once, and so did the real owner's copy in its
+    own queue group. Here a raw connection plays node ``n9`` and answers ``holds`` only
+    when the test says so: ``true`` — the copy stops, superseded, and drops both (the
+    successor answers them); ``false`` — the copy goes on and answers each once."""
     owner, _, client = await held_counter(mesh_factory)
     raw = await nats.connect(nats_url)
     try:
@@ -640,28 +640,38 @@ async def test_a_replay_question_waits_while_another_nodes_claim_is_checked(
         await raw.flush()
         await forge_claim(client, mesh_prefix, owner, "n9", 2, group=2)  # a new line of ownership
         asked = await asyncio.wait_for(questions.get(), 5)  # the copy doubts: its question is open
-        answers: asyncio.Queue[Any] = asyncio.Queue()
-        inbox = raw.new_inbox()
-        await raw.subscribe(inbox, cb=answers.put)
-        headers = {"Na-Proto": "1", "Na-Reply-Mode": "replay", "Na-Msg-Id": "Qk9HVVMtUkVQTEFZLTAwMDE"}
-        await raw.publish(agent_subject(mesh_prefix, "Counter", "held"), b"", reply=inbox, headers=headers)
+        answers: dict[str, list[Any]] = {"replay": [], "refused": []}
+        subject = agent_subject(mesh_prefix, "Counter", "held")
+        for what, headers in (
+            ("replay", {"Na-Proto": "1", "Na-Reply-Mode": "replay", "Na-Msg-Id": "Qk9HVVMtUkVQTEFZLTAwMDE"}),
+            ("refused", {"Na-Proto": "1", "Na-Batch": "1", "Na-Reply-Mode": "accept"}),
+        ):
+            inbox = raw.new_inbox()
+
+            async def got(m: Any, what: str = what) -> None:
+                answers[what].append(m)
+
+            await raw.subscribe(inbox, cb=got)
+            await raw.publish(subject, b"", reply=inbox, headers=headers)
         await raw.flush()
-        with pytest.raises(TimeoutError):  # the old code answered within milliseconds
-            await asyncio.wait_for(answers.get(), 0.3)
+        with pytest.raises(TimeoutError):  # the old code answered both within milliseconds
+            await wait_for(lambda: any(answers.values()), timeout=0.3)
         hdrs, body = envelope.ok_reply({"holds": holds})
         await raw.publish(asked.reply, body, headers=hdrs)
         await raw.flush()
         if holds:
             await wait_for(lambda: "Counter/held" not in owner.local_agents(), timeout=5, what="the copy stopped")
             await raw.flush()
-            assert answers.empty(), "a superseded copy answered a replay question"
+            assert answers == {"replay": [], "refused": []}, "a superseded copy answered"
         else:
-            got = await asyncio.wait_for(answers.get(), 5)
-            assert got.headers["Na-Status"] == "unavailable"
-            assert msgpack.unpackb(got.data)["details"] == {"retry": True, "result": "unknown"}
+            await wait_for(lambda: all(answers.values()), timeout=5, what="both answered")
+            (replayed,), (refused,) = answers["replay"], answers["refused"]
+            assert replayed.headers["Na-Status"] == "unavailable"
+            assert msgpack.unpackb(replayed.data)["details"] == {"retry": True, "result": "unknown"}
+            assert refused.headers["Na-Status"] == "bad_request"
             assert "Counter/held" in owner.local_agents()
             await raw.flush()
-            assert answers.empty()
+            assert len(answers["replay"]) == len(answers["refused"]) == 1
     finally:
         await raw.close()
 
@@ -735,7 +745,7 @@ async def test_a_record_naming_a_node_that_holds_no_copy_is_taken_over_when_it_s
     let a live copy elsewhere write its own record back over it unnoticed, and two copies
     in two queue groups answered every message (the 100k fuzz: 3 requests answered twice
     after the fixes above)."""
-    n1, n2 = await start_nodes(mesh_factory, "n1", "n2")
+    _, n2 = await start_nodes(mesh_factory, "n1", "n2")
     client = await mesh_factory(name="client")
     forged = {"kind": "Counter", "id": "named", "node": "n2", "epoch": 4, "status": "active", "since": time.time()}
     revision = await forge(client, mesh_prefix, "directory", agent_key("Counter", "named"), forged)
