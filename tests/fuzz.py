@@ -581,6 +581,9 @@ class Msg:
     reply: str = "inbox"  # "inbox", "none", "hostile"
     copy: bool = False  # same Na-Msg-Id to the same agent as an earlier message
     durable_reply: bool = False  # Na-Reply-To one of our inboxes (inbox target)
+    # An activation request whose mutated body names a deadline beyond the reply timeout:
+    # a placement that cannot fit is answered at its deadline (protocol §4.3, an hour at most).
+    waits: bool = False
     agent: tuple[str, str] | None = None  # (kind, id) of an agent subject
 
 
@@ -753,7 +756,7 @@ class Fuzzer:
             m.what += "+cut"
         if m.reply == "inbox":
             reply = f"_INBOX.fuzz.{n}"
-            expect = "at_most_one" if m.copy else "one"
+            expect = "at_most_one" if m.copy or m.waits else "one"
         elif m.reply == "hostile":
             reply = r.choice(self.hostile_subjects)
             if reply.endswith(".h"):
@@ -1336,11 +1339,15 @@ class Fuzzer:
             ask["id"] = r.choice([5, "", None, "x" * 201, "\ud800", b"f1", ["f1"]])
             label += "+id"
         body = g.pack(ask)
+        waits = False
         if r.random() < 0.08:
             body = g.mutate_bytes(body)
             label += "+flip"
+            waits = far_deadline(body, self.reply_timeout)
         hdrs = {h.PROTO: "1"} if r.random() < 0.9 else {h.PROTO: r.choice(NASTY), h.ACTION: "add"}
-        return Msg("activate", "ask+" + label, subject, block_of(hdrs), body, self.reply_kind())
+        msg = Msg("activate", "ask+" + label, subject, block_of(hdrs), body, self.reply_kind())
+        msg.waits = waits
+        return msg
 
     def control_msg(self) -> Msg:
         r = self.rng
@@ -1542,6 +1549,17 @@ class Fuzzer:
         if r.random() < 0.05:
             body = b"\x00" * r.choice([32, 100_000])
         return Msg("kv", f"{bucket}-{label}", subject, block_of(hdrs) if hdrs else b"", body, "inbox")
+
+
+def far_deadline(body: bytes, within: float) -> bool:
+    """Whether an activation body decodes to a map whose ``deadline`` (Unix ms) is more
+    than ``within`` seconds away: a byte flip can make one of the fuzz's near deadlines far."""
+    try:
+        ask = msgpack.unpackb(body, strict_map_key=False)
+    except Exception:
+        return False
+    deadline = ask.get("deadline") if isinstance(ask, dict) else None
+    return type(deadline) is int and deadline > time.time() * 1000 + within * 1000
 
 
 def fuzz_seed() -> int:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
+import msgpack
 import pytest
 
-from tests.fuzz import MOVE_WINDOW, Fuzzer, Sent
+from tests.fuzz import MOVE_WINDOW, Fuzzer, Sent, far_deadline
 
 pytestmark = pytest.mark.unit
 
@@ -35,3 +36,11 @@ def test_only_unanswered_requests_without_an_id_to_a_rewritten_agent_are_excused
     assert not f._moved_meanwhile(other)
     f.rewritten[("Tally", "f1")].append(now + 5)  # rewritten before its timeout
     assert f._moved_meanwhile(request(5, resendable=False, at=now + MOVE_WINDOW + 1))
+
+
+def test_an_activation_whose_flipped_body_names_a_far_deadline_may_wait() -> None:
+    now_ms = int(time.time() * 1000)
+    assert far_deadline(msgpack.packb({"id": "f19", "deadline": now_ms + 19 * 3600 * 1000}), 20.0)
+    assert not far_deadline(msgpack.packb({"id": "f19", "deadline": now_ms + 3000}), 20.0)
+    assert not far_deadline(msgpack.packb({"id": "f19", "deadline": "soon"}), 20.0)
+    assert not far_deadline(b"\xc1", 20.0)
