@@ -25,7 +25,8 @@ its own copy, writing as its own replica id, and the copies converge by merging.
 * **Partitions.** While the node's partition state is not ``ok``, copies changed since it
   began publish their whole state every 0.5 s (lost during the cut; the first to cross once
   the servers route again merges the sides); a copy that receives a whole state lacking
-  something it holds answers with its own (unless it gossips itself). When the state
+  something it holds answers with its own at once (a causal type: before merging, when the
+  sender's causal context lacks a dot it has seen). When the state
   comes back to ``ok`` every copy publishes its whole state (when it fits in a message),
   twice, and merges into the record now.
 * **Stop** (deactivation, idle, drain, node close): the copy flushes before it goes.
@@ -42,7 +43,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..agent.base import Agent
-from ..crdt import Crdt, CrdtDecodeError, CrdtError, CrdtTypeError
+from ..crdt import CausalContext, Crdt, CrdtDecodeError, CrdtError, CrdtTypeError
+from ..crdt.dots import context_of
 from ..errors import HandlerError, NatsAgentsError
 from ..observability import Metrics
 from ..observability.logging import warn_ignored
@@ -52,6 +54,7 @@ from ..state.behind import WriteBehind
 from ..state.store import FencedOff, StateStore
 from ..tasks import TaskGroup
 from ..transport import Inbound, Subscription, Transport
+from ..wire import codec
 from ..wire import headers as h
 from ..wire.envelope import RequestMeta, encode_headers
 from ..wire.ids import agent_key, decode_id, encode_id, validate_kind
@@ -383,7 +386,26 @@ class CrdtCopies:
                 self._metrics.crdt_deltas.labels(act.kind, "repeated").inc()
                 return
             copy.last_whole = digest
-        remote = self._decode_wire(act, copy.acked, data, "delta")
+        before = copy.acked
+        answered = False
+        if whole and before.CAUSAL:
+            # A whole state's causal context first (cheap: its entries are not decoded yet).
+            # If it lacks a dot we have seen, the sender (a copy across a healed cut) misses
+            # something of ours: answer at once with the state we hold, while we merge its
+            # own. (A context that ours covers may still hold a removal we lack: merged.)
+            try:
+                obj = codec.decode(data)
+                theirs = context_of(obj, before.TAG)
+            except (ValueError, CrdtDecodeError) as exc:
+                warn_ignored(log, "crdt delta", act.address, exc)
+                self._metrics.crdt_deltas.labels(act.kind, "dropped").inc()
+                return
+            mine: CausalContext = before.context  # type: ignore[attr-defined]
+            if not theirs.covers(mine):
+                answered = self._answer(act, before)
+            remote = self._decode_obj(act, before, obj)
+        else:
+            remote = self._decode_wire(act, before, data, "delta")
         if remote is None:
             self._metrics.crdt_deltas.labels(act.kind, "dropped").inc()
             return
@@ -391,16 +413,22 @@ class CrdtCopies:
         if merged is None:
             self._metrics.crdt_deltas.labels(act.kind, "dropped").inc()
             return
-        if whole and self._gossip is None and merged != remote and not self._tasks.closed:
-            # A copy that missed ours (across a cut) and we do not gossip ourselves: answer
-            # with everything at once.
-            self._tasks.spawn(self._publish(act, merged, whole=True), name="crdt answer")
+        if whole and not answered and merged != remote:
+            # A copy that missed something of ours (across a cut): everything at once.
+            self._answer(act, merged)
         self._metrics.crdt_deltas.labels(act.kind, "applied").inc()
         # Not stored from here: its writer merges it into the record. Should the writer
         # crash first, this copy still holds it, and stores it with its own next change,
         # when the record's next change shows the record lacks it (``_pull``), at a heal,
         # or when it stops (it is marked as received-but-unstored).
         copy.marks += 1  # counted, not scheduled
+
+    def _answer(self, act: Activation, state: Crdt) -> bool:
+        """Publish ``state`` as a whole state, as an answer to a copy that lacks some of it."""
+        if self._tasks.closed:
+            return False
+        self._tasks.spawn(self._publish(act, state, whole=True), name="crdt answer")
+        return True
 
     def _follow(self, kind: str, token: str, data: bytes) -> None:
         """A delta for an agent of a kind we host but hold no copy of: start one (it loads
@@ -449,9 +477,19 @@ class CrdtCopies:
             local = copy.acked
             remote: Crdt | None = None
             revision = 0
+            value: bytes | None = None
             if entry is not None:
                 revision = entry.revision
-                remote = self._decode_record(act, local, entry.value)
+                if revision == copy.revision:
+                    # The record this copy wrote or merged last: the copy holds all of it, so
+                    # the merge is the copy itself; equal bytes (canonical encoding) mean
+                    # the record has everything too. Nothing to decode.
+                    value = StateStore.encode(local.to_wire(), 0)
+                    if value == entry.value:
+                        copy.stored_marks = max(copy.stored_marks, marks)
+                        return
+                else:
+                    remote = self._decode_record(act, local, entry.value)
             merged = local
             if remote is not None:
                 try:
@@ -464,7 +502,8 @@ class CrdtCopies:
                         copy.revision = max(copy.revision, revision)
                         copy.stored_marks = max(copy.stored_marks, marks)
                         return
-            value = StateStore.encode(merged.to_wire(), 0)
+            if value is None:
+                value = StateStore.encode(merged.to_wire(), 0)
             try:
                 written = await self._state.save_encoded(
                     kind, agent_id, value, revision=revision, max_size=type(act.agent).max_state_bytes
@@ -558,6 +597,13 @@ class CrdtCopies:
             warn_ignored(log, f"crdt {what}", act.address, f"expected bytes, got {type(data).__name__}")
             return None
         return self._decode_wire(act, like, data, what)
+
+    def _decode_obj(self, act: Activation, like: Crdt, obj: Any) -> Crdt | None:
+        try:
+            return type(like).from_obj(obj)
+        except (CrdtDecodeError, CrdtTypeError, RecursionError) as exc:
+            warn_ignored(log, "crdt delta", act.address, exc)
+            return None
 
     def _decode_wire(self, act: Activation, like: Crdt, data: bytes, what: str) -> Crdt | None:
         try:
