@@ -74,12 +74,14 @@ _GOSSIP_EVERY = 0.5
 _RESYNC_AGAIN = 1.0
 #: Read-merge-CAS attempts of one flush before it counts as failed (and is retried later).
 _CAS_ATTEMPTS = 8
+#: Digests of bodies merged or published a copy remembers (``CrdtCopy.merged``).
+_KNOWN_BODIES = 4
 
 
 class CrdtCopy:
     """The node's record of one crdt copy (``Activation.cluster``)."""
 
-    __slots__ = ("acked", "last_whole", "marks", "replica", "revision", "stored_marks", "token", "wire")
+    __slots__ = ("acked", "marks", "merged", "replica", "revision", "stored_marks", "token", "wire")
 
     def __init__(self, replica: str, token: str, acked: Crdt, revision: int) -> None:
         self.replica = replica
@@ -93,14 +95,38 @@ class CrdtCopy:
         #: stored with the next, or at the stop.
         self.marks = 0
         self.stored_marks = 0
-        #: Digest of the last whole state received (a repeat is not decoded again).
-        self.last_whole = b""
+        #: Digests of the last bodies (whole states, record values) merged into ``acked``
+        #: or published from it: ``acked`` holds all of each (it only grows), so the same
+        #: bytes again (a partition's gossip repeating itself; a node's whole state after
+        #: its record, or the other way round) are not decoded again.
+        self.merged: list[bytes] = []
         #: The last whole state published and its bytes (a repeat is not encoded again).
         self.wire: tuple[Crdt, bytes] | None = None
+
+    def knows(self, digest: bytes) -> bool:
+        """Whether bytes with this digest were merged into (or published from) ``acked``."""
+        return digest in self.merged
+
+    def learned(self, digest: bytes) -> None:
+        merged = self.merged
+        if digest not in merged:
+            merged.append(digest)
+            if len(merged) > _KNOWN_BODIES:
+                del merged[0]
+
+    def holds_exactly(self, data: bytes) -> bool:
+        """Whether ``acked`` encodes to ``data`` (known without encoding it: the bytes of
+        the last whole state published, if ``acked`` has not changed since)."""
+        wire = self.wire
+        return wire is not None and wire[0] is self.acked and wire[1] == data
 
     @property
     def dirty(self) -> bool:
         return self.marks != self.stored_marks
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 def _join(deltas: list[Crdt]) -> Crdt:
@@ -345,6 +371,8 @@ class CrdtCopies:
                 data = delta.to_wire()
                 if whole and isinstance(copy, CrdtCopy):
                     copy.wire = (delta, data)
+                    if delta is copy.acked:
+                        copy.learned(_digest(data))
             if len(data) + 256 > self._t.max_payload:
                 self._metrics.crdt_deltas.labels(kind, "too_large").inc()
                 return  # the record carries it (anti-entropy)
@@ -379,13 +407,16 @@ class CrdtCopies:
 
     def _merge_delta(self, act: Activation, data: bytes, *, whole: bool = False) -> None:
         copy: CrdtCopy = act.cluster
+        digest = b""
         if whole:
-            # A partition's gossip repeats an unchanged state every second: decode it once.
-            digest = hashlib.blake2b(data, digest_size=16).digest()
-            if digest == copy.last_whole:
+            # A partition's gossip repeats an unchanged state every 0.5 s, and a node's whole
+            # state may be what its record (merged here already) holds: decode it once.
+            digest = _digest(data)
+            if copy.knows(digest):
                 self._metrics.crdt_deltas.labels(act.kind, "repeated").inc()
+                if not copy.holds_exactly(data):  # we hold all of it, maybe more: answer
+                    self._answer(act, copy.acked)
                 return
-            copy.last_whole = digest
         before = copy.acked
         answered = False
         if whole and before.CAUSAL:
@@ -413,9 +444,11 @@ class CrdtCopies:
         if merged is None:
             self._metrics.crdt_deltas.labels(act.kind, "dropped").inc()
             return
-        if whole and not answered and merged != remote:
-            # A copy that missed something of ours (across a cut): everything at once.
-            self._answer(act, merged)
+        if whole:
+            copy.learned(digest)
+            if not answered and merged != remote:
+                # A copy that missed something of ours (across a cut): everything at once.
+                self._answer(act, merged)
         self._metrics.crdt_deltas.labels(act.kind, "applied").inc()
         # Not stored from here: its writer merges it into the record. Should the writer
         # crash first, this copy still holds it, and stores it with its own next change,
@@ -551,11 +584,28 @@ class CrdtCopies:
         copy: CrdtCopy = act.cluster
         if revision <= copy.revision:
             return  # written by this copy, or merged already
-        remote = self._decode_record(act, copy.acked, value)
+        self._pull_one(act, copy, value, revision)
+        if copy.dirty:  # the record stream answers: a merge retrying after a cut goes soon
+            self.behind.hurry(act, type(act.agent).flush_interval)
+
+    def _pull_one(self, act: Activation, copy: CrdtCopy, value: bytes, revision: int) -> None:
+        data = self._record_data(act, value)
         copy.revision = revision
+        if data is None:
+            return
+        digest = _digest(data) if isinstance(data, bytes) else b""
+        if digest and copy.knows(digest):  # merged here already (its writer's whole state)
+            if copy.holds_exactly(data):
+                copy.stored_marks = copy.marks
+            else:
+                self._changed(act, copy)  # we may hold more: the flush compares bytes first
+            return
+        remote = self._decode(act, copy.acked, data, "state record")
         if remote is None:
             return
         merged = self._merge_in(act, copy, remote)
+        if merged is not None and digest:
+            copy.learned(digest)
         if merged is not None and merged != remote:
             self._changed(act, copy)  # we hold more than the record: merge it in again
         elif merged is not None:
@@ -582,15 +632,18 @@ class CrdtCopies:
         return merged
 
     def _decode_record(self, act: Activation, like: Crdt, value: bytes) -> Crdt | None:
+        data = self._record_data(act, value)
+        return None if data is None else self._decode(act, like, data, "state record")
+
+    def _record_data(self, act: Activation, value: bytes) -> Any:
+        """A state record's ``data`` (``None``: empty, or not a record: counted, ignored)."""
         try:
             stored = StateStore.parse(value)
         except NatsAgentsError as exc:
             warn_ignored(log, "crdt state record", act.address, exc)
             self._metrics.crdt_merges.labels(act.kind, "dropped").inc()
             return None
-        if stored.empty:
-            return None
-        return self._decode(act, like, stored.data, "state record")
+        return None if stored.empty else stored.data
 
     def _decode(self, act: Activation, like: Crdt, data: Any, what: str) -> Crdt | None:
         if not isinstance(data, bytes):

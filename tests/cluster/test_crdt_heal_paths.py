@@ -15,6 +15,7 @@ import pytest
 from natsagents.cluster.crdts import CrdtCopies
 from natsagents.crdt import ORMap, ORSet, PNCounter
 from natsagents.testing import wait_for
+from natsagents.wire import codec
 from natsagents.wire import headers as h
 from natsagents.wire.ids import agent_key
 from natsagents.wire.subjects import crdt_subject
@@ -92,3 +93,40 @@ async def test_a_merge_into_the_record_this_copy_wrote_last_decodes_nothing(
     await crdts.save_now(act)  # a change: written over our own record, still no decode
     await wait_for(lambda: record_is(n1, "Slow", PNCounter, "s", 5), what="stored again")
     assert decoded[0] == before, "the copy's own record was decoded again"
+
+
+async def test_a_record_holding_a_whole_state_merged_already_is_not_decoded_again(
+    mesh_factory: Any, nats_url: str, mesh_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: list[str] = []
+    real = CrdtCopies._decode
+
+    def counting(self: CrdtCopies, act: Any, like: Any, data: Any, what: str) -> Any:
+        decoded.append(what)
+        return real(self, act, like, data, what)
+
+    monkeypatch.setattr(CrdtCopies, "_decode", counting)
+    (n1,) = await nodes(mesh_factory, "n1", kinds=KINDS)
+    await n1.ref("Tags/b").call("tag", key="mine", tag="x")
+    theirs = ORMap(ORSet).update("peer:1", "theirs", lambda s: s.add("peer:1", "y")).state
+    raw = await nats.connect(nats_url)
+    try:
+        subject = crdt_subject(mesh_prefix, "Tags", "b")
+        await raw.publish(subject, theirs.to_wire(), headers={h.CRDT_NODE: "peer", h.CRDT_WHOLE: "1"})
+        await raw.flush()
+        both = {"mine": frozenset({"x"}), "theirs": frozenset({"y"})}
+        await wait_for(lambda: value_on(n1, "Tags", "b") == both, what="merged theirs")
+        # The peer's record merge lands: the same bytes as its whole state.
+        decoded.clear()
+        bucket = node_of(n1).state.bucket
+        await bucket.put(agent_key("Tags", "b"), codec.encode({"epoch": 0, "data": theirs.to_wire()}))
+
+        async def record_has_both() -> bool:
+            entry = await bucket.get(agent_key("Tags", "b"))
+            return entry is not None and ORMap.from_wire(codec.decode(entry.value)["data"]).value == both
+
+        # The copy holds more than that record: it merges into it again (without decoding it).
+        await wait_for(record_has_both, timeout=5, what="merged into the record again")
+        assert "state record" not in decoded, decoded
+    finally:
+        await raw.close()
