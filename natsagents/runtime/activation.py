@@ -86,6 +86,10 @@ class Services(Protocol):
 
     async def dispatch(self, act: Activation, msg: Inbound) -> Outcome: ...
 
+    def replay(self, act: Activation, msg: Inbound) -> None: ...
+
+    def hold(self, act: Activation, msg: Inbound) -> None: ...
+
     async def save_state(self, act: Activation) -> None: ...
 
 
@@ -130,6 +134,7 @@ class Activation:
         "group",
         "health",
         "highs",
+        "hold",
         "host",
         "idle_since",
         "kind",
@@ -175,6 +180,10 @@ class Activation:
         # owner's subscription gets its own copy of every message, so this copy answers
         # nothing it has not run (protocol §8.8; set by the cluster node when it learns).
         self.superseded = False
+        # Set while the cluster node checks another node's claim on this agent: until it
+        # is done every message waits (``Services.hold``), then is delivered again — so a
+        # copy that turns out superseded answers nothing, not even a refusal.
+        self.hold: asyncio.Future[None] | None = None
         self.recent: Recent | None = None  # message id → dedup entry (runtime.dedup)
         cls = type(agent)
         # Read-only actions that may run beside each other (``Agent.__readers__``; None:
@@ -196,6 +205,9 @@ class Activation:
         if self.state is not ActivationState.ACTIVE:
             self.host.replies.refuse(self, msg, UNAVAILABLE, "the agent is stopping", retry=True)
             return
+        if self.hold is not None:
+            self.host.hold(self, msg)
+            return
         hdrs = msg.headers
         if hdrs is not None:
             if h.STREAM_SEQ in hdrs or h.BATCH in hdrs:
@@ -212,7 +224,7 @@ class Activation:
                     )
                     return
             elif hdrs.get(h.REPLY_MODE) == h.REPLY_MODE_REPLAY:
-                self.host.replies.replay(self, msg)  # a question about an earlier message: nothing runs
+                self.host.replay(self, msg)  # a question about an earlier message: nothing runs
                 return
         if len(self.mailbox) + self.busy >= self.capacity:
             self.host.replies.refuse(self, msg, OVERLOADED, f"mailbox of {self.address} is full ({self.capacity})")
