@@ -288,7 +288,10 @@ class Ownership:
             entry = (meta.message_id, expires, reply)
             limit = type(act.agent).max_state_bytes
             cap = APPLIED_MAX_BYTES if limit is None else min(APPLIED_MAX_BYTES, limit // 4)
-            own.applied = trim_applied([*own.applied_now(), entry], now_ms, cap)
+            if own.eventual:
+                own.add_applied(entry, now_ms, cap)  # persisted by a flush only: trimmed then
+            else:
+                own.applied = trim_applied([*own.applied_now(), entry], now_ms, cap)
         before = own.seq
         if seq:
             own.seq = seq
@@ -304,8 +307,11 @@ class Ownership:
                 await self.save(act, value)
         except BaseException:
             own.seq = before
-            if entry is not None:
-                own.applied = previous  # not stored: a copy may run
+            if entry is not None:  # not stored: a copy may run
+                if own.eventual:
+                    own.drop_applied(entry)
+                else:
+                    own.applied = previous
             raise
 
     def begin_batch(self, act: Activation) -> None:
