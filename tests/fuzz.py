@@ -38,10 +38,11 @@ must (protocol §7.4), a request with a well-formed ``Na-Msg-Id`` that has no re
 :data:`RESEND_AFTER` is published again, identical; it must then be answered (the figures
 say how many needed it), and replies after the resend do not count as duplicates. One
 exception, reported apart: a request without a usable ``Na-Msg-Id`` to an agent whose
-directory record the fuzz itself rewrote within :data:`MOVE_WINDOW` s before it (or
-before its timeout) may go unanswered — a forged record can move a live agent (§14.2),
-its superseded copy drops what only it received (§8.8), and such a request cannot be
-resent; (b) no reply on a hostile subject, ever; (c) both host processes alive, and the canaries
+directory or state record the fuzz itself rewrote within :data:`MOVE_WINDOW` s before it
+(or before its timeout) may go unanswered — a forged claim can move a live agent (§14.2),
+a foreign state write fences its copy (§14.3), a superseded copy drops what only it
+received (§8.8), and such a request cannot be resent; (b) no reply on a hostile subject,
+ever; (c) both host processes alive, and the canaries
 answer a normal call within a short timeout every ``probe_every`` messages and at the end
 (a wedge = no answer); (d) each canary's state equals the increments the test made;
 (e) the hosts' RSS growth is bounded (measured, asserted by the test). A durable message
@@ -245,10 +246,11 @@ class Report:
     # does not run instead of refusing it (protocol §8.8): its refusals count here too.
     duplicates: list[str] = field(default_factory=list)
     unanswered: list[str] = field(default_factory=list)
-    # Unanswered requests without a usable Na-Msg-Id to an agent whose directory record the
-    # fuzz rewrote around then: a forged record may move a live agent (protocol §14.2), and
-    # what only its superseded copy received it drops (§8.8) — answered after a resend,
-    # which such a request cannot have. Reported, not a failure; any other is.
+    # Unanswered requests without a usable Na-Msg-Id to an agent whose directory or state
+    # record the fuzz rewrote around then: a forged claim may move a live agent (protocol
+    # §14.2), a foreign state write fences its copy (§14.3), and what only a superseded copy
+    # received it drops (§8.8) — answered after a resend, which such a request cannot
+    # have. Reported, not a failure; any other is.
     unanswered_moved: list[str] = field(default_factory=list)
     hostile_replies: list[str] = field(default_factory=list)
     durable_expected: int = 0
@@ -328,7 +330,7 @@ class Report:
             + ", ".join(f"{t} {self.expected_one[t]}/{self.answered[t]}" for t in TARGETS),
             f"  duplicates {len(self.duplicates)} {self.duplicates[:3]}, unanswered {len(self.unanswered)} "
             f"{self.unanswered[:3]}, unanswered without a usable id while the fuzz rewrote their agent's "
-            f"directory record {len(self.unanswered_moved)} {self.unanswered_moved[:3]}, "
+            f"directory or state record {len(self.unanswered_moved)} {self.unanswered_moved[:3]}, "
             f"hostile replies {len(self.hostile_replies)}; resent after {RESEND_AFTER:g} s without a reply "
             f"{self.resent}, answered only then {len(self.answered_after_resend)}",
             f"  durable results expected {self.durable_expected}, answered {self.durable_answered}, "
@@ -634,7 +636,8 @@ class Fuzzer:
         self.owner_key: bytes | None = None
         self.ids = [f"f{i}" for i in range(24)] + ["fü 1", "a.b", "=x", "x" * 200, "名前", "order/7"]
         self.inactive: set[tuple[str, str]] = set()  # agents a request found inactive
-        # When the fuzz wrote each agent's directory record (it may move the agent, §14.2).
+        # When the fuzz wrote each agent's directory or state record (a forged claim may move
+        # the agent, §14.2; a state write fences its copy, §14.3).
         self.rewritten: defaultdict[tuple[str, str], list[float]] = defaultdict(list)
         self.seen_ids: set[tuple[str, str]] = set()  # (agent subject, Na-Msg-Id) sent before
         self.recent: deque[tuple[str, bytes, bytes]] = deque(maxlen=64)  # valid requests: copies
@@ -835,7 +838,7 @@ class Fuzzer:
 
     def _moved_meanwhile(self, sent: Sent) -> bool:
         """Whether ``sent`` is an agent request without a usable ``Na-Msg-Id`` whose agent's
-        directory record the fuzz rewrote from :data:`MOVE_WINDOW` s before it was sent
+        directory or state record the fuzz rewrote from :data:`MOVE_WINDOW` s before it was sent
         until its timeout (see ``Report.unanswered_moved``)."""
         if sent.target != "agent" or sent.frame is not None or sent.agent is None:
             return False
@@ -1485,7 +1488,7 @@ class Fuzzer:
         else:
             kind, (agent_id, token) = self.kind(), self.token()
             key = f"{kind}.{token}"
-            if bucket == "directory" and agent_id is not None:
+            if agent_id is not None:  # a directory or state record: it may move or fence the agent
                 self.rewritten[(kind, agent_id)].append(time.monotonic())
         subject = f"$KV.{bucket_name(self.p, bucket)}.{key}"
         hdrs: dict[str, str] = {}
