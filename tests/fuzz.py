@@ -36,8 +36,13 @@ activation, control subject — and every JetStream publish — gets **exactly o
 within its timeout (a copy of a message the agent still holds: at most one). As a caller
 must (protocol §7.4), a request with a well-formed ``Na-Msg-Id`` that has no reply after
 :data:`RESEND_AFTER` is published again, identical; it must then be answered (the figures
-say how many needed it), and replies after the resend do not count as duplicates;
-(b) no reply on a hostile subject, ever; (c) both host processes alive, and the canaries
+say how many needed it), and replies after the resend do not count as duplicates. One
+exception, reported apart: a request without a usable ``Na-Msg-Id`` to an agent whose
+directory or state record the fuzz itself rewrote within :data:`MOVE_WINDOW` s before it
+(or before its timeout) may go unanswered — a forged claim can move a live agent (§14.2),
+a foreign state write fences its copy (§14.3), a superseded copy drops what only it
+received (§8.8), and such a request cannot be resent; (b) no reply on a hostile subject,
+ever; (c) both host processes alive, and the canaries
 answer a normal call within a short timeout every ``probe_every`` messages and at the end
 (a wedge = no answer); (d) each canary's state equals the increments the test made;
 (e) the hosts' RSS growth is bounded (measured, asserted by the test). A durable message
@@ -57,7 +62,7 @@ import struct
 import time
 import urllib.request
 import zlib
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,6 +94,9 @@ MAX_MESSAGE = MiB - 4096
 #: published again, identical (same reply subject), as a caller must (protocol §7.4: NATS
 #: may drop a request in transit while the agent's subscription changes hands).
 RESEND_AFTER = 5.0
+#: Seconds before a request within which a rewrite of its agent's directory record may have
+#: moved the agent while it was on its way (``Report.unanswered_moved``).
+MOVE_WINDOW = 5.0
 
 HOST_OPTIONS: dict[str, Any] = {
     "lease": 1.5,
@@ -238,6 +246,12 @@ class Report:
     # does not run instead of refusing it (protocol §8.8): its refusals count here too.
     duplicates: list[str] = field(default_factory=list)
     unanswered: list[str] = field(default_factory=list)
+    # Unanswered requests without a usable Na-Msg-Id to an agent whose directory or state
+    # record the fuzz rewrote around then: a forged claim may move a live agent (protocol
+    # §14.2), a foreign state write fences its copy (§14.3), and what only a superseded copy
+    # received it drops (§8.8) — answered after a resend, which such a request cannot
+    # have. Reported, not a failure; any other is.
+    unanswered_moved: list[str] = field(default_factory=list)
     hostile_replies: list[str] = field(default_factory=list)
     durable_expected: int = 0
     durable_answered: int = 0
@@ -315,7 +329,8 @@ class Report:
             "  exactly-one expected / answered: "
             + ", ".join(f"{t} {self.expected_one[t]}/{self.answered[t]}" for t in TARGETS),
             f"  duplicates {len(self.duplicates)} {self.duplicates[:3]}, unanswered {len(self.unanswered)} "
-            f"{self.unanswered[:3]}, "
+            f"{self.unanswered[:3]}, unanswered without a usable id while the fuzz rewrote their agent's "
+            f"directory or state record {len(self.unanswered_moved)} {self.unanswered_moved[:3]}, "
             f"hostile replies {len(self.hostile_replies)}; resent after {RESEND_AFTER:g} s without a reply "
             f"{self.resent}, answered only then {len(self.answered_after_resend)}",
             f"  durable results expected {self.durable_expected}, answered {self.durable_answered}, "
@@ -568,6 +583,9 @@ class Msg:
     reply: str = "inbox"  # "inbox", "none", "hostile"
     copy: bool = False  # same Na-Msg-Id to the same agent as an earlier message
     durable_reply: bool = False  # Na-Reply-To one of our inboxes (inbox target)
+    # An activation request whose mutated body names a deadline beyond the reply timeout:
+    # a placement that cannot fit is answered at its deadline (protocol §4.3, an hour at most).
+    waits: bool = False
     agent: tuple[str, str] | None = None  # (kind, id) of an agent subject
 
 
@@ -618,6 +636,9 @@ class Fuzzer:
         self.owner_key: bytes | None = None
         self.ids = [f"f{i}" for i in range(24)] + ["fü 1", "a.b", "=x", "x" * 200, "名前", "order/7"]
         self.inactive: set[tuple[str, str]] = set()  # agents a request found inactive
+        # When the fuzz wrote each agent's directory or state record (a forged claim may move
+        # the agent, §14.2; a state write fences its copy, §14.3).
+        self.rewritten: defaultdict[tuple[str, str], list[float]] = defaultdict(list)
         self.seen_ids: set[tuple[str, str]] = set()  # (agent subject, Na-Msg-Id) sent before
         self.recent: deque[tuple[str, bytes, bytes]] = deque(maxlen=64)  # valid requests: copies
         self.old_headers: deque[dict[str, str]] = deque(maxlen=32)  # for swaps
@@ -738,7 +759,7 @@ class Fuzzer:
             m.what += "+cut"
         if m.reply == "inbox":
             reply = f"_INBOX.fuzz.{n}"
-            expect = "at_most_one" if m.copy else "one"
+            expect = "at_most_one" if m.copy or m.waits else "one"
         elif m.reply == "hostile":
             reply = r.choice(self.hostile_subjects)
             if reply.endswith(".h"):
@@ -810,7 +831,18 @@ class Fuzzer:
             if final or now - sent.at > sent.timeout:
                 self.pending.discard(n)
                 sent.expired = True
-                self.report.unanswered.append(sent.summary)
+                if self._moved_meanwhile(sent):
+                    self.report.unanswered_moved.append(sent.summary)
+                else:
+                    self.report.unanswered.append(sent.summary)
+
+    def _moved_meanwhile(self, sent: Sent) -> bool:
+        """Whether ``sent`` is an agent request without a usable ``Na-Msg-Id`` whose agent's
+        directory or state record the fuzz rewrote from :data:`MOVE_WINDOW` s before it was sent
+        until its timeout (see ``Report.unanswered_moved``)."""
+        if sent.target != "agent" or sent.frame is not None or sent.agent is None:
+            return False
+        return any(sent.at - MOVE_WINDOW <= t <= sent.at + sent.timeout for t in self.rewritten.get(sent.agent, ()))
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -1310,11 +1342,15 @@ class Fuzzer:
             ask["id"] = r.choice([5, "", None, "x" * 201, "\ud800", b"f1", ["f1"]])
             label += "+id"
         body = g.pack(ask)
+        waits = False
         if r.random() < 0.08:
             body = g.mutate_bytes(body)
             label += "+flip"
+            waits = far_deadline(body, self.reply_timeout)
         hdrs = {h.PROTO: "1"} if r.random() < 0.9 else {h.PROTO: r.choice(NASTY), h.ACTION: "add"}
-        return Msg("activate", "ask+" + label, subject, block_of(hdrs), body, self.reply_kind())
+        msg = Msg("activate", "ask+" + label, subject, block_of(hdrs), body, self.reply_kind())
+        msg.waits = waits
+        return msg
 
     def control_msg(self) -> Msg:
         r = self.rng
@@ -1450,7 +1486,10 @@ class Fuzzer:
         elif bucket == "control":
             key = r.choice(["rebalancer", "partition.0", "partition.3", "partition.9", "attempts.1", "owner-key", "zz"])
         else:
-            key = f"{self.kind()}.{self.token()[1]}"
+            kind, (agent_id, token) = self.kind(), self.token()
+            key = f"{kind}.{token}"
+            if agent_id is not None:  # a directory or state record: it may move or fence the agent
+                self.rewritten[(kind, agent_id)].append(time.monotonic())
         subject = f"$KV.{bucket_name(self.p, bucket)}.{key}"
         hdrs: dict[str, str] = {}
         x = r.random()
@@ -1513,6 +1552,17 @@ class Fuzzer:
         if r.random() < 0.05:
             body = b"\x00" * r.choice([32, 100_000])
         return Msg("kv", f"{bucket}-{label}", subject, block_of(hdrs) if hdrs else b"", body, "inbox")
+
+
+def far_deadline(body: bytes, within: float) -> bool:
+    """Whether an activation body decodes to a map whose ``deadline`` (Unix ms) is more
+    than ``within`` seconds away: a byte flip can make one of the fuzz's near deadlines far."""
+    try:
+        ask = msgpack.unpackb(body, strict_map_key=False)
+    except Exception:
+        return False
+    deadline = ask.get("deadline") if isinstance(ask, dict) else None
+    return type(deadline) is int and deadline > time.time() * 1000 + within * 1000
 
 
 def fuzz_seed() -> int:

@@ -25,7 +25,8 @@ its own copy, writing as its own replica id, and the copies converge by merging.
 * **Partitions.** While the node's partition state is not ``ok``, copies changed since it
   began publish their whole state every 0.5 s (lost during the cut; the first to cross once
   the servers route again merges the sides); a copy that receives a whole state lacking
-  something it holds answers with its own (unless it gossips itself). When the state
+  something it holds answers with its own at once (a causal type: before merging, when the
+  sender's causal context lacks a dot it has seen). When the state
   comes back to ``ok`` every copy publishes its whole state (when it fits in a message),
   twice, and merges into the record now.
 * **Stop** (deactivation, idle, drain, node close): the copy flushes before it goes.
@@ -42,7 +43,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..agent.base import Agent
-from ..crdt import Crdt, CrdtDecodeError, CrdtError, CrdtTypeError
+from ..crdt import CausalContext, Crdt, CrdtDecodeError, CrdtError, CrdtTypeError
+from ..crdt.dots import context_of
 from ..errors import HandlerError, NatsAgentsError
 from ..observability import Metrics
 from ..observability.logging import warn_ignored
@@ -52,6 +54,7 @@ from ..state.behind import WriteBehind
 from ..state.store import FencedOff, StateStore
 from ..tasks import TaskGroup
 from ..transport import Inbound, Subscription, Transport
+from ..wire import codec
 from ..wire import headers as h
 from ..wire.envelope import RequestMeta, encode_headers
 from ..wire.ids import agent_key, decode_id, encode_id, validate_kind
@@ -71,12 +74,14 @@ _GOSSIP_EVERY = 0.5
 _RESYNC_AGAIN = 1.0
 #: Read-merge-CAS attempts of one flush before it counts as failed (and is retried later).
 _CAS_ATTEMPTS = 8
+#: Digests of bodies merged or published a copy remembers (``CrdtCopy.merged``).
+_KNOWN_BODIES = 4
 
 
 class CrdtCopy:
     """The node's record of one crdt copy (``Activation.cluster``)."""
 
-    __slots__ = ("acked", "last_whole", "marks", "replica", "revision", "stored_marks", "token", "wire")
+    __slots__ = ("acked", "marks", "merged", "replica", "revision", "stored_marks", "token", "wire")
 
     def __init__(self, replica: str, token: str, acked: Crdt, revision: int) -> None:
         self.replica = replica
@@ -90,14 +95,38 @@ class CrdtCopy:
         #: stored with the next, or at the stop.
         self.marks = 0
         self.stored_marks = 0
-        #: Digest of the last whole state received (a repeat is not decoded again).
-        self.last_whole = b""
+        #: Digests of the last bodies (whole states, record values) merged into ``acked``
+        #: or published from it: ``acked`` holds all of each (it only grows), so the same
+        #: bytes again (a partition's gossip repeating itself; a node's whole state after
+        #: its record, or the other way round) are not decoded again.
+        self.merged: list[bytes] = []
         #: The last whole state published and its bytes (a repeat is not encoded again).
         self.wire: tuple[Crdt, bytes] | None = None
+
+    def knows(self, digest: bytes) -> bool:
+        """Whether bytes with this digest were merged into (or published from) ``acked``."""
+        return digest in self.merged
+
+    def learned(self, digest: bytes) -> None:
+        merged = self.merged
+        if digest not in merged:
+            merged.append(digest)
+            if len(merged) > _KNOWN_BODIES:
+                del merged[0]
+
+    def holds_exactly(self, data: bytes) -> bool:
+        """Whether ``acked`` encodes to ``data`` (known without encoding it: the bytes of
+        the last whole state published, if ``acked`` has not changed since)."""
+        wire = self.wire
+        return wire is not None and wire[0] is self.acked and wire[1] == data
 
     @property
     def dirty(self) -> bool:
         return self.marks != self.stored_marks
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 def _join(deltas: list[Crdt]) -> Crdt:
@@ -342,6 +371,8 @@ class CrdtCopies:
                 data = delta.to_wire()
                 if whole and isinstance(copy, CrdtCopy):
                     copy.wire = (delta, data)
+                    if delta is copy.acked:
+                        copy.learned(_digest(data))
             if len(data) + 256 > self._t.max_payload:
                 self._metrics.crdt_deltas.labels(kind, "too_large").inc()
                 return  # the record carries it (anti-entropy)
@@ -376,14 +407,36 @@ class CrdtCopies:
 
     def _merge_delta(self, act: Activation, data: bytes, *, whole: bool = False) -> None:
         copy: CrdtCopy = act.cluster
+        digest = b""
         if whole:
-            # A partition's gossip repeats an unchanged state every second: decode it once.
-            digest = hashlib.blake2b(data, digest_size=16).digest()
-            if digest == copy.last_whole:
+            # A partition's gossip repeats an unchanged state every 0.5 s, and a node's whole
+            # state may be what its record (merged here already) holds: decode it once.
+            digest = _digest(data)
+            if copy.knows(digest):
                 self._metrics.crdt_deltas.labels(act.kind, "repeated").inc()
+                if not copy.holds_exactly(data):  # we hold all of it, maybe more: answer
+                    self._answer(act, copy.acked)
                 return
-            copy.last_whole = digest
-        remote = self._decode_wire(act, copy.acked, data, "delta")
+        before = copy.acked
+        answered = False
+        if whole and before.CAUSAL:
+            # A whole state's causal context first (cheap: its entries are not decoded yet).
+            # If it lacks a dot we have seen, the sender (a copy across a healed cut) misses
+            # something of ours: answer at once with the state we hold, while we merge its
+            # own. (A context that ours covers may still hold a removal we lack: merged.)
+            try:
+                obj = codec.decode(data)
+                theirs = context_of(obj, before.TAG)
+            except (ValueError, CrdtDecodeError) as exc:
+                warn_ignored(log, "crdt delta", act.address, exc)
+                self._metrics.crdt_deltas.labels(act.kind, "dropped").inc()
+                return
+            mine: CausalContext = before.context  # type: ignore[attr-defined]
+            if not theirs.covers(mine):
+                answered = self._answer(act, before)
+            remote = self._decode_obj(act, before, obj)
+        else:
+            remote = self._decode_wire(act, before, data, "delta")
         if remote is None:
             self._metrics.crdt_deltas.labels(act.kind, "dropped").inc()
             return
@@ -391,16 +444,24 @@ class CrdtCopies:
         if merged is None:
             self._metrics.crdt_deltas.labels(act.kind, "dropped").inc()
             return
-        if whole and self._gossip is None and merged != remote and not self._tasks.closed:
-            # A copy that missed ours (across a cut) and we do not gossip ourselves: answer
-            # with everything at once.
-            self._tasks.spawn(self._publish(act, merged, whole=True), name="crdt answer")
+        if whole:
+            copy.learned(digest)
+            if not answered and merged != remote:
+                # A copy that missed something of ours (across a cut): everything at once.
+                self._answer(act, merged)
         self._metrics.crdt_deltas.labels(act.kind, "applied").inc()
         # Not stored from here: its writer merges it into the record. Should the writer
         # crash first, this copy still holds it, and stores it with its own next change,
         # when the record's next change shows the record lacks it (``_pull``), at a heal,
         # or when it stops (it is marked as received-but-unstored).
         copy.marks += 1  # counted, not scheduled
+
+    def _answer(self, act: Activation, state: Crdt) -> bool:
+        """Publish ``state`` as a whole state, as an answer to a copy that lacks some of it."""
+        if self._tasks.closed:
+            return False
+        self._tasks.spawn(self._publish(act, state, whole=True), name="crdt answer")
+        return True
 
     def _follow(self, kind: str, token: str, data: bytes) -> None:
         """A delta for an agent of a kind we host but hold no copy of: start one (it loads
@@ -449,9 +510,19 @@ class CrdtCopies:
             local = copy.acked
             remote: Crdt | None = None
             revision = 0
+            value: bytes | None = None
             if entry is not None:
                 revision = entry.revision
-                remote = self._decode_record(act, local, entry.value)
+                if revision == copy.revision:
+                    # The record this copy wrote or merged last: the copy holds all of it, so
+                    # the merge is the copy itself; equal bytes (canonical encoding) mean
+                    # the record has everything too. Nothing to decode.
+                    value = StateStore.encode(local.to_wire(), 0)
+                    if value == entry.value:
+                        copy.stored_marks = max(copy.stored_marks, marks)
+                        return
+                else:
+                    remote = self._decode_record(act, local, entry.value)
             merged = local
             if remote is not None:
                 try:
@@ -464,7 +535,8 @@ class CrdtCopies:
                         copy.revision = max(copy.revision, revision)
                         copy.stored_marks = max(copy.stored_marks, marks)
                         return
-            value = StateStore.encode(merged.to_wire(), 0)
+            if value is None:
+                value = StateStore.encode(merged.to_wire(), 0)
             try:
                 written = await self._state.save_encoded(
                     kind, agent_id, value, revision=revision, max_size=type(act.agent).max_state_bytes
@@ -512,11 +584,28 @@ class CrdtCopies:
         copy: CrdtCopy = act.cluster
         if revision <= copy.revision:
             return  # written by this copy, or merged already
-        remote = self._decode_record(act, copy.acked, value)
+        self._pull_one(act, copy, value, revision)
+        if copy.dirty:  # the record stream answers: a merge retrying after a cut goes soon
+            self.behind.hurry(act, type(act.agent).flush_interval)
+
+    def _pull_one(self, act: Activation, copy: CrdtCopy, value: bytes, revision: int) -> None:
+        data = self._record_data(act, value)
         copy.revision = revision
+        if data is None:
+            return
+        digest = _digest(data) if isinstance(data, bytes) else b""
+        if digest and copy.knows(digest):  # merged here already (its writer's whole state)
+            if copy.holds_exactly(data):
+                copy.stored_marks = copy.marks
+            else:
+                self._changed(act, copy)  # we may hold more: the flush compares bytes first
+            return
+        remote = self._decode(act, copy.acked, data, "state record")
         if remote is None:
             return
         merged = self._merge_in(act, copy, remote)
+        if merged is not None and digest:
+            copy.learned(digest)
         if merged is not None and merged != remote:
             self._changed(act, copy)  # we hold more than the record: merge it in again
         elif merged is not None:
@@ -543,21 +632,31 @@ class CrdtCopies:
         return merged
 
     def _decode_record(self, act: Activation, like: Crdt, value: bytes) -> Crdt | None:
+        data = self._record_data(act, value)
+        return None if data is None else self._decode(act, like, data, "state record")
+
+    def _record_data(self, act: Activation, value: bytes) -> Any:
+        """A state record's ``data`` (``None``: empty, or not a record: counted, ignored)."""
         try:
             stored = StateStore.parse(value)
         except NatsAgentsError as exc:
             warn_ignored(log, "crdt state record", act.address, exc)
             self._metrics.crdt_merges.labels(act.kind, "dropped").inc()
             return None
-        if stored.empty:
-            return None
-        return self._decode(act, like, stored.data, "state record")
+        return None if stored.empty else stored.data
 
     def _decode(self, act: Activation, like: Crdt, data: Any, what: str) -> Crdt | None:
         if not isinstance(data, bytes):
             warn_ignored(log, f"crdt {what}", act.address, f"expected bytes, got {type(data).__name__}")
             return None
         return self._decode_wire(act, like, data, what)
+
+    def _decode_obj(self, act: Activation, like: Crdt, obj: Any) -> Crdt | None:
+        try:
+            return type(like).from_obj(obj)
+        except (CrdtDecodeError, CrdtTypeError, RecursionError) as exc:
+            warn_ignored(log, "crdt delta", act.address, exc)
+            return None
 
     def _decode_wire(self, act: Activation, like: Crdt, data: bytes, what: str) -> Crdt | None:
         try:

@@ -206,6 +206,7 @@ class Directory:
         hints: Mapping[str, Any] | None = None,
         min_revision: int = 0,
         confirm_lapsed: Callable[[str], Awaitable[bool]] | None = None,
+        fresh: bool = False,
     ) -> Claim:
         """Make ``node`` the owner of ``kind/agent_id``.
 
@@ -221,7 +222,12 @@ class Directory:
         ``min_epoch`` (pass the stored state's epoch + 1 so epochs never go back after a
         record was released). ``min_revision``: a revision the record is known to have
         reached (a migration's handover to ``node``); a read older than that came from a
-        lagging replica and is repeated (for up to 2 s).
+        lagging replica and is repeated (for up to 2 s). ``fresh``: ``node`` holds no copy
+        of the agent and this is no hand-over, so a record naming ``node`` is not a line
+        it runs (a process of the same id that stopped without releasing it, or a record
+        forged to name it): it is taken over like a lapsed owner's, with ``epoch + 1``
+        and a queue group of its own, so that whoever runs that line is fenced and hears
+        of it (protocol §14.2).
 
         Raises:
             AgentActiveElsewhere: a live node owns the agent.
@@ -246,9 +252,11 @@ class Directory:
                     epoch = max(1, min_epoch)
                     rec = DirectoryRecord(kind, agent_id, node, epoch, status, time.time(), **extra, group=epoch)
                     return Claim(rec, await self.bucket.update(key, rec.to_wire(), revision=entry.revision), True)
-                if current.node == node:
+                if current.node == node and not fresh:
                     return Claim(current, entry.revision)
-                if is_live(current.node) or (confirm_lapsed is not None and not await confirm_lapsed(current.node)):
+                if current.node != node and (
+                    is_live(current.node) or (confirm_lapsed is not None and not await confirm_lapsed(current.node))
+                ):
                     raise AgentActiveElsewhere(
                         f"{kind}/{agent_id} is active on live node {current.node}",
                         agent=f"{kind}/{agent_id}",

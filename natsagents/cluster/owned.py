@@ -8,11 +8,15 @@ import time
 
 from ..crdt.hlc import Timestamp
 from ..crdt.vclock import VersionVector
+from ..runtime.dedup import APPLIED_MAX_BYTES, trim_applied
 from ..state.store import Applied, StoredState
 from .directory import Claim
 from .placement import Resources
 
 __all__ = ["Owned", "Versions"]
+
+#: Entries an eventual activation appends before its applied list is first trimmed.
+_UNTRIMMED_MIN = 32
 
 
 class Versions:
@@ -38,6 +42,7 @@ class Owned:
 
     __slots__ = (
         "applied",
+        "applied_cap",
         "batch",
         "checking",
         "claim",
@@ -57,6 +62,7 @@ class Owned:
         "seq",
         "stored_marks",
         "unflushed",
+        "untrimmed",
         "versions",
     )
 
@@ -71,6 +77,10 @@ class Owned:
         self.handed_over = False
         # Requests whose effect is in the state and that may still be resent: (id, expires ms).
         self.applied: list[Applied] | None = None
+        # Eventual kinds append to ``applied`` per change and trim it when it has doubled
+        # (``add_applied``): entries appended since the last trim, and the cap in bytes.
+        self.untrimmed = 0
+        self.applied_cap = APPLIED_MAX_BYTES
         self.seq = 0  # the inbox stream sequence of the last exactly-once message applied
         # While a batch of durable messages runs (runtime.batch): the seq and applied
         # ids to go back to if its one write fails, and the state to write (not yet stored).
@@ -93,11 +103,38 @@ class Owned:
         self.versions: Versions | None = None  # eventual: version vector, stamp (conflicts.py)
 
     def applied_now(self) -> list[Applied]:
-        """The applied ids still worth persisting (expired ones dropped)."""
+        """The applied ids still worth persisting (expired ones dropped; within
+        ``applied_cap`` bytes, ``dedup.trim_applied``)."""
         applied = self.applied
         if not applied:
             return []
         now_ms = int(time.time() * 1000)
-        if applied[0][1] <= now_ms:
+        if self.untrimmed:
+            self.applied = applied = trim_applied(applied, now_ms, self.applied_cap)
+            self.untrimmed = 0
+        elif applied[0][1] <= now_ms:
             applied[:] = [a for a in applied if a[1] > now_ms]
         return applied
+
+    def add_applied(self, entry: Applied, now_ms: int, cap: int) -> None:
+        """Remember one more applied entry without trimming the list each time (an
+        eventual kind: its list is persisted only by a flush, which takes
+        :meth:`applied_now`). The list is trimmed when the entries appended since the last
+        trim outnumber those it kept, so the cost per entry is constant and the list holds
+        at most twice what a trim keeps (plus a few)."""
+        applied = self.applied
+        if applied is None:
+            applied = self.applied = []
+        applied.append(entry)
+        self.applied_cap = cap
+        self.untrimmed += 1
+        if self.untrimmed > max(_UNTRIMMED_MIN, len(applied) - self.untrimmed):
+            self.applied = trim_applied(applied, now_ms, cap)
+            self.untrimmed = 0
+
+    def drop_applied(self, entry: Applied) -> None:
+        """Forget ``entry`` again (added by :meth:`add_applied`; its change was not kept)."""
+        applied = self.applied
+        if applied and applied[-1] is entry:
+            applied.pop()
+            self.untrimmed = max(0, self.untrimmed - 1)

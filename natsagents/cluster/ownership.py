@@ -191,6 +191,9 @@ class Ownership:
                 needs=needs.to_wire(),
                 hints=ask.hints.to_wire(),
                 min_revision=ask.claim_revision,
+                # No copy here (a stopping one still saves) and no hand-over: a record
+                # naming this node is not a line it runs (Directory.claim).
+                fresh=transfer is None and ask.claim_revision <= 0 and (kind, agent_id) not in self._host.activations,
             )
             if claim.taken_over and persist:
                 # Fence the lapsed owner: rewrite the state under our epoch (CAS).
@@ -285,7 +288,10 @@ class Ownership:
             entry = (meta.message_id, expires, reply)
             limit = type(act.agent).max_state_bytes
             cap = APPLIED_MAX_BYTES if limit is None else min(APPLIED_MAX_BYTES, limit // 4)
-            own.applied = trim_applied([*own.applied_now(), entry], now_ms, cap)
+            if own.eventual:
+                own.add_applied(entry, now_ms, cap)  # persisted by a flush only: trimmed then
+            else:
+                own.applied = trim_applied([*own.applied_now(), entry], now_ms, cap)
         before = own.seq
         if seq:
             own.seq = seq
@@ -301,8 +307,11 @@ class Ownership:
                 await self.save(act, value)
         except BaseException:
             own.seq = before
-            if entry is not None:
-                own.applied = previous  # not stored: a copy may run
+            if entry is not None:  # not stored: a copy may run
+                if own.eventual:
+                    own.drop_applied(entry)
+                else:
+                    own.applied = previous
             raise
 
     def begin_batch(self, act: Activation) -> None:
@@ -746,10 +755,23 @@ class Ownership:
             return False
         return None
 
+    async def _after_start(self, key: tuple[str, str]) -> None:
+        await self._host.settled(*key)
+        latest = self._directory.lookup_claim(*key)
+        if latest is not None and key in self._host.activations:
+            self.on_directory_change(key, latest)
+
     def on_directory_change(self, key: tuple[str, str], claim: Claim | None) -> None:
         """The directory watch saw ``key`` change: a newer claim by another node fences
         our copy (agents moving away are the migration's business)."""
         act = self._host.activations.get(key)
+        if act is None and claim is not None and claim.record.node != self._local.node_id and self._host.holds(*key):
+            # Being started here: it is not in ``activations`` until it is active, and a
+            # claim it does not hear of now it would never hear of (a forged record naming
+            # this node, which it started on, written back by the live owner meanwhile:
+            # two copies answering every message). Judged once the start has ended.
+            self._tasks.spawn(self._after_start(key), name=f"claim of {key[0]}/{key[1]} after its start")
+            return
         if act is None or act.cluster is None or key in self._local.moving:
             return
         own: Owned = act.cluster

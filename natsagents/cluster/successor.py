@@ -5,21 +5,23 @@ agent active here. A copy that stopped at once for such a record (fenced, and su
 protocol §8.8, it drops what it has not run) would leave the agent answering nobody: the
 node named holds nothing, and callers that do not resend lose their requests.
 
-A takeover bases its claim on the record it replaces: its epoch is above ours, and the
-copy stops at once, as it always did. A record of another node whose epoch is not above
-ours is not a takeover of our line; only one case is legitimate (a garbage record written
-over ours, then replaced by another node as an orphan, protocol §14.2), and then that node
-holds the agent. So the copy asks it (control operation ``holds``, signed with the owner
-key, §14.4): it holds the agent, or is starting it, or does not answer within
-:data:`CHECK_TIMEOUT`: the copy stops. It does not, or no such node listens ("no
-responders"): nobody legitimately wrote the record;
-the copy writes its own record back (compare-and-set on the forged revision), counts it
-(``natsagents_forged_claims_total``) and goes on.
+A real successor holds the agent: it claimed the record while starting it (a takeover
+bases its claim on the record it replaces, epoch above ours; an orphan taken over after a
+garbage record, any epoch), and it keeps it active, starting or stopping. So before it
+stops for any claim of another node, the copy asks that node (control operation
+``holds``, signed with the owner key, §14.4): it holds the agent, or is starting it, or
+does not answer within :data:`CHECK_TIMEOUT` (paused, cut off): the copy stops. It does
+not, or no such node listens ("no responders"): nobody legitimately wrote the record (the
+100k fuzz's forged records of epoch 2 naming a live node silenced live copies, and the
+messages only they had received went unanswered); the copy writes its own record back
+(compare-and-set on the forged revision), counts it (``natsagents_forged_claims_total``)
+and goes on.
 
-While the question is open the copy runs nothing: its messages wait for the answer
-(``Ownership.serving``), so a real successor never has a second writer beside it. The
-state store's compare-and-set fences a real successor's takeover in any case; this check
-only keeps a forgery from silencing a live agent.
+While the question is open the copy runs nothing and answers nothing, replay questions
+included: its messages wait for the answer (``Ownership.serving``), so a real successor
+never has a second writer (or a second answerer) beside it. The state store's
+compare-and-set fences a real successor's takeover in any case; this check only keeps a
+forgery from silencing a live agent.
 """
 
 from __future__ import annotations
@@ -57,13 +59,12 @@ class Successors:
         claim while one is open is judged when it ends) and ``fence`` the copy unless it
         answers that it does not hold it."""
         own = act.cluster
-        if claim.record.epoch > mine.record.epoch:  # a takeover of our line
-            fence(act, claim)
-            return
         if own.doubt is not None:
             own.doubted = claim
             return
-        own.doubt = self._tasks.spawn(self._check(act, mine, claim, fence), name=f"successor of {act.address}")
+        act.hold = own.doubt = self._tasks.spawn(
+            self._check(act, mine, claim, fence), name=f"successor of {act.address}"
+        )
 
     async def _check(
         self, act: Activation, mine: Claim, claim: Claim, fence: Callable[[Activation, Claim], None]
@@ -77,12 +78,11 @@ class Successors:
                     if newer is None or newer.revision <= own.claim.revision:
                         return
                     mine, claim = own.claim, newer  # another record came meanwhile
-                    if claim.record.epoch <= mine.record.epoch:
-                        continue
+                    continue
                 fence(act, claim)
                 return
         finally:
-            own.doubt = None
+            act.hold = own.doubt = None
 
     async def _forged(self, act: Activation, mine: Claim, claim: Claim) -> bool:
         """Whether ``claim`` was forged (its node does not hold the agent) and our record

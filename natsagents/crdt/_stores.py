@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from ._pmap import DELETE, SMALL, PMap, evolve
-from ._wire import Atom, Dot, as_dot, as_list, atom_key, fail
+from ._wire import MAX_REPLICA_CHARS, UINT64_MAX, Atom, Dot, as_dot, as_list, atom_key, fail
 from .dots import CausalContext
 
 V = TypeVar("V")
@@ -112,11 +112,22 @@ def encode_dot_fun(store: Mapping[Dot, V], value: Callable[[V], Any]) -> list[An
 def decode_dot_fun(obj: Any, where: str, value: Callable[[Any], V]) -> dict[Dot, V]:
     out: dict[Dot, V] = {}
     for item in as_list(obj, where):
-        pair = as_list(item, where, 2)
-        dot = as_dot(pair[0], where)
+        # The common case checked inline (a map holds thousands): [[replica, n ≥ 1], value].
+        d = item[0] if type(item) is list and len(item) == 2 else None
+        if (
+            type(d) is list
+            and len(d) == 2
+            and type(d[0]) is str
+            and type(d[1]) is int
+            and 0 < len(d[0]) <= MAX_REPLICA_CHARS
+            and 1 <= d[1] <= UINT64_MAX
+        ):
+            dot: Dot = (d[0], d[1])
+        else:
+            dot = as_dot(as_list(item, where, 2)[0], where)
         if dot in out:
             raise fail(f"dot {list(dot)!r} appears twice", where)
-        out[dot] = value(pair[1])
+        out[dot] = value(item[1])
     return out
 
 

@@ -14,10 +14,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from ._wire import UINT64_MAX, Dot, as_dot, as_list, as_map, as_replica, as_uint, fail, field
+from ._wire import UINT64_MAX, Dot, as_dot, as_list, as_map, as_replica, as_uint, envelope, fail, field
 from .errors import CrdtError
 
-__all__ = ["CausalContext", "Dot"]
+__all__ = ["CausalContext", "Dot", "context_of"]
 
 _EMPTY: frozenset[Dot] = frozenset()
 #: Largest number of dots :meth:`CausalContext.few` spells out.
@@ -134,6 +134,20 @@ class CausalContext:
         vv = dict(self._vv)
         return CausalContext._raw(*_compact(vv, self._cloud.union(dots)))
 
+    def covers(self, other: CausalContext) -> bool:
+        """Whether every dot of ``other`` is in this context (``other`` ⊆ ``self``)."""
+        if other is self:
+            return True
+        mine, cloud = self._vv, self._cloud
+        for r, n in other._vv.items():
+            have = mine.get(r, 0)
+            if n > have:
+                if n - have > len(cloud):
+                    return False  # not that many dots beyond our prefix
+                if any((r, i) not in cloud for i in range(have + 1, n + 1)):
+                    return False
+        return all(d[1] <= mine.get(d[0], 0) or d in cloud for d in other._cloud)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CausalContext):
             return NotImplemented
@@ -169,3 +183,14 @@ def dots_covered(dots: Iterable[Dot], cc: CausalContext, where: str) -> None:
         if dot in held:
             raise fail(f"dot {list(dot)!r} is held twice", where)
         held.add(dot)
+
+
+def context_of(obj: Any, tag: str) -> CausalContext:
+    """The causal context of a decoded causal value (``tag``: ``orset``, ``mvreg`` or
+    ``ormap``; its ``cc`` field, protocol §17) without decoding the rest: a receiver whose
+    own context covers it has every dot the value holds or removed (and learns nothing).
+
+    Raises:
+        CrdtDecodeError: not a ``tag`` value, or a malformed context.
+    """
+    return CausalContext.from_obj(field(envelope(obj, tag), "cc", tag), tag + ".cc")

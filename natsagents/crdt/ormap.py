@@ -18,7 +18,7 @@ leave nothing behind.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any, Final, Generic, TypeVar, cast, overload
 
 from ._pmap import DELETE, evolve
@@ -155,10 +155,13 @@ class _FragmentOps(_Ops):
         return out
 
     def encode(self, store: Any) -> Any:
+        if len(store) == 1:  # one replica's fragment (the common case): nothing to sort
+            for (r, n), value in store.items():
+                return [[[r, n], value.to_obj()]]
         return encode_dot_fun(store, _to_obj)
 
     def decode(self, obj: Any, where: str) -> Any:
-        return decode_dot_fun(obj, where, lambda o: self.cls.from_obj(o))
+        return decode_dot_fun(obj, where, self.cls.from_obj)
 
 
 class _MapOps(_Ops):
@@ -180,13 +183,23 @@ class _MapOps(_Ops):
         return cast(ORMap[Any], value)._s
 
     def encode(self, store: Any) -> Any:
-        return [[k, self.inner.encode(store[k])] for k in sorted(store, key=atom_key)]
+        encode = self.inner.encode
+        return [[k, encode(store[k])] for k in _sorted_atoms(store)]
 
     def decode(self, obj: Any, where: str) -> Any:
         return _decode_entries(self.inner, obj, where)
 
     def same(self, a: Any, b: Any) -> bool:
         return a.keys() == b.keys() and all(self.inner.same(a[k], b[k]) for k in a)
+
+
+def _sorted_atoms(keys: Collection[Atom]) -> list[Atom]:
+    """``keys`` in the canonical order of atoms (``atom_key``): keys of one type (the common
+    case) sort by their natural order, which is the same; mixed types by ``atom_key``."""
+    try:
+        return sorted(keys)
+    except TypeError:  # an int beside a str, a str beside bytes
+        return sorted(keys, key=atom_key)
 
 
 def _merge_values(a: Crdt, b: Crdt) -> Crdt:
@@ -236,11 +249,13 @@ def _decode_entries(inner: _Ops, obj: Any, where: str) -> dict[Any, Any]:
     seen: set[Atom] = set()
     for item in as_list(obj, where):
         pair = as_list(item, where, 2)
-        key = as_atom(pair[0], where)
+        key = pair[0]
+        if type(key) is not str:  # str keys (the common case) need no other check
+            key = as_atom(key, where)
         if key in seen:
             raise fail(f"key {key!r:.40} appears twice", where)
         seen.add(key)
-        store = inner.decode(pair[1], f"{where}[{key!r:.40}]")
+        store = inner.decode(pair[1], where)
         if store:
             out[key] = store
     return out
@@ -441,7 +456,8 @@ class ORMap(Crdt, Generic[V]):
         return f"ORMap[{'/'.join(self._vt)}]({self.value!r})"
 
     def to_obj(self) -> dict[str, Any]:
-        entries = [[k, self._ops.encode(self._s[k])] for k in sorted(self._s, key=atom_key)]
+        encode, s = self._ops.encode, self._s
+        entries = [[k, encode(s[k])] for k in _sorted_atoms(s)]
         return {"t": self.TAG, "v": 1, "vt": list(self._vt), "e": entries, "cc": self._cc.to_obj()}
 
     @classmethod

@@ -88,6 +88,10 @@ class Services(Protocol):
 
     def dispatch(self, act: Activation, msg: Inbound) -> Awaitable[Outcome]: ...
 
+    def replay(self, act: Activation, msg: Inbound) -> None: ...
+
+    def hold(self, act: Activation, msg: Inbound) -> None: ...
+
     async def save_state(self, act: Activation) -> None: ...
 
 
@@ -137,6 +141,7 @@ class Activation:
         "group",
         "health",
         "highs",
+        "hold",
         "host",
         "idle_since",
         "kind",
@@ -182,6 +187,10 @@ class Activation:
         # owner's subscription gets its own copy of every message, so this copy answers
         # nothing it has not run (protocol §8.8; set by the cluster node when it learns).
         self.superseded = False
+        # Set while the cluster node checks another node's claim on this agent: until it
+        # is done every message waits (``Services.hold``), then is delivered again — so a
+        # copy that turns out superseded answers nothing, not even a refusal.
+        self.hold: asyncio.Future[None] | None = None
         self.recent: Recent | None = None  # message id → dedup entry (runtime.dedup)
         cls = type(agent)
         # Read-only actions that may run beside each other (``Agent.__readers__``; None:
@@ -210,6 +219,9 @@ class Activation:
         if self.state is not _ACTIVE:
             replies.refuse(self, msg, UNAVAILABLE, "the agent is stopping", retry=True)
             return
+        if self.hold is not None:
+            self.host.hold(self, msg)
+            return
         hdrs = msg.headers
         mode = priority = None
         if hdrs is not None:
@@ -228,7 +240,7 @@ class Activation:
                     )
                     return
             elif mode == h.REPLY_MODE_REPLAY:
-                replies.replay(self, msg)  # a question about an earlier message: nothing runs
+                self.host.replay(self, msg)  # a question about an earlier message: nothing runs
                 return
             priority = hdrs.get(h.PRIORITY)
         if len(self.mailbox) + self.busy >= self.capacity:

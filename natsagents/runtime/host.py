@@ -45,13 +45,16 @@ from .batch import BatchRunner
 from .dedup import Dedup
 from .dispatch import Dispatcher
 from .guard import Guard, Verified
-from .hooks import DEGRADED, NodeHooks
+from .hooks import DEGRADED, Degraded, NodeHooks
 from .replies import Replies
 
 __all__ = ["Host", "HostSettings", "NodeHooks"]
 
 log = logging.getLogger("natsagents.runtime")
 _CLOSE_CONCURRENCY = 128
+#: Messages that may wait at once, per host, for their copy's ownership to be confirmed
+#: (``Host.hold``, ``Host.replay``).
+MAX_WAITING = 1024
 #: A message refused before it ran (the refusal is already sent; a copy may run).
 _NOT_RUN = Outcome(None, False, None)
 _DEGRADED_LINE = f"{h.DEGRADED}: 1\r\n\r\n".encode()
@@ -123,6 +126,7 @@ class Host:
         self.activations: dict[tuple[str, str], Activation] = {}
         self._starting: dict[tuple[str, str], asyncio.Future[Activation]] = {}
         self._tasks = TaskGroup("host", log)
+        self._waiting = 0  # messages waiting for their copy's ownership (hold, replay)
         self._closing = False
         self._collecting = False  # the idle-agent collector runs (a kind has idle_timeout)
         self.idle_sweeps = 0  # its sweeps so far
@@ -335,6 +339,13 @@ class Host:
         key = (kind, agent_id)
         return key in self.activations or key in self._starting
 
+    async def settled(self, kind: str, agent_id: str) -> None:
+        """Wait until a start of ``kind/agent_id`` in progress here has ended, either way
+        (at once when none is)."""
+        pending = self._starting.get((kind, agent_id))
+        if pending is not None:
+            await asyncio.wait((pending,))  # its outcome is the starter's business
+
     async def activate(self, kind: str, agent_id: str, options: object = None) -> Activation:
         """Return the activation of ``kind/agent_id``, activating it if needed.
 
@@ -446,6 +457,65 @@ class Host:
                 await self.node.stopped(act, discard=discard)
             except Exception:
                 log.exception("releasing %s failed", act.address)
+
+    def hold(self, act: Activation, msg: Inbound) -> None:
+        """A message to a copy whose ownership is being checked (``Activation.hold``: the
+        cluster node asks the node named by a newer claim whether it holds the agent): it
+        waits for the answer, then is delivered again — dropped if the copy turned out
+        superseded (its successor answers it, protocol §8.8), else handled as usual. At
+        most :data:`MAX_WAITING` messages wait per host; more are refused ``unavailable``
+        + retry."""
+        if self._waiting >= MAX_WAITING:
+            self._refuse_waiting(act, msg, f"too many messages wait for {act.address}'s owner")
+            return
+        self._waiting += 1
+        self._tasks.spawn(self._deliver_after_hold(act, msg), name=f"held for {act.address}")
+
+    async def _deliver_after_hold(self, act: Activation, msg: Inbound) -> None:
+        try:
+            hold = act.hold
+            if hold is not None:
+                await asyncio.wait((hold,))  # bounded: cluster.successor.CHECK_TIMEOUT and one write
+        finally:
+            self._waiting -= 1
+        act.deliver(msg)
+
+    def replay(self, act: Activation, msg: Inbound) -> None:
+        """A replay question (``Na-Reply-Mode: replay``, protocol §7.5): runs nothing, so it
+        skips the mailbox, but on a cluster copy it is answered only by an owner in good
+        standing, as any message is: while its lease is lapsed or another node's newer
+        claim is being checked it waits (``NodeHooks.serving``), and a copy that turns out
+        superseded drops it (the successor answers, §8.8) — else both copies would answer
+        it. They count in :data:`MAX_WAITING`."""
+        node = self._node
+        check = None
+        if node is not None and act.cluster is not None:
+            check = node.serving(act, envelope.deadline_of(msg.headers))
+        if check is None:
+            self.replies.replay(act, msg)
+        elif self._waiting >= MAX_WAITING:
+            if asyncio.iscoroutine(check):
+                check.close()  # never awaited
+            self._refuse_waiting(act, msg, f"too many replay questions wait for {act.address}'s owner")
+        else:
+            self._waiting += 1
+            self._tasks.spawn(self._replay_when_serving(act, msg, check), name=f"replay for {act.address}")
+
+    async def _replay_when_serving(
+        self, act: Activation, msg: Inbound, check: Awaitable[str | AgentError | Degraded | None]
+    ) -> None:
+        try:
+            refusal = await check
+        finally:
+            self._waiting -= 1
+        if act.superseded:
+            self.replies.drop(act, msg)
+        elif isinstance(refusal, AgentError):
+            self.replies.refuse(act, msg, refusal.code, refusal.message, details=refusal.details)
+        elif isinstance(refusal, str):
+            self._refuse_waiting(act, msg, refusal)
+        else:  # run-able (or degraded: a replay runs nothing, it answers from memory)
+            self.replies.replay(act, msg)
 
     def _refuse_waiting(self, act: Activation, msg: Inbound, why: str) -> None:
         """A message this copy will not run: dropped when the copy is superseded (the new

@@ -14,6 +14,7 @@ The scheduler only decides *when*:
    failure   ──▶ again after a backoff          (0.1 s doubling to 5 s; logged, counted)
  graceful stop / migration ──▶ flush_now(key)  waits for a flush in flight, stores the rest
  stale copy discarded     ──▶ forget(key)      the unstored window is dropped (logged)
+ the store answers again  ──▶ hurry(key)       a retry waiting out its backoff runs soon
 ```
 
 A flush never runs inside an agent's mailbox: a store that keeps failing leaves the agent
@@ -81,6 +82,19 @@ class WriteBehind(Generic[K]):
         if key in self._timers or key in self._running:
             return  # a flush is due (it takes the newest value) or running (it re-arms)
         self._timers[key] = loop.call_later(interval, self._fire, key)
+
+    def hurry(self, key: K, interval: float) -> None:
+        """A sign that the store answers again (a crdt copy's record watch delivered): a
+        retry of ``key`` due later than ``interval`` from now runs then instead of waiting
+        out its backoff (a timer of an ordinary window, or no retry, is left alone)."""
+        timer = self._timers.get(key)
+        if timer is None or key not in self._retry:
+            return
+        loop = asyncio.get_running_loop()
+        due = loop.time() + interval
+        if timer.when() > due:
+            timer.cancel()
+            self._timers[key] = loop.call_at(due, self._fire, key)
 
     def pending(self, key: K) -> bool:
         """Whether a flush of ``key`` is due or running."""

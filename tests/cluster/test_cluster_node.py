@@ -35,6 +35,7 @@ from natsagents.testing import wait_for
 from natsagents.wire import codec
 from natsagents.wire.ids import agent_key
 from tests.agents import Counter
+from tests.cluster.takeover import claim_as_successor
 
 LEASE = 1.5
 
@@ -300,7 +301,7 @@ async def test_a_stale_copy_is_fenced_and_stops(mesh_factory: Any) -> None:
     await client.spawn("Counter/f", hints=Hints(pin="n1"))
     assert await client.ref("Counter/f").call("add", by=10) == 10
     # n2 takes the agent over as if n1's lease had lapsed (n1 keeps running: split brain).
-    claim = await node_of(n2).directory.claim("Counter", "f", "n2", is_live=lambda node: False)
+    claim = await claim_as_successor(node_of(n2), "Counter", "f")
     assert claim.taken_over and claim.record.epoch == 2
     await node_of(n2).state.adopt("Counter", "f", claim.record.epoch)
     # n1 notices through the directory watch and stops its copy without writing.
@@ -648,7 +649,7 @@ async def test_a_takeover_of_an_agent_that_never_saved_starts_from_its_initial_s
     await client.spawn("Counter/fresh", hints=Hints(pin="n1"))
     assert await client.ref("Counter/fresh").call("get") == 0  # active on n1, nothing saved
     # n2 takes it over as if n1 had died; the adoption fences a state that never existed.
-    claim = await node_of(n2).directory.claim("Counter", "fresh", "n2", is_live=lambda node: False)
+    claim = await claim_as_successor(node_of(n2), "Counter", "fresh")
     adopted = await node_of(n2).state.adopt("Counter", "fresh", claim.record.epoch)
     assert adopted.empty and adopted.revision > 0
     await wait_for(lambda: n1.local_agents() == [], timeout=5, what="stale copy stopped")

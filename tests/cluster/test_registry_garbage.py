@@ -25,6 +25,7 @@ from natsagents.cluster.node import ClusterNode
 from natsagents.delivery.settings import DeliverySettings
 from natsagents.testing import wait_for
 from natsagents.transport.kv import Bucket, open_bucket
+from natsagents.wire import envelope
 from natsagents.wire.ids import agent_key
 from natsagents.wire.owner import owner_mac
 from natsagents.wire.subjects import activate_subject, agent_subject, bucket_name, node_subject
@@ -549,33 +550,56 @@ async def test_every_activation_request_gets_exactly_one_answer(
         await nc.close()
 
 
-async def test_a_forged_claim_naming_a_live_node_does_not_silence_a_live_copy(
-    mesh_factory: Any, mesh_prefix: str, nats_url: str
-) -> None:
-    """A directory record naming another *live* node as the owner of an agent active here
-    (as the fuzz's directory puts did): the copy asks that node whether it holds the agent
-    before it stops. It does not: the copy keeps answering, even callers that never resend
-    (no ``Na-Msg-Id``), its state goes on, and its claim is written back."""
+async def held_counter(mesh_factory: Any) -> tuple[Mesh, Mesh, Mesh]:
+    """Two nodes and a client; ``Counter/held`` at 5 on one of them: (owner, other, client)."""
     n1, n2 = await start_nodes(mesh_factory, "n1", "n2")
     client = await mesh_factory(name="client")
     assert await client.ref("Counter/held").call("add", by=5, timeout=10) == 5
     owner, other = (n1, n2) if "Counter/held" in n1.local_agents() else (n2, n1)
+    return owner, other, client
+
+
+async def forge_claim(client: Mesh, prefix: str, owner: Mesh, node: str, epoch: int, group: int = 0) -> None:
+    """Write a directory record naming ``node`` as the owner of ``Counter/held`` and wait
+    until its owner has seen it."""
     directory = node_of(owner).directory
     mine = directory.lookup_claim("Counter", "held")
     assert mine is not None
-    record = {
+    record: dict[str, Any] = {
         "kind": "Counter",
         "id": "held",
-        "node": other.name,
-        "epoch": 1,
+        "node": node,
+        "epoch": epoch,
         "status": "active",
         "since": time.time(),
     }
-    await forge(client, mesh_prefix, "directory", agent_key("Counter", "held"), record)
+    if group:
+        record["group"] = group
+    await forge(client, prefix, "directory", agent_key("Counter", "held"), record)
     await wait_for(
         lambda: (c := directory.lookup_claim("Counter", "held")) is not None and c.revision > mine.revision,
         what="the forgery seen by the owner",
     )
+
+
+@pytest.mark.parametrize(
+    ("named", "epoch"),
+    [("other", 1), ("other", 2), ("ghost", 1), ("ghost", 2)],
+    ids=["live-node-same-epoch", "live-node-epoch-above", "no-node-same-epoch", "no-node-epoch-above"],
+)
+async def test_a_forged_claim_does_not_silence_a_live_copy(
+    mesh_factory: Any, mesh_prefix: str, nats_url: str, named: str, epoch: int
+) -> None:
+    """A directory record naming another node as the owner of an agent active here (as the
+    fuzz's directory puts did), whatever its epoch — above ours looks like a takeover of
+    our line: the copy asks that node whether it holds the agent before it stops. The
+    other *live* node does not; a node that does not exist (the fuzz's ``ghost``) has
+    nobody to answer ("no responders"). Either way the copy keeps answering, even callers
+    that never resend (no ``Na-Msg-Id``), its state goes on, and its claim is written back.
+    The 100k fuzz lost the requests of such callers to copies silenced by records of
+    epoch 2 naming a live node (``Tally/order/7``)."""
+    owner, other, client = await held_counter(mesh_factory)
+    await forge_claim(client, mesh_prefix, owner, other.name if named == "other" else "ghost", epoch)
     raw = await nats.connect(nats_url)
     try:
         subject = agent_subject(mesh_prefix, "Counter", "held")
@@ -588,6 +612,7 @@ async def test_a_forged_claim_naming_a_live_node_does_not_silence_a_live_copy(
         await raw.close()
     assert values == [6, 7, 8, 9, 10]
     assert "Counter/held" in owner.local_agents()
+    directory = node_of(owner).directory
     await wait_for(
         lambda: (c := directory.lookup_claim("Counter", "held")) is not None and c.record.node == owner.name,
         timeout=5,
@@ -596,31 +621,136 @@ async def test_a_forged_claim_naming_a_live_node_does_not_silence_a_live_copy(
     assert await client.ref("Counter/held").call("get", timeout=10) == 10
 
 
-async def test_a_forged_claim_naming_no_node_does_not_silence_a_live_copy(
-    mesh_factory: Any, mesh_prefix: str, nats_url: str
+@pytest.mark.parametrize("holds", [True, False])
+async def test_nothing_is_answered_while_another_nodes_claim_is_checked(
+    mesh_factory: Any, mesh_prefix: str, nats_url: str, holds: bool
 ) -> None:
-    """The same with a record naming a node that does not exist (the fuzz's ``ghost``):
-    nobody answers ``holds`` ("no responders"), which says nobody holds the agent there."""
-    n1, n2 = await start_nodes(mesh_factory, "n1", "n2")
-    client = await mesh_factory(name="client")
-    assert await client.ref("Counter/held").call("add", by=5, timeout=10) == 5
-    owner = n1 if "Counter/held" in n1.local_agents() else n2
-    directory = node_of(owner).directory
-    mine = directory.lookup_claim("Counter", "held")
-    assert mine is not None
-    record = {"kind": "Counter", "id": "held", "node": "ghost", "epoch": 1, "status": "active", "since": time.time()}
-    await forge(client, mesh_prefix, "directory", agent_key("Counter", "held"), record)
-    await wait_for(
-        lambda: (c := directory.lookup_claim("Counter", "held")) is not None and c.revision > mine.revision,
-        what="the forgery seen by the owner",
-    )
+    """While a copy asks the node named by a newer claim whether it holds the agent, it
+    answers nothing — not a replay question (§7.5), which runs nothing, nor a refusal it
+    would give on arrival (a batch with a reply mode: ``bad_request``). The 100k fuzz got
+    both twice: the doubted copy answered at once, and so did the real owner's copy in its
+    own queue group. Here a raw connection plays node ``n9`` and answers ``holds`` only
+    when the test says so: ``true`` — the copy stops, superseded, and drops both (the
+    successor answers them); ``false`` — the copy goes on and answers each once."""
+    owner, _, client = await held_counter(mesh_factory)
     raw = await nats.connect(nats_url)
     try:
+        questions: asyncio.Queue[Any] = asyncio.Queue()
+        await raw.subscribe(node_subject(mesh_prefix, "n9", "holds"), cb=questions.put)
+        await raw.flush()
+        await forge_claim(client, mesh_prefix, owner, "n9", 2, group=2)  # a new line of ownership
+        asked = await asyncio.wait_for(questions.get(), 5)  # the copy doubts: its question is open
+        answers: dict[str, list[Any]] = {"replay": [], "refused": []}
         subject = agent_subject(mesh_prefix, "Counter", "held")
-        msg = await raw.request(
-            subject, msgpack.packb({"by": 1}), timeout=3, headers={"Na-Proto": "1", "Na-Action": "add"}
-        )
-        assert msgpack.unpackb(msg.data) == 6
+        for what, headers in (
+            ("replay", {"Na-Proto": "1", "Na-Reply-Mode": "replay", "Na-Msg-Id": "Qk9HVVMtUkVQTEFZLTAwMDE"}),
+            ("refused", {"Na-Proto": "1", "Na-Batch": "1", "Na-Reply-Mode": "accept"}),
+        ):
+            inbox = raw.new_inbox()
+
+            async def got(m: Any, what: str = what) -> None:
+                answers[what].append(m)
+
+            await raw.subscribe(inbox, cb=got)
+            await raw.publish(subject, b"", reply=inbox, headers=headers)
+        await raw.flush()
+        with pytest.raises(TimeoutError):  # the old code answered both within milliseconds
+            await wait_for(lambda: any(answers.values()), timeout=0.3)
+        hdrs, body = envelope.ok_reply({"holds": holds})
+        await raw.publish(asked.reply, body, headers=hdrs)
+        await raw.flush()
+        if holds:
+            await wait_for(lambda: "Counter/held" not in owner.local_agents(), timeout=5, what="the copy stopped")
+            await raw.flush()
+            assert answers == {"replay": [], "refused": []}, "a superseded copy answered"
+        else:
+            await wait_for(lambda: all(answers.values()), timeout=5, what="both answered")
+            (replayed,), (refused,) = answers["replay"], answers["refused"]
+            assert replayed.headers["Na-Status"] == "unavailable"
+            assert msgpack.unpackb(replayed.data)["details"] == {"retry": True, "result": "unknown"}
+            assert refused.headers["Na-Status"] == "bad_request"
+            assert "Counter/held" in owner.local_agents()
+            await raw.flush()
+            assert len(answers["replay"]) == len(answers["refused"]) == 1
     finally:
         await raw.close()
-    assert "Counter/held" in owner.local_agents()
+
+
+class Gate(Agent):
+    """Its start waits for ``opened`` while ``closed`` is set (a start held half-way)."""
+
+    closed = False
+    entered: asyncio.Event | None = None
+    opened: asyncio.Event | None = None
+
+    async def on_start(self) -> None:
+        if Gate.closed and Gate.opened is not None and Gate.entered is not None:
+            Gate.entered.set()
+            await Gate.opened.wait()
+
+    @action
+    async def ping(self) -> str:
+        return "pong"
+
+
+async def test_a_claim_written_while_the_agent_starts_is_judged_once_it_started(
+    mesh_factory: Any, mesh_prefix: str
+) -> None:
+    """A record of another node that lands while an agent is being started here is not
+    lost: the copy is not active yet when the directory watch reports it, so it is judged
+    (asked ``holds``) once the start has ended. In the 100k fuzz a forged record named n2
+    for an agent live on n1; n2 started a copy on it, n1 wrote its own record back during
+    that start, and both copies (two queue groups) answered every message for 20 s: 62
+    requests answered twice. Here the record landing mid-start names n1, which holds
+    nothing: n2 writes its own back, and keeps serving."""
+    n1, n2 = await start_nodes(mesh_factory, "n1", "n2")
+    for m in (n1, n2):
+        await m.host(Gate)
+    client = await mesh_factory(name="client")
+    Gate.closed, Gate.entered, Gate.opened = True, asyncio.Event(), asyncio.Event()
+    try:
+        here = {"kind": "Gate", "id": "x", "node": "n2", "epoch": 1, "status": "active", "since": time.time()}
+        await forge(client, mesh_prefix, "directory", agent_key("Gate", "x"), here)
+        await wait_for(
+            lambda: (c := node_of(n2).directory.lookup_claim("Gate", "x")) is not None and c.record.node == "n2",
+            what="n2 named",
+        )
+        call = asyncio.ensure_future(client.ref("Gate/x").call("ping", timeout=10))
+        await asyncio.wait_for(Gate.entered.wait(), 10)  # n2 claimed the record naming it, and starts
+        there = {**here, "node": "n1", "epoch": 3, "group": 3}
+        await forge(client, mesh_prefix, "directory", agent_key("Gate", "x"), there)
+        await wait_for(
+            lambda: (c := node_of(n2).directory.lookup_claim("Gate", "x")) is not None and c.record.node == "n1",
+            what="n2 hears of n1's record while it starts",
+        )
+        Gate.opened.set()
+        assert await call == "pong"
+        await wait_for(
+            lambda: (c := node_of(n2).directory.lookup_claim("Gate", "x")) is not None and c.record.node == "n2",
+            timeout=5,
+            what="n2 asked n1, which holds nothing, and wrote its own record back",
+        )
+        assert n2.local_agents().count("Gate/x") == 1 and "Gate/x" not in n1.local_agents()
+    finally:
+        Gate.closed, Gate.entered, Gate.opened = False, None, None
+
+
+async def test_a_record_naming_a_node_that_holds_no_copy_is_taken_over_when_it_starts_one(
+    mesh_factory: Any, mesh_prefix: str
+) -> None:
+    """A node starting an agent whose record already names it, though it holds no copy and
+    nothing is handed over to it (a forged record; a process of the same id that stopped
+    without releasing it), takes the record over as a lapsed owner's: a write with
+    ``epoch + 1`` and a queue group of its own. Using the record as it was (the old code)
+    let a live copy elsewhere write its own record back over it unnoticed, and two copies
+    in two queue groups answered every message (the 100k fuzz: 3 requests answered twice
+    after the fixes above)."""
+    _, n2 = await start_nodes(mesh_factory, "n1", "n2")
+    client = await mesh_factory(name="client")
+    forged = {"kind": "Counter", "id": "named", "node": "n2", "epoch": 4, "status": "active", "since": time.time()}
+    revision = await forge(client, mesh_prefix, "directory", agent_key("Counter", "named"), forged)
+    assert await client.ref("Counter/named").call("add", by=1, timeout=10) == 1
+    assert n2.local_agents() == ["Counter/named"]  # the record named n2: the activation went there
+    claim = node_of(n2).directory.lookup_claim("Counter", "named")
+    assert claim is not None and claim.revision > revision
+    assert claim.record.node == "n2" and claim.record.epoch == 5 and claim.record.group == 5

@@ -19,6 +19,7 @@ from natsagents.crdt import Sibling, Timestamp, VersionVector
 from natsagents.state.store import StateStore
 from natsagents.testing import wait_for
 from natsagents.wire.ids import agent_key
+from tests.cluster.takeover import claim_as_successor
 from tests.cluster.test_cluster_node import node_of, nodes
 
 
@@ -156,7 +157,7 @@ async def test_a_superseded_copy_keeps_its_unstored_changes_as_a_sibling(mesh_fa
         StateStore.encode({"n": 10}, 2), (), vv=VersionVector({"n1": 3, "n2": 1}), stamp=n2_stamp
     )
     await d2.state.save_encoded("SlowSbCounter", "f", value, revision=adopted.revision)
-    claim = await d2.directory.claim("SlowSbCounter", "f", "n2", is_live=lambda node: False)
+    claim = await claim_as_successor(d2, "SlowSbCounter", "f")
     assert claim.record.epoch == 2
     # n1 hears of it, stores its two changes beside n2's state and stops its copy.
     await wait_for(lambda: n1.local_agents() == [], timeout=5, what="stale copy stopped")

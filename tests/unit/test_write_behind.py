@@ -106,3 +106,23 @@ async def test_forget_drops_a_due_flush(setup: tuple[Store, WriteBehind[str], Ta
     await asyncio.sleep(0.1)  # the timer would have fired by now
     assert store.stored == {} and not behind.pending("a")
     await tasks.aclose()
+
+
+async def test_hurry_brings_a_retry_forward_and_leaves_a_window_alone(
+    setup: tuple[Store, WriteBehind[str], TaskGroup],
+) -> None:
+    store, behind, tasks = setup
+    store.fail = 4  # retried after 0.1, 0.2, 0.4, then 0.8 s
+    change(store, behind, "a", 1, interval=0.01)
+    await wait_for(lambda: store.started >= 4 and behind._retry.get("a", 0) >= 0.8 and "a" in behind._timers, timeout=3)
+    store.fail = 0
+    loop = asyncio.get_running_loop()
+    assert behind._timers["a"].when() > loop.time() + 0.5  # waiting out its backoff
+    behind.hurry("a", 0.01)
+    await wait_for(lambda: store.stored.get("a") == [1], timeout=1, what="stored soon after hurry")
+    change(store, behind, "b", 2, interval=30.0)  # an ordinary window: not a retry
+    due = behind._timers["b"].when()
+    behind.hurry("b", 0.01)
+    assert behind._timers["b"].when() == due
+    behind.forget("b")
+    await tasks.aclose()
