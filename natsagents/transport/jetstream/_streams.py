@@ -267,9 +267,13 @@ async def create_stream(
                     log.warning("%s: the cluster cannot place 3 replicas (%s); using 1", what, exc)
                     config["num_replicas"] = 1
                     continue
+                # Enough servers known but not enough placeable now (a peer just started
+                # or restarted, "peer offline"): transient (status 503), retried until
+                # the timeout. Fewer servers than replicas: refused at once.
+                enough = _known_size(transport) >= config["num_replicas"]
                 raise JetStreamError(
                     f"{what}: not enough servers for {config['num_replicas']} replicas: {exc}",
-                    status=exc.status,
+                    status=503 if enough else exc.status,
                     err_code=exc.err_code,
                 ) from exc
             return dict(created["config"])
