@@ -14,7 +14,8 @@ pause or fuzz it): ``python -m tests.node_process URLS PREFIX NAME [OPTIONS_JSON
   SIGTERM: ``"before_close"`` or ``"after_close"``.
 
 Prints ``READY`` once serving and ``STOPPED`` after closing on SIGTERM. Logs go to stderr
-at ``$CLUSTER_HOST_LOG`` (default ``WARNING``). ``$NODE_HEAP_REPORT=<folder>``: trace the
+at ``$CLUSTER_HOST_LOG`` (default ``WARNING``); ``$CLUSTER_HOST_DEBUG``: logger names
+(comma-separated) logged at ``DEBUG``. ``$NODE_HEAP_REPORT=<folder>``: trace the
 Python heap from the start (tracemalloc, slower) and on SIGTERM, before closing, write
 ``<folder>/heap-<NAME>.txt``: the heap traced before and after a full collection, the
 largest allocation sites and the most numerous object types (what a host's RSS holds);
@@ -210,6 +211,8 @@ async def main(urls: str, prefix: str, name: str, options: dict[str, Any]) -> No
         stream=sys.stderr,
         format=f"%(asctime)s {name} %(name)s %(levelname)s %(message)s",
     )
+    for logger in filter(None, os.environ.get("CLUSTER_HOST_DEBUG", "").split(",")):
+        logging.getLogger(logger).setLevel(logging.DEBUG)  # e.g. natsagents.runtime.replies
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     settings = cluster_settings(name, options.get("cluster"))

@@ -608,6 +608,14 @@ class Ownership:
             and successor.record.group != act.group
         ):
             act.superseded = True
+            log.debug(
+                "%s superseded by %s's claim (epoch %d, revision %d > %d)",
+                act.address,
+                successor.record.node,
+                successor.record.epoch,
+                successor.revision,
+                own.claim.revision,
+            )
         if own.handed_over:
             return
         own.handed_over = True  # not ours any more: no final save, no release

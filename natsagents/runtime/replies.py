@@ -165,7 +165,9 @@ class Replies:
         Counted as ``natsagents_rejected_total{reason="superseded"}``."""
         self._metrics.rejected_one(act.kind, "superseded")
         action = (msg.headers or {}).get(h.ACTION)
-        log.debug("dropped a message to the superseded copy of %s (action %s)", act.address, action)
+        log.debug(
+            "dropped a message to the superseded copy of %s (action %s, reply %s)", act.address, action, msg.reply
+        )
 
     def throttle(self, act: Activation, msg: Inbound, reason: str) -> None:
         """Refuse a message to an unhealthy agent (runtime.health): ``overloaded`` with
