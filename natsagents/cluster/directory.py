@@ -172,7 +172,7 @@ class Directory:
         self._per_node: dict[str, int] = {}  # records per owner node, kept with the cache
         self._tasks = TaskGroup("directory", log)
         self._ready = asyncio.Event()
-        self._listeners: list[Callable[[tuple[str, str], Claim | None], None]] = []
+        self._listeners: list[Callable[[tuple[str, str], Claim | None, int], None]] = []
 
     async def start(self, *, watch: bool = True) -> None:
         self._bucket = await open_bucket(self._t, bucket_name(self.prefix, "directory"), history=1)
@@ -294,12 +294,13 @@ class Directory:
         entry = await self.bucket.get(agent_key(claim.record.kind, claim.record.agent_id), leader=True)
         return entry is not None and entry.revision == claim.revision
 
-    async def restore(self, mine: Claim, forged: Claim) -> Claim:
-        """Write our record ``mine`` back over ``forged`` (CAS on its revision): a record
-        naming another node that does not hold the agent (``cluster.successor``).
+    async def restore(self, mine: Claim, over: int) -> Claim:
+        """Write our record ``mine`` back over the revision ``over`` (CAS): a record naming
+        another node that does not hold the agent, garbage, or a removal, none of them
+        written by a node that runs it (``cluster.successor``).
         Raises: CasConflict when the record changed again."""
         rec = mine.record
-        revision = await self.bucket.update(agent_key(rec.kind, rec.agent_id), rec.to_wire(), revision=forged.revision)
+        revision = await self.bucket.update(agent_key(rec.kind, rec.agent_id), rec.to_wire(), revision=over)
         return Claim(rec, revision)
 
     async def set_status(self, claim: Claim, status: Status) -> Claim:
@@ -377,9 +378,10 @@ class Directory:
         """Every cached record with its revision."""
         return [Claim(rec, rev) for rec, rev in self._cache.values()]
 
-    def add_listener(self, listener: Callable[[tuple[str, str], Claim | None], None]) -> None:
-        """Call ``listener((kind, id), claim or None)`` for every change the watch sees
-        (``None``: the record was removed). Runs in the watch task: do not block."""
+    def add_listener(self, listener: Callable[[tuple[str, str], Claim | None, int], None]) -> None:
+        """Call ``listener((kind, id), claim or None, revision)`` for every change the watch
+        sees (``None``: the record was removed or overwritten with garbage, at
+        ``revision``). Runs in the watch task: do not block."""
         self._listeners.append(listener)
 
     def __len__(self) -> int:
@@ -415,6 +417,6 @@ class Directory:
             self._count(claim.record.node, 1)
         for listener in self._listeners:
             try:
-                listener(key, claim)
+                listener(key, claim, entry.revision)
             except Exception:
                 log.exception("directory listener failed")

@@ -12,7 +12,7 @@ for claims, state and fencing.
 * a failed action or an unstorable state **rolls back** to the last stored checkpoint.
 * **stopping** saves a final checkpoint and releases the record (CAS).
 * a **directory change** naming another owner stops this copy at once (``fenced``).
-* **serving** gates every message on the node's own lease: a copy runs nothing while the
+* **serving** (``serving.LeaseGate``) gates every message on the node's own lease: a copy runs nothing while the
   node's last stored heartbeat is older than its lease (others may be taking it over),
   and after such a gap it re-reads its claim first (a paused or cut-off node that wakes
   up stops its stale copies before it touches their backlog).
@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import (
@@ -51,7 +51,6 @@ from ..errors import (
 from ..observability import Metrics
 from ..runtime.activation import Activation
 from ..runtime.dedup import APPLIED_MAX_BYTES, DURABLE_WINDOW, keep_until_ms, trim_applied
-from ..runtime.hooks import Degraded
 from ..runtime.host import Host
 from ..state.behind import WriteBehind
 from ..state.store import Applied, FencedOff, StateStore, StoredState
@@ -68,23 +67,16 @@ from .minority import cut_off_while_storing, minority_answer
 from .owned import Owned
 from .partition import PartitionMonitor
 from .placement import Resources
+from .serving import LeaseGate
 from .successor import Successors
 
 __all__ = ["Owned", "Ownership"]  # Owned: re-exported from .owned
 
 log = logging.getLogger("natsagents.cluster.node")
 
-#: Seconds a message on the minority side waits for a leader read of its claim before it is
-#: answered ``partition`` (``Ownership._paused_or_superseded``).
-_PAUSE_CHECK = 0.25
-
 # Applied message ids persisted with an agent's state (see runtime.dedup): each until its
 # request's deadline + 1 s (at most REPLY_WINDOW; a durable one DURABLE_WINDOW), with its ok
 # reply, within APPLIED_MAX_BYTES (dedup.trim_applied: the oldest replies go first).
-
-
-async def _refuse(why: str) -> str:
-    return why
 
 
 class Ownership:
@@ -134,6 +126,10 @@ class Ownership:
             stale=lambda act: act.cluster is None or act.cluster.handed_over,
         )
         self.conflicts = Conflicts(local.node_id, state, metrics, tasks, self._mark_resolved)
+        gate = LeaseGate(local.node_id, directory, membership, partition, self.fenced)
+        self.serving = gate.serving
+        self.still_cut_off = gate.still_cut_off
+        self.verify_claim = gate.verify_claim
 
     def owner_live(self, node: str) -> bool:
         """Whether a claim must treat ``node`` as a live owner: it is live in our view, or
@@ -638,140 +634,16 @@ class Ownership:
         log.warning("%s was taken over by %s (epoch %d)", act.address, claim.record.node, claim.record.epoch)
         self.fenced(act, claim)
 
-    # -- serving under our own lease ---------------------------------------------------
-
-    def serving(self, act: Activation, deadline_ms: int | None) -> Awaitable[str | AgentError | Degraded | None] | None:
-        """Whether ``act`` may run a message now: ``None`` when our lease holds and no gap
-        happened since its claim was last verified (the fast path: two comparisons).
-        Otherwise an awaitable giving ``None`` (run it) or why it must be refused: a
-        reason (``unavailable`` + retry: the lease did not come back before the message's
-        deadline, or another node owns the agent now, this copy stops), or a
-        ``PartitionError`` (the node is on the minority side and the kind pauses there)."""
-        own: Owned | None = act.cluster
-        if own is None:
-            return None
-        if own.handed_over:
-            # Fenced or handed over, being stopped: a message still taken from its mailbox
-            # must not run on this copy's old state (its writes are not stored either).
-            return _refuse(f"{act.address} is owned by another node now; this copy stopped")
-        if own.doubt is not None:  # another node's claim is being checked: wait for it
-            return self._after_doubt(act, own.doubt, deadline_ms)
-        membership = self._membership
-        if own.gaps == membership.gaps and membership.own_lease_left() > 0:
-            return None
-        if own.versions is not None and own.versions.split and membership.own_lease_left() <= 0:
-            return None  # split_brain_allowed: serves while cut off; the heal reconciles
-        return self._recheck(act, own, deadline_ms)
-
-    async def _after_doubt(
-        self, act: Activation, doubt: asyncio.Task[None], deadline_ms: int | None
-    ) -> str | AgentError | Degraded | None:
-        await asyncio.shield(doubt)  # bounded: successor.CHECK_TIMEOUT and one write
-        again = self.serving(act, deadline_ms)
-        return None if again is None else await again
-
-    async def _recheck(
-        self, act: Activation, own: Owned, deadline_ms: int | None
-    ) -> str | AgentError | Degraded | None:
-        membership = self._membership
-        loop = asyncio.get_running_loop()
-        end = loop.time() + (10.0 if deadline_ms is None else deadline_ms / 1000 - time.time())
-        while membership.own_lease_left() <= 0:
-            paused = minority_answer(self._partition, act, self._local.node_id, membership.lease)
-            if paused is not None:
-                return await self._paused_or_superseded(act, paused)
-            left = end - loop.time()
-            if left <= 0:
-                return f"node {self._local.node_id} lost its lease; {act.address} waits for it"
-            await asyncio.sleep(min(0.01, left))  # a lease check, as Membership.wait_own_lease
-        if own.gaps == membership.gaps:
-            return None
-        verified = await self.verify_claim(act)
-        if verified is None:
-            return f"node {self._local.node_id} cannot read the directory to verify {act.address}"
-        if not verified:
-            return f"{act.address} is owned by another node now; this copy stopped"
-        return None
-
-    async def _paused_or_superseded(
-        self, act: Activation, paused: PartitionError | Degraded
-    ) -> str | PartitionError | Degraded:
-        """On the minority side: ``paused`` (answered ``partition``, or served degraded), unless a quick leader
-        read of the claim (:data:`_PAUSE_CHECK` s; shared by concurrent messages) shows
-        another node owns the agent now. That happens at the heal, when messages held by
-        the cut reach this copy before it hears of its successor: it then stops and drops
-        them (``Activation.superseded``, protocol §8.8), and only the new owner answers."""
-        try:
-            verified = await asyncio.wait_for(asyncio.shield(self.verify_claim(act)), _PAUSE_CHECK)
-        except TimeoutError:  # still cut off
-            return paused
-        if verified is False:
-            return f"{act.address} is owned by another node now; this copy stopped"
-        return paused
-
-    async def still_cut_off(self, act: Activation) -> bool:
-        """Before a degraded write is queued: a fresh leader read of the claim (at most
-        :data:`_PAUSE_CHECK` s, never shared with a read started before). ``True``: no
-        answer, still cut off (queue it). ``False``: the directory answers, so the cut is
-        over (a copy held by the cut, delivered at the heal, may have run on the majority
-        under the same id: never queue it); a claim of another node fences this copy."""
-        own: Owned = act.cluster
-        try:
-            current = await asyncio.wait_for(self._directory.get(act.kind, act.agent_id, leader=True), _PAUSE_CHECK)
-        except (TimeoutError, NatsAgentsError):
-            return True
-        if current is None or (current.revision > own.claim.revision and current.record.node != self._local.node_id):
-            self.fenced(act, current)
-        return False
-
-    async def verify_claim(self, act: Activation) -> bool | None:
-        """Re-read the claim of ``act`` after a gap in our heartbeats: ``True`` if it still
-        holds (the agent may run again), ``False`` if another node took it over (this
-        copy is stopped), ``None`` if the directory could not be read. Concurrent checks
-        of one activation share one read."""
-        own: Owned = act.cluster
-        if own.checking is None:
-            own.checking = asyncio.ensure_future(self._verify(act, own))
-            own.checking.add_done_callback(lambda _: setattr(own, "checking", None))
-        return await asyncio.shield(own.checking)
-
-    async def _verify(self, act: Activation, own: Owned) -> bool | None:
-        gaps = self._membership.gaps
-        for attempt in range(5):
-            if own.handed_over:
-                return False
-            try:
-                # From the leader: a replica that lagged (a server that just rejoined) would
-                # have this live copy stopped over a record it does not hold yet.
-                current = await self._directory.get(act.kind, act.agent_id, leader=True)
-            except NatsAgentsError:
-                await asyncio.sleep(0.05 * (attempt + 1))
-                continue
-            if current is not None and current.revision < own.claim.revision:
-                await asyncio.sleep(0.01 * (attempt + 1))  # a replica behind our own write
-                continue
-            if current is not None and (
-                current.revision == own.claim.revision
-                or (current.record.node == self._local.node_id and current.record.epoch == own.claim.record.epoch)
-            ):
-                own.claim = current
-                own.gaps = gaps
-                return True
-            owner = "nobody" if current is None else f"{current.record.node} (epoch {current.record.epoch})"
-            log.warning("%s is owned by %s now: stopping this copy after a heartbeat gap", act.address, owner)
-            self.fenced(act, current)
-            return False
-        return None
-
     async def _after_start(self, key: tuple[str, str]) -> None:
         await self._host.settled(*key)
         latest = self._directory.lookup_claim(*key)
         if latest is not None and key in self._host.activations:
             self.on_directory_change(key, latest)
 
-    def on_directory_change(self, key: tuple[str, str], claim: Claim | None) -> None:
-        """The directory watch saw ``key`` change: a newer claim by another node fences
-        our copy (agents moving away are the migration's business)."""
+    def on_directory_change(self, key: tuple[str, str], claim: Claim | None, revision: int = 0) -> None:
+        """The directory watch saw ``key`` change (to ``revision``): a newer claim by another
+        node fences our copy (agents moving away are the migration's business); a live
+        copy's record removed or garbled is written back (``Successors.reclaim``)."""
         act = self._host.activations.get(key)
         if act is None and claim is not None and claim.record.node != self._local.node_id and self._host.holds(*key):
             # Being started here: it is not in ``activations`` until it is active, and a
@@ -784,7 +656,14 @@ class Ownership:
             return
         own: Owned = act.cluster
         if claim is None:
-            return  # our own release, or a removal we will notice on the next save
+            if (
+                revision > own.claim.revision
+                and self._successors is not None
+                and own.gaps == self._membership.gaps
+                and self._membership.own_lease_left() > 0
+            ):
+                self._successors.reclaim(act, revision)  # not our release: that stops the copy first
+            return
         if claim.revision <= own.claim.revision:
             if claim.revision == own.claim.revision:
                 own.claim = claim  # the directory cache's copy of our own write: share it

@@ -269,7 +269,7 @@ class Replicas:
 
     # -- which replicas this node holds ---------------------------------------------------
 
-    def on_directory_change(self, key: tuple[str, str], claim: Claim | None) -> None:
+    def on_directory_change(self, key: tuple[str, str], claim: Claim | None, revision: int = 0) -> None:
         cls = self._host.kinds.get(key[0])
         if cls is None or cls.read_replicas <= 0:
             return

@@ -22,6 +22,15 @@ included: its messages wait for the answer (``Ownership.serving``), so a real su
 never has a second writer (or a second answerer) beside it. The state store's
 compare-and-set fences a real successor's takeover in any case; this check only keeps a
 forgery from silencing a live agent.
+
+A live copy's record removed or overwritten with garbage (no owner can be read from it)
+makes the agent an orphan: the next activation anywhere claims it afresh, and this copy,
+superseded by that claim, drops what only it had received. No node that runs the agent
+writes such a record (a takeover writes a claim; a release or a migration happens on
+this node, which stops its copy first). So the copy writes its record back at once
+(:meth:`Successors.reclaim`, compare-and-set on the revision that replaced it), unless it
+had a gap in its heartbeats since its claim was verified (a node that saw it lapse may
+have removed it: the claim is verified first, ``Ownership.serving``).
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from collections.abc import Callable
 
 from ..errors import NatsAgentsError
 from ..observability.metrics import Metrics
-from ..runtime.activation import Activation
+from ..runtime.activation import Activation, ActivationState
 from ..tasks import TaskGroup
 from ..transport.connection import NoResponders
 from .asks import NodeClient
@@ -102,7 +111,7 @@ class Successors:
         if own.handed_over:
             return False
         try:
-            own.claim = await self._directory.restore(mine, claim)
+            own.claim = await self._directory.restore(mine, claim.revision)
         except NatsAgentsError as exc:  # changed again (CasConflict), or unreachable
             log.warning("%s: could not write back the claim of %s: %s", act.address, node, exc)
             return False
@@ -115,3 +124,20 @@ class Successors:
             claim.record.epoch,
         )
         return True
+
+    def reclaim(self, act: Activation, revision: int) -> None:
+        """Write the claim of live ``act`` back over ``revision``: its record was removed or
+        overwritten with garbage by someone who does not run it (see the module)."""
+        self._tasks.spawn(self._reclaim(act, revision), name=f"reclaim of {act.address}")
+
+    async def _reclaim(self, act: Activation, revision: int) -> None:
+        own = act.cluster
+        if own.handed_over or own.doubt is not None or act.state is not ActivationState.ACTIVE:
+            return
+        try:
+            own.claim = await self._directory.restore(own.claim, revision)
+        except NatsAgentsError as exc:  # written again meanwhile (the watch reports it), or unreachable
+            log.warning("%s: could not write back its removed directory record: %s", act.address, exc)
+            return
+        self._metrics.forged_claims.labels(act.kind).inc()
+        log.warning("%s: its directory record was removed or garbled while active here: written back", act.address)

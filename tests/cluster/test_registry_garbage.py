@@ -754,3 +754,61 @@ async def test_a_record_naming_a_node_that_holds_no_copy_is_taken_over_when_it_s
     claim = node_of(n2).directory.lookup_claim("Counter", "named")
     assert claim is not None and claim.revision > revision
     assert claim.record.node == "n2" and claim.record.epoch == 5 and claim.record.group == 5
+
+
+@pytest.mark.parametrize("how", ["garbage", "foreign-record", "delete", "purge"])
+async def test_a_live_copys_removed_or_garbled_record_is_written_back(
+    mesh_factory: Any, mesh_prefix: str, nats_url: str, how: str
+) -> None:
+    """A live copy's directory record overwritten with garbage, with a record of another
+    agent, deleted or purged (the fuzz's directory puts and deletes): the copy writes its
+    own record back (compare-and-set on the revision that replaced it), so the agent is
+    not an orphan that the next activation elsewhere takes over. The old code left it an
+    orphan: the other node, asked to activate it, claimed it afresh, the live copy was
+    superseded and dropped what only it had received (the 100k fuzz: requests without an
+    ``Na-Msg-Id`` to ``Tally/order/7`` and ``Wide/a.b`` went unanswered)."""
+    owner, other, client = await held_counter(mesh_factory)
+    directory = node_of(owner).directory
+    mine = directory.lookup_claim("Counter", "held")
+    assert mine is not None
+    key = agent_key("Counter", "held")
+    records = await bucket(client, mesh_prefix, "directory")
+    if how == "garbage":
+        await records.put(key, b"\xc1")
+    elif how == "foreign-record":
+        await forge(client, mesh_prefix, "directory", key, {"kind": "Counter", "id": "f1", "node": other.name})
+    elif how == "delete":
+        await records.delete(key)
+    else:
+        await records.purge(key)
+    await wait_for(
+        lambda: (
+            (c := directory.lookup_claim("Counter", "held")) is not None
+            and c.revision > mine.revision
+            and c.record.node == owner.name
+            and c.record.epoch == mine.record.epoch
+            and c.record.group == mine.record.group
+        ),
+        timeout=5,
+        what="the owner's record written back",
+    )
+    # Asked to activate the agent, the other node finds it active on its owner.
+    subject = node_subject(mesh_prefix, other.name, "activate")
+    signing = node_of(other).owner_key
+    assert signing is not None
+    data = msgpack.packb({"kind": "Counter", "id": "held"})
+    headers = {"Na-Proto": "1", "Na-Msg-Id": envelope.new_message_id()}
+    headers["Na-Owner-Mac"] = owner_mac(signing, subject, headers, data)
+    raw = await nats.connect(nats_url)
+    try:
+        await raw.request(subject, data, timeout=5, headers=headers)
+        agent = agent_subject(mesh_prefix, "Counter", "held")
+        reply = await raw.request(
+            agent, msgpack.packb({"by": 1}), timeout=5, headers={"Na-Proto": "1", "Na-Action": "add"}
+        )
+        assert msgpack.unpackb(reply.data) == 6
+    finally:
+        await raw.close()
+    assert "Counter/held" in owner.local_agents()
+    assert "Counter/held" not in other.local_agents()
+    assert await client.ref("Counter/held").call("get", timeout=10) == 6
