@@ -5,14 +5,20 @@ monotonic clock (when did I last see this node's record change?), never by compa
 wall clocks across machines; only records already present when the watch starts fall
 back to their age, the larger of the server's store time and the record's own
 ``heartbeat_at`` (bounded by clock skew). A graceful stop deletes the record, so others
-see the node leave at once; a crashed node's lease lapses after ``lease`` seconds.
+see the node leave within :data:`LEAVE_GRACE` of our lease; a crashed node's lease lapses
+after ``lease`` seconds.
 
 Records are not trusted (``records``): a malformed one, or one stored under another
 node's key, is ignored (the node's last valid record keeps ageing), and the lease a record
-claims counts for at most ``MAX_LEASE_FACTOR`` (2) times this node's own lease, so a
-record written once and never again (a forged "phantom" member) lapses within twice our
-lease whatever it claims. Honest nodes heartbeat every ``lease / 3``, so a cluster whose
-nodes use leases up to about 5 times ours still sees them live.
+claims counts for at least this node's own lease and at most ``MAX_LEASE_FACTOR`` (2) times
+it, so a record written once and never again (a forged "phantom" member) lapses within
+twice our lease whatever it claims, and a live node's record rewritten with a lease of 0
+does not lapse it at once. Honest nodes heartbeat every ``lease / 3``, so a cluster whose
+nodes use leases up to about 5 times ours still sees them live. A deletion is not trusted
+at once either (anyone with write access to the bucket can delete a live node's record,
+and its agents would be taken over while it still runs them): the node counts as live
+for :data:`LEAVE_GRACE` of our lease more, unless a heartbeat comes. A node that sees its
+own record deleted, garbled or rewritten by someone else writes a heartbeat at once.
 """
 
 from __future__ import annotations
@@ -38,6 +44,11 @@ from .placement import Resources
 __all__ = ["MemberRecord", "Membership"]
 
 log = logging.getLogger("natsagents.cluster.membership")
+
+#: Fraction of our lease a node whose record was deleted still counts as live (a node that
+#: left released its agents first; a live node's record deleted by someone else is written
+#: again by its next heartbeat, at once when it sees the deletion).
+LEAVE_GRACE = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +169,8 @@ class Membership:
         self._records: dict[str, MemberRecord] = {}
         self._seen: dict[str, float] = {}  # node -> loop.time() of the last change seen
         self._revs: dict[str, int] = {}  # node -> KV revision of the last record seen
+        self._left: dict[str, float] = {}  # node -> loop.time() its deleted record stops counting
+        self._restoring: asyncio.Task[None] | None = None  # a heartbeat over a foreign write of ours
         # node -> (revision, loop time) of a lapse confirmed at the stream leader
         self._confirmed: dict[str, tuple[int | None, float]] = {}
         self._confirming: dict[str, tuple[int | None, asyncio.Future[bool]]] = {}
@@ -198,12 +211,15 @@ class Membership:
     def members(self) -> dict[str, MemberRecord]:
         """Live members (this node included while it heartbeats), by node id."""
         now = asyncio.get_running_loop().time()
-        bound = records.MAX_LEASE_FACTOR * self.lease
         return {
             node: rec
             for node, rec in self._records.items()
-            if now - self._seen.get(node, float("-inf")) <= min(rec.lease, bound)
+            if now - self._seen.get(node, float("-inf")) <= self._lease_of(rec)
         }
+
+    def _lease_of(self, rec: MemberRecord) -> float:
+        """The lease a record counts for: what it claims, within [our lease, twice it]."""
+        return min(max(rec.lease, self.lease), records.MAX_LEASE_FACTOR * self.lease)
 
     def is_live(self, node_id: str) -> bool:
         return node_id in self.members()
@@ -211,7 +227,7 @@ class Membership:
     def known(self) -> set[str]:
         """Every node with a valid record in our view, live or lapsed (a node that left
         deleted its record)."""
-        return set(self._records)
+        return set(self._records) - set(self._left)
 
     async def wait_until(self, predicate: Callable[[dict[str, MemberRecord]], bool], timeout: float) -> None:
         """Wait until ``predicate(members())`` holds (re-checked on every change and every
@@ -411,6 +427,12 @@ class Membership:
             self._failed_sent = max(self._failed_sent, sent)
             log.warning("heartbeat of %s failed: %s", self.node_id, exc)
 
+    def _restore_own(self) -> None:
+        """Our record was deleted, garbled or rewritten by someone else: heartbeat now."""
+        if self._restoring is None or self._restoring.done():
+            log.warning("%s: its membership record was changed by someone else: heartbeat at once", self.node_id)
+            self._restoring = self._tasks.spawn(self._beat_once(), name="heartbeat over a foreign write")
+
     async def _watch(self) -> None:
         assert self._bucket is not None
         loop = asyncio.get_running_loop()
@@ -424,19 +446,36 @@ class Membership:
                     self._changed.notify_all()
 
     def _apply(self, entry: Entry, now: float, *, initial: bool) -> None:
+        key = entry.key
+        for gone in [k for k, until in self._left.items() if until < now]:
+            del self._left[gone]
+            self._records.pop(gone, None)
+            self._seen.pop(gone, None)
         if entry.operation != "put":
-            self._records.pop(entry.key, None)
-            self._seen.pop(entry.key, None)
-            self._revs.pop(entry.key, None)
+            self._revs.pop(key, None)
+            if key == self.node_id and not initial:
+                self._restore_own()
+            before = self._records.get(key)
+            if before is not None and key not in self._left:
+                # Left, or deleted by someone else while it runs: live for a grace more.
+                grace = LEAVE_GRACE * self.lease
+                self._left[key] = now + grace
+                lease = self._lease_of(before)
+                self._seen[key] = min(self._seen.get(key, now), now - lease + grace)
             return
-        self._revs[entry.key] = entry.revision  # garbage too: a takeover compares revisions
+        self._revs[key] = entry.revision  # garbage too: a takeover compares revisions
         try:
-            rec = MemberRecord.from_wire(entry.value, key=entry.key)
+            rec = MemberRecord.from_wire(entry.value, key=key)
         except ValueError as exc:
             # Not a heartbeat: the node's last valid record (if any) keeps ageing.
-            records.garbage(log, "membership record", entry.key, exc)
+            records.garbage(log, "membership record", key, exc)
+            if key == self.node_id and not initial:
+                self._restore_own()
             return
-        self._records[entry.key] = rec
+        if key == self.node_id and not initial and (rec.started_at != self._started_at or rec.lease != self.lease):
+            self._restore_own()  # not a heartbeat of ours: what others read of us is ours again at once
+        self._left.pop(key, None)
+        self._records[key] = rec
         if not initial:
             self._seen[entry.key] = now
             return

@@ -407,6 +407,8 @@ class Ownership:
                     if landed:
                         own.revision = landed
                         break
+                    if own.versions is None and await self._overwritten(act, own):
+                        continue  # a foreign write: ours goes over it (own.revision is its revision)
                     if own.versions is not None and own.versions.split:
                         await self.conflicts.fenced_write(act, own)  # Deferred: resolve first
                     self._metrics.state_saves.labels(kind, "fenced").inc()
@@ -445,6 +447,27 @@ class Ownership:
             if own.versions is not None:
                 own.versions.vv = vv
             self._metrics.state_saves.labels(kind, "ok").inc()
+
+    async def _overwritten(self, act: Activation, own: Owned) -> bool:
+        """Whether our state record was written by someone who does not own the agent: our
+        claim still holds at the stream leader, and no node that claimed after us can have
+        written it (a takeover or a hand-over claims the directory record first; protocol
+        §14.3). Then ``own.revision`` becomes the foreign write's (0: it deleted the record)
+        and the copy stores its own state over it, instead of stopping and leaving the
+        agent to restart on garbage. ``False`` when the claim moved or cannot be read."""
+        try:
+            if not await self._directory.verify(own.claim):
+                return False
+            entry = await self._state.bucket.get(agent_key(act.kind, act.agent_id), leader=True, timeout=1.0)
+        except NatsAgentsError:
+            return False
+        revision = 0 if entry is None else entry.revision
+        if revision == own.revision:
+            return False  # no write of anyone else's to go over: the CAS failed otherwise
+        own.revision = revision
+        self._metrics.state_saves.labels(act.kind, "overwritten").inc()
+        log.warning("%s: its state record was written by someone who does not own it: stored over", act.address)
+        return True
 
     async def _read_back(self, act: Activation, value: bytes) -> int:
         """The revision holding ``value`` if our write landed, else 0."""

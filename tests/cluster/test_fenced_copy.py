@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 
+import nats
+
 from natsagents import ClusterSettings, Mesh, action
 from natsagents.state.store import StateStore
 from natsagents.testing import wait_for
+from natsagents.wire.subjects import node_subject
 from tests.agents import Counter
 
 READS = 5
@@ -51,10 +54,17 @@ async def test_a_copy_fenced_by_its_own_save_runs_nothing_left_in_its_mailbox(na
         reads = [asyncio.ensure_future(ref.call("get", timeout=10)) for _ in range(READS)]
         await wait_for(lambda: len(act.mailbox) >= READS, timeout=5, interval=0.005)
 
-        # Another owner adopts the state (fencing this copy's next save) and stores 100.
+        # Another owner, n2, takes the agent over: it claims the directory record (epoch + 1),
+        # adopts the state (fencing this copy's next save) and stores 100. A raw connection
+        # plays n2 and never answers whether it holds the agent (paused): the copy's check
+        # of the claim runs out only after its slow message has tried to save.
+        raw = await nats.connect(nats_url)
+        await raw.subscribe(node_subject(mesh_prefix, "n2", "holds"))
+        await raw.flush()
         current = await cluster.directory.get("SlowCounter", "f1", leader=True)
         assert current is not None
-        epoch = current.record.epoch + 1
+        claimed = await cluster.directory.handover(current, "n2")
+        epoch = claimed.record.epoch
         adopted = await cluster.state.adopt("SlowCounter", "f1", epoch)
         await cluster.state.save_encoded(
             "SlowCounter", "f1", StateStore.encode({"n": 100}, epoch), revision=adopted.revision
@@ -69,3 +79,4 @@ async def test_a_copy_fenced_by_its_own_save_runs_nothing_left_in_its_mailbox(na
         assert check is not None and isinstance(await check, str)
         print(f"slow_add: {outcome[0]!r}; queued reads answered {values} (the fenced copy held 3-4, the store 100)")
         assert all(v >= 100 for v in values), values
+        await raw.close()

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 import natsagents as na
-from natsagents.cluster.membership import MemberRecord, Membership
+from natsagents.cluster.membership import LEAVE_GRACE, MemberRecord, Membership
+from natsagents.testing import wait_for
 from natsagents.transport import ConnectSettings, Transport
 from natsagents.transport.jetstream import api_request, stream_info
 from natsagents.transport.kv import open_bucket
@@ -47,12 +48,19 @@ async def test_nodes_see_each_other_and_their_load(members: Factory) -> None:
     await b.wait_until(lambda m: m["node-a"].load.get("agents") == 7, timeout=5)
 
 
-async def test_graceful_leave_is_seen_at_once(members: Factory) -> None:
-    a = await members("node-a", lease=30)
-    b = await members("node-b", lease=30)
+async def test_graceful_leave_is_seen_within_half_a_lease(members: Factory) -> None:
+    """A deleted record counts for ``LEAVE_GRACE`` (half) of the observer's lease more, not
+    the whole lease: anyone could delete a live node's record (see test_registry_garbage)."""
+    a = await members("node-a", lease=4)
+    b = await members("node-b", lease=4)
     await a.wait_until(lambda m: "node-b" in m, timeout=5)
+    loop_time = asyncio.get_running_loop().time
     await b.stop(leave=True)
-    await a.wait_until(lambda m: "node-b" not in m, timeout=2)  # far sooner than the 30 s lease
+    left = loop_time()
+    await wait_for(lambda: "node-b" not in a.known(), timeout=2, what="the leave seen")
+    assert a.is_live("node-b")  # not yet: a deletion is not trusted at once
+    await wait_for(lambda: not a.is_live("node-b"), timeout=4, interval=0.02, what="the node gone")
+    assert loop_time() - left <= LEAVE_GRACE * 4 + 0.5  # well before the 4 s lease
 
 
 async def test_a_silent_node_lapses_after_its_lease(members: Factory) -> None:

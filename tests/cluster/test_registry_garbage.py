@@ -812,3 +812,86 @@ async def test_a_live_copys_removed_or_garbled_record_is_written_back(
     assert "Counter/held" in owner.local_agents()
     assert "Counter/held" not in other.local_agents()
     assert await client.ref("Counter/held").call("get", timeout=10) == 6
+
+
+@pytest.mark.parametrize("how", ["garbage", "record", "delete", "purge"])
+async def test_a_live_copys_state_written_by_another_is_stored_over(
+    mesh_factory: Any, mesh_prefix: str, how: str
+) -> None:
+    """A live copy's state record overwritten by someone who does not own the agent (the
+    fuzz's state puts and deletes: garbage, a well-formed record, a removal). The copy's
+    claim still holds at the stream leader, so no node that could own the agent wrote it:
+    its next save goes over the foreign write and the agent goes on with its own state.
+    The old code stopped the copy as fenced off (the call answered ``unavailable``) and
+    the agent restarted on the foreign record: "state … is corrupt" for every later call,
+    or a value nobody wrote through the agent."""
+    owner, _, client = await held_counter(mesh_factory)
+    key = agent_key("Counter", "held")
+    records = await bucket(client, mesh_prefix, "state")
+    if how == "garbage":
+        await records.put(key, b"\xc1")
+    elif how == "record":
+        await forge(client, mesh_prefix, "state", key, {"epoch": 1, "data": {"n": 1000}})
+    elif how == "delete":
+        await records.delete(key)
+    else:
+        await records.purge(key)
+    ref = client.ref("Counter/held")
+    assert [await ref.call("add", by=1, timeout=10) for _ in range(3)] == [6, 7, 8]
+    assert "Counter/held" in owner.local_agents()
+    entry = await records.get(key, leader=True)
+    assert entry is not None and msgpack.unpackb(entry.value)["data"] == {"n": 8}
+
+
+@pytest.mark.parametrize("how", ["delete", "purge", "lease-0", "garbage"])
+async def test_a_live_nodes_member_record_deleted_or_forged_hands_none_of_its_agents_over(
+    mesh_factory: Any, mesh_prefix: str, nats_url: str, how: str
+) -> None:
+    """A live node's membership record deleted, purged, rewritten with a lease of 0 or with
+    garbage (the fuzz's member puts and deletes). A deletion read as a graceful leave (the
+    old code) made the node lapse at once in every other node's view, the stream leader
+    confirmed it (no record), and the next activation request elsewhere took its agents
+    over while it still ran them: two copies answered (the 100k fuzz: 2 requests answered
+    twice, ``Ephemeral/f19`` and ``Ephemeral/f8``). Now a deletion counts only after a
+    grace of half a lease, a record's lease counts for at least ours, and the node writes
+    its own record back at once."""
+    n1, n2 = await start_nodes(mesh_factory, "n1", "n2")
+    client = await mesh_factory(name="client")
+    await asyncio.gather(*(client.ref(f"Counter/m{i}").call("add", timeout=10) for i in range(16)))
+    on_n1 = [a.split("/")[1] for a in n1.local_agents() if a.startswith("Counter/m")]
+    assert on_n1, "placement put none of the agents on n1"
+    members = await bucket(client, mesh_prefix, "members")
+    if how == "delete":
+        await members.delete("n1")
+    elif how == "purge":
+        await members.purge("n1")
+    elif how == "lease-0":
+        await forge(client, mesh_prefix, "members", "n1", phantom("n1", lease=0))
+    else:
+        await members.put("n1", b"\xc1")
+    # At once, n2 is asked to activate every agent n1 runs (as a placement would).
+    subject = node_subject(mesh_prefix, "n2", "activate")
+    signing = node_of(n2).owner_key
+    assert signing is not None
+    raw = await nats.connect(nats_url)
+    try:
+
+        async def activate(agent_id: str) -> None:
+            data = msgpack.packb({"kind": "Counter", "id": agent_id})
+            headers = {"Na-Proto": "1", "Na-Msg-Id": envelope.new_message_id()}
+            headers["Na-Owner-Mac"] = owner_mac(signing, subject, headers, data)
+            await raw.request(subject, data, timeout=5, headers=headers)
+
+        await asyncio.gather(*(activate(agent_id) for agent_id in on_n1))
+    finally:
+        await raw.close()
+    taken = [a for a in on_n1 if f"Counter/{a}" in n2.local_agents()]
+    assert taken == [], f"n2 took over {taken} from live n1"
+    assert all(f"Counter/{a}" in n1.local_agents() for a in on_n1)
+
+    async def restored() -> bool:
+        entry = await members.get("n1", leader=True)
+        return entry is not None and msgpack.unpackb(entry.value).get("lease") == LEASE
+
+    await wait_for(restored, timeout=5, what="n1's own record written back")
+    assert node_of(n2).membership.is_live("n1")
