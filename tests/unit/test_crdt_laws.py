@@ -277,3 +277,24 @@ def test_indexed_merge_of_a_small_side_equals_the_plain_join(name: str, ops: lis
         chained = chained.apply_delta(d)
         reference = _reference_merge(reference, d)
         assert chained == reference
+
+
+@pytest.mark.parametrize("name", ["orset", "ormap_gcounter", "ormap_orset", "ormap_lww", "ormap_ormap_mvreg"])
+@LAWS
+@given(ops=ops_strategy)
+def test_the_delta_for_a_context_merges_as_the_whole_state(name: str, ops: list[tuple[int, int, int]]) -> None:
+    # What a copy answers a digest with (protocol §21.4): merged into the replica whose
+    # context it was made for it gives what the whole state gives, removals included;
+    # it is a valid value (decodes), and no more than the state.
+    states = run(name, ops).states
+    for a in states:
+        for b in states:
+            delta = a.delta_for(b.context)  # type: ignore[attr-defined]
+            assert b.merge(delta) == b.merge(a)
+            assert a.merge(delta) == a
+            assert type(a).from_wire(delta.to_wire()) == delta
+            assert len(delta) <= len(a)  # type: ignore[arg-type]
+    # A replica that has seen everything of ``a`` gets nothing but ``a``'s context.
+    a = states[0]
+    known = a.delta_for(a.context)  # type: ignore[attr-defined]
+    assert len(known) == 0 or known is a
