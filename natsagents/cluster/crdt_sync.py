@@ -420,8 +420,9 @@ class CrdtSync:
         answer holding all it lacks went within :data:`ANSWER_AGAIN`. ``lacking``: the other
         copy's causal context, when known: the answer is then the delta it lacks
         (``delta_for``: the keys or elements it has not seen), published as a delta, when
-        that is less than the whole state; otherwise the whole state (``Na-Crdt-Whole:
-        1``). Returns whether an answer is (or was) on its way."""
+        that is less than three quarters of the whole state; otherwise the whole state
+        (``Na-Crdt-Whole: 1``; its bytes are often encoded already). Returns whether an
+        answer is (or was) on its way."""
         if self._tasks.closed:
             return False
         if copy.answered_lately(state, lacking):
@@ -430,6 +431,8 @@ class CrdtSync:
         delta_for = getattr(state, "delta_for", None)
         if lacking is not None and delta_for is not None:
             sent = delta_for(lacking)
+            if len(sent) * 4 >= len(state) * 3:  # type: ignore[arg-type]
+                sent = state  # most of it: the whole state, whose bytes are often ready
         copy.answered = (sent, time.monotonic())
         self._tasks.spawn(self._publish(act, sent, sent is state), name="crdt answer")
         return True
