@@ -203,6 +203,15 @@ def parse_digest(data: bytes, like: Crdt) -> CausalContext | bytes:
     raise CrdtDecodeError("digest: neither a causal context nor a 16-byte hash")
 
 
+def _unseen(state: Crdt, context: CausalContext) -> int:
+    """About how many of the state's events ``context`` has not seen (its version vector
+    entries beyond the context's, and its cloud): when that is most of the state's entries,
+    the answer is the whole state, without computing the delta."""
+    cc: CausalContext = state.context  # type: ignore[attr-defined]
+    theirs = context.vv
+    return sum(max(0, n - theirs.get(r, 0)) for r, n in cc.vv.items()) + len(cc.cloud)
+
+
 Publish = Callable[[Activation, Crdt, bool], Coroutine[Any, Any, None]]
 
 
@@ -429,7 +438,7 @@ class CrdtSync:
             return True
         sent = state
         delta_for = getattr(state, "delta_for", None)
-        if lacking is not None and delta_for is not None:
+        if lacking is not None and delta_for is not None and _unseen(state, lacking) * 4 < len(state) * 3:  # type: ignore[arg-type]
             sent = delta_for(lacking)
             if len(sent) * 4 >= len(state) * 3:  # type: ignore[arg-type]
                 sent = state  # most of it: the whole state, whose bytes are often ready

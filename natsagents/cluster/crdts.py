@@ -427,8 +427,9 @@ class CrdtCopies:
         copy.marks += 1  # counted, not scheduled
 
     def _answer(self, act: Activation, state: Crdt, lacking: CausalContext | None = None) -> bool:
-        """Publish ``state`` as a whole state, as an answer to a copy that lacks some of it
-        (not again within 1 s unless it holds more: ``CrdtSync.answer``)."""
+        """Answer a copy that lacks some of ``state``: with what it lacks (``lacking``: its
+        causal context) or the whole state; not again within 1 s when the last answer
+        holds it all (``CrdtSync.answer``)."""
         return self.sync.answer(act, act.cluster, state, lacking)
 
     def _follow(self, kind: str, token: str, data: bytes) -> None:
