@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from natsagents.crdt import (
     HLC,
+    CausalContext,
     Crdt,
     GCounter,
     GSet,
@@ -298,3 +299,22 @@ def test_the_delta_for_a_context_merges_as_the_whole_state(name: str, ops: list[
     a = states[0]
     known = a.delta_for(a.context)  # type: ignore[attr-defined]
     assert len(known) == 0 or known is a
+
+
+def test_the_delta_for_a_context_is_the_whole_state_when_its_context_would_not_be_compact() -> None:
+    m: ORMap[GCounter] = ORMap(GCounter)
+    m = m.update("r", "a", lambda c: c.increment("r", 1)).state  # dot r:1
+    for _ in range(1000):  # dots r:2 .. r:1001; only the last is held
+        m = m.update("r", "b", lambda c: c.increment("r", 1)).state
+    saw_a = CausalContext({"r": 1})
+    # Leaving key a out would leave a context of 1,000 single dots (r:2 .. r:1001): whole.
+    assert m.delta_for(saw_a) is m
+    # Keys written by another replica, whose every dot the other side saw, leave out
+    # that replica's whole prefix: compact (the common case of a cut: each side its own keys).
+    q = m.update("q", "c", lambda c: c.increment("q", 1)).state
+    fresh = q.delta_for(CausalContext({"q": 1}))
+    assert set(fresh.value) == {"a", "b"} and fresh.context == CausalContext({"r": 1001})
+    other: ORMap[GCounter] = ORMap(GCounter).update("q", "c", lambda c: c.increment("q", 1)).state
+    assert other.merge(fresh) == other.merge(q) == q
+    assert CausalContext({"r": 5}).without([("r", 2)], limit=2) is None
+    assert CausalContext({"r": 5}).without([("r", 4)], limit=2) == CausalContext({"r": 3}, [("r", 5)])
