@@ -6,7 +6,8 @@ with a copy of one ``ORMap`` of ``GCounter`` agent. Server 2 is cut off (its rou
 closed, new ones refused); a caller on each side writes 5,000 keys of its own into the copy on its side (the
 deltas cannot cross). Then the cut heals and the clock runs until both copies read the
 same 10,000 keys (``convergence_10k_s``). Reported beside it: how long the servers took
-to route again (the first delta crossing after the heal), so that the CRDT part shows.
+to route again (a probe crossing after the heal), so that the CRDT part shows, and when the
+first digest of the catch-up exchange (protocol §21.4) was received.
 """
 
 from __future__ import annotations
@@ -173,7 +174,16 @@ async def bench_convergence(cfg: Any) -> dict[str, Any]:
             routed = crossed[0] - healed if crossed else None
             want = KEYS + 1
             seen: tuple[int, int] = (0, 0)
+
+            def digests() -> float:
+                labels = {"kind": "Keys", "outcome": "digest"}
+                return sum(m.metrics.value("natsagents_crdt_deltas_total", labels) or 0 for m in (x, y))
+
+            digests_at_heal = digests()
+            first_digest: float | None = None
             while True:
+                if first_digest is None and digests() > digests_at_heal:
+                    first_digest = time.monotonic() - healed
                 sx, sy = _state(x), _state(y)
                 # Compared only when a copy's state changed (comparing two 10,000-key maps
                 # costs CPU the copies need).
@@ -201,6 +211,8 @@ async def bench_convergence(cfg: Any) -> dict[str, Any]:
                 "write_s": round(wrote, 2),
                 "convergence_s": round(took, 3),
                 "routed_s": None if routed is None else round(routed, 3),
+                # The first digest (protocol §21.4) received after the heal, as seen here.
+                "first_digest_s": None if first_digest is None else round(first_digest, 3),
                 "y_heal_event_s": None if y_ok is None else round(y_ok, 3),
                 "state_bytes": len(sx.to_wire()),
                 "record_merges_stored": count("natsagents_crdt_merges_total", "stored"),

@@ -592,6 +592,7 @@ def report(results: dict[str, Any], cfg: argparse.Namespace) -> dict[str, Any]:
         "cpu_ratio_strong_crdt": round(w["hot_strong_cpu_us_per_write"] / max(w["hot_crdt_cpu_us_per_write"], 1e-9), 2),
         "convergence_10k_s": cv["convergence_s"],
         "convergence_10k_routed_s": cv["routed_s"],
+        "convergence_10k_first_digest_s": cv["first_digest_s"],
         "crdt_lost_on_kill_1_copy": results["crdt_kill"]["copies_1"]["lost"],
         "crdt_lost_on_kill_2_copies": results["crdt_kill"]["copies_2"]["lost"],
         "crdt_lag_p50_ms": results["crdt_lag"]["p50_ms"],

@@ -22,13 +22,14 @@ its own copy, writing as its own replica id, and the copies converge by merging.
   the same backoff). One watch per hosted kind merges every record change into the local
   copy (and a copy that finds itself ahead of the record flushes again). A copy that missed
   deltas, was partitioned or starts later catches up from the record.
-* **Partitions.** While the node's partition state is not ``ok``, copies changed since it
-  began publish their whole state every 0.5 s (lost during the cut; the first to cross once
-  the servers route again merges the sides); a copy that receives a whole state lacking
-  something it holds answers with its own at once (a causal type: before merging, when the
-  sender's causal context lacks a dot it has seen). When the state
-  comes back to ``ok`` every copy publishes its whole state (when it fits in a message),
-  twice, and merges into the record now.
+* **Partitions** (``crdt_sync``). While the node's partition state is not ``ok`` it says
+  hello on each hosted kind every 0.1 s; a node hearing one from a node silent for a second
+  (the servers route again) echoes it and publishes the digest (causal context, or a hash)
+  of each copy changed meanwhile; a copy whose digest shows the other lacks something
+  answers with its whole state at once. Backstops: digests every 0.5 s while not ``ok``,
+  twice at the heal (with a merge into the record). A copy that receives a whole state
+  lacking something it holds answers with its own at once (a causal type: before merging,
+  when the sender's causal context lacks a dot it has seen).
 * **Stop** (deactivation, idle, drain, node close): the copy flushes before it goes.
 """
 
@@ -36,10 +37,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
+import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from ..agent.base import Agent
@@ -59,6 +59,7 @@ from ..wire import headers as h
 from ..wire.envelope import RequestMeta, encode_headers
 from ..wire.ids import agent_key, decode_id, encode_id, validate_kind
 from ..wire.subjects import crdt_subject
+from .crdt_sync import HELLO, CrdtCopy, CrdtSync, _digest
 from .partition import PartitionEvent, PartitionMonitor
 
 __all__ = ["CrdtCopies", "CrdtCopy"]
@@ -68,65 +69,8 @@ log = logging.getLogger("natsagents.cluster.crdt")
 #: Most deltas of one action joined into the delta it ships; beyond, the whole state is
 #: shipped (joining thousands of deltas one by one is quadratic; the state is a valid delta).
 _MAX_DELTAS = 64
-#: Seconds between two rounds of whole-state publishes while the node is not ``ok``.
-_GOSSIP_EVERY = 0.5
-#: Seconds after a heal at which every copy publishes its whole state a second time.
-_RESYNC_AGAIN = 1.0
 #: Read-merge-CAS attempts of one flush before it counts as failed (and is retried later).
 _CAS_ATTEMPTS = 8
-#: Digests of bodies merged or published a copy remembers (``CrdtCopy.merged``).
-_KNOWN_BODIES = 4
-
-
-class CrdtCopy:
-    """The node's record of one crdt copy (``Activation.cluster``)."""
-
-    __slots__ = ("acked", "marks", "merged", "replica", "revision", "stored_marks", "token", "wire")
-
-    def __init__(self, replica: str, token: str, acked: Crdt, revision: int) -> None:
-        self.replica = replica
-        self.token = token
-        #: The state as acknowledged: every action that answered ok, every merge.
-        self.acked = acked
-        #: The newest record revision merged here or written by this copy.
-        self.revision = revision
-        #: Changes (own actions, deltas of other copies merged here) made / known to be in
-        #: the record. Only own changes schedule a merge into the record; a received one is
-        #: stored with the next, or at the stop.
-        self.marks = 0
-        self.stored_marks = 0
-        #: Digests of the last bodies (whole states, record values) merged into ``acked``
-        #: or published from it: ``acked`` holds all of each (it only grows), so the same
-        #: bytes again (a partition's gossip repeating itself; a node's whole state after
-        #: its record, or the other way round) are not decoded again.
-        self.merged: list[bytes] = []
-        #: The last whole state published and its bytes (a repeat is not encoded again).
-        self.wire: tuple[Crdt, bytes] | None = None
-
-    def knows(self, digest: bytes) -> bool:
-        """Whether bytes with this digest were merged into (or published from) ``acked``."""
-        return digest in self.merged
-
-    def learned(self, digest: bytes) -> None:
-        merged = self.merged
-        if digest not in merged:
-            merged.append(digest)
-            if len(merged) > _KNOWN_BODIES:
-                del merged[0]
-
-    def holds_exactly(self, data: bytes) -> bool:
-        """Whether ``acked`` encodes to ``data`` (known without encoding it: the bytes of
-        the last whole state published, if ``acked`` has not changed since)."""
-        wire = self.wire
-        return wire is not None and wire[0] is self.acked and wire[1] == data
-
-    @property
-    def dirty(self) -> bool:
-        return self.marks != self.stored_marks
-
-
-def _digest(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 def _join(deltas: list[Crdt]) -> Crdt:
@@ -187,9 +131,18 @@ class CrdtCopies:
         # Header blocks of our deltas, built once (protocol §21.2).
         self._block = encode_headers({h.CRDT_NODE: node_id})
         self._whole_block = encode_headers({h.CRDT_NODE: node_id, h.CRDT_WHOLE: "1"})
-        self._gossip: asyncio.Task[None] | None = None
-        #: The node's partition status (``ClusterNode`` sets it; "ok" until then).
-        self._state_of: Callable[[], str] = lambda: "ok"
+        #: Hellos, digests and the rounds that catch copies up after a cut (§21.4).
+        self.sync = CrdtSync(
+            transport,
+            prefix=prefix,
+            node_id=node_id,
+            metrics=metrics,
+            tasks=tasks,
+            copies=self._copies,
+            publish=lambda act, state, whole: self._publish(act, state, whole=whole),
+            flush_soon=self._flush_soon,
+            closing=lambda: self._closing,
+        )
         self.behind: WriteBehind[Activation] = WriteBehind(
             self._flush,
             tasks,
@@ -315,6 +268,7 @@ class CrdtCopies:
                 details={"state": "rolled back", "read_only": True},
             )
         copy.acked = agent.state = merged
+        copy.changed_at = time.monotonic()
         await self._publish(act, delta)
         self._changed(act, copy)
 
@@ -395,13 +349,23 @@ class CrdtCopies:
         if len(parts) < 3:
             return
         kind, token = parts[-2], parts[-1]
+        if token == HELLO:
+            if hdrs is not None and kind in self._kinds:
+                self.sync.on_hello(kind, hdrs.get(h.CRDT_NODE, ""), hdrs)
+            return
+        digest = hdrs is not None and hdrs.get(h.CRDT_DIGEST) == "1"
         act = self._copies.get((kind, token))
         if act is None:
+            if digest:
+                return  # no copy here: nothing to compare (a copy starts with a delta)
             if kind in self._host.kinds:
                 self._metrics.crdt_deltas.labels(kind, "no_copy").inc()
                 self._follow(kind, token, msg.data)
             return
         if act.state is not ActivationState.ACTIVE:
+            return
+        if digest:
+            self.sync.on_digest(act, msg.data)
             return
         self._merge_delta(act, msg.data, whole=hdrs is not None and hdrs.get(h.CRDT_WHOLE) == "1")
 
@@ -414,8 +378,14 @@ class CrdtCopies:
             digest = _digest(data)
             if copy.knows(digest):
                 self._metrics.crdt_deltas.labels(act.kind, "repeated").inc()
-                if not copy.holds_exactly(data):  # we hold all of it, maybe more: answer
-                    self._answer(act, copy.acked)
+                if not copy.holds_exactly(data):  # we hold all of it, maybe more
+                    if copy.acked.CAUSAL:
+                        # Our digest: the sender answers with what we lack, or learns what
+                        # it lacks (a repeat already on its way when our answer left is
+                        # not answered with our whole state again).
+                        self._tasks.spawn(self.sync.publish_digest(act, copy), name="crdt digest")
+                    else:
+                        self._answer(act, copy.acked)
                 return
         before = copy.acked
         answered = False
@@ -433,7 +403,7 @@ class CrdtCopies:
                 return
             mine: CausalContext = before.context  # type: ignore[attr-defined]
             if not theirs.covers(mine):
-                answered = self._answer(act, before)
+                answered = self._answer(act, before, theirs)
             remote = self._decode_obj(act, before, obj)
         else:
             remote = self._decode_wire(act, before, data, "delta")
@@ -456,12 +426,11 @@ class CrdtCopies:
         # or when it stops (it is marked as received-but-unstored).
         copy.marks += 1  # counted, not scheduled
 
-    def _answer(self, act: Activation, state: Crdt) -> bool:
-        """Publish ``state`` as a whole state, as an answer to a copy that lacks some of it."""
-        if self._tasks.closed:
-            return False
-        self._tasks.spawn(self._publish(act, state, whole=True), name="crdt answer")
-        return True
+    def _answer(self, act: Activation, state: Crdt, lacking: CausalContext | None = None) -> bool:
+        """Answer a copy that lacks some of ``state``: with what it lacks (``lacking``: its
+        causal context) or the whole state; not again within 1 s when the last answer
+        holds it all (``CrdtSync.answer``)."""
+        return self.sync.answer(act, act.cluster, state, lacking)
 
     def _follow(self, kind: str, token: str, data: bytes) -> None:
         """A delta for an agent of a kind we host but hold no copy of: start one (it loads
@@ -620,7 +589,9 @@ class CrdtCopies:
         except (CrdtError, CrdtTypeError, TypeError) as exc:
             warn_ignored(log, "crdt value", act.address, exc)
             return None
-        copy.acked = merged
+        if merged is not before:
+            copy.acked = merged
+            copy.changed_at = time.monotonic()
         live = act.agent.state
         if live is before:  # no action under way: nothing else to merge it into
             act.agent.state = merged
@@ -665,55 +636,15 @@ class CrdtCopies:
             warn_ignored(log, f"crdt {what}", act.address, exc)
             return None
 
-    # -- partitions ---------------------------------------------------------------------
+    # -- partitions (crdt_sync.CrdtSync) ---------------------------------------------------
 
     def watch_partition(self, monitor: PartitionMonitor) -> None:
-        """Follow the node's partition state (``on_partition``)."""
-        self._state_of = lambda: monitor.state.status
-        monitor.subscribe(self.on_partition)
+        """Follow the node's partition state: hellos and digests while it is not ``ok``,
+        digests and record merges at the heal (``crdt_sync``)."""
+        self.sync.watch_partition(monitor)
 
     def on_partition(self, event: PartitionEvent) -> None:
-        """While the node is not ``ok``: every second, each copy changed since the partition
-        began publishes its whole state (lost while the cut lasts; the first to cross once
-        the routes are back merges the sides, without waiting for JetStream). At the heal:
-        every copy publishes its whole state and merges into its record now."""
-        if self._closing or self._tasks.closed:
-            return
-        if event.kind == "heal":
-            self._tasks.spawn(self._resync(), name="crdt heal")
-        elif event.kind == "start" and self._gossip is None:
-            self._gossip = self._tasks.spawn(self._gossip_while_cut(), name="crdt gossip")
-
-    async def _gossip_while_cut(self) -> None:
-        try:
-            since = {id(act): act.cluster.marks for act in self._copies.values() if _is_crdt_copy(act)}
-            while not self._closing:
-                await asyncio.sleep(_GOSSIP_EVERY)
-                if self._state_of() == "ok":
-                    return
-                for act in list(self._copies.values()):
-                    copy = act.cluster
-                    if not isinstance(copy, CrdtCopy) or act.state is not ActivationState.ACTIVE:
-                        continue
-                    if copy.marks > since.get(id(act), 0):
-                        await self._publish(act, copy.acked, whole=True)
-        finally:
-            self._gossip = None
-
-    async def _resync(self) -> None:
-        # Twice: the routes between the servers may come back a moment after this node's
-        # own view does, and a core NATS message published before that is lost.
-        for round_ in range(2):
-            if round_:
-                await asyncio.sleep(_RESYNC_AGAIN)
-            for act in list(self._copies.values()):
-                copy = act.cluster
-                if not isinstance(copy, CrdtCopy) or act.state is not ActivationState.ACTIVE:
-                    continue
-                await self._publish(act, copy.acked, whole=True)
-                if not round_:
-                    copy.marks += 1
-                    self._tasks.spawn(self._flush_soon(act), name="crdt heal flush")
+        self.sync.on_partition(event)
 
     async def _flush_soon(self, act: Activation) -> None:
         """Merge into the record now (a retry's backoff timer is cancelled)."""

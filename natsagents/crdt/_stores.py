@@ -187,3 +187,26 @@ def join_small(
     index_changes: dict[Dot, Any] = {d: DELETE for d in gone if d not in placed}
     index_changes.update(placed)
     return evolve(s1, changes), evolve(index1, index_changes)
+
+
+def missing_for(
+    store: Mapping[K, V], cc: CausalContext, context: CausalContext, dots: Callable[[V], Iterable[Dot]]
+) -> tuple[dict[K, V], CausalContext] | None:
+    """What a replica whose causal context is ``context`` lacks of the causal state
+    ``(store, cc)``: the entries holding a dot it has not seen, and ``cc`` less the dots of
+    the entries left out (so that it drops what this state removed, and keeps what both
+    hold). Merged there it gives what the whole state gives. ``None``: nothing would be
+    left out, or ``cc`` less those dots is not compact (the whole state is the answer)."""
+    shipped: dict[K, V] = {}
+    left: list[Dot] = []
+    vv, cloud = context._vv, context._cloud
+    for key, value in store.items():
+        held = list(dots(value))
+        if all(d[1] <= vv.get(d[0], 0) or d in cloud for d in held):
+            left.extend(held)
+        else:
+            shipped[key] = value
+    if not left:
+        return None
+    rest = cc.without(left, limit=max(64, 4 * len(shipped)))
+    return None if rest is None else (shipped, rest)

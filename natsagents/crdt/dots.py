@@ -134,6 +134,31 @@ class CausalContext:
         vv = dict(self._vv)
         return CausalContext._raw(*_compact(vv, self._cloud.union(dots)))
 
+    def without(self, dots: Iterable[Dot], limit: int) -> CausalContext | None:
+        """This context less ``dots`` (``None`` when the result would hold more than
+        ``limit`` dots in its cloud: what was a version vector entry may become a list)."""
+        by: dict[str, set[int]] = {}
+        for r, n in dots:
+            by.setdefault(r, set()).add(n)
+        vv = dict(self._vv)
+        cloud = set(self._cloud)
+        added = 0
+        for r, ns in by.items():
+            top = vv.get(r, 0)
+            low = [n for n in ns if n <= top]
+            if low:
+                cut = min(low) - 1
+                added += (top - cut) - len(low)  # the prefix above the cut, less ``dots``
+                if added > limit:
+                    return None
+                cloud.update((r, i) for i in range(cut + 1, top + 1) if i not in ns)
+                if cut:
+                    vv[r] = cut
+                else:
+                    del vv[r]
+            cloud.difference_update((r, n) for n in ns if n > top)
+        return CausalContext._raw(vv, frozenset(cloud) if cloud else _EMPTY)
+
     def covers(self, other: CausalContext) -> bool:
         """Whether every dot of ``other`` is in this context (``other`` ⊆ ``self``)."""
         if other is self:

@@ -31,6 +31,7 @@ from ._stores import (
     join_dot_fun,
     join_dot_sets,
     join_small,
+    missing_for,
     reindex,
 )
 from ._wire import (
@@ -441,6 +442,15 @@ class ORMap(Crdt, Generic[V]):
 
         s, idx = join_small(big._s, big._idx, small._s, few, join_one, ops.dots)
         return self._new(s, cc, idx)
+
+    def delta_for(self, context: CausalContext) -> ORMap[V]:
+        """What a replica whose causal context is ``context`` lacks of this map: the keys
+        holding an update it has not seen, and this map's context less the dots of the keys
+        left out. Merging it there gives what merging the whole map gives (removals
+        included); the whole map when no key would be left out or the context left would
+        not be compact."""
+        part = missing_for(self._s, self._cc, context, self._ops.dots)
+        return self if part is None else self._new(*part)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):

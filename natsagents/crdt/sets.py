@@ -14,6 +14,7 @@ from ._stores import (
     encode_dot_sets,
     join_dot_sets,
     join_small,
+    missing_for,
     reindex,
 )
 from ._wire import Atom, Dot, as_atom, as_list, atom_key, check_atom, envelope, fail, field
@@ -162,6 +163,14 @@ class ORSet(Crdt):
         """Remove every element observed here."""
         dots = [d for ds in self._s.values() for d in ds]
         return Mutation(ORSet._raw({}, self._cc), ORSet._raw({}, CausalContext.of(dots)))
+
+    def delta_for(self, context: CausalContext) -> ORSet:
+        """What a replica whose causal context is ``context`` lacks of this set (see
+        :meth:`ORMap.delta_for`): the elements holding a dot it has not seen, under this
+        set's context less the dots of the elements left out; the whole set when no smaller
+        delta is at hand."""
+        part = missing_for(self._s, self._cc, context, _same)
+        return self if part is None else ORSet._raw(*part)
 
     def merge(self, other: ORSet) -> ORSet:
         self._same(other)

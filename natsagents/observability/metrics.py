@@ -219,7 +219,8 @@ class Metrics:
         self.crdt_deltas = Counter(
             "natsagents_crdt_deltas",
             "CRDT deltas of crdt kinds by outcome: sent, applied, no_copy (no copy here), dropped "
-            "(malformed or of another type: ignored)",
+            "(malformed or of another type: ignored), repeated (a whole state merged before), "
+            "digest_sent, digest (a digest received, protocol §21.4)",
             ["kind", "outcome"],
             registry=r,
         )

@@ -11,6 +11,9 @@ __all__ = [
     "CALLER_KEY",
     "CALLER_SIG",
     "CORRELATION_ID",
+    "CRDT_DIGEST",
+    "CRDT_ECHO",
+    "CRDT_HELLO",
     "CRDT_NODE",
     "CRDT_WHOLE",
     "DEADLINE",
@@ -59,6 +62,12 @@ CRDT_NODE = "Na-Crdt-Node"
 #: ``1`` on a crdt delta that is the sender's whole state (a heal, a partition's gossip):
 #: a copy holding more answers with its own whole state.
 CRDT_WHOLE = "Na-Crdt-Whole"
+#: ``1`` on a crdt digest (protocol §21.4): the body names what the sender's copy holds.
+CRDT_DIGEST = "Na-Crdt-Digest"
+#: On a crdt hello (``<prefix>.crdt.<kind>.~hello``): seconds the sender has not been ``ok``.
+CRDT_HELLO = "Na-Crdt-Hello"
+#: ``1`` on a hello that answers another (never answered itself).
+CRDT_ECHO = "Na-Crdt-Echo"
 #: Id shared by every message caused by one external request.
 CORRELATION_ID = "Na-Corr-Id"
 #: Name of the action to run.

@@ -30,7 +30,7 @@ async def test_a_whole_state_lacking_ours_is_answered_at_once_while_we_gossip(
     await n1.ref("Tags/a").call("tag", key="mine", tag="x")
     crdts = node_of(n1).crdts
     gossip = asyncio.get_running_loop().create_future()
-    crdts._gossip = gossip  # type: ignore[assignment]  # as while the node is not "ok"
+    crdts.sync._loop = gossip  # type: ignore[assignment]  # as while the node is not "ok"
     raw = await nats.connect(nats_url)
     try:
         subject = crdt_subject(mesh_prefix, "Tags", "a")
@@ -59,7 +59,7 @@ async def test_a_whole_state_lacking_ours_is_answered_at_once_while_we_gossip(
         delta = await asyncio.wait_for(answers.get(), 5)
         assert (delta.headers or {}).get(h.CRDT_WHOLE) is None  # the action's delta, no answer
     finally:
-        crdts._gossip = None
+        crdts.sync._loop = None
         gossip.cancel()
         await raw.close()
 

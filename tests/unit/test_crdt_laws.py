@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from natsagents.crdt import (
     HLC,
+    CausalContext,
     Crdt,
     GCounter,
     GSet,
@@ -277,3 +278,43 @@ def test_indexed_merge_of_a_small_side_equals_the_plain_join(name: str, ops: lis
         chained = chained.apply_delta(d)
         reference = _reference_merge(reference, d)
         assert chained == reference
+
+
+@pytest.mark.parametrize("name", ["orset", "ormap_gcounter", "ormap_orset", "ormap_lww", "ormap_ormap_mvreg"])
+@LAWS
+@given(ops=ops_strategy)
+def test_the_delta_for_a_context_merges_as_the_whole_state(name: str, ops: list[tuple[int, int, int]]) -> None:
+    # What a copy answers a digest with (protocol §21.4): merged into the replica whose
+    # context it was made for it gives what the whole state gives, removals included;
+    # it is a valid value (decodes), and no more than the state.
+    states = run(name, ops).states
+    for a in states:
+        for b in states:
+            delta = a.delta_for(b.context)  # type: ignore[attr-defined]
+            assert b.merge(delta) == b.merge(a)
+            assert a.merge(delta) == a
+            assert type(a).from_wire(delta.to_wire()) == delta
+            assert len(delta) <= len(a)  # type: ignore[arg-type]
+    # A replica that has seen everything of ``a`` gets nothing but ``a``'s context.
+    a = states[0]
+    known = a.delta_for(a.context)  # type: ignore[attr-defined]
+    assert len(known) == 0 or known is a
+
+
+def test_the_delta_for_a_context_is_the_whole_state_when_its_context_would_not_be_compact() -> None:
+    m: ORMap[GCounter] = ORMap(GCounter)
+    m = m.update("r", "a", lambda c: c.increment("r", 1)).state  # dot r:1
+    for _ in range(1000):  # dots r:2 .. r:1001; only the last is held
+        m = m.update("r", "b", lambda c: c.increment("r", 1)).state
+    saw_a = CausalContext({"r": 1})
+    # Leaving key a out would leave a context of 1,000 single dots (r:2 .. r:1001): whole.
+    assert m.delta_for(saw_a) is m
+    # Keys written by another replica, whose every dot the other side saw, leave out
+    # that replica's whole prefix: compact (the common case of a cut: each side its own keys).
+    q = m.update("q", "c", lambda c: c.increment("q", 1)).state
+    fresh = q.delta_for(CausalContext({"q": 1}))
+    assert set(fresh.value) == {"a", "b"} and fresh.context == CausalContext({"r": 1001})
+    other: ORMap[GCounter] = ORMap(GCounter).update("q", "c", lambda c: c.increment("q", 1)).state
+    assert other.merge(fresh) == other.merge(q) == q
+    assert CausalContext({"r": 5}).without([("r", 2)], limit=2) is None
+    assert CausalContext({"r": 5}).without([("r", 4)], limit=2) == CausalContext({"r": 3}, [("r", 5)])
