@@ -36,6 +36,10 @@ class Outcome(NamedTuple):
     ran: bool = False
     deadline_ms: int | None = None  # the request's (how long its copies may come: dedup)
     durable: bool = False  # a durable message (its partition owner may send it again)
+    #: The request's ``Na-Msg-Id`` when ``deliver`` recorded it in progress (so it is
+    #: well-formed): its dedup entry is finished without reading the headers again.
+    #: ``None``: not known here (the worker finds it in the headers).
+    message_id: str | None = None
 
 
 class Answers(Protocol):
@@ -67,7 +71,6 @@ class Answers(Protocol):
         subject: str,
         headers: dict[str, str] | bytes,
         body: bytes,
-        *,
         agent: str | None = None,
         action: str | None = None,
         vetted: bool = False,
@@ -116,6 +119,11 @@ class ActivationState(enum.Enum):
 
 
 _ACTIVE = ActivationState.ACTIVE
+# Header names read for every message, as module constants (one attribute load less each).
+_ACTION, _BATCH, _MESSAGE_ID, _PRIORITY = h.ACTION, h.BATCH, h.MESSAGE_ID, h.PRIORITY
+_REPLY_MODE, _STREAM_SEQ = h.REPLY_MODE, h.STREAM_SEQ
+_ACCEPT, _REPLAY = h.REPLY_MODE_ACCEPT, h.REPLY_MODE_REPLAY
+_monotonic = time.monotonic
 #: Whether a ``Na-Msg-Id`` is well-formed (``envelope.is_message_id`` for a header value).
 _match_id = envelope.MESSAGE_ID_RE.fullmatch
 
@@ -225,8 +233,8 @@ class Activation:
         hdrs = msg.headers
         mode = priority = None
         if hdrs is not None:
-            mode = hdrs.get(h.REPLY_MODE)
-            if h.STREAM_SEQ in hdrs or h.BATCH in hdrs:
+            mode = hdrs.get(_REPLY_MODE)
+            if _STREAM_SEQ in hdrs or _BATCH in hdrs:
                 # Owner-only orders (exactly-once sequences, batches): signed or refused.
                 if h.BATCH in hdrs and mode is not None:  # a batch is answered once, with its results
                     replies.refuse(self, msg, BAD_REQUEST, f"a batch takes no {h.REPLY_MODE}")
@@ -239,10 +247,10 @@ class Activation:
                         f"{h.STREAM_SEQ} and {h.BATCH} are accepted from partition owners only (a valid {h.OWNER_MAC})",
                     )
                     return
-            elif mode == h.REPLY_MODE_REPLAY:
+            elif mode == _REPLAY:
                 self.host.replay(self, msg)  # a question about an earlier message: nothing runs
                 return
-            priority = hdrs.get(h.PRIORITY)
+            priority = hdrs.get(_PRIORITY)
         if len(self.mailbox) + self.busy >= self.capacity:
             replies.refuse(self, msg, OVERLOADED, f"mailbox of {self.address} is full ({self.capacity})")
             return
@@ -257,7 +265,7 @@ class Activation:
                 return
         message_id = None
         if hdrs is not None and msg.reply:
-            message_id = hdrs.get(h.MESSAGE_ID)
+            message_id = hdrs.get(_MESSAGE_ID)
             if message_id is not None:
                 recent = self.recent
                 if _match_id(message_id) is None:
@@ -296,7 +304,7 @@ class Activation:
                     replies.duplicate(self, msg, _APPLIED)
                     return
                 msg = Verified(msg, admitted)
-        if mode == h.REPLY_MODE_ACCEPT and msg.reply:
+        if mode == _ACCEPT and msg.reply:
             # Check what can be checked before acknowledging: an accepted send gets one reply.
             try:
                 meta = envelope.parse_request(hdrs)
@@ -312,7 +320,8 @@ class Activation:
             if recent is None:
                 recent = self.recent = Recent()
             recent[message_id] = IN_PROGRESS
-            recent.fingerprints[message_id] = fingerprint(hdrs.get(h.ACTION), msg.data)  # type: ignore[union-attr]
+            # fingerprint(action, body), inlined: a call less a request.
+            recent.fingerprints[message_id] = hash((hdrs.get(_ACTION), msg.data))  # type: ignore[union-attr]
         mailbox = self.mailbox
         if mailbox is _NO_MAIL:
             mailbox = self.mailbox = deque()
@@ -436,7 +445,7 @@ class Activation:
     async def _handle(self, msg: Inbound) -> None:
         """Run one message and send its outcome where it belongs."""
         host = self.host
-        started = time.monotonic()
+        started = _monotonic()
         if not self.busy:
             self.busy_since = started
         self.busy += 1
@@ -449,25 +458,24 @@ class Activation:
                 else:  # the dispatcher answers; we say where
                     # msg.reply was vetted on arrival (deliver's docstring): not checked again.
                     await host.replies.send(
-                        msg.reply if outcome.wanted else "",
-                        reply[0],
-                        reply[1],
-                        agent=self.address,
-                        action=outcome.action,
-                        vetted=True,
+                        msg.reply if outcome.wanted else "", reply[0], reply[1], self.address, outcome.action, True
                     )
         finally:
             self.busy -= 1
             if not self.busy:
                 self.busy_since = 0.0
             if self.health is not None:
-                took = time.monotonic() - started
+                took = _monotonic() - started
                 count = msg.headers.get(h.BATCH) if msg.headers is not None else None
                 if count is not None and count.isdigit() and int(count) > 1:
                     took /= int(count)  # a batch (wire.batch): the time per message
                 self.health.handled(took, len(self.mailbox))
         if type(msg) is Verified and outcome.ran and not msg.admitted.durable:
             host.guard.remember(msg.admitted)
+        message_id = outcome.message_id
+        if message_id is not None:  # recorded in progress by deliver(), seen so by dispatch
+            host.dedup.finish(self, message_id, outcome.kept, outcome.deadline_ms, outcome.durable)
+            return
         recent = self.recent
         hdrs = msg.headers
         if recent is not None and hdrs is not None and msg.reply:

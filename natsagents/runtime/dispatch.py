@@ -41,13 +41,17 @@ from . import exactly_once
 from .activation import Activation, Outcome
 from .budget import DecodeBudget
 from .bulkhead import Bulkhead
-from .dedup import Reply
+from .dedup import IN_PROGRESS, Reply
 from .hooks import NodeHooks
 from .replies import NIL
 
 __all__ = ["Dispatcher", "Refused"]
 
 log = logging.getLogger("natsagents.runtime")
+#: Builds a named tuple from a tuple of all its fields: the named tuple's own ``__new__`` is
+#: a Python function (a frame per message, three named tuples a message).
+_new = tuple.__new__
+_NO_ROLES: frozenset[str] = frozenset()
 
 
 @dataclass(eq=False)
@@ -113,21 +117,32 @@ class Dispatcher:
         act: Activation,
         headers: dict[str, str] | None,
         data: bytes,
-        *,
         reply: bool,
         caller: TrustedCaller | None = None,
         margin: float | None = None,
     ) -> Outcome:
         """Run one message (``reply``: it has a reply subject; ``caller``: its verified
         caller, ``runtime.guard``; ``margin``: a request whose caller waits for its result
-        is not started with less than this many seconds of its deadline left). Never raises."""
+        is not started with less than this many seconds of its deadline left). Never raises.
+        Called once a message: positional arguments (keywords cost more)."""
         started = time.perf_counter()
         kind, address = act.kind, act.address
+        # An id the activation recorded as in progress was matched on arrival (only
+        # well-formed ids are recorded): not matched again (a regular expression).
+        # (Only requests with a reply subject are recorded: the outcome names the id whose
+        # entry its worker finishes, Outcome.message_id.)
+        recent = act.recent
+        checked = None
+        if reply and recent is not None and headers is not None:
+            checked = headers.get(h.MESSAGE_ID)
+            if checked is not None and recent.get(checked) is not IN_PROGRESS:
+                checked = None
         try:
-            meta = envelope.parse_request(headers)
+            meta = envelope.parse_request(headers, checked)
         except ProtocolError as exc:
             self._metrics.rejected_one(kind, BAD_REQUEST)
-            return Outcome(envelope.error_reply(BAD_REQUEST, str(exc), agent=address), True, None)
+            err = envelope.error_reply(BAD_REQUEST, str(exc), agent=address)
+            return Outcome(err, True, None, message_id=checked)
         accept = meta.reply_mode == h.REPLY_MODE_ACCEPT
         wanted = reply and not accept  # an accepted send was acknowledged on arrival
         kept: Reply | None = (envelope.OK_HEADER_BLOCK, NIL) if accept else None  # a copy is acknowledged again
@@ -146,14 +161,31 @@ class Dispatcher:
             err = envelope.error_reply(
                 refused.code, refused.message, agent=address, action=action, details=refused.details
             )
-            return Outcome(err, wanted, None, action)
+            return Outcome(err, wanted, None, action, message_id=checked)
         except BaseException:  # cancelled while waiting for a bulkhead
             if weight:
                 self.budget.release(weight)
             raise
         tracing = self._tracing
         span = tracing.server_span(kind, action, act.agent_id, headers) if tracing.enabled else None
-        token = _current.set(self._context(address, meta, caller))
+        deadline_ms = meta.deadline_ms
+        token = _current.set(
+            _new(
+                Context,
+                (
+                    address,
+                    action,
+                    meta.message_id,
+                    meta.correlation_id,
+                    None if deadline_ms is None else deadline_ms / 1000,
+                    meta.caller,
+                    meta.traceparent,
+                    meta.tracestate,
+                    None if caller is None else caller.name,
+                    _NO_ROLES if caller is None else caller.roles,
+                ),
+            )
+        )
         span_token = tracing.activate(span) if span is not None else None
         node = self.node if act.cluster is not None else None
         try:
@@ -173,7 +205,9 @@ class Dispatcher:
                 details={"exception": type(exc).__name__},
             )
             # A durable message is tried again by its partition owner: let a copy run.
-            return Outcome(failed, wanted, None if durable else (kept or failed), action, True, meta.deadline_ms)
+            return Outcome(
+                failed, wanted, None if durable else (kept or failed), action, True, meta.deadline_ms, False, checked
+            )
         finally:
             if weight:
                 self.budget.release(weight)
@@ -200,12 +234,12 @@ class Dispatcher:
                 tracing.end(span, exc, exc.code)
                 self._metrics.handled_one(kind, action, exc.code, time.perf_counter() - started)
                 err = envelope.error_reply(exc.code, exc.message, agent=address, action=action, details=exc.details)
-                return Outcome(err, wanted, None, action)
+                return Outcome(err, wanted, None, action, message_id=checked)
         if span is not None:
             tracing.end(span)
         self._metrics.handled_one(kind, action, "ok", time.perf_counter() - started)
         if not wanted:
-            return Outcome(None, False, kept, action, True, meta.deadline_ms, durable)
+            return _new(Outcome, (None, False, kept, action, True, deadline_ms, durable, checked))
         try:
             if body is None:
                 body = codec.encode(result)
@@ -213,7 +247,7 @@ class Dispatcher:
             failed = envelope.error_reply(
                 HANDLER_ERROR, f"result cannot be encoded: {exc}", agent=address, action=action
             )
-            return Outcome(failed, True, failed, action, True, meta.deadline_ms, durable)
+            return Outcome(failed, True, failed, action, True, deadline_ms, durable, checked)
         block = envelope.OK_HEADER_BLOCK
         threshold = self._compress_above
         if (
@@ -228,7 +262,7 @@ class Dispatcher:
         if node is not None:
             block = node.reply_block(act, block)
         reply_ok = (block, body)
-        return Outcome(reply_ok, True, reply_ok, action, True, meta.deadline_ms, durable)
+        return _new(Outcome, (reply_ok, True, reply_ok, action, True, deadline_ms, durable, checked))
 
     # -- the steps -------------------------------------------------------------------
 
@@ -355,34 +389,6 @@ class Dispatcher:
                 )
             held.append(pool)
         return tuple(held)
-
-    @staticmethod
-    def _context(address: str, meta: RequestMeta, caller: TrustedCaller | None) -> Context:
-        # Positional: a call per message, and keywords cost more.
-        deadline = None if meta.deadline_ms is None else meta.deadline_ms / 1000
-        if caller is not None:
-            return Context(
-                address,
-                meta.action,
-                meta.message_id,
-                meta.correlation_id,
-                deadline,
-                meta.caller,
-                meta.traceparent,
-                meta.tracestate,
-                caller.name,
-                caller.roles,
-            )
-        return Context(
-            address,
-            meta.action,
-            meta.message_id,
-            meta.correlation_id,
-            deadline,
-            meta.caller,
-            meta.traceparent,
-            meta.tracestate,
-        )
 
     def traceback(self, exc: BaseException) -> str | None:
         """The traceback of ``exc`` for an error reply (``None`` unless tracebacks are exposed)."""

@@ -182,9 +182,7 @@ class Host:
         if hdrs is not None and h.BATCH in hdrs:
             return self._batches.run(act, msg)
         caller = msg.admitted.caller if type(msg) is Verified else None
-        return self._dispatcher.run(
-            act, hdrs, msg.data, reply=bool(msg.reply), caller=caller, margin=self.settings.min_time_left
-        )
+        return self._dispatcher.run(act, hdrs, msg.data, bool(msg.reply), caller, self.settings.min_time_left)
 
     async def _dispatch_checked(self, act: Activation, msg: Inbound) -> Outcome:
         """:meth:`dispatch` of a message to a cluster node's activation, or to a superseded one."""

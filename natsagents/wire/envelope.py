@@ -229,8 +229,10 @@ _ACTIONS: set[str] = set()
 _MAX_ACTIONS = 4096
 
 
-def parse_request(headers: Mapping[str, str] | None) -> RequestMeta:
-    """Read and check the headers of a request.
+def parse_request(headers: Mapping[str, str] | None, checked_id: str | None = None) -> RequestMeta:
+    """Read and check the headers of a request. ``checked_id``: a ``Na-Msg-Id`` the caller
+    already matched against :data:`MESSAGE_ID_RE` (not matched again when it is the one
+    in ``headers``).
 
     Raises:
         ProtocolError: a header is missing or malformed (answered with ``bad_request``).
@@ -253,7 +255,7 @@ def parse_request(headers: Mapping[str, str] | None) -> RequestMeta:
     message_id = get(h.MESSAGE_ID)
     if message_id is None:
         message_id = new_message_id()
-    elif not _ID_RE.fullmatch(message_id):
+    elif message_id != checked_id and not _ID_RE.fullmatch(message_id):
         raise ProtocolError(f"malformed {h.MESSAGE_ID} header {message_id[:80]!r}")
     correlation_id = get(h.CORRELATION_ID)
     if correlation_id is None:
@@ -272,8 +274,10 @@ def parse_request(headers: Mapping[str, str] | None) -> RequestMeta:
     caller = get(h.CALLER)
     if caller is not None and len(caller) > 256:
         raise ProtocolError(f"{h.CALLER} header longer than 256 characters")
-    return RequestMeta(
-        action, message_id, correlation_id, deadline_ms, caller, reply_mode, get(h.TRACEPARENT), get(h.TRACESTATE)
+    # tuple.__new__: RequestMeta's own __new__ is a Python function (a frame per request).
+    return _new(
+        RequestMeta,
+        (action, message_id, correlation_id, deadline_ms, caller, reply_mode, get(h.TRACEPARENT), get(h.TRACESTATE)),
     )
 
 
@@ -287,6 +291,7 @@ def deadline_of(headers: Mapping[str, str] | None) -> int | None:
 
 
 _EMPTY: Mapping[str, str] = {}
+_new = tuple.__new__
 _OK_HEADERS: Mapping[str, str] = {h.PROTO: h.PROTO_VERSION, h.STATUS: h.STATUS_OK}
 #: The header block of every ok reply, encoded once.
 OK_HEADER_BLOCK = encode_headers(_OK_HEADERS)
