@@ -27,11 +27,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import format_table, machine_info, nats_server
+from _common import format_table, machine_info, nats_server, raw_echo_responder
 
 WARM = 300
 MOST = 1200
@@ -68,27 +67,7 @@ async def _raw(url: str, n: int) -> None:
     import request_path as rp
 
     nc = await nats.connect(url, name="bench-instructions-raw")
-    answered = want = 0
-    waiter: asyncio.Future[None] | None = None
-
-    async def echo(msg: Any) -> None:
-        nonlocal answered
-        await msg.respond(msg.data)
-        answered += 1
-        if waiter is not None and answered >= want and not waiter.done():
-            waiter.set_result(None)
-
-    sub = await nc.subscribe(rp.RAW_SUBJECT, cb=echo)
-
-    async def feed(frames: list[bytes]) -> None:
-        nonlocal waiter, want
-        for k in range(0, len(frames), rp.CHUNK):
-            chunk = frames[k : k + rp.CHUNK]
-            waiter = asyncio.get_running_loop().create_future()
-            want = answered + len(chunk)
-            await nc._ps.parse(b"".join(chunk))
-            await waiter
-
+    sub, feed = await raw_echo_responder(nc, rp.RAW_SUBJECT, rp.CHUNK)
     try:
         await feed(rp.raw_frames(sub._id, 0, WARM))
         frames = rp.raw_frames(sub._id, WARM, MOST)

@@ -450,16 +450,14 @@ class Activation:
             self.busy_since = started
         self.busy += 1
         try:
-            outcome = await host.dispatch(self, msg)
-            reply = outcome.reply
+            # Outcome, unpacked once (its fields are read below).
+            reply, wanted, kept, action, ran, deadline_ms, durable, message_id = await host.dispatch(self, msg)
             if reply is not None:
-                if self.superseded and not outcome.ran:
+                if self.superseded and not ran:
                     host.replies.drop(self, msg)  # refused (e.g. fenced off): the new owner answers it
                 else:  # the dispatcher answers; we say where
                     # msg.reply was vetted on arrival (deliver's docstring): not checked again.
-                    await host.replies.send(
-                        msg.reply if outcome.wanted else "", reply[0], reply[1], self.address, outcome.action, True
-                    )
+                    await host.replies.send(msg.reply if wanted else "", reply[0], reply[1], self.address, action, True)
         finally:
             self.busy -= 1
             if not self.busy:
@@ -470,19 +468,18 @@ class Activation:
                 if count is not None and count.isdigit() and int(count) > 1:
                     took /= int(count)  # a batch (wire.batch): the time per message
                 self.health.handled(took, len(self.mailbox))
-        if type(msg) is Verified and outcome.ran and not msg.admitted.durable:
+        if type(msg) is Verified and ran and not msg.admitted.durable:
             host.guard.remember(msg.admitted)
-        message_id = outcome.message_id
-        if message_id is not None:  # recorded in progress by deliver(), seen so by dispatch
-            host.dedup.finish(self, message_id, outcome.kept, outcome.deadline_ms, outcome.durable)
-            return
-        recent = self.recent
-        hdrs = msg.headers
-        if recent is not None and hdrs is not None and msg.reply:
-            message_id = hdrs.get(h.MESSAGE_ID)
+        if message_id is None:  # not named by the outcome: found in the headers
+            recent = self.recent
+            hdrs = msg.headers
+            if recent is None or hdrs is None or not msg.reply:
+                return
+            message_id = hdrs.get(_MESSAGE_ID)
             # deliver() recorded only well-formed ids as in progress: no need to check again.
-            if message_id is not None and (recent.get(message_id) is IN_PROGRESS or _match_id(message_id) is not None):
-                host.dedup.finish(self, message_id, outcome.kept, outcome.deadline_ms, outcome.durable)
+            if message_id is None or (recent.get(message_id) is not IN_PROGRESS and _match_id(message_id) is None):
+                return
+        host.dedup.finish(self, message_id, kept, deadline_ms, durable)
 
     async def wait_idle(self) -> None:
         """Return once no worker runs (the mailbox is empty or refused)."""

@@ -36,7 +36,6 @@ from ..errors import (
 from ..observability import Metrics, Tracing
 from ..wire import codec, envelope
 from ..wire import headers as h
-from ..wire.envelope import RequestMeta
 from . import exactly_once
 from .activation import Activation, Outcome
 from .budget import DecodeBudget
@@ -48,6 +47,10 @@ from .replies import NIL
 __all__ = ["Dispatcher", "Refused"]
 
 log = logging.getLogger("natsagents.runtime")
+_time = time.time
+_perf_counter = time.perf_counter
+# Header names read for every message, as module constants (an attribute load less each).
+_ACCEPT, _ENCODING, _MESSAGE_ID, _STREAM_SEQ = h.REPLY_MODE_ACCEPT, h.ENCODING, h.MESSAGE_ID, h.STREAM_SEQ
 #: Builds a named tuple from a tuple of all its fields: the named tuple's own ``__new__`` is
 #: a Python function (a frame per message, three named tuples a message).
 _new = tuple.__new__
@@ -125,7 +128,7 @@ class Dispatcher:
         caller, ``runtime.guard``; ``margin``: a request whose caller waits for its result
         is not started with less than this many seconds of its deadline left). Never raises.
         Called once a message: positional arguments (keywords cost more)."""
-        started = time.perf_counter()
+        started = _perf_counter()
         kind, address = act.kind, act.address
         # An id the activation recorded as in progress was matched on arrival (only
         # well-formed ids are recorded): not matched again (a regular expression).
@@ -134,7 +137,7 @@ class Dispatcher:
         recent = act.recent
         checked = None
         if reply and recent is not None and headers is not None:
-            checked = headers.get(h.MESSAGE_ID)
+            checked = headers.get(_MESSAGE_ID)
             if checked is not None and recent.get(checked) is not IN_PROGRESS:
                 checked = None
         try:
@@ -143,19 +146,63 @@ class Dispatcher:
             self._metrics.rejected_one(kind, BAD_REQUEST)
             err = envelope.error_reply(BAD_REQUEST, str(exc), agent=address)
             return Outcome(err, True, None, message_id=checked)
-        accept = meta.reply_mode == h.REPLY_MODE_ACCEPT
+        accept = meta.reply_mode == _ACCEPT
         wanted = reply and not accept  # an accepted send was acknowledged on arrival
         kept: Reply | None = (envelope.OK_HEADER_BLOCK, NIL) if accept else None  # a copy is acknowledged again
         action = meta.action
-        durable = headers is not None and h.STREAM_SEQ in headers
+        durable = headers is not None and _STREAM_SEQ in headers
+        deadline_ms = meta.deadline_ms
         weight = 0  # bytes held against the decode budget until the handler returns
         try:
-            spec, kwargs, seq, weight = self._admit(act, meta, headers, data, margin if wanted else None, durable)
+            # The checks before the handler may run, each refusal a Refused: the deadline
+            # (with ``margin`` for a caller that waits), the action, its parameters (inflated
+            # and decoded within wire.codec's limits), a durable message's stream sequence,
+            # room in the decode budget, the bulkheads. Inline: once a message.
+            if deadline_ms is not None:
+                left = deadline_ms / 1000 - _time()
+                if left <= 0:
+                    raise Refused(TIMEOUT, "deadline passed before the agent ran the message", reason="expired")
+                if wanted and margin is not None and left < margin:
+                    why = f"only {left * 1000:.0f} ms of the deadline left: not started (no time to answer)"
+                    raise Refused(TIMEOUT, why)
+            spec = act.agent.__actions__.get(action)
+            if spec is None:
+                raise Refused(
+                    UNKNOWN_ACTION,
+                    f"{kind} has no action {action!r}",
+                    details={"actions": sorted(act.agent.__actions__)},
+                )
+            try:
+                encoding = headers.get(_ENCODING) if headers is not None else None
+                if encoding is not None:
+                    if encoding != h.ENCODING_DEFLATE:
+                        raise ValueError(f"unknown {h.ENCODING} {encoding!r}: use {h.ENCODING_DEFLATE!r}")
+                    data = envelope.inflate(data, envelope.inflate_limit(self._max_payload()))
+                value, size = codec.decoded_size(data)  # size: what it holds of the decode budget
+                kwargs = spec.bind(value)
+            except ParamError as exc:
+                raise Refused(
+                    BAD_REQUEST, f"invalid parameters: {exc}", details={"param": exc.path, "problem": exc.problem}
+                ) from None
+            except (ProtocolError, ValueError) as exc:
+                raise Refused(BAD_REQUEST, str(exc)) from None
+            seq = self._exactly_once(act, headers) if durable and headers is not None else 0
+            if size:
+                budget = self.budget
+                if not budget.try_take(size):
+                    raise Refused(
+                        OVERLOADED,
+                        f"{self._node_name} holds {budget.held} bytes of decoded large bodies and this one needs "
+                        f"{size} (decode budget {budget.limit})",
+                        reason="decode_budget",
+                        details={"reason": "decode_budget", "retry_after": 0.05},
+                    )
+                weight = size
             held: tuple[Bulkhead, ...] = ()
             if spec.bulkhead is not None or type(act.agent).bulkhead is not None:
-                held = await self._enter_bulkheads(act, spec, meta.deadline_ms)
+                held = await self._enter_bulkheads(act, spec, deadline_ms)
         except Refused as refused:
-            if weight:  # taken in _admit, then a bulkhead refused
+            if weight:  # taken, then a bulkhead refused
                 self.budget.release(weight)
             self._metrics.rejected_one(kind, refused.reason or refused.code)
             err = envelope.error_reply(
@@ -168,7 +215,6 @@ class Dispatcher:
             raise
         tracing = self._tracing
         span = tracing.server_span(kind, action, act.agent_id, headers) if tracing.enabled else None
-        deadline_ms = meta.deadline_ms
         token = _current.set(
             _new(
                 Context,
@@ -194,7 +240,7 @@ class Dispatcher:
             if node is not None:
                 node.action_failed(act, exc)
             tracing.end(span, exc, HANDLER_ERROR)
-            self._metrics.handled_one(kind, action, HANDLER_ERROR, time.perf_counter() - started)
+            self._metrics.handled_one(kind, action, HANDLER_ERROR, _perf_counter() - started)
             act.agent.log.warning("action %s failed: %s: %s", action, type(exc).__name__, exc)
             failed = envelope.error_reply(
                 HANDLER_ERROR,
@@ -232,12 +278,12 @@ class Dispatcher:
                     log.exception("persisting %s after %s failed", address, action)
                     exc = Unavailable(f"state could not be saved: {exc}", details={"retry": True})
                 tracing.end(span, exc, exc.code)
-                self._metrics.handled_one(kind, action, exc.code, time.perf_counter() - started)
+                self._metrics.handled_one(kind, action, exc.code, _perf_counter() - started)
                 err = envelope.error_reply(exc.code, exc.message, agent=address, action=action, details=exc.details)
                 return Outcome(err, wanted, None, action, message_id=checked)
         if span is not None:
             tracing.end(span)
-        self._metrics.handled_one(kind, action, "ok", time.perf_counter() - started)
+        self._metrics.handled_one(kind, action, "ok", _perf_counter() - started)
         if not wanted:
             return _new(Outcome, (None, False, kept, action, True, deadline_ms, durable, checked))
         try:
@@ -265,67 +311,6 @@ class Dispatcher:
         return _new(Outcome, (reply_ok, True, reply_ok, action, True, deadline_ms, durable, checked))
 
     # -- the steps -------------------------------------------------------------------
-
-    def _admit(
-        self,
-        act: Activation,
-        meta: RequestMeta,
-        headers: dict[str, str] | None,
-        data: bytes,
-        margin: float | None,
-        durable: bool,
-    ) -> tuple[ActionSpec, dict[str, Any], int, int]:
-        """The checks before a handler may run: the action, its parameters (inflated and
-        decoded within ``wire.codec``'s limits), for a durable message its stream sequence,
-        and room in the decode budget (``durable``: the headers hold ``Na-Stream-Seq``).
-        Returns ``(spec, kwargs, seq, weight)``: ``weight`` bytes are held against the
-        budget (the caller releases them).
-
-        Raises:
-            Refused: the deadline passed (or less than ``margin`` of it is left), no such
-                action, bad parameters, a stream sequence that was applied already, or the
-                decode budget is full.
-        """
-        deadline_ms = meta.deadline_ms
-        if deadline_ms is not None:
-            left = deadline_ms / 1000 - time.time()
-            if left <= 0:
-                raise Refused(TIMEOUT, "deadline passed before the agent ran the message", reason="expired")
-            if margin is not None and left < margin:
-                why = f"only {left * 1000:.0f} ms of the deadline left: not started (no time to answer)"
-                raise Refused(TIMEOUT, why)
-        spec = act.agent.__actions__.get(meta.action)
-        if spec is None:
-            raise Refused(
-                UNKNOWN_ACTION,
-                f"{act.kind} has no action {meta.action!r}",
-                details={"actions": sorted(act.agent.__actions__)},
-            )
-        try:
-            encoding = headers.get(h.ENCODING) if headers is not None else None
-            if encoding is not None:
-                if encoding != h.ENCODING_DEFLATE:
-                    raise ValueError(f"unknown {h.ENCODING} {encoding!r}: use {h.ENCODING_DEFLATE!r}")
-                data = envelope.inflate(data, envelope.inflate_limit(self._max_payload()))
-            value, weight = codec.decoded_size(data)
-            kwargs = spec.bind(value)
-        except ParamError as exc:
-            raise Refused(
-                BAD_REQUEST, f"invalid parameters: {exc}", details={"param": exc.path, "problem": exc.problem}
-            ) from None
-        except (ProtocolError, ValueError) as exc:
-            raise Refused(BAD_REQUEST, str(exc)) from None
-        seq = self._exactly_once(act, headers) if durable and headers is not None else 0
-        budget = self.budget
-        if weight and not budget.try_take(weight):
-            raise Refused(
-                OVERLOADED,
-                f"{self._node_name} holds {budget.held} bytes of decoded large bodies and this one needs "
-                f"{weight} (decode budget {budget.limit})",
-                reason="decode_budget",
-                details={"reason": "decode_budget", "retry_after": 0.05},
-            )
-        return spec, kwargs, seq, weight
 
     def _exactly_once(self, act: Activation, hdrs: Mapping[str, str]) -> int:
         """For a durable message (its ``Na-Stream-Seq`` signed by a partition owner, checked
