@@ -220,12 +220,11 @@ class Activation:
         reply subject is one a host may answer, checked on arrival, so the reply to a
         message that ran is sent without checking it again. Runs for every message, in the
         reader task: each header is read once."""
-        replies = self.host.replies
         if self.superseded:
-            replies.drop(self, msg)  # the new owner answers it
+            self.host.replies.drop(self, msg)  # the new owner answers it
             return
         if self.state is not _ACTIVE:
-            replies.refuse(self, msg, UNAVAILABLE, "the agent is stopping", retry=True)
+            self.host.replies.refuse(self, msg, UNAVAILABLE, "the agent is stopping", retry=True)
             return
         if self.hold is not None:
             self.host.hold(self, msg)
@@ -237,10 +236,10 @@ class Activation:
             if _STREAM_SEQ in hdrs or _BATCH in hdrs:
                 # Owner-only orders (exactly-once sequences, batches): signed or refused.
                 if h.BATCH in hdrs and mode is not None:  # a batch is answered once, with its results
-                    replies.refuse(self, msg, BAD_REQUEST, f"a batch takes no {h.REPLY_MODE}")
+                    self.host.replies.refuse(self, msg, BAD_REQUEST, f"a batch takes no {h.REPLY_MODE}")
                     return
                 if not verify_owner_mac(self.host.owner_key, msg.subject, hdrs, msg.data):
-                    replies.refuse(
+                    self.host.replies.refuse(
                         self,
                         msg,
                         UNAUTHORIZED,
@@ -252,16 +251,16 @@ class Activation:
                 return
             priority = hdrs.get(_PRIORITY)
         if len(self.mailbox) + self.busy >= self.capacity:
-            replies.refuse(self, msg, OVERLOADED, f"mailbox of {self.address} is full ({self.capacity})")
+            self.host.replies.refuse(self, msg, OVERLOADED, f"mailbox of {self.address} is full ({self.capacity})")
             return
         if priority is not None and priority not in h.PRIORITIES:
-            replies.refuse(self, msg, BAD_REQUEST, f"{h.PRIORITY} must be one of {h.PRIORITIES}")
+            self.host.replies.refuse(self, msg, BAD_REQUEST, f"{h.PRIORITY} must be one of {h.PRIORITIES}")
             return
         health = self.health
         if health is not None:
             reason = health.admit(len(self.mailbox), self.busy, self.max_workers)
             if reason is not None:
-                replies.throttle(self, msg, reason)
+                self.host.replies.throttle(self, msg, reason)
                 return
         message_id = None
         if hdrs is not None and msg.reply:
@@ -275,14 +274,14 @@ class Activation:
                     if entry is not None:
                         seen = recent.fingerprints.get(message_id)
                         if seen is not None and seen != fingerprint(hdrs.get(h.ACTION), msg.data):
-                            replies.refuse(
+                            self.host.replies.refuse(
                                 self,
                                 msg,
                                 BAD_REQUEST,
                                 f"{h.MESSAGE_ID} {message_id} was used for another request: ids name one message",
                             )
                             return
-                        replies.duplicate(self, msg, entry)  # a resend: never run twice
+                        self.host.replies.duplicate(self, msg, entry)  # a resend: never run twice
                         return
         guard = self.host.guard
         if guard.active and (hdrs is None or h.BATCH not in hdrs):  # batch items: checked one by one
@@ -296,12 +295,12 @@ class Activation:
                     durable=hdrs is not None and h.STREAM_SEQ in hdrs,
                 )
             except Denied as denied:
-                replies.refuse(self, msg, UNAUTHORIZED, denied.message, details={"reason": denied.reason})
+                self.host.replies.refuse(self, msg, UNAUTHORIZED, denied.message, details={"reason": denied.reason})
                 return
             if admitted is not None:
                 if not admitted.durable and guard.ran_before(admitted):
                     # A copy of a signed request that ran here and that the dedup forgot.
-                    replies.duplicate(self, msg, _APPLIED)
+                    self.host.replies.duplicate(self, msg, _APPLIED)
                     return
                 msg = Verified(msg, admitted)
         if mode == _ACCEPT and msg.reply:
@@ -309,12 +308,12 @@ class Activation:
             try:
                 meta = envelope.parse_request(hdrs)
             except ProtocolError as exc:
-                replies.refuse(self, msg, BAD_REQUEST, str(exc))
+                self.host.replies.refuse(self, msg, BAD_REQUEST, str(exc))
                 return
             if meta.deadline_ms is not None and time.time() * 1000 >= meta.deadline_ms:
-                replies.refuse(self, msg, TIMEOUT, "deadline passed before the message was accepted")
+                self.host.replies.refuse(self, msg, TIMEOUT, "deadline passed before the message was accepted")
                 return
-            replies.accepted(msg)
+            self.host.replies.accepted(msg)
         if message_id is not None:  # (so hdrs is not None)
             recent = self.recent
             if recent is None:

@@ -51,6 +51,8 @@ _time = time.time
 _perf_counter = time.perf_counter
 # Header names read for every message, as module constants (an attribute load less each).
 _ACCEPT, _ENCODING, _MESSAGE_ID, _STREAM_SEQ = h.REPLY_MODE_ACCEPT, h.ENCODING, h.MESSAGE_ID, h.STREAM_SEQ
+_OK_BLOCK = envelope.OK_HEADER_BLOCK
+_parse_request, _decoded_size = envelope.parse_request, codec.decoded_size
 #: Builds a named tuple from a tuple of all its fields: the named tuple's own ``__new__`` is
 #: a Python function (a frame per message, three named tuples a message).
 _new = tuple.__new__
@@ -141,7 +143,7 @@ class Dispatcher:
             if checked is not None and recent.get(checked) is not IN_PROGRESS:
                 checked = None
         try:
-            meta = envelope.parse_request(headers, checked)
+            meta = _parse_request(headers, checked)
         except ProtocolError as exc:
             self._metrics.rejected_one(kind, BAD_REQUEST)
             err = envelope.error_reply(BAD_REQUEST, str(exc), agent=address)
@@ -165,12 +167,13 @@ class Dispatcher:
                 if wanted and margin is not None and left < margin:
                     why = f"only {left * 1000:.0f} ms of the deadline left: not started (no time to answer)"
                     raise Refused(TIMEOUT, why)
-            spec = act.agent.__actions__.get(action)
+            agent = act.agent
+            spec = agent.__actions__.get(action)
             if spec is None:
                 raise Refused(
                     UNKNOWN_ACTION,
                     f"{kind} has no action {action!r}",
-                    details={"actions": sorted(act.agent.__actions__)},
+                    details={"actions": sorted(agent.__actions__)},
                 )
             try:
                 encoding = headers.get(_ENCODING) if headers is not None else None
@@ -178,7 +181,7 @@ class Dispatcher:
                     if encoding != h.ENCODING_DEFLATE:
                         raise ValueError(f"unknown {h.ENCODING} {encoding!r}: use {h.ENCODING_DEFLATE!r}")
                     data = envelope.inflate(data, envelope.inflate_limit(self._max_payload()))
-                value, size = codec.decoded_size(data)  # size: what it holds of the decode budget
+                value, size = _decoded_size(data)  # size: what it holds of the decode budget
                 kwargs = spec.bind(value)
             except ParamError as exc:
                 raise Refused(
@@ -199,7 +202,7 @@ class Dispatcher:
                     )
                 weight = size
             held: tuple[Bulkhead, ...] = ()
-            if spec.bulkhead is not None or type(act.agent).bulkhead is not None:
+            if spec.bulkhead is not None or type(agent).bulkhead is not None:
                 held = await self._enter_bulkheads(act, spec, deadline_ms)
         except Refused as refused:
             if weight:  # taken, then a bulkhead refused
@@ -235,13 +238,13 @@ class Dispatcher:
         span_token = tracing.activate(span) if span is not None else None
         node = self.node if act.cluster is not None else None
         try:
-            result = await spec.func(act.agent, **kwargs)
+            result = await spec.func(agent, **kwargs)
         except Exception as exc:
             if node is not None:
                 node.action_failed(act, exc)
             tracing.end(span, exc, HANDLER_ERROR)
             self._metrics.handled_one(kind, action, HANDLER_ERROR, _perf_counter() - started)
-            act.agent.log.warning("action %s failed: %s: %s", action, type(exc).__name__, exc)
+            agent.log.warning("action %s failed: %s: %s", action, type(exc).__name__, exc)
             failed = envelope.error_reply(
                 HANDLER_ERROR,
                 f"{type(exc).__name__}: {exc}",
@@ -263,7 +266,7 @@ class Dispatcher:
                 tracing.deactivate(span_token)
             _current.reset(token)
         body: bytes | None = None
-        if seq or (reply and not accept and act.cluster is not None):
+        if seq or (wanted and act.cluster is not None):
             try:
                 body = codec.encode(result)  # stored with the state: a copy gets it back
             except (TypeError, ValueError):
@@ -294,7 +297,7 @@ class Dispatcher:
                 HANDLER_ERROR, f"result cannot be encoded: {exc}", agent=address, action=action
             )
             return Outcome(failed, True, failed, action, True, deadline_ms, durable, checked)
-        block = envelope.OK_HEADER_BLOCK
+        block = _OK_BLOCK
         threshold = self._compress_above
         if (
             threshold is not None
