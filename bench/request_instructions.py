@@ -9,6 +9,9 @@ connection's parser in chunks of 50, replies to a real nats-server) runs under
 warm-up and with the same frames built; the difference divided by 1000 is the
 instructions one request costs, start-up and imports cancelled out. ``PYTHONHASHSEED`` is
 fixed so that both runs hash alike. About 2 minutes per side (valgrind runs ~50x slower).
+Not quite load-free: a run under valgrind lasts minutes, and how many timed sweeps (the
+dedup's expiry) fall inside it moves with the load; the same tree gave counts up to ~1k
+apart. Compare versions measured side by side, alternately.
 
 Usage::
 
