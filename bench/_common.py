@@ -6,6 +6,7 @@ module by putting their own directory on ``sys.path``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import platform
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,39 @@ async def wait_for_stdin_eof() -> None:
 def signal_ready() -> None:
     sys.stdout.write("READY\n")
     sys.stdout.flush()
+
+
+# -- the raw responder -----------------------------------------------------------------
+
+
+async def raw_echo_responder(nc: Any, subject: str, chunk: int) -> tuple[Any, Callable[[list[bytes]], Awaitable[None]]]:
+    """A raw nats-py responder on ``subject`` of connection ``nc`` (its callback does
+    ``await msg.respond(msg.data)``): the baseline of the responder benchmarks
+    (``request_path.py``, ``request_instructions.py``). Returns the subscription and
+    ``feed(frames)``, which hands request frames to the connection's protocol parser
+    ``chunk`` at a time and waits after each chunk until every one was answered."""
+    answered = want = 0
+    waiter: asyncio.Future[None] | None = None
+
+    async def echo(msg: Any) -> None:
+        nonlocal answered
+        await msg.respond(msg.data)
+        answered += 1
+        if waiter is not None and answered >= want and not waiter.done():
+            waiter.set_result(None)
+
+    sub = await nc.subscribe(subject, cb=echo)
+
+    async def feed(frames: list[bytes]) -> None:
+        nonlocal waiter, want
+        for k in range(0, len(frames), chunk):
+            part = frames[k : k + chunk]
+            waiter = asyncio.get_running_loop().create_future()
+            want = answered + len(part)
+            await nc._ps.parse(b"".join(part))
+            await waiter
+
+    return sub, feed
 
 
 # -- reporting -------------------------------------------------------------------------

@@ -9,6 +9,9 @@ connection's parser in chunks of 50, replies to a real nats-server) runs under
 warm-up and with the same frames built; the difference divided by 1000 is the
 instructions one request costs, start-up and imports cancelled out. ``PYTHONHASHSEED`` is
 fixed so that both runs hash alike. About 2 minutes per side (valgrind runs ~50x slower).
+Not quite load-free: a run under valgrind lasts minutes, and how many timed sweeps (the
+dedup's expiry) fall inside it moves with the load; the same tree gave counts up to ~1k
+apart. Compare versions measured side by side, alternately.
 
 Usage::
 
@@ -27,11 +30,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import format_table, machine_info, nats_server
+from _common import format_table, machine_info, nats_server, raw_echo_responder
 
 WARM = 300
 MOST = 1200
@@ -68,27 +70,7 @@ async def _raw(url: str, n: int) -> None:
     import request_path as rp
 
     nc = await nats.connect(url, name="bench-instructions-raw")
-    answered = want = 0
-    waiter: asyncio.Future[None] | None = None
-
-    async def echo(msg: Any) -> None:
-        nonlocal answered
-        await msg.respond(msg.data)
-        answered += 1
-        if waiter is not None and answered >= want and not waiter.done():
-            waiter.set_result(None)
-
-    sub = await nc.subscribe(rp.RAW_SUBJECT, cb=echo)
-
-    async def feed(frames: list[bytes]) -> None:
-        nonlocal waiter, want
-        for k in range(0, len(frames), rp.CHUNK):
-            chunk = frames[k : k + rp.CHUNK]
-            waiter = asyncio.get_running_loop().create_future()
-            want = answered + len(chunk)
-            await nc._ps.parse(b"".join(chunk))
-            await waiter
-
+    sub, feed = await raw_echo_responder(nc, rp.RAW_SUBJECT, rp.CHUNK)
     try:
         await feed(rp.raw_frames(sub._id, 0, WARM))
         frames = rp.raw_frames(sub._id, WARM, MOST)

@@ -39,7 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import msgpack
-from _common import format_table, machine_info, median, nats_server
+from _common import format_table, machine_info, median, nats_server, raw_echo_responder
 
 from natsagents import Agent, Mesh, action
 from natsagents.wire import envelope
@@ -176,27 +176,7 @@ async def run_raw(url: str, cfg: argparse.Namespace) -> dict[str, Any]:
 
     nc = await nats.connect(url, name="bench-path-raw")
     try:
-        answered = 0
-        waiter: asyncio.Future[None] | None = None
-        want = 0
-
-        async def echo(msg: Any) -> None:
-            nonlocal answered
-            await msg.respond(msg.data)
-            answered += 1
-            if waiter is not None and answered >= want and not waiter.done():
-                waiter.set_result(None)
-
-        sub = await nc.subscribe(RAW_SUBJECT, cb=echo)
-
-        async def feed(frames: list[bytes]) -> None:
-            nonlocal waiter, want
-            for k in range(0, len(frames), CHUNK):
-                waiter = asyncio.get_running_loop().create_future()
-                want = answered + len(frames[k : k + CHUNK])
-                await nc._ps.parse(b"".join(frames[k : k + CHUNK]))
-                await waiter
-
+        sub, feed = await raw_echo_responder(nc, RAW_SUBJECT, CHUNK)
         return await measure(lambda start, n: raw_frames(sub._id, start, n), feed, cfg)
     finally:
         await nc.drain()

@@ -36,6 +36,10 @@ class Outcome(NamedTuple):
     ran: bool = False
     deadline_ms: int | None = None  # the request's (how long its copies may come: dedup)
     durable: bool = False  # a durable message (its partition owner may send it again)
+    #: The request's ``Na-Msg-Id`` when ``deliver`` recorded it in progress (so it is
+    #: well-formed): its dedup entry is finished without reading the headers again.
+    #: ``None``: not known here (the worker finds it in the headers).
+    message_id: str | None = None
 
 
 class Answers(Protocol):
@@ -67,7 +71,6 @@ class Answers(Protocol):
         subject: str,
         headers: dict[str, str] | bytes,
         body: bytes,
-        *,
         agent: str | None = None,
         action: str | None = None,
         vetted: bool = False,
@@ -116,6 +119,11 @@ class ActivationState(enum.Enum):
 
 
 _ACTIVE = ActivationState.ACTIVE
+# Header names read for every message, as module constants (one attribute load less each).
+_ACTION, _BATCH, _MESSAGE_ID, _PRIORITY = h.ACTION, h.BATCH, h.MESSAGE_ID, h.PRIORITY
+_REPLY_MODE, _STREAM_SEQ = h.REPLY_MODE, h.STREAM_SEQ
+_ACCEPT, _REPLAY = h.REPLY_MODE_ACCEPT, h.REPLY_MODE_REPLAY
+_monotonic = time.monotonic
 #: Whether a ``Na-Msg-Id`` is well-formed (``envelope.is_message_id`` for a header value).
 _match_id = envelope.MESSAGE_ID_RE.fullmatch
 
@@ -212,12 +220,11 @@ class Activation:
         reply subject is one a host may answer, checked on arrival, so the reply to a
         message that ran is sent without checking it again. Runs for every message, in the
         reader task: each header is read once."""
-        replies = self.host.replies
         if self.superseded:
-            replies.drop(self, msg)  # the new owner answers it
+            self.host.replies.drop(self, msg)  # the new owner answers it
             return
         if self.state is not _ACTIVE:
-            replies.refuse(self, msg, UNAVAILABLE, "the agent is stopping", retry=True)
+            self.host.replies.refuse(self, msg, UNAVAILABLE, "the agent is stopping", retry=True)
             return
         if self.hold is not None:
             self.host.hold(self, msg)
@@ -225,39 +232,39 @@ class Activation:
         hdrs = msg.headers
         mode = priority = None
         if hdrs is not None:
-            mode = hdrs.get(h.REPLY_MODE)
-            if h.STREAM_SEQ in hdrs or h.BATCH in hdrs:
+            mode = hdrs.get(_REPLY_MODE)
+            if _STREAM_SEQ in hdrs or _BATCH in hdrs:
                 # Owner-only orders (exactly-once sequences, batches): signed or refused.
                 if h.BATCH in hdrs and mode is not None:  # a batch is answered once, with its results
-                    replies.refuse(self, msg, BAD_REQUEST, f"a batch takes no {h.REPLY_MODE}")
+                    self.host.replies.refuse(self, msg, BAD_REQUEST, f"a batch takes no {h.REPLY_MODE}")
                     return
                 if not verify_owner_mac(self.host.owner_key, msg.subject, hdrs, msg.data):
-                    replies.refuse(
+                    self.host.replies.refuse(
                         self,
                         msg,
                         UNAUTHORIZED,
                         f"{h.STREAM_SEQ} and {h.BATCH} are accepted from partition owners only (a valid {h.OWNER_MAC})",
                     )
                     return
-            elif mode == h.REPLY_MODE_REPLAY:
+            elif mode == _REPLAY:
                 self.host.replay(self, msg)  # a question about an earlier message: nothing runs
                 return
-            priority = hdrs.get(h.PRIORITY)
+            priority = hdrs.get(_PRIORITY)
         if len(self.mailbox) + self.busy >= self.capacity:
-            replies.refuse(self, msg, OVERLOADED, f"mailbox of {self.address} is full ({self.capacity})")
+            self.host.replies.refuse(self, msg, OVERLOADED, f"mailbox of {self.address} is full ({self.capacity})")
             return
         if priority is not None and priority not in h.PRIORITIES:
-            replies.refuse(self, msg, BAD_REQUEST, f"{h.PRIORITY} must be one of {h.PRIORITIES}")
+            self.host.replies.refuse(self, msg, BAD_REQUEST, f"{h.PRIORITY} must be one of {h.PRIORITIES}")
             return
         health = self.health
         if health is not None:
             reason = health.admit(len(self.mailbox), self.busy, self.max_workers)
             if reason is not None:
-                replies.throttle(self, msg, reason)
+                self.host.replies.throttle(self, msg, reason)
                 return
         message_id = None
         if hdrs is not None and msg.reply:
-            message_id = hdrs.get(h.MESSAGE_ID)
+            message_id = hdrs.get(_MESSAGE_ID)
             if message_id is not None:
                 recent = self.recent
                 if _match_id(message_id) is None:
@@ -267,14 +274,14 @@ class Activation:
                     if entry is not None:
                         seen = recent.fingerprints.get(message_id)
                         if seen is not None and seen != fingerprint(hdrs.get(h.ACTION), msg.data):
-                            replies.refuse(
+                            self.host.replies.refuse(
                                 self,
                                 msg,
                                 BAD_REQUEST,
                                 f"{h.MESSAGE_ID} {message_id} was used for another request: ids name one message",
                             )
                             return
-                        replies.duplicate(self, msg, entry)  # a resend: never run twice
+                        self.host.replies.duplicate(self, msg, entry)  # a resend: never run twice
                         return
         guard = self.host.guard
         if guard.active and (hdrs is None or h.BATCH not in hdrs):  # batch items: checked one by one
@@ -288,31 +295,32 @@ class Activation:
                     durable=hdrs is not None and h.STREAM_SEQ in hdrs,
                 )
             except Denied as denied:
-                replies.refuse(self, msg, UNAUTHORIZED, denied.message, details={"reason": denied.reason})
+                self.host.replies.refuse(self, msg, UNAUTHORIZED, denied.message, details={"reason": denied.reason})
                 return
             if admitted is not None:
                 if not admitted.durable and guard.ran_before(admitted):
                     # A copy of a signed request that ran here and that the dedup forgot.
-                    replies.duplicate(self, msg, _APPLIED)
+                    self.host.replies.duplicate(self, msg, _APPLIED)
                     return
                 msg = Verified(msg, admitted)
-        if mode == h.REPLY_MODE_ACCEPT and msg.reply:
+        if mode == _ACCEPT and msg.reply:
             # Check what can be checked before acknowledging: an accepted send gets one reply.
             try:
                 meta = envelope.parse_request(hdrs)
             except ProtocolError as exc:
-                replies.refuse(self, msg, BAD_REQUEST, str(exc))
+                self.host.replies.refuse(self, msg, BAD_REQUEST, str(exc))
                 return
             if meta.deadline_ms is not None and time.time() * 1000 >= meta.deadline_ms:
-                replies.refuse(self, msg, TIMEOUT, "deadline passed before the message was accepted")
+                self.host.replies.refuse(self, msg, TIMEOUT, "deadline passed before the message was accepted")
                 return
-            replies.accepted(msg)
+            self.host.replies.accepted(msg)
         if message_id is not None:  # (so hdrs is not None)
             recent = self.recent
             if recent is None:
                 recent = self.recent = Recent()
             recent[message_id] = IN_PROGRESS
-            recent.fingerprints[message_id] = fingerprint(hdrs.get(h.ACTION), msg.data)  # type: ignore[union-attr]
+            # fingerprint(action, body), inlined: a call less a request.
+            recent.fingerprints[message_id] = hash((hdrs.get(_ACTION), msg.data))  # type: ignore[union-attr]
         mailbox = self.mailbox
         if mailbox is _NO_MAIL:
             mailbox = self.mailbox = deque()
@@ -436,45 +444,41 @@ class Activation:
     async def _handle(self, msg: Inbound) -> None:
         """Run one message and send its outcome where it belongs."""
         host = self.host
-        started = time.monotonic()
+        started = _monotonic()
         if not self.busy:
             self.busy_since = started
         self.busy += 1
         try:
-            outcome = await host.dispatch(self, msg)
-            reply = outcome.reply
+            # Outcome, unpacked once (its fields are read below).
+            reply, wanted, kept, action, ran, deadline_ms, durable, message_id = await host.dispatch(self, msg)
             if reply is not None:
-                if self.superseded and not outcome.ran:
+                if self.superseded and not ran:
                     host.replies.drop(self, msg)  # refused (e.g. fenced off): the new owner answers it
                 else:  # the dispatcher answers; we say where
                     # msg.reply was vetted on arrival (deliver's docstring): not checked again.
-                    await host.replies.send(
-                        msg.reply if outcome.wanted else "",
-                        reply[0],
-                        reply[1],
-                        agent=self.address,
-                        action=outcome.action,
-                        vetted=True,
-                    )
+                    await host.replies.send(msg.reply if wanted else "", reply[0], reply[1], self.address, action, True)
         finally:
             self.busy -= 1
             if not self.busy:
                 self.busy_since = 0.0
             if self.health is not None:
-                took = time.monotonic() - started
+                took = _monotonic() - started
                 count = msg.headers.get(h.BATCH) if msg.headers is not None else None
                 if count is not None and count.isdigit() and int(count) > 1:
                     took /= int(count)  # a batch (wire.batch): the time per message
                 self.health.handled(took, len(self.mailbox))
-        if type(msg) is Verified and outcome.ran and not msg.admitted.durable:
+        if type(msg) is Verified and ran and not msg.admitted.durable:
             host.guard.remember(msg.admitted)
-        recent = self.recent
-        hdrs = msg.headers
-        if recent is not None and hdrs is not None and msg.reply:
-            message_id = hdrs.get(h.MESSAGE_ID)
+        if message_id is None:  # not named by the outcome: found in the headers
+            recent = self.recent
+            hdrs = msg.headers
+            if recent is None or hdrs is None or not msg.reply:
+                return
+            message_id = hdrs.get(_MESSAGE_ID)
             # deliver() recorded only well-formed ids as in progress: no need to check again.
-            if message_id is not None and (recent.get(message_id) is IN_PROGRESS or _match_id(message_id) is not None):
-                host.dedup.finish(self, message_id, outcome.kept, outcome.deadline_ms, outcome.durable)
+            if message_id is None or (recent.get(message_id) is not IN_PROGRESS and _match_id(message_id) is None):
+                return
+        host.dedup.finish(self, message_id, kept, deadline_ms, durable)
 
     async def wait_idle(self) -> None:
         """Return once no worker runs (the mailbox is empty or refused)."""

@@ -68,6 +68,7 @@ DURABLE_WINDOW: Final = 120.0
 APPLIED_MAX_BYTES: Final = 64 * 1024
 #: Bytes counted for an entry beyond its reply body (dict slot, tuple, id, headers).
 _ENTRY_OVERHEAD = 64
+_time = time.time
 
 Reply = tuple[dict[str, str] | bytes, bytes]
 #: An answered entry: reply headers, reply body, expiry (``time.time()``). Headers and body
@@ -102,7 +103,8 @@ class Recent(dict[str, Any]):
 
 
 def fingerprint(action: str | None, body: bytes) -> int:
-    """What identifies a request beyond its id (this process only: ``hash`` is salted)."""
+    """What identifies a request beyond its id (this process only: ``hash`` is salted).
+    ``Activation.deliver`` computes it inline (once a request): keep the two alike."""
     return hash((action, body))
 
 
@@ -227,7 +229,7 @@ class Dedup:
                 if not recent:
                     act.recent = None
             return
-        now = time.time()
+        now = _time()
         # Until when copies may come: keep_until_ms() with floor_ms = ttl, in float seconds
         # (inlined: this runs for every answered request).
         if durable:
@@ -241,15 +243,16 @@ class Dedup:
             floor = now + self.ttl
             if until < floor:
                 until = floor
-        entry: Entry = (reply[0], reply[1], until)
+        hdrs, body = reply
+        entry: Entry = (hdrs, body, until)
         recent[message_id] = entry
         # _account(), inlined for the usual case (once a request).
         kept = self._kept
         kept.append(entry)
         self._kept_acts.append(act)
         self._kept_ids.append(message_id)
-        self._bytes += len(reply[1]) + _ENTRY_OVERHEAD
-        if self._bytes > self.max_bytes or kept[0][2] <= now:
+        held = self._bytes = self._bytes + len(body) + _ENTRY_OVERHEAD
+        if held > self.max_bytes or kept[0][2] <= now:
             self._shed(now)
         order = recent.order
         order.append(message_id)

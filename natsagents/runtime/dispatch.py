@@ -36,18 +36,27 @@ from ..errors import (
 from ..observability import Metrics, Tracing
 from ..wire import codec, envelope
 from ..wire import headers as h
-from ..wire.envelope import RequestMeta
 from . import exactly_once
 from .activation import Activation, Outcome
 from .budget import DecodeBudget
 from .bulkhead import Bulkhead
-from .dedup import Reply
+from .dedup import IN_PROGRESS, Reply
 from .hooks import NodeHooks
 from .replies import NIL
 
 __all__ = ["Dispatcher", "Refused"]
 
 log = logging.getLogger("natsagents.runtime")
+_time = time.time
+_perf_counter = time.perf_counter
+# Header names read for every message, as module constants (an attribute load less each).
+_ACCEPT, _ENCODING, _MESSAGE_ID, _STREAM_SEQ = h.REPLY_MODE_ACCEPT, h.ENCODING, h.MESSAGE_ID, h.STREAM_SEQ
+_OK_BLOCK = envelope.OK_HEADER_BLOCK
+_parse_request, _decoded_size = envelope.parse_request, codec.decoded_size
+#: Builds a named tuple from a tuple of all its fields: the named tuple's own ``__new__`` is
+#: a Python function (a frame per message, three named tuples a message).
+_new = tuple.__new__
+_NO_ROLES: frozenset[str] = frozenset()
 
 
 @dataclass(eq=False)
@@ -113,57 +122,129 @@ class Dispatcher:
         act: Activation,
         headers: dict[str, str] | None,
         data: bytes,
-        *,
         reply: bool,
         caller: TrustedCaller | None = None,
         margin: float | None = None,
     ) -> Outcome:
         """Run one message (``reply``: it has a reply subject; ``caller``: its verified
         caller, ``runtime.guard``; ``margin``: a request whose caller waits for its result
-        is not started with less than this many seconds of its deadline left). Never raises."""
-        started = time.perf_counter()
+        is not started with less than this many seconds of its deadline left). Never raises.
+        Called once a message: positional arguments (keywords cost more)."""
+        started = _perf_counter()
         kind, address = act.kind, act.address
+        # An id the activation recorded as in progress was matched on arrival (only
+        # well-formed ids are recorded): not matched again (a regular expression).
+        # (Only requests with a reply subject are recorded: the outcome names the id whose
+        # entry its worker finishes, Outcome.message_id.)
+        recent = act.recent
+        checked = None
+        if reply and recent is not None and headers is not None:
+            checked = headers.get(_MESSAGE_ID)
+            if checked is not None and recent.get(checked) is not IN_PROGRESS:
+                checked = None
         try:
-            meta = envelope.parse_request(headers)
+            meta = _parse_request(headers, checked)
         except ProtocolError as exc:
             self._metrics.rejected_one(kind, BAD_REQUEST)
-            return Outcome(envelope.error_reply(BAD_REQUEST, str(exc), agent=address), True, None)
-        accept = meta.reply_mode == h.REPLY_MODE_ACCEPT
+            err = envelope.error_reply(BAD_REQUEST, str(exc), agent=address)
+            return Outcome(err, True, None, message_id=checked)
+        accept = meta.reply_mode == _ACCEPT
         wanted = reply and not accept  # an accepted send was acknowledged on arrival
         kept: Reply | None = (envelope.OK_HEADER_BLOCK, NIL) if accept else None  # a copy is acknowledged again
         action = meta.action
-        durable = headers is not None and h.STREAM_SEQ in headers
+        durable = headers is not None and _STREAM_SEQ in headers
+        deadline_ms = meta.deadline_ms
         weight = 0  # bytes held against the decode budget until the handler returns
         try:
-            spec, kwargs, seq, weight = self._admit(act, meta, headers, data, margin if wanted else None, durable)
+            # The checks before the handler may run, each refusal a Refused: the deadline
+            # (with ``margin`` for a caller that waits), the action, its parameters (inflated
+            # and decoded within wire.codec's limits), a durable message's stream sequence,
+            # room in the decode budget, the bulkheads. Inline: once a message.
+            if deadline_ms is not None:
+                left = deadline_ms / 1000 - _time()
+                if left <= 0:
+                    raise Refused(TIMEOUT, "deadline passed before the agent ran the message", reason="expired")
+                if wanted and margin is not None and left < margin:
+                    why = f"only {left * 1000:.0f} ms of the deadline left: not started (no time to answer)"
+                    raise Refused(TIMEOUT, why)
+            agent = act.agent
+            spec = agent.__actions__.get(action)
+            if spec is None:
+                raise Refused(
+                    UNKNOWN_ACTION,
+                    f"{kind} has no action {action!r}",
+                    details={"actions": sorted(agent.__actions__)},
+                )
+            try:
+                encoding = headers.get(_ENCODING) if headers is not None else None
+                if encoding is not None:
+                    if encoding != h.ENCODING_DEFLATE:
+                        raise ValueError(f"unknown {h.ENCODING} {encoding!r}: use {h.ENCODING_DEFLATE!r}")
+                    data = envelope.inflate(data, envelope.inflate_limit(self._max_payload()))
+                value, size = _decoded_size(data)  # size: what it holds of the decode budget
+                kwargs = spec.bind(value)
+            except ParamError as exc:
+                raise Refused(
+                    BAD_REQUEST, f"invalid parameters: {exc}", details={"param": exc.path, "problem": exc.problem}
+                ) from None
+            except (ProtocolError, ValueError) as exc:
+                raise Refused(BAD_REQUEST, str(exc)) from None
+            seq = self._exactly_once(act, headers) if durable and headers is not None else 0
+            if size:
+                budget = self.budget
+                if not budget.try_take(size):
+                    raise Refused(
+                        OVERLOADED,
+                        f"{self._node_name} holds {budget.held} bytes of decoded large bodies and this one needs "
+                        f"{size} (decode budget {budget.limit})",
+                        reason="decode_budget",
+                        details={"reason": "decode_budget", "retry_after": 0.05},
+                    )
+                weight = size
             held: tuple[Bulkhead, ...] = ()
-            if spec.bulkhead is not None or type(act.agent).bulkhead is not None:
-                held = await self._enter_bulkheads(act, spec, meta.deadline_ms)
+            if spec.bulkhead is not None or type(agent).bulkhead is not None:
+                held = await self._enter_bulkheads(act, spec, deadline_ms)
         except Refused as refused:
-            if weight:  # taken in _admit, then a bulkhead refused
+            if weight:  # taken, then a bulkhead refused
                 self.budget.release(weight)
             self._metrics.rejected_one(kind, refused.reason or refused.code)
             err = envelope.error_reply(
                 refused.code, refused.message, agent=address, action=action, details=refused.details
             )
-            return Outcome(err, wanted, None, action)
+            return Outcome(err, wanted, None, action, message_id=checked)
         except BaseException:  # cancelled while waiting for a bulkhead
             if weight:
                 self.budget.release(weight)
             raise
         tracing = self._tracing
         span = tracing.server_span(kind, action, act.agent_id, headers) if tracing.enabled else None
-        token = _current.set(self._context(address, meta, caller))
+        token = _current.set(
+            _new(
+                Context,
+                (
+                    address,
+                    action,
+                    meta.message_id,
+                    meta.correlation_id,
+                    None if deadline_ms is None else deadline_ms / 1000,
+                    meta.caller,
+                    meta.traceparent,
+                    meta.tracestate,
+                    None if caller is None else caller.name,
+                    _NO_ROLES if caller is None else caller.roles,
+                ),
+            )
+        )
         span_token = tracing.activate(span) if span is not None else None
         node = self.node if act.cluster is not None else None
         try:
-            result = await spec.func(act.agent, **kwargs)
+            result = await spec.func(agent, **kwargs)
         except Exception as exc:
             if node is not None:
                 node.action_failed(act, exc)
             tracing.end(span, exc, HANDLER_ERROR)
-            self._metrics.handled_one(kind, action, HANDLER_ERROR, time.perf_counter() - started)
-            act.agent.log.warning("action %s failed: %s: %s", action, type(exc).__name__, exc)
+            self._metrics.handled_one(kind, action, HANDLER_ERROR, _perf_counter() - started)
+            agent.log.warning("action %s failed: %s: %s", action, type(exc).__name__, exc)
             failed = envelope.error_reply(
                 HANDLER_ERROR,
                 f"{type(exc).__name__}: {exc}",
@@ -173,7 +254,9 @@ class Dispatcher:
                 details={"exception": type(exc).__name__},
             )
             # A durable message is tried again by its partition owner: let a copy run.
-            return Outcome(failed, wanted, None if durable else (kept or failed), action, True, meta.deadline_ms)
+            return Outcome(
+                failed, wanted, None if durable else (kept or failed), action, True, meta.deadline_ms, False, checked
+            )
         finally:
             if weight:
                 self.budget.release(weight)
@@ -183,7 +266,7 @@ class Dispatcher:
                 tracing.deactivate(span_token)
             _current.reset(token)
         body: bytes | None = None
-        if seq or (reply and not accept and act.cluster is not None):
+        if seq or (wanted and act.cluster is not None):
             try:
                 body = codec.encode(result)  # stored with the state: a copy gets it back
             except (TypeError, ValueError):
@@ -198,14 +281,14 @@ class Dispatcher:
                     log.exception("persisting %s after %s failed", address, action)
                     exc = Unavailable(f"state could not be saved: {exc}", details={"retry": True})
                 tracing.end(span, exc, exc.code)
-                self._metrics.handled_one(kind, action, exc.code, time.perf_counter() - started)
+                self._metrics.handled_one(kind, action, exc.code, _perf_counter() - started)
                 err = envelope.error_reply(exc.code, exc.message, agent=address, action=action, details=exc.details)
-                return Outcome(err, wanted, None, action)
+                return Outcome(err, wanted, None, action, message_id=checked)
         if span is not None:
             tracing.end(span)
-        self._metrics.handled_one(kind, action, "ok", time.perf_counter() - started)
+        self._metrics.handled_one(kind, action, "ok", _perf_counter() - started)
         if not wanted:
-            return Outcome(None, False, kept, action, True, meta.deadline_ms, durable)
+            return _new(Outcome, (None, False, kept, action, True, deadline_ms, durable, checked))
         try:
             if body is None:
                 body = codec.encode(result)
@@ -213,8 +296,8 @@ class Dispatcher:
             failed = envelope.error_reply(
                 HANDLER_ERROR, f"result cannot be encoded: {exc}", agent=address, action=action
             )
-            return Outcome(failed, True, failed, action, True, meta.deadline_ms, durable)
-        block = envelope.OK_HEADER_BLOCK
+            return Outcome(failed, True, failed, action, True, deadline_ms, durable, checked)
+        block = _OK_BLOCK
         threshold = self._compress_above
         if (
             threshold is not None
@@ -228,70 +311,9 @@ class Dispatcher:
         if node is not None:
             block = node.reply_block(act, block)
         reply_ok = (block, body)
-        return Outcome(reply_ok, True, reply_ok, action, True, meta.deadline_ms, durable)
+        return _new(Outcome, (reply_ok, True, reply_ok, action, True, deadline_ms, durable, checked))
 
     # -- the steps -------------------------------------------------------------------
-
-    def _admit(
-        self,
-        act: Activation,
-        meta: RequestMeta,
-        headers: dict[str, str] | None,
-        data: bytes,
-        margin: float | None,
-        durable: bool,
-    ) -> tuple[ActionSpec, dict[str, Any], int, int]:
-        """The checks before a handler may run: the action, its parameters (inflated and
-        decoded within ``wire.codec``'s limits), for a durable message its stream sequence,
-        and room in the decode budget (``durable``: the headers hold ``Na-Stream-Seq``).
-        Returns ``(spec, kwargs, seq, weight)``: ``weight`` bytes are held against the
-        budget (the caller releases them).
-
-        Raises:
-            Refused: the deadline passed (or less than ``margin`` of it is left), no such
-                action, bad parameters, a stream sequence that was applied already, or the
-                decode budget is full.
-        """
-        deadline_ms = meta.deadline_ms
-        if deadline_ms is not None:
-            left = deadline_ms / 1000 - time.time()
-            if left <= 0:
-                raise Refused(TIMEOUT, "deadline passed before the agent ran the message", reason="expired")
-            if margin is not None and left < margin:
-                why = f"only {left * 1000:.0f} ms of the deadline left: not started (no time to answer)"
-                raise Refused(TIMEOUT, why)
-        spec = act.agent.__actions__.get(meta.action)
-        if spec is None:
-            raise Refused(
-                UNKNOWN_ACTION,
-                f"{act.kind} has no action {meta.action!r}",
-                details={"actions": sorted(act.agent.__actions__)},
-            )
-        try:
-            encoding = headers.get(h.ENCODING) if headers is not None else None
-            if encoding is not None:
-                if encoding != h.ENCODING_DEFLATE:
-                    raise ValueError(f"unknown {h.ENCODING} {encoding!r}: use {h.ENCODING_DEFLATE!r}")
-                data = envelope.inflate(data, envelope.inflate_limit(self._max_payload()))
-            value, weight = codec.decoded_size(data)
-            kwargs = spec.bind(value)
-        except ParamError as exc:
-            raise Refused(
-                BAD_REQUEST, f"invalid parameters: {exc}", details={"param": exc.path, "problem": exc.problem}
-            ) from None
-        except (ProtocolError, ValueError) as exc:
-            raise Refused(BAD_REQUEST, str(exc)) from None
-        seq = self._exactly_once(act, headers) if durable and headers is not None else 0
-        budget = self.budget
-        if weight and not budget.try_take(weight):
-            raise Refused(
-                OVERLOADED,
-                f"{self._node_name} holds {budget.held} bytes of decoded large bodies and this one needs "
-                f"{weight} (decode budget {budget.limit})",
-                reason="decode_budget",
-                details={"reason": "decode_budget", "retry_after": 0.05},
-            )
-        return spec, kwargs, seq, weight
 
     def _exactly_once(self, act: Activation, hdrs: Mapping[str, str]) -> int:
         """For a durable message (its ``Na-Stream-Seq`` signed by a partition owner, checked
@@ -355,34 +377,6 @@ class Dispatcher:
                 )
             held.append(pool)
         return tuple(held)
-
-    @staticmethod
-    def _context(address: str, meta: RequestMeta, caller: TrustedCaller | None) -> Context:
-        # Positional: a call per message, and keywords cost more.
-        deadline = None if meta.deadline_ms is None else meta.deadline_ms / 1000
-        if caller is not None:
-            return Context(
-                address,
-                meta.action,
-                meta.message_id,
-                meta.correlation_id,
-                deadline,
-                meta.caller,
-                meta.traceparent,
-                meta.tracestate,
-                caller.name,
-                caller.roles,
-            )
-        return Context(
-            address,
-            meta.action,
-            meta.message_id,
-            meta.correlation_id,
-            deadline,
-            meta.caller,
-            meta.traceparent,
-            meta.tracestate,
-        )
 
     def traceback(self, exc: BaseException) -> str | None:
         """The traceback of ``exc`` for an error reply (``None`` unless tracebacks are exposed)."""

@@ -58,6 +58,7 @@ MAX_WAITING = 1024
 #: A message refused before it ran (the refusal is already sent; a copy may run).
 _NOT_RUN = Outcome(None, False, None)
 _DEGRADED_LINE = f"{h.DEGRADED}: 1\r\n\r\n".encode()
+_BATCH = h.BATCH
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +152,7 @@ class Host:
         self.decode_budget = self._dispatcher.budget
         self._batches = BatchRunner(self._dispatcher, self.dedup, self.guard, metrics, lambda: transport.max_payload)
         self._queue = agent_queue(settings.prefix)
+        self._margin = settings.min_time_left  # (read for every message)
 
     @property
     def refs_for(self) -> Callable[[str], RefFactory]:
@@ -179,12 +181,10 @@ class Host:
         if not checked and (act.superseded or (self._node is not None and act.cluster is not None)):
             return self._dispatch_checked(act, msg)
         hdrs = msg.headers
-        if hdrs is not None and h.BATCH in hdrs:
+        if hdrs is not None and _BATCH in hdrs:
             return self._batches.run(act, msg)
         caller = msg.admitted.caller if type(msg) is Verified else None
-        return self._dispatcher.run(
-            act, hdrs, msg.data, reply=bool(msg.reply), caller=caller, margin=self.settings.min_time_left
-        )
+        return self._dispatcher.run(act, hdrs, msg.data, bool(msg.reply), caller, self._margin)
 
     async def _dispatch_checked(self, act: Activation, msg: Inbound) -> Outcome:
         """:meth:`dispatch` of a message to a cluster node's activation, or to a superseded one."""

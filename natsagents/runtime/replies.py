@@ -63,14 +63,14 @@ class Replies:
         subject: str,
         headers: dict[str, str] | bytes,
         body: bytes,
-        *,
         agent: str | None = None,
         action: str | None = None,
         vetted: bool = False,
     ) -> None:
         """Publish a reply to ``subject`` (``""``: nobody asked for one; an error is logged).
         ``vetted``: the reply subject of a message from a ``service`` subscription
-        (``Transport.publish_reply``)."""
+        (``Transport.publish_reply``). Every request's reply comes here: positional
+        arguments take less than keywords."""
         if not subject:
             status = h.STATUS_OK if isinstance(headers, bytes) else headers.get(h.STATUS, h.STATUS_OK)
             if status not in (h.STATUS_OK, HANDLER_ERROR):  # handler errors are logged by dispatch
@@ -88,7 +88,7 @@ class Replies:
                 )
             return
         try:
-            if not await self._t.publish_reply(subject, body, headers=headers, on=agent or "a host", vetted=vetted):
+            if not await self._t.publish_reply(subject, body, headers, agent or "a host", vetted):
                 self._metrics.rejected_one(agent.partition("/")[0] if agent else "", "reply_subject")
         except NatsAgentsError as exc:
             if getattr(exc, "code", None) == PAYLOAD_TOO_LARGE:

@@ -135,7 +135,8 @@ class _ServiceSink(_Sink):
 
     def set_result(self, msg: Inbound) -> None:
         reply = msg.reply
-        if reply and not self._transport.may_answer(reply):
+        # Transport.may_answer, inlined: once a request.
+        if reply and (len(reply) > MAX_REPLY_SUBJECT or self._transport._answerable(reply) is None):
             self._transport.refused_reply(reply, msg.subject)
             return
         try:  # as _Sink.set_result, inlined: once a request
@@ -518,7 +519,6 @@ class Transport:
         self,
         subject: str,
         payload: bytes,
-        *,
         headers: Mapping[str, str] | bytes | None = None,
         on: str = "",
         vetted: bool = False,
@@ -530,9 +530,10 @@ class Transport:
         if not vetted and not self.may_answer(subject):
             self.refused_reply(subject, on or "a reply")
             return False
-        # What publish() does, one coroutine less per reply.
+        # What publish() does, one coroutine less per reply (check_size only when it raises).
         block = headers if type(headers) is bytes else _header_block(headers)
-        self.check_size(subject, block, payload)
+        if len(block) + len(payload) > self._nc.max_payload:
+            self.check_size(subject, block, payload)
         await self._send(subject, "", block, payload)
         return True
 

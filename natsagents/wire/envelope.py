@@ -229,8 +229,16 @@ _ACTIONS: set[str] = set()
 _MAX_ACTIONS = 4096
 
 
-def parse_request(headers: Mapping[str, str] | None) -> RequestMeta:
-    """Read and check the headers of a request.
+# Header names read for every request, as module constants (an attribute load less each).
+_PROTO, _ACTION, _MESSAGE_ID, _CORRELATION_ID, _DEADLINE = h.PROTO, h.ACTION, h.MESSAGE_ID, h.CORRELATION_ID, h.DEADLINE
+_REPLY_MODE, _RESULT, _ACCEPT, _CALLER = h.REPLY_MODE, h.REPLY_MODE_RESULT, h.REPLY_MODE_ACCEPT, h.CALLER
+_TRACEPARENT, _TRACESTATE = h.TRACEPARENT, h.TRACESTATE
+
+
+def parse_request(headers: Mapping[str, str] | None, checked_id: str | None = None) -> RequestMeta:
+    """Read and check the headers of a request. ``checked_id``: a ``Na-Msg-Id`` the caller
+    already matched against :data:`MESSAGE_ID_RE` (not matched again when it is the one
+    in ``headers``).
 
     Raises:
         ProtocolError: a header is missing or malformed (answered with ``bad_request``).
@@ -239,10 +247,10 @@ def parse_request(headers: Mapping[str, str] | None) -> RequestMeta:
     malformed = get(MALFORMED)
     if malformed is not None:
         raise ProtocolError(f"malformed NATS header block: {malformed[:80]}")
-    proto = get(h.PROTO)
+    proto = get(_PROTO)
     if proto is not None and proto != h.PROTO_VERSION:
         raise ProtocolError(f"unsupported protocol version {proto!r} (this host speaks {h.PROTO_VERSION})")
-    action = get(h.ACTION)
+    action = get(_ACTION)
     if action is None:
         raise ProtocolError(f"missing {h.ACTION} header")
     if action not in _ACTIONS:
@@ -250,30 +258,32 @@ def parse_request(headers: Mapping[str, str] | None) -> RequestMeta:
             raise ProtocolError(f"malformed {h.ACTION} header {action[:80]!r}")
         if len(_ACTIONS) < _MAX_ACTIONS:
             _ACTIONS.add(action)
-    message_id = get(h.MESSAGE_ID)
+    message_id = get(_MESSAGE_ID)
     if message_id is None:
         message_id = new_message_id()
-    elif not _ID_RE.fullmatch(message_id):
+    elif message_id != checked_id and not _ID_RE.fullmatch(message_id):
         raise ProtocolError(f"malformed {h.MESSAGE_ID} header {message_id[:80]!r}")
-    correlation_id = get(h.CORRELATION_ID)
+    correlation_id = get(_CORRELATION_ID)
     if correlation_id is None:
         correlation_id = message_id
     elif not _ID_RE.fullmatch(correlation_id):
         raise ProtocolError(f"malformed {h.CORRELATION_ID} header {correlation_id[:80]!r}")
     deadline_ms: int | None = None
-    raw_deadline = get(h.DEADLINE)
+    raw_deadline = get(_DEADLINE)
     if raw_deadline is not None:
         if not raw_deadline.isascii() or not raw_deadline.isdigit() or len(raw_deadline) > 15:
             raise ProtocolError(f"malformed {h.DEADLINE} header {raw_deadline[:80]!r}")
         deadline_ms = int(raw_deadline)
-    reply_mode = get(h.REPLY_MODE, h.REPLY_MODE_RESULT)
-    if reply_mode != h.REPLY_MODE_RESULT and reply_mode != h.REPLY_MODE_ACCEPT:
+    reply_mode = get(_REPLY_MODE, _RESULT)
+    if reply_mode != _RESULT and reply_mode != _ACCEPT:
         raise ProtocolError(f"malformed {h.REPLY_MODE} header {reply_mode[:80]!r}")
-    caller = get(h.CALLER)
+    caller = get(_CALLER)
     if caller is not None and len(caller) > 256:
         raise ProtocolError(f"{h.CALLER} header longer than 256 characters")
-    return RequestMeta(
-        action, message_id, correlation_id, deadline_ms, caller, reply_mode, get(h.TRACEPARENT), get(h.TRACESTATE)
+    # tuple.__new__: RequestMeta's own __new__ is a Python function (a frame per request).
+    return _new(
+        RequestMeta,
+        (action, message_id, correlation_id, deadline_ms, caller, reply_mode, get(_TRACEPARENT), get(_TRACESTATE)),
     )
 
 
@@ -287,6 +297,7 @@ def deadline_of(headers: Mapping[str, str] | None) -> int | None:
 
 
 _EMPTY: Mapping[str, str] = {}
+_new = tuple.__new__
 _OK_HEADERS: Mapping[str, str] = {h.PROTO: h.PROTO_VERSION, h.STATUS: h.STATUS_OK}
 #: The header block of every ok reply, encoded once.
 OK_HEADER_BLOCK = encode_headers(_OK_HEADERS)

@@ -112,6 +112,21 @@ def test_request_headers_and_parse_round_trip() -> None:
     assert minimal == {h.PROTO: "1", h.ACTION: "a", h.MESSAGE_ID: "m"}
     generated = envelope.parse_request({h.ACTION: "a"})  # a peer may omit ids: the host makes one
     assert generated.correlation_id == generated.message_id and len(generated.message_id) == 22
+    assert type(meta) is envelope.RequestMeta and meta == envelope.RequestMeta(*meta)
+
+
+def test_an_id_checked_before_is_taken_and_any_other_id_still_matched() -> None:
+    """``parse_request(headers, checked_id)``: the host matched ``Na-Msg-Id`` on arrival and
+    passes it on (matched once a request); only that very id skips the match."""
+    good = {h.ACTION: "a", h.MESSAGE_ID: "m-1_x"}
+    assert envelope.parse_request(good, "m-1_x") == envelope.parse_request(good)
+    bad = {h.ACTION: "a", h.MESSAGE_ID: "not an id!"}
+    for checked in (None, "m-1_x", "not an id"):
+        with pytest.raises(na.ProtocolError, match=f"malformed {h.MESSAGE_ID}"):
+            envelope.parse_request(bad, checked)
+    bad_correlation = {h.ACTION: "a", h.MESSAGE_ID: "m", h.CORRELATION_ID: "a b"}
+    with pytest.raises(na.ProtocolError, match=f"malformed {h.CORRELATION_ID}"):
+        envelope.parse_request(bad_correlation, "m")  # the correlation id is matched still
 
 
 def test_replies_round_trip_into_typed_errors() -> None:
