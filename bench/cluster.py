@@ -208,7 +208,7 @@ class DirectoryWatch:
         await self.directory.start()
         return self
 
-    def _on_change(self, key: tuple[str, str], claim: Claim | None) -> None:
+    def _on_change(self, key: tuple[str, str], claim: Claim | None, revision: int = 0) -> None:
         address = f"{key[0]}/{key[1]}"
         old = self.owner.get(address)
         new = claim.record.node if claim is not None else None
