@@ -100,7 +100,9 @@ class Bucket:
     # -- reads -----------------------------------------------------------------------
 
     async def _last(self, key: str, timeout: float, *, leader: bool = False) -> _Last | None:
-        if leader:
+        if leader and self.replicas > 1:
+            # (One replica: the server that stores the stream answers a direct get too, and
+            # it has every write it acknowledged: as fresh as the leader, and cheaper.)
             return await self._last_from_leader(key, timeout)
         subject = f"$JS.API.DIRECT.GET.{self.stream}.{self.prefix}{key}"
 
@@ -148,7 +150,8 @@ class Bucket:
                 than a write acknowledged before the read began (a linearizable read, as
                 long as the leader is the Raft leader; see ``docs/architecture.md``
                 "Partitions"). Slower, and it fails (``CallTimeout``) while no leader is
-                elected or reachable, where a direct get still answers.
+                elected or reachable, where a direct get still answers. A bucket of one
+                replica is read with a direct get either way (its only server is its leader).
             timeout: seconds; ``None`` for the bucket's default.
 
         Raises:
