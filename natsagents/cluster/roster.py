@@ -29,6 +29,9 @@ class Roster:
         self._membership = membership
         self._directory = directory
         self._placed: dict[str, tuple[float, int]] = {}  # node -> (its heartbeat_at, placed since)
+        # node -> (the record, its capacity, its reservations): parsed once per heartbeat,
+        # not once per placement (records are immutable; a heartbeat brings a new one).
+        self._parsed: dict[str, tuple[MemberRecord, Resources, Resources]] = {}
 
     def is_live(self, node: str) -> bool:
         return node == self._local.node_id or self._membership.is_live(node)
@@ -57,7 +60,13 @@ class Roster:
         # not of the directory, which already holds them): take whichever is higher.
         heartbeat = int(load.get("agents", 0))
         agents = directory.count_on(rec.node_id)
-        reserved = Resources.from_wire(load.get("reserved"))
+        parsed = self._parsed.get(rec.node_id)
+        if parsed is None or parsed[0] is not rec:
+            parsed = (rec, capacity_from_wire(rec.capacity), Resources.from_wire(load.get("reserved")))
+            if len(self._parsed) > 4 * len(self._membership.known()) + 16:
+                self._parsed.clear()  # members that left
+            self._parsed[rec.node_id] = parsed
+        capacity, reserved = parsed[1], parsed[2]
         max_agents = rec.max_agents
         if rec.node_id == local.node_id:
             agents = max(local.agent_count(), directory.count_on(local.node_id))
@@ -76,7 +85,7 @@ class Roster:
         return NodeInfo(
             node_id=rec.node_id,
             kinds=kinds,
-            capacity=capacity_from_wire(rec.capacity),
+            capacity=capacity,
             reserved=reserved,
             load=NodeLoad(
                 agents=agents,

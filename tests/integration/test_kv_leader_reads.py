@@ -8,6 +8,7 @@ leader's ``STREAM.MSG.GET`` (``tests/cluster/test_partition_reads.py``)."""
 from __future__ import annotations
 
 import nats
+from nats.aio.msg import Msg
 
 from natsagents.transport.kv import open_bucket
 from tests.conftest import Connect
@@ -24,7 +25,7 @@ async def test_a_leader_read_of_a_one_replica_bucket_is_a_direct_get(
     try:
         seen: list[str] = []
 
-        async def note(msg: nats.aio.msg.Msg) -> None:
+        async def note(msg: Msg) -> None:
             seen.append(msg.subject)
 
         await spy.subscribe("$JS.API.DIRECT.GET.>", cb=note)
