@@ -677,3 +677,22 @@ async def test_a_leader_whose_task_fails_steps_down_and_tries_again(mesh_factory
         await wait_for(lambda: len(runs) >= 2 and lease.is_leader, timeout=10, what="led again")
     finally:
         await lease.stop()
+
+
+async def test_the_placement_view_follows_each_heartbeats_reservations(mesh_factory: Any) -> None:
+    """Another node's capacity and reservations are parsed once per heartbeat record
+    (``Roster``), so a reservation made or given back there shows in this node's placement
+    view with its next heartbeat, not only the first one seen."""
+    n1, n2 = await nodes(mesh_factory, "n1", "n2", kinds=(Gpu,), capacity={"custom": {"gpu": 1}})
+    await n1.spawn("Gpu/mine")
+    holder, other = (n1, n2) if "Gpu/mine" in n1.local_agents() else (n2, n1)
+    roster = node_of(other)._roster
+
+    def gpus_of_holder() -> float:
+        info = next(i for i in roster.nodes() if i.node_id == holder.name)
+        assert info.capacity.custom["gpu"] == 1
+        return info.reserved.custom.get("gpu", 0)
+
+    await wait_for(lambda: gpus_of_holder() == 1, timeout=5, what="the reservation seen by the other node")
+    await holder.deactivate("Gpu/mine")
+    await wait_for(lambda: gpus_of_holder() == 0, timeout=5, what="the release seen by the other node")
