@@ -16,9 +16,9 @@ import pytest
 from natsagents import Agent, ClusterSettings, Mesh, action
 from natsagents.cluster.node import ClusterNode
 from natsagents.crdt import ORMap, ORSet
-from natsagents.errors import NatsAgentsError
 from natsagents.testing import wait_for
 from natsagents.testing.proxy import ProxiedCluster, partition
+from tests.cluster.fresh import node_on_fresh_cluster
 from tests.cluster.test_crdt_mode import value_on
 
 LEASE = 1.0
@@ -49,16 +49,9 @@ def proxied() -> Iterator[ProxiedCluster]:
 
 
 async def _node(url: str, prefix: str, node: str) -> Mesh:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + 30.0
+    """A node on a freshly made cluster (``fresh.node_on_fresh_cluster``)."""
     settings = ClusterSettings(node_id=node, lease=LEASE, rebalance=False, delivery=None)
-    while True:
-        try:
-            return await Mesh.connect(url, prefix=prefix, name=node, cluster=settings)
-        except NatsAgentsError:  # a fresh cluster's streams may have no leader yet
-            if loop.time() > end:
-                raise
-            await asyncio.sleep(0.5)  # a retry's pacing, not a synchronisation
+    return await node_on_fresh_cluster(url, prefix, settings)
 
 
 def _cluster(mesh: Mesh) -> ClusterNode:

@@ -24,6 +24,7 @@ from natsagents.crdt import ORSet, PNCounter
 from natsagents.errors import NatsAgentsError
 from natsagents.testing import wait_for
 from natsagents.testing.proxy import ProxiedCluster, partition
+from tests.cluster.fresh import node_on_fresh_cluster
 from tests.cluster.test_crdt_mode import Cart, Views, record_is, value_on
 from tests.cluster.test_partition_reads import _lead_from_majority
 
@@ -45,18 +46,9 @@ def proxied() -> Iterator[ProxiedCluster]:
 
 
 async def _node(url: str, prefix: str, node: str) -> Mesh:
-    """A node on a freshly made cluster (retried for up to 30 s: a new cluster may not have
-    a members stream leader yet; see test_partition_strategy)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + 30.0
+    """A node on a freshly made cluster (``fresh.node_on_fresh_cluster``)."""
     settings = ClusterSettings(node_id=node, lease=LEASE, rebalance=False, delivery=None)
-    while True:
-        try:
-            return await Mesh.connect(url, prefix=prefix, name=node, cluster=settings)
-        except NatsAgentsError:
-            if loop.time() > end:
-                raise
-            await asyncio.sleep(0.5)  # a retry's pacing, not a synchronisation
+    return await node_on_fresh_cluster(url, prefix, settings)
 
 
 @dataclass

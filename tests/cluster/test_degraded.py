@@ -47,6 +47,7 @@ from natsagents.wire import codec
 from natsagents.wire import headers as h
 from natsagents.wire.subjects import agent_subject, durable_subject
 from tests import node_process
+from tests.cluster.fresh import node_on_fresh_cluster
 from tests.cluster.test_partition_reads import _lead_from_majority
 from tests.node_process import DegradedCounter
 
@@ -89,17 +90,9 @@ def proxied() -> Iterator[ProxiedCluster]:
 
 
 async def _node(url: str, prefix: str, node: str, data_dir: Path) -> Mesh:
-    """A node on a freshly made cluster (retried for up to 30 s: see test_partition_strategy)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + 30.0
+    """A node on a freshly made cluster (``fresh.node_on_fresh_cluster``)."""
     settings = ClusterSettings(node_id=node, lease=LEASE, rebalance=False, data_dir=data_dir)
-    while True:
-        try:
-            return await Mesh.connect(url, prefix=prefix, name=node, cluster=settings)
-        except NatsAgentsError:
-            if loop.time() > end:
-                raise
-            await asyncio.sleep(0.5)  # a retry's pacing, not a synchronisation
+    return await node_on_fresh_cluster(url, prefix, settings)
 
 
 async def _stream_lead_from_majority(transport: Transport, stream: str, proxied: ProxiedCluster) -> None:

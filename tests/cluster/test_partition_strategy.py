@@ -33,6 +33,7 @@ from natsagents.errors import NatsAgentsError
 from natsagents.testing import wait_for
 from natsagents.testing.proxy import ProxiedCluster, partition
 from tests.agents import Counter
+from tests.cluster.fresh import node_on_fresh_cluster
 from tests.cluster.test_partition_reads import _lead_from_majority
 
 LEASE = 1.0
@@ -54,19 +55,8 @@ def _settings(node: str) -> ClusterSettings:
 
 
 async def _node(url: str, prefix: str, node: str, settings: ClusterSettings | None = None) -> Mesh:
-    """A node on a freshly made cluster: its first heartbeat may find the new members
-    stream without a leader yet on a loaded machine (no responders), or a server not yet in
-    the JetStream group (no suitable peers, seen in CI three files at a time): try again for
-    up to 30 s."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + 30.0
-    while True:
-        try:
-            return await Mesh.connect(url, prefix=prefix, name=node, cluster=settings or _settings(node))
-        except NatsAgentsError:
-            if loop.time() > end:
-                raise
-            await asyncio.sleep(0.5)  # a retry's pacing, not a synchronisation
+    """A node on a freshly made cluster (``fresh.node_on_fresh_cluster``)."""
+    return await node_on_fresh_cluster(url, prefix, settings or _settings(node))
 
 
 @dataclass
