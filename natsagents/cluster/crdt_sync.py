@@ -3,9 +3,10 @@
 
 The servers route again a moment after a cut heals (NATS redials a lost route about every
 second); until then nothing crosses, and the copies cannot know when it will. So, while a
-node's partition state is not ``ok``, it says *hello* on each crdt kind it hosts every
-0.1 s (``<prefix>.crdt.<kind>.~hello``, no body): lost while the cut lasts, the first one
-to cross tells the far side that the servers route again. A node hearing a hello from a
+node's partition state is not ``ok``, and for a second after it is ``ok`` again, it says
+*hello* on each crdt kind it hosts every 0.1 s (``<prefix>.crdt.<kind>.~hello``, no body):
+lost while the cut lasts, the first one to cross tells the far side that the servers route
+again. A node hearing a hello from a
 node it has not heard for a second (:data:`SILENCE`):
 
 * answers with a hello of its own (an *echo*, never echoed again), so that a node that is
@@ -53,6 +54,8 @@ log = logging.getLogger("natsagents.cluster.crdt")
 HELLO = "~hello"
 #: Seconds between two hellos of a node that is not ``ok``.
 HELLO_EVERY = 0.1
+#: Seconds a node goes on saying hellos after its partition state is ``ok`` again.
+HELLO_AFTER = 1.0
 #: Seconds between two rounds of digests while the node is not ``ok`` (the backstop).
 GOSSIP_EVERY = 0.5
 #: Seconds after a heal at which every copy publishes its digest a second time.
@@ -304,18 +307,37 @@ class CrdtSync:
 
     async def _while_cut(self) -> None:
         """Hellos every :data:`HELLO_EVERY`, digests of the copies changed since the
-        partition began every ``gossip_every``, until the node is ``ok`` again."""
+        partition began every ``gossip_every``, until the node is ``ok`` again; then hellos
+        for :data:`HELLO_AFTER` more seconds.
+
+        The tail matters: the state turns ``ok`` on heartbeats that cross the healed routes,
+        often within milliseconds of the routes coming back (a replica catches up on the
+        heartbeats the cut held back at once), so no hello said while not ``ok`` may have
+        crossed. A hello said after ``ok`` does: the routes are up.
+        """
         try:
             began = time.monotonic()
             next_round = began + self.gossip_every
+            healed: float | None = None
+            away = "0.000"
             while not self._closing():
                 await asyncio.sleep(HELLO_EVERY)
+                now = time.monotonic()
                 if self.status() == "ok":
-                    return
+                    # Claim the whole cut just ended as the time away (the far side looks
+                    # back that far for the copies to publish digests of).
+                    healed = now if healed is None else healed
+                    if now - healed > HELLO_AFTER:
+                        return
+                    away = f"{now - began:.3f}"
+                else:
+                    healed = None
+                    away = f"{self.away():.3f}"
                 kinds = {act.kind for act, _ in self._active()}
-                away = f"{self.away():.3f}"
                 for kind in sorted(kinds):
                     await self._say_hello(kind, away, echo=False)
+                if healed is not None:
+                    continue
                 now = time.monotonic()
                 if now >= next_round:
                     next_round = now + self.gossip_every

@@ -18,6 +18,7 @@ import atexit
 import enum
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -152,18 +153,48 @@ def _release_all() -> None:
 
 
 def _free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Pick ``count`` distinct free TCP ports on ``host`` (held open together while picking)."""
+    """Pick ``count`` distinct free TCP ports on ``host`` (held open together while picking).
+
+    The ports come from outside the kernel's ephemeral range where it is known (Linux):
+    a port picked there can be taken, between the pick and the server's bind, by any
+    outgoing connection of any process (the server then exits with "address already in
+    use"). Outside it, only another explicit bind can take it.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sockets: list[socket.socket] = []
     try:
-        for _ in range(count):
+        candidates = _non_ephemeral_ports()
+        tries = 0
+        while len(sockets) < count:
             sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                if candidates and tries < 50 * count:
+                    tries += 1
+                    sock.bind((host, _RANDOM.choice(candidates)))
+                else:
+                    sock.bind((host, 0))
+            except OSError:
+                sock.close()
+                continue
             sockets.append(sock)
-            sock.bind((host, 0))
         return [int(sock.getsockname()[1]) for sock in sockets]
     finally:
         for sock in sockets:
             sock.close()
+
+
+_RANDOM = random.SystemRandom()
+#: The lowest port :func:`_free_ports` picks (above the well-known and most registered ones).
+_LOWEST_PORT = 10_000
+
+
+def _non_ephemeral_ports() -> range | None:
+    """The ports below the kernel's ephemeral range (``None`` when it is not known)."""
+    try:
+        low, _high = (int(part) for part in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return None
+    return range(_LOWEST_PORT, low) if low - _LOWEST_PORT >= 1000 else None
 
 
 def _http_get(url: str, timeout: float) -> tuple[int, bytes] | None:

@@ -4,20 +4,26 @@
 (server 2's routes cut); then the cut heals. The periodic round is set to a minute, the
 heal's own resync is off and the kind merges into its record only every minute, so the one
 thing that can bring the copies together within the test is the hello a node says while it
-is not ``ok`` and the digest exchange it starts (without it this test times out)."""
+is not ``ok`` (and for a second after) and the digest exchange it starts (without it this
+test times out)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
+import nats
 import pytest
+from nats.aio.msg import Msg
 
 from natsagents import Agent, ClusterSettings, Mesh, action
+from natsagents.cluster.crdt_sync import HELLO, HELLO_AFTER
 from natsagents.cluster.node import ClusterNode
 from natsagents.crdt import ORMap, ORSet
 from natsagents.testing import wait_for
 from natsagents.testing.proxy import ProxiedCluster, partition
+from natsagents.wire import headers as h
 from tests.cluster.fresh import node_on_fresh_cluster
 from tests.cluster.test_crdt_mode import value_on
 
@@ -83,6 +89,15 @@ async def test_a_healed_copy_converges_without_waiting_for_a_round(proxied: Prox
                     raise
         a, c = _cluster(node_a), _cluster(node_c)
         loop = asyncio.get_running_loop()
+        raw = await nats.connect(major)  # hears nC's hellos on the majority's server
+        heard: list[float] = []
+
+        async def on_hello(msg: Msg) -> None:
+            if (msg.headers or {}).get(h.CRDT_NODE) == "nC":
+                heard.append(time.time())
+
+        await raw.subscribe(f"{mesh_prefix}.crdt.Marks.{HELLO}", cb=on_hello)
+        await raw.flush()
         with partition(proxied, {2}, clients=False, mode="cut") as cut:
             await wait_for(lambda: c.partition.state.status != "ok", timeout=10, what="nC leaves ok")
             await west.ref("Marks/m").call("mark", key="west", tag="w")
@@ -101,3 +116,13 @@ async def test_a_healed_copy_converges_without_waiting_for_a_round(proxied: Prox
         took = loop.time() - healed
         print(f"\nconverged {took:.2f} s after the heal (nA {a.partition.state.status}, nC {c.partition.state.status})")
         assert took < ROUND / 4
+        # nC's state turns ok on heartbeats crossing the healed routes, often before any
+        # hello said while not ok could cross: it goes on saying hellos after ok, and
+        # those reach the far side (the routes are up).
+        await wait_for(lambda: c.partition.state.status == "ok", timeout=10, what="nC back to ok")
+        back = [e.at for e in c.partition.history if e.kind == "heal"][-1]
+        await wait_for(lambda: c.crdts.sync.cut_loop is None, timeout=HELLO_AFTER + 5, what="nC's hellos end")
+        after = [t for t in heard if t > back]
+        print(f"hellos from nC heard on server 0: {len(heard)}, {len(after)} after nC was ok again")
+        assert after, "no hello from nC crossed after its state was ok again"
+        await raw.close()

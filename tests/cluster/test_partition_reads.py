@@ -126,8 +126,14 @@ async def test_a_claim_taken_over_on_the_majority_does_not_verify_on_the_minorit
     with partition(proxied, {MINORITY}, clients=False):
         new = await there.claim("Counter", "c1", "nA", is_live=lambda node: node != "nC", attempts=1)
         assert new.taken_over and new.record.epoch == old.record.epoch + 1
-        stale = await here.get("Counter", "c1")  # the fast path (a cache-like read)
-        print(f"direct get on the minority: owner {stale.record.node if stale else None}")
+        # The fast path (a cache-like read) may answer from the minority's replica, stale,
+        # or not at all (a replica cut off from its leader may stop answering direct gets,
+        # and a request the server routes to a replica across the cut is lost).
+        try:
+            stale = await asyncio.wait_for(here.get("Counter", "c1"), 2.0)
+            print(f"direct get on the minority: owner {stale.record.node if stale else None}")
+        except (NatsAgentsError, TimeoutError) as exc:
+            print(f"direct get on the minority: {type(exc).__name__}")
         with pytest.raises(NatsAgentsError):
             await here.bucket.get(agent_key("Counter", "c1"), leader=True, timeout=1.0)
         verdict: bool | str
