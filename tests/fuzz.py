@@ -25,7 +25,14 @@ What the fuzzer sends (one raw-protocol connection, every message a hand-made
   ``Na-Reply-To`` an inbox of ours, a hostile subject or none, forged owner headers,
   duplicate ``Nats-Msg-Id``;
 * **kv**: puts, deletes and purges of garbage in the four registry buckets (never a
-  canary's keys, never a rollup of a whole bucket).
+  canary's keys, never a rollup of a whole bucket);
+* **read** subjects ``<prefix>.read.<kind>.<token>`` (a session kind's replicas, protocol
+  §19): read-only and other actions, ``Na-Min-Version`` valid, far ahead and malformed;
+* **crdt** subjects ``<prefix>.crdt.<kind>.<token>`` (protocol §21): deltas and whole states
+  valid (any replica id, huge counts), of another type, garbage or flipped; digests; hellos
+  (``~hello``) with odd ``Na-Crdt-Hello`` values, from new node names, from the nodes' own
+  names (``Na-Crdt-Node``: a node ignores its own). Nothing is ever answered on these (no
+  reply subject is used but a hostile one).
 
 Reply subjects are ``_INBOX.fuzz.<n>`` (one per message), none, or hostile ones a host
 must never publish to (``$KV.…``, ``$JS.…``, control and agent subjects, wildcards, too
@@ -73,6 +80,7 @@ import nats
 
 from natsagents import Mesh
 from natsagents.cluster.placement import Hints
+from natsagents.crdt import CrdtError, GCounter, ORSet, PNCounter
 from natsagents.wire import envelope
 from natsagents.wire import headers as h
 from natsagents.wire.ids import encode_id
@@ -81,12 +89,13 @@ from natsagents.wire.subjects import bucket_name
 from tests.fuzz_agents import FUZZ_KINDS
 from tests.integration.test_hostile_peer import BAD_BLOCKS
 
-TARGETS = ("agent", "activate", "control", "inbox", "kv")
+TARGETS = ("agent", "activate", "control", "inbox", "kv", "read", "crdt")
 #: Share of each target in the mix.
-WEIGHTS = {"agent": 50, "activate": 12, "control": 8, "inbox": 12, "kv": 10}
+WEIGHTS = {"agent": 50, "activate": 12, "control": 8, "inbox": 12, "kv": 10, "read": 5, "crdt": 6}
 NODES = ("n1", "n2")
 CANARIES = ("c0", "c1", "c2", "c3")
 MiB = 1024 * 1024
+UINT64_MAX = 2**64 - 1
 #: Largest message the fuzzer sends (the server's max_payload is 1 MiB; a bigger one
 #: would only get the fuzzer's connection closed).
 MAX_MESSAGE = MiB - 4096
@@ -570,7 +579,11 @@ def block_of(headers: dict[str, str] | list[tuple[str, str]]) -> bytes:
 ACTIONS: dict[str, tuple[str, ...]] = {
     "Tally": ("add", "get", "echo", "fail", "slow", "big", "keep", "relay", "whoami"),
     "Typed": ("shapes",),
+    "Reader": ("add", "get", "peek", "echo", "fail", "slow", "big", "keep", "relay", "whoami"),
+    "Merged": ("add", "get", "echo", "fail", "slow", "whoami"),
 }
+#: Read-only actions of ``Reader`` (served by its replica on ``<prefix>.read.…``).
+READ_ONLY = ("get", "peek")
 
 
 @dataclass
@@ -771,7 +784,7 @@ class Fuzzer:
         summary = f"#{n} {m.target}/{m.what} {m.subject[:90]} hdrs={m.block[:160]!r} body={m.body[:48]!r}"
         sent = Sent(n, m.target, m.what, m.subject, expect, time.monotonic(), self.reply_timeout, summary)
         sent.agent = m.agent
-        if m.target == "agent" and expect == "one":
+        if m.target in ("agent", "read") and expect == "one":
             mid = (envelope.parse_header_block(m.block) or {}).get(h.MESSAGE_ID)
             if mid is not None and envelope.is_message_id(mid):
                 sent.frame = (m.subject.encode("utf-8", "surrogateescape"), reply.encode(), m.block, m.body)
@@ -840,7 +853,7 @@ class Fuzzer:
         """Whether ``sent`` is an agent request without a usable ``Na-Msg-Id`` whose agent's
         directory or state record the fuzz rewrote from :data:`MOVE_WINDOW` s before it was sent
         until its timeout (see ``Report.unanswered_moved``)."""
-        if sent.target != "agent" or sent.frame is not None or sent.agent is None:
+        if sent.target not in ("agent", "read") or sent.frame is not None or sent.agent is None:
             return False
         return any(sent.at - MOVE_WINDOW <= t <= sent.at + sent.timeout for t in self.rewritten.get(sent.agent, ()))
 
@@ -856,6 +869,8 @@ class Fuzzer:
             ("control", self.control_msg),
             ("inbox", self.inbox_msg),
             ("kv", self.kv_msg),
+            ("read", self.read_msg),
+            ("crdt", self.crdt_msg),
         ):
             makers.append(make)
             weights.append(WEIGHTS[target])
@@ -1476,6 +1491,115 @@ class Fuzzer:
         msg = Msg("inbox", what, subject, block, body, "inbox" if r.random() < 0.95 else "none")
         msg.durable_reply = durable_reply
         return msg
+
+    def read_msg(self) -> Msg:
+        """A request on a read subject: the session kind's primary and replica answer it."""
+        r = self.rng
+        g = self.g
+        kind = "Reader" if r.random() < 0.85 else self.kind()
+        agent_id, token = self.token()
+        subject = f"{self.p}.read.{kind}.{token}"
+        if r.random() < 0.06:
+            what, block = self.bad_block()
+            return Msg("read", what, subject, block, g.pack({}), self.reply_kind())
+        action = r.choice(READ_ONLY) if r.random() < 0.8 else r.choice(["add", "keep", "nope", "echo"])
+        what, params = self.params(kind, action)
+        label, hdrs = self.request_headers(action)
+        if r.random() < 0.6:
+            hdrs[h.MIN_VERSION] = r.choice(
+                ["0", "1", "2", "5", str(r.randint(1, 50)), "1000000", "9" * 19, str(2**64), "-1", "x", "", "1.5", " 3"]
+            )
+            what += "+min-version"
+        if r.random() < 0.05:
+            hdrs[h.REPLICA] = r.choice(["1", "n1", "x"])
+        if label:
+            what += "+" + label
+        if r.random() < 0.15:
+            what += "+" + self.mutate_headers(hdrs)
+        body = g.pack(params)
+        if r.random() < 0.05:
+            name, body = g.garbage_body()
+            what += "+" + name
+        msg = Msg("read", what, subject, block_of(hdrs), body, self.reply_kind())
+        msg.agent = (kind, agent_id) if agent_id is not None else None
+        self._mark_copy(msg)
+        return msg
+
+    def crdt_value(self) -> tuple[str, bytes]:
+        """A body for a crdt subject: a counter delta or state, mostly valid."""
+        r = self.rng
+        g = self.g
+        x = r.random()
+        if x < 0.45:
+            counter = PNCounter()
+            for _ in range(r.randint(1, 4)):
+                replica = r.choice(["n1", "n2", "x", "fuzz", g.text(8) or "e", "r" * 64])
+                amount = r.choice([1, 5, -3, 10**6, 2**63, UINT64_MAX])
+                try:
+                    counter = counter.increment(replica, amount).state
+                except (CrdtError, ValueError):
+                    continue
+            return "pn", counter.to_wire()
+        if x < 0.55:
+            return "gcounter", GCounter().increment("x", r.randint(1, 9)).state.to_wire()
+        if x < 0.62:
+            return "orset", ORSet().add("x", g.text(6)).state.to_wire()
+        if x < 0.72:
+            fields: dict[str, Any] = {"t": "pn", "v": r.choice([1, 2, "1"])}
+            fields[r.choice(["p", "n"])] = r.choice(
+                [{"x": -5}, {"": 1}, {"x": 2**64}, {"x": "1"}, {"a" * 300: 1}, [1], {1: 1}]
+            )
+            return "pn-bad", g.pack(fields)
+        if x < 0.85:
+            name, body = g.garbage_body()
+            return "garbage-" + name, body
+        counter = PNCounter().increment("x", r.randint(1, 100)).state
+        return "pn-flipped", g.mutate_bytes(counter.to_wire())
+
+    def crdt_msg(self) -> Msg:
+        """A delta, a whole state, a digest or a hello, as a crdt copy (or a peer) sends."""
+        r = self.rng
+        g = self.g
+        kind = "Merged" if r.random() < 0.85 else self.kind()
+        token = self.token()[1]
+        hdrs: dict[str, str] = {}
+        node = r.random()
+        if node < 0.6:
+            hdrs[h.CRDT_NODE] = "peer" + str(r.randrange(3))
+        elif node < 0.8:
+            hdrs[h.CRDT_NODE] = r.choice(NODES)  # a node ignores what names it as the sender
+        elif node < 0.9:
+            hdrs[h.CRDT_NODE] = r.choice(["", " ", "x" * 300, "\u00e9", "peer" + str(r.randrange(10**6))])
+        x = r.random()
+        if x < 0.15:
+            token = "~hello"
+            hdrs[h.CRDT_HELLO] = r.choice(["0", "0.5", "3", "86400", "1e308", "nan", "inf", "-1", "x", ""])
+            if r.random() < 0.3:
+                hdrs[h.CRDT_ECHO] = r.choice(["1", "0", "x"])
+            what, body = "hello", b"" if r.random() < 0.9 else r.randbytes(r.randint(1, 64))
+        elif x < 0.35:
+            hdrs[h.CRDT_DIGEST] = "1"
+            choice = r.random()
+            if choice < 0.4:
+                what, body = "digest-hash", g.pack({"t": "pn", "h": r.randbytes(r.choice([16, 0, 3, 64]))})
+            elif choice < 0.6:
+                what, body = "digest-cc", g.pack({"t": r.choice(["orset", "pn", "x"]), "cc": g.value()})
+            else:
+                name, body = g.garbage_body()
+                what = "digest-" + name
+        else:
+            what, body = self.crdt_value()
+            if r.random() < 0.3:
+                hdrs[h.CRDT_WHOLE] = r.choice(["1", "1", "0", "yes"])
+                what += "+whole"
+        if r.random() < 0.1:
+            what += "+" + self.mutate_headers(hdrs)
+        block = block_of(hdrs) if hdrs else b""
+        if r.random() < 0.04:
+            label, block = self.bad_block()
+            what += "+" + label
+        subject = f"{self.p}.crdt.{kind}.{token}"
+        return Msg("crdt", what, subject, block, body, "hostile" if r.random() < 0.2 else "none")
 
     def kv_msg(self) -> Msg:
         r = self.rng

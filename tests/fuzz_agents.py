@@ -7,9 +7,13 @@ import asyncio
 from typing import Any
 
 from natsagents import Agent, action
+from natsagents.crdt import PNCounter
 
-#: Kinds the fuzzer targets (Canary excluded).
-FUZZ_KINDS = ("Tally", "Wide", "Typed", "OnlySpawn", "Ephemeral")
+#: Kinds the fuzzer targets (Canary excluded). The last three are the consistency modes
+#: other than strong: eventual (write-behind), session (with a read replica on the other
+#: node, reached on ``<prefix>.read.…``) and crdt (a copy on every node, deltas, digests
+#: and hellos on ``<prefix>.crdt.…``).
+FUZZ_KINDS = ("Tally", "Wide", "Typed", "OnlySpawn", "Ephemeral", "Lazy", "Reader", "Merged")
 
 
 class Canary(Agent):
@@ -93,3 +97,67 @@ class Ephemeral(Tally):
 
     persistence = "none"
     restart = "temporary"
+
+
+class Lazy(Tally):
+    """Eventual: answers before its state is stored (write-behind every 0.2 s)."""
+
+    consistency = "eventual"
+    flush_interval = 0.2
+
+
+class Reader(Tally):
+    """Session: writes as strong; ``get`` is read-only and served by a replica too."""
+
+    consistency = "session"
+    read_replicas = 1
+    session_wait = 0.1
+
+    @action(read_only=True)
+    async def get(self) -> int:
+        n = self.state.get("n", 0)
+        return n if isinstance(n, int) else 0
+
+    @action(read_only=True)
+    async def peek(self, key: str = "n") -> Any:
+        return self.state.get(key) if isinstance(key, str) else None
+
+
+class Merged(Agent):
+    """Crdt: a counter with a copy on every node that is asked for it."""
+
+    consistency = "crdt"
+    flush_interval = 0.2
+
+    def initial_state(self) -> PNCounter:
+        return PNCounter()
+
+    @action
+    async def add(self, by: int = 1) -> int:
+        if by >= 0:
+            self.mutate(self.state.increment(self.replica, by))
+        else:
+            self.mutate(self.state.decrement(self.replica, -by))
+        return self.state.value
+
+    @action(read_only=True)
+    async def get(self) -> int:
+        return self.state.value
+
+    @action
+    async def echo(self, value: Any = None) -> Any:
+        return value
+
+    @action
+    async def fail(self, message: str = "kaboom") -> None:
+        raise RuntimeError(message[:200])
+
+    @action
+    async def slow(self, ms: int = 1) -> int:
+        await asyncio.sleep(min(max(ms, 0), 50) / 1000)
+        return ms
+
+    @action(idempotent=True)
+    async def whoami(self) -> dict[str, Any]:
+        ctx = self.context
+        return {"id": self.id, "message_id": ctx.message_id, "caller": ctx.caller, "deadline": ctx.deadline}

@@ -40,7 +40,7 @@ from typing import Any
 
 from natsagents import Agent, ClusterSettings, DeliverySettings, Mesh, action
 from tests.agents import Counter, Keeper, Typed
-from tests.fuzz_agents import Canary, Ephemeral, OnlySpawn, Tally, Wide
+from tests.fuzz_agents import Canary, Ephemeral, Lazy, Merged, OnlySpawn, Reader, Tally, Wide
 
 
 class PermCounter(Counter):
@@ -113,6 +113,9 @@ KINDS: dict[str, type[Agent]] = {
         Wide,
         OnlySpawn,
         Ephemeral,
+        Lazy,
+        Reader,
+        Merged,
     )
 }
 

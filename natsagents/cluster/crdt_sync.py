@@ -14,6 +14,11 @@ node it has not heard for a second (:data:`SILENCE`):
 * publishes the *digest* of each of its copies of the kind changed during the cut (the
   longer of the sender's and its own time away from ``ok``, plus two seconds).
 
+These *news rounds* run at most once per kind per second: news heard within a second of
+a round is served by one more round at the end of that second, covering all of it (a peer
+saying hello under a new name each time would otherwise draw every copy's digest each
+time).
+
 A digest names what a copy holds in a few bytes: its causal context for a causal type
 (``orset``, ``mvreg``, ``ormap``), else a hash of its encoding. A copy receiving a digest
 that lacks something it holds answers at once with its whole state; one that lacks
@@ -259,6 +264,10 @@ class CrdtSync:
         self._monitor: PartitionMonitor | None = None
         self._loop: asyncio.Task[None] | None = None
         self._heard: dict[tuple[str, str], float] = {}  # (kind, node) → monotonic time
+        # Per hosted kind: when its last news round began, and the round due meanwhile
+        # (the earliest change it covers, whether it echoes).
+        self._news_at: dict[str, float] = {}
+        self._news_due: dict[str, tuple[float, bool]] = {}
         self._hello = {h.CRDT_NODE: node_id}
         self._digest_headers = {h.CRDT_NODE: node_id, h.CRDT_DIGEST: "1"}
         #: Seconds between backstop rounds while not ``ok`` (a test lengthens it).
@@ -402,7 +411,29 @@ class CrdtSync:
         echo = headers.get(h.CRDT_ECHO) != "1"
         if self._closing() or self._tasks.closed:
             return
-        self._tasks.spawn(self._news(kind, now - window, echo), name="crdt hello news")
+        self._schedule_news(kind, now - window, echo, now)
+
+    def _schedule_news(self, kind: str, since: float, echo: bool, now: float) -> None:
+        """At most one news round per kind per :data:`SILENCE`: a hello under a new name
+        each time must not draw a round each (every copy's digest: an amplification).
+        News within the second widens the one round that follows it."""
+        pending = self._news_due.get(kind)
+        if pending is not None:
+            self._news_due[kind] = (min(pending[0], since), pending[1] or echo)
+            return
+        last = self._news_at.get(kind)
+        if last is None or now - last >= SILENCE:
+            self._news_at[kind] = now
+            self._tasks.spawn(self._news(kind, since, echo), name="crdt hello news")
+            return
+        self._news_due[kind] = (since, echo)
+        self._tasks.spawn(self._news_later(kind, last + SILENCE - now), name="crdt hello news")
+
+    async def _news_later(self, kind: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        since, echo = self._news_due.pop(kind, (0.0, False))
+        self._news_at[kind] = time.monotonic()
+        await self._news(kind, since, echo)
 
     async def _news(self, kind: str, since: float, echo: bool) -> None:
         if echo:

@@ -111,3 +111,42 @@ async def test_a_hello_from_a_new_node_is_echoed_and_answered_with_digests(
             await asyncio.wait_for(got.get(), 0.3)  # nothing more (a bounded wait for silence)
     finally:
         await raw.close()
+
+
+async def test_a_storm_of_hellos_from_new_names_costs_one_round_per_second(
+    mesh_factory: Any, nats_url: str, mesh_prefix: str
+) -> None:
+    """Each hello from a node not heard for a second is news: it is echoed and every copy of
+    the kind changed within its window publishes its digest. A peer saying hello under a
+    new name each time made every one news: 100 hellos (5 KB) to a node holding 20 copies
+    drew 100 echoes and 2,000 digests from it, an amplification without bound. News rounds
+    are now one per kind per second; hellos meanwhile widen the next round, not add one."""
+    copies = 20
+    (n1,) = await nodes(mesh_factory, "n1", kinds=KINDS)
+    for i in range(copies):
+        await n1.ref(f"Tags/s{i}").call("tag", key="k", tag="x")
+    await wait_for(lambda: all(value_on(n1, "Tags", f"s{i}") is not None for i in range(copies)), what="copies")
+    raw, got = await _peer(nats_url, f"{mesh_prefix}.crdt.Tags.*")
+    try:
+        hello = f"{mesh_prefix}.crdt.Tags.{HELLO}"
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        for i in range(100):
+            await raw.publish(hello, b"", headers={h.CRDT_NODE: f"storm{i}", h.CRDT_HELLO: "60"})
+        await raw.flush()
+        first = await asyncio.wait_for(got.get(), 5)
+        answers = [first]
+        # Everything n1 answers within 2.5 s of the storm (at most three rounds: the first,
+        # one coalescing the rest, and slack for a loaded machine).
+        while (left := began + 2.5 - loop.time()) > 0:
+            try:
+                answers.append(await asyncio.wait_for(got.get(), left))
+            except TimeoutError:
+                break
+    finally:
+        await raw.close()
+    echoes = sum(1 for m in answers if m.subject == hello)
+    digests = sum(1 for m in answers if (m.headers or {}).get(h.CRDT_DIGEST) == "1")
+    print(f"\n100 hellos under new names: {echoes} echoes, {digests} digests from n1")
+    assert 1 <= echoes <= 3
+    assert copies <= digests <= 3 * copies

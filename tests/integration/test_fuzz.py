@@ -18,6 +18,7 @@ import pytest
 from natsagents.server import NatsServer
 from tests.chaos.test_cluster_chaos import host_processes
 from tests.fuzz import HOST_OPTIONS, NODES, Fuzzer, Report, fuzz_seed
+from tests.fuzz_agents import FUZZ_KINDS
 
 MiB = 1024 * 1024
 
@@ -28,7 +29,7 @@ async def fuzz(
     seed = fuzz_seed()
     print(f"fuzz seed {seed} (FUZZ_SEED={seed} replays it)")
     spec = {
-        "kinds": ["Canary", "Tally", "Wide", "Typed", "OnlySpawn", "Ephemeral"],
+        "kinds": ["Canary", *FUZZ_KINDS],
         "cluster": HOST_OPTIONS,
         "stats": "before_close",
     }
