@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable
@@ -55,6 +56,8 @@ class Answers(Protocol):
         retry: bool = False,
         details: dict[str, Any] | None = None,
     ) -> None: ...
+
+    def refuse_waiting(self, act: Activation, msg: Inbound, message: str) -> None: ...
 
     def throttle(self, act: Activation, msg: Inbound, reason: str) -> None: ...
 
@@ -124,6 +127,10 @@ _ACTION, _BATCH, _MESSAGE_ID, _PRIORITY = h.ACTION, h.BATCH, h.MESSAGE_ID, h.PRI
 _REPLY_MODE, _STREAM_SEQ = h.REPLY_MODE, h.STREAM_SEQ
 _ACCEPT, _REPLAY = h.REPLY_MODE_ACCEPT, h.REPLY_MODE_REPLAY
 _monotonic = time.monotonic
+log = logging.getLogger("natsagents.runtime")
+#: Seconds between two tracebacks of a host bug of one exception type (``Activation._failed``).
+_BUG_LOG_EVERY = 60.0
+_BUG_LOGGED: dict[str, float] = {}
 #: Whether a ``Na-Msg-Id`` is well-formed (``envelope.is_message_id`` for a header value).
 _match_id = envelope.MESSAGE_ID_RE.fullmatch
 
@@ -449,8 +456,12 @@ class Activation:
             self.busy_since = started
         self.busy += 1
         try:
-            # Outcome, unpacked once (its fields are read below).
-            reply, wanted, kept, action, ran, deadline_ms, durable, message_id = await host.dispatch(self, msg)
+            try:
+                # Outcome, unpacked once (its fields are read below).
+                reply, wanted, kept, action, ran, deadline_ms, durable, message_id = await host.dispatch(self, msg)
+            except Exception as exc:  # a bug in the host, not in the handler (dispatch catches those)
+                self._failed(msg, exc)
+                return
             if reply is not None:
                 if self.superseded and not ran:
                     host.replies.drop(self, msg)  # refused (e.g. fenced off): the new owner answers it
@@ -479,6 +490,24 @@ class Activation:
             if message_id is None or (recent.get(message_id) is not IN_PROGRESS and _match_id(message_id) is None):
                 return
         host.dedup.finish(self, message_id, kept, deadline_ms, durable)
+
+    def _failed(self, msg: Inbound, exc: Exception) -> None:
+        """``dispatch`` raised: a bug of the host's. The message is answered ``unavailable``
+        (retry: a durable one comes again, and is dead-lettered if it keeps failing), its
+        id forgotten (a copy may run it), the error logged (its traceback at most once a
+        minute per type); the worker goes on with the next message."""
+        now = time.monotonic()
+        key = type(exc).__name__
+        if now - _BUG_LOGGED.get(key, -_BUG_LOG_EVERY) >= _BUG_LOG_EVERY:
+            _BUG_LOGGED[key] = now
+            log.error("%s: the host failed to handle a message (a bug): %r", self.address, exc, exc_info=exc)
+        else:
+            log.debug("%s: the host failed to handle a message (a bug): %r", self.address, exc)
+        hdrs = msg.headers
+        message_id = hdrs.get(_MESSAGE_ID) if hdrs is not None else None
+        if message_id is not None and self.recent is not None and self.recent.get(message_id) is IN_PROGRESS:
+            self.host.dedup.finish(self, message_id, None)
+        self.host.replies.refuse_waiting(self, msg, f"the host failed to handle the message ({key}); try again")
 
     async def wait_idle(self) -> None:
         """Return once no worker runs (the mailbox is empty or refused)."""

@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import ProtocolError
 from . import codec
 from . import headers as h
-from .envelope import OK_DEFLATE_BLOCK, OK_HEADER_BLOCK, encode_headers_unchecked, new_message_id
+from .envelope import OK_DEFLATE_BLOCK, OK_HEADER_BLOCK, encode_headers_unchecked, new_message_id, parse_header_block
 from .owner import owner_mac
 
 __all__ = [
@@ -89,11 +89,13 @@ def parse_batch_request(headers: Mapping[str, str], data: bytes) -> list[Item]:
 
 def batch_reply(replies: Sequence[tuple[Mapping[str, str] | bytes, bytes]]) -> tuple[dict[str, str], bytes]:
     """Headers and body of the reply to a batch: one ``[headers, body]`` per item tried.
-    An item's headers may be given as one of the host's prebuilt ok blocks."""
+    An item's headers may be given as an encoded header block: one of the host's prebuilt
+    ok blocks, or another (an ok block with ``Na-State-Version`` of a versioned kind)."""
     out = []
     for hdrs, data in replies:
         if isinstance(hdrs, bytes):
-            hdrs = _BLOCKS[hdrs]
+            known = _BLOCKS.get(hdrs)
+            hdrs = known if known is not None else (parse_header_block(hdrs) or {})
         out.append([dict(hdrs), data])
     headers = {h.PROTO: h.PROTO_VERSION, h.STATUS: h.STATUS_OK, h.BATCH: str(len(out))}
     return headers, codec.encode(out)

@@ -279,6 +279,30 @@ async def test_durable_send_many_stores_every_message_once_in_order(mesh_factory
         assert state["items"] == list(range(k, 40, 4))
 
 
+class SessionLedger(Ledger):
+    """A session kind: each ok reply carries ``Na-State-Version``."""
+
+    consistency = "session"
+
+
+@pytest.mark.parametrize("delivery", ["exactly_once", "at_least_once"])
+async def test_durable_batches_to_a_session_kind_are_answered(mesh_factory: Any, delivery: str) -> None:
+    """A partition owner hands an agent its queued messages as one batch. A session kind's
+    item replies carry ``Na-State-Version``; the batch reply took only the host's prebuilt
+    ok blocks, so a session kind's batch raised ``KeyError`` in the host, was never
+    answered, and its messages were retried and dead-lettered (found by the slow degraded
+    test: the minority's queued writes replayed after the heal never settled)."""
+    await a_node(mesh_factory, "n1", SessionLedger)
+    client = await mesh_factory(name="client")
+    messages = [(f"SessionLedger/b{i % 2}", "add", {"value": i}) for i in range(40)]
+    assert await client.send_many(messages, delivery=delivery, in_flight=16) == [None] * 40
+    for k in range(2):
+        ref = client.ref(f"SessionLedger/b{k}").with_options(delivery="exactly_once")
+        state = await ref.call("get", timeout=20)
+        assert state["items"] == list(range(k, 40, 2))
+    assert not await client.dead_letters()
+
+
 async def test_sending_again_with_the_same_message_id_is_the_same_message(mesh_factory: Any) -> None:
     await a_node(mesh_factory)
     client = await mesh_factory(name="client")
