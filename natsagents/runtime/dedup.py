@@ -361,9 +361,14 @@ class Dedup:
             hdrs, body, expires = entry
             if body is not None and len(body) > budget:
                 hdrs = body = None
-            if isinstance(hdrs, bytes):  # only the prebuilt "ok" blocks are stored as bytes
+            if isinstance(hdrs, bytes):  # an ok block encoded by the host (a session kind's has its version)
                 plain = envelope.ok_reply(None)[0]
-                hdrs = {**plain, h.ENCODING: h.ENCODING_DEFLATE} if hdrs == envelope.OK_DEFLATE_BLOCK else plain
+                if hdrs == envelope.OK_HEADER_BLOCK:
+                    hdrs = plain
+                elif hdrs == envelope.OK_DEFLATE_BLOCK:
+                    hdrs = {**plain, h.ENCODING: h.ENCODING_DEFLATE}
+                else:
+                    hdrs = envelope.parse_header_block(hdrs) or plain
             if body is not None:
                 budget -= len(body)
             out.append([message_id, hdrs, body, int(expires * 1000)])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from natsagents.cluster.replicas import versioned_block
 from natsagents.runtime.dedup import (
     APPLIED_MAX_BYTES,
     IN_PROGRESS,
@@ -137,6 +138,23 @@ def test_a_compressed_reply_moves_with_its_encoding() -> None:
     dedup.finish(src, "z", (envelope.OK_DEFLATE_BLOCK, b"packed"), _deadline(30))
     (exported,) = dedup.export(src)
     assert exported[1]["Na-Encoding"] == "deflate" and exported[2] == b"packed"
+
+
+def test_a_versioned_reply_moves_with_its_version_and_encoding() -> None:
+    """A session kind's kept replies carry ``Na-State-Version`` in their block (and, when
+    compressed, ``Na-Encoding``). The export took every block given as bytes for the plain
+    ok block: after a move, a copy of a compressed request got the deflated bytes as a plain
+    body (undecodable) and no version."""
+    dedup = Dedup()
+    src = _Act()
+    packed = versioned_block(envelope.OK_DEFLATE_BLOCK, 42)
+    plain = versioned_block(envelope.OK_HEADER_BLOCK, 43, {"Na-Replica": "n2"})
+    for mid, block in (("v1", packed), ("v2", plain)):
+        Dedup.begin(src, mid)
+        dedup.finish(src, mid, (block, b"body"), _deadline(30))
+    first, second = dedup.export(src)
+    assert first[1] == {"Na-Proto": "1", "Na-Status": "ok", "Na-Encoding": "deflate", "Na-State-Version": "42"}
+    assert second[1] == {"Na-Proto": "1", "Na-Status": "ok", "Na-State-Version": "43", "Na-Replica": "n2"}
 
 
 def test_expired_replies_leave_the_byte_count() -> None:
