@@ -142,6 +142,16 @@ class _ReplicaServices:
             outcome = outcome._replace(reply=(block, reply[1]))
         return outcome
 
+    def replay(self, act: Activation, msg: Inbound) -> None:
+        """A replay question that reached this replica (the read subject is one queue group
+        with the primary's): answered from what this copy ran (protocol §7.5: an id it
+        never ran is ``unavailable`` + retry, "unknown"). A replica has no lease to wait for."""
+        self._host.replies.replay(act, msg)
+
+    def hold(self, act: Activation, msg: Inbound) -> None:
+        """Never asked: a replica holds no claim whose ownership is checked."""
+        self._host.replies.refuse_waiting(act, msg, f"{act.address}: this read replica cannot hold messages")
+
     async def save_state(self, act: Activation) -> None:
         return None  # a replica never stores
 
@@ -405,7 +415,7 @@ class Replicas:
         if copy.act is None:
             agent = copy.cls()
             services = _ReplicaServices(self._host, copy, self._node_id, self._minority)
-            copy.act = Activation(services, agent, copy.agent_id)  # type: ignore[arg-type]
+            copy.act = Activation(services, agent, copy.agent_id)
             agent._bind(copy.agent_id, self._host.refs_for, copy.act)
         return copy.act
 

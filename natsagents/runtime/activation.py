@@ -89,8 +89,10 @@ class Services(Protocol):
     def replies(self) -> Answers: ...
 
     dedup: Dedup
-    owner_key: bytes | None
     guard: Guard
+
+    @property
+    def owner_key(self) -> bytes | None: ...
 
     def dispatch(self, act: Activation, msg: Inbound) -> Awaitable[Outcome]: ...
 

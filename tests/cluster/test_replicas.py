@@ -19,7 +19,7 @@ from natsagents import Agent, ClusterSettings, Identity, InvalidSessionToken, Me
 from natsagents.delivery.settings import DeliverySettings
 from natsagents.errors import ActionDefinitionError
 from natsagents.testing import wait_for
-from natsagents.wire import codec
+from natsagents.wire import codec, envelope
 from natsagents.wire.ids import agent_key
 from tests import node_process
 from tests.cluster.test_cluster_node import _see_each_other, node_of, nodes, settings
@@ -220,6 +220,32 @@ async def test_replicas_follow_migration_and_stop_on_deactivation(mesh_factory: 
     await wait_for(
         lambda: all(metric(m, "natsagents_read_replicas", {"kind": "Board"}) == 0 for m in meshes), what="gauges"
     )
+
+
+async def test_replay_questions_on_the_read_subject_are_answered_by_replicas_too(
+    mesh_factory: Any, nats_url: str
+) -> None:
+    """A replay question (``Na-Reply-Mode: replay``, protocol §7.5) may reach a replica
+    through the read subject's queue group. The replica's host had no ``replay``: the
+    question raised ``AttributeError`` in the subscription and was never answered (the
+    fuzz's read target: 21 of 4,037 requests). Each is now answered from what the copy
+    that got it knows: an id it never ran is ``unavailable`` + retry, "unknown"."""
+    meshes, client = await three(mesh_factory)
+    ref = client.ref(Board, "r")
+    await ref.call("add")
+    await replicated(meshes, "Board/r")
+    prefix = node_of(meshes[0]).prefix
+    nc = await nats.connect(nats_url)
+    try:
+        for _ in range(12):  # primary and replicas alike (one queue group)
+            headers = {"Na-Action": "get", "Na-Reply-Mode": "replay", "Na-Msg-Id": envelope.new_message_id()}
+            msg = await nc.request(f"{prefix}.read.Board.r", b"", headers=headers, timeout=5)
+            assert msg.headers is not None and msg.headers["Na-Status"] == "unavailable", msg.headers
+            body = codec.decode(msg.data)
+            assert body["details"] == {"retry": True, "result": "unknown"}
+    finally:
+        await nc.close()
+    assert await ref.call("get") == 1
 
 
 async def test_hostile_min_versions_are_refused_and_harm_no_one(mesh_factory: Any, nats_url: str) -> None:
