@@ -675,9 +675,10 @@ class Ownership:
             # two copies answering every message). Judged once the start has ended.
             self._tasks.spawn(self._after_start(key), name=f"claim of {key[0]}/{key[1]} after its start")
             return
-        if act is None or act.cluster is None or key in self._local.moving:
-            return
-        own: Owned = act.cluster
+        own = act.cluster if act is not None else None
+        if not isinstance(own, Owned) or key in self._local.moving:
+            return  # not held here, or a copy without a claim (a crdt copy, a replica)
+        assert act is not None
         if claim is None:
             if (
                 revision > own.claim.revision
