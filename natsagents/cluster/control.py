@@ -140,6 +140,10 @@ class ControlServer:
         except (ValueError, ProtocolError, ConfigurationError) as exc:
             await answer(self._t, msg, error=BadRequest(str(exc)))
             return
+        except NatsAgentsError as exc:  # typed (e.g. a stored state that is corrupt): no traceback
+            log.warning("node operation %s failed: %s", op, exc)
+            await answer(self._t, msg, error=start_error("", exc, self._traceback))
+            return
         except Exception as exc:
             log.exception("node operation %s failed", op)
             await answer(self._t, msg, error=start_error("", exc, self._traceback))
