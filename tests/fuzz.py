@@ -1501,7 +1501,9 @@ class Fuzzer:
         subject = f"{self.p}.read.{kind}.{token}"
         if r.random() < 0.06:
             what, block = self.bad_block()
-            return Msg("read", what, subject, block, g.pack({}), self.reply_kind())
+            msg = Msg("read", what, subject, block, g.pack({}), self.reply_kind())
+            msg.agent = (kind, agent_id) if agent_id is not None else None
+            return msg
         action = r.choice(READ_ONLY) if r.random() < 0.8 else r.choice(["add", "keep", "nope", "echo"])
         what, params = self.params(kind, action)
         label, hdrs = self.request_headers(action)

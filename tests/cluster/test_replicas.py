@@ -23,6 +23,7 @@ from natsagents.wire import codec, envelope
 from natsagents.wire.ids import agent_key
 from tests import node_process
 from tests.cluster.test_cluster_node import _see_each_other, node_of, nodes, settings
+from tests.integration.test_hostile_peer import RawConnection
 from tests.node_process import SessionCounter
 
 
@@ -246,6 +247,46 @@ async def test_replay_questions_on_the_read_subject_are_answered_by_replicas_too
     finally:
         await nc.close()
     assert await ref.call("get") == 1
+
+
+async def test_malformed_requests_on_the_read_subject_are_answered_by_replicas_too(
+    mesh_factory: Any, nats_url: str
+) -> None:
+    """Malformed header blocks on the read subject (the fuzz's ``bad-block-rand`` and
+    ``bad-utf8``): whoever gets them, primary or replica, answers each (``bad_request``; a
+    replica forwards what it does not run, the malformed block's marker included, and the
+    primary refuses it). A write with a non-ASCII header value is run by the primary, as
+    on its agent subject (§19.1), once per request."""
+    meshes, client = await three(mesh_factory)
+    ref = client.ref(Board, "m")
+    await ref.call("add")
+    await replicated(meshes, "Board/m")
+    prefix = node_of(meshes[0]).prefix
+    subject = f"{prefix}.read.Board.m".encode()
+    blocks = [
+        b"\x18J\x04l;\xed\n\x8b\x18\xc9\x1cc\xfe;\x87;",  # not a header block
+        b"NATS/1.0\r\nNa-Action: \xff\xfe\r\nNa-Msg-Id: \xc3\r\n\r\n",  # not UTF-8
+        b"NATS/1.0\r\nNa-Action: get\r\nNa-Caller: \xc3\xa9\xff\r\n\r\n",  # a value not ASCII
+        b"NATS/1.0\r\nNa-Action: add\r\nNa-Caller: \xc3\xa9\r\n\r\n",  # a write, not ASCII
+    ]
+    nc = await nats.connect(nats_url)
+    raw = await RawConnection.open(nats_url)
+    try:
+        replies: asyncio.Queue[Any] = asyncio.Queue()
+        await nc.subscribe("_INBOX.readbad.>", cb=replies.put)
+        await nc.flush()
+        for i, block in enumerate(blocks):
+            for j in range(6):  # primary and replicas alike (one queue group)
+                await raw.hpub(subject, b"_INBOX.readbad.%d.%d" % (i, j), block, b"\x80")
+                reply = await asyncio.wait_for(replies.get(), 5)
+                assert reply.headers is not None and reply.headers.get("Na-Status") in ("bad_request", "ok"), (
+                    block,
+                    reply.headers,
+                )
+    finally:
+        await raw.close()
+        await nc.close()
+    assert await ref.call("get") == 1 + 6  # the six writes, each run once
 
 
 async def test_hostile_min_versions_are_refused_and_harm_no_one(mesh_factory: Any, nats_url: str) -> None:
