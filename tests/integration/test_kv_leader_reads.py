@@ -10,6 +10,7 @@ from __future__ import annotations
 import nats
 from nats.aio.msg import Msg
 
+from natsagents.testing import wait_for
 from natsagents.transport.kv import open_bucket
 from tests.conftest import Connect
 
@@ -35,6 +36,8 @@ async def test_a_leader_read_of_a_one_replica_bucket_is_a_direct_get(
         assert entry is not None and entry.value == b"v1" and entry.revision == revision
         assert await bucket.get("absent", leader=True) is None
         await spy.flush()
+        # The spy's callbacks run in its subscription's task: closing drops what is queued.
+        await wait_for(lambda: len(seen) >= 2, timeout=5, what="the spy saw both reads")
     finally:
         await spy.close()
     assert [s.split(".")[2] for s in seen] == ["DIRECT", "DIRECT"], seen
