@@ -7,10 +7,8 @@ leader's ``STREAM.MSG.GET`` (``tests/cluster/test_partition_reads.py``)."""
 
 from __future__ import annotations
 
-import nats
-from nats.aio.msg import Msg
-
 from natsagents.testing import wait_for
+from natsagents.transport import Inbound
 from natsagents.transport.kv import open_bucket
 from tests.conftest import Connect
 
@@ -22,22 +20,20 @@ async def test_a_leader_read_of_a_one_replica_bucket_is_a_direct_get(
     bucket = await open_bucket(transport, f"{mesh_prefix}_leaderreads", history=1, replicas=1)
     assert bucket.replicas == 1
     revision = await bucket.put("k", b"v1")
-    spy = await nats.connect(nats_url)
-    try:
-        seen: list[str] = []
+    # The spy is a Transport: its flush() sends the SUBs before the PING. A plain nats-py
+    # client's flush may not (docs: nats-facts), and the spy then missed the first read.
+    spy = await connect(nats_url)
+    seen: list[str] = []
 
-        async def note(msg: Msg) -> None:
-            seen.append(msg.subject)
+    def note(msg: Inbound) -> None:
+        seen.append(msg.subject)
 
-        await spy.subscribe("$JS.API.DIRECT.GET.>", cb=note)
-        await spy.subscribe("$JS.API.STREAM.MSG.GET.>", cb=note)
-        await spy.flush()
-        entry = await bucket.get("k", leader=True)
-        assert entry is not None and entry.value == b"v1" and entry.revision == revision
-        assert await bucket.get("absent", leader=True) is None
-        await spy.flush()
-        # The spy's callbacks run in its subscription's task: closing drops what is queued.
-        await wait_for(lambda: len(seen) >= 2, timeout=5, what="the spy saw both reads")
-    finally:
-        await spy.close()
+    await spy.subscribe("$JS.API.DIRECT.GET.>", note)
+    await spy.subscribe("$JS.API.STREAM.MSG.GET.>", note)
+    await spy.flush()
+    entry = await bucket.get("k", leader=True)
+    assert entry is not None and entry.value == b"v1" and entry.revision == revision
+    assert await bucket.get("absent", leader=True) is None
+    await wait_for(lambda: len(seen) >= 2, timeout=5, what="the spy saw both reads")
+    await spy.flush()
     assert [s.split(".")[2] for s in seen] == ["DIRECT", "DIRECT"], seen
