@@ -91,6 +91,16 @@ async def test_two_full_nodes_refuse_the_next_agent_at_once(mesh_factory: Any) -
     assert time.monotonic() - started < 2.0
     assert await caller.ref("Counter/f0").call("add") == 2  # the agents held still answer
     assert await n2.deactivate(n2.local_agents()[0])
+
+    def room_seen() -> bool:  # a node learns of n2's room from n2's next heartbeat
+        return all(
+            info.load.agents < cap
+            for node in (n1, n2)
+            for info in (node.cluster_node.nodes() if node.cluster_node is not None else [])
+            if info.node_id == "n2"
+        )
+
+    await wait_for(room_seen, timeout=10, what="both nodes see room on n2")
     assert await caller.ref("Counter/one-too-many").call("add", timeout=5) == 1  # room again, on n2
     assert "Counter/one-too-many" in n2.local_agents()
 
