@@ -29,18 +29,8 @@ class Canary(Agent):
         return int(self.state.get("n", 0))
 
 
-class Tally(Agent):
-    """The fuzzer's main target: a persisted counter with a few more actions."""
-
-    @action
-    async def add(self, by: int = 1) -> int:
-        self.state["n"] = self.state.get("n", 0) + by
-        return int(self.state["n"])
-
-    @action
-    async def get(self) -> int:
-        n = self.state.get("n", 0)
-        return n if isinstance(n, int) else 0
+class Probes(Agent):
+    """The actions every fuzz kind answers alike, whatever its state and mode."""
 
     @action
     async def echo(self, value: Any = None) -> Any:
@@ -54,6 +44,25 @@ class Tally(Agent):
     async def slow(self, ms: int = 1) -> int:
         await asyncio.sleep(min(max(ms, 0), 50) / 1000)
         return ms
+
+    @action(idempotent=True)
+    async def whoami(self) -> dict[str, Any]:
+        ctx = self.context
+        return {"id": self.id, "message_id": ctx.message_id, "caller": ctx.caller, "deadline": ctx.deadline}
+
+
+class Tally(Probes):
+    """The fuzzer's main target: a persisted counter with a few more actions."""
+
+    @action
+    async def add(self, by: int = 1) -> int:
+        self.state["n"] = self.state.get("n", 0) + by
+        return int(self.state["n"])
+
+    @action
+    async def get(self) -> int:
+        n = self.state.get("n", 0)
+        return n if isinstance(n, int) else 0
 
     @action
     async def big(self, size: int = 0) -> bytes:
@@ -70,11 +79,6 @@ class Tally(Agent):
         if kind not in FUZZ_KINDS:
             raise ValueError(f"relay only to fuzz kinds, not {kind!r}")
         return await self.ref(target).call("add", by=by, timeout=3.0)
-
-    @action(idempotent=True)
-    async def whoami(self) -> dict[str, Any]:
-        ctx = self.context
-        return {"id": self.id, "message_id": ctx.message_id, "caller": ctx.caller, "deadline": ctx.deadline}
 
 
 class Wide(Tally):
@@ -123,7 +127,7 @@ class Reader(Tally):
         return self.state.get(key) if isinstance(key, str) else None
 
 
-class Merged(Agent):
+class Merged(Probes):
     """Crdt: a counter with a copy on every node that is asked for it."""
 
     consistency = "crdt"
@@ -134,30 +138,9 @@ class Merged(Agent):
 
     @action
     async def add(self, by: int = 1) -> int:
-        if by >= 0:
-            self.mutate(self.state.increment(self.replica, by))
-        else:
-            self.mutate(self.state.decrement(self.replica, -by))
+        self.mutate(self.state.increment(self.replica, by))  # a negative one decrements
         return self.state.value
 
     @action(read_only=True)
     async def get(self) -> int:
         return self.state.value
-
-    @action
-    async def echo(self, value: Any = None) -> Any:
-        return value
-
-    @action
-    async def fail(self, message: str = "kaboom") -> None:
-        raise RuntimeError(message[:200])
-
-    @action
-    async def slow(self, ms: int = 1) -> int:
-        await asyncio.sleep(min(max(ms, 0), 50) / 1000)
-        return ms
-
-    @action(idempotent=True)
-    async def whoami(self) -> dict[str, Any]:
-        ctx = self.context
-        return {"id": self.id, "message_id": ctx.message_id, "caller": ctx.caller, "deadline": ctx.deadline}

@@ -11,11 +11,29 @@ without the fix about 1 spawn in 20 was answered "no responders" by the server
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import nats
 import nats.errors
 
 from natsagents.transport import ConnectSettings, Inbound, Transport
+
+
+async def _misses(subscribe: Callable[[str], Awaitable[object]], raw: Any, prefix: str, rounds: int = 300) -> int:
+    """Of ``rounds`` subjects, how many had no responder right after ``subscribe(subject)``
+    (which subscribes and flushes) returned: ``raw`` requests each at once."""
+    misses = 0
+    for i in range(rounds):
+        subject = f"{prefix}.{secrets.token_hex(4)}.{i}"
+        await subscribe(subject)
+        try:
+            await raw.request(subject, b"", timeout=0.001)
+        except nats.errors.NoRespondersError:
+            misses += 1
+        except nats.errors.TimeoutError:
+            pass  # interest existed: the expected outcome (the request is never answered)
+    return misses
 
 
 async def test_a_subscription_is_on_the_server_once_flush_returns(nats_url: str) -> None:
@@ -24,19 +42,13 @@ async def test_a_subscription_is_on_the_server_once_flush_returns(nats_url: str)
     try:
 
         def echo(msg: Inbound) -> None:
-            pass  # a responder's presence is what counts: the request is never answered
+            pass  # a responder's presence is what counts
 
-        misses = 0
-        for i in range(300):
-            subject = f"flush.{secrets.token_hex(4)}.{i}"
+        async def subscribe(subject: str) -> None:
             await t.subscribe(subject, echo)
             await t.flush()
-            try:
-                await raw.request(subject, b"", timeout=0.001)
-            except nats.errors.NoRespondersError:
-                misses += 1
-            except nats.errors.TimeoutError:
-                pass  # interest existed: the expected outcome
+
+        misses = await _misses(subscribe, raw, "flush")
         assert misses == 0, f"{misses} of 300 subscriptions were not on the server when flush() returned"
     finally:
         await raw.close()
@@ -53,17 +65,11 @@ async def test_the_tests_raw_nats_py_peers_flush_in_order(nats_url: str) -> None
         async def ignore(msg: object) -> None:
             pass
 
-        misses = 0
-        for i in range(300):
-            subject = f"rawflush.{secrets.token_hex(4)}.{i}"
+        async def subscribe(subject: str) -> None:
             await a.subscribe(subject, cb=ignore)
             await a.flush()
-            try:
-                await b.request(subject, b"", timeout=0.001)
-            except nats.errors.NoRespondersError:
-                misses += 1
-            except nats.errors.TimeoutError:
-                pass
+
+        misses = await _misses(subscribe, b, "rawflush")
         assert misses == 0, f"{misses} of 300 raw subscriptions were not on the server when flush() returned"
     finally:
         await a.close()
