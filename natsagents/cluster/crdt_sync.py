@@ -328,7 +328,6 @@ class CrdtSync:
             began = time.monotonic()
             next_round = began + self.gossip_every
             healed: float | None = None
-            away = "0.000"
             while not self._closing():
                 await asyncio.sleep(HELLO_EVERY)
                 now = time.monotonic()

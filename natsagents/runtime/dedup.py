@@ -36,7 +36,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final, Protocol
 
 from ..wire import envelope
-from ..wire import headers as h
 
 __all__ = [
     "APPLIED_MAX_BYTES",
@@ -362,13 +361,7 @@ class Dedup:
             if body is not None and len(body) > budget:
                 hdrs = body = None
             if isinstance(hdrs, bytes):  # an ok block encoded by the host (a session kind's has its version)
-                plain = envelope.ok_reply(None)[0]
-                if hdrs == envelope.OK_HEADER_BLOCK:
-                    hdrs = plain
-                elif hdrs == envelope.OK_DEFLATE_BLOCK:
-                    hdrs = {**plain, h.ENCODING: h.ENCODING_DEFLATE}
-                else:
-                    hdrs = envelope.parse_header_block(hdrs) or plain
+                hdrs = envelope.headers_of_block(hdrs)
             if body is not None:
                 budget -= len(body)
             out.append([message_id, hdrs, body, int(expires * 1000)])

@@ -152,6 +152,11 @@ def _release_all() -> None:
         _release(res, grace=deadline - time.monotonic())
 
 
+_RANDOM = random.SystemRandom()
+#: The lowest port :func:`_free_ports` picks (above the well-known and most registered ones).
+_LOWEST_PORT = 10_000
+
+
 def _free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """Pick ``count`` distinct free TCP ports on ``host`` (held open together while picking).
 
@@ -181,11 +186,6 @@ def _free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
-
-
-_RANDOM = random.SystemRandom()
-#: The lowest port :func:`_free_ports` picks (above the well-known and most registered ones).
-_LOWEST_PORT = 10_000
 
 
 def _non_ephemeral_ports() -> range | None:

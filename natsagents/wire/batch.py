@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import ProtocolError
 from . import codec
 from . import headers as h
-from .envelope import OK_DEFLATE_BLOCK, OK_HEADER_BLOCK, encode_headers_unchecked, new_message_id, parse_header_block
+from .envelope import encode_headers_unchecked, headers_of_block, new_message_id
 from .owner import owner_mac
 
 __all__ = [
@@ -34,12 +34,6 @@ __all__ = [
 
 #: Most messages one batch may carry.
 MAX_BATCH = 256
-
-#: Header maps of the reply blocks the host encodes once (``envelope.OK_*_BLOCK``).
-_BLOCKS: dict[bytes, dict[str, str]] = {
-    OK_HEADER_BLOCK: {h.PROTO: h.PROTO_VERSION, h.STATUS: h.STATUS_OK},
-    OK_DEFLATE_BLOCK: {h.PROTO: h.PROTO_VERSION, h.STATUS: h.STATUS_OK, h.ENCODING: h.ENCODING_DEFLATE},
-}
 
 Item = tuple[dict[str, str], bytes]
 
@@ -93,10 +87,7 @@ def batch_reply(replies: Sequence[tuple[Mapping[str, str] | bytes, bytes]]) -> t
     ok blocks, or another (an ok block with ``Na-State-Version`` of a versioned kind)."""
     out = []
     for hdrs, data in replies:
-        if isinstance(hdrs, bytes):
-            known = _BLOCKS.get(hdrs)
-            hdrs = known if known is not None else (parse_header_block(hdrs) or {})
-        out.append([dict(hdrs), data])
+        out.append([headers_of_block(hdrs) if isinstance(hdrs, bytes) else dict(hdrs), data])
     headers = {h.PROTO: h.PROTO_VERSION, h.STATUS: h.STATUS_OK, h.BATCH: str(len(out))}
     return headers, codec.encode(out)
 

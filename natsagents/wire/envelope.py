@@ -31,6 +31,7 @@ __all__ = [
     "encode_headers",
     "encode_headers_unchecked",
     "error_reply",
+    "headers_of_block",
     "headers_size",
     "inflate",
     "inflate_limit",
@@ -303,6 +304,19 @@ _OK_HEADERS: Mapping[str, str] = {h.PROTO: h.PROTO_VERSION, h.STATUS: h.STATUS_O
 OK_HEADER_BLOCK = encode_headers(_OK_HEADERS)
 #: The same for an ok reply whose body is compressed.
 OK_DEFLATE_BLOCK = encode_headers({**_OK_HEADERS, h.ENCODING: h.ENCODING_DEFLATE})
+_PREBUILT: Mapping[bytes, Mapping[str, str]] = {
+    OK_HEADER_BLOCK: _OK_HEADERS,
+    OK_DEFLATE_BLOCK: {**_OK_HEADERS, h.ENCODING: h.ENCODING_DEFLATE},
+}
+
+
+def headers_of_block(block: bytes) -> dict[str, str]:
+    """The headers of a reply header block the host encoded: one of the prebuilt ok blocks
+    (looked up), or another (an ok block with ``Na-State-Version``: parsed)."""
+    known = _PREBUILT.get(block)
+    return dict(known) if known is not None else (parse_header_block(block) or {})
+
+
 #: The server's ``max_payload`` when nothing else is known (nats-server's default, 1 MiB).
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 #: How far a compressed body may expand, in multiples of the server's ``max_payload``: room
